@@ -1,0 +1,50 @@
+"""Options and output helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import click
+import pandas as pd
+
+from ..io import atomic_write
+
+FORMATS = ("table", "csv", "json")
+
+
+def format_option(default: str = "table", choices=FORMATS):
+    return click.option("--format", "fmt", type=click.Choice(choices), default=default,
+                        show_default=True, help="Output format.")
+
+
+def device_option():
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
+                        show_default=True, help="Where to run.")
+
+
+def positive_int(ctx, param, value):
+    """Click callback: reject zero and negative counts with a clear message."""
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be a positive integer, got {value}")
+    return value
+
+
+def render_frame(df: pd.DataFrame, fmt: str) -> str:
+    """A DataFrame as table text, CSV, or a JSON array of row objects."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return json.dumps(json.loads(df.to_json(orient="records", double_precision=10)), indent=1) + "\n"
+    with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_columns", 50):
+        return df.to_string(index=False) + "\n"
+
+
+def emit(text: str, output: Optional[str]) -> None:
+    """Write to ``output`` atomically, or to stdout."""
+    if output:
+        atomic_write(Path(output), text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,82 @@
+"""``niff-analyze models`` and ``niff-analyze describe``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from ..checkpoint import DEFAULT_CHECKPOINT, layer_table, load_checkpoint
+from ..models import create_model, list_models, parse_name
+from ..models.registry import STEMS
+from . import main
+from .common import format_option, positive_int, render_frame
+
+
+@main.command("models")
+@click.argument("pattern", default="*")
+@format_option(choices=("table", "json"))
+def models_cmd(pattern: str, fmt: str) -> None:
+    """List registered models (PATTERN: fnmatch wildcard, e.g. 'resnet*_niff')."""
+    names = list_models(pattern)
+    if not names:
+        raise click.UsageError(f"no model matches {pattern!r}; try 'niff-analyze models'")
+    rows = [dict(name=n, architecture=parse_name(n)[0], variant=parse_name(n)[1]) for n in names]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1))
+    else:
+        click.echo(render_frame(pd.DataFrame(rows), "table"), nl=False)
+
+
+def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
+    """Structure of a registered model or a checkpoint, without computing anything expensive."""
+    if target is None or Path(target).exists() or target.endswith((".safetensors", ".pt", ".pth")) \
+            or "/" in target:
+        model = load_checkpoint(target)
+        meta = model.niff_checkpoint
+        info = dict(architecture=meta["architecture"], source="checkpoint", path=meta["path"],
+                    sha256=meta["sha256"], model_kwargs=meta["model_kwargs"])
+        for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
+            if key in meta:
+                info[key] = meta[key]
+    else:
+        kw = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans,
+                                    input_size=input_size, stem=stem).items() if v is not None}
+        model = create_model(target, **kw)
+        info = dict(architecture=target, source="registry", model_kwargs=model.niff_config)
+    info["num_params"] = int(sum(p.numel() for p in model.parameters()))
+    info["layers"] = layer_table(model)
+    report = getattr(model, "niff_conversion", None)
+    if report is not None:
+        info["kept"] = report.kept
+    return info
+
+
+@main.command("describe")
+@click.argument("target", required=False)
+@click.option("--num-classes", type=int, callback=positive_int, help="Classifier outputs.")
+@click.option("--in-chans", type=int, callback=positive_int, help="Input channels.")
+@click.option("--input-size", type=int, callback=positive_int, help="Input height = width.")
+@click.option("--stem", type=click.Choice(STEMS), help="Stem variant.")
+@format_option(choices=("table", "json"))
+def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
+    """Structure of TARGET: a registered model name or a checkpoint (default: bundled)."""
+    info = describe_target(target, num_classes, in_chans, input_size, stem)
+    if fmt == "json":
+        click.echo(json.dumps(info, indent=1))
+        return
+    head = {k: v for k, v in info.items() if k not in ("layers", "kept", "model_kwargs", "recipe")}
+    for k, v in head.items():
+        click.echo(f"{k:>12}: {v}")
+    click.echo(f"{'model_kwargs':>12}: {json.dumps(info['model_kwargs'])}")
+    if info["layers"]:
+        df = pd.DataFrame(info["layers"])
+        df["fmap"] = df["fmap"].map(lambda f: "x".join(map(str, f)) if f else "-")
+        click.echo(render_frame(df, "table"), nl=False)
+    else:
+        click.echo("(no NIFF layers)")
+
+
+_ = DEFAULT_CHECKPOINT

@@ -1,0 +1,57 @@
+"""``niff-analyze train``."""
+
+from __future__ import annotations
+
+import click
+
+from ..models.registry import STEMS, list_models
+from ..train import DATASETS, TrainConfig, train
+from . import main
+from .common import positive_int
+
+
+@main.command("train")
+@click.option("--model", "model_name", required=True, type=click.Choice(list_models()),
+              help="Registered model name.")
+@click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to "
+              "/usr/share/datasets/fashion-mnist).")
+@click.option("--epochs", type=int, default=150, show_default=True, callback=positive_int)
+@click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int)
+@click.option("--lr", type=float, default=0.02, show_default=True)
+@click.option("--weight-decay", type=float, default=0.002, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--num-classes", type=int, callback=positive_int, help="Default: from the dataset.")
+@click.option("--in-chans", type=int, callback=positive_int, help="Default: from the dataset.")
+@click.option("--input-size", type=int, callback=positive_int, help="Default: from the dataset.")
+@click.option("--stem", type=click.Choice(STEMS), help="Default: cifar for 32x32 data.")
+@click.option("--mlp", help="MLP preset (big, small, cifar, tiny) or hidden sizes like 16,64.")
+@click.option("--mode", default="circular", show_default=True,
+              type=click.Choice(["circular", "linear", "pad-zero", "pad-reflect", "pad-circular"]))
+@click.option("--out", required=True, type=click.Path(), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Autocast on CUDA.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--train-subset", type=int, callback=positive_int, help="Use the first N training images.")
+@click.option("--test-subset", type=int, callback=positive_int, help="Use the first N test images.")
+@click.option("--threads", type=int, callback=positive_int, help="torch CPU threads.")
+@click.option("--save-every-steps", type=int, default=0, show_default=True,
+              help="Also save resumable state every N steps.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_cmd(model_name, dataset, data_dir, epochs, batch_size, lr, weight_decay, label_smoothing,
+              num_classes, in_chans, input_size, stem, mlp, mode, out, resume, seed, device, amp,
+              compile_, train_subset, test_subset, threads, save_every_steps, quiet) -> None:
+    """Train a registered model; writes a checkpoint, metrics.csv and train_config.json to OUT."""
+    kwargs = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size,
+                                    stem=stem, mode=mode).items() if v is not None}
+    if mlp:
+        kwargs["mlp"] = [int(h) for h in mlp.split(",")] if mlp[0].isdigit() else mlp
+    cfg = TrainConfig(model=model_name, model_kwargs=kwargs, dataset=dataset, data_dir=data_dir,
+                      out=out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      label_smoothing=label_smoothing, seed=seed, device=device, amp=amp,
+                      compile=compile_, train_subset=train_subset, test_subset=test_subset,
+                      threads=threads, progress=not quiet, save_every_steps=save_every_steps)
+    final = train(cfg, resume=resume)
+    click.echo(f"test_acc {final.get('test_acc', float('nan')):.4f}; checkpoint in {out}")

@@ -1,0 +1,340 @@
+"""Neural Implicit Frequency Filter layers (SPEC §2).
+
+Every layer here filters a real feature map with a filter as large as the map. The filter is
+never stored: two coordinate MLPs (``real``, ``imag``) produce it on the centred integer
+frequency grid of whatever size the input has. The forward pass uses ``rfft2``/``irfft2`` on
+the Hermitian part of the filter, which gives exactly the result of the complex ``fft2``
+formulation (for real inputs only the Hermitian part matters) at about half the FFT cost.
+
+Layer kinds: :class:`DepthwiseNIFF`, :class:`SplitNIFF` (depthwise NIFF + 1×1, the paper's
+default), :class:`FullNIFF` (Cin·Cout filters, Eq. 3–5) and :class:`FreqPointwise` (bias-free
+1×1 channel mixing, exact in either domain).
+
+Convolution modes (the paper's ablations): ``"circular"`` (default, Eq. 1), ``"linear"``
+(input and spatial kernel zero-padded to 2H×2W, Appendix D) and ``"pad-zero"``,
+``"pad-reflect"``, ``"pad-circular"`` (input padded by its own size to 2H×2W, filtered with a
+2H×2W filter, centre cropped, Appendix G).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mlp import MLPSpec, build_mlp, resolve_mlp
+
+CONV_MODES = ("circular", "linear", "pad-zero", "pad-reflect", "pad-circular")
+
+Size = tuple[int, int]
+
+
+# --------------------------------------------------------------------------- grids and FFTs
+_GRID_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def centred_frequencies(n: int) -> torch.Tensor:
+    """The n integer DFT frequencies of one axis, DC in the middle: fftshift(fftfreq(n, 1/n))."""
+    return torch.fft.fftshift(torch.fft.fftfreq(n, 1.0 / n, dtype=torch.float64))
+
+
+def frequency_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Centred coordinate grid of shape (h·w, 2), row-major over (row, column).
+
+    Column 0 is the horizontal frequency u (varies along W), column 1 the vertical frequency v.
+    Cached per (h, w, device, dtype); it is never a parameter or buffer, so it cannot go stale
+    after ``.to()`` and never enters a state dict.
+    """
+    key = (int(h), int(w), str(torch.device(device) if device is not None else "cpu"), dtype)
+    grid = _GRID_CACHE.get(key)
+    if grid is None:
+        # A grid made under inference_mode could not be saved for backward later.
+        with torch.inference_mode(False), torch.no_grad():
+            v, u = torch.meshgrid(centred_frequencies(h), centred_frequencies(w), indexing="ij")
+            grid = torch.stack([u, v], dim=-1).reshape(-1, 2).to(device=device, dtype=dtype)
+        _GRID_CACHE[key] = grid
+    return grid
+
+
+def centred_to_kernel(w_centred: torch.Tensor) -> torch.Tensor:
+    """Centred frequency response → centred real spatial kernel (SPEC §4).
+
+    k = fftshift(real(ifft2(ifftshift(W)))); the centre pixel (H//2, W//2) is the origin.
+    """
+    dims = (-2, -1)
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(w_centred, dim=dims)).real, dim=dims)
+
+
+def kernel_to_centred(kernel: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`centred_to_kernel`: centred spatial kernel → centred frequency response."""
+    dims = (-2, -1)
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(kernel, dim=dims)), dim=dims)
+
+
+def hermitian_half(w_uncentred: torch.Tensor) -> torch.Tensor:
+    """Hermitian part (W(f) + conj(W(−f)))/2 on the rfft half-plane, shape (..., H, W//2+1)."""
+    w_neg = torch.roll(torch.flip(w_uncentred, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+    half = w_uncentred.shape[-1] // 2 + 1
+    return 0.5 * (w_uncentred[..., :half] + w_neg[..., :half].conj())
+
+
+_MPS_WARNED = False
+
+
+def _fft_call(fn, x: torch.Tensor, **kw) -> torch.Tensor:
+    """Run an FFT, falling back to the CPU (once warned) where the device lacks the op."""
+    global _MPS_WARNED
+    if x.device.type != "mps":
+        return fn(x, **kw)
+    try:
+        return fn(x, **kw)
+    except (RuntimeError, NotImplementedError):  # pragma: no cover - needs an MPS device
+        if not _MPS_WARNED:
+            warnings.warn("FFT not available on MPS for this op; running it on the CPU", RuntimeWarning)
+            _MPS_WARNED = True
+        return fn(x.cpu(), **kw).to(x.device)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # cuFFT in half precision supports only power-of-two sizes: run FFTs in float32 at least.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- pointwise
+class FreqPointwise(nn.Module):
+    """Bias-free 1×1 convolution over channels, exact in the spatial or the frequency domain.
+
+    The FFT is linear, so a real channel-mixing matrix applied to the spectrum (real and
+    imaginary parts alike) equals the same matrix applied in space. ``domain`` picks where a
+    standalone forward runs; :class:`SplitNIFF` calls :meth:`mix_spectrum` directly.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        groups: channel groups, as in ``nn.Conv2d``.
+        channels_last: input is (N, H, W, C), as for the pointwise linears of ConvNeXt.
+        domain: ``"spatial"`` (default, cheaper) or ``"frequency"``.
+    """
+
+    kind = "pointwise"
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 1,
+                 channels_last: bool = False, domain: str = "spatial"):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError("in_channels and out_channels must be divisible by groups")
+        if domain not in ("spatial", "frequency"):
+            raise ValueError(f"domain must be 'spatial' or 'frequency', got {domain!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.channels_last, self.domain = channels_last, domain
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv2d's default
+        self.fmap: Optional[Size] = None
+        self.layer_name: Optional[str] = None
+
+    def mix_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
+        """Apply the channel mixing to a complex (N, C, H, W') spectrum."""
+        n, c, h, wf = spec.shape
+        flat = torch.view_as_real(spec).reshape(n, c, h, 2 * wf)
+        out = F.conv2d(flat, self.weight.to(flat.dtype), groups=self.groups)
+        return torch.view_as_complex(out.reshape(n, -1, h, wf, 2).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            if self.groups != 1:
+                raise NotImplementedError("channels_last FreqPointwise supports groups=1 only")
+            return F.linear(x, self.weight.flatten(1))
+        if self.domain == "spatial":
+            return F.conv2d(x, self.weight, groups=self.groups)
+        dtype = x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(_compute_dtype(dtype))
+            spec = _fft_call(torch.fft.rfft2, xc)
+            y = _fft_call(torch.fft.irfft2, self.mix_spectrum(spec), s=xc.shape[-2:])
+        return y.to(dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, groups={self.groups}, "
+                f"channels_last={self.channels_last}, fmap={self.fmap}")
+
+
+# --------------------------------------------------------------------------- NIFF base
+class _NIFFBase(nn.Module):
+    """Shared machinery: MLP pair, filter evaluation, padding modes, FFT round trip."""
+
+    kind = "base"
+
+    def __init__(self, n_filters: int, mlp: MLPSpec, mode: str):
+        super().__init__()
+        if mode not in CONV_MODES:
+            raise ValueError(f"unknown convolution mode {mode!r}; choose from {list(CONV_MODES)}")
+        self.mlp_config = resolve_mlp(mlp)
+        self.mode = mode
+        self.n_filters = n_filters
+        self.real = build_mlp(self.mlp_config, n_filters)
+        self.imag = build_mlp(self.mlp_config, n_filters)
+        self.fmap: Optional[Size] = None  # feature-map size the layer runs at (set by conversion)
+        self.layer_name: Optional[str] = None
+
+    # ---- filter evaluation -------------------------------------------------------------
+    def filter_size(self, size: Optional[Size] = None) -> Size:
+        """Grid size of the learned filter for a feature map of ``size`` (default: ``fmap``)."""
+        h, w = self._size(size)
+        return (2 * h, 2 * w) if self.mode.startswith("pad-") else (h, w)
+
+    def _size(self, size: Optional[Size]) -> Size:
+        if size is None:
+            if self.fmap is None:
+                raise ValueError("this layer has no recorded feature-map size; pass size=(H, W)")
+            size = self.fmap
+        if isinstance(size, int):
+            size = (size, size)
+        h, w = int(size[0]), int(size[1])
+        if h < 1 or w < 1:
+            raise ValueError(f"feature-map size must be positive, got {(h, w)}")
+        return h, w
+
+    def _mlp_response(self, h: int, w: int) -> torch.Tensor:
+        """Raw MLP output on the h×w grid: complex (n_filters, h, w), centred."""
+        p = self.real[0].weight
+        grid = frequency_grid(h, w, device=p.device, dtype=p.dtype)
+        cdt = _compute_dtype(p.dtype)
+        re = self.real(grid).to(cdt).T.reshape(-1, h, w)
+        im = self.imag(grid).to(cdt).T.reshape(-1, h, w)
+        return torch.complex(re, im)
+
+    def frequency_response(self, size: Optional[Size] = None) -> torch.Tensor:
+        """The learned filters W as the MLPs give them: complex, centred (DC at H//2, W//2).
+
+        ``size`` is the feature-map size (default: the recorded ``fmap``); for the padding modes
+        the filter lives on the padded 2H×2W grid. Shape (C, H, W) or (Cout, Cin, H, W).
+        """
+        with torch.autocast(self.real[0].weight.device.type, enabled=False):
+            return self._shape_filters(self._mlp_response(*self.filter_size(size)))
+
+    def spatial_kernels(self, size: Optional[Size] = None) -> torch.Tensor:
+        """Real, centred spatial kernels k = fftshift(real(ifft2(ifftshift(W)))) (SPEC §4)."""
+        return centred_to_kernel(self.frequency_response(size))
+
+    def _shape_filters(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+    def _half_filters(self, h: int, w: int) -> torch.Tensor:
+        """Filters to multiply the rfft2 half-spectrum with, for an h×w input."""
+        if self.mode == "linear":
+            k = self.spatial_kernels((h, w))
+            # Kernel origin (centre) to index 0 of a 2h×2w zero grid: linear, not circular, conv.
+            k2 = F.pad(k, (0, w, 0, h))
+            k2 = torch.roll(k2, shifts=(-(h // 2), -(w // 2)), dims=(-2, -1))
+            return torch.fft.rfft2(k2)
+        fh, fw = self.filter_size((h, w))
+        wc = self._shape_filters(self._mlp_response(fh, fw))
+        return hermitian_half(torch.fft.ifftshift(wc, dim=(-2, -1)))
+
+    # ---- forward -----------------------------------------------------------------------
+    def _multiply(self, spec: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected a (N, C, H, W) input, got shape {tuple(x.shape)}")
+        dtype = x.dtype
+        h, w = x.shape[-2:]
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(_compute_dtype(dtype))
+            if self.mode == "linear":
+                xc = F.pad(xc, (0, w, 0, h))
+            elif self.mode.startswith("pad-"):
+                pad_mode = {"pad-zero": "constant", "pad-reflect": "reflect",
+                            "pad-circular": "circular"}[self.mode]
+                if pad_mode == "reflect" and min(h, w) < 2:
+                    pad_mode = "replicate"  # reflect needs at least two pixels
+                xc = F.pad(xc, (w // 2, w - w // 2, h // 2, h - h // 2), mode=pad_mode)
+            spec = _fft_call(torch.fft.rfft2, xc)
+            filt = self._half_filters(h, w)
+            y = _fft_call(torch.fft.irfft2, self._multiply(spec, filt), s=xc.shape[-2:])
+            if self.mode == "linear":
+                y = y[..., :h, :w]
+            elif self.mode.startswith("pad-"):
+                y = y[..., h // 2:h // 2 + h, w // 2:w // 2 + w]
+        return y.to(dtype)
+
+
+class DepthwiseNIFF(_NIFFBase):
+    """Depthwise NIFF: FFT → multiply channel c by its own W_c → inverse FFT. No bias.
+
+    Args:
+        channels: channels filtered (input = output).
+        mlp: MLP preset name (``big``, ``small``, ``cifar``, ``tiny``), hidden sizes, or config.
+        mode: convolution mode, one of :data:`CONV_MODES`.
+    """
+
+    kind = "depthwise"
+
+    def __init__(self, channels: int, mlp: MLPSpec = "big", mode: str = "circular"):
+        super().__init__(channels, mlp, mode)
+        self.in_channels = self.out_channels = channels
+
+    def _multiply(self, spec, filt):
+        return spec * filt
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, mode={self.mode}, fmap={self.fmap}"
+
+
+class SplitNIFF(DepthwiseNIFF):
+    """The paper's default NIFF: depthwise NIFF on Cin channels, then a bias-free 1×1 Cin→Cout.
+
+    One FFT before and one inverse FFT after. The 1×1 runs on the spectrum when it reduces
+    channels (fewer inverse FFTs) and in space otherwise; both are exact.
+    """
+
+    kind = "split"
+
+    def __init__(self, in_channels: int, out_channels: int, mlp: MLPSpec = "big",
+                 mode: str = "circular", groups: int = 1):
+        super().__init__(in_channels, mlp, mode)
+        self.out_channels = out_channels
+        self.pointwise = FreqPointwise(in_channels, out_channels, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_channels < self.in_channels:
+            return super().forward(x)  # mixing inside _multiply, on the spectrum
+        return self.pointwise(super().forward(x))
+
+    def _multiply(self, spec, filt):
+        out = spec * filt
+        return self.pointwise.mix_spectrum(out) if self.out_channels < self.in_channels else out
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, mode={self.mode}, fmap={self.fmap}"
+
+
+class FullNIFF(_NIFFBase):
+    """Full NIFF ("NIFF 2D conv", Eq. 3–5): y_o = F⁻¹(Σ_i F(x_i) ⊙ W_{o,i}).
+
+    One MLP pair outputs Cin·Cout complex values per frequency (output o, input i at index
+    o·Cin + i).
+    """
+
+    kind = "full"
+
+    def __init__(self, in_channels: int, out_channels: int, mlp: MLPSpec = "tiny",
+                 mode: str = "circular"):
+        super().__init__(in_channels * out_channels, mlp, mode)
+        self.in_channels, self.out_channels = in_channels, out_channels
+
+    def _shape_filters(self, w):
+        return w.reshape(self.out_channels, self.in_channels, *w.shape[-2:])
+
+    def _multiply(self, spec, filt):
+        return torch.einsum("bihw,oihw->bohw", spec, filt)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, mode={self.mode}, fmap={self.fmap}"
+
+
+NIFF_LAYER_TYPES = (DepthwiseNIFF, FullNIFF, FreqPointwise)

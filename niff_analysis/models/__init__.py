@@ -1,0 +1,7 @@
+"""NIFF models: conversion rules and the registry."""
+
+from .convert import ConversionError, ConversionReport, niff_layers, record_shapes, to_niff, to_separated
+from .registry import UnknownModelError, create_model, list_models, parse_name
+
+__all__ = ["ConversionError", "ConversionReport", "UnknownModelError", "create_model",
+           "list_models", "niff_layers", "parse_name", "record_shapes", "to_niff", "to_separated"]

@@ -1,0 +1,123 @@
+"""Model registry: torchvision definitions, converted by rule (no copied model files).
+
+Names are ``<arch>`` (baseline) plus ``_sep`` / ``_niff`` / ``_niff_full`` where the paper has
+that variant. ``list_models("resnet*_niff")`` takes fnmatch wildcards.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Optional, Union
+
+import torchvision.models as tvm
+from torch import nn
+
+from ..errors import NiffError
+from ..layers.mlp import MLPSpec, resolve_mlp
+from .convert import to_niff, to_separated
+
+# arch -> (torchvision builder, default ImageNet MLP preset, variant suffixes the paper has)
+_ARCHS: dict[str, tuple[Callable[..., nn.Module], str, tuple[str, ...]]] = {
+    "resnet18": (tvm.resnet18, "big", ("", "_sep", "_niff", "_niff_full")),
+    "resnet50": (tvm.resnet50, "big", ("", "_sep", "_niff", "_niff_full")),
+    "resnet101": (tvm.resnet101, "big", ("", "_sep", "_niff", "_niff_full")),
+    "densenet121": (tvm.densenet121, "small", ("", "_sep", "_niff", "_niff_full")),
+    "convnext_tiny": (tvm.convnext_tiny, "big", ("", "_niff")),
+    "mobilenet_v2": (tvm.mobilenet_v2, "small", ("", "_niff")),
+    "mobilenet_v3_small": (tvm.mobilenet_v3_small, "small", ("", "_niff")),
+}
+_SUFFIXES = ("_niff_full", "_niff", "_sep")  # longest first for parsing
+STEMS = ("imagenet", "cifar")
+
+
+class UnknownModelError(NiffError, ValueError):
+    """The registry has no model of that name."""
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching an fnmatch ``pattern``, sorted."""
+    names = [a + s for a, (_, _, sfx) in _ARCHS.items() for s in sfx]
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    """Split a registered name into (architecture, variant) with variant in
+    ``baseline``, ``sep``, ``niff``, ``niff_full``."""
+    if name not in list_models():
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    for s in _SUFFIXES:
+        if name.endswith(s):
+            return name[: -len(s)], s[1:]
+    return name, "baseline"
+
+
+def _swap_conv(old: nn.Conv2d, **changes) -> nn.Conv2d:
+    kw = dict(in_channels=old.in_channels, out_channels=old.out_channels,
+              kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
+              bias=old.bias is not None)
+    kw.update(changes)
+    return nn.Conv2d(**kw)
+
+
+def _adapt_stem(arch: str, model: nn.Module, in_chans: int, stem: str) -> None:
+    """Set input channels and, for ``stem="cifar"``, a stride-1 stem without max-pool (SPEC §3)."""
+    cifar = stem == "cifar"
+    if arch.startswith("resnet"):
+        model.conv1 = (_swap_conv(model.conv1, in_channels=in_chans, kernel_size=3, stride=1, padding=1)
+                       if cifar else _swap_conv(model.conv1, in_channels=in_chans))
+        if cifar:
+            model.maxpool = nn.Identity()
+    elif arch.startswith("densenet"):
+        f = model.features
+        f.conv0 = (_swap_conv(f.conv0, in_channels=in_chans, kernel_size=3, stride=1, padding=1)
+                   if cifar else _swap_conv(f.conv0, in_channels=in_chans))
+        if cifar:
+            f.pool0 = nn.Identity()
+    elif arch.startswith("mobilenet"):
+        model.features[0][0] = _swap_conv(model.features[0][0], in_channels=in_chans,
+                                          **({"stride": 1} if cifar else {}))
+    elif arch.startswith("convnext"):
+        # ConvNeXt keeps its patchify stem (4×4, stride 4) on either stem setting.
+        model.features[0][0] = _swap_conv(model.features[0][0], in_channels=in_chans)
+
+
+def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
+                 input_size: Optional[Union[int, tuple[int, int]]] = None, stem: str = "imagenet",
+                 mlp: Optional[MLPSpec] = None, mode: str = "circular") -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        num_classes: classifier outputs.
+        in_chans: input image channels.
+        input_size: input H×W the NIFF layers are sized for (default 224, or 32 for ``cifar``).
+        stem: ``"imagenet"`` or ``"cifar"`` (3×3 stride-1 stem, no max-pool, ``cifar`` MLP).
+        mlp: MLP preset/config overriding the architecture's default.
+        mode: NIFF convolution mode (see :data:`niff_analysis.layers.CONV_MODES`).
+
+    Returns:
+        The model, with ``model.niff_config`` holding the keyword arguments that rebuild it.
+    """
+    arch, variant = parse_name(name)
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose from {list(STEMS)}")
+    for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if int(value) < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value}")
+    if input_size is None:
+        input_size = 32 if stem == "cifar" else 224
+    builder, default_mlp, _ = _ARCHS[arch]
+    model = builder(weights=None, num_classes=num_classes)
+    _adapt_stem(arch, model, in_chans, stem)
+    if mlp is None:
+        mlp = "tiny" if variant == "niff_full" else ("cifar" if stem == "cifar" else default_mlp)
+    mlp_cfg = resolve_mlp(mlp)
+    if variant == "sep":
+        to_separated(model, input_size, in_chans=in_chans)
+    elif variant.startswith("niff"):
+        to_niff(model, input_size, variant="full" if variant == "niff_full" else "split",
+                mlp=mlp_cfg, mode=mode, in_chans=in_chans)
+    size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
+    model.niff_config = dict(name=name, num_classes=num_classes, in_chans=in_chans, input_size=size,
+                             stem=stem, mlp=mlp_cfg.to_dict(), mode=mode)
+    return model
