@@ -1,5 +1,8 @@
 """Self-describing checkpoints: ``config.json`` + ``model.safetensors`` in a directory, or a
-single ``.safetensors`` file carrying the same config in its metadata.
+single ``.safetensors`` file carrying the same config in its metadata. Checkpoints of the
+authors' public code (``.pt``/``.pth`` dicts with the state dict under ``model``, SPEC §6)
+are imported by :func:`import_reference_checkpoint`; pickles are only ever read with
+``torch.load(weights_only=True)``.
 
 ``config.json`` records everything needed to rebuild the model (registry name and keyword
 arguments), the feature-map size of every NIFF layer, and the training provenance (dataset,
@@ -28,6 +31,7 @@ FORMAT = "niff-analysis-checkpoint"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt")
 BUNDLED_DIR = Path(__file__).parent / "checkpoints"
 DEFAULT_CHECKPOINT = BUNDLED_DIR / "resnet18_niff_fmnist"
 
@@ -154,6 +158,10 @@ def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu") -> nn.
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_file() and path.name.endswith(PICKLE_SUFFIXES):
+        raise CheckpointError(f"{path}: a PyTorch .pt/.pth file carries no niff-analysis config; import "
+                              "it with import_reference_checkpoint(path, architecture) or "
+                              "`niff-analyze import-reference PATH --model NAME --out DIR`")
     cfg = read_config(path)
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     if not weights.is_file():
@@ -191,3 +199,152 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise NiffError("device mps requested but MPS is not available")
     return torch.device(device)
+
+
+# --------------------------------------------------------------------------- reference import
+def read_torch_pickle(path: PathLike):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.
+
+    ``argparse.Namespace`` is also allowed (the reference training script stores its arguments
+    as one); it only carries attributes.
+
+    Raises:
+        CheckpointError: unreadable file or one that needs arbitrary unpickling.
+    """
+    import argparse
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure is one line for the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True) "
+                              f"({first[:160]}); only tensors and plain containers are loaded") from None
+
+
+def reference_key_map(model: nn.Module) -> dict[str, str]:
+    """Our state-dict key → the key the authors' public code (GeJulia/NIFF) uses for it.
+
+    Their layers: a split NIFF conv ``N`` is ``nn.Sequential(FreqConv_DW_fft, FreqConv_1x1_ifft)``,
+    so its MLPs are ``N.0.mlp_real.layer_mpl{k}`` / ``N.0.mlp_imag.layer_mpl{k}`` (1×1 Conv2d,
+    weights (out, in, 1, 1)) and its channel mixing ``N.1.mlp`` (a bias-free ``nn.Linear``); a
+    depthwise NIFF ``N`` has ``N.mlp_real`` / ``N.mlp_imag``; a frequency 1×1 ``N`` is ``N.mlp``.
+    Every other key (stems, BatchNorm, classifier) is the torchvision name in both.
+    """
+    from .layers import DepthwiseNIFF, FreqPointwise, FullNIFF, SplitNIFF
+
+    mapping: dict[str, str] = {}
+    inside_split: set[str] = set()
+    for name, m in model.named_modules():
+        if isinstance(m, FullNIFF):
+            raise CheckpointError(f"layer {name} is a full NIFF layer; the reference code has none to import")
+        if isinstance(m, DepthwiseNIFF):
+            base = f"{name}.0" if isinstance(m, SplitNIFF) else name
+            for ours, theirs in (("real", "mlp_real"), ("imag", "mlp_imag")):
+                linears = [i for i, layer in enumerate(getattr(m, ours)) if isinstance(layer, nn.Linear)]
+                for k, i in enumerate(linears, 1):
+                    for p in ("weight", "bias"):
+                        mapping[f"{name}.{ours}.{i}.{p}"] = f"{base}.{theirs}.layer_mpl{k}.{p}"
+            if isinstance(m, SplitNIFF):
+                mapping[f"{name}.pointwise.weight"] = f"{name}.1.mlp.weight"
+                inside_split.add(f"{name}.pointwise")
+        elif isinstance(m, FreqPointwise) and name not in inside_split:
+            mapping[f"{name}.weight"] = f"{name}.mlp.weight"
+    for key in model.state_dict():
+        mapping.setdefault(key, key)
+    return mapping
+
+
+def _reference_to_ours(model: nn.Module, state: dict) -> None:
+    """Rewrite the NIFF tensors of a mapped reference state dict so our layers compute exactly
+    what theirs did. Two differences of their forward pass are folded into the weights:
+
+    * Grid: their axis of odd length N holds ``arange(-N/2, N/2)`` (half-integers), ours the
+      integers −(N−1)/2 … (N−1)/2 (SPEC §2), i.e. theirs = ours − 1/2. The first MLP layer is
+      affine, so W·(c − s) + b = W·c + (b − W·s): subtracting W·s from its bias is exact.
+    * Channel order: they call ``fftshift``/``ifftshift`` without ``dim``, which also rolls the
+      batch and channel axes. The batch roll cancels, but their filter (MLP output) k and
+      their 1×1 weight [o, i] act on our input channel c = k − Cin//2 and output channel
+      o − Cout//2 (mod C). Rolling those rows/columns back is a pure permutation.
+    """
+    from .layers import DepthwiseNIFF, SplitNIFF
+
+    for name, m in model.named_modules():
+        if not isinstance(m, DepthwiseNIFF):
+            continue
+        cin = m.in_channels
+        for ours in ("real", "imag"):
+            idx = [i for i, layer in enumerate(getattr(m, ours)) if isinstance(layer, nn.Linear)]
+            for p in ("weight", "bias"):
+                key = f"{name}.{ours}.{idx[-1]}.{p}"
+                state[key] = torch.roll(state[key], -(cin // 2), dims=0)
+            if m.fmap is not None:
+                h, w = m.filter_size()
+                # grid column 0 is the horizontal frequency (along W), column 1 the vertical one.
+                shift = torch.tensor([0.5 * (w % 2), 0.5 * (h % 2)], dtype=torch.float64)
+                wkey, bkey = f"{name}.{ours}.{idx[0]}.weight", f"{name}.{ours}.{idx[0]}.bias"
+                state[bkey] = (state[bkey].double() - state[wkey].double() @ shift).to(state[bkey].dtype)
+        if isinstance(m, SplitNIFF):
+            key = f"{name}.pointwise.weight"
+            state[key] = torch.roll(state[key], (-(m.out_channels // 2), -(cin // 2)), dims=(0, 1))
+
+
+def import_reference_checkpoint(path: PathLike, architecture: str, key: str = "model",
+                                **model_kwargs) -> nn.Module:
+    """Load a checkpoint of the authors' public code into our model of the same architecture.
+
+    Args:
+        path: ``.pt``/``.pth`` file: a dict with the state dict under ``key`` (their training
+            script's format), or a bare state dict. Read with ``weights_only=True``; a
+            ``module.`` prefix (saved from DDP) is stripped.
+        architecture: registered model name, e.g. ``"resnet18_niff"``.
+        key: dict entry that holds the state dict (``"model"``; ``"model_ema"`` for EMA weights).
+        **model_kwargs: :func:`~niff_analysis.models.create_model` arguments (num_classes, …)
+            matching the checkpoint; their ImageNet models are the defaults.
+
+    Returns:
+        The model in eval mode, ``model.niff_checkpoint`` describing it and its source; save it
+        in our format with :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: unreadable file, no state dict, keys or shapes that do not match.
+    """
+    from .models.registry import UnknownModelError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    obj = read_torch_pickle(path)
+    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+        theirs = obj[key]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        theirs = obj
+    else:
+        found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: no state dict under {key!r} (found {found})")
+    theirs = {k[len("module."):] if k.startswith("module.") else k: v
+              for k, v in theirs.items() if isinstance(v, torch.Tensor)}
+    try:
+        model = create_model(architecture, **model_kwargs)
+    except UnknownModelError as exc:
+        raise CheckpointError(str(exc)) from None
+    except (TypeError, ValueError, NiffError) as exc:
+        raise CheckpointError(f"cannot build {architecture!r}: {exc}") from None
+    own = model.state_dict()
+    mapping = reference_key_map(model)
+    missing = [f"{src} (for {ours})" for ours, src in mapping.items() if src not in theirs]
+    unexpected = sorted(set(theirs) - set(mapping.values()))
+    wrong = [src for ours, src in mapping.items() if src in theirs and theirs[src].numel() != own[ours].numel()]
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {label} (e.g. {v[0]})" for label, v in
+                 (("missing key(s)", missing), ("unexpected key(s)", unexpected),
+                  ("wrong-sized tensor(s)", wrong)) if v]
+        raise CheckpointError(f"{path}: not a reference checkpoint of {architecture} with these "
+                              f"settings: {'; '.join(parts)}")
+    state = {ours: theirs[src].reshape(own[ours].shape).to(own[ours].dtype) for ours, src in mapping.items()}
+    _reference_to_ours(model, state)
+    load_state_into(model, state, path)
+    model.niff_checkpoint = dict(model_config(model), path=str(path), sha256=file_sha256(path),
+                                 imported_from="GeJulia/NIFF reference checkpoint")
+    model.eval()
+    return model

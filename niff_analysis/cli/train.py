@@ -1,9 +1,14 @@
-"""``niff-analyze train``."""
+"""``niff-analyze train`` and ``niff-analyze import-reference``."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
+from ..checkpoint import import_reference_checkpoint, save_checkpoint
+from ..errors import NiffError
 from ..models.registry import STEMS, list_models
 from ..train import DATASETS, TrainConfig, train
 from . import main
@@ -33,25 +38,68 @@ from .common import positive_int
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Autocast on CUDA.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the model (CUDA; refused on CPU for NIFF models).")
 @click.option("--train-subset", type=int, callback=positive_int, help="Use the first N training images.")
 @click.option("--test-subset", type=int, callback=positive_int, help="Use the first N test images.")
 @click.option("--threads", type=int, callback=positive_int, help="torch CPU threads.")
 @click.option("--save-every-steps", type=int, default=0, show_default=True,
               help="Also save resumable state every N steps.")
+@click.option("--sync-bn/--no-sync-bn", default=True, show_default=True,
+              help="Under torchrun, BatchNorm statistics over the global batch (as one process).")
+@click.option("--workers", type=int, default=4, show_default=True, help="DataLoader workers (imagefolder).")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="float64: CPU reference runs (e.g. to compare DDP with one process exactly).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(model_name, dataset, data_dir, epochs, batch_size, lr, weight_decay, label_smoothing,
               num_classes, in_chans, input_size, stem, mlp, mode, out, resume, seed, device, amp,
-              compile_, train_subset, test_subset, threads, save_every_steps, quiet) -> None:
-    """Train a registered model; writes a checkpoint, metrics.csv and train_config.json to OUT."""
-    kwargs = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size,
-                                    stem=stem, mode=mode).items() if v is not None}
-    if mlp:
-        kwargs["mlp"] = [int(h) for h in mlp.split(",")] if mlp[0].isdigit() else mlp
+              compile_, train_subset, test_subset, threads, save_every_steps, sync_bn, workers,
+              dtype, quiet) -> None:
+    """Train a registered model; writes a checkpoint, metrics.csv and train_config.json to OUT.
+
+    Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N``; --batch-size
+    is the global batch.
+    """
+    kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
+    kwargs["mode"] = mode
     cfg = TrainConfig(model=model_name, model_kwargs=kwargs, dataset=dataset, data_dir=data_dir,
                       out=out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, seed=seed, device=device, amp=amp,
                       compile=compile_, train_subset=train_subset, test_subset=test_subset,
-                      threads=threads, progress=not quiet, save_every_steps=save_every_steps)
+                      threads=threads, progress=not quiet, save_every_steps=save_every_steps,
+                      sync_bn=sync_bn, workers=workers, dtype=dtype)
     final = train(cfg, resume=resume)
-    click.echo(f"test_acc {final.get('test_acc', float('nan')):.4f}; checkpoint in {out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"test_acc {final.get('test_acc', float('nan')):.4f}; checkpoint in {out}")
+
+
+def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
+    kwargs = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size,
+                                    stem=stem).items() if v is not None}
+    if mlp:
+        try:
+            kwargs["mlp"] = [int(h) for h in mlp.split(",")] if mlp[0].isdigit() else mlp
+        except ValueError:
+            raise NiffError(f"--mlp: expected a preset name or sizes like 16,64, got {mlp!r}") from None
+    return kwargs
+
+
+@main.command("import-reference")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--model", "model_name", required=True, type=click.Choice(list_models()),
+              help="Our registered model matching the checkpoint's architecture.")
+@click.option("--out", required=True, type=click.Path(), help="Checkpoint directory (or .safetensors) to write.")
+@click.option("--key", default="model", show_default=True, help="Dict entry holding the state dict.")
+@click.option("--num-classes", type=int, callback=positive_int, help="Default: 1000.")
+@click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
+@click.option("--input-size", type=int, callback=positive_int, help="Default: 224 (32 for --stem cifar).")
+@click.option("--stem", type=click.Choice(STEMS), help="Default: imagenet.")
+@click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's).")
+def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:
+    """Convert a checkpoint of the authors' public NIFF code (PATH: .pt/.pth) to our format."""
+    kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
+    model = import_reference_checkpoint(path, model_name, key=key, **kwargs)
+    meta = model.niff_checkpoint
+    save_checkpoint(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
+                    source_sha256=meta["sha256"])
+    click.echo(f"imported {path} as {model_name}; checkpoint in {out}")

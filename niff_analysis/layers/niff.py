@@ -81,6 +81,29 @@ def hermitian_half(w_uncentred: torch.Tensor) -> torch.Tensor:
     return 0.5 * (w_uncentred[..., :half] + w_neg[..., :half].conj())
 
 
+_INDEX_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _half_plane_indices(h: int, w: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the centred (h·w, 2) grid holding f and −f for each rfft2 bin f.
+
+    For uncentred DFT indices (i, j), j ≤ w//2, ``pos`` is the centred row of (i, j) and ``neg``
+    the centred row of (−i mod h, −j mod w); ifftshift maps uncentred index i to centred
+    (i + h//2) mod h. Cached per (h, w, device).
+    """
+    key = (int(h), int(w), str(torch.device(device) if device is not None else "cpu"))
+    idx = _INDEX_CACHE.get(key)
+    if idx is None:
+        with torch.inference_mode(False):
+            i = torch.arange(h).unsqueeze(1)
+            j = torch.arange(w // 2 + 1).unsqueeze(0)
+            pos = ((i + h // 2) % h) * w + (j + w // 2) % w
+            neg = ((-i) % h + h // 2) % h * w + ((-j) % w + w // 2) % w
+            idx = (pos.reshape(-1).to(device), neg.reshape(-1).to(device))
+        _INDEX_CACHE[key] = idx
+    return idx
+
+
 _MPS_WARNED = False
 
 
@@ -178,6 +201,12 @@ class _NIFFBase(nn.Module):
         self.imag = build_mlp(self.mlp_config, n_filters)
         self.fmap: Optional[Size] = None  # feature-map size the layer runs at (set by conversion)
         self.layer_name: Optional[str] = None
+        # Eval-mode cache of the rfft2 filters: (key, snapshot of the MLP parameters, filters).
+        self._filter_cache: Optional[tuple] = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._filter_cache = None  # .to() / .half() / .cuda() make new parameter tensors
+        return super()._apply(fn, *args, **kwargs)
 
     # ---- filter evaluation -------------------------------------------------------------
     def filter_size(self, size: Optional[Size] = None) -> Size:
@@ -231,8 +260,44 @@ class _NIFFBase(nn.Module):
             k2 = torch.roll(k2, shifts=(-(h // 2), -(w // 2)), dims=(-2, -1))
             return torch.fft.rfft2(k2)
         fh, fw = self.filter_size((h, w))
-        wc = self._shape_filters(self._mlp_response(fh, fw))
-        return hermitian_half(torch.fft.ifftshift(wc, dim=(-2, -1)))
+        # Same values as hermitian_half(ifftshift(W)), bit for bit, without its roll/flip
+        # copies: the shift and the negation f → −f are permutations of grid points, applied
+        # as index gathers along the points axis of the MLP output.
+        p = self.real[0].weight
+        grid = frequency_grid(fh, fw, device=p.device, dtype=p.dtype)
+        pos, neg = _half_plane_indices(fh, fw, p.device)
+        cdt = _compute_dtype(p.dtype)
+        # Gathering from a complex (C, points) tensor keeps every intermediate, and the gradient
+        # reaching the MLPs, in the layout it had before: reductions and products round alike.
+        wc = torch.complex(self.real(grid).to(cdt).T, self.imag(grid).to(cdt).T)
+        half = 0.5 * (wc.index_select(1, pos) + wc.index_select(1, neg).conj())
+        return self._shape_filters(half.reshape(-1, fh, fw // 2 + 1))
+
+    def _filters_for_forward(self, h: int, w: int) -> torch.Tensor:
+        """:meth:`_half_filters`, cached in eval mode when no gradient can flow to the MLPs.
+
+        The MLPs run on the whole grid on every call, which dominates small inputs. In eval
+        mode with gradients off (or frozen MLPs) the filters are a pure function of the MLP
+        parameters and the grid, so they are reused while the parameters compare exactly equal
+        to a snapshot (this catches optimizer steps, ``load_state_dict`` and writes through
+        ``.data`` alike). The cache is a plain attribute: never in the state dict.
+        """
+        params = [p for mlp in (self.real, self.imag) for p in mlp.parameters()]
+        if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            self._filter_cache = None
+            return self._half_filters(h, w)
+        # inference_mode(False): an inference tensor could not be saved for a later backward
+        # (e.g. an attack differentiating a frozen model with respect to its input).
+        with torch.inference_mode(False), torch.no_grad():
+            snapshot = torch.cat([p.detach().reshape(-1) for p in params])
+        key = (h, w, self.mode, snapshot.device, snapshot.dtype)
+        cache = self._filter_cache
+        if cache is not None and cache[0] == key and torch.equal(cache[1], snapshot):
+            return cache[2]
+        with torch.inference_mode(False), torch.no_grad():
+            filt = self._half_filters(h, w)
+        self._filter_cache = (key, snapshot, filt)
+        return filt
 
     # ---- forward -----------------------------------------------------------------------
     def _multiply(self, spec: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
@@ -254,7 +319,7 @@ class _NIFFBase(nn.Module):
                     pad_mode = "replicate"  # reflect needs at least two pixels
                 xc = F.pad(xc, (w // 2, w - w // 2, h // 2, h - h // 2), mode=pad_mode)
             spec = _fft_call(torch.fft.rfft2, xc)
-            filt = self._half_filters(h, w)
+            filt = self._filters_for_forward(h, w)
             y = _fft_call(torch.fft.irfft2, self._multiply(spec, filt), s=xc.shape[-2:])
             if self.mode == "linear":
                 y = y[..., :h, :w]

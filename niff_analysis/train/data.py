@@ -2,12 +2,17 @@
 
 Fashion-MNIST and CIFAR-10 are held in memory as uint8 tensors and augmented per batch with an
 explicit ``torch.Generator`` (fast on CPU, deterministic for a seed, and identical whether the
-global batch runs in one process or is split across DDP ranks).
+global batch runs in one process or is split across DDP ranks). ImageFolder trees are decoded
+by DataLoader workers; their random transforms are seeded per sample from (seed, epoch,
+index), which gives the same guarantees. CIFAR-10 pickles are unpickled with an allow-list
+(numpy arrays and plain data only). Every problem with a data folder is a one-line
+:class:`~niff_analysis.errors.DataError` naming what was expected.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 import tarfile
@@ -55,11 +60,14 @@ class TensorDataset:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """One gzip-compressed idx file of unsigned bytes (the MNIST/Fashion-MNIST format)."""
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
+        if len(raw) < 4:
+            raise ValueError("file is shorter than an idx header")
         zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-        if zero != 0 or dtype_code != 0x08:
+        if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
             raise ValueError("not an unsigned-byte idx file")
         dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -67,13 +75,27 @@ def _read_idx(path: Path) -> np.ndarray:
             raise ValueError(f"expected {int(np.prod(dims))} values, found {data.size}")
         return data.reshape(dims)
     except (OSError, EOFError, ValueError, struct.error) as exc:
-        raise DataError(f"cannot read idx file {path}: {exc}") from None
+        raise DataError(f"cannot read idx file {path}: {' '.join(str(exc).split())}") from None
 
 
 def load_fashion_mnist(root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to: int = 32) -> TensorDataset:
-    """Fashion-MNIST from a folder holding the four official idx ``.gz`` files, zero-padded
-    from 28×28 to ``pad_to``×``pad_to``."""
+    """Fashion-MNIST from a folder holding the official idx ``.gz`` files.
+
+    Args:
+        root: folder with ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
+            ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``.
+        split: ``"train"`` or ``"test"``.
+        pad_to: images are zero-padded (centred) to ``pad_to``×``pad_to``.
+
+    Raises:
+        DataError: missing folder or files, unreadable files, images and labels that disagree.
+    """
     root = Path(root)
+    if split not in FASHION_MNIST_FILES:
+        raise DataError(f"unknown split {split!r}; choose train or test")
+    if not root.is_dir():
+        raise DataError(f"Fashion-MNIST folder {root} does not exist (expected a folder with the four "
+                        "idx .gz files; apt-get install dataset-fashion-mnist)")
     img_name, lbl_name = FASHION_MNIST_FILES[split]
     missing = [n for n in (img_name, lbl_name) if not (root / n).is_file()]
     if missing:
@@ -83,57 +105,94 @@ def load_fashion_mnist(root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to:
     labels = _read_idx(root / lbl_name)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"Fashion-MNIST {split} files in {root} disagree: images {images.shape}, "
-                        f"labels {labels.shape}")
+                        f"labels {labels.shape} (expected (N, H, W) images and N labels)")
+    if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"Fashion-MNIST labels in {root / lbl_name} go up to {labels.max()} "
+                        f"(expected 0..{len(FASHION_MNIST_CLASSES) - 1})")
     x = torch.from_numpy(images.copy()).unsqueeze(1)
-    p = pad_to - x.shape[-1]
-    if p > 0:
-        x = F.pad(x, (p // 2, p - p // 2, p // 2, p - p // 2))
+    ph, pw = pad_to - x.shape[-2], pad_to - x.shape[-1]
+    if ph > 0 or pw > 0:
+        ph, pw = max(ph, 0), max(pw, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
     return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)), *FASHION_MNIST_STATS,
                          FASHION_MNIST_CLASSES)
 
 
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR-10 batches: numpy arrays and plain Python data only.
+
+    The official batches are pickles; a hostile file could otherwise run code on load.
+    """
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a CIFAR-10 batch)")
+
+
 def _cifar_members(root: Path) -> dict[str, bytes]:
     """Raw batch files from a ``cifar-10-batches-py`` folder or the official ``.tar.gz``."""
-    if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
+    wanted = {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch"}
+    if root.is_file():
         try:
-            with tarfile.open(root) as tar:
+            with tarfile.open(root, "r:*") as tar:
                 return {Path(m.name).name: tar.extractfile(m).read()
-                        for m in tar.getmembers() if m.isfile()}
+                        for m in tar.getmembers() if m.isfile() and Path(m.name).name in wanted}
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"cannot read CIFAR-10 archive {root}: {exc}") from None
+            raise DataError(f"cannot read CIFAR-10 archive {root}: {exc} (expected the official "
+                            "cifar-10-python.tar.gz or a cifar-10-batches-py folder)") from None
     if root.is_dir() and (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
     if not root.is_dir():
-        raise DataError(f"CIFAR-10 path {root} is neither a cifar-10-batches-py folder nor a .tar.gz")
-    return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+        raise DataError(f"CIFAR-10 path {root} does not exist (expected a cifar-10-batches-py folder "
+                        "or the cifar-10-python.tar.gz archive)")
+    return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file() and p.name in wanted}
+
+
+def _parse_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        d = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+            raise ValueError("no b'data' / b'labels' entries")
+        data = np.asarray(d[b"data"])
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    except Exception as exc:  # any malformed or hostile pickle content
+        raise DataError(f"CIFAR-10 file {where} is malformed: {' '.join(str(exc).split())}") from None
+    if len(data) != len(labels):
+        raise DataError(f"CIFAR-10 file {where} has {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CIFAR10_CLASSES)):
+        raise DataError(f"CIFAR-10 file {where} has labels outside 0..{len(CIFAR10_CLASSES) - 1}")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar10(root, split: str = "train") -> TensorDataset:
     """CIFAR-10 from a ``cifar-10-batches-py`` folder (or its ``.tar.gz``).
 
     Reads whichever of ``data_batch_1..5`` (train) or ``test_batch`` (test) are present, so
-    subsets and small fixtures in the official pickle format work too.
+    subsets and small fixtures in the official pickle format work too. Only numpy arrays and
+    plain data are unpickled.
+
+    Raises:
+        DataError: missing path, no batch of the split, malformed batches.
     """
     root = Path(root)
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; choose train or test")
     members = _cifar_members(root)
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     found = [n for n in names if n in members]
     if not found:
         raise DataError(f"CIFAR-10 at {root} has no {' / '.join(names)} "
                         "(expected the official cifar-10-batches-py pickle files)")
-    xs, ys = [], []
-    for n in found:
-        try:
-            d = pickle.loads(members[n], encoding="bytes")  # noqa: S301 - the official format
-            data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(d[b"labels"], dtype=np.int64)
-        except Exception as exc:  # any malformed pickle content
-            raise DataError(f"CIFAR-10 file {n} in {root} is malformed: {exc}") from None
-        if len(data) != len(labels):
-            raise DataError(f"CIFAR-10 file {n} in {root} has {len(data)} images, {len(labels)} labels")
-        xs.append(data)
-        ys.append(labels)
-    return TensorDataset(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)),
+    parts = [_parse_cifar_batch(members[n], f"{n} in {root}") for n in found]
+    return TensorDataset(torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                         torch.from_numpy(np.concatenate([p[1] for p in parts])),
                          *CIFAR10_STATS, CIFAR10_CLASSES)
 
 
@@ -160,32 +219,85 @@ def normalise(x_uint8: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
-def load_imagefolder(root, split: str = "train", image_size: int = 224):
-    """A torchvision ImageFolder for ``root/train`` or ``root/val`` with the standard ImageNet
-    transforms (random-resized crop + flip for training, resize + centre crop for eval)."""
+class SeededImageFolder(torch.utils.data.Dataset):
+    """An ImageFolder whose random transform of sample ``i`` in epoch ``e`` is seeded by
+    (seed, e, i), so augmentation does not depend on worker count, rank count or resuming.
+
+    Args:
+        folder: a ``torchvision.datasets.ImageFolder`` without transform.
+        transform: the (random) transform to apply.
+        seed: run seed.
+    """
+
+    def __init__(self, folder, transform, seed: int = 0):
+        self.folder, self.transform, self.seed, self.epoch = folder, transform, int(seed), 0
+        self.classes = folder.classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int):
+        img, label = self.folder[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i))
+            return self.transform(img), label
+
+
+def _image_folder(folder: Path):
     import torchvision.datasets as tvd
+
+    try:
+        return tvd.ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError, OSError) as exc:
+        raise DataError(f"ImageFolder {folder}: {' '.join(str(exc).split())} "
+                        "(expected one sub-folder per class holding images)") from None
+
+
+def load_imagefolder(root, split: str = "train", image_size: int = 224, seed: int = 0):
+    """``root/train`` or ``root/val`` with the standard ImageNet transforms.
+
+    Training: random-resized crop + horizontal flip, seeded per sample (see
+    :class:`SeededImageFolder`); evaluation: resize to ``image_size·256/224`` + centre crop.
+    Both splits must have the same class folders (labels are folder indices).
+
+    Raises:
+        DataError: missing ``train/`` or ``val/``, empty class folders, differing classes.
+    """
     import torchvision.transforms as T
 
-    folder = Path(root) / ("train" if split == "train" else "val")
-    if not folder.is_dir():
-        raise DataError(f"ImageFolder root {root} has no {folder.name}/ folder "
-                        "(expected train/ and val/ with one sub-folder per class)")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"ImageFolder root {root} does not exist (expected train/ and val/ with one "
+                        "sub-folder per class)")
+    missing = [n for n in ("train", "val") if not (root / n).is_dir()]
+    if missing:
+        raise DataError(f"ImageFolder root {root} has no {' and '.join(m + '/' for m in missing)} "
+                        "folder (expected train/ and val/ with one sub-folder per class)")
+    folder = _image_folder(root / ("train" if split == "train" else "val"))
+    other = sorted(p.name for p in (root / ("val" if split == "train" else "train")).iterdir() if p.is_dir())
+    if other != list(folder.classes):
+        raise DataError(f"ImageFolder {root}: train/ and val/ have different class folders "
+                        f"({len(folder.classes)} vs {len(other)})")
     norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     if split == "train":
         tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    else:
-        tf = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
-    try:
-        return tvd.ImageFolder(str(folder), transform=tf)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"ImageFolder {folder}: {exc}") from None
+        return SeededImageFolder(folder, tf, seed)
+    folder.transform = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size),
+                                  T.ToTensor(), norm])
+    return folder
 
 
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 
 
-def load_dataset(name: str, root, split: str):
-    """Dispatch on dataset name; returns a :class:`TensorDataset` or an ImageFolder."""
+def load_dataset(name: str, root, split: str, image_size: int = 224, seed: int = 0):
+    """Dispatch on dataset name; returns a :class:`TensorDataset` or an ImageFolder dataset.
+
+    ``image_size`` and ``seed`` only concern ImageFolder trees.
+    """
     if name == "fashion-mnist":
         return load_fashion_mnist(root or FASHION_MNIST_DEFAULT, split)
     if name == "cifar10":
@@ -195,5 +307,5 @@ def load_dataset(name: str, root, split: str):
     if name == "imagefolder":
         if root is None:
             raise DataError("imagefolder needs --data-dir with train/ and val/ class folders")
-        return load_imagefolder(root, split)
+        return load_imagefolder(root, split, image_size=image_size, seed=seed)
     raise DataError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")

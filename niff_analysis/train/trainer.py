@@ -5,18 +5,26 @@ from 0.02, weight decay 0.002, label smoothing 0.1, zero-pad-4 crop + horizontal
 per-channel normalisation. Other recipes are just other :class:`TrainConfig` values.
 
 Determinism: the data order and augmentation of epoch e come from a generator seeded with
-(seed, e), drawn for the *global* batch, so a run is reproducible on CPU, a resumed run
-equals an uninterrupted one, and N DDP ranks (each taking its slice of the global batch) see
-exactly what one process would.
+(seed, e), drawn for the *global* batch (ImageFolder samples are augmented with a per-sample
+seed), so a run is reproducible on CPU, a resumed run equals an uninterrupted one, and N DDP
+ranks (each taking its slice of the global batch) see exactly what one process would. Under
+DDP every BatchNorm normalises over the global batch (``SyncBatchNorm`` on GPUs,
+:class:`~niff_analysis.train.distributed.GlobalBatchNorm` on CPU), so N processes train the
+same model as one process up to float rounding.
+
+Resumable state (``train_state.pt``, read with ``weights_only=True``) holds the model,
+optimizer (momentum buffers), epoch and step within the epoch (the cosine lr is a function of
+the global step), the metrics so far, the partial sums of the interrupted epoch, the RNG
+states and the recipe it was made with (a resume with another recipe is refused).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,10 +40,16 @@ from .. import __version__
 from ..checkpoint import resolve_device, save_checkpoint
 from ..errors import NiffError
 from ..io import atomic_write
-from ..models import create_model
-from .data import TensorDataset, augment_batch, load_dataset, normalise
+from ..models import create_model, niff_layers
+from .data import SeededImageFolder, TensorDataset, augment_batch, load_dataset, normalise
+from .distributed import convert_batchnorm, dist_info, gather_objects, setup_distributed, state_fingerprint
 
 STATE_NAME = "train_state.pt"
+STATE_FORMAT = 2
+# Settings that change the trained weights; a resume must use the same values.
+RECIPE_KEYS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
+               "weight_decay", "label_smoothing", "augment", "seed", "train_subset", "dtype")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -56,7 +70,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"
-    amp: bool = True          # bf16/fp16 autocast on CUDA only; NIFF FFTs stay float32
+    amp: bool = True          # bf16 (fp16 + GradScaler where bf16 is missing) autocast on CUDA only
     compile: bool = False
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
@@ -64,31 +78,34 @@ class TrainConfig:
     threads: Optional[int] = None
     progress: bool = True
     save_every_steps: int = 0  # also save resumable state every N steps (0: per epoch only)
+    sync_bn: bool = True       # under DDP, BatchNorm statistics over the global batch
+    workers: int = 4           # DataLoader workers (ImageFolder only)
+    dtype: str = "float32"     # "float64": CPU reference runs (exact DDP/resume comparisons)
 
     def validate(self) -> None:
+        """Raise :class:`NiffError` on values no run can use."""
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise NiffError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("train_subset", "test_subset"):
+        for name in ("train_subset", "test_subset", "threads"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise NiffError(f"{name} must be a positive integer, got {v}")
-        if self.lr <= 0:
+        for name in ("save_every_steps", "workers"):
+            if int(getattr(self, name)) < 0:
+                raise NiffError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        if not self.lr > 0:
             raise NiffError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise NiffError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise NiffError("weight_decay and momentum must be non-negative")
+        if self.dtype not in DTYPES:
+            raise NiffError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _setup_distributed(device: torch.device) -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return _dist_info()
+    def recipe(self) -> dict:
+        """The settings that determine the weights (compared on ``--resume``), JSON-normalised."""
+        return json.loads(json.dumps({k: getattr(self, k) for k in RECIPE_KEYS}))
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -99,53 +116,98 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
 
 
-def evaluate(model: nn.Module, data, device: torch.device, batch_size: int = 512,
-             label_smoothing: float = 0.0) -> tuple[float, float]:
-    """(mean loss, accuracy in [0, 1]) of ``model`` on a dataset (no augmentation)."""
-    model.eval()
-    total, correct, loss_sum = 0, 0, 0.0
-    with torch.no_grad():
-        for x, y in _eval_batches(data, batch_size):
-            x, y = x.to(device), y.to(device)
-            out = model(x)
-            loss_sum += F.cross_entropy(out, y, label_smoothing=label_smoothing, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
-            total += len(y)
-    return loss_sum / max(total, 1), correct / max(total, 1)
-
-
-def _eval_batches(data, batch_size):
+# --------------------------------------------------------------------------- data
+def _first(data, n: Optional[int]):
+    """The first ``n`` samples of a dataset (all of it for ``None``)."""
+    if n is None or n >= len(data):
+        return data
     if isinstance(data, TensorDataset):
-        for i in range(0, len(data), batch_size):
-            yield normalise(data.images[i:i + batch_size], data.mean, data.std), data.labels[i:i + batch_size]
+        return data.subset(n)
+    data = copy.copy(data)  # shallow copies: the caller's dataset keeps all its samples
+    folder = data
+    if isinstance(data, SeededImageFolder):
+        folder = data.folder = copy.copy(data.folder)
+    folder.samples = folder.imgs = folder.samples[:n]
+    folder.targets = folder.targets[:n]
+    return data
+
+
+def evaluate(model: nn.Module, data, device: torch.device, batch_size: int = 512,
+             label_smoothing: float = 0.0, workers: int = 2) -> tuple[float, float]:
+    """(mean loss, accuracy in [0, 1]) of ``model`` on a dataset (no augmentation).
+
+    Inside a process group every rank evaluates its share and the sums are all-reduced.
+    """
+    rank, world = dist_info()
+    dtype = next(model.parameters()).dtype
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    with torch.no_grad():
+        for x, y in _eval_batches(data, batch_size, rank, world, workers):
+            x, y = x.to(device, dtype), y.to(device)
+            out = model(x)
+            out = out if out.dtype == torch.float64 else out.float()
+            sums[0] += F.cross_entropy(out, y, label_smoothing=label_smoothing, reduction="sum").item()
+            sums[1] += (out.argmax(1) == y).sum().item()
+            sums[2] += len(y)
+    if world > 1:
+        dist.all_reduce(sums)
+    n = max(sums[2].item(), 1)
+    return sums[0].item() / n, sums[1].item() / n
+
+
+def _eval_batches(data, batch_size, rank=0, world=1, workers=2):
+    if isinstance(data, TensorDataset):
+        images, labels = data.images[rank::world], data.labels[rank::world]
+        for i in range(0, len(labels), batch_size):
+            yield normalise(images[i:i + batch_size], data.mean, data.std), labels[i:i + batch_size]
     else:
-        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=2)
+        part = torch.utils.data.Subset(data, range(rank, len(data), world))
+        yield from torch.utils.data.DataLoader(part, batch_size=batch_size, num_workers=workers)
 
 
-def _train_batches(data, cfg: TrainConfig, epoch: int, rank: int, world: int):
-    """Yield this rank's slice of each global batch of epoch ``epoch`` (drop-last)."""
+def _train_batches(data, cfg: TrainConfig, epoch: int, rank: int, world: int, start: int = 0):
+    """Yield (step, x, y): this rank's slice of each global batch of ``epoch`` from step
+    ``start`` on (drop-last). The order is a permutation drawn from the epoch's generator."""
     gen = _epoch_generator(cfg.seed, epoch)
     n = len(data)
+    perm = torch.randperm(n, generator=gen)
+    starts = range(0, n - cfg.batch_size + 1, cfg.batch_size)
     if isinstance(data, TensorDataset):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n - cfg.batch_size + 1, cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
+        for i, s in enumerate(starts):
+            idx = perm[s:s + cfg.batch_size]
             x = data.images[idx]
             if cfg.augment:
-                x = augment_batch(x, gen)
+                x = augment_batch(x, gen)  # drawn even for skipped steps: keeps `gen` in step
+            if i < start:
+                continue
             x = normalise(x, data.mean, data.std)
-            yield x[rank::world], data.labels[idx][rank::world]
+            yield i, x[rank::world], data.labels[idx][rank::world]
     else:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            data, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size // world,
-                                             sampler=sampler, num_workers=4, drop_last=True)
-        yield from loader
+        data.set_epoch(epoch)
+        batches = [perm[s:s + cfg.batch_size][rank::world].tolist() for s in starts][start:]
+        loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=cfg.workers)
+        for i, (x, y) in enumerate(loader, start):
+            yield i, x, y
 
 
-def _steps_per_epoch(data, cfg: TrainConfig) -> int:
-    return len(data) // cfg.batch_size
+def _load_data(cfg: TrainConfig):
+    kw = cfg.model_kwargs
+    size = kw.get("input_size") or (32 if kw.get("stem") == "cifar" else 224)
+    size = tuple(size) if isinstance(size, (list, tuple)) else int(size)
+    train_data = load_dataset(cfg.dataset, cfg.data_dir, "train", image_size=size, seed=cfg.seed)
+    test_data = load_dataset(cfg.dataset, cfg.data_dir, "test", image_size=size, seed=cfg.seed)
+    train_data, test_data = _first(train_data, cfg.train_subset), _first(test_data, cfg.test_subset)
+    kwargs = dict(kw)
+    kwargs.setdefault("num_classes", len(train_data.classes))
+    if isinstance(train_data, TensorDataset):
+        kwargs.setdefault("in_chans", train_data.images.shape[1])
+        kwargs.setdefault("stem", "cifar")
+        kwargs.setdefault("input_size", list(train_data.images.shape[-2:]))
+    else:
+        kwargs.setdefault("in_chans", 3)
+        kwargs.setdefault("input_size", [size, size] if isinstance(size, int) else list(size))
+    return train_data, test_data, kwargs
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
@@ -156,70 +218,122 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+# --------------------------------------------------------------------------- resume
+def _load_state(path: Path, cfg: TrainConfig) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file, reported in one line
+        raise NiffError(f"--resume: cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step", "rows"} <= set(state):
+        raise NiffError(f"--resume: {path} is not a niff-analysis training state")
+    saved = state.get("recipe")  # absent in format-1 states
+    if saved is not None:
+        now = cfg.recipe()
+        diff = [k for k in RECIPE_KEYS if saved.get(k) != now.get(k)]
+        if diff:
+            k = diff[0]
+            raise NiffError(f"--resume: {path} was made with {k}={saved.get(k)!r}, this run has "
+                            f"{k}={now.get(k)!r} ({len(diff)} setting(s) differ); resume with the "
+                            "same recipe or use a new --out")
+    return state
+
+
+def _check_compile(cfg: TrainConfig, model: nn.Module, device: torch.device) -> None:
+    if cfg.compile and device.type != "cuda" and niff_layers(model):
+        raise NiffError("--compile needs a CUDA device for NIFF models: on CPU, TorchInductor "
+                        "generates no code for their complex FFTs, so compiling takes minutes and "
+                        "the result runs slower than eager; drop --compile")
+
+
+# --------------------------------------------------------------------------- training
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train per ``cfg``; returns the final metrics row. Writes into ``cfg.out``:
-    ``train_config.json``, ``metrics.csv``, ``train_state.pt`` (resumable state) and the final
-    checkpoint (``config.json`` + ``model.safetensors``)."""
+    """Train per ``cfg``; returns the final metrics row.
+
+    Writes into ``cfg.out``: ``train_config.json``, ``metrics.csv``, ``train_state.pt``
+    (resumable state) and the final checkpoint (``config.json`` + ``model.safetensors``).
+    Under torchrun (``WORLD_SIZE`` > 1) each process trains its slice of every global batch
+    with DistributedDataParallel; only rank 0 writes files.
+
+    Raises:
+        NiffError: bad settings, unusable data (:class:`DataError`), an unusable resume state.
+    """
     cfg.validate()
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    rank, world = _setup_distributed(device)
+    device, own_group = setup_distributed(resolve_device(cfg.device))
+    try:
+        return _train(cfg, resume, device)
+    finally:
+        torch.set_num_threads(threads)  # a library call leaves the caller's setting alone
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
+    rank, world = dist_info()
+    is_main = rank == 0
     if cfg.batch_size % world:
         raise NiffError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    train_data = load_dataset(cfg.dataset, cfg.data_dir, "train")
-    test_data = load_dataset(cfg.dataset, cfg.data_dir, "test")
-    if isinstance(train_data, TensorDataset):
-        train_data, test_data = train_data.subset(cfg.train_subset), test_data.subset(cfg.test_subset)
-    if _steps_per_epoch(train_data, cfg) < 1:
+    train_data, test_data, cfg.model_kwargs = _load_data(cfg)
+    steps = len(train_data) // cfg.batch_size
+    if steps < 1:
         raise NiffError(f"training set has {len(train_data)} images, fewer than one batch of {cfg.batch_size}")
-    kwargs = dict(cfg.model_kwargs)
-    if isinstance(train_data, TensorDataset):
-        kwargs.setdefault("in_chans", train_data.images.shape[1])
-        kwargs.setdefault("num_classes", len(train_data.classes))
-        kwargs.setdefault("stem", "cifar")
-        kwargs.setdefault("input_size", list(train_data.images.shape[-2:]))
-    else:
-        kwargs.setdefault("num_classes", len(train_data.classes))
-    cfg.model_kwargs = kwargs
-    model = create_model(cfg.model, **kwargs).to(device)
-    if world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
-    core = model
+    dtype = DTYPES[cfg.dtype]
+    core = create_model(cfg.model, **cfg.model_kwargs).to(device=device, dtype=dtype)
+    _check_compile(cfg, core, device)
+    if world > 1 and cfg.sync_bn:
+        core = convert_batchnorm(core, device)
     decay = [p for n, p in core.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in core.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum)
-    steps = _steps_per_epoch(train_data, cfg)
+    use_amp = cfg.amp and device.type == "cuda" and dtype == torch.float32
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    # fp16 needs loss scaling against gradient underflow; bf16 (and no autocast) do not.
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     total_steps = steps * cfg.epochs
     start_epoch, start_step, rows = 0, 0, []
+    carried = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count of a resumed epoch
     state_path = out / STATE_NAME
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if resume:
+        if not state_path.is_file():
+            raise NiffError(f"--resume: no {STATE_NAME} in {out}")
+        state = _load_state(state_path, cfg)
         core.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch, start_step, rows = state["epoch"], state["step"], state["rows"]
+        start_epoch, start_step, rows = int(state["epoch"]), int(state["step"]), list(state["rows"])
         torch.set_rng_state(state["rng"])
-    elif resume:
-        raise NiffError(f"--resume: no {STATE_NAME} in {out}")
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if is_main and state.get("epoch_sums") is not None:
+            carried = state["epoch_sums"].to(torch.float64)
+    model = core
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     step_model = torch.compile(model) if cfg.compile else model
-    use_amp = cfg.amp and device.type == "cuda"
-    is_main = rank == 0
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "train_config.json", json.dumps(
             dict(asdict(cfg), world_size=world, versions=dict(niff_analysis=__version__, torch=torch.__version__)),
             indent=2) + "\n")
 
-    def save_state(epoch: int, step: int) -> None:
+    def save_state(epoch: int, step: int, sums: torch.Tensor) -> None:
+        if world > 1:  # every rank calls this; the saved partial sums are global
+            sums = sums.clone()
+            dist.all_reduce(sums)
         if is_main:
-            st = dict(model=core.state_dict(), optimizer=opt.state_dict(), epoch=epoch, step=step,
-                      rows=rows, rng=torch.get_rng_state())
+            st = dict(format=STATE_FORMAT, model=core.state_dict(), optimizer=opt.state_dict(),
+                      epoch=epoch, step=step, global_step=epoch * steps + step, rows=rows,
+                      rng=torch.get_rng_state(), epoch_sums=sums, recipe=cfg.recipe(),
+                      scaler=scaler.state_dict() if scaler.is_enabled() else None)
+            if device.type == "cuda":
+                st["cuda_rng"] = torch.cuda.get_rng_state(device)
             atomic_write(state_path, lambda p: torch.save(st, p))
 
     from tqdm.auto import tqdm
@@ -227,37 +341,35 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.time()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = total = 0
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
+        first = start_step if epoch == start_epoch else 0
+        sums = carried if epoch == start_epoch else torch.zeros(3, dtype=torch.float64)
+        bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
                    disable=not (cfg.progress and is_main), leave=False)
-        for i, (x, y) in enumerate(_train_batches(train_data, cfg, epoch, rank, world)):
-            gstep = epoch * steps + i
-            if epoch == start_epoch and i < start_step:
-                continue  # fast-forward to the saved step (same data: generator is per epoch)
+        for i, x, y in _train_batches(train_data, cfg, epoch, rank, world, start=first):
             for g in opt.param_groups:
-                g["lr"] = _lr_at(cfg, gstep, total_steps)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out_logits = step_model(x)
-                # Each rank averages over its slice; DDP then averages ranks → global mean.
-                loss = F.cross_entropy(out_logits.float(), y, label_smoothing=cfg.label_smoothing)
+                g["lr"] = _lr_at(cfg, epoch * steps + i, total_steps)
+            x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = step_model(x)
+            # Each rank averages over its slice; DDP then averages ranks → global mean.
+            # Loss in float32 at least (autocast may give bf16/fp16 logits), float64 stays.
+            loss = F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), y,
+                                   label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach().double().cpu() * len(y)
-            correct += (out_logits.argmax(1) == y).sum().item()
-            total += len(y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sums += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
+                                 dtype=torch.float64)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if cfg.save_every_steps and (i + 1) % cfg.save_every_steps == 0 and i + 1 < steps:
-                save_state(epoch, i + 1)
+                save_state(epoch, i + 1, sums)
         bar.close()
-        start_step = 0
-        stats = torch.tensor([loss_sum.item(), correct, total], dtype=torch.float64)
+        stats = sums.clone()
         if world > 1:
             dist.all_reduce(stats)
-        test_loss, test_acc = evaluate(core, test_data, device, cfg.eval_batch_size)
+        test_loss, test_acc = evaluate(core, test_data, device, cfg.eval_batch_size, workers=cfg.workers)
         rows.append(dict(epoch=epoch + 1, lr=round(_lr_at(cfg, (epoch + 1) * steps, total_steps), 8),
                          train_loss=stats[0].item() / max(stats[2].item(), 1),
                          train_acc=stats[1].item() / max(stats[2].item(), 1),
@@ -266,14 +378,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             _write_metrics(out / "metrics.csv", rows)
             print(f"epoch {epoch + 1}: train_loss {rows[-1]['train_loss']:.4f} "
                   f"train_acc {rows[-1]['train_acc']:.4f} test_acc {test_acc:.4f}", file=sys.stderr)
-        save_state(epoch + 1, 0)
+        save_state(epoch + 1, 0, torch.zeros(3, dtype=torch.float64))
     final = rows[-1] if rows else {}
+    extra = {}
+    if world > 1:
+        prints = gather_objects(state_fingerprint(core.state_dict()))
+        extra["replica_sha256"] = prints
+        if is_main and len(set(prints)) > 1:
+            print("warning: DDP replicas ended with different weights", file=sys.stderr)
     if is_main:
         save_checkpoint(core, out, dataset=cfg.dataset, recipe=dict(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, augment=cfg.augment,
             schedule="cosine", optimizer="sgd"), epochs=cfg.epochs, seed=cfg.seed,
-            test_acc=final.get("test_acc"), test_loss=final.get("test_loss"), world_size=world)
+            test_acc=final.get("test_acc"), test_loss=final.get("test_loss"), world_size=world, **extra)
     if world > 1:
         dist.barrier()
     return final

@@ -1,0 +1,133 @@
+"""Benchmark 3: analysis throughput on ``resnet50_niff`` (random weights, 224×224, 2,880 kernels).
+
+* **Gaussian fits.** :func:`niff_analysis.analysis.gaussian_fit` (batched Levenberg–Marquardt)
+  over every NIFF kernel against a per-kernel ``scipy.optimize.curve_fit`` loop with the same
+  model function (:func:`~niff_analysis.analysis.gaussian.gaussian_model`), the same data (|k|
+  scaled by its peak) and the same moment start. A full curve_fit loop would take minutes, so it
+  runs on ``sample`` kernels per kernel size; its time for all kernels is extrapolated per size
+  (mean seconds per kernel × kernels of that size). Results are compared on the sampled kernels
+  that both fits call successful. Target (issue 7): batched ≥ 20× faster.
+* **Pipeline.** ``niff-analyze describe``, ``mass``, ``pca`` and ``gaussian`` on a saved
+  ``resnet50_niff`` checkpoint, in process (click's runner), each timed once. Target: ≤ 30 s in all.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from niff_analysis.analysis import extract_kernels, gaussian_fit
+from niff_analysis.analysis.gaussian import (_derived, fit_status, gaussian_model, moment_init,
+                                             pixel_coords)
+from niff_analysis.models import create_model
+
+from . import show, verdict
+
+MODEL = "resnet50_niff"
+
+
+def curve_fit_loop(flat: torch.Tensor, h: int, w: int, max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Fit each kernel of (n, h, w) with ``scipy.optimize.curve_fit``: (params (n, 7), status)."""
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    mag = flat.abs().double().reshape(len(flat), h * w)
+    data = mag / mag.max(1, keepdim=True).values
+    x, y = pixel_coords(h, w)
+    p0 = moment_init(data, x, y).numpy()
+    xy, params = (x.numpy(), y.numpy()), np.full((len(data), 7), np.nan)
+    converged = np.zeros(len(data), dtype=bool)
+    for i, row in enumerate(data.numpy()):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                params[i], _ = curve_fit(gaussian_model, xy, row, p0=p0[i], maxfev=max_iter * 8)
+            converged[i] = True
+        except (RuntimeError, ValueError):  # maxfev reached or a non-finite model value
+            pass
+    return params, fit_status(params, h, w, converged)
+
+
+def gaussian_vs_curve_fit(model: torch.nn.Module, sample: int) -> pd.DataFrame:
+    """Per kernel size: batched time (all kernels), curve_fit time (sampled, extrapolated), agreement."""
+    kernels = extract_kernels(model)
+    t0 = time.perf_counter()
+    fits = gaussian_fit(kernels)
+    batched_s = time.perf_counter() - t0
+    rows = []
+    gen = np.random.default_rng(0)
+    for size in sorted({lk.size for lk in kernels}):
+        layers = [lk for lk in kernels if lk.size == size]
+        flat = torch.cat([lk.flat for lk in layers])
+        ours = pd.concat([fits[fits.layer == lk.name] for lk in layers], ignore_index=True)
+        pick = np.sort(gen.choice(len(flat), size=min(sample, len(flat)), replace=False))
+        t0 = time.perf_counter()
+        params, status = curve_fit_loop(flat[pick], *size)
+        per_kernel = (time.perf_counter() - t0) / len(pick)
+        both = (status == "ok") & ours.success.to_numpy()[pick]
+        if both.any():
+            d = _derived(torch.as_tensor(params[both]))
+            rel = np.maximum(np.abs(d["sigma_x"].numpy() / ours.sigma_x.to_numpy()[pick][both] - 1),
+                             np.abs(d["sigma_y"].numpy() / ours.sigma_y.to_numpy()[pick][both] - 1))
+        else:
+            rel = np.array([np.nan])
+        rows.append(dict(size=f"{size[0]}x{size[1]}", kernels=len(flat), sampled=len(pick),
+                         curve_fit_ms_per_kernel=1e3 * per_kernel,
+                         curve_fit_est_s=per_kernel * len(flat),
+                         ok_batched=float(ours.success.mean()), ok_curve_fit=float((status == "ok").mean()),
+                         status_agree=float((status == ours.status.to_numpy()[pick]).mean()),
+                         both_ok=int(both.sum()), sigma_rel_diff_median=float(np.median(rel)),
+                         sigma_rel_diff_max=float(np.max(rel))))
+    frame = pd.DataFrame(rows)
+    frame.attrs["batched_s"] = batched_s
+    return frame
+
+
+def pipeline(model: torch.nn.Module) -> pd.DataFrame:
+    """Time the CLI's describe, mass, pca and gaussian on a saved checkpoint of ``model``."""
+    from click.testing import CliRunner
+
+    from niff_analysis.checkpoint import save_checkpoint
+    from niff_analysis.cli import main
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(model, Path(tmp) / MODEL)
+        for cmd in ("describe", "mass", "pca", "gaussian"):
+            args = [cmd, str(ckpt)] + ([] if cmd == "describe" else ["--quiet"])
+            t0 = time.perf_counter()
+            res = CliRunner().invoke(main, args)
+            seconds = time.perf_counter() - t0
+            err = "" if res.exit_code == 0 else (res.output.strip().splitlines() or [repr(res.exception)])[-1]
+            rows.append(dict(command=f"niff-analyze {cmd}", seconds=seconds, exit_code=res.exit_code,
+                             error=err[:80]))
+    return pd.DataFrame(rows)
+
+
+def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample: int | None = None,
+        with_pipeline: bool = True) -> pd.DataFrame:
+    """Both parts; returns the Gaussian comparison table (the pipeline table is printed)."""
+    sample = sample or (4 if quick else 24)
+    torch.manual_seed(0)
+    model = create_model(MODEL).eval()
+    frame = gaussian_vs_curve_fit(model, sample)
+    batched_s = frame.attrs["batched_s"]
+    est_s = float(frame.curve_fit_est_s.sum())
+    show(f"analysis: Gaussian fits of all {int(frame.kernels.sum())} NIFF kernels of {MODEL} "
+         f"(curve_fit on {sample} sampled kernels per size, extrapolated)", frame)
+    speedup = est_s / batched_s
+    print(f"  batched gaussian_fit {batched_s:.1f} s, curve_fit loop (est.) {est_s:.1f} s: "
+          f"{speedup:.1f}x (target >= 20: {verdict(speedup, 20, False)})")
+    if with_pipeline:
+        pipe = pipeline(model)
+        total = float(pipe.seconds.sum())
+        show(f"analysis: CLI pipeline on a {MODEL} checkpoint", pipe)
+        print(f"  total {total:.1f} s (target <= 30 s: {verdict(total, 30)})")
+        frame.attrs["pipeline_s"] = total
+    frame.attrs["speedup"] = speedup
+    return frame

@@ -1,0 +1,13 @@
+"""The analysis engine (SPEC §4): spatial kernels, kernel mass ratio, PCA eigenkernels,
+2-D Gaussian fits and multiplication-weight PCA. Every analysis is a plain function returning a
+tidy pandas DataFrame (identifier columns first), shared by notebooks, the CLI and the figures.
+"""
+
+from .gaussian import gaussian_fit, gaussian_model, gaussian_summary
+from .kernels import LayerKernels, extract_kernels, stage_of
+from .mass import effective_sizes, kernel_mass, mass_ratios, mass_summary, window_sizes
+from .pca import PCAResult, pca_eigenkernels, weight_pca
+
+__all__ = ["LayerKernels", "PCAResult", "effective_sizes", "extract_kernels", "gaussian_fit",
+           "gaussian_model", "gaussian_summary", "kernel_mass", "mass_ratios", "mass_summary",
+           "pca_eigenkernels", "stage_of", "weight_pca", "window_sizes"]

@@ -1,0 +1,199 @@
+"""Cost of NIFF against spatial convolutions: FLOP formulas and timing helpers (SPEC §4, Fig. 8).
+
+torch's FLOP counter counts FFTs as zero, so the FLOPs here come from closed-form counts, all
+per channel and per image, for an H×W feature map with N = H·W points:
+
+* **FFT.** A complex FFT of N points costs the standard 5·N·log2(N) real flops (radix-2
+  Cooley–Tukey count, used for non-powers of two too); a real-input ``rfft2`` (or the inverse
+  ``irfft2``) costs half of that, 2.5·N·log2(N).
+* **Product.** One complex multiply (6 real flops: 4 multiplies, 2 adds) per bin of the
+  half-spectrum, H·(W//2 + 1) bins.
+* **NIFF** = rfft2 + product + irfft2 = 5·N·log2(N) + 6·H·(W//2 + 1).
+* **MLP** (reported separately; it runs once per layer and call, not per image, and is cached
+  in eval mode): 2 flops per multiply-add of every linear layer, at all N grid points, for the
+  ``real`` and the ``imag`` MLP; biases and activations are not counted.
+* **Spatial conv with a feature-map-sized kernel**, "same" output: each of the N outputs sums
+  N products, 2·N·N = 2·H·W·H·W flops.
+* **3×3 depthwise conv** ("same" output): 2·9·N flops.
+
+Totals in :func:`cost_table` are multiplied by ``batch·channels`` (depthwise: one filter per
+channel). The timing helpers run contenders round-robin so that a background load slows all of
+them alike, which keeps side-by-side ratios meaningful on a busy machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..layers.mlp import MLPSpec, resolve_mlp
+
+Size = Union[int, tuple[int, int]]
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 1 or w < 1:
+        raise ValueError(f"feature-map size must be positive, got {(h, w)}")
+    return h, w
+
+
+# --------------------------------------------------------------------------- FLOP formulas
+def fft_flops(size: Size, real: bool = True) -> float:
+    """Real flops of one 2-D FFT of an H×W map: 5·N·log2(N), halved for ``real`` (rfft2/irfft2)."""
+    h, w = _hw(size)
+    n = h * w
+    full = 5.0 * n * math.log2(n) if n > 1 else 0.0
+    return full / 2 if real else full
+
+
+def product_flops(size: Size) -> float:
+    """Complex elementwise product on the rfft half-spectrum: 6·H·(W//2 + 1)."""
+    h, w = _hw(size)
+    return 6.0 * h * (w // 2 + 1)
+
+
+def niff_flops(size: Size) -> float:
+    """One depthwise NIFF filter on one channel: rfft2 + product + irfft2."""
+    return 2 * fft_flops(size, real=True) + product_flops(size)
+
+
+def mlp_flops(size: Size, channels: int, mlp: MLPSpec = "big") -> float:
+    """Both frequency MLPs (``real`` and ``imag``) on the H×W grid: 2·Σ in·out flops per point."""
+    h, w = _hw(size)
+    sizes = [2, *resolve_mlp(mlp).hidden, int(channels)]
+    per_point = sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return 2.0 * per_point * h * w
+
+
+def spatial_flops(size: Size, kernel: Optional[Size] = None) -> float:
+    """Depthwise spatial conv, "same" output: 2·H·W·kh·kw (kernel default: the map size)."""
+    h, w = _hw(size)
+    kh, kw = _hw(kernel) if kernel is not None else (h, w)
+    return 2.0 * h * w * kh * kw
+
+
+# --------------------------------------------------------------------------- timing helpers
+def synchronize(device: Union[str, torch.device, None] = None) -> None:
+    """Wait for queued work on a CUDA device (no-op elsewhere) so wall-clock times are real."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                     device: Union[str, torch.device, None] = None,
+                     max_seconds: Optional[float] = None) -> dict[str, list[float]]:
+    """Time several callables round-robin (one call of each per round).
+
+    Args:
+        fns: name → zero-argument callable.
+        repeats: timed rounds.
+        warmup: untimed rounds first (allocator, MKL/cuFFT plans, caches).
+        device: synchronised around every call when it is a CUDA device.
+        max_seconds: a contender whose timed calls so far add up to more than this is not
+            called again (it keeps at least one timing); keeps very slow contenders affordable.
+
+    Returns:
+        name → list of wall-clock seconds, one per timed call.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if max_seconds is not None and sum(times[name]) > max_seconds:
+                continue
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ms(times: Sequence[float]) -> float:
+    """Median of a list of seconds, in milliseconds (NaN for an empty list)."""
+    return float(np.median(times) * 1e3) if len(times) else float("nan")
+
+
+def circular_same_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Depthwise circular convolution, "same" output, centred (C, 1, kh, kw) kernels.
+
+    The kernel origin is its centre pixel (kh//2, kw//2), as for NIFF's spatial kernels; with a
+    kernel as large as the map this is the spatial equivalent of a depthwise NIFF layer.
+    """
+    kh, kw = kernel.shape[-2:]
+    flipped = torch.flip(kernel, (-2, -1))  # conv2d correlates; convolution = flipped kernel
+    cy, cx = kh - 1 - kh // 2, kw - 1 - kw // 2  # where the origin lands after the flip
+    xp = F.pad(x, (cx, kw - 1 - cx, cy, kh - 1 - cy), mode="circular")
+    return F.conv2d(xp, flipped, groups=x.shape[1])
+
+
+# --------------------------------------------------------------------------- table
+def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, batch: int = 1,
+               measure: bool = True, repeats: int = 3, mlp: MLPSpec = "big",
+               device: Union[str, torch.device] = "cpu",
+               max_seconds: Optional[float] = 2.0) -> pd.DataFrame:
+    """FLOPs (and measured forward times) of NIFF vs spatial depthwise convolutions per map size.
+
+    Args:
+        sizes: square feature-map sizes.
+        channels: channels filtered (one filter each).
+        batch: images per call.
+        measure: also time the forward passes; ``False`` fills the ``*_ms`` columns with NaN
+            and returns at once.
+        repeats: timed calls per contender and size (median reported).
+        mlp: MLP preset of the NIFF layer (for ``mlp_flops`` and the timed layer).
+        device: where the timed layers run.
+        max_seconds: time budget per contender and size; slow contenders get fewer calls.
+
+    Returns:
+        One row per size: ``size``, ``niff_flops`` (rfft2 + product + irfft2), ``mlp_flops``,
+        ``spatial_flops`` (feature-map-sized kernel), ``conv3x3_flops``, ``flop_ratio``
+        (spatial / niff), and ``niff_ms``, ``spatial_ms``, ``conv3x3_ms`` (median forward time
+        under ``torch.no_grad``; NIFF in eval mode, where its filters are cached, so the time
+        covers what ``niff_flops`` counts).
+    """
+    if channels < 1 or batch < 1:
+        raise ValueError("channels and batch must be positive")
+    scale = float(batch * channels)
+    rows = []
+    for s in sizes:
+        s = int(s)
+        row = dict(size=s, niff_flops=scale * niff_flops(s), mlp_flops=mlp_flops(s, channels, mlp),
+                   spatial_flops=scale * spatial_flops(s), conv3x3_flops=scale * spatial_flops(s, 3))
+        row["flop_ratio"] = row["spatial_flops"] / row["niff_flops"]
+        row.update(niff_ms=float("nan"), spatial_ms=float("nan"), conv3x3_ms=float("nan"))
+        if measure:
+            row.update(_measure_size(s, channels, batch, repeats, mlp, device, max_seconds))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _measure_size(s: int, channels: int, batch: int, repeats: int, mlp: MLPSpec,
+                  device, max_seconds: Optional[float]) -> dict[str, float]:
+    from ..layers import DepthwiseNIFF  # local: keeps the formulas importable on their own
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, s, s, generator=gen).to(device)
+    layer = DepthwiseNIFF(channels, mlp=mlp).to(device).eval()
+    k_full = torch.randn(channels, 1, s, s, generator=gen).to(device)
+    k3 = torch.randn(channels, 1, 3, 3, generator=gen).to(device)
+    fns = {
+        "niff_ms": lambda: layer(x),
+        "spatial_ms": lambda: circular_same_conv(x, k_full),
+        "conv3x3_ms": lambda: F.conv2d(x, k3, padding=1, groups=channels),
+    }
+    with torch.no_grad():
+        times = time_interleaved(fns, repeats=repeats, warmup=1, device=device,
+                                 max_seconds=max_seconds)
+    return {name: median_ms(t) for name, t in times.items()}

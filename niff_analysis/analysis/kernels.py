@@ -1,0 +1,228 @@
+"""Spatial kernels and frequency responses of a model's layers, on the sizes they run at (SPEC §4).
+
+For a NIFF layer the MLPs are evaluated once, on the centred frequency grid of the feature-map
+size recorded when the model was converted (``layer.fmap``; the padding modes use their 2H×2W
+filter grid), and the centred real kernel is k = fftshift(real(ifft2(ifftshift(W)))).
+
+Plain convolutions (``include_conv=True``, or any model without NIFF layers) are analysed the
+same way: every stride-1, size-preserving k×k ``nn.Conv2d`` with k > 1 that runs on a map larger
+than 1×1 has its weights zero-embedded in a grid of its feature-map size (recorded by one dry
+forward with :func:`niff_analysis.models.record_shapes` at the model's input size). The weights
+are flipped before embedding, because ``nn.Conv2d`` computes a cross-correlation while a NIFF
+kernel is a convolution kernel: after the flip, both kinds of kernel act on a feature map the
+same way (x ⊛ k), with the kernel origin at the centre pixel (H//2, W//2). A centred H×W grid
+holds the offsets −(H//2) … H−1−H//2; taps of a kernel that reaches further (only possible when the
+kernel, dilation included, is wider than about half the map) cannot be represented and are
+dropped; their count is kept in ``LayerKernels.extra["dropped_taps"]``.
+
+Which kernels a dense convolution gives: one per (output, input) pair, as a (Cout, Cin/groups,
+H, W) array (like a full NIFF layer); a depthwise convolution (groups = Cin = Cout) gives one per
+channel, (C, H, W).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import NiffError, SelectionError
+from ..layers.niff import _NIFFBase, centred_to_kernel
+
+Size = tuple[int, int]
+
+#: Module-name components that name a stage of a known architecture (ResNet ``layer2``,
+#: DenseNet ``denseblock3``, timm-style ``stages``/``stage2``/``block1``).
+_STAGE_RE = re.compile(r"^(layer\d+|stage\d+|denseblock\d+|block\d+|stages)$")
+
+
+@dataclass
+class LayerKernels:
+    """The kernels of one layer, as every analysis consumes them.
+
+    Attributes:
+        name: module name (what ``model.get_submodule`` takes).
+        kind: ``"depthwise"``, ``"split"``, ``"full"`` (NIFF) or ``"conv"`` (plain convolution).
+        fmap: (H, W) of the feature map the layer runs at.
+        stage: the first dotted component of ``name`` that names a stage (e.g. ``"layer1"``),
+            or ``None`` where the architecture's naming gives none.
+        kernels: real, centred float32 CPU tensor, (C, H, W) or (Cout, Cin, H, W).
+        response: the centred complex frequency response of the same shape (NIFF layers only),
+            or ``None`` for plain convolutions.
+        in_channels: input channels of the layer.
+        out_channels: output channels of the layer.
+        extra: details by kind: ``mode`` (NIFF convolution mode); ``kernel_size``, ``groups``
+            and ``dropped_taps`` (plain convolutions).
+    """
+
+    name: str
+    kind: str
+    fmap: Size
+    stage: Optional[str]
+    kernels: torch.Tensor
+    response: Optional[torch.Tensor] = None
+    in_channels: int = 0
+    out_channels: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def flat(self) -> torch.Tensor:
+        """Kernels as (N, H, W); full/dense (o, i) pairs flattened to index o·Cin + i."""
+        return self.kernels.reshape(-1, *self.kernels.shape[-2:])
+
+    @property
+    def size(self) -> Size:
+        """(H, W) of the kernel grid (the feature-map size; 2H×2W for the padding modes)."""
+        return int(self.kernels.shape[-2]), int(self.kernels.shape[-1])
+
+
+def stage_of(name: str) -> Optional[str]:
+    """First dotted component of a module name that names a stage, else ``None``."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if _STAGE_RE.match(part):
+            # ``stages.2`` (timm) names the stage by its index.
+            return f"{part}.{parts[i + 1]}" if part == "stages" and i + 1 < len(parts) else part
+    return None
+
+
+def _load(model_or_path, device: str) -> nn.Module:
+    if isinstance(model_or_path, nn.Module):
+        return model_or_path
+    from ..checkpoint import load_checkpoint
+
+    if model_or_path is not None and not isinstance(model_or_path, (str, os.PathLike)):
+        raise NiffError(f"expected a model, a checkpoint path or None, got {type(model_or_path).__name__}")
+    return load_checkpoint(model_or_path, device=device)
+
+
+def _input_size(model: nn.Module, input_size) -> Size:
+    if input_size is None:
+        cfg = getattr(model, "niff_config", None) or {}
+        input_size = cfg.get("input_size")
+    if input_size is None:
+        raise NiffError("cannot record the feature-map sizes of this model's convolutions: "
+                        "pass input_size=(H, W), the size it was trained at")
+    if isinstance(input_size, int):
+        return input_size, input_size
+    return int(input_size[0]), int(input_size[1])
+
+
+def _conv_taps(conv: nn.Conv2d, fmap: Size) -> tuple[torch.Tensor, int]:
+    """Zero-embed a conv's flipped weights, centred, in an fmap-sized grid.
+
+    Returns:
+        ((Cout, Cin/g, H, W) kernels, number of spatial taps that did not fit the grid).
+    """
+    h, w = fmap
+    weight = conv.weight.detach().float().cpu()
+    cout, cin_g, kh, kw = weight.shape
+    out = torch.zeros(cout, cin_g, h, w)
+    dil = conv.dilation
+    if isinstance(conv.padding, str):  # "same": PyTorch pads total//2 before, the rest after
+        pad = tuple(d * (k - 1) // 2 for d, k in zip(dil, (kh, kw)))
+    else:
+        pad = tuple(conv.padding)
+    # y[i] = Σ_m w[m] x[i + d·m − p]  ⇒  convolution tap at offset j = p − d·m.
+    cy, cx = h // 2, w // 2
+    dropped = 0
+    for m in range(kh):
+        row = cy + pad[0] - dil[0] * m
+        for n in range(kw):
+            col = cx + pad[1] - dil[1] * n
+            if 0 <= row < h and 0 <= col < w:
+                out[:, :, row, col] = weight[:, :, m, n]
+            else:
+                dropped += 1
+    return out, dropped
+
+
+def _plain_convs(model: nn.Module, input_size) -> list[tuple[str, nn.Conv2d, Size]]:
+    """(name, conv, fmap) of every plain conv the analyses can take (see the module docstring)."""
+    from ..models.convert import record_shapes
+
+    candidates = [(n, m) for n, m in model.named_modules()
+                  if type(m) is nn.Conv2d and tuple(m.stride) == (1, 1) and max(m.kernel_size) > 1]
+    if not candidates:
+        return []
+    in_chans = (getattr(model, "niff_config", None) or {}).get("in_chans")
+    shapes = record_shapes(model, _input_size(model, input_size), in_chans)
+    found = []
+    for name, conv in candidates:
+        if name not in shapes:
+            continue  # never reached by the forward pass
+        ishape, oshape = shapes[name]
+        fmap = tuple(int(s) for s in ishape[-2:])
+        if fmap == tuple(oshape[-2:]) and fmap != (1, 1):
+            found.append((name, conv, fmap))
+    return found
+
+
+def extract_kernels(model_or_path: Union[nn.Module, str, os.PathLike, None] = None,
+                    layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
+                    device: str = "cpu", input_size: Optional[Union[int, Size]] = None
+                    ) -> list[LayerKernels]:
+    """Spatial kernels (and frequency responses) of every selected layer, in model order.
+
+    Args:
+        model_or_path: a model, a checkpoint path, or ``None`` for the bundled default.
+        layers: fnmatch glob (or several) on module names.
+        include_conv: also take plain stride-1 k×k convolutions. A model without NIFF layers
+            always gives its plain convolutions.
+        device: where a checkpoint is loaded and its MLPs run (``auto``, ``cpu``, ``cuda``,
+            ``mps``); a model passed in is evaluated where it lives.
+        input_size: input H×W for recording plain convs' feature maps (default: the size the
+            model was built for, ``model.niff_config["input_size"]``).
+
+    Returns:
+        One :class:`LayerKernels` per layer, tensors on the CPU.
+
+    Raises:
+        SelectionError: ``layers`` matches no layer (the message names the available ones).
+        NiffError: a NIFF layer has no recorded feature-map size.
+    """
+    model = _load(model_or_path, device)
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    niff = [(n, m) for n, m in model.named_modules() if isinstance(m, _NIFFBase)]
+    entries: list[tuple[str, nn.Module, Optional[Size]]] = [(n, m, None) for n, m in niff]
+    if include_conv or not niff:
+        entries += [(n, m, f) for n, m, f in _plain_convs(model, input_size)]
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        entries.sort(key=lambda e: order[e[0]])
+    available = [e[0] for e in entries]
+    chosen = [e for e in entries if any(fnmatch.fnmatchcase(e[0], p) for p in patterns)]
+    if not chosen:
+        what = (", ".join(available) if available
+                else "none (the model has no NIFF layers or stride-1 k×k convs)")
+        raise SelectionError(f"no layer matches {' '.join(map(repr, patterns))}; available layers: {what}")
+
+    out = []
+    for name, mod, fmap in chosen:
+        if fmap is None:  # NIFF layer
+            if mod.fmap is None:
+                raise NiffError(f"layer {name} has no recorded feature-map size "
+                                "(convert the model with to_niff or set layer.fmap)")
+            with torch.no_grad():
+                resp = mod.frequency_response()  # one batched MLP evaluation on the recorded grid
+                kern = centred_to_kernel(resp)
+            out.append(LayerKernels(name=name, kind=mod.kind, fmap=tuple(int(s) for s in mod.fmap),
+                                    stage=stage_of(name), kernels=kern.float().cpu().contiguous(),
+                                    response=resp.to(torch.complex64).cpu().contiguous(),
+                                    in_channels=mod.in_channels, out_channels=mod.out_channels,
+                                    extra=dict(mode=mod.mode)))
+        else:
+            kern, dropped = _conv_taps(mod, fmap)
+            depthwise = mod.groups == mod.in_channels == mod.out_channels
+            if depthwise:
+                kern = kern[:, 0]
+            out.append(LayerKernels(name=name, kind="conv", fmap=fmap, stage=stage_of(name),
+                                    kernels=kern.contiguous(), response=None,
+                                    in_channels=mod.in_channels, out_channels=mod.out_channels,
+                                    extra=dict(kernel_size=tuple(mod.kernel_size), groups=mod.groups,
+                                               dropped_taps=dropped)))
+    return out

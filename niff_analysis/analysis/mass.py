@@ -1,0 +1,118 @@
+"""Kernel mass ratio (SPEC §4, Eq. 6) and effective kernel sizes.
+
+For an odd window size s the ratio is the L1 mass of |k| inside the s×s window centred on the
+kernel origin c = (H//2, W//2) over the L1 mass of the whole kernel. Windows run s = 1, 3, 5, …
+up to and including the full size; where the largest dimension is even, the last window is the
+full kernel and is labelled with that size. On a non-square kernel the window is square and is
+clipped to the kernel (so the last window is again the full kernel).
+
+An all-zero kernel has no mass: its ratios (and effective sizes) are NaN, never an error.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .kernels import LayerKernels
+
+ID_COLUMNS = ["layer", "stage", "fmap_h", "fmap_w"]
+
+
+def window_sizes(h: int, w: int) -> np.ndarray:
+    """The window sizes s of Eq. 6 for an h×w kernel: 1, 3, 5, … and the full size last."""
+    rmax = max(h // 2, w // 2, (h - 1) - h // 2, (w - 1) - w // 2)
+    sizes = 2 * np.arange(rmax + 1) + 1
+    sizes[-1] = min(sizes[-1], max(h, w))
+    return sizes
+
+
+def mass_ratios(kernels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mass ratio of every kernel at every window.
+
+    Args:
+        kernels: (N, H, W) real kernels, centred.
+
+    Returns:
+        (windows, ratios): the window sizes (R,) and a float64 (N, R) array of ratios.
+    """
+    n, h, w = kernels.shape
+    a = kernels.detach().abs().double().reshape(n, h * w)
+    rows = torch.arange(h).sub(h // 2).abs()
+    cols = torch.arange(w).sub(w // 2).abs()
+    # Chebyshev distance from the centre: window s holds the pixels with ring <= (s-1)/2.
+    ring = torch.maximum(rows[:, None], cols[None, :]).reshape(-1)
+    n_rings = int(ring.max()) + 1
+    ring_mass = torch.zeros(n, n_rings, dtype=torch.float64).index_add_(1, ring, a)
+    cum = ring_mass.cumsum(1)
+    # Divide by the last cumulative sum, not a separate total, so the full window is exactly 1
+    # (and an all-zero kernel gives 0/0 = NaN).
+    ratios = (cum / cum[:, -1:]).numpy()
+    return window_sizes(h, w), ratios
+
+
+def kernel_mass(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
+    """Long-form mass ratios: one row per (layer, kernel, window).
+
+    Columns: layer, stage, fmap_h, fmap_w, channel, window, mass_ratio. For full NIFF / dense
+    conv layers channel = o·Cin + i.
+    """
+    frames = []
+    for lk in kernels:
+        windows, ratios = mass_ratios(lk.flat)
+        n, r = ratios.shape
+        frames.append(pd.DataFrame({
+            "layer": lk.name, "stage": lk.stage, "fmap_h": lk.fmap[0], "fmap_w": lk.fmap[1],
+            "channel": np.repeat(np.arange(n), r), "window": np.tile(windows, n),
+            "mass_ratio": ratios.reshape(-1),
+        }))
+    if not frames:
+        return pd.DataFrame(columns=ID_COLUMNS + ["channel", "window", "mass_ratio"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _group_keys(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    return [k for k in keys if k in df.columns]
+
+
+def mass_summary(mass_df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer and window: mean and std of the mass ratio over kernels, and their count n.
+
+    NaN ratios (all-zero kernels) are left out of mean, std and n. Keeps a leading
+    ``checkpoint`` column when the input has one.
+    """
+    keys = _group_keys(mass_df, ["checkpoint"] + ID_COLUMNS + ["window"])
+    g = mass_df.groupby(keys, sort=False, dropna=False)["mass_ratio"]
+    out = g.agg(mean="mean", std="std", n="count").reset_index()
+    out["n"] = out["n"].astype(int)
+    return out
+
+
+def effective_sizes(mass_df: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.9, 0.95)
+                    ) -> pd.DataFrame:
+    """Per kernel, the smallest window holding at least a fraction q of its mass.
+
+    Columns: layer, stage, fmap_h, fmap_w, channel and ``size_<100q>`` per quantile (size_50,
+    size_90, size_95 by default); NaN for an all-zero kernel.
+    """
+    for q in quantiles:
+        if not 0 < q <= 1:
+            raise ValueError(f"quantiles must lie in (0, 1], got {q}")
+    keys = _group_keys(mass_df, ["checkpoint"] + ID_COLUMNS + ["channel"])
+    g = mass_df.groupby(keys, sort=False, dropna=False)
+    out = g.size().reset_index()[keys]
+    ratio = mass_df["mass_ratio"].to_numpy()
+    window = mass_df["window"].to_numpy().astype(float)
+    group_id = g.ngroup().to_numpy()
+    for q in quantiles:
+        # Windows are increasing within a kernel; the first window reaching q is the minimum
+        # window among those reaching it. Tiny slack absorbs float rounding of q·total.
+        cand = np.where(ratio >= q - 1e-12, window, np.inf)
+        best = np.full(len(out), np.inf)
+        np.minimum.at(best, group_id, cand)
+        best[np.isinf(best)] = np.nan
+        out[f"size_{100 * q:g}"] = best
+    return out

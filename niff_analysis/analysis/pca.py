@@ -1,0 +1,146 @@
+"""PCA eigenkernels (SPEC §4, paper §6) and PCA of the multiplication weights (Appendix B.3).
+
+Per layer the kernels are flattened to rows of a matrix X (N kernels × H·W pixels), centred by
+their mean, and decomposed with an exact SVD (LAPACK ``gesdd`` through ``scipy.linalg.svd``, the
+solver of ``sklearn.decomposition.PCA(svd_solver="full")``) on one BLAS thread, so results never
+change from run to run. Explained variances are S²/(N−1), their ratios S²/ΣS² over all
+components. Each component's sign is fixed so that its largest-magnitude entry (the first one, on
+ties) is positive.
+
+A layer whose kernels are all identical (or a single kernel) has no variance: its ratios are
+NaN and its components zero, never an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+from threadpoolctl import threadpool_limits
+
+from ..errors import SelectionError
+from .kernels import LayerKernels
+
+
+@dataclass
+class PCAResult:
+    """PCA per layer.
+
+    Attributes:
+        table: one row per (layer[, part], component): layer, stage, fmap_h, fmap_w, [part,]
+            component (0-based), explained_variance_ratio, explained_variance,
+            cumulative_variance_ratio, n_kernels.
+        components: layer (or (layer, part)) → (k, H, W) array of the leading components.
+        means: the same keys → (H, W) mean kernel that was subtracted.
+    """
+
+    table: pd.DataFrame
+    components: dict[Hashable, np.ndarray] = field(default_factory=dict)
+    means: dict[Hashable, np.ndarray] = field(default_factory=dict)
+
+
+def fix_signs(components: np.ndarray) -> np.ndarray:
+    """Flip each row so that its largest-|value| entry (first on ties) is positive."""
+    idx = np.argmax(np.abs(components), axis=1)
+    signs = np.sign(components[np.arange(len(components)), idx])
+    signs[signs == 0] = 1.0
+    return components * signs[:, None]
+
+
+def pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact PCA of the rows of ``x``.
+
+    Returns:
+        (components (k, D), explained_variance (k,), explained_variance_ratio (k,), mean (D,)),
+        with k = min(n_components, N, D).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    mean = x.mean(axis=0)
+    k = min(n_components, n, d)
+    # One BLAS thread: the bits then do not depend on the machine's core count, and these small
+    # SVDs gain nothing from threads (which thrash when the cores are busy).
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, s, vt = scipy.linalg.svd(x - mean, full_matrices=False, lapack_driver="gesdd")
+    var = s ** 2 / max(n - 1, 1)
+    total = var.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = var / total if total > 0 else np.full_like(var, np.nan)
+    comps = fix_signs(vt[:k]) if total > 0 else np.zeros((k, d))
+    return comps, var[:k], ratio[:k], mean
+
+
+def _rows(lk: LayerKernels, part: str | None, comps, var, ratio) -> pd.DataFrame:
+    cols = {"layer": lk.name, "stage": lk.stage, "fmap_h": lk.fmap[0], "fmap_w": lk.fmap[1]}
+    if part is not None:
+        cols["part"] = part
+    cols.update(component=np.arange(len(comps)), explained_variance_ratio=ratio,
+                explained_variance=var, cumulative_variance_ratio=np.cumsum(ratio),
+                n_kernels=lk.flat.shape[0])
+    return pd.DataFrame(cols)
+
+
+def _check_n(n_components: int) -> None:
+    if int(n_components) < 1:
+        raise SelectionError(f"n_components must be a positive integer, got {n_components}")
+
+
+def _finish(frames: list[pd.DataFrame], comps: dict, means: dict) -> PCAResult:
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["layer", "stage", "fmap_h", "fmap_w", "component", "explained_variance_ratio"])
+    return PCAResult(table=table, components=comps, means=means)
+
+
+def pca_eigenkernels(kernels: Sequence[LayerKernels], n_components: int = 6) -> PCAResult:
+    """Leading principal components of each layer's spatial kernels (the paper shows six).
+
+    Args:
+        kernels: layers from :func:`extract_kernels`.
+        n_components: components kept per layer (fewer where the layer has fewer kernels or
+            pixels).
+
+    Returns:
+        A :class:`PCAResult` keyed by layer name; components are (k, H, W) arrays.
+    """
+    _check_n(n_components)
+    frames, comps, means = [], {}, {}
+    for lk in kernels:
+        h, w = lk.size
+        c, var, ratio, mean = pca(lk.flat.reshape(len(lk.flat), -1).double().numpy(), n_components)
+        comps[lk.name] = c.reshape(-1, h, w)
+        means[lk.name] = mean.reshape(h, w)
+        frames.append(_rows(lk, None, c, var, ratio))
+    return _finish(frames, comps, means)
+
+
+def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6) -> PCAResult:
+    """PCA of the learned frequency weights, real and imaginary parts separately (App. B.3).
+
+    The centred responses W of each layer (as the MLPs produce them) are decomposed like
+    kernels. The table has a ``part`` column in {"real", "imag"}; components are keyed
+    (layer, part).
+
+    Raises:
+        SelectionError: a layer has no frequency response (a plain convolution).
+    """
+    _check_n(n_components)
+    plain = [lk.name for lk in kernels if lk.response is None]
+    if plain:
+        niff = [lk.name for lk in kernels if lk.response is not None]
+        raise SelectionError(
+            f"weight PCA needs NIFF frequency responses; {', '.join(plain)} "
+            f"{'is a plain convolution' if len(plain) == 1 else 'are plain convolutions'} "
+            f"(NIFF layers here: {', '.join(niff) if niff else 'none'})")
+    frames, comps, means = [], {}, {}
+    for lk in kernels:
+        h, w = lk.size
+        resp = lk.response.reshape(-1, h * w)
+        for part, values in (("real", resp.real), ("imag", resp.imag)):
+            c, var, ratio, mean = pca(values.double().numpy(), n_components)
+            comps[(lk.name, part)] = c.reshape(-1, h, w)
+            means[(lk.name, part)] = mean.reshape(h, w)
+            frames.append(_rows(lk, part, c, var, ratio))
+    return _finish(frames, comps, means)

@@ -1,0 +1,389 @@
+"""``niff-analyze kernels|mass|pca|gaussian``: the analysis engine on one or more checkpoints.
+
+Every command takes CHECKPOINT arguments (none: the bundled default; a folder of checkpoint
+folders: all of them) and prints one tidy table whose first column is ``checkpoint``. Data goes
+to stdout or ``--output``; logs and progress go to stderr (``--quiet`` silences them). Beside an
+``--output`` file, ``meta.json`` records provenance (toolkit version, checkpoint hashes,
+parameters) under the output's file name, so several outputs can share a folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import __version__
+from ..analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian_summary,
+                        kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
+from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, load_checkpoint, resolve_device
+from ..errors import CheckpointError, NiffError, SelectionError
+from ..io import atomic_write, file_sha256
+from . import main
+from .common import device_option, positive_int, render_frame
+
+SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".txt": "table", ".npz": "npz"}
+META_NAME = "meta.json"
+META_FORMAT = "niff-analysis-meta"
+
+
+# --------------------------------------------------------------------------- checkpoints
+def expand_checkpoints(args: tuple[str, ...]) -> list[tuple[str, Optional[Path]]]:
+    """(label, path) per checkpoint; a folder without config.json stands for the checkpoints in it.
+
+    Labels are folder names (file stems for ``.safetensors``), or full paths where names clash.
+    ``None`` as a path is the bundled default.
+    """
+    if not args:
+        return [(DEFAULT_CHECKPOINT.name, None)]
+    paths: list[Path] = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir() and not (p / CONFIG_NAME).is_file():
+            found = sorted(c for c in p.iterdir()
+                           if (c.is_dir() and (c / CONFIG_NAME).is_file()) or c.suffix == ".safetensors")
+            if not found:
+                raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
+                                      "nor a folder of checkpoints")
+            paths += found
+        else:
+            paths.append(p)  # load_checkpoint says what is wrong with it, if anything
+    labels = [p.stem if p.suffix == ".safetensors" else p.name for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [str(p) for p in paths]
+    return list(zip(labels, paths))
+
+
+class Run:
+    """Shared state of one analysis command: options, logging, provenance."""
+
+    def __init__(self, command: str, checkpoints, layers: str, include_conv: bool, device: str,
+                 quiet: bool, params: dict):
+        self.command, self.layers, self.include_conv, self.quiet = command, layers, include_conv, quiet
+        self.device = resolve_device(device)
+        self.targets = expand_checkpoints(tuple(checkpoints))
+        self.params = dict(params, layers=layers, include_conv=include_conv, device=device)
+        self.provenance: list[dict] = []
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(msg, err=True)
+
+    def kernels(self, niff_only: Optional[str] = None) -> list[tuple[str, list]]:
+        """(label, list[LayerKernels]) per checkpoint.
+
+        Args:
+            niff_only: name of an analysis that needs NIFF layers; a checkpoint without them is
+                then an error.
+        """
+        from tqdm import tqdm
+
+        out = []
+        bar = tqdm(self.targets, desc="checkpoints", unit="ckpt", file=sys.stderr,
+                   disable=self.quiet or len(self.targets) < 2, leave=False)
+        for label, path in bar:
+            t0 = time.perf_counter()
+            model = load_checkpoint(path, device=str(self.device))
+            meta = model.niff_checkpoint
+            self.provenance.append(dict(label=label, path=meta["path"], sha256=meta["sha256"],
+                                        architecture=meta.get("architecture")))
+            try:
+                lks = extract_kernels(model, layers=self.layers, include_conv=self.include_conv)
+            except SelectionError as exc:
+                raise SelectionError(f"{label}: {exc}") from None
+            plain = [lk.name for lk in lks if lk.kind == "conv"]
+            if niff_only and plain:
+                verb = "is a plain convolution" if len(plain) == 1 else "are plain convolutions"
+                what = ("it has no NIFF layers" if len(plain) == len(lks)
+                        else f"{', '.join(plain)} {verb}")
+                raise SelectionError(f"{label}: {niff_only} needs NIFF layers, but {what} "
+                                     f"(selected: {', '.join(lk.name for lk in lks)})")
+            if lks and len(plain) == len(lks) and not self.include_conv:
+                self.log(f"note: {label} has no NIFF layers; analysing its plain convolutions")
+            n = sum(lk.flat.shape[0] for lk in lks)
+            self.log(f"{label}: {len(lks)} layers, {n} kernels "
+                     f"({time.perf_counter() - t0:.1f} s to load and extract)")
+            out.append((label, lks))
+        return out
+
+    def write_meta(self, output: Path, rows: int) -> None:
+        meta_path = output.parent / META_NAME
+        meta = _read_meta(meta_path)
+        meta["outputs"][output.name] = dict(
+            command=self.command, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            versions=dict(niff_analysis=__version__, torch=torch.__version__),
+            parameters=self.params, checkpoints=self.provenance, rows=rows,
+            sha256=file_sha256(output))
+        atomic_write(meta_path, json.dumps(meta, indent=1, default=str) + "\n")
+
+
+def _read_meta(meta_path: Path) -> dict:
+    if not meta_path.exists():
+        return dict(format=META_FORMAT, outputs={})
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        meta = None
+    if (not isinstance(meta, dict) or meta.get("format") != META_FORMAT
+            or not isinstance(meta.get("outputs"), dict)):
+        raise NiffError(f"{meta_path} exists and is not a niff-analysis metadata file; "
+                        "choose another output folder")
+    return meta
+
+
+def _with_checkpoint(label: str, df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df.insert(0, "checkpoint", label)
+    return df
+
+
+def _output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed: tuple[str, ...]) -> str:
+    if not output:
+        return fmt
+    suffix = Path(output).suffix.lower()
+    if suffix not in SUFFIX_FORMATS or SUFFIX_FORMATS[suffix] not in allowed:
+        ok = ", ".join(s for s, f in SUFFIX_FORMATS.items() if f in allowed)
+        raise click.UsageError(f"cannot tell the format of --output {output}; use a suffix of {ok}")
+    chosen = SUFFIX_FORMATS[suffix]
+    if ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE and fmt != chosen:
+        raise click.UsageError(f"--format {fmt} disagrees with the suffix of --output {output}")
+    return chosen
+
+
+def _finish(run: Run, text: str, output: Optional[str], rows: int) -> None:
+    if output:
+        path = Path(output)
+        _read_meta(path.parent / META_NAME)  # refuse before writing anything
+        atomic_write(path, text)
+        run.write_meta(path, rows)
+        run.log(f"wrote {path} and {path.parent / META_NAME}")
+    else:
+        click.echo(text, nl=False)
+
+
+def _write_npz(run: Run, output: str, arrays: dict[str, np.ndarray]) -> None:
+    path = Path(output)
+    _read_meta(path.parent / META_NAME)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **arrays)
+
+    atomic_write(path, save)
+    run.write_meta(path, len(arrays))
+    run.log(f"wrote {path} ({len(arrays)} arrays) and {path.parent / META_NAME}")
+
+
+def _key(label: str, name: str, several: bool) -> str:
+    return f"{label}/{name}" if several else name
+
+
+# --------------------------------------------------------------------------- options
+def analysis_options(f: Callable) -> Callable:
+    """CHECKPOINT arguments and the options every analysis command shares."""
+    for deco in reversed([
+        click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]"),
+        click.option("--layers", default="*", show_default=True, metavar="GLOB",
+                     help="fnmatch pattern on layer (module) names, e.g. 'layer1.*'."),
+        click.option("--include-conv", is_flag=True,
+                     help="Also analyse plain stride-1 k×k convolutions (weights zero-embedded in "
+                          "their feature-map-sized grid, one kernel per (out, in) pair). A checkpoint "
+                          "without NIFF layers (a baseline) always uses them."),
+        click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+                     show_default=True,
+                     help="table: per-layer summary for people; csv/json: the full tidy data "
+                          "(json: an array of row objects)."),
+        click.option("--output", "-o", type=click.Path(dir_okay=False),
+                     help="Write here instead of stdout (format from the suffix: .csv, .json, "
+                          ".txt = table; .npz where the command says), with meta.json beside it."),
+        device_option(),
+        click.option("--quiet", "-q", is_flag=True, help="No logs or progress bars on stderr."),
+    ]):
+        f = deco(f)
+    return f
+
+
+# --------------------------------------------------------------------------- commands
+@main.command("kernels")
+@analysis_options
+@click.option("--responses", is_flag=True,
+              help="With .npz output, also store each NIFF layer's frequency response as "
+                   "'<layer>@real' and '<layer>@imag'.")
+@click.pass_context
+def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, responses):
+    """Spatial kernels of every NIFF layer on the feature-map size it runs at.
+
+    CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
+    bundled checkpoint); several are concatenated under a leading 'checkpoint' column.
+
+    --output kernels.npz writes one array per layer keyed by its module name (C×H×W, or
+    Cout×Cin×H×W for full NIFF and dense convs; keys 'CHECKPOINT/layer' for several
+    checkpoints). Other formats list the layers: kind, feature map, kernel shape, count and
+    mean L1 norm.
+    """
+    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json", "npz"))
+    run = Run("kernels", checkpoints, layers, include_conv, device, quiet, dict(responses=responses))
+    results = run.kernels()
+    several = len(results) > 1
+    if fmt == "npz":
+        arrays = {}
+        for label, lks in results:
+            for lk in lks:
+                arrays[_key(label, lk.name, several)] = lk.kernels.numpy()
+                if responses and lk.response is not None:
+                    arrays[_key(label, lk.name, several) + "@real"] = lk.response.real.numpy()
+                    arrays[_key(label, lk.name, several) + "@imag"] = lk.response.imag.numpy()
+        _write_npz(run, output, arrays)
+        return
+    rows = []
+    for label, lks in results:
+        for lk in lks:
+            flat = lk.flat
+            rows.append(dict(checkpoint=label, layer=lk.name, stage=lk.stage, kind=lk.kind,
+                             fmap_h=lk.fmap[0], fmap_w=lk.fmap[1], kernel_h=lk.size[0],
+                             kernel_w=lk.size[1], shape="x".join(map(str, lk.kernels.shape)),
+                             n_kernels=flat.shape[0], l1_mean=float(flat.abs().sum((1, 2)).mean())))
+    df = pd.DataFrame(rows)
+    _finish(run, render_frame(df, fmt), output, len(df))
+
+
+@main.command("mass")
+@analysis_options
+@click.option("--view", type=click.Choice(["ratios", "summary", "sizes"]), default="ratios",
+              show_default=True,
+              help="csv/json content: ratios = one row per (layer, channel, window); summary = "
+                   "mean/std/n per layer and window; sizes = per kernel the smallest window "
+                   "holding 50/90/95 % of the mass.")
+@click.pass_context
+def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, view):
+    """Kernel mass ratio (Eq. 6): share of |k| inside centred odd windows 1, 3, 5, … (full last).
+
+    CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
+    bundled checkpoint); several are concatenated under a leading 'checkpoint' column.
+
+    Works on baselines too (their plain convolutions, see --include-conv). Columns (ratios):
+    checkpoint, layer, stage, fmap_h, fmap_w, channel, window, mass_ratio.
+    """
+    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
+    run = Run("mass", checkpoints, layers, include_conv, device, quiet, dict(view=view))
+    frames = []
+    for label, lks in run.kernels():
+        t0 = time.perf_counter()
+        frames.append(_with_checkpoint(label, kernel_mass(lks)))
+        run.log(f"{label}: {len(frames[-1])} mass ratios in {time.perf_counter() - t0:.2f} s")
+    mass = pd.concat(frames, ignore_index=True)
+    if fmt == "table":
+        df = _mass_table(mass)
+    elif view == "summary":
+        df = mass_summary(mass)
+    elif view == "sizes":
+        df = effective_sizes(mass)
+    else:
+        df = mass
+    _finish(run, render_frame(df, fmt), output, len(df))
+
+
+def _mass_table(mass: pd.DataFrame) -> pd.DataFrame:
+    """Per layer: mean mass at windows 1, 3, 5, 9 and the mean 50/90/95 % sizes."""
+    keys = ["checkpoint", "layer", "stage", "fmap_h", "fmap_w"]
+    summ = mass_summary(mass)
+    table = summ.groupby(keys, sort=False, dropna=False)["n"].max().rename("kernels").reset_index()
+    for w in (1, 3, 5, 9):
+        col = summ[summ["window"] == w][keys + ["mean"]].rename(columns={"mean": f"mass_w{w}"})
+        table = table.merge(col, on=keys, how="left")
+    sizes = effective_sizes(mass).groupby(keys, sort=False, dropna=False)[
+        ["size_50", "size_90", "size_95"]].mean().reset_index()
+    return table.merge(sizes, on=keys, how="left").round(3)
+
+
+@main.command("pca")
+@analysis_options
+@click.option("--components", "-k", type=int, default=6, show_default=True, callback=positive_int,
+              help="Principal components per layer.")
+@click.option("--weights", is_flag=True,
+              help="PCA of the frequency-domain multiplication weights (real and imaginary parts "
+                   "separately) instead of the spatial kernels; NIFF layers only.")
+@click.pass_context
+def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, components, weights):
+    """PCA eigenkernels per layer: exact SVD, deterministic signs, explained-variance ratios.
+
+    CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
+    bundled checkpoint); several are concatenated under a leading 'checkpoint' column.
+
+    Works on baselines too (their plain convolutions), except --weights. Columns: checkpoint,
+    layer, stage, fmap_h, fmap_w, [part,] component, explained_variance_ratio, … .
+    --output FILE.npz stores the components (k×H×W per layer, '<layer>@real'/'@imag' with
+    --weights) instead of the table.
+    """
+    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json", "npz"))
+    run = Run("pca", checkpoints, layers, include_conv, device, quiet,
+              dict(components=components, weights=weights))
+    results = []
+    for label, lks in run.kernels(niff_only="weight PCA (--weights)" if weights else None):
+        t0 = time.perf_counter()
+        res = weight_pca(lks, components) if weights else pca_eigenkernels(lks, components)
+        results.append((label, res))
+        run.log(f"{label}: PCA of {len(lks)} layers in {time.perf_counter() - t0:.2f} s")
+    if fmt == "npz":
+        several = len(results) > 1
+        arrays = {}
+        for label, res in results:
+            for key, comp in res.components.items():
+                name = f"{key[0]}@{key[1]}" if isinstance(key, tuple) else key
+                arrays[_key(label, name, several)] = comp
+        _write_npz(run, output, arrays)
+        return
+    df = pd.concat([_with_checkpoint(label, res.table) for label, res in results], ignore_index=True)
+    if fmt == "table":
+        keys = [k for k in ["checkpoint", "layer", "part", "fmap_h", "fmap_w", "n_kernels"]
+                if k in df.columns]
+        wide = df.pivot_table(index=keys, columns="component", values="explained_variance_ratio",
+                              sort=False).reset_index()
+        wide.columns = [f"evr_{c}" if isinstance(c, (int, np.integer)) else c for c in wide.columns]
+        evr = [c for c in wide.columns if str(c).startswith("evr_")]
+        wide["evr_total"] = wide[evr].sum(axis=1)
+        df = wide.round(4)
+    _finish(run, render_frame(df, fmt), output, len(df))
+
+
+@main.command("gaussian")
+@analysis_options
+@click.option("--view", type=click.Choice(["fits", "summary"]), default="fits", show_default=True,
+              help="csv/json content: fits = one row per kernel; summary = per layer.")
+@click.option("--max-iter", type=int, default=200, show_default=True, callback=positive_int,
+              help="Levenberg–Marquardt iterations at most.")
+@click.pass_context
+def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, view, max_iter):
+    """2-D Gaussian fit to |k| of every kernel (batched Levenberg–Marquardt, moment start).
+
+    CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
+    bundled checkpoint); several are concatenated under a leading 'checkpoint' column.
+
+    Works on baselines too (their plain convolutions). Columns (fits): checkpoint, layer, stage,
+    fmap_h, fmap_w, channel, sigma_x, sigma_y, sigma_major, sigma_minor, theta, x0, y0,
+    amplitude, offset, r2, success, status, sigma_ratio, iterations. Failed fits are rows with
+    success=false and a reason in status; summaries use successful fits only.
+    """
+    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
+    run = Run("gaussian", checkpoints, layers, include_conv, device, quiet,
+              dict(view=view, max_iter=max_iter))
+    frames = []
+    for label, lks in run.kernels():
+        t0 = time.perf_counter()
+        fits = gaussian_fit(lks, device=run.device, max_iter=max_iter)
+        run.log(f"{label}: {len(fits)} Gaussian fits, {int(fits['success'].sum())} ok, "
+                f"in {time.perf_counter() - t0:.1f} s on {run.device}")
+        frames.append(_with_checkpoint(label, fits))
+    fits = pd.concat(frames, ignore_index=True)
+    df = fits if fmt != "table" and view == "fits" else gaussian_summary(fits)
+    if fmt == "table":
+        df = df.round(3)
+    _finish(run, render_frame(df, fmt), output, len(df))

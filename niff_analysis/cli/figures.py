@@ -1,0 +1,72 @@
+"""``niff-analyze figures``: every paper figure (SPEC §5) of one or more checkpoints."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from ..errors import SelectionError
+from ..plotting.report import COST_SIZES, FORMATS, analyse, write_figures
+from . import main
+from .common import device_option, positive_int
+
+
+def _csv_list(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise SelectionError(f"{what} is empty")
+    return items
+
+
+def _sizes(value: str) -> list[int]:
+    if value.strip().lower() == "none":
+        return []
+    try:
+        sizes = [int(v) for v in _csv_list(value, "--cost-sizes")]
+    except ValueError:
+        raise SelectionError(f"--cost-sizes takes comma-separated integers or 'none', got {value!r}") from None
+    if any(s < 2 for s in sizes):
+        raise SelectionError(f"--cost-sizes must be at least 2, got {value!r}")
+    return sizes
+
+
+@main.command("figures")
+@click.argument("checkpoints", nargs=-1)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--layers", default="*", show_default=True,
+              help="fnmatch glob on layer names (comma-separated for several).")
+@device_option()
+@click.option("--format", "formats", default="pdf,png", show_default=True,
+              help=f"Comma-separated figure formats ({', '.join(FORMATS)}).")
+@click.option("--max-kernels", type=int, default=1024, show_default=True, callback=positive_int,
+              help="Analyse at most this many kernels per layer (evenly spaced sample).")
+@click.option("--cost-sizes", default=",".join(map(str, COST_SIZES)), show_default=True,
+              help="Feature-map sizes of the cost figure, or 'none' to skip it.")
+@click.option("--no-timing", is_flag=True, help="Cost figure from FLOPs only, no timed runs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages (the file list still prints).")
+def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_sizes, no_timing,
+                quiet) -> None:
+    """Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were drawn from.
+
+    No CHECKPOINT means the bundled default; several are compared in the same figures (a
+    checkpoint without NIFF layers, such as a plain baseline, is analysed through its k×k
+    convolutions). Prints the paths written, one per line.
+    """
+    fmts = _csv_list(formats.lower(), "--format")
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad:
+        raise SelectionError(f"unknown --format {', '.join(bad)}; choose from {', '.join(FORMATS)}")
+    t0 = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - t0:5.1f}s] {msg}", err=True)
+
+    data = analyse(list(checkpoints) or [None], layers=_csv_list(layers, "--layers"), device=device,
+                   max_kernels=max_kernels, cost_sizes=_sizes(cost_sizes),
+                   measure_cost=not no_timing, progress=progress)
+    paths = write_figures(data, out, formats=fmts, progress=progress)
+    for p in paths:
+        click.echo(str(p))
+    progress(f"wrote {len(paths)} files to {out}")

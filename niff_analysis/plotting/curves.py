@@ -1,0 +1,245 @@
+"""Line, error-bar and histogram figures drawn from the analysis tables.
+
+Every function takes the DataFrame an analysis function returned (optionally with an extra
+``checkpoint`` column when several checkpoints are compared), never recomputes it, draws into
+``ax``/``fig`` when given, and returns ``(fig, ax)`` (``ax`` an array when there are several
+panels).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..errors import SelectionError
+from .style import (METHOD_COLORS, MODEL_LINESTYLES, MODEL_MARKERS, layer_colors, new_figure,
+                    ordered_unique, stage_color, stage_of, style)
+
+MODEL = "checkpoint"  # the column analysis tables carry when checkpoints are compared
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SelectionError(f"{what} needs columns {missing}; got {list(df.columns)}")
+    if df.empty:
+        raise SelectionError(f"{what}: the table is empty (no layers selected?)")
+
+
+def _models(df: pd.DataFrame) -> list:
+    return ordered_unique(df[MODEL]) if MODEL in df.columns else [None]
+
+
+def _of_model(df: pd.DataFrame, model) -> pd.DataFrame:
+    return df if model is None else df[df[MODEL] == model]
+
+
+def _panels(n: int, ax, fig: Optional[Figure], ncols: int, panel_size=(3.2, 2.5),
+            sharey: bool = True) -> tuple[Figure, np.ndarray]:
+    """``n`` axes: the given ones, or a new grid on ``fig`` (or a new figure)."""
+    if ax is not None:
+        axes = np.atleast_1d(np.asarray(ax, dtype=object)).ravel()
+        if len(axes) < n:
+            raise SelectionError(f"this figure needs {n} axes, got {len(axes)}")
+        return axes[0].figure, axes[:n]
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    if fig is None:
+        fig = new_figure((panel_size[0] * ncols, panel_size[1] * nrows))
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
+    for extra in grid.ravel()[n:]:
+        extra.set_visible(False)
+    return fig, grid.ravel()[:n]
+
+
+def _ret(fig: Figure, axes: np.ndarray):
+    return fig, (axes[0] if len(axes) == 1 else axes)
+
+
+# --------------------------------------------------------------------------- Eq. 6
+def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None,
+                    group: str = "layer", overlay: bool = False,
+                    references: Sequence[int] = (3, 9)) -> tuple[Figure, object]:
+    """Kernel mass ratio (Eq. 6) against window size: mean ± 1 std band per layer (Fig. 4/5).
+
+    Args:
+        summary: :func:`~niff_analysis.analysis.mass_summary` output (``window``, ``mean``,
+            ``std`` and a ``layer`` or ``stage`` column), optionally with a ``checkpoint`` column.
+        ax: axes to draw into (one per model unless ``overlay``).
+        fig: figure to add panels to.
+        group: column naming the curves, ``"layer"`` or ``"stage"``.
+        overlay: draw all models into one panel (line style tells them apart) instead of one
+            panel per model.
+        references: window sizes marked by dotted vertical lines (3×3 and 9×9).
+    """
+    _require(summary, [group, "window", "mean", "std"], "plot_mass_ratio")
+    models = _models(summary)
+    with style():
+        fig, axes = _panels(1 if overlay else len(models), ax, fig, ncols=3)
+        stages = summary["stage"] if "stage" in summary.columns else None
+        colors = layer_colors(list(summary[group]), None if stages is None else list(stages))
+        for m_i, model in enumerate(models):
+            a = axes[0 if overlay else m_i]
+            part = _of_model(summary, model)
+            for name in ordered_unique(part[group]):
+                d = part[part[group] == name].sort_values("window")
+                label = name if not overlay or len(models) == 1 else f"{model}: {name}"
+                ls = MODEL_LINESTYLES[m_i % len(MODEL_LINESTYLES)] if overlay else "-"
+                x, mean, std = d["window"].to_numpy(float), d["mean"].to_numpy(float), d["std"].to_numpy(float)
+                a.plot(x, mean, color=colors[name], ls=ls, label=label)
+                a.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
+                               color=colors[name], alpha=0.15, lw=0)
+            if not overlay and model is not None:
+                a.set_title(str(model))
+        for a in axes:
+            for r in references:
+                a.axvline(r, color="0.4", ls=":", lw=0.8)
+                a.text(r, 1.0, f" {r}×{r}", color="0.3", fontsize=6, va="top", ha="left",
+                       transform=a.get_xaxis_transform())
+            a.set_xlabel("window size s (odd)")
+            a.set_ylim(0, 1.02)
+            a.set_xlim(left=1)
+        axes[0].set_ylabel("kernel mass ratio (Eq. 6)")
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _ret(fig, axes)
+
+
+# --------------------------------------------------------------------------- effective sizes
+def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
+                        fig: Optional[Figure] = None) -> tuple[Figure, object]:
+    """Histogram per layer of the smallest window holding ``quantile`` % of each kernel's mass.
+
+    One row per layer, stacked like a ridgeline on one axes (bar heights: fraction of the layer's
+    kernels, so layers with different kernel counts compare); several checkpoints are overlaid
+    as outlines in their line style.
+
+    Args:
+        sizes: :func:`~niff_analysis.analysis.effective_sizes` output (``layer``, ``size_<q>``;
+            ``stage``, ``checkpoint`` optional).
+        quantile: which ``size_<q>`` column to show.
+        ax: axes to draw into.
+        fig: figure to add the axes to.
+    """
+    col = f"size_{quantile}"
+    _require(sizes, ["layer", col], "plot_effective_size")
+    models = _models(sizes)
+    layers = ordered_unique(sizes["layer"])
+    stages = list(sizes["stage"]) if "stage" in sizes.columns else None
+    colors = layer_colors(list(sizes["layer"]), stages)
+    top = int(np.nanmax(sizes[col])) if sizes[col].notna().any() else 1
+    edges = np.arange(0, top + 3, 2)  # edges at even numbers: one bin per odd window size
+    with style():
+        fig, axes = _panels(1, ax, fig, ncols=1, panel_size=(4.5, 0.45 * len(layers) + 0.9))
+        a = axes[0]
+        for r, layer in enumerate(layers):
+            base = len(layers) - 1 - r  # first layer on top
+            a.axhline(base, color="0.85", lw=0.5)
+            for m_i, model in enumerate(models):
+                part = _of_model(sizes, model)
+                vals = part.loc[part["layer"] == layer, col].dropna().to_numpy(float)
+                if not len(vals):
+                    continue
+                frac = np.histogram(vals, bins=edges)[0] / len(vals) * 0.9
+                if m_i == 0:
+                    a.stairs(base + frac, edges, baseline=base, fill=True, color=colors[layer],
+                             alpha=0.75, lw=0)
+                else:
+                    a.stairs(base + frac, edges, baseline=base, color=colors[layer], lw=1.0,
+                             ls=MODEL_LINESTYLES[m_i % len(MODEL_LINESTYLES)])
+        a.set_yticks(np.arange(len(layers))[::-1], layers)
+        for t, layer in zip(a.get_yticklabels(), layers):
+            t.set_color(colors[layer])
+        a.set_ylim(-0.1, len(layers))
+        a.set_xlim(0, edges[-1])
+        a.set_xticks(np.arange(1, edges[-1], 2 if edges[-1] <= 20 else 4))
+        a.set_xlabel(f"smallest window s holding {quantile} % of the kernel mass")
+        a.set_title("effective kernel size (bar height: fraction of the layer's kernels)")
+        if len(models) > 1:
+            for m_i, model in enumerate(models):
+                a.plot([], [], color="0.3", ls=MODEL_LINESTYLES[m_i % len(MODEL_LINESTYLES)]
+                       if m_i else "-", lw=4 if m_i == 0 else 1, label=str(model))
+            a.legend(loc="upper right", bbox_to_anchor=(1, 1.0))
+    return fig, a
+
+
+# --------------------------------------------------------------------------- Gaussian σ
+def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
+    """Mean ± std of the fitted Gaussian σx and σy per layer (Fig. A3/A4), one panel per model.
+
+    Args:
+        summary: :func:`~niff_analysis.analysis.gaussian_summary` output (``layer``,
+            ``sigma_x_mean``, ``sigma_x_std``, ``sigma_y_mean``, ``sigma_y_std``; ``stage``,
+            ``checkpoint`` optional).
+        ax: axes, one per model.
+        fig: figure to add panels to.
+    """
+    cols = ["layer", "sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std"]
+    _require(summary, cols, "plot_sigma")
+    models = _models(summary)
+    with style():
+        fig, axes = _panels(len(models), ax, fig, ncols=2, panel_size=(4.2, 2.6))
+        for a, model in zip(axes, models):
+            part = _of_model(summary, model).reset_index(drop=True)
+            x = np.arange(len(part))
+            for j, (axis, marker, dx) in enumerate((("x", "o", -0.12), ("y", "s", 0.12))):
+                for i, row in part.iterrows():
+                    c = stage_color(stage_of(row["layer"], row.get("stage")))
+                    a.errorbar(x[i] + dx, row[f"sigma_{axis}_mean"], yerr=row[f"sigma_{axis}_std"],
+                               color=c, marker=marker, ms=4, capsize=2, lw=1,
+                               mfc=c if axis == "x" else "white")
+                # legend proxies: marker shape = axis, colour = stage
+                a.plot([], [], "k" + marker, mfc="k" if axis == "x" else "white", ms=4,
+                       label=f"σ{axis}")
+            a.set_xticks(x, part["layer"], rotation=60, ha="right")
+            a.set_ylabel("fitted σ (pixels)")
+            if model is not None:
+                a.set_title(str(model))
+            a.set_ylim(bottom=0)
+            a.legend(loc="upper right")
+    return _ret(fig, axes)
+
+
+# --------------------------------------------------------------------------- cost (Fig. 8)
+def plot_cost(cost: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
+    """FLOPs (left) and measured forward time (right) against feature-map size (Fig. 8).
+
+    Args:
+        cost: :func:`~niff_analysis.analysis.cost.cost_table` output (``size``, ``niff_flops``,
+            ``spatial_flops``, ``niff_ms``, ``spatial_ms``; ``conv3x3_*`` drawn when present).
+            Rows whose times are NaN (not measured) are left out of the right panel.
+        ax: two axes.
+        fig: figure to add panels to.
+    """
+    _require(cost, ["size", "niff_flops", "spatial_flops", "niff_ms", "spatial_ms"], "plot_cost")
+    series = [("niff", "NIFF (FFT + product + iFFT)"),
+              ("spatial", "spatial conv, kernel = map size"),
+              ("conv3x3", "3×3 conv")]
+    d = cost.sort_values("size")
+    with style():
+        fig, axes = _panels(2, ax, fig, ncols=2, panel_size=(3.2, 2.6), sharey=False)
+        for key, label in series:
+            color = METHOD_COLORS.get(key, METHOD_COLORS["baseline"])
+            ls = ":" if key == "conv3x3" else "-"
+            if f"{key}_flops" in d:
+                axes[0].plot(d["size"], d[f"{key}_flops"], marker="o", ms=3, color=color, ls=ls,
+                             label=label)
+            if f"{key}_ms" in d and d[f"{key}_ms"].notna().any():
+                t = d[d[f"{key}_ms"].notna()]
+                axes[1].plot(t["size"], t[f"{key}_ms"], marker="o", ms=3, color=color, ls=ls,
+                             label=label)
+        axes[0].set_ylabel("FLOPs per forward pass")
+        axes[1].set_ylabel("measured time (ms)")
+        for a in axes:
+            a.set_xscale("log", base=2)
+            a.set_yscale("log")
+            a.set_xlabel("feature-map size H = W")
+            a.set_xticks(d["size"], [str(s) for s in d["size"]])
+            a.minorticks_off()
+        axes[0].legend(loc="upper left")
+    return _ret(fig, axes)
+
+
+__all__ = ["plot_cost", "plot_effective_size", "plot_mass_ratio", "plot_sigma"]

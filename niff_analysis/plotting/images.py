@@ -1,0 +1,236 @@
+"""Image-grid figures: PCA eigenkernels, multiplication-weight PCA, raw kernels, mean |k|.
+
+Signed images (kernels, principal components) use a diverging colormap with a norm centred at 0
+and symmetric per image, so white is zero everywhere; magnitudes use a sequential colormap.
+Rows are layers; the bar left of a row has its stage's colour.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import matplotlib.colors as mcolors
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from ..errors import SelectionError
+from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, new_figure, ordered_unique,
+                    stage_color, stage_of, style)
+
+Cell = tuple[np.ndarray, str]  # image, caption under it (None: an empty slot)
+
+
+def centre_crop(image: np.ndarray, size: Optional[int]) -> np.ndarray:
+    """The ``size``×``size`` window around the kernel origin (H//2, W//2); whole image if None."""
+    if size is None:
+        return image
+    h, w = image.shape[-2:]
+    r = size // 2
+    y0, x0 = max(h // 2 - r, 0), max(w // 2 - r, 0)
+    return image[..., y0:h // 2 + r + 1, x0:w // 2 + r + 1]
+
+
+def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]]]], signed: bool,
+                fig: Optional[Figure], title: Optional[str] = None, cell: float = 0.62,
+                col_titles: Optional[Sequence[str]] = None, scale_label: Optional[str] = None):
+    """Draw ``rows`` of (label, stage, cells) as a grid of images on one axes.
+
+    Each image is drawn into a unit square of a single axes (many image artists on one axes
+    draw an order of magnitude faster than one axes per image) and scaled by its own maximum
+    |value|, so the shared colour bar reads "fraction of this image's largest |value|".
+
+    Returns:
+        (fig, ax).
+    """
+    if not rows:
+        raise SelectionError("nothing to draw: no layers selected")
+    ncols = max((len(cells) for _, _, cells in rows), default=0)
+    if ncols == 0:
+        raise SelectionError("nothing to draw: no components or channels")
+    gap, cap = 0.12, 0.3  # in cell units: between cells, caption band under each row
+    wu, hu = ncols * (1 + gap), len(rows) * (1 + gap + cap) + (0.3 if col_titles else 0)
+    left = 1.25 if any(label for label, _, _ in rows) else 0.1  # inches
+    right, top, bottom = 0.75, 0.35 if title else 0.1, 0.05
+    width, height = left + cell * wu + right, top + cell * hu + bottom
+    if fig is None:
+        fig = new_figure((width, height))
+        fig.set_layout_engine("none")
+    fw, fh = fig.get_size_inches()
+    ax = fig.add_axes((left / fw, bottom / fh, cell * wu / fw, cell * hu / fh))
+    y_off = 0.3 if col_titles else 0.0
+    cmap = CMAP_SIGNED if signed else CMAP_MAGNITUDE
+    norm = (mcolors.TwoSlopeNorm(vmin=-1, vcenter=0, vmax=1) if signed
+            else mcolors.Normalize(vmin=0, vmax=1))
+    for r, (label, stage, cells) in enumerate(rows):
+        y0 = y_off + r * (1 + gap + cap)
+        if label:
+            color = stage_color(stage_of(label, stage))
+            ax.add_patch(Rectangle((-0.1, y0), 0.05, 1, color=color, lw=0))
+            ax.text(-0.16, y0 + 0.5, label, ha="right", va="center", fontsize=6, color=color)
+        for c, item in enumerate(cells):
+            if item is None:
+                continue
+            img, caption = item
+            img = np.asarray(img, dtype=float)
+            peak = float(np.nanmax(np.abs(img))) if img.size else 0.0
+            img = img / peak if np.isfinite(peak) and peak > 0 else np.zeros_like(img)
+            x0 = c * (1 + gap)
+            ax.imshow(img, cmap=cmap, norm=norm, extent=(x0, x0 + 1, y0 + 1, y0),
+                      interpolation="none")
+            ax.add_patch(Rectangle((x0, y0), 1, 1, fill=False, lw=0.4, ec="0.6"))
+            if caption:
+                ax.text(x0 + 0.5, y0 + 1.04, caption, ha="center", va="top", fontsize=5.5)
+    for c, t in enumerate((col_titles or [])[:ncols]):
+        ax.text(c * (1 + gap) + 0.5, y_off - 0.06, t, ha="center", va="bottom", fontsize=6)
+    ax.set_xlim(-gap / 2, wu - gap / 2)
+    ax.set_ylim(hu, 0)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    cax = fig.add_axes(((left + cell * wu + 0.15) / fw, (bottom + cell * hu * 0.3) / fh,
+                        0.08 / fw, cell * hu * 0.4 / fh))
+    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax,
+                      ticks=[-1, 0, 1] if signed else [0, 1])
+    cb.ax.tick_params(labelsize=5)
+    cb.set_label(scale_label or "÷ largest |value| of each image", fontsize=5.5)
+    if title:
+        fig.suptitle(title, fontsize=8, y=1 - 0.08 / fh, va="top")
+    return fig, ax
+
+
+def _ev_lookup(table: pd.DataFrame, keys: Sequence[str]) -> dict:
+    return {tuple(row[k] for k in keys): row["explained_variance_ratio"] for _, row in table.iterrows()}
+
+
+def _stage_lookup(table: pd.DataFrame) -> dict:
+    if "stage" not in table.columns:
+        return {}
+    return dict(zip(table["layer"], table["stage"]))
+
+
+def plot_eigenkernels(table: pd.DataFrame, components: Mapping, zoom: Optional[int] = None,
+                      n_components: Optional[int] = None, layers: Optional[Sequence[str]] = None,
+                      fig: Optional[Figure] = None, title: Optional[str] = None):
+    """PCA eigenkernels: layers × components, explained variance under each (Fig. 6/7, A5–A13).
+
+    Args:
+        table: ``PCAResult.table`` (``layer``, ``component``, ``explained_variance_ratio``).
+        components: ``PCAResult.components``, layer → array (k, H, W).
+        zoom: show only the central ``zoom``×``zoom`` crop (e.g. 9); None shows full size.
+        n_components: at most this many columns (default: all).
+        layers: rows to show, in order (default: every layer of ``components``).
+        fig: figure to draw into.
+        title: figure title.
+
+    Returns:
+        ``(fig, ax)``: every image lives on the one axes ``ax``.
+    """
+    ev = _ev_lookup(table, ["layer", "component"])
+    comps = ordered_unique(table["component"]) if len(table) else []
+    stages = _stage_lookup(table)
+    rows = []
+    for layer in (layers if layers is not None else list(components)):
+        if layer not in components:
+            raise SelectionError(f"no eigenkernels for layer {layer!r}")
+        arr = np.asarray(components[layer])[:n_components]
+        cells = [(centre_crop(arr[i], zoom), f"{100 * ev.get((layer, comps[i]), np.nan):.1f} %"
+                  if i < len(comps) else "") for i in range(len(arr))]
+        rows.append((layer, stages.get(layer), cells))
+    col_titles = [f"PC {i + 1}" for i in range(max((len(c) for _, _, c in rows), default=0))]
+    if title is None:
+        title = "PCA eigenkernels" + (f", central {zoom}×{zoom}" if zoom else "")
+    with style():
+        return _image_grid(rows, signed=True, fig=fig, title=title, col_titles=col_titles)
+
+
+def plot_weight_pca(table: pd.DataFrame, components: Mapping, n_components: Optional[int] = None,
+                    fig: Optional[Figure] = None, title: Optional[str] = None):
+    """PCA of the learned frequency weights, real and imaginary parts side by side (A14–A17).
+
+    Args:
+        table: ``PCAResult.table`` of :func:`~niff_analysis.analysis.weight_pca` (``layer``,
+            ``part``, ``component``, ``explained_variance_ratio``).
+        components: (layer, part) → array (k, H, W), centred frequency grid.
+        n_components: at most this many components per part.
+        fig: figure to draw into.
+        title: figure title.
+    """
+    ev = _ev_lookup(table, ["layer", "part", "component"])
+    stages = _stage_lookup(table)
+    parts = ("real", "imag")
+    k = max((len(v) for v in components.values()), default=0)
+    k = k if n_components is None else min(k, n_components)
+    rows = []
+    for layer in ordered_unique(key[0] for key in components):
+        cells: list[Optional[Cell]] = []
+        for part in parts:
+            arr = np.asarray(components.get((layer, part), np.zeros((0, 1, 1))))[:k]
+            comps = ordered_unique(table.loc[(table["layer"] == layer) & (table["part"] == part),
+                                             "component"])
+            cells += [(arr[i], f"{100 * ev.get((layer, part, comps[i]), np.nan):.1f} %")
+                      if i < len(arr) and i < len(comps) else None for i in range(k)]
+        rows.append((layer, stages.get(layer), cells))
+    titles = [f"{part} PC {i + 1}" for part in parts for i in range(k)]
+    with style():
+        return _image_grid(rows, signed=True, fig=fig, col_titles=titles,
+                           title=title or "PCA of the multiplication weights (frequency domain)")
+
+
+def _flat_kernels(k) -> np.ndarray:
+    arr = k.detach().cpu().numpy() if hasattr(k, "detach") else np.asarray(k)
+    return arr.reshape(-1, *arr.shape[-2:])
+
+
+def sample_channels(n_total: int, n: int) -> np.ndarray:
+    """``n`` channel indices spread evenly over ``range(n_total)`` (deterministic)."""
+    return np.unique(np.linspace(0, n_total - 1, num=min(n, n_total)).round().astype(int))
+
+
+def plot_raw_kernels(kernels: Sequence, n_channels: int = 8, zoom: Optional[int] = None,
+                     fig: Optional[Figure] = None, title: Optional[str] = None):
+    """Raw spatial kernels, a sample of channels per layer (Fig. A22/A23).
+
+    Args:
+        kernels: :class:`~niff_analysis.analysis.LayerKernels` objects (``name``, ``stage``,
+            ``kernels`` (C, H, W) or (Cout, Cin, H, W); full kernels are sampled over all
+            Cout·Cin filters).
+        n_channels: channels per layer, spread evenly over the layer's channels.
+        zoom: central crop size, None for full size.
+        fig: figure to draw into.
+        title: figure title.
+    """
+    rows = []
+    for lk in kernels:
+        flat = _flat_kernels(lk.kernels)
+        idx = sample_channels(len(flat), n_channels)
+        rows.append((lk.name, lk.stage, [(centre_crop(flat[i], zoom), f"ch {i}") for i in idx]))
+    with style():
+        return _image_grid(rows, signed=True, fig=fig, title=title or "spatial kernels (sample)")
+
+
+def plot_kernel_magnitude(kernels: Sequence, fig: Optional[Figure] = None, ncols: int = 7,
+                          title: Optional[str] = None):
+    """Mean |k| over all kernels of each layer: where a layer's spatial support lies.
+
+    Sequential colormap, each layer scaled by its own maximum.
+
+    Args:
+        kernels: :class:`~niff_analysis.analysis.LayerKernels` objects.
+        fig: figure to draw into.
+        ncols: panels per row.
+        title: figure title.
+    """
+    if not kernels:
+        raise SelectionError("nothing to draw: no layers selected")
+    cells = [(np.abs(_flat_kernels(lk.kernels)).mean(axis=0), lk.name) for lk in kernels]
+    rows = [("", None, cells[i:i + ncols]) for i in range(0, len(cells), ncols)]
+    with style():
+        return _image_grid(rows, signed=False, fig=fig, cell=0.9,
+                           title=title or "mean |kernel| per layer",
+                           scale_label="mean |k| ÷ layer maximum")
+
+
+__all__ = ["centre_crop", "plot_eigenkernels", "plot_kernel_magnitude",
+           "plot_raw_kernels", "plot_weight_pca", "sample_channels"]

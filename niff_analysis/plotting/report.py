@@ -1,0 +1,271 @@
+"""The figure set of one or more checkpoints: run the analyses once, draw every figure from their
+tables, write figures (PDF/PNG) and tables (CSV). ``niff-analyze figures`` and the notebooks call
+exactly these functions.
+
+Layers with more kernels than ``max_kernels`` (dense convolutions of a baseline: one kernel per
+(output, input) pair, up to 262 144 in a ResNet-18 layer) are analysed on an evenly spaced,
+deterministic sample of that many kernels; each table's count column (``n``, ``n_kernels``)
+says how many kernels a row stands for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels, gaussian_fit,
+                        gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
+from ..analysis.cost import cost_table
+from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from ..errors import SelectionError
+from ..io import atomic_write
+from ..models import niff_layers
+from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
+from .images import (plot_eigenkernels, plot_kernel_magnitude, plot_raw_kernels, plot_weight_pca,
+                     sample_channels)
+from .style import save_figure
+
+CHECKPOINT = "checkpoint"
+FORMATS = ("pdf", "png", "svg")
+COST_SIZES = (7, 14, 28, 56, 112)
+ZOOM = 9
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class FigureData:
+    """Everything the figures are drawn from; tables carry a leading ``checkpoint`` column.
+
+    Attributes:
+        labels: checkpoint labels, in the order given.
+        kernels: label → the analysed :class:`~niff_analysis.analysis.LayerKernels`.
+        mass_summary: Eq. 6 mean/std per layer and window.
+        effective_sizes: smallest window with 50/90/95 % mass, per kernel.
+        gaussian: per-kernel 2-D Gaussian fits.
+        gaussian_summary: mean/std of σx, σy per layer.
+        eigenkernels: label → PCA of the spatial kernels.
+        weight_pca: label → PCA of the frequency weights (NIFF checkpoints only).
+        cost: FLOPs and measured times per feature-map size.
+    """
+
+    labels: list[str]
+    kernels: dict[str, list[LayerKernels]]
+    mass_summary: pd.DataFrame
+    effective_sizes: pd.DataFrame
+    gaussian: pd.DataFrame
+    gaussian_summary: pd.DataFrame
+    eigenkernels: dict[str, PCAResult]
+    weight_pca: dict[str, PCAResult]
+    cost: pd.DataFrame
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def checkpoint_label(path: Optional[PathLike]) -> str:
+    """Short name of a checkpoint: its directory name or file stem (bundled default if None)."""
+    p = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    p = Path(os.path.normpath(p))
+    return p.stem if p.suffix == ".safetensors" else p.name
+
+
+def _labels(checkpoints: Sequence[Optional[PathLike]]) -> list[str]:
+    out: list[str] = []
+    for ck in checkpoints:
+        base = label = checkpoint_label(ck)
+        i = 2
+        while label in out:
+            label, i = f"{base}-{i}", i + 1
+        out.append(label)
+    return out
+
+
+def subsample(kernels: Sequence[LayerKernels], max_kernels: Optional[int]) -> list[LayerKernels]:
+    """Layers with more than ``max_kernels`` kernels cut to an evenly spaced sample of them
+    (as an (N, H, W) stack; ``extra["sampled_from"]`` keeps the original count)."""
+    if max_kernels is None:
+        return list(kernels)
+    if max_kernels < 1:
+        raise SelectionError(f"max_kernels must be a positive integer, got {max_kernels}")
+    out = []
+    for lk in kernels:
+        n = lk.flat.shape[0]
+        if n <= max_kernels:
+            out.append(lk)
+            continue
+        idx = sample_channels(n, max_kernels)
+        resp = None if lk.response is None else lk.response.reshape(n, *lk.size)[idx]
+        out.append(dataclasses.replace(lk, kernels=lk.flat[idx].contiguous(), response=resp,
+                                       extra=dict(lk.extra, sampled_from=n)))
+    return out
+
+
+def _tag(df: pd.DataFrame, label: str) -> pd.DataFrame:
+    df = df.copy()
+    if CHECKPOINT in df.columns:
+        df = df.drop(columns=CHECKPOINT)
+    df.insert(0, CHECKPOINT, label)
+    return df
+
+
+def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[str, Sequence[str]] = "*",
+            device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
+            cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
+            progress: Optional[Callable[[str], None]] = None) -> FigureData:
+    """Run every analysis the figures need, once per checkpoint.
+
+    A checkpoint without NIFF layers (a baseline) is analysed through its plain stride-1 k×k
+    convolutions (``extract_kernels(..., include_conv=True)``); NIFF checkpoints through their
+    NIFF layers.
+
+    Args:
+        checkpoints: checkpoint paths; ``None`` is the bundled default.
+        layers: fnmatch glob(s) on layer names.
+        device: where checkpoints are loaded and MLPs/fits run.
+        max_kernels: analyse at most this many kernels per layer (evenly spaced sample); None
+            for all.
+        n_components: principal components per layer.
+        cost_sizes: feature-map sizes of the cost figure; empty to skip it.
+        measure_cost: also time the layers (otherwise FLOPs only).
+        progress: called with a short message before each step.
+    """
+    say = progress or (lambda msg: None)
+    checkpoints = list(checkpoints) or [None]
+    labels = _labels(checkpoints)
+    kernels, pcas, wpcas, sources = {}, {}, {}, {}
+    mass, sizes, gauss, gsum = [], [], [], []
+    for label, ck in zip(labels, checkpoints):
+        say(f"{label}: loading and extracting kernels")
+        model = load_checkpoint(ck, device=device)
+        sources[label] = model.niff_checkpoint["path"]
+        has_niff = bool(niff_layers(model))
+        lks = subsample(extract_kernels(model, layers=layers, include_conv=not has_niff), max_kernels)
+        kernels[label] = lks
+        say(f"{label}: mass ratio, effective sizes")
+        m = kernel_mass(lks)
+        mass.append(_tag(mass_summary(m), label))
+        sizes.append(_tag(effective_sizes(m), label))
+        say(f"{label}: PCA")
+        pcas[label] = pca_eigenkernels(lks, n_components=n_components)
+        pcas[label].table = _tag(pcas[label].table, label)
+        with_response = [lk for lk in lks if lk.response is not None]
+        if with_response:
+            wpcas[label] = weight_pca(with_response, n_components=n_components)
+            wpcas[label].table = _tag(wpcas[label].table, label)
+        say(f"{label}: Gaussian fits")
+        g = gaussian_fit(lks, device=device)
+        gauss.append(_tag(g, label))
+        gsum.append(_tag(gaussian_summary(g), label))
+    cost = pd.DataFrame()
+    if cost_sizes:
+        say("cost: FLOPs" + (" and timings" if measure_cost else ""))
+        cost = cost_table(sizes=tuple(cost_sizes), channels=64, batch=1, measure=measure_cost,
+                          repeats=3, max_seconds=0.5)
+    return FigureData(labels=labels, kernels=kernels, mass_summary=pd.concat(mass, ignore_index=True),
+                      effective_sizes=pd.concat(sizes, ignore_index=True),
+                      gaussian=pd.concat(gauss, ignore_index=True),
+                      gaussian_summary=pd.concat(gsum, ignore_index=True),
+                      eigenkernels=pcas, weight_pca=wpcas, cost=cost, sources=sources)
+
+
+def _components_long(result: PCAResult, label: str) -> pd.DataFrame:
+    """Components as a long table: checkpoint, layer, [part,] component, row, col, value."""
+    frames = []
+    for key, arr in result.components.items():
+        layer, part = key if isinstance(key, tuple) else (key, None)
+        k, h, w = arr.shape
+        comp, row, col = np.meshgrid(np.arange(k), np.arange(h), np.arange(w), indexing="ij")
+        d = {CHECKPOINT: label, "layer": layer}
+        if part is not None:
+            d["part"] = part
+        d.update(component=comp.ravel(), row=row.ravel(), col=col.ravel(), value=arr.ravel())
+        frames.append(pd.DataFrame(d))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _kernel_sample_long(kernels: Sequence[LayerKernels], label: str, n_channels: int) -> pd.DataFrame:
+    frames = []
+    for lk in kernels:
+        flat = lk.flat.numpy()
+        idx = sample_channels(len(flat), n_channels)
+        k = flat[idx]
+        ch, row, col = np.meshgrid(idx, np.arange(k.shape[1]), np.arange(k.shape[2]), indexing="ij")
+        frames.append(pd.DataFrame({CHECKPOINT: label, "layer": lk.name, "channel": ch.ravel(),
+                                    "row": row.ravel(), "col": col.ravel(), "value": k.ravel()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, Figure, dict[str, pd.DataFrame]]]:
+    """Yield ``(name, figure, tables it was drawn from)`` for every figure of the set.
+
+    Per-checkpoint figures get the checkpoint label as a suffix when there are several.
+    """
+    multi = len(data.labels) > 1
+
+    def name(base: str, label: str) -> str:
+        return f"{base}_{label}" if multi else base
+
+    yield "mass_ratio", plot_mass_ratio(data.mass_summary)[0], {"mass_summary": data.mass_summary}
+    yield ("effective_size", plot_effective_size(data.effective_sizes, quantile=90)[0],
+           {"effective_sizes": data.effective_sizes})
+    yield ("gaussian_sigma", plot_sigma(data.gaussian_summary)[0],
+           {"gaussian_fits": data.gaussian, "gaussian_summary": data.gaussian_summary})
+    if not data.cost.empty:
+        yield "cost", plot_cost(data.cost)[0], {"cost": data.cost}
+    for label in data.labels:
+        pca = data.eigenkernels[label]
+        comps = _components_long(pca, label)
+        tables = {name("eigenkernels", label): pca.table,
+                  name("eigenkernel_components", label): comps}
+        title = f"{label}: PCA eigenkernels" if multi else None
+        yield name("eigenkernels", label), plot_eigenkernels(pca.table, pca.components, title=title)[0], tables
+        yield (name(f"eigenkernels_zoom{ZOOM}", label),
+               plot_eigenkernels(pca.table, pca.components, zoom=ZOOM,
+                                 title=f"{label}: PCA eigenkernels, central {ZOOM}×{ZOOM}" if multi else None)[0],
+               {})
+        if label in data.weight_pca:
+            w = data.weight_pca[label]
+            yield (name("weight_pca", label),
+                   plot_weight_pca(w.table, w.components, title=f"{label}: multiplication-weight PCA"
+                                   if multi else None)[0],
+                   {name("weight_pca", label): w.table,
+                    name("weight_pca_components", label): _components_long(w, label)})
+        lks = data.kernels[label]
+        yield (name("raw_kernels", label),
+               plot_raw_kernels(lks, n_channels=n_channels, title=f"{label}: spatial kernels (sample)"
+                                if multi else None)[0],
+               {name("raw_kernels_sample", label): _kernel_sample_long(lks, label, n_channels)})
+        yield (name("kernel_magnitude", label),
+               plot_kernel_magnitude(lks, title=f"{label}: mean |kernel| per layer" if multi else None)[0],
+               {})
+
+
+def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pdf", "png"),
+                  progress: Optional[Callable[[str], None]] = None) -> list[Path]:
+    """Write every figure in each format and every table as CSV under ``out`` (atomically).
+
+    Returns:
+        The paths written, sorted.
+    """
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise SelectionError(f"unknown figure format(s) {bad or formats}; choose from {', '.join(FORMATS)}")
+    say = progress or (lambda msg: None)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SelectionError(f"{out}: exists and is not a directory")
+    written: set[Path] = set()
+    for fig_name, fig, tables in iter_figures(data):
+        say(f"figure {fig_name}")
+        written.update(save_figure(fig, out / fig_name, formats))
+        for table_name, df in tables.items():
+            path = out / f"{table_name}.csv"
+            if path not in written:
+                written.add(atomic_write(path, df.to_csv(index=False, float_format="%.6g")))
+    return sorted(written)

@@ -1,0 +1,99 @@
+"""Shared fixtures: the real data sets the tests use and one tiny reference training run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+CLI = [sys.executable, "-m", "niff_analysis"]
+
+
+def tiny_config(out, **changes):
+    """The tiny recipe every trainer test shares: ResNet-18 NIFF, 32 real Fashion-MNIST
+    images, batch 8, 2 epochs (8 steps), resumable state every 2 steps."""
+    from niff_analysis.train import TrainConfig
+
+    kw = dict(model="resnet18_niff", dataset="fashion-mnist", data_dir=str(FMNIST), out=str(out),
+              epochs=2, batch_size=8, train_subset=32, test_subset=16, seed=0, threads=1,
+              device="cpu", progress=False, save_every_steps=2)
+    kw.update(changes)
+    return TrainConfig(**kw)
+
+
+def load_weights(path) -> dict:
+    """The tensors of a checkpoint directory's model.safetensors."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+    """``niff-analyze ARGS`` in a fresh interpreter (one thread)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env, **kw)
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir() -> Path:
+    if not (FMNIST / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.fail(f"Fashion-MNIST is missing from {FMNIST}: run `make data`")
+    return FMNIST
+
+
+@pytest.fixture(scope="session")
+def cifar_pngs() -> list[tuple[Path, int]]:
+    """The 20 real CIFAR-10 test images of the foolbox 3.3.4 wheel, with their labels
+    (file names are ``cifar10_<index>_<label>.png``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("foolbox")  # installed --no-deps: locate it, do not import it
+    assert spec is not None, "foolbox==3.3.4 is missing: run `make venv`"
+    files = sorted((Path(spec.origin).parent / "data").glob("cifar10_*.png"))
+    assert len(files) == 20, "foolbox==3.3.4 ships 20 CIFAR-10 images (make venv installs it)"
+    return [(f, int(f.stem.split("_")[2])) for f in files]
+
+
+@contextlib.contextmanager
+def recorded_states(folder: Path):
+    """While active, copy every ``train_state.pt`` the trainer writes into ``folder``;
+    yields the list of (epoch, step, copy path) it fills."""
+    from niff_analysis.train import trainer
+
+    snapshots, real_write = [], trainer.atomic_write
+
+    def recording_write(path, data):
+        result = real_write(path, data)
+        if Path(path).name == trainer.STATE_NAME:
+            st = torch.load(path, weights_only=True)
+            copy = folder / f"state_{st['epoch']}_{st['step']}.pt"
+            shutil.copy(path, copy)
+            snapshots.append((st["epoch"], st["step"], copy))
+        return result
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "atomic_write", recording_write)
+        yield snapshots
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, fmnist_dir):
+    """One uninterrupted tiny run; also keeps a copy of every ``train_state.pt`` it wrote.
+
+    Returns a dict: ``out`` (run folder), ``cfg``, ``snapshots`` (list of (epoch, step, path)).
+    """
+    from niff_analysis.train import trainer
+
+    out = tmp_path_factory.mktemp("reference")
+    cfg = tiny_config(out)
+    with recorded_states(tmp_path_factory.mktemp("snapshots")) as snapshots:
+        trainer.train(cfg)
+    return dict(out=out, cfg=cfg, snapshots=snapshots)

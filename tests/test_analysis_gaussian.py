@@ -1,0 +1,184 @@
+"""2-D Gaussian fits: known σ, scipy.optimize.curve_fit on the same model, degenerate kernels."""
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.optimize import curve_fit
+
+from niff_analysis.analysis import LayerKernels, extract_kernels, gaussian_fit, gaussian_model, gaussian_summary
+from niff_analysis.analysis.gaussian import (_derived, _model_jac, fit_status, moment_init,
+                                             pixel_coords)
+
+
+def gaussian_image(h, w, sx, sy, theta=0.0, x0=0.0, y0=0.0, amp=1.0, offset=0.0):
+    """Rotated Gaussian with axis σ's (sx along the direction theta, sy across), pixel centres."""
+    y, x = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+    dx, dy = x - x0, y - y0
+    c, s = math.cos(theta), math.sin(theta)
+    a = c * dx + s * dy
+    b = -s * dx + c * dy
+    return amp * np.exp(-0.5 * (a ** 2 / sx ** 2 + b ** 2 / sy ** 2)) + offset
+
+
+def layer(kern, name="l"):
+    kern = torch.as_tensor(np.asarray(kern), dtype=torch.float32)
+    return LayerKernels(name=name, kind="depthwise", fmap=tuple(kern.shape[-2:]), stage="s", kernels=kern)
+
+
+def test_axis_aligned_sigmas_recovered():
+    cases = [(32, 32, 1.5, 3.0, 0.0, 0.0), (16, 16, 2.5, 1.2, 0.7, -1.3), (9, 13, 1.0, 2.0, -0.4, 0.2)]
+    kern = [gaussian_image(h, w, sx, sy, x0=x0, y0=y0, amp=2.0, offset=0.1) for h, w, sx, sy, x0, y0 in cases]
+    for (h, w, sx, sy, x0, y0), k in zip(cases, kern):
+        df = gaussian_fit([layer(k[None])])
+        row = df.iloc[0]
+        assert row.success and row.status == "ok"
+        assert row.sigma_x == pytest.approx(sx, rel=1e-5) and row.sigma_y == pytest.approx(sy, rel=1e-5)
+        assert row.sigma_major == pytest.approx(max(sx, sy), rel=1e-5)
+        assert row.sigma_minor == pytest.approx(min(sx, sy), rel=1e-5)
+        assert (row.x0, row.y0) == pytest.approx((x0, y0), abs=1e-5)
+        assert (row.amplitude, row.offset) == pytest.approx((2.0, 0.1), rel=1e-4)
+        assert row.r2 == pytest.approx(1.0, abs=1e-9)
+        assert abs(math.sin(row.theta)) == pytest.approx(0.0 if sx > sy else 1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("theta", [0.3, -1.0, 1.2])
+def test_rotated_gaussian(theta):
+    s_major, s_minor = 3.0, 1.2
+    k = gaussian_image(21, 24, s_major, s_minor, theta=theta, x0=0.5, y0=-0.7)
+    row = gaussian_fit([layer(k[None])]).iloc[0]
+    assert row.success
+    assert row.sigma_major == pytest.approx(s_major, rel=1e-5)
+    assert row.sigma_minor == pytest.approx(s_minor, rel=1e-5)
+    assert row.theta == pytest.approx(theta, abs=1e-5)
+    # σx, σy: standard deviations of the fitted covariance along the image axes.
+    c, s = math.cos(theta), math.sin(theta)
+    assert row.sigma_x == pytest.approx(math.sqrt(s_major ** 2 * c * c + s_minor ** 2 * s * s), rel=1e-5)
+    assert row.sigma_y == pytest.approx(math.sqrt(s_major ** 2 * s * s + s_minor ** 2 * c * c), rel=1e-5)
+    assert row.sigma_ratio == pytest.approx(row.sigma_x / row.sigma_y)
+
+
+def test_batched_fit_matches_one_at_a_time_and_negative_kernels():
+    rng = np.random.default_rng(0)
+    ks = np.stack([gaussian_image(15, 15, *rng.uniform(0.8, 3, 2), theta=rng.uniform(-1.5, 1.5))
+                   * rng.choice([-1, 1]) + 0.01 * rng.normal(size=(15, 15)) for _ in range(12)])
+    batch = gaussian_fit([layer(ks)])
+    for i in range(0, 12, 4):
+        single = gaussian_fit([layer(ks[i:i + 1])]).iloc[0]
+        assert single.sigma_x == pytest.approx(batch.sigma_x[i], rel=1e-6)
+    assert batch.success.all()  # |k|: a negative blob is fitted like a positive one
+
+
+def reference_fit(kernel: np.ndarray):
+    """scipy's MINPACK LM on the same model, same start; None where it raises."""
+    h, w = kernel.shape
+    x, y = pixel_coords(h, w)
+    data = torch.from_numpy(np.abs(kernel).reshape(1, -1)).double()
+    data = data / data.max()
+    p0 = moment_init(data, x, y)[0].numpy()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            popt, _ = curve_fit(gaussian_model, (x.numpy(), y.numpy()), data[0].numpy(), p0=p0, maxfev=5000)
+    except (RuntimeError, ValueError):
+        return None
+    if fit_status(popt, h, w)[0] != "ok":
+        return None
+    d = _derived(torch.from_numpy(popt)[None])
+    return d["sigma_x"].item(), d["sigma_y"].item()
+
+
+def compare_with_scipy(lks, per_layer):
+    compared = 0
+    for lk in lks:
+        fits = gaussian_fit([lk])
+        ok = np.flatnonzero(fits.success.to_numpy())[:per_layer]
+        for i in ok:
+            ref = reference_fit(lk.flat[i].double().numpy())
+            if ref is None:
+                continue
+            assert fits.sigma_x[i] == pytest.approx(ref[0], rel=0.02), (lk.name, i)
+            assert fits.sigma_y[i] == pytest.approx(ref[1], rel=0.02), (lk.name, i)
+            compared += 1
+    return compared
+
+
+def test_equals_curve_fit_on_synthetic_noisy_kernels():
+    rng = np.random.default_rng(5)
+    ks = np.stack([gaussian_image(16, 16, *rng.uniform(0.6, 3, 2), theta=rng.uniform(-1.5, 1.5),
+                                  x0=rng.uniform(-1, 1), y0=rng.uniform(-1, 1))
+                   + 0.05 * rng.normal(size=(16, 16)) for _ in range(10)])
+    assert compare_with_scipy([layer(ks)], per_layer=10) >= 8
+
+
+def test_equals_curve_fit_on_learned_kernels():
+    lks = extract_kernels(None, layers=["layer1.0.conv1", "layer2.1.conv2", "layer3.1.conv1", "layer4.1.conv2"])
+    # A slice of each layer keeps this fast; the fit of a kernel does not depend on its batch.
+    subsets = [LayerKernels(lk.name, lk.kind, lk.fmap, lk.stage, lk.kernels[:n])
+               for lk, n in zip(lks, (4, 10, 16, 24))]
+    assert compare_with_scipy(subsets, per_layer=5) >= 12
+
+
+def test_analytic_jacobian_equals_autograd():
+    x, y = pixel_coords(5, 6)
+    p = torch.tensor([[1.3, 0.2, -0.4, 0.1, 0.3, -0.2, 0.05], [0.7, -1.0, 0.5, -0.5, -0.2, 0.4, -0.1]],
+                     dtype=torch.float64)
+    f, jac = _model_jac(p, x, y)
+    for b in range(2):
+        auto = torch.autograd.functional.jacobian(lambda q: _model_jac(q[None], x, y, jac=False)[0][0], p[b])
+        torch.testing.assert_close(jac[b].T, auto)
+        ref = gaussian_model((x.numpy(), y.numpy()), *p[b].numpy())
+        np.testing.assert_allclose(f[b].numpy(), ref, rtol=1e-12)
+
+
+def test_degenerate_kernels_never_raise():
+    k = np.zeros((7, 9, 9))
+    k[1] = 0.5                       # constant
+    k[2, 4, 4] = 1.0                 # single pixel
+    k[3, 0, 0] = 1.0                 # single pixel in the corner
+    k[4] = np.nan                    # broken
+    k[5] = gaussian_image(9, 9, 40.0, 40.0)  # flatter than the kernel is wide
+    k[6] = gaussian_image(9, 9, 1.5, 1.0)    # a good one beside them
+    df = gaussian_fit([layer(k)])
+    status = df.status.tolist()
+    assert status[0] == "zero kernel" and status[1] == "constant kernel" and status[4] == "non-finite kernel"
+    assert status[2] == "undersampled" and status[3] in ("undersampled", "centre outside")
+    assert status[5] != "ok" and status[6] == "ok"
+    assert df.success.tolist() == [s == "ok" for s in status]
+    assert df.loc[[0, 1, 4], "sigma_x"].isna().all()
+    assert df.loc[1, "offset"] == pytest.approx(0.5) and df.loc[1, "amplitude"] == 0
+    tiny = gaussian_fit([layer(np.ones((2, 2, 3)) + np.arange(6).reshape(2, 3))])
+    assert (tiny.status == "too few pixels").all()
+    empty = gaussian_fit([])
+    assert list(empty.columns[:5]) == ["layer", "stage", "fmap_h", "fmap_w", "channel"] and empty.empty
+
+
+def test_summary():
+    rng = np.random.default_rng(2)
+    good = np.stack([gaussian_image(11, 11, *rng.uniform(0.8, 3, 2)) for _ in range(5)])
+    bad = np.zeros((3, 11, 11))
+    df = gaussian_fit([layer(np.concatenate([good, bad]), "a"), layer(bad, "b")])
+    df.insert(0, "checkpoint", "ck")
+    summ = gaussian_summary(df)
+    assert list(summ.columns[:3]) == ["checkpoint", "layer", "stage"]
+    a = summ[summ.layer == "a"].iloc[0]
+    ok = df[(df.layer == "a") & df.success]
+    assert a.n_ok == 5 and a.n == 8
+    assert a.sigma_x_mean == pytest.approx(ok.sigma_x.mean()) and a.sigma_y_std == pytest.approx(ok.sigma_y.std())
+    assert a.sigma_ratio_mean == pytest.approx((ok.sigma_x / ok.sigma_y).mean())
+    b = summ[summ.layer == "b"].iloc[0]
+    assert b.n_ok == 0 and b.n == 3 and pd.isna(b.sigma_x_mean)
+
+
+def test_columns_on_bundled_layer():
+    lk = extract_kernels(None, layers="layer4.1.conv1")[0]
+    lk.kernels = lk.kernels[:96]  # a slice keeps it fast
+    df = gaussian_fit([lk])
+    assert list(df.columns[:16]) == ["layer", "stage", "fmap_h", "fmap_w", "channel", "sigma_x", "sigma_y",
+                                     "sigma_major", "sigma_minor", "theta", "x0", "y0", "amplitude",
+                                     "offset", "r2", "success"]
+    assert len(df) == 96 and df.channel.tolist() == list(range(96))
+    assert df[df.success].sigma_minor.min() >= 0.4

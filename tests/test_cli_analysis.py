@@ -1,0 +1,219 @@
+"""`niff-analyze kernels|mass|pca|gaussian` through CliRunner and the installed entry point."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import niff_analysis.cli.analysis as cli_analysis
+from niff_analysis import __version__
+from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from niff_analysis.cli import main
+from niff_analysis.io import file_sha256
+
+BASELINE = DEFAULT_CHECKPOINT.parent / "resnet18_fmnist"
+ENTRY = Path(sys.executable).parent / "niff-analyze"
+SMALL = "layer4.1.conv2"  # a 4×4 layer keeps every command fast
+COLUMNS = {
+    "kernels": ["checkpoint", "layer", "stage", "kind", "fmap_h", "fmap_w"],
+    "mass": ["checkpoint", "layer", "stage", "fmap_h", "fmap_w", "channel", "window", "mass_ratio"],
+    "pca": ["checkpoint", "layer", "stage", "fmap_h", "fmap_w", "component", "explained_variance_ratio"],
+    "gaussian": ["checkpoint", "layer", "stage", "fmap_h", "fmap_w", "channel", "sigma_x", "sigma_y",
+                 "sigma_major", "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success"],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cached_checkpoints():
+    """Load each checkpoint once for the CliRunner tests (the subprocess tests load for real)."""
+    cache = {}
+
+    def load(path=None, device="cpu"):
+        key = (str(path), str(device))
+        if key not in cache:
+            cache[key] = load_checkpoint(path, device=device)
+        return cache[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_analysis, "load_checkpoint", load)
+        yield
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, list(args))
+    return result
+
+
+@pytest.mark.parametrize("command", ["kernels", "mass", "pca", "gaussian"])
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_commands_and_formats(command, fmt):
+    res = invoke(command, "--layers", SMALL, "--format", fmt, "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    if fmt == "csv":
+        df = pd.read_csv(io.StringIO(out))
+    elif fmt == "json":
+        rows = json.loads(out)
+        assert isinstance(rows, list) and isinstance(rows[0], dict)
+        df = pd.DataFrame(rows)
+    else:
+        assert SMALL in out and "resnet18_niff_fmnist" in out
+        return
+    assert list(df.columns[:len(COLUMNS[command])]) == COLUMNS[command]
+    assert set(df.checkpoint) == {"resnet18_niff_fmnist"} and set(df.layer) == {SMALL}
+    if command == "mass":
+        assert len(df) == 512 * 3 and set(df.window) == {1, 3, 4}
+    if command == "pca":
+        assert df.component.tolist() == list(range(6))
+    if command == "gaussian":
+        assert len(df) == 512 and df.success.dtype == bool
+    assert "kernels" in res.stderr  # the log line went to stderr, not into the data
+
+
+def test_mass_views_and_quiet():
+    summ = pd.read_csv(io.StringIO(invoke("mass", "--layers", SMALL, "--format", "csv", "--view", "summary",
+                                          "-q").stdout))
+    assert summ.window.tolist() == [1, 3, 4] and (summ.n == 512).all()
+    assert summ["mean"].iloc[-1] == 1.0
+    res = invoke("mass", "--layers", SMALL, "--format", "csv", "--view", "sizes", "--quiet")
+    sizes = pd.read_csv(io.StringIO(res.stdout))
+    assert list(sizes.columns[-3:]) == ["size_50", "size_90", "size_95"] and len(sizes) == 512
+    assert res.stderr == ""
+
+
+def test_pca_components_and_weights():
+    df = pd.read_csv(io.StringIO(invoke("pca", "--layers", "layer4.*", "-k", "3", "--format", "csv").stdout))
+    assert df.groupby("layer").component.max().eq(2).all() and df.layer.nunique() == 3
+    w = pd.read_csv(io.StringIO(invoke("pca", "--layers", SMALL, "--weights", "--format", "csv").stdout))
+    assert sorted(set(w.part)) == ["imag", "real"] and len(w) == 12
+    res = invoke("pca", "-k", "0")
+    assert res.exit_code != 0
+
+
+def test_gaussian_summary_view():
+    df = pd.read_json(io.StringIO(invoke("gaussian", "--layers", SMALL, "--format", "json", "--view",
+                                         "summary").stdout))
+    assert {"sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std", "n_ok"} <= set(df.columns)
+
+
+def test_output_files_and_meta(tmp_path):
+    out = tmp_path / "res" / "mass.csv"
+    res = invoke("mass", "--layers", SMALL, "--output", str(out))
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ""
+    df = pd.read_csv(out)
+    assert list(df.columns) == COLUMNS["mass"]
+    res = invoke("kernels", "--layers", "layer4.*", "--output", str(out.parent / "kernels.npz"), "--responses")
+    assert res.exit_code == 0, res.stderr
+    with np.load(out.parent / "kernels.npz") as arrays:
+        assert sorted(arrays.files) == sorted(
+            [f"layer4.{b}.conv{c}{s}" for b, c in [(0, 2), (1, 1), (1, 2)] for s in ("", "@real", "@imag")])
+        assert arrays["layer4.1.conv2"].shape == (512, 4, 4)
+    invoke("pca", "--layers", SMALL, "-o", str(out.parent / "pca.npz"))
+    with np.load(out.parent / "pca.npz") as arrays:
+        assert arrays[SMALL].shape == (6, 4, 4)
+    meta = json.loads((out.parent / "meta.json").read_text())
+    assert set(meta["outputs"]) == {"mass.csv", "kernels.npz", "pca.npz"}
+    m = meta["outputs"]["mass.csv"]
+    assert m["versions"]["niff_analysis"] == __version__ and m["command"] == "mass"
+    assert m["parameters"]["layers"] == SMALL and m["rows"] == len(df)
+    assert m["checkpoints"][0]["sha256"] == file_sha256(DEFAULT_CHECKPOINT / "model.safetensors")
+    assert m["sha256"] == file_sha256(out)
+    # Suffix decides the format; a contradicting --format or unknown suffix is refused.
+    invoke("gaussian", "--layers", SMALL, "-o", str(tmp_path / "g.json"))
+    assert isinstance(json.loads((tmp_path / "g.json").read_text()), list)
+    assert invoke("mass", "--format", "json", "-o", str(tmp_path / "m.csv")).exit_code != 0
+    assert invoke("mass", "-o", str(tmp_path / "m.xlsx")).exit_code != 0
+    assert invoke("mass", "-o", str(tmp_path / "m.npz")).exit_code != 0
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.xlsx").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "meta.json").write_text("not ours")
+    res = invoke("mass", "--layers", SMALL, "-o", str(tmp_path / "other" / "m.csv"))
+    assert res.exit_code != 0 and not (tmp_path / "other" / "m.csv").exists()
+
+
+def test_several_checkpoints_and_folders(tmp_path):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for src in (DEFAULT_CHECKPOINT, BASELINE):
+        shutil.copytree(src, folder / src.name)
+    res = invoke("mass", str(folder), "--layers", SMALL, "--format", "csv", "--view", "summary", "-q")
+    assert res.exit_code == 0, res.stderr
+    df = pd.read_csv(io.StringIO(res.stdout))
+    assert df.columns[0] == "checkpoint"
+    assert df.checkpoint.tolist() == ["resnet18_fmnist"] * 3 + ["resnet18_niff_fmnist"] * 3
+    assert df.n.tolist() == [512 * 512] * 3 + [512] * 3  # baseline: one kernel per (out, in) pair
+    res = invoke("pca", str(DEFAULT_CHECKPOINT), str(folder / DEFAULT_CHECKPOINT.name), "--layers", SMALL,
+                 "--format", "csv")
+    labels = set(pd.read_csv(io.StringIO(res.stdout)).checkpoint)
+    assert len(labels) == 2  # same folder names: labelled by full path
+
+
+def test_baseline_uses_plain_convs_but_weight_pca_needs_niff():
+    res = invoke("gaussian", str(BASELINE), "--layers", "conv1", "--format", "csv")
+    assert res.exit_code == 0, res.stderr
+    assert "no NIFF layers" in res.stderr
+    df = pd.read_csv(io.StringIO(res.stdout))
+    assert len(df) == 64 and df.layer.eq("conv1").all()
+    res = invoke("pca", str(BASELINE), "--weights", "--layers", "conv1")
+    assert res.exit_code != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no NIFF layers" in lines[0] and "conv1" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("mass", "--layers", "nothing*"),
+    ("gaussian", "/no/such/checkpoint"),
+    ("kernels", str(DEFAULT_CHECKPOINT.parent.parent)),  # a folder holding no checkpoint
+])
+def test_errors_are_one_line(args):
+    res = invoke(*args)
+    assert res.exit_code != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert res.stdout == ""
+    if "nothing*" in args:
+        assert "layer1.0.conv1" in lines[0]
+
+
+# ---------------------------------------------------------------- the installed entry point
+def run_entry(*args, cwd=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([str(ENTRY), *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("command,fmt", [("kernels", "npz"), ("mass", "csv"), ("pca", "table"),
+                                         ("gaussian", "json")])
+def test_entry_point(command, fmt, tmp_path):
+    # Every command and every format once (startup dominates: CliRunner covers the full matrix).
+    if fmt == "npz":
+        proc = run_entry(command, "--layers", "layer4.*", "-o", str(tmp_path / "k.npz"), "--quiet")
+        assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == "", proc.stderr
+        with np.load(tmp_path / "k.npz") as arrays:
+            assert set(arrays.files) == {"layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"}
+        assert json.loads((tmp_path / "meta.json").read_text())["outputs"]["k.npz"]["command"] == "kernels"
+        return
+    proc = run_entry(command, "--layers", SMALL, "--format", fmt)
+    assert proc.returncode == 0, proc.stderr
+    if fmt == "csv":
+        df = pd.read_csv(io.StringIO(proc.stdout))
+    elif fmt == "json":
+        df = pd.DataFrame(json.loads(proc.stdout))
+    else:
+        assert SMALL in proc.stdout and "evr_0" in proc.stdout
+        return
+    assert list(df.columns[:len(COLUMNS[command])]) == COLUMNS[command]
+
+
+def test_entry_point_error():
+    proc = run_entry("gaussian", "--layers", "no-such-layer")
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "available layers" in proc.stderr

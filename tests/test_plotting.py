@@ -1,0 +1,224 @@
+"""Figures: every kind renders from real analysis output without warnings, writes PDF and PNG,
+leaks no figure and no rcParams; PDFs embed TrueType and are byte-reproducible; the CLI writes
+the full set."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from niff_analysis.analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian_summary,
+                                    kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
+from niff_analysis.analysis.cost import cost_table
+from niff_analysis.checkpoint import BUNDLED_DIR
+from niff_analysis.cli import main
+from niff_analysis.errors import SelectionError
+from niff_analysis.plotting import (OKABE_ITO, centre_crop, layer_colors, plot_cost,
+                                    plot_effective_size, plot_eigenkernels, plot_kernel_magnitude,
+                                    plot_mass_ratio, plot_raw_kernels, plot_sigma, plot_weight_pca,
+                                    sample_channels, save_figure, signed_norm, stage_color, subsample)
+
+LAYERS = ["layer2.1.conv1", "layer3.1.conv2", "layer4.1.*"]
+BASELINE = BUNDLED_DIR / "resnet18_fmnist"
+
+
+@pytest.fixture(scope="module")
+def real():
+    """Small real analysis output of the bundled checkpoint (four layers, ≤ 48 kernels each)."""
+    torch.set_num_threads(1)
+    lks = subsample(extract_kernels(None, layers=LAYERS), 48)
+    m = kernel_mass(lks)
+    g = gaussian_fit(lks)
+    return dict(kernels=lks, mass=mass_summary(m), sizes=effective_sizes(m),
+                gauss=gaussian_summary(g), pca=pca_eigenkernels(lks, n_components=4),
+                wpca=weight_pca(lks, n_components=3),
+                cost=cost_table(sizes=(4, 8), channels=4, measure=True, repeats=1))
+
+
+KINDS = {
+    "mass_ratio": lambda r: plot_mass_ratio(r["mass"]),
+    "effective_size": lambda r: plot_effective_size(r["sizes"]),
+    "sigma": lambda r: plot_sigma(r["gauss"]),
+    "cost": lambda r: plot_cost(r["cost"]),
+    "eigenkernels": lambda r: plot_eigenkernels(r["pca"].table, r["pca"].components),
+    "eigenkernels_zoom": lambda r: plot_eigenkernels(r["pca"].table, r["pca"].components, zoom=5),
+    "weight_pca": lambda r: plot_weight_pca(r["wpca"].table, r["wpca"].components),
+    "raw_kernels": lambda r: plot_raw_kernels(r["kernels"], n_channels=4),
+    "kernel_magnitude": lambda r: plot_kernel_magnitude(r["kernels"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_renders_writes_and_closes(kind, real, tmp_path):
+    rc_before = dict(matplotlib.rcParams)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, ax = KINDS[kind](real)
+        paths = save_figure(fig, tmp_path / kind, ("pdf", "png"))
+    assert [p.suffix for p in paths] == [".pdf", ".png"]
+    assert paths[0].read_bytes().startswith(b"%PDF")
+    assert paths[1].read_bytes().startswith(b"\x89PNG")
+    assert ax is not None and fig.axes
+    assert plt.get_fignums() == []  # nothing registered with pyplot, nothing left open
+    assert dict(matplotlib.rcParams) == rc_before  # the style is a context, not a global change
+
+
+def test_mass_curves_draw_the_table_not_a_recomputation(real):
+    summary = real["mass"]
+    fig, ax = plot_mass_ratio(summary)
+    lines = [ln for ln in ax.get_lines() if ln.get_label() in set(summary["layer"])]
+    assert len(lines) == summary["layer"].nunique()
+    for ln in lines:
+        d = summary[summary["layer"] == ln.get_label()].sort_values("window")
+        np.testing.assert_allclose(ln.get_xdata(), d["window"])
+        np.testing.assert_allclose(ln.get_ydata(), d["mean"])
+    # reference lines at 3×3 and 9×9
+    assert {3.0, 9.0} <= {ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":"}
+
+
+def test_mass_ratio_one_panel_per_checkpoint_or_overlaid(real):
+    two = pd.concat([real["mass"].assign(checkpoint="a"), real["mass"].assign(checkpoint="b")])
+    fig, axes = plot_mass_ratio(two)
+    assert len(axes) == 2 and [a.get_title() for a in axes] == ["a", "b"]
+    fig, ax = plot_mass_ratio(two, overlay=True)
+    styles = {ln.get_linestyle() for ln in ax.get_lines() if ln.get_label().startswith("b:")}
+    assert styles == {"--"}
+
+
+def test_draws_into_given_axes(real):
+    fig, axes = plt.subplots(1, 2)
+    try:
+        f, a = plot_cost(real["cost"], ax=axes)
+        assert f is fig and list(a) == list(axes) and axes[0].get_lines()
+    finally:
+        plt.close(fig)
+
+
+def test_colours_are_one_per_stage_and_colour_blind_safe(real):
+    assert stage_color("layer2") == OKABE_ITO[2] and stage_color(None) == OKABE_ITO[0]
+    colors = layer_colors(["layer4.1.conv1", "layer4.1.conv2", "layer2.1.conv1"],
+                          ["layer4", "layer4", "layer2"])
+    assert colors["layer4.1.conv1"] == stage_color("layer4").lower()
+    assert colors["layer4.1.conv2"] != colors["layer4.1.conv1"]  # a lighter shade of the family
+    # the same layer gets the same colour whichever figure asks
+    fig, ax = plot_mass_ratio(real["mass"])
+    line = next(ln for ln in ax.get_lines() if ln.get_label() == "layer2.1.conv1")
+    assert matplotlib.colors.to_hex(line.get_color()) == stage_color("layer2").lower()
+
+
+def test_signed_norm_is_centred_and_symmetric():
+    norm = signed_norm(np.array([[-0.5, 2.0]]))
+    assert norm(0.0) == pytest.approx(0.5)
+    assert norm.vmin == -2.0 and norm.vmax == 2.0
+    assert signed_norm(np.zeros((2, 2)))(0.0) == pytest.approx(0.5)  # no crash on all-zero
+
+
+def test_eigenkernel_images_show_the_components(real):
+    pca = real["pca"]
+    fig, ax = plot_eigenkernels(pca.table, pca.components, zoom=3)
+    layer = next(iter(pca.components))
+    shown = ax.get_images()[0].get_array()
+    comp = centre_crop(pca.components[layer][0], 3)
+    np.testing.assert_allclose(shown, comp / np.abs(comp).max(), rtol=1e-6)
+    ev = pca.table.iloc[0]["explained_variance_ratio"]
+    assert f"{100 * ev:.1f} %" in {t.get_text() for t in ax.texts}
+
+
+def test_centre_crop_keeps_the_origin_in_the_middle():
+    img = np.arange(64).reshape(8, 8)
+    crop = centre_crop(img, 3)
+    assert crop.shape == (3, 3) and crop[1, 1] == img[4, 4]
+    assert centre_crop(img, 9).shape == (8, 8)  # larger than the kernel: the whole kernel
+    assert list(sample_channels(10, 4)) == [0, 3, 6, 9]
+
+
+def test_missing_columns_or_empty_tables_are_clear_errors(real):
+    with pytest.raises(SelectionError, match="columns"):
+        plot_mass_ratio(real["mass"].drop(columns="std"))
+    with pytest.raises(SelectionError, match="empty"):
+        plot_sigma(real["gauss"].iloc[:0])
+
+
+def test_pdf_embeds_truetype_and_bytes_are_reproducible(real, tmp_path, monkeypatch):
+    pdfs = []
+    for i, epoch in enumerate(("0", "1700000000")):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+        fig, _ = plot_sigma(real["gauss"])  # a fresh figure each time
+        pdfs.append(save_figure(fig, tmp_path / f"run{i}" / "sigma", ("pdf", "png")))
+    a, b = (p[0].read_bytes() for p in pdfs)
+    assert a == b and pdfs[0][1].read_bytes() == pdfs[1][1].read_bytes()
+    assert b"/FontFile2" in a and b"/Type3" not in a  # TrueType (fonttype 42), not Type 3
+    assert b"CreationDate" not in a
+
+
+# --------------------------------------------------------------------------- CLI
+EXPECTED = ["mass_ratio", "effective_size", "gaussian_sigma", "cost", "eigenkernels",
+            "eigenkernels_zoom9", "weight_pca", "raw_kernels", "kernel_magnitude"]
+TABLES = ["mass_summary", "effective_sizes", "gaussian_fits", "gaussian_summary", "cost",
+          "eigenkernels", "eigenkernel_components", "weight_pca", "weight_pca_components",
+          "raw_kernels_sample"]
+FAST = ["--layers", "layer3.1.conv2,layer4.1.conv1", "--max-kernels", "16", "--cost-sizes", "4,8",
+        "--no-timing", "--device", "cpu"]
+
+
+def test_cli_writes_the_full_set_reproducibly(tmp_path):
+    runs = []
+    for name, fmt in (("a", "pdf,png"), ("b", "pdf")):  # the second run only to compare bytes
+        res = CliRunner().invoke(main, ["figures", "--out", str(tmp_path / name), "--quiet",
+                                        "--format", fmt, *FAST])
+        assert res.exit_code == 0, res.output
+        runs.append(tmp_path / name)
+        listed = [Path(p) for p in res.stdout.splitlines()]
+        assert sorted(listed) == sorted((tmp_path / name).iterdir())
+    names = {p.name for p in runs[0].iterdir()}
+    assert names == ({f"{f}.{e}" for f in EXPECTED for e in ("pdf", "png")}
+                     | {f"{t}.csv" for t in TABLES})
+    second = {p.name for p in runs[1].iterdir()}
+    assert second == {n for n in names if not n.endswith(".png")}
+    for n in sorted(second):
+        assert (runs[0] / n).read_bytes() == (runs[1] / n).read_bytes(), n
+    summary = pd.read_csv(runs[0] / "mass_summary.csv")
+    assert set(summary["layer"]) == {"layer3.1.conv2", "layer4.1.conv1"}
+    assert set(summary["checkpoint"]) == {"resnet18_niff_fmnist"}
+
+
+def test_cli_compares_niff_with_baseline(tmp_path):
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(main, ["figures", str(BUNDLED_DIR / "resnet18_niff_fmnist"),
+                                    str(BASELINE), "--out", str(out), "--format", "png",
+                                    *FAST[:4], "--cost-sizes", "none"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    for label in ("resnet18_niff_fmnist", "resnet18_fmnist"):
+        assert f"eigenkernels_{label}.png" in names and f"raw_kernels_{label}.png" in names
+    assert "weight_pca_resnet18_niff_fmnist.png" in names
+    assert "weight_pca_resnet18_fmnist.png" not in names  # plain convs have no frequency weights
+    assert "cost.png" not in names and not any(n.endswith(".pdf") for n in names)
+    summary = pd.read_csv(out / "mass_summary.csv")
+    assert set(summary["checkpoint"]) == {"resnet18_niff_fmnist", "resnet18_fmnist"}
+    # a 3×3 baseline kernel holds all its mass in the 3×3 window
+    base = summary[(summary["checkpoint"] == "resnet18_fmnist") & (summary["window"] == 3)]
+    np.testing.assert_allclose(base["mean"], 1.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "gif"], "unknown --format gif"),
+    (["--layers", "nope*"], "no layer matches"),
+    (["/no/such/checkpoint"], "no such file"),
+    (["--max-kernels", "0"], "positive"),
+])
+def test_cli_bad_input_is_one_line(args, message, tmp_path):
+    res = CliRunner().invoke(main, ["figures", "--out", str(tmp_path / "x"), "--quiet",
+                                    "--cost-sizes", "none", *args])
+    assert res.exit_code != 0
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
