@@ -85,11 +85,14 @@ def test_layers_know_their_name_and_feature_map():
     model = create_model("resnet50_niff", num_classes=10, input_size=(64, 96))
     layers = dict(niff_layers(model, include_pointwise=True))
     assert layers["layer1.0.conv2"].fmap == (16, 24)
+    assert "layer1.0.conv2.pointwise" not in layers  # part of the split layer
+    assert layers["layer1.0.conv2"].pointwise.layer_name == "layer1.0.conv2.pointwise"
     assert layers["layer4.2.conv2"].fmap == (2, 3)
     assert isinstance(layers["layer1.0.conv1"], FreqPointwise)  # bottleneck 1×1
     assert isinstance(layers["layer1.0.downsample.0"], FreqPointwise)  # stride-1 shortcut
     assert isinstance(model.layer2[0].downsample[0], nn.Conv2d)  # strided shortcut kept
     assert isinstance(model.layer2[0].conv2, nn.Conv2d)  # torchvision: stride on the 3×3, kept
+    layers["layer1.0.conv2.pointwise"] = layers["layer1.0.conv2"].pointwise
     for name, layer in layers.items():
         assert layer.layer_name == name and model.get_submodule(name) is layer
 
@@ -137,8 +140,10 @@ def test_converts_cnns_it_has_never_seen(name):
 
 
 def test_conversion_refuses_clearly():
-    with pytest.raises(ConversionError, match="input size 8x8"):
+    with pytest.raises(ConversionError, match="input size 8x8 is too small"):
         to_niff(tvm.resnet18(weights=None), 8)  # too small for the downsampling
+    with pytest.raises(ConversionError, match="layer3.0.conv1"):
+        create_model("resnet18", input_size=8)  # baselines are checked too
     with pytest.raises(ConversionError, match="no convolution could be converted"):
         to_niff(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Flatten()), 32)
     with pytest.raises(ConversionError, match="unknown NIFF variant"):

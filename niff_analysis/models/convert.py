@@ -85,6 +85,14 @@ def record_shapes(model: nn.Module, input_size: Size, in_chans: Optional[int] = 
         for hk in hooks:
             hk.remove()
         model.train(was_training)
+    for name, m in model.named_modules():
+        # Downsampling a map that is already smaller than the stride means the input is too
+        # small for the architecture (torch pads its way through, but the maps collapse).
+        if isinstance(m, nn.Conv2d) and name in shapes:
+            ih, iw = shapes[name][0][-2:]
+            if ih < m.stride[0] or iw < m.stride[1]:
+                raise ConversionError(f"input size {h}x{w} is too small for the model's downsampling: "
+                                      f"{name} (stride {tuple(m.stride)}) receives a {ih}x{iw} map")
     return shapes
 
 
@@ -191,6 +199,8 @@ def to_niff(model: nn.Module, input_size: Size = 224, variant: str = "split",
             new = SplitNIFF(m.in_channels, m.out_channels, mlp=mlp, mode=mode, groups=m.groups)
         new = new.to(next(m.parameters()).device)
         new.fmap, new.layer_name = fmap, name
+        if isinstance(new, SplitNIFF):
+            new.pointwise.fmap, new.pointwise.layer_name = fmap, f"{name}.pointwise"
         _set_module(model, name, new)
         report.replaced.append(dict(name=name, old=_describe(m), new=type(new).__name__,
                                     kind=new.kind, fmap=list(fmap)))
@@ -231,4 +241,7 @@ def niff_layers(model: nn.Module, include_pointwise: bool = False) -> list[tuple
     from ..layers.niff import _NIFFBase
 
     types = (_NIFFBase, FreqPointwise) if include_pointwise else (_NIFFBase,)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+    # A split layer's own 1×1 is part of that layer, not a layer of its own.
+    inner = {f"{n}.pointwise" for n, m in found if isinstance(m, SplitNIFF)}
+    return [(n, m) for n, m in found if n not in inner]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import NiffError
 from ..layers.mlp import MLPSpec, resolve_mlp
-from .convert import to_niff, to_separated
+from .convert import record_shapes, to_niff, to_separated
 
 # arch -> (torchvision builder, default ImageNet MLP preset, variant suffixes the paper has)
 _ARCHS: dict[str, tuple[Callable[..., nn.Module], str, tuple[str, ...]]] = {
@@ -117,6 +117,8 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
     elif variant.startswith("niff"):
         to_niff(model, input_size, variant="full" if variant == "niff_full" else "split",
                 mlp=mlp_cfg, mode=mode, in_chans=in_chans)
+    else:
+        record_shapes(model, input_size, in_chans)  # validates the input size
     size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
     model.niff_config = dict(name=name, num_classes=num_classes, in_chans=in_chans, input_size=size,
                              stem=stem, mlp=mlp_cfg.to_dict(), mode=mode)
