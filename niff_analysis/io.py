@@ -1,5 +1,15 @@
 """Atomic file writing: every file the toolkit writes goes to a temporary name first and is
-renamed into place, so a crash never leaves a half-written file that would later load."""
+renamed into place, so a crash never leaves a half-written file that would later load.
+
+The temporary file is hidden (``.NAME.XXXX.tmp``) and lives beside the target, so the final
+``os.replace`` is a same-filesystem rename. Its content is flushed to disk (``fsync``) before the
+rename, so even a power loss leaves either the old or the new file, never a torn one. An
+exception during the write removes the temporary file and leaves any previous file untouched;
+only a hard kill (SIGKILL, power loss) can leave a stray hidden ``.tmp`` file behind.
+
+Files several processes update in place (``meta.json`` beside analysis outputs) are
+read-modified-written under :func:`directory_lock`.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +20,45 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
+try:  # POSIX; elsewhere directory_lock degrades to no locking
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
 PathLike = Union[str, os.PathLike]
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)  # writable: some platforms refuse fsync on read-only handles
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every platform/filesystem can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    Whatever is written to the temporary path is fsynced before the rename. On an exception the
+    temporary file is removed and ``path`` keeps its previous content (if any).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -25,8 +66,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        _fsync(tmp)  # before the chmod: a umask may leave the final mode read-only
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -42,6 +85,31 @@ def atomic_write(path: PathLike, data: Union[bytes, str, Callable[[Path], None]]
         else:
             tmp.write_text(data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def directory_lock(folder: PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder`` (``flock`` on the directory itself).
+
+    Processes that read-modify-write a shared file of that folder (e.g. ``meta.json``) do it
+    inside this lock, so concurrent updates are serialised instead of losing each other's
+    entries. No lock file is created. Where ``fcntl`` or the filesystem offers no locks, this
+    only yields (concurrent updates may then lose entries, as without it).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks (some network mounts): go on unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def file_sha256(path: PathLike) -> str:

@@ -81,6 +81,29 @@ class LayerKernels:
         return int(self.kernels.shape[-2]), int(self.kernels.shape[-1])
 
 
+def count_nonfinite(lk: LayerKernels) -> int:
+    """How many of the layer's kernels (or, for NIFF layers, responses) hold NaN or Inf."""
+    flat = lk.flat.reshape(lk.flat.shape[0], -1)
+    bad = ~torch.isfinite(flat).all(1)
+    if lk.response is not None:
+        resp = torch.view_as_real(lk.response.reshape(flat.shape[0], -1))
+        bad |= ~torch.isfinite(resp).reshape(flat.shape[0], -1).all(1)
+    return int(bad.sum())
+
+
+def require_finite(kernels: Sequence[LayerKernels], what: str) -> None:
+    """Refuse layers whose kernels hold NaN or Inf: no analysis result of them means anything.
+
+    Raises:
+        NiffError: naming the first such layer and how many of its kernels are affected.
+    """
+    for lk in kernels:
+        bad = count_nonfinite(lk)
+        if bad:
+            raise NiffError(f"layer {lk.name}: {bad} of {lk.flat.shape[0]} kernels contain NaN or Inf; "
+                            f"{what} needs finite kernels")
+
+
 def stage_of(name: str) -> Optional[str]:
     """First dotted component of a module name that names a stage, else ``None``."""
     parts = name.split(".")
@@ -184,7 +207,8 @@ def extract_kernels(model_or_path: Union[nn.Module, str, os.PathLike, None] = No
 
     Raises:
         SelectionError: ``layers`` matches no layer (the message names the available ones).
-        NiffError: a NIFF layer has no recorded feature-map size.
+        NiffError: a NIFF layer has no recorded feature-map size, or a layer's kernels hold
+            NaN/Inf (non-finite weights, or finite MLP weights whose output overflows float32).
     """
     model = _load(model_or_path, device)
     patterns = [layers] if isinstance(layers, str) else list(layers)
@@ -225,4 +249,9 @@ def extract_kernels(model_or_path: Union[nn.Module, str, os.PathLike, None] = No
                                     in_channels=mod.in_channels, out_channels=mod.out_channels,
                                     extra=dict(kernel_size=tuple(mod.kernel_size), groups=mod.groups,
                                                dropped_taps=dropped)))
+        bad = count_nonfinite(out[-1])
+        if bad:
+            raise NiffError(f"layer {name}: {bad} of {out[-1].flat.shape[0]} kernels contain NaN or Inf "
+                            "(non-finite weights, or an MLP output that overflows float32); "
+                            "refusing to analyse them")
     return out

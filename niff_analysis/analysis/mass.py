@@ -7,6 +7,7 @@ full kernel and is labelled with that size. On a non-square kernel the window is
 clipped to the kernel (so the last window is again the full kernel).
 
 An all-zero kernel has no mass: its ratios (and effective sizes) are NaN, never an error.
+Kernels holding NaN or Inf are refused (:class:`~niff_analysis.errors.NiffError`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .kernels import LayerKernels
+from .kernels import LayerKernels, require_finite
 
 ID_COLUMNS = ["layer", "stage", "fmap_h", "fmap_w"]
 
@@ -59,7 +60,11 @@ def kernel_mass(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
 
     Columns: layer, stage, fmap_h, fmap_w, channel, window, mass_ratio. For full NIFF / dense
     conv layers channel = o·Cin + i.
+
+    Raises:
+        NiffError: a layer's kernels hold NaN or Inf.
     """
+    require_finite(kernels, "the mass ratio")
     frames = []
     for lk in kernels:
         windows, ratios = mass_ratios(lk.flat)

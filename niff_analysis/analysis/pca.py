@@ -8,7 +8,8 @@ components. Each component's sign is fixed so that its largest-magnitude entry (
 ties) is positive.
 
 A layer whose kernels are all identical (or a single kernel) has no variance: its ratios are
-NaN and its components zero, never an error.
+NaN and its components zero, never an error. Kernels holding NaN or Inf are refused
+(:class:`~niff_analysis.errors.NiffError`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import scipy.linalg
 from threadpoolctl import threadpool_limits
 
 from ..errors import SelectionError
-from .kernels import LayerKernels
+from .kernels import LayerKernels, require_finite
 
 
 @dataclass
@@ -104,8 +105,13 @@ def pca_eigenkernels(kernels: Sequence[LayerKernels], n_components: int = 6) -> 
 
     Returns:
         A :class:`PCAResult` keyed by layer name; components are (k, H, W) arrays.
+
+    Raises:
+        SelectionError: ``n_components`` < 1.
+        NiffError: a layer's kernels hold NaN or Inf.
     """
     _check_n(n_components)
+    require_finite(kernels, "PCA")
     frames, comps, means = [], {}, {}
     for lk in kernels:
         h, w = lk.size
@@ -125,6 +131,7 @@ def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6) -> PCARes
 
     Raises:
         SelectionError: a layer has no frequency response (a plain convolution).
+        NiffError: a layer's kernels or responses hold NaN or Inf.
     """
     _check_n(n_components)
     plain = [lk.name for lk in kernels if lk.response is None]
@@ -134,6 +141,7 @@ def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6) -> PCARes
             f"weight PCA needs NIFF frequency responses; {', '.join(plain)} "
             f"{'is a plain convolution' if len(plain) == 1 else 'are plain convolutions'} "
             f"(NIFF layers here: {', '.join(niff) if niff else 'none'})")
+    require_finite(kernels, "weight PCA")
     frames, comps, means = [], {}, {}
     for lk in kernels:
         h, w = lk.size

@@ -11,6 +11,19 @@ from .. import __version__
 from ..errors import NiffError
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line, without any traceback text it carries.
+
+    An error raised in a DataLoader worker reaches us re-raised with the worker's whole
+    traceback in its message; its last line (``Type: message``) is the error itself.
+    """
+    text = str(exc)
+    if "Traceback (most recent call last)" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1] if lines else ""
+    return " ".join(text.split()) or type(exc).__name__
+
+
 class _Group(click.Group):
     """Turn every error into one line on stderr and a non-zero exit (no tracebacks).
 
@@ -22,19 +35,22 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:
+            # Output piped into e.g. `head`, which closed early: not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
         except (NiffError, ValueError, OSError, RuntimeError) as exc:
             if os.environ.get("NIFF_DEBUG"):
                 raise
-            msg = " ".join(str(exc).split()) or type(exc).__name__
-            click.echo(f"error: {msg}", err=True)
+            click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(2 if isinstance(exc, NiffError) else 1)
         except Exception as exc:  # noqa: BLE001 - last resort, still one line
             if os.environ.get("NIFF_DEBUG"):
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+            click.echo(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} "
                        "(set NIFF_DEBUG=1 for a traceback)", err=True)
             sys.exit(1)
 

@@ -4,7 +4,9 @@ Every command takes CHECKPOINT arguments (none: the bundled default; a folder of
 folders: all of them) and prints one tidy table whose first column is ``checkpoint``. Data goes
 to stdout or ``--output``; logs and progress go to stderr (``--quiet`` silences them). Beside an
 ``--output`` file, ``meta.json`` records provenance (toolkit version, checkpoint hashes,
-parameters) under the output's file name, so several outputs can share a folder.
+parameters) under the output's file name, so several outputs can share a folder: each command
+updates its own entry under a lock on the folder, so analyses run at once into the same folder
+keep every entry. Warnings (e.g. kernels without mass) always go to stderr, even with ``--quiet``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian
                         kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
 from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, load_checkpoint, resolve_device
 from ..errors import CheckpointError, NiffError, SelectionError
-from ..io import atomic_write, file_sha256
+from ..io import atomic_write, directory_lock, file_sha256
 from . import main
 from .common import device_option, positive_int, render_frame
 
@@ -97,8 +99,8 @@ class Run:
                                         architecture=meta.get("architecture")))
             try:
                 lks = extract_kernels(model, layers=self.layers, include_conv=self.include_conv)
-            except SelectionError as exc:
-                raise SelectionError(f"{label}: {exc}") from None
+            except NiffError as exc:  # no match, non-finite kernels, …: say which checkpoint
+                raise type(exc)(f"{label}: {exc}") from None
             plain = [lk.name for lk in lks if lk.kind == "conv"]
             if niff_only and plain:
                 verb = "is a plain convolution" if len(plain) == 1 else "are plain convolutions"
@@ -114,14 +116,29 @@ class Run:
             out.append((label, lks))
         return out
 
+    def warn(self, msg: str) -> None:
+        """A warning: printed even with ``--quiet`` (results that hold NaN are never silent)."""
+        click.echo(f"warning: {msg}", err=True)
+
     def write_meta(self, output: Path, rows: int) -> None:
-        meta_path = output.parent / META_NAME
-        meta = _read_meta(meta_path)
-        meta["outputs"][output.name] = dict(
+        record_output(output, dict(
             command=self.command, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             versions=dict(niff_analysis=__version__, torch=torch.__version__),
             parameters=self.params, checkpoints=self.provenance, rows=rows,
-            sha256=file_sha256(output))
+            sha256=file_sha256(output)))
+
+
+def record_output(output: Path, entry: dict) -> None:
+    """Set ``entry`` as the ``meta.json`` record of ``output`` (a file in the same folder).
+
+    The read-modify-write runs under a lock on the folder, so processes writing outputs into one
+    folder at once keep each other's entries; the file itself is replaced atomically.
+    """
+    output = Path(output)
+    meta_path = output.parent / META_NAME
+    with directory_lock(output.parent):
+        meta = _read_meta(meta_path)
+        meta["outputs"][output.name] = entry
         atomic_write(meta_path, json.dumps(meta, indent=1, default=str) + "\n")
 
 
@@ -148,6 +165,9 @@ def _with_checkpoint(label: str, df: pd.DataFrame) -> pd.DataFrame:
 def _output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed: tuple[str, ...]) -> str:
     if not output:
         return fmt
+    parent = Path(output).parent
+    if parent.exists() and not parent.is_dir():
+        raise NiffError(f"--output {output}: {parent} exists and is not a directory")
     suffix = Path(output).suffix.lower()
     if suffix not in SUFFIX_FORMATS or SUFFIX_FORMATS[suffix] not in allowed:
         ok = ", ".join(s for s, f in SUFFIX_FORMATS.items() if f in allowed)
@@ -205,7 +225,8 @@ def analysis_options(f: Callable) -> Callable:
                      help="Write here instead of stdout (format from the suffix: .csv, .json, "
                           ".txt = table; .npz where the command says), with meta.json beside it."),
         device_option(),
-        click.option("--quiet", "-q", is_flag=True, help="No logs or progress bars on stderr."),
+        click.option("--quiet", "-q", is_flag=True,
+                     help="No logs or progress bars on stderr (warnings and errors still print)."),
     ]):
         f = deco(f)
     return f
@@ -279,6 +300,7 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
         t0 = time.perf_counter()
         frames.append(_with_checkpoint(label, kernel_mass(lks)))
         run.log(f"{label}: {len(frames[-1])} mass ratios in {time.perf_counter() - t0:.2f} s")
+        _warn_massless(run, label, frames[-1])
     mass = pd.concat(frames, ignore_index=True)
     if fmt == "table":
         df = _mass_table(mass)
@@ -289,6 +311,18 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
     else:
         df = mass
     _finish(run, render_frame(df, fmt), output, len(df))
+
+
+def _warn_massless(run: Run, label: str, mass: pd.DataFrame) -> None:
+    """Name the layers with all-zero kernels: their ratios and sizes are NaN (Eq. 6 is 0/0)."""
+    zero = mass[mass["mass_ratio"].isna()].drop_duplicates(["layer", "channel"])
+    if zero.empty:
+        return
+    total = mass.drop_duplicates(["layer", "channel"]).groupby("layer", sort=False).size()
+    per_layer = zero.groupby("layer", sort=False).size()
+    where = ", ".join(f"{layer} ({n} of {total[layer]})" for layer, n in per_layer.items())
+    run.warn(f"{label}: {len(zero)} all-zero kernel(s) have no mass; their mass ratios and sizes "
+             f"are NaN: {where}")
 
 
 def _mass_table(mass: pd.DataFrame) -> pd.DataFrame:
@@ -332,6 +366,13 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
         res = weight_pca(lks, components) if weights else pca_eigenkernels(lks, components)
         results.append((label, res))
         run.log(f"{label}: PCA of {len(lks)} layers in {time.perf_counter() - t0:.2f} s")
+        flat = res.table[res.table["explained_variance_ratio"].isna()]
+        if not flat.empty:
+            keys = ["layer", "part"] if "part" in flat.columns else ["layer"]
+            names = ["@".join(map(str, k)) if isinstance(k, tuple) else str(k)
+                     for k in flat.groupby(keys, sort=False).size().index]
+            run.warn(f"{label}: no variance (all kernels identical) in {', '.join(names)}; "
+                     "explained-variance ratios are NaN and components zero there")
     if fmt == "npz":
         several = len(results) > 1
         arrays = {}

@@ -60,6 +60,7 @@ def train_cmd(model_name, dataset, data_dir, epochs, batch_size, lr, weight_deca
     Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N``; --batch-size
     is the global batch.
     """
+    _out_folder(out)
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     kwargs["mode"] = mode
     cfg = TrainConfig(model=model_name, model_kwargs=kwargs, dataset=dataset, data_dir=data_dir,
@@ -71,6 +72,12 @@ def train_cmd(model_name, dataset, data_dir, epochs, batch_size, lr, weight_deca
     final = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"test_acc {final.get('test_acc', float('nan')):.4f}; checkpoint in {out}")
+
+
+def _out_folder(out: str) -> None:
+    """Refuse an ``--out`` folder that exists as a file, before any work is done."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise NiffError(f"--out {out}: exists and is not a directory")
 
 
 def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
@@ -97,6 +104,8 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's).")
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:
     """Convert a checkpoint of the authors' public NIFF code (PATH: .pt/.pth) to our format."""
+    if not out.endswith(".safetensors"):
+        _out_folder(out)
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_reference_checkpoint(path, model_name, key=key, **kwargs)
     meta = model.niff_checkpoint

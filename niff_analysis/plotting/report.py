@@ -24,7 +24,7 @@ from ..analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernel
                         gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
 from ..analysis.cost import cost_table
 from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from ..errors import SelectionError
+from ..errors import NiffError, SelectionError
 from ..io import atomic_write
 from ..models import niff_layers
 from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
@@ -145,7 +145,10 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         model = load_checkpoint(ck, device=device)
         sources[label] = model.niff_checkpoint["path"]
         has_niff = bool(niff_layers(model))
-        lks = subsample(extract_kernels(model, layers=layers, include_conv=not has_niff), max_kernels)
+        try:
+            lks = subsample(extract_kernels(model, layers=layers, include_conv=not has_niff), max_kernels)
+        except NiffError as exc:  # no match, non-finite kernels, …: say which checkpoint
+            raise type(exc)(f"{label}: {exc}") from None
         kernels[label] = lks
         say(f"{label}: mass ratio, effective sizes")
         m = kernel_mass(lks)
