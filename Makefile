@@ -30,8 +30,7 @@ test: venv data
 	$(PY) -m pytest -q
 
 figures: venv
-	$(VENV)/bin/niff-analyze figures niff_analysis/checkpoints/resnet18_niff_fmnist \
-	  niff_analysis/checkpoints/resnet18_fmnist --out figures
+	$(VENV)/bin/niff-analyze figures niff_analysis/checkpoints --out figures
 
 bench: venv
 	$(PY) -m benchmarks

@@ -12,7 +12,9 @@ recipe, seed, final test accuracy, versions). Training state for ``--resume`` li
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -72,7 +74,11 @@ def save_checkpoint(model: nn.Module, path: PathLike, **metadata) -> Path:
         atomic_write(path, save(tensors, metadata={"niff_config": json.dumps(config)}))
         return path
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / WEIGHTS_NAME, save(tensors))
+    blob = save(tensors)
+    # Two files cannot be replaced in one step: the config names its weights' hash, so a crash
+    # between the two writes is detected on load instead of pairing new weights with an old config.
+    config["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    atomic_write(path / WEIGHTS_NAME, blob)
     atomic_write(path / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return path
 
@@ -131,9 +137,13 @@ def load_state_into(model: nn.Module, state: dict, source) -> None:
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or extra or wrong:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", extra), ("wrong-shaped", wrong)):
+        for label, keys in (("missing", missing), ("unexpected", extra)):
             if keys:
                 parts.append(f"{len(keys)} {label} key(s) (e.g. {keys[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} wrong-shaped key(s) (e.g. {k}: checkpoint "
+                         f"{tuple(state[k].shape)}, model {tuple(own[k].shape)})")
         raise CheckpointError(f"{source}: state dict does not match the model: {'; '.join(parts)}")
     _check_finite(state, source)
     model.load_state_dict(state)
@@ -179,7 +189,11 @@ def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu") -> nn.
         if d["name"] in recorded and recorded[d["name"]] != d["fmap"]:
             raise CheckpointError(f"{path}: layer {d['name']} runs at {d['fmap']} but the checkpoint "
                                   f"records {recorded[d['name']]}")
-    model.niff_checkpoint = dict(cfg, path=str(path), sha256=file_sha256(weights))
+    sha = file_sha256(weights)
+    if cfg.get("weights_sha256") not in (None, sha):
+        raise CheckpointError(f"{path}: {WEIGHTS_NAME} does not match the hash its config records "
+                              "(an interrupted save, or files from two checkpoints)")
+    model.niff_checkpoint = dict(cfg, path=str(path), sha256=sha)
     model.eval()
     return model.to(resolve_device(device))
 
@@ -217,7 +231,12 @@ def read_torch_pickle(path: PathLike):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure is one line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours its message
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            raise CheckpointError(f"{path}: refusing to unpickle {found.group(1)}: the file holds code, "
+                                  "not only tensors (read with torch.load(weights_only=True))") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True) "
                               f"({first[:160]}); only tensors and plain containers are loaded") from None
 

@@ -97,3 +97,17 @@ def reference_run(tmp_path_factory, fmnist_dir):
     with recorded_states(tmp_path_factory.mktemp("snapshots")) as snapshots:
         trainer.train(cfg)
     return dict(out=out, cfg=cfg, snapshots=snapshots)
+
+
+@pytest.fixture(scope="session")
+def baseline_checkpoint(tmp_path_factory) -> Path:
+    """A plain ResNet-18 checkpoint (CIFAR stem, 1 channel, 10 classes) named like the bundled
+    baseline. Structural tests of baseline analysis use it, so they do not depend on which
+    trained checkpoints ship with the package."""
+    from niff_analysis import create_model
+    from niff_analysis.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, in_chans=1, stem="cifar")
+    return save_checkpoint(model, tmp_path_factory.mktemp("baseline") / "resnet18_fmnist",
+                           dataset="fashion-mnist", epochs=0, seed=0, test_acc=None)

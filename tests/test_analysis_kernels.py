@@ -114,10 +114,10 @@ def test_plain_conv_embedding_acts_like_conv2d(h, w):
         torch.testing.assert_close(circular_apply(kern, x), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_include_conv_and_baseline():
+def test_include_conv_and_baseline(baseline_checkpoint):
     lks = extract_kernels(small_cnn("split"), include_conv=True)
     assert [lk.kind for lk in lks] == ["split", "depthwise", "split"]  # every stride-1 conv became NIFF
-    base = load_checkpoint(DEFAULT_CHECKPOINT.parent / "resnet18_fmnist")
+    base = load_checkpoint(baseline_checkpoint)
     lks = extract_kernels(base, layers="layer[14].0.conv*")
     assert [(lk.name, lk.fmap, tuple(lk.kernels.shape)) for lk in lks] == [
         ("layer1.0.conv1", (32, 32), (64, 64, 32, 32)), ("layer1.0.conv2", (32, 32), (64, 64, 32, 32)),

@@ -223,3 +223,19 @@ def test_describe_reports_training_metadata(reference_run):
         last = list(csv.DictReader(f))[-1]
     assert info["test_acc"] == pytest.approx(float(last["test_acc"]))
     assert info["recipe"]["lr"] == cfg.lr and info["recipe"]["schedule"] == "cosine"
+
+
+def test_weights_from_another_save_are_detected(tmp_path):
+    """A crash between the two atomic writes of a directory checkpoint (new weights, old
+    config) is caught by the weights hash the config records."""
+    from niff_analysis import create_model
+    from niff_analysis.checkpoint import load_checkpoint, save_checkpoint
+    from niff_analysis.errors import CheckpointError
+
+    torch.manual_seed(0)
+    a = save_checkpoint(create_model("resnet18_niff", num_classes=3, in_chans=1, stem="cifar"), tmp_path / "a")
+    b = save_checkpoint(create_model("resnet18_niff", num_classes=3, in_chans=1, stem="cifar"), tmp_path / "b")
+    load_checkpoint(a)
+    (a / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="does not match the hash"):
+        load_checkpoint(a)

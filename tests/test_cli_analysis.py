@@ -19,7 +19,6 @@ from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from niff_analysis.cli import main
 from niff_analysis.io import file_sha256
 
-BASELINE = DEFAULT_CHECKPOINT.parent / "resnet18_fmnist"
 ENTRY = Path(sys.executable).parent / "niff-analyze"
 SMALL = "layer4.1.conv2"  # a 4×4 layer keeps every command fast
 COLUMNS = {
@@ -140,10 +139,10 @@ def test_output_files_and_meta(tmp_path):
     assert res.exit_code != 0 and not (tmp_path / "other" / "m.csv").exists()
 
 
-def test_several_checkpoints_and_folders(tmp_path):
+def test_several_checkpoints_and_folders(tmp_path, baseline_checkpoint):
     folder = tmp_path / "ckpts"
     folder.mkdir()
-    for src in (DEFAULT_CHECKPOINT, BASELINE):
+    for src in (DEFAULT_CHECKPOINT, baseline_checkpoint):
         shutil.copytree(src, folder / src.name)
     res = invoke("mass", str(folder), "--layers", SMALL, "--format", "csv", "--view", "summary", "-q")
     assert res.exit_code == 0, res.stderr
@@ -157,13 +156,13 @@ def test_several_checkpoints_and_folders(tmp_path):
     assert len(labels) == 2  # same folder names: labelled by full path
 
 
-def test_baseline_uses_plain_convs_but_weight_pca_needs_niff():
-    res = invoke("gaussian", str(BASELINE), "--layers", "conv1", "--format", "csv")
+def test_baseline_uses_plain_convs_but_weight_pca_needs_niff(baseline_checkpoint):
+    res = invoke("gaussian", str(baseline_checkpoint), "--layers", "conv1", "--format", "csv")
     assert res.exit_code == 0, res.stderr
     assert "no NIFF layers" in res.stderr
     df = pd.read_csv(io.StringIO(res.stdout))
     assert len(df) == 64 and df.layer.eq("conv1").all()
-    res = invoke("pca", str(BASELINE), "--weights", "--layers", "conv1")
+    res = invoke("pca", str(baseline_checkpoint), "--weights", "--layers", "conv1")
     assert res.exit_code != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "no NIFF layers" in lines[0] and "conv1" in lines[0], res.stderr

@@ -27,7 +27,6 @@ from niff_analysis.plotting import (OKABE_ITO, centre_crop, layer_colors, plot_c
                                     sample_channels, save_figure, signed_norm, stage_color, subsample)
 
 LAYERS = ["layer2.1.conv1", "layer3.1.conv2", "layer4.1.*"]
-BASELINE = BUNDLED_DIR / "resnet18_fmnist"
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +189,10 @@ def test_cli_writes_the_full_set_reproducibly(tmp_path):
     assert set(summary["checkpoint"]) == {"resnet18_niff_fmnist"}
 
 
-def test_cli_compares_niff_with_baseline(tmp_path):
+def test_cli_compares_niff_with_baseline(tmp_path, baseline_checkpoint):
     out = tmp_path / "cmp"
     res = CliRunner().invoke(main, ["figures", str(BUNDLED_DIR / "resnet18_niff_fmnist"),
-                                    str(BASELINE), "--out", str(out), "--format", "png",
+                                    str(baseline_checkpoint), "--out", str(out), "--format", "png",
                                     *FAST[:4], "--cost-sizes", "none"])
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.iterdir()}

@@ -8,6 +8,7 @@ import click
 
 from ..errors import SelectionError
 from ..plotting.report import COST_SIZES, FORMATS, analyse, write_figures
+from .analysis import expand_checkpoints
 from . import main
 from .common import device_option, positive_int
 
@@ -63,7 +64,9 @@ def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_siz
         if not quiet:
             click.echo(f"[{time.perf_counter() - t0:5.1f}s] {msg}", err=True)
 
-    data = analyse(list(checkpoints) or [None], layers=_csv_list(layers, "--layers"), device=device,
+    # Same rule as the analysis commands: a folder of checkpoint folders stands for all of them.
+    targets = [path for _, path in expand_checkpoints(tuple(checkpoints))]
+    data = analyse(targets, layers=_csv_list(layers, "--layers"), device=device,
                    max_kernels=max_kernels, cost_sizes=_sizes(cost_sizes),
                    measure_cost=not no_timing, progress=progress)
     paths = write_figures(data, out, formats=fmts, progress=progress)

@@ -143,7 +143,7 @@ def _cifar_members(root: Path) -> dict[str, bytes]:
                 return {Path(m.name).name: tar.extractfile(m).read()
                         for m in tar.getmembers() if m.isfile() and Path(m.name).name in wanted}
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"cannot read CIFAR-10 archive {root}: {exc} (expected the official "
+            raise DataError(f"cannot read CIFAR-10 archive {root}: {' '.join(str(exc).split())} (expected the official "
                             "cifar-10-python.tar.gz or a cifar-10-batches-py folder)") from None
     if root.is_dir() and (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
