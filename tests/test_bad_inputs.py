@@ -9,6 +9,7 @@ Most CLI cases run in-process through CliRunner; a few run the installed ``niff-
 from __future__ import annotations
 
 import io
+import hashlib
 import json
 import os
 import re
@@ -109,6 +110,12 @@ def _edit_weights(folder: Path, change) -> None:
     state = {k: v.clone() for k, v in load_file(str(folder / "model.safetensors")).items()}
     change(state)
     save_file(state, str(folder / "model.safetensors"))
+    # Keep the config's weights hash consistent: these cases model bad *contents*, saved whole.
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if "weights_sha256" in cfg:
+        cfg["weights_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        cfg_path.write_text(json.dumps(cfg))
 
 
 def _mlp_key(layer: str, part: str, which: str) -> str:
@@ -206,7 +213,7 @@ CHECKPOINT_CASES = [
     ("bad_model_kwargs", "cannot rebuild 'resnet18_niff'"),
     ("missing_key", "1 missing key(s) (e.g. fc.weight)"),
     ("extra_key", "1 unexpected key(s) (e.g. head.extra)"),
-    ("wrong_shape", "1 wrong-shaped key(s) (e.g. fc.weight)"),
+    ("wrong_shape", "1 wrong-shaped key(s) (e.g. fc.weight: checkpoint (5, 512), model (10, 512))"),
     ("empty_weights", "not a readable safetensors file"),
     ("empty_config", "corrupt JSON"),
     ("empty_single", "not a readable safetensors file"),
@@ -283,7 +290,7 @@ def test_pickled_code_never_runs(ck, tmp_path):
     with pytest.raises(CheckpointError, match="weights_only=True"):
         import_reference_checkpoint(hostile, "resnet18_niff")
     assert_error(invoke("import-reference", hostile, "--model", "resnet18_niff", "--out", tmp_path / "imp"),
-                 "cannot be read with torch.load(weights_only=True)")
+                 "refusing to unpickle")
     assert not (tmp_path / "imp").exists()
     # As a --resume state of a training run.
     run = tmp_path / "run"
@@ -675,7 +682,7 @@ def entry_runs(ck, tmp_path_factory):
 
 @pytest.mark.parametrize("case,message", [
     ("truncated", "error: {truncated}/model.safetensors: not a readable safetensors file"),
-    ("pickle_code", "error: {pickle_code}: cannot be read with torch.load(weights_only=True)"),
+    ("pickle_code", "error: {pickle_code}: refusing to unpickle"),
     ("corrupt_image", "error: PIL.UnidentifiedImageError: cannot identify image file"),
 ])
 def test_entry_point_prints_no_traceback(entry_runs, ck, case, message):
