@@ -157,3 +157,14 @@ def test_config_validation():
                 dict(save_every_steps=-3), dict(threads=0)):
         with pytest.raises(NiffError):
             TrainConfig(**bad).validate()
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path):
+    from niff_analysis.errors import NiffError
+    from niff_analysis.train import TrainConfig, train
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    with pytest.raises(NiffError, match="exists and is not a directory"):
+        train(TrainConfig(out=str(afile), epochs=1, batch_size=8, train_subset=8, test_subset=8))
+    assert afile.read_text() == "keep me"

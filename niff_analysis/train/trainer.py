@@ -84,6 +84,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`NiffError` on values no run can use."""
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise NiffError(f"out {self.out} exists and is not a directory")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise NiffError(f"{name} must be a positive integer, got {getattr(self, name)}")
