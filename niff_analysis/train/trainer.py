@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import ctypes
 import io
 import json
 import math
@@ -248,6 +249,27 @@ def _check_compile(cfg: TrainConfig, model: nn.Module, device: torch.device) -> 
 
 
 # --------------------------------------------------------------------------- training
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the OS.
+
+    A CPU training step allocates and frees many tensors of tens of MB. By default glibc
+    serves those with fresh ``mmap`` pages and unmaps them on free, so every step pays the
+    page faults again: measured here (2 cores, batch 128, 32×32) this was over a third of the
+    step time (resnet18_niff 4.5 → 2.8 s, resnet18 6.1 → 4.6 s per step). The setting is
+    process-wide and only raises the resident memory that stays mapped (a few GB at most).
+
+    Returns:
+        Whether the allocator was changed (False off glibc, e.g. macOS or Windows).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # M_MMAP_MAX = -4: never serve a request with its own mmap; M_TRIM_THRESHOLD = -1:
+        # do not return the top of the heap unless 2 GB or more are free there.
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train per ``cfg``; returns the final metrics row.
 
@@ -264,6 +286,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device, own_group = setup_distributed(resolve_device(cfg.device))
+    if device.type == "cpu":
+        keep_freed_memory()
     try:
         return _train(cfg, resume, device)
     finally:
