@@ -100,21 +100,40 @@ def gaussian_model(xy, amplitude, x0, y0, u, l21, v, offset):
     return amplitude * np.exp(-0.5 * (s * s + t * t)) + offset
 
 
-def _model_jac(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, jac: bool = True):
-    """Batched model values (B, N) and Jacobian (B, 7, N) at parameters p (B, 7)."""
-    a, x0, y0, u, l21, v, b = (p[:, i:i + 1] for i in range(N_PARAMS))
+def _model_parts(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+    """Model values f (B, N) at parameters p (B, 7), and the intermediates the Jacobian reuses."""
+    a, x0, y0, u, l21, v, b = p[:, :, None].unbind(1)  # (B, 1) views
     l11, l22 = u.exp(), v.exp()
     dx, dy = x - x0, y - y0
-    s = l11 * dx + l21 * dy
+    s = torch.addcmul(l21 * dy, l11, dx)
     t = l22 * dy
-    e = torch.exp(-0.5 * (s * s + t * t))
-    f = a * e + b
-    if not jac:
-        return f, None
-    g = -0.5 * a * e  # df/dQ
-    cols = [e, g * (-2 * s * l11), g * (-2 * (s * l21 + t * l22)), g * (2 * s * dx * l11),
-            g * (2 * s * dy), g * (2 * t * dy * l22), torch.ones_like(e)]
-    return f, torch.stack(cols, dim=1)  # (B, 7, N): contiguous rows for the J·Jᵀ products
+    e = torch.addcmul(s * s, t, t).mul_(-0.5).exp_()
+    ae = a * e
+    return ae + b, (e, ae, s, t, dx, dy, l11, l21, l22)
+
+
+def _jacobian(parts, extra_rows: int = 0) -> torch.Tensor:
+    """Analytic Jacobian (B, 7, N) from :func:`_model_parts`' intermediates, written row by row
+    into one buffer (contiguous rows for the J·Jᵀ products; no stacking copy). With
+    ``extra_rows`` the buffer has that many more rows, left for the caller to fill."""
+    e, ae, s, t, dx, dy, l11, l21, l22 = parts
+    jac = torch.empty((e.shape[0], N_PARAMS + extra_rows, e.shape[1]), dtype=e.dtype, device=e.device)
+    jac[:, 0] = e                                            # ∂f/∂A
+    q = ae * s  # df/dQ = −A·e/2, so each column below is a product with A·e
+    torch.mul(q, l11, out=jac[:, 1])                         # ∂f/∂x0 = A·e·s·l11
+    rl = (ae * t).mul_(l22)
+    torch.addcmul(rl, q, l21, out=jac[:, 2])                 # ∂f/∂y0 = A·e·(s·l21 + t·l22)
+    torch.mul(jac[:, 1], dx, out=jac[:, 3]).neg_()          # ∂f/∂u = −A·e·s·dx·l11
+    torch.mul(q, dy, out=jac[:, 4]).neg_()                   # ∂f/∂l21 = −A·e·s·dy
+    torch.mul(rl, dy, out=jac[:, 5]).neg_()                  # ∂f/∂v = −A·e·t·dy·l22
+    jac[:, 6] = 1                                            # ∂f/∂b
+    return jac
+
+
+def _model_jac(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, jac: bool = True):
+    """Batched model values (B, N) and Jacobian (B, 7, N) at parameters p (B, 7)."""
+    f, parts = _model_parts(p, x, y)
+    return f, (_jacobian(parts) if jac else None)
 
 
 def moment_init(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -140,16 +159,20 @@ def moment_init(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Te
 
 
 def _clamp(p: torch.Tensor) -> torch.Tensor:
-    p = p.clone()
-    p[:, 3] = p[:, 3].clamp(-_LOG_CLAMP, _LOG_CLAMP)
-    p[:, 5] = p[:, 5].clamp(-_LOG_CLAMP, _LOG_CLAMP)
-    return p
+    """Bound u and v (log l11, log l22) to ±_LOG_CLAMP; the other parameters are free."""
+    bound = torch.tensor([math.inf, math.inf, math.inf, _LOG_CLAMP, math.inf, _LOG_CLAMP, math.inf],
+                         dtype=p.dtype, device=p.device)
+    return torch.clamp(p, -bound, bound)
 
 
 def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0: torch.Tensor,
                         max_iter: int = 200, ftol: float = 1.5e-8, xtol: float = 1.5e-8,
                         give_up=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched LM fit of :func:`gaussian_model` to ``data`` (B, N).
+
+    The loop works on a compacted set of the fits still running (finished ones are written
+    back and dropped), and carries each fit's model values and Jacobian from the accepted
+    trial point into the next iteration, so every iteration evaluates the model once.
 
     Args:
         give_up: optional function params (B, 7) → bool (B,) marking fits to stop early (their
@@ -160,45 +183,59 @@ def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0
     """
     bsz = data.shape[0]
     p = p0.clone()
-    lam = torch.full((bsz,), 1e-3, dtype=data.dtype, device=data.device)
-    nu = torch.full_like(lam, 2.0)
     done = torch.zeros(bsz, dtype=torch.bool, device=data.device)
     iters = torch.zeros(bsz, dtype=torch.long, device=data.device)
-    eye = torch.eye(N_PARAMS, dtype=data.dtype, device=data.device)
     tiny = torch.finfo(data.dtype).tiny
     perfect_cost = 0.5 * data.shape[1] * PERFECT_RMS ** 2
+    # Working set: rows of the fits still running, and their state. ``aug`` holds the Jacobian
+    # (rows 0-6) and the residual (row 7) at the current parameters, so that one batched
+    # product aug·augᵀ gives J·Jᵀ and J·r together.
+    rows = torch.arange(bsz, device=data.device)
+    pa, da = p0.clone(), data
+    la = torch.full((bsz,), 1e-3, dtype=data.dtype, device=data.device)
+    nu = torch.full_like(la, 2.0)
+    it = torch.zeros(bsz, dtype=torch.long, device=data.device)
+    f, parts = _model_parts(pa, x, y)
+    aug = _jacobian(parts, extra_rows=1)
+    cost = 0.5 * torch.sub(f, da, out=aug[:, N_PARAMS]).square().sum(1)
     for _ in range(max_iter):
-        act = (~done).nonzero()[:, 0]  # work on the fits still running only
-        pa, la, da = p[act], lam[act], data[act]
-        f, jac = _model_jac(pa, x, y)
-        r = f - da
-        cost = 0.5 * (r * r).sum(1)
-        hess = jac @ jac.transpose(1, 2)
-        grad = (jac * r[:, None, :]).sum(2)
+        prod = torch.bmm(aug, aug.transpose(1, 2))
+        hess, grad = prod[:, :N_PARAMS, :N_PARAMS], prod[:, :N_PARAMS, N_PARAMS]
         diag = torch.diagonal(hess, dim1=1, dim2=2).clamp_min(1e-12)
-        step, _ = torch.linalg.solve_ex(hess + la[:, None, None] * diag[:, None, :] * eye, -grad)
+        torch.diagonal(hess, dim1=1, dim2=2).add_(la[:, None] * diag)  # Marquardt's damping
+        step, _ = torch.linalg.solve_ex(hess, grad.neg())
         trial = _clamp(pa + step)
-        f_new, _ = _model_jac(trial, x, y, jac=False)
-        cost_new = 0.5 * ((f_new - da) ** 2).sum(1)
+        f_new, parts = _model_parts(trial, x, y)
+        new_aug = _jacobian(parts, extra_rows=1)
+        r_new = torch.sub(f_new, da, out=new_aug[:, N_PARAMS])
+        cost_new = 0.5 * r_new.square().sum(1)
         # Gain ratio of actual to predicted reduction drives λ (Nielsen's update).
         predicted = 0.5 * ((la[:, None] * diag * step * step).sum(1) - (grad * step).sum(1))
         rho = (cost - cost_new) / predicted.clamp_min(tiny)
         ok = torch.isfinite(cost_new) & torch.isfinite(step).all(1) & (cost_new < cost)
         small_f = (cost - cost_new) <= ftol * cost
         small_x = step.norm(dim=1) <= xtol * (pa.norm(dim=1) + xtol)
-        pa = torch.where(ok[:, None], trial, pa)
         shrink = torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3)
-        la = torch.where(ok, (la * shrink).clamp_min(1e-12), la * nu[act])
-        p[act], lam[act] = pa, la
-        nu[act] = torch.where(ok, torch.full_like(la, 2.0), nu[act] * 2)
-        iters[act] += 1
-        perfect = cost_new <= perfect_cost  # nothing left worth fitting
-        stop = (ok & (small_f | small_x | perfect)) | (la > 1e10)
+        la = torch.where(ok, (la * shrink).clamp_min(1e-12), la * nu)
+        nu = torch.where(ok, 2.0, nu * 2)
+        it += 1
+        stop = (ok & (small_f | small_x | (cost_new <= perfect_cost))) | (la > 1e10)
+        # Accepted fits move to the trial point; rejected ones (usually few) keep their state.
+        rej = (~ok).nonzero()[:, 0]
+        if len(rej):
+            trial[rej], new_aug[rej], cost_new[rej] = pa[rej], aug[rej], cost[rej]
+        pa, aug, cost = trial, new_aug, cost_new
         if give_up is not None:
             stop |= give_up(pa)
-        done[act] = stop
-        if bool(done.all()):
-            break
+        if bool(stop.any()):
+            fin = stop.nonzero()[:, 0]
+            p[rows[fin]], done[rows[fin]], iters[rows[fin]] = pa[fin], True, it[fin]
+            keep = (~stop).nonzero()[:, 0]
+            if len(keep) == 0:
+                return p, done, iters
+            rows, pa, da, la, nu, it, aug, cost = (
+                v[keep] for v in (rows, pa, da, la, nu, it, aug, cost))
+    p[rows], iters[rows] = pa, it
     return p, done, iters
 
 
@@ -239,8 +276,12 @@ def _hopeless(p: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Fits that have left the meaningful regime and would only creep on: narrower than
     GIVE_UP_SIGMA (a peak squeezing between samples, amplitude growing without bound) or centred
     more than a kernel size away from the grid."""
-    return ((_derived(p)["sigma_minor"] < GIVE_UP_SIGMA)
-            | (p[:, 1].abs() > w) | (p[:, 2].abs() > h))
+    # σ_minor² is 1 / the largest eigenvalue of the precision P = L·Lᵀ (cheaper than _derived:
+    # this runs every solver iteration).
+    l11, l21, l22 = p[:, 3].exp(), p[:, 4], p[:, 5].exp()
+    pxx, pxy, pyy = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
+    p_max = 0.5 * (pxx + pyy) + torch.hypot(0.5 * (pxx - pyy), pxy)
+    return (p_max * GIVE_UP_SIGMA ** 2 > 1) | (p[:, 1].abs() > w) | (p[:, 2].abs() > h)
 
 
 @contextlib.contextmanager
