@@ -21,6 +21,9 @@ def _one_line(exc: BaseException) -> str:
     if "Traceback (most recent call last)" in text:
         lines = [line for line in text.splitlines() if line.strip()]
         text = lines[-1] if lines else ""
+        own = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        if isinstance(exc, NiffError) and text.startswith(own):
+            text = text[len(own):]  # our own errors read the same from a worker as in-process
     return " ".join(text.split()) or type(exc).__name__
 
 

@@ -246,11 +246,24 @@ class SeededImageFolder(torch.utils.data.Dataset):
             return self.transform(img), label
 
 
+def _read_image(path: str):
+    """ImageFolder's loader, with an unreadable file reported as a :class:`DataError` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: not an image format PIL can decode") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or damaged files, I/O errors
+        raise DataError(f"cannot read image {path}: {' '.join(str(exc).split())[:200]}") from None
+
+
 def _image_folder(folder: Path):
     import torchvision.datasets as tvd
 
     try:
-        return tvd.ImageFolder(str(folder))
+        return tvd.ImageFolder(str(folder), loader=_read_image)
     except (FileNotFoundError, RuntimeError, OSError) as exc:
         raise DataError(f"ImageFolder {folder}: {' '.join(str(exc).split())} "
                         "(expected one sub-folder per class holding images)") from None
