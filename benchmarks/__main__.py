@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from niff_analysis.train.trainer import keep_freed_memory
+
 from . import BENCHMARKS, pick_device
 
 
@@ -32,6 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice, all cores)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default allocator settings (by default the suite runs "
+                             "with the trainer's keep_freed_memory(), as training does)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
@@ -41,11 +46,13 @@ def main(argv=None) -> int:
             parser.error("--threads must be positive")
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    kept = False if args.default_malloc else keep_freed_memory()
     names = args.names or list(BENCHMARKS)
     print(f"# {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__} | "
           f"{_cpu_model()}, {torch.get_num_threads()} threads | device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + (" | quick" if args.quick else ""))
+          + (" | quick" if args.quick else "")
+          + (" | malloc: freed memory kept" if kept else " | malloc: glibc defaults"))
     start = time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
