@@ -171,8 +171,8 @@ def test_out_that_is_a_file_is_refused_before_any_work(tmp_path):
 
 
 def test_cpu_training_keeps_freed_memory_on_glibc():
-    """The allocator setting behind the 1.6x faster CPU steps (README, Training) takes effect
-    on Linux/glibc; the seeded-determinism tests above run with it on."""
+    """The allocator setting behind the faster CPU steps (benchmarks/README.md, section 2) takes
+    effect on Linux/glibc; the seeded-determinism tests above run with it on."""
     import platform
 
     from niff_analysis.train.trainer import keep_freed_memory
