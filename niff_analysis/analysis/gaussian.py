@@ -158,11 +158,10 @@ def moment_init(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return torch.stack([amp, mx, my, l11.log(), l21, l22.log(), bg[:, 0]], dim=1)
 
 
-def _clamp(p: torch.Tensor) -> torch.Tensor:
-    """Bound u and v (log l11, log l22) to ±_LOG_CLAMP; the other parameters are free."""
-    bound = torch.tensor([math.inf, math.inf, math.inf, _LOG_CLAMP, math.inf, _LOG_CLAMP, math.inf],
-                         dtype=p.dtype, device=p.device)
-    return torch.clamp(p, -bound, bound)
+def _clamp_(p: torch.Tensor) -> torch.Tensor:
+    """Bound u and v (columns 3 and 5: log l11, log l22) to ±_LOG_CLAMP, in place."""
+    p[:, 3:6:2].clamp_(-_LOG_CLAMP, _LOG_CLAMP)
+    return p
 
 
 def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0: torch.Tensor,
@@ -204,7 +203,7 @@ def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0
         diag = torch.diagonal(hess, dim1=1, dim2=2).clamp_min(1e-12)
         torch.diagonal(hess, dim1=1, dim2=2).add_(la[:, None] * diag)  # Marquardt's damping
         step, _ = torch.linalg.solve_ex(hess, grad.neg())
-        trial = _clamp(pa + step)
+        trial = _clamp_(pa + step)
         f_new, parts = _model_parts(trial, x, y)
         new_aug = _jacobian(parts, extra_rows=1)
         r_new = torch.sub(f_new, da, out=new_aug[:, N_PARAMS])
@@ -239,11 +238,15 @@ def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0
     return p, done, iters
 
 
+def _precision(p: torch.Tensor):
+    """Entries (pxx, pxy, pyy) of the precision P = L·Lᵀ of parameters (B, 7), and det P."""
+    l11, l21, l22 = p[:, 3].exp(), p[:, 4], p[:, 5].exp()
+    return (l11 * l11, l11 * l21, l21 * l21 + l22 * l22), (l11 * l22) ** 2
+
+
 def _derived(p: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sigmas, orientation from fitted parameters (B, 7)."""
-    l11, l21, l22 = p[:, 3].exp(), p[:, 4], p[:, 5].exp()
-    det = (l11 * l22) ** 2
-    pxx, pxy, pyy = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
+    (pxx, pxy, pyy), det = _precision(p)
     sxx, sxy, syy = pyy / det, -pxy / det, pxx / det  # Σ = P⁻¹
     half_tr, diff = (sxx + syy) / 2, torch.sqrt(((sxx - syy) / 2) ** 2 + sxy ** 2)
     theta = 0.5 * torch.atan2(2 * sxy, sxx - syy)
@@ -276,10 +279,9 @@ def _hopeless(p: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Fits that have left the meaningful regime and would only creep on: narrower than
     GIVE_UP_SIGMA (a peak squeezing between samples, amplitude growing without bound) or centred
     more than a kernel size away from the grid."""
-    # σ_minor² is 1 / the largest eigenvalue of the precision P = L·Lᵀ (cheaper than _derived:
-    # this runs every solver iteration).
-    l11, l21, l22 = p[:, 3].exp(), p[:, 4], p[:, 5].exp()
-    pxx, pxy, pyy = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
+    # σ_minor² is 1 / the largest eigenvalue of P (cheaper than _derived: this runs every
+    # solver iteration).
+    (pxx, pxy, pyy), _ = _precision(p)
     p_max = 0.5 * (pxx + pyy) + torch.hypot(0.5 * (pxx - pyy), pxy)
     return (p_max * GIVE_UP_SIGMA ** 2 > 1) | (p[:, 1].abs() > w) | (p[:, 2].abs() > h)
 
