@@ -254,9 +254,10 @@ def keep_freed_memory() -> bool:
 
     A CPU training step allocates and frees many tensors of tens of MB. By default glibc
     serves those with fresh ``mmap`` pages and unmaps them on free, so every step pays the
-    page faults again: measured here (2 cores, batch 128, 32×32) this was over a third of the
-    step time (resnet18_niff 4.5 → 2.8 s, resnet18 6.1 → 4.6 s per step). The setting is
-    process-wide and only raises the resident memory that stays mapped (a few GB at most).
+    page faults again: measured here (2 cores, batch 128, 32×32, 10 resnet18_niff steps) the
+    run took 66 s with 41 s of system time before and 42 s after (benchmarks/README.md). The
+    setting is process-wide and only raises the resident memory that stays mapped (a few GB at
+    most).
 
     Returns:
         Whether the allocator was changed (False off glibc, e.g. macOS or Windows).
