@@ -198,6 +198,42 @@ def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu") -> nn.
     return model.to(resolve_device(device))
 
 
+def initial_model(architecture: str, model_kwargs: dict, seed: int) -> nn.Module:
+    """The model a training run with this seed starts from (what its ``init/`` checkpoint holds).
+
+    The global RNG is seeded for the build and restored afterwards, so the caller's state is
+    untouched and the result depends only on the arguments.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(architecture, **model_kwargs)
+
+
+def load_initial(path: Optional[PathLike] = None, device: str = "cpu") -> Optional[nn.Module]:
+    """The untrained model a trained checkpoint's run started from, or ``None`` if unknown.
+
+    The run folder's ``init/`` checkpoint when there is one (also for ``epoch_NNN/`` checkpoints
+    inside a run folder); otherwise the model rebuilt from the architecture, keyword arguments
+    and seed that a checkpoint of the trainer records (the trainer builds its model the same
+    way, :func:`initial_model`). ``None`` for an initialisation itself and for checkpoints
+    that record no training run (imported, or saved by hand).
+    """
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    cfg = read_config(path)
+    if not cfg.get("epochs"):
+        return None
+    folder = path if path.is_dir() else path.parent
+    for run in (folder, folder.parent):
+        if (run / "init" / CONFIG_NAME).is_file() and (run / "init").resolve() != folder.resolve():
+            return load_checkpoint(run / "init", device=device)
+    if cfg.get("seed") is None or "recipe" not in cfg:
+        return None
+    model = initial_model(cfg["architecture"], cfg["model_kwargs"], int(cfg["seed"]))
+    model.niff_checkpoint = dict(cfg, path=f"{path} (initialisation rebuilt from seed {cfg['seed']})",
+                                 sha256=None, epochs=0, test_acc=None, test_loss=None)
+    return model.eval().to(resolve_device(device))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` → cuda, then mps, then cpu; otherwise the named device (checked to exist)."""
     if device == "auto":

@@ -339,6 +339,10 @@ def test_bad_selection_on_checkpoint_is_one_line(ck, args, message, tmp_path):
     ([*TRAIN, "--workers", "-1", "--out", "{tmp}/o"], "workers must be zero or positive, got -1"),
     ([*TRAIN, "--save-every-steps", "-1", "--out", "{tmp}/o"], "save_every_steps must be zero or positive"),
     ([*TRAIN, "--lr", "-1", "--out", "{tmp}/o"], "lr must be positive, got -1.0"),
+    ([*TRAIN, "--mlp-lr-scale", "0", "--out", "{tmp}/o"], "mlp_lr_scale must be positive, got 0.0"),
+    ([*TRAIN, "--mlp-weight-decay", "-1", "--out", "{tmp}/o"], "mlp_weight_decay and momentum must be"),
+    ([*TRAIN, "--kernel-stats-every-steps", "-2", "--out", "{tmp}/o"],
+     "kernel_stats_every_steps must be zero or positive, got -2"),
     ([*TRAIN, "--mlp", "0", "--out", "{tmp}/o"], "MLP hidden sizes must be positive, got [0]"),
     ([*TRAIN, "--mlp", "1,x", "--out", "{tmp}/o"], "--mlp: expected a preset name or sizes like 16,64"),
     ([*TRAIN, "--mlp", "gigantic", "--out", "{tmp}/o"], "unknown MLP preset 'gigantic'"),
@@ -364,7 +368,7 @@ def test_bad_parameters_are_one_line(args, message, tmp_path):
     (["describe", "resnet18_niff", "--num-classes", "-1"], "'--num-classes'", "got -1"),
     (["import-reference", "x.pt", "--model", "resnet18_niff", "--out", "o", "--in-chans", "0"],
      "'--in-chans'", "got 0"),
-    (["train", "--model", "resnet18", "--out", "o", "--epochs", "0"], "'--epochs'", "got 0"),
+    (["train", "--model", "resnet18", "--out", "o", "--epochs", "-1"], "'--epochs'", "got -1"),
     (["train", "--model", "resnet18", "--out", "o", "--batch-size", "-1"], "'--batch-size'", "got -1"),
     (["train", "--model", "resnet18", "--out", "o", "--train-subset", "0"], "'--train-subset'", "got 0"),
     (["train", "--model", "resnet18", "--out", "o", "--test-subset", "-5"], "'--test-subset'", "got -5"),
@@ -409,7 +413,7 @@ def test_bad_values_through_the_api(tmp_path):
             weight_pca(lks, n_components=bad)
         with pytest.raises(SelectionError, match=f"max_kernels must be a positive integer, got {bad}"):
             subsample(lks, bad)
-    for field, value, message in (("epochs", 0, "epochs must be a positive integer, got 0"),
+    for field, value, message in (("epochs", -1, "epochs must be zero or positive, got -1"),
                                   ("batch_size", -1, "batch_size must be a positive integer, got -1"),
                                   ("workers", -1, "workers must be zero or positive")):
         cfg = TrainConfig(model="resnet18", out=str(tmp_path / "o"), device="cpu", progress=False,

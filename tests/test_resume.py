@@ -27,7 +27,7 @@ def _assert_same_weights(a, b):
 
 def _metrics(path):
     with open(path / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in ("seconds", "stats_seconds")} for row in csv.DictReader(f)]
 
 
 def _snapshot(reference_run, epoch, step):
@@ -116,3 +116,4 @@ def test_resume_after_sigkill_mid_epoch(tmp_path, reference_run):
     assert res.returncode == 0, res.stderr
     _assert_same_weights(out, reference_run["out"])
     assert _metrics(out) == _metrics(reference_run["out"])
+    assert (out / "kernel_stats.csv").read_text() == (reference_run["out"] / "kernel_stats.csv").read_text()

@@ -52,7 +52,8 @@ def test_metrics_and_config_files(reference_run):
     out, cfg = reference_run["out"], reference_run["cfg"]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
+                            "stats_seconds"]
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     # cosine schedule over 8 steps: the lr after epoch 1 (step 4) is half of 0.02, then 0
     assert float(rows[0]["lr"]) == pytest.approx(0.5 * 0.02 * (1 + math.cos(math.pi * 4 / 8)))
@@ -153,8 +154,9 @@ def test_cli_errors_are_one_line(tmp_path, fmnist_dir, args, expected):
 
 
 def test_config_validation():
-    for bad in (dict(epochs=0), dict(batch_size=-2), dict(dtype="float16"), dict(workers=-1),
-                dict(save_every_steps=-3), dict(threads=0)):
+    for bad in (dict(epochs=-1), dict(batch_size=-2), dict(dtype="float16"), dict(workers=-1),
+                dict(save_every_steps=-3), dict(threads=0), dict(mlp_lr_scale=0),
+                dict(mlp_weight_decay=-0.1), dict(kernel_stats_every_steps=-1)):
         with pytest.raises(NiffError):
             TrainConfig(**bad).validate()
 

@@ -22,12 +22,14 @@ channel, (C, H, W).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -254,4 +256,29 @@ def extract_kernels(model_or_path: Union[nn.Module, str, os.PathLike, None] = No
             raise NiffError(f"layer {name}: {bad} of {out[-1].flat.shape[0]} kernels contain NaN or Inf "
                             "(non-finite weights, or an MLP output that overflows float32); "
                             "refusing to analyse them")
+    return out
+
+
+def sample_channels(n_total: int, n: int) -> np.ndarray:
+    """``n`` channel indices spread evenly over ``range(n_total)`` (deterministic)."""
+    return np.unique(np.linspace(0, n_total - 1, num=min(n, n_total)).round().astype(int))
+
+
+def subsample(kernels: Sequence[LayerKernels], max_kernels: Optional[int]) -> list[LayerKernels]:
+    """Layers with more than ``max_kernels`` kernels cut to an evenly spaced sample of them
+    (as an (N, H, W) stack; ``extra["sampled_from"]`` keeps the original count)."""
+    if max_kernels is None:
+        return list(kernels)
+    if max_kernels < 1:
+        raise SelectionError(f"max_kernels must be a positive integer, got {max_kernels}")
+    out = []
+    for lk in kernels:
+        n = lk.flat.shape[0]
+        if n <= max_kernels:
+            out.append(lk)
+            continue
+        idx = sample_channels(n, max_kernels)
+        resp = None if lk.response is None else lk.response.reshape(n, *lk.size)[idx]
+        out.append(dataclasses.replace(lk, kernels=lk.flat[idx].contiguous(), response=resp,
+                                       extra=dict(lk.extra, sampled_from=n)))
     return out

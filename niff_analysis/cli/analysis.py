@@ -428,3 +428,64 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
     if fmt == "table":
         df = df.round(3)
     _finish(run, render_frame(df, fmt), output, len(df))
+
+
+@main.command("history")
+@click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]")
+@click.option("--layers", default="*", show_default=True, metavar="GLOB",
+              help="fnmatch pattern on layer (module) names, e.g. 'layer1.*'.")
+@click.option("--stats", "stat_names", metavar="LIST",
+              help="Comma-separated statistics to show (default: all; see the description).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True,
+              help="table: one row per (checkpoint, epoch, layer) for people; csv/json: the long form.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
+@click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
+@click.pass_context
+def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
+    """Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch.
+
+    CHECKPOINT: checkpoint (run) folders, or folders of them (default: the bundled checkpoint).
+    Statistics per layer: mass3/5/9_mean and _std (Eq. 6 at s = 3, 5, 9), k50/k90_mean and
+    _median (smallest window holding 50/90 % of a kernel's mass), sigma_x/sigma_y_median and
+    sigma_ratio_mean (successful Gaussian fits), gauss_ok (their fraction), gauss_n, n_kernels.
+    Step 0 is the initialisation. Columns (csv/json): checkpoint, epoch, step, layer, stage, stat,
+    value.
+    """
+    import fnmatch
+
+    from ..analysis.stats import FILE_NAME, STATS, read_kernel_stats
+
+    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
+    wanted = [s.strip() for s in stat_names.split(",") if s.strip()] if stat_names else list(STATS)
+    unknown = [s for s in wanted if s not in STATS]
+    if unknown or not wanted:
+        raise SelectionError(f"--stats: unknown statistic {unknown[0] if unknown else stat_names!r}; "
+                             f"choose from {', '.join(STATS)}")
+    run = Run("history", checkpoints, layers, False, "cpu", quiet, dict(stats=wanted))
+    frames = []
+    for label, path in run.targets:
+        folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
+        stats_file = (folder if folder.is_dir() else folder.parent) / FILE_NAME
+        if not stats_file.is_file():
+            raise NiffError(f"{label}: no {FILE_NAME} (trained before kernel statistics were "
+                            "recorded, or with --no-kernel-stats)")
+        try:
+            df = read_kernel_stats(stats_file)
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise NiffError(f"{stats_file}: {' '.join(str(exc).split())}") from None
+        run.provenance.append(dict(label=label, path=str(stats_file), sha256=file_sha256(stats_file)))
+        keep = df["layer"].map(lambda n: fnmatch.fnmatchcase(n, layers)) & df["stat"].isin(wanted)
+        if not keep.any():
+            raise SelectionError(f"{label}: no layer matches {layers!r}; available layers: "
+                                 f"{', '.join(dict.fromkeys(df['layer']))}")
+        frames.append(_with_checkpoint(label, df[keep]))
+    df = pd.concat(frames, ignore_index=True)
+    if fmt == "table":
+        keys = ["checkpoint", "epoch", "step", "layer"]
+        df = df.pivot_table(index=keys, columns="stat", values="value", sort=False).reset_index()
+        df = df[keys + [s for s in wanted if s in df.columns]].round(3)
+        df.columns.name = None
+    _finish(run, render_frame(df, fmt), output, len(df))

@@ -31,6 +31,13 @@ def positive_int(ctx, param, value):
     return value
 
 
+def non_negative_int(ctx, param, value):
+    """Click callback: reject negative counts with a clear message."""
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be zero or a positive integer, got {value}")
+    return value
+
+
 def render_frame(df: pd.DataFrame, fmt: str) -> str:
     """A DataFrame as table text, CSV, or a JSON array of row objects."""
     if fmt == "csv":

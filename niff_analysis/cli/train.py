@@ -12,7 +12,7 @@ from ..errors import NiffError
 from ..models.registry import STEMS, list_models
 from ..train import DATASETS, TrainConfig, train
 from . import main
-from .common import positive_int
+from .common import non_negative_int, positive_int
 
 
 @main.command("train")
@@ -21,10 +21,15 @@ from .common import positive_int
 @click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to "
               "/usr/share/datasets/fashion-mnist).")
-@click.option("--epochs", type=int, default=150, show_default=True, callback=positive_int)
+@click.option("--epochs", type=int, default=150, show_default=True, callback=non_negative_int,
+              help="0 writes the initialisation as the checkpoint (with its test accuracy).")
 @click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int)
 @click.option("--lr", type=float, default=0.02, show_default=True)
 @click.option("--weight-decay", type=float, default=0.002, show_default=True)
+@click.option("--mlp-weight-decay", type=float,
+              help="Weight decay of the frequency-MLP weights (default: --weight-decay).")
+@click.option("--mlp-lr-scale", type=float, default=1.0, show_default=True,
+              help="The frequency MLPs learn at lr times this.")
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: from the dataset.")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: from the dataset.")
@@ -50,11 +55,17 @@ from .common import positive_int
 @click.option("--workers", type=int, default=4, show_default=True, help="DataLoader workers (imagefolder).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="float64: CPU reference runs (e.g. to compare DDP with one process exactly).")
+@click.option("--kernel-stats/--no-kernel-stats", default=True, show_default=True,
+              help="Record kernel_stats.csv at init and after every epoch.")
+@click.option("--kernel-stats-every-steps", type=int, default=0, show_default=True,
+              help="Also record kernel statistics every N steps.")
+@click.option("--keep-epoch-checkpoints", is_flag=True, help="Also keep OUT/epoch_NNN/ after every epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(model_name, dataset, data_dir, epochs, batch_size, lr, weight_decay, label_smoothing,
-              num_classes, in_chans, input_size, stem, mlp, mode, out, resume, seed, device, amp,
-              compile_, train_subset, test_subset, threads, save_every_steps, sync_bn, workers,
-              dtype, quiet) -> None:
+def train_cmd(model_name, dataset, data_dir, epochs, batch_size, lr, weight_decay, mlp_weight_decay,
+              mlp_lr_scale, label_smoothing, num_classes, in_chans, input_size, stem, mlp, mode, out,
+              resume, seed, device, amp, compile_, train_subset, test_subset, threads, save_every_steps,
+              sync_bn, workers, dtype, kernel_stats, kernel_stats_every_steps, keep_epoch_checkpoints,
+              quiet) -> None:
     """Train a registered model; writes a checkpoint, metrics.csv and train_config.json to OUT.
 
     Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N``; --batch-size
@@ -65,10 +76,12 @@ def train_cmd(model_name, dataset, data_dir, epochs, batch_size, lr, weight_deca
     kwargs["mode"] = mode
     cfg = TrainConfig(model=model_name, model_kwargs=kwargs, dataset=dataset, data_dir=data_dir,
                       out=out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, seed=seed, device=device, amp=amp,
+                      mlp_weight_decay=mlp_weight_decay, mlp_lr_scale=mlp_lr_scale, label_smoothing=label_smoothing, seed=seed, device=device, amp=amp,
                       compile=compile_, train_subset=train_subset, test_subset=test_subset,
                       threads=threads, progress=not quiet, save_every_steps=save_every_steps,
-                      sync_bn=sync_bn, workers=workers, dtype=dtype)
+                      sync_bn=sync_bn, workers=workers, dtype=dtype, kernel_stats=kernel_stats,
+                      kernel_stats_every_steps=kernel_stats_every_steps,
+                      keep_epoch_checkpoints=keep_epoch_checkpoints)
     final = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"test_acc {final.get('test_acc', float('nan')):.4f}; checkpoint in {out}")

@@ -62,7 +62,8 @@ def _ret(fig: Figure, axes: np.ndarray):
 # --------------------------------------------------------------------------- Eq. 6
 def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None,
                     group: str = "layer", overlay: bool = False,
-                    references: Sequence[int] = (3, 9)) -> tuple[Figure, object]:
+                    references: Sequence[int] = (3, 9),
+                    untrained: Optional[pd.DataFrame] = None) -> tuple[Figure, object]:
     """Kernel mass ratio (Eq. 6) against window size: mean ± 1 std band per layer (Fig. 4/5).
 
     Args:
@@ -74,6 +75,8 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
         overlay: draw all models into one panel (line style tells them apart) instead of one
             panel per model.
         references: window sizes marked by dotted vertical lines (3×3 and 9×9).
+        untrained: the same table for each model's initialisation (its ``checkpoint`` column
+            naming the trained model it belongs to), drawn as dashed curves without bands.
     """
     _require(summary, [group, "window", "mean", "std"], "plot_mass_ratio")
     models = _models(summary)
@@ -92,6 +95,13 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
                 a.plot(x, mean, color=colors[name], ls=ls, label=label)
                 a.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
                                color=colors[name], alpha=0.15, lw=0)
+                ref = None if untrained is None else _of_model(untrained, model)
+                if ref is not None and (ref[group] == name).any():
+                    r = ref[ref[group] == name].sort_values("window")
+                    a.plot(r["window"].to_numpy(float), r["mean"].to_numpy(float), color=colors[name],
+                           ls="--", lw=0.8, alpha=0.8)
+            if untrained is not None and not _of_model(untrained, model).empty:
+                a.plot([], [], color="0.3", ls="--", lw=0.8, label="at initialisation")
             if not overlay and model is not None:
                 a.set_title(str(model))
         for a in axes:
@@ -105,6 +115,58 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
         axes[0].set_ylabel("kernel mass ratio (Eq. 6)")
         axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _ret(fig, axes)
+
+
+# --------------------------------------------------------------------------- during training
+HISTORY_LABELS = {"mass3_mean": "mass ratio at 3×3", "mass5_mean": "mass ratio at 5×5",
+                  "mass9_mean": "mass ratio at 9×9", "k50_mean": "mean k50 (px)",
+                  "k90_mean": "mean k90 (px)", "sigma_x_median": "median σx (px)",
+                  "sigma_y_median": "median σy (px)"}
+
+
+def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
+                        ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
+    """Kernel statistics per layer against training epoch: one row of panels per statistic,
+    one column per model (NIFF and baseline side by side), one curve per layer coloured by stage.
+
+    Args:
+        history: ``kernel_stats.csv`` rows (:func:`~niff_analysis.analysis.read_kernel_stats`:
+            ``epoch``, ``layer``, ``stat``, ``value``; ``stage``, ``checkpoint`` optional).
+        stats: which statistics to draw (rows of panels).
+        ax: axes, ``len(stats) × models`` of them, row-major.
+        fig: figure to add panels to.
+    """
+    _require(history, ["epoch", "layer", "stat", "value"], "plot_kernel_history")
+    missing = [s for s in stats if s not in set(history["stat"])]
+    if missing:
+        raise SelectionError(f"plot_kernel_history: no statistic {missing[0]!r} in the table")
+    models = _models(history)
+    stages = list(history["stage"]) if "stage" in history.columns else None
+    colors = layer_colors(list(history["layer"]), stages)
+    with style():
+        fig, axes = _panels(len(stats) * len(models), ax, fig, ncols=len(models),
+                            panel_size=(3.4, 2.4), sharey=False)
+        axes = axes.reshape(len(stats), len(models))
+        for j, model in enumerate(models):
+            part = _of_model(history, model)
+            for i, stat in enumerate(stats):
+                a = axes[i, j]
+                d = part[part["stat"] == stat]
+                for layer in ordered_unique(d["layer"]):
+                    c = d[d["layer"] == layer].sort_values("epoch")
+                    a.plot(c["epoch"], c["value"], color=colors[layer], lw=1, marker="o", ms=2,
+                           label=layer)
+                a.set_ylabel(HISTORY_LABELS.get(stat, stat))
+                if stat.startswith("mass"):
+                    a.set_ylim(0, 1.02)
+                else:
+                    a.set_ylim(bottom=0)
+                if i == 0 and model is not None:
+                    a.set_title(str(model))
+                if i == len(stats) - 1:
+                    a.set_xlabel("epoch")
+        axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6)
+    return _ret(fig, axes.ravel())
 
 
 # --------------------------------------------------------------------------- effective sizes
@@ -242,4 +304,4 @@ def plot_cost(cost: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tupl
     return _ret(fig, axes)
 
 
-__all__ = ["plot_cost", "plot_effective_size", "plot_mass_ratio", "plot_sigma"]
+__all__ = ["plot_cost", "plot_effective_size", "plot_kernel_history", "plot_mass_ratio", "plot_sigma"]

@@ -16,6 +16,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..analysis.kernels import sample_channels
 from ..errors import SelectionError
 from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, new_figure, ordered_unique,
                     stage_color, stage_of, style)
@@ -181,11 +182,6 @@ def plot_weight_pca(table: pd.DataFrame, components: Mapping, n_components: Opti
 def _flat_kernels(k) -> np.ndarray:
     arr = k.detach().cpu().numpy() if hasattr(k, "detach") else np.asarray(k)
     return arr.reshape(-1, *arr.shape[-2:])
-
-
-def sample_channels(n_total: int, n: int) -> np.ndarray:
-    """``n`` channel indices spread evenly over ``range(n_total)`` (deterministic)."""
-    return np.unique(np.linspace(0, n_total - 1, num=min(n, n_total)).round().astype(int))
 
 
 def plot_raw_kernels(kernels: Sequence, n_channels: int = 8, zoom: Optional[int] = None,

@@ -10,7 +10,6 @@ says how many kernels a row stands for.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +21,16 @@ from matplotlib.figure import Figure
 
 from ..analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels, gaussian_fit,
                         gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
+from ..analysis.kernels import sample_channels, subsample
 from ..analysis.cost import cost_table
-from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from ..analysis.stats import FILE_NAME as STATS_NAME
+from ..analysis.stats import read_kernel_stats
+from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, load_initial
 from ..errors import NiffError, SelectionError
 from ..io import atomic_write
 from ..models import niff_layers
-from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
-from .images import (plot_eigenkernels, plot_kernel_magnitude, plot_raw_kernels, plot_weight_pca,
-                     sample_channels)
+from .curves import plot_cost, plot_effective_size, plot_kernel_history, plot_mass_ratio, plot_sigma
+from .images import plot_eigenkernels, plot_kernel_magnitude, plot_raw_kernels, plot_weight_pca
 from .style import save_figure
 
 CHECKPOINT = "checkpoint"
@@ -54,6 +55,12 @@ class FigureData:
         eigenkernels: label → PCA of the spatial kernels.
         weight_pca: label → PCA of the frequency weights (NIFF checkpoints only).
         cost: FLOPs and measured times per feature-map size.
+        untrained_mass_summary: Eq. 6 mean/std of each checkpoint's initialisation (its run's
+            ``init/``, or rebuilt from the recorded seed; see
+            :func:`~niff_analysis.checkpoint.load_initial`), labelled with the trained
+            checkpoint's label; empty when none is known.
+        history: each checkpoint's ``kernel_stats.csv`` (statistics during training), where it
+            has one.
     """
 
     labels: list[str]
@@ -66,6 +73,8 @@ class FigureData:
     weight_pca: dict[str, PCAResult]
     cost: pd.DataFrame
     sources: dict[str, str] = field(default_factory=dict)
+    untrained_mass_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def checkpoint_label(path: Optional[PathLike]) -> str:
@@ -83,26 +92,6 @@ def _labels(checkpoints: Sequence[Optional[PathLike]]) -> list[str]:
         while label in out:
             label, i = f"{base}-{i}", i + 1
         out.append(label)
-    return out
-
-
-def subsample(kernels: Sequence[LayerKernels], max_kernels: Optional[int]) -> list[LayerKernels]:
-    """Layers with more than ``max_kernels`` kernels cut to an evenly spaced sample of them
-    (as an (N, H, W) stack; ``extra["sampled_from"]`` keeps the original count)."""
-    if max_kernels is None:
-        return list(kernels)
-    if max_kernels < 1:
-        raise SelectionError(f"max_kernels must be a positive integer, got {max_kernels}")
-    out = []
-    for lk in kernels:
-        n = lk.flat.shape[0]
-        if n <= max_kernels:
-            out.append(lk)
-            continue
-        idx = sample_channels(n, max_kernels)
-        resp = None if lk.response is None else lk.response.reshape(n, *lk.size)[idx]
-        out.append(dataclasses.replace(lk, kernels=lk.flat[idx].contiguous(), response=resp,
-                                       extra=dict(lk.extra, sampled_from=n)))
     return out
 
 
@@ -139,7 +128,7 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     checkpoints = list(checkpoints) or [None]
     labels = _labels(checkpoints)
     kernels, pcas, wpcas, sources = {}, {}, {}, {}
-    mass, sizes, gauss, gsum = [], [], [], []
+    mass, sizes, gauss, gsum, untrained, history = [], [], [], [], [], []
     for label, ck in zip(labels, checkpoints):
         say(f"{label}: loading and extracting kernels")
         model = load_checkpoint(ck, device=device)
@@ -165,6 +154,14 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         g = gaussian_fit(lks, device=device)
         gauss.append(_tag(g, label))
         gsum.append(_tag(gaussian_summary(g), label))
+        init = load_initial(ck, device=device)
+        if init is not None:
+            say(f"{label}: mass ratio at initialisation")
+            init_lks = subsample(extract_kernels(init, layers=layers, include_conv=not has_niff), max_kernels)
+            untrained.append(_tag(mass_summary(kernel_mass(init_lks)), label))
+        stats_file = Path(sources[label]) / STATS_NAME
+        if stats_file.is_file():
+            history.append(_tag(read_kernel_stats(stats_file), label))
     cost = pd.DataFrame()
     if cost_sizes:
         say("cost: FLOPs" + (" and timings" if measure_cost else ""))
@@ -174,7 +171,9 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                       effective_sizes=pd.concat(sizes, ignore_index=True),
                       gaussian=pd.concat(gauss, ignore_index=True),
                       gaussian_summary=pd.concat(gsum, ignore_index=True),
-                      eigenkernels=pcas, weight_pca=wpcas, cost=cost, sources=sources)
+                      eigenkernels=pcas, weight_pca=wpcas, cost=cost, sources=sources,
+                      untrained_mass_summary=pd.concat(untrained, ignore_index=True) if untrained else pd.DataFrame(),
+                      history=pd.concat(history, ignore_index=True) if history else pd.DataFrame())
 
 
 def _components_long(result: PCAResult, label: str) -> pd.DataFrame:
@@ -214,7 +213,14 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
     def name(base: str, label: str) -> str:
         return f"{base}_{label}" if multi else base
 
-    yield "mass_ratio", plot_mass_ratio(data.mass_summary)[0], {"mass_summary": data.mass_summary}
+    untrained = data.untrained_mass_summary
+    tables = {"mass_summary": data.mass_summary}
+    if not untrained.empty:
+        tables["mass_summary_untrained"] = untrained
+    yield ("mass_ratio", plot_mass_ratio(data.mass_summary, untrained=None if untrained.empty else untrained)[0],
+           tables)
+    if not data.history.empty:
+        yield "kernel_history", plot_kernel_history(data.history)[0], {"kernel_history": data.history}
     yield ("effective_size", plot_effective_size(data.effective_sizes, quantile=90)[0],
            {"effective_sizes": data.effective_sizes})
     yield ("gaussian_sigma", plot_sigma(data.gaussian_summary)[0],

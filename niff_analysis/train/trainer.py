@@ -32,15 +32,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import resolve_device, save_checkpoint
+from ..analysis.kernels import extract_kernels
+from ..analysis.stats import FILE_NAME as STATS_NAME
+from ..analysis.stats import kernel_stats, read_kernel_stats, stats_csv
+from ..checkpoint import CONFIG_NAME, initial_model, resolve_device, save_checkpoint
 from ..errors import NiffError
 from ..io import atomic_write
+from ..layers.niff import _NIFFBase
 from ..models import create_model, niff_layers
 from .data import SeededImageFolder, TensorDataset, augment_batch, load_dataset, normalise
 from .distributed import convert_batchnorm, dist_info, gather_objects, setup_distributed, state_fingerprint
@@ -49,7 +54,11 @@ STATE_NAME = "train_state.pt"
 STATE_FORMAT = 2
 # Settings that change the trained weights; a resume must use the same values.
 RECIPE_KEYS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
-               "weight_decay", "label_smoothing", "augment", "seed", "train_subset", "dtype")
+               "weight_decay", "label_smoothing", "augment", "seed", "train_subset", "dtype",
+               "mlp_weight_decay", "mlp_lr_scale")
+# What a state saved before a key existed was made with (the key's default behaviour).
+RECIPE_DEFAULTS = {"mlp_weight_decay": None, "mlp_lr_scale": 1.0}
+INIT_DIR = "init"  # checkpoint.load_initial looks for this folder
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -67,6 +76,8 @@ class TrainConfig:
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 0.002
+    mlp_weight_decay: Optional[float] = None  # weight decay of the frequency-MLP weights (None: weight_decay)
+    mlp_lr_scale: float = 1.0  # the frequency MLPs' lr is lr × this (weights and biases)
     label_smoothing: float = 0.1
     augment: bool = True
     seed: int = 0
@@ -82,33 +93,70 @@ class TrainConfig:
     sync_bn: bool = True       # under DDP, BatchNorm statistics over the global batch
     workers: int = 4           # DataLoader workers (ImageFolder only)
     dtype: str = "float32"     # "float64": CPU reference runs (exact DDP/resume comparisons)
+    kernel_stats: bool = True  # record kernel_stats.csv at init, every epoch (and every N steps)
+    kernel_stats_every_steps: int = 0
+    keep_epoch_checkpoints: bool = False  # also keep OUT/epoch_NNN/ after every epoch
 
     def validate(self) -> None:
         """Raise :class:`NiffError` on values no run can use."""
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise NiffError(f"out {self.out} exists and is not a directory")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        if int(self.epochs) < 0:
+            raise NiffError(f"epochs must be zero or positive, got {self.epochs}")
+        for name in ("batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise NiffError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("train_subset", "test_subset", "threads"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise NiffError(f"{name} must be a positive integer, got {v}")
-        for name in ("save_every_steps", "workers"):
+        for name in ("save_every_steps", "workers", "kernel_stats_every_steps"):
             if int(getattr(self, name)) < 0:
                 raise NiffError(f"{name} must be zero or positive, got {getattr(self, name)}")
         if not self.lr > 0:
             raise NiffError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise NiffError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise NiffError("weight_decay and momentum must be non-negative")
+        if self.weight_decay < 0 or self.momentum < 0 or (self.mlp_weight_decay or 0) < 0:
+            raise NiffError("weight_decay, mlp_weight_decay and momentum must be non-negative")
+        if not self.mlp_lr_scale > 0:
+            raise NiffError(f"mlp_lr_scale must be positive, got {self.mlp_lr_scale}")
         if self.dtype not in DTYPES:
             raise NiffError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
     def recipe(self) -> dict:
         """The settings that determine the weights (compared on ``--resume``), JSON-normalised."""
         return json.loads(json.dumps({k: getattr(self, k) for k in RECIPE_KEYS}))
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """SGD parameter groups: weights decay, biases and norm parameters do not; the parameters
+    of the frequency MLPs form groups of their own, with ``mlp_weight_decay`` on their weights
+    and the lr scaled by ``mlp_lr_scale`` (``lr_scale`` in each group)."""
+    mlp = {id(p) for m in model.modules() if isinstance(m, _NIFFBase)
+           for p in list(m.real.parameters()) + list(m.imag.parameters())}
+    mlp_wd = cfg.weight_decay if cfg.mlp_weight_decay is None else cfg.mlp_weight_decay
+    spec = [(False, True, cfg.weight_decay, 1.0), (False, False, 0.0, 1.0),
+            (True, True, mlp_wd, cfg.mlp_lr_scale), (True, False, 0.0, cfg.mlp_lr_scale)]
+    groups = []
+    for is_mlp, decays, wd, scale in spec:
+        params = [p for p in model.parameters() if (id(p) in mlp) == is_mlp and (p.ndim > 1) == decays]
+        if params or not is_mlp:  # the two MLP groups exist only where there are MLPs
+            groups.append(dict(params=params, weight_decay=wd, lr_scale=scale,
+                               name=("mlp_" if is_mlp else "") + ("decay" if decays else "no_decay")))
+    return groups
+
+
+def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: Optional[dict] = None) -> dict:
+    """What every checkpoint of a run records (init/, epoch_NNN/ and the final one)."""
+    row = row or {}
+    recipe = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                  weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, augment=cfg.augment,
+                  schedule="cosine", optimizer="sgd")
+    if cfg.mlp_weight_decay is not None or cfg.mlp_lr_scale != 1.0:
+        recipe.update(mlp_weight_decay=cfg.mlp_weight_decay, mlp_lr_scale=cfg.mlp_lr_scale)
+    return dict(dataset=cfg.dataset, recipe=recipe, epochs=epochs, seed=cfg.seed,
+                test_acc=row.get("test_acc"), test_loss=row.get("test_loss"))
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -232,10 +280,11 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
     saved = state.get("recipe")  # absent in format-1 states
     if saved is not None:
         now = cfg.recipe()
-        diff = [k for k in RECIPE_KEYS if saved.get(k) != now.get(k)]
+        saved = {k: saved.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS}
+        diff = [k for k in RECIPE_KEYS if saved[k] != now.get(k)]
         if diff:
             k = diff[0]
-            raise NiffError(f"--resume: {path} was made with {k}={saved.get(k)!r}, this run has "
+            raise NiffError(f"--resume: {path} was made with {k}={saved[k]!r}, this run has "
                             f"{k}={now.get(k)!r} ({len(diff)} setting(s) differ); resume with the "
                             "same recipe or use a new --out")
     return state
@@ -246,6 +295,51 @@ def _check_compile(cfg: TrainConfig, model: nn.Module, device: torch.device) -> 
         raise NiffError("--compile needs a CUDA device for NIFF models: on CPU, TorchInductor "
                         "generates no code for their complex FFTs, so compiling takes minutes and "
                         "the result runs slower than eager; drop --compile")
+
+
+# --------------------------------------------------------------------------- kernel statistics
+class _StatsRecorder:
+    """Writes ``kernel_stats.csv``: :func:`~niff_analysis.analysis.stats.kernel_stats` of the
+    model being trained, one block of rows per recorded step (epoch = step / steps per epoch).
+
+    The whole file is rewritten atomically at every record. On resume the rows after the
+    resumed step are dropped (they were recorded after the state was saved), so a killed and
+    resumed run writes the same file as an uninterrupted one.
+    """
+
+    def __init__(self, model: nn.Module, path: Path, steps: int, device: torch.device, enabled: bool):
+        self.model, self.path, self.steps, self.device = model, path, steps, device
+        self.enabled = enabled
+        self.blocks: list[pd.DataFrame] = []
+
+    def keep_until(self, until: int) -> None:
+        """Keep the rows of an earlier run up to ``until``, the step its saved state holds."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        try:
+            old = read_kernel_stats(self.path)
+        except (ValueError, OSError, pd.errors.ParserError):
+            return  # unreadable: recorded again from here on
+        old = old[old["step"] <= until]
+        self.blocks = [g for _, g in old.groupby("step", sort=True)]
+
+    def record(self, global_step: int) -> float:
+        """Record the statistics at ``global_step`` (once per step); returns the seconds taken."""
+        if not self.enabled or any(int(b["step"].iloc[0]) == global_step for b in self.blocks):
+            return 0.0
+        t0 = time.time()
+        try:
+            df = kernel_stats(extract_kernels(self.model), device=self.device)
+        except NiffError as exc:  # no analysable layer, or diverged weights: training goes on
+            print(f"warning: kernel statistics at step {global_step} not recorded: {exc}", file=sys.stderr)
+            self.enabled = False
+            return 0.0
+        df.insert(0, "step", global_step)
+        df.insert(0, "epoch", global_step / self.steps)
+        self.blocks.append(df)
+        self.blocks.sort(key=lambda b: int(b["step"].iloc[0]))
+        atomic_write(self.path, stats_csv(pd.concat(self.blocks, ignore_index=True)))
+        return time.time() - t0
 
 
 # --------------------------------------------------------------------------- training
@@ -309,15 +403,25 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
     if steps < 1:
         raise NiffError(f"training set has {len(train_data)} images, fewer than one batch of {cfg.batch_size}")
     dtype = DTYPES[cfg.dtype]
-    core = create_model(cfg.model, **cfg.model_kwargs).to(device=device, dtype=dtype)
+    core = initial_model(cfg.model, cfg.model_kwargs, cfg.seed).to(device=device, dtype=dtype)
     _check_compile(cfg, core, device)
+    state_path = out / STATE_NAME
+    state = None
+    if resume:
+        if not state_path.is_file():
+            raise NiffError(f"--resume: no {STATE_NAME} in {out}")
+        state = _load_state(state_path, cfg)  # refuses another recipe before anything is written
+    kstats = _StatsRecorder(core, out / STATS_NAME, steps, device, enabled=cfg.kernel_stats and is_main)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / INIT_DIR / CONFIG_NAME).is_file():
+            save_checkpoint(core, out / INIT_DIR, **_checkpoint_meta(cfg, 0))
+    if state is not None:
+        kstats.keep_until(int(state.get("global_step", int(state["epoch"]) * steps + int(state["step"]))))
+    kstats.record(0)  # before any step (a resumed run recomputes it only when its file lacks it)
     if world > 1 and cfg.sync_bn:
-        core = convert_batchnorm(core, device)
-    decay = [p for n, p in core.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in core.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum)
+        core = kstats.model = convert_batchnorm(core, device)
+    opt = torch.optim.SGD(param_groups(core, cfg), lr=cfg.lr, momentum=cfg.momentum)
     use_amp = cfg.amp and device.type == "cuda" and dtype == torch.float32
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     # fp16 needs loss scaling against gradient underflow; bf16 (and no autocast) do not.
@@ -325,13 +429,12 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
     total_steps = steps * cfg.epochs
     start_epoch, start_step, rows = 0, 0, []
     carried = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count of a resumed epoch
-    state_path = out / STATE_NAME
-    if resume:
-        if not state_path.is_file():
-            raise NiffError(f"--resume: no {STATE_NAME} in {out}")
-        state = _load_state(state_path, cfg)
+    if state is not None:
         core.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise NiffError(f"--resume: {state_path}: optimizer state does not fit this run ({exc})") from None
         start_epoch, start_step, rows = int(state["epoch"]), int(state["step"]), list(state["rows"])
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
@@ -345,7 +448,6 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
         model = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     step_model = torch.compile(model) if cfg.compile else model
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "train_config.json", json.dumps(
             dict(asdict(cfg), world_size=world, versions=dict(niff_analysis=__version__, torch=torch.__version__)),
             indent=2) + "\n")
@@ -374,7 +476,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
                    disable=not (cfg.progress and is_main), leave=False)
         for i, x, y in _train_batches(train_data, cfg, epoch, rank, world, start=first):
             for g in opt.param_groups:
-                g["lr"] = _lr_at(cfg, epoch * steps + i, total_steps)
+                g["lr"] = _lr_at(cfg, epoch * steps + i, total_steps) * g.get("lr_scale", 1.0)
             x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = step_model(x)
@@ -390,6 +492,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
                                  dtype=torch.float64)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            every = cfg.kernel_stats_every_steps
+            if every and (epoch * steps + i + 1) % every == 0 and i + 1 < steps:
+                kstats.record(epoch * steps + i + 1)  # before the state save: a resume keeps it
             if cfg.save_every_steps and (i + 1) % cfg.save_every_steps == 0 and i + 1 < steps:
                 save_state(epoch, i + 1, sums)
         bar.close()
@@ -401,12 +506,18 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
                          train_loss=stats[0].item() / max(stats[2].item(), 1),
                          train_acc=stats[1].item() / max(stats[2].item(), 1),
                          test_loss=test_loss, test_acc=test_acc, seconds=round(time.time() - t0, 2)))
+        rows[-1]["stats_seconds"] = round(kstats.record((epoch + 1) * steps), 2)
         if is_main:
             _write_metrics(out / "metrics.csv", rows)
             print(f"epoch {epoch + 1}: train_loss {rows[-1]['train_loss']:.4f} "
                   f"train_acc {rows[-1]['train_acc']:.4f} test_acc {test_acc:.4f}", file=sys.stderr)
+            if cfg.keep_epoch_checkpoints:
+                save_checkpoint(core, out / f"epoch_{epoch + 1:03d}", **_checkpoint_meta(cfg, epoch + 1, rows[-1]))
         save_state(epoch + 1, 0, torch.zeros(3, dtype=torch.float64))
     final = rows[-1] if rows else {}
+    if cfg.epochs == 0:  # the final checkpoint is the initialisation: say how good it is
+        test_loss, test_acc = evaluate(core, test_data, device, cfg.eval_batch_size, workers=cfg.workers)
+        final = dict(test_acc=test_acc, test_loss=test_loss)
     extra = {}
     if world > 1:
         prints = gather_objects(state_fingerprint(core.state_dict()))
@@ -414,11 +525,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
         if is_main and len(set(prints)) > 1:
             print("warning: DDP replicas ended with different weights", file=sys.stderr)
     if is_main:
-        save_checkpoint(core, out, dataset=cfg.dataset, recipe=dict(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, augment=cfg.augment,
-            schedule="cosine", optimizer="sgd"), epochs=cfg.epochs, seed=cfg.seed,
-            test_acc=final.get("test_acc"), test_loss=final.get("test_loss"), world_size=world, **extra)
+        save_checkpoint(core, out, **_checkpoint_meta(cfg, cfg.epochs, final), world_size=world, **extra)
     if world > 1:
         dist.barrier()
     return final

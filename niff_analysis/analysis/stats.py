@@ -1,0 +1,127 @@
+"""Per-layer kernel statistics: the few numbers that say how large a layer's kernels are.
+
+One call summarises every layer of a model with the same library functions the analysis
+commands use (:func:`~niff_analysis.analysis.mass.kernel_mass`, :func:`mass_summary`,
+:func:`effective_sizes`, :func:`~niff_analysis.analysis.gaussian.gaussian_fit`), so a row
+recorded during training equals what ``niff-analyze mass`` / ``gaussian`` print on the same
+weights. The trainer records them at initialisation, after every epoch and optionally every N
+steps (``kernel_stats.csv`` in the run folder, read back by :func:`read_kernel_stats`).
+
+Statistics (long form, one row per layer and statistic):
+
+* ``mass3_mean``, ``mass3_std``, ``mass5_…``, ``mass9_…``: mean and std over the layer's kernels
+  of the mass ratio (Eq. 6) at s = 3, 5, 9. A window at least as large as the kernel covers all
+  of it, so on kernels no larger than s the ratio is 1 (e.g. ``mass9`` of an 8×8 layer).
+* ``k50_mean``, ``k50_median``, ``k90_mean``, ``k90_median``: the per-kernel effective size (the
+  smallest odd window holding 50 / 90 % of the mass), mean and median over kernels.
+* ``sigma_x_median``, ``sigma_y_median``, ``sigma_ratio_mean``: median σx, σy and mean σx/σy of
+  the successful 2-D Gaussian fits (NaN when none succeeded); ``gauss_ok``: the fraction of
+  fitted kernels whose fit succeeded; ``gauss_n``: how many kernels were fitted.
+* ``n_kernels``: the layer's kernel count (all-zero kernels have NaN mass and are left out of the
+  mass statistics, as in :func:`mass_summary`).
+
+Gaussian fits cost the most. A layer with more than ``gaussian_max_kernels`` kernels (only dense
+convolutions of baselines reach the default 1,024: a 256→256 3×3 conv has 65,536) is fitted on
+that many kernels evenly spaced over its channel index, so the statistic stays a cheap,
+deterministic sample; NIFF layers have one kernel per channel and are fitted whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from .gaussian import gaussian_fit
+from .kernels import LayerKernels, subsample
+from .mass import effective_sizes, kernel_mass, mass_summary
+
+WINDOWS = (3, 5, 9)
+STATS = ([f"mass{s}_{a}" for s in WINDOWS for a in ("mean", "std")]
+         + ["k50_mean", "k50_median", "k90_mean", "k90_median",
+            "sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "gauss_ok", "gauss_n", "n_kernels"])
+COLUMNS = ["layer", "stage", "stat", "value"]
+HISTORY_COLUMNS = ["epoch", "step"] + COLUMNS
+FILE_NAME = "kernel_stats.csv"
+
+
+def _mass_at(summary: pd.DataFrame, s: int) -> tuple[float, float]:
+    """Mean and std at window s (odd windows run 1, 3, 5, … so s is there unless the kernel is
+    smaller, and then the window covers the whole kernel: the last row)."""
+    hit = np.flatnonzero(summary["window"].to_numpy() == s)
+    row = summary.iloc[int(hit[0]) if len(hit) else -1]
+    return float(row["mean"]), float(row["std"])
+
+
+def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional[int] = 1024,
+                 device: str = "cpu") -> pd.DataFrame:
+    """The statistics listed in the module docstring for every layer.
+
+    Args:
+        kernels: layers from :func:`~niff_analysis.analysis.extract_kernels`.
+        gaussian_max_kernels: fit at most this many kernels per layer (evenly spaced); ``None``
+            fits all.
+        device: where the Gaussian fits run.
+
+    Returns:
+        Columns layer, stage, stat, value; layers in the given order, stats in :data:`STATS` order.
+    """
+    kernels = list(kernels)
+    if not kernels:
+        return pd.DataFrame(columns=COLUMNS)
+    mass = kernel_mass(kernels)
+    summ = mass_summary(mass)
+    sizes = effective_sizes(mass, quantiles=(0.5, 0.9))
+    fits = gaussian_fit(subsample(kernels, gaussian_max_kernels), device=device)
+    rows = []
+    for lk in kernels:
+        vals: dict[str, float] = {}
+        ls = summ[summ["layer"] == lk.name]
+        for s in WINDOWS:
+            vals[f"mass{s}_mean"], vals[f"mass{s}_std"] = _mass_at(ls, s)
+        sz = sizes[sizes["layer"] == lk.name]
+        for q in (50, 90):
+            vals[f"k{q}_mean"] = float(sz[f"size_{q}"].mean())
+            vals[f"k{q}_median"] = float(sz[f"size_{q}"].median())
+        f = fits[fits["layer"] == lk.name]
+        ok = f[f["success"].astype(bool)]
+        vals["sigma_x_median"] = float(ok["sigma_x"].median()) if len(ok) else float("nan")
+        vals["sigma_y_median"] = float(ok["sigma_y"].median()) if len(ok) else float("nan")
+        vals["sigma_ratio_mean"] = float(ok["sigma_ratio"].mean()) if len(ok) else float("nan")
+        vals["gauss_ok"] = len(ok) / len(f) if len(f) else float("nan")
+        vals["gauss_n"] = float(len(f))
+        vals["n_kernels"] = float(lk.flat.shape[0])
+        rows += [(lk.name, lk.stage, k, vals[k]) for k in STATS]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def stats_csv(history: pd.DataFrame) -> str:
+    """``kernel_stats.csv`` text of a history table (full float precision, so it round-trips)."""
+    buf = io.StringIO()
+    history[HISTORY_COLUMNS].to_csv(buf, index=False, float_format="%.17g", quoting=csv.QUOTE_MINIMAL)
+    return buf.getvalue()
+
+
+def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
+    """A run's (or checkpoint's) kernel statistics: ``kernel_stats.csv`` in a folder, or the file.
+
+    Returns:
+        Columns epoch, step, layer, stage, stat, value.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: the file is not a kernel-statistics table.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILE_NAME
+    df = pd.read_csv(path, dtype={"layer": str, "stage": str, "stat": str})
+    missing = [c for c in HISTORY_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not a kernel-statistics table (missing column {missing[0]!r})")
+    return df[HISTORY_COLUMNS]
