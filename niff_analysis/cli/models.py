@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from ..analysis.stats import FILE_NAME as STATS_NAME
+from ..analysis.stats import read_kernel_stats
 from ..checkpoint import DEFAULT_CHECKPOINT, layer_table, load_checkpoint
 from ..models import create_model, list_models, parse_name
 from ..models.registry import STEMS
@@ -41,6 +43,11 @@ def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
         for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
             if key in meta:
                 info[key] = meta[key]
+        stats_file = Path(meta["path"]) / STATS_NAME
+        if stats_file.is_file():
+            steps = read_kernel_stats(stats_file).groupby("step")["epoch"].first()
+            info["kernel_stats"] = dict(file=str(stats_file), records=len(steps),
+                                        epochs=[round(float(e), 3) for e in steps])
     else:
         kw = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans,
                                     input_size=input_size, stem=stem).items() if v is not None}
@@ -67,10 +74,17 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
     if fmt == "json":
         click.echo(json.dumps(info, indent=1))
         return
-    head = {k: v for k, v in info.items() if k not in ("layers", "kept", "model_kwargs", "recipe")}
+    head = {k: v for k, v in info.items()
+            if k not in ("layers", "kept", "model_kwargs", "recipe", "kernel_stats")}
     for k, v in head.items():
         click.echo(f"{k:>12}: {v}")
     click.echo(f"{'model_kwargs':>12}: {json.dumps(info['model_kwargs'])}")
+    if "recipe" in info:
+        click.echo(f"{'recipe':>12}: {json.dumps(info['recipe'])}")
+    if "kernel_stats" in info:
+        ks = info["kernel_stats"]
+        click.echo(f"{'kernel_stats':>12}: {ks['records']} records at epochs {ks['epochs']} "
+                   "(niff-analyze history)")
     if info["layers"]:
         df = pd.DataFrame(info["layers"])
         df["fmap"] = df["fmap"].map(lambda f: "x".join(map(str, f)) if f else "-")

@@ -9,82 +9,122 @@ import click
 
 from ..checkpoint import import_reference_checkpoint, save_checkpoint
 from ..errors import NiffError
+from ..io import atomic_write
 from ..models.registry import STEMS, list_models
 from ..train import DATASETS, TrainConfig, train
 from . import main
 from .common import non_negative_int, positive_int
 
 
+def train_options(f):
+    """The options every training command shares (recipe, model, data, machine)."""
+    for deco in reversed([
+        click.option("--model", "model_name", required=True, type=click.Choice(list_models()),
+                      help="Registered model name."),
+        click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True),
+        click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to "
+                      "/usr/share/datasets/fashion-mnist)."),
+        click.option("--epochs", type=int, default=150, show_default=True, callback=non_negative_int,
+                      help="0 writes the initialisation as the checkpoint (with its test accuracy)."),
+        click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int),
+        click.option("--lr", type=float, default=0.02, show_default=True),
+        click.option("--weight-decay", type=float, default=0.002, show_default=True),
+        click.option("--mlp-weight-decay", type=float,
+                      help="Weight decay of the frequency-MLP weights (default: --weight-decay)."),
+        click.option("--mlp-lr-scale", type=float, default=1.0, show_default=True,
+                      help="The frequency MLPs learn at lr times this."),
+        click.option("--label-smoothing", type=float, default=0.1, show_default=True),
+        click.option("--num-classes", type=int, callback=positive_int, help="Default: from the dataset."),
+        click.option("--in-chans", type=int, callback=positive_int, help="Default: from the dataset."),
+        click.option("--input-size", type=int, callback=positive_int, help="Default: from the dataset."),
+        click.option("--stem", type=click.Choice(STEMS), help="Default: cifar for 32x32 data."),
+        click.option("--mlp", help="MLP preset (big, small, cifar, tiny) or hidden sizes like 16,64."),
+        click.option("--mode", default="circular", show_default=True,
+                      type=click.Choice(["circular", "linear", "pad-zero", "pad-reflect", "pad-circular"])),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
+        click.option("--amp/--no-amp", default=True, show_default=True, help="Autocast on CUDA."),
+        click.option("--compile", "compile_", is_flag=True,
+                      help="torch.compile the model (CUDA; refused on CPU for NIFF models)."),
+        click.option("--train-subset", type=int, callback=positive_int, help="Use the first N training images."),
+        click.option("--test-subset", type=int, callback=positive_int, help="Use the first N test images."),
+        click.option("--threads", type=int, callback=positive_int, help="torch CPU threads."),
+        click.option("--save-every-steps", type=int, default=0, show_default=True,
+                      help="Also save resumable state every N steps."),
+        click.option("--sync-bn/--no-sync-bn", default=True, show_default=True,
+                      help="Under torchrun, BatchNorm statistics over the global batch (as one process)."),
+        click.option("--workers", type=int, default=4, show_default=True, help="DataLoader workers (imagefolder)."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+                      help="float64: CPU reference runs (e.g. to compare DDP with one process exactly)."),
+        click.option("--kernel-stats/--no-kernel-stats", default=True, show_default=True,
+                      help="Record kernel_stats.csv at init and after every epoch."),
+        click.option("--kernel-stats-every-steps", type=int, default=0, show_default=True,
+                      help="Also record kernel statistics every N steps."),
+        click.option("--keep-epoch-checkpoints", is_flag=True, help="Also keep OUT/epoch_NNN/ after every epoch."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]):
+        f = deco(f)
+    return f
+
+
+def train_config(out: str, model_name, dataset, data_dir, epochs, batch_size, lr, weight_decay,
+                 mlp_weight_decay, mlp_lr_scale, label_smoothing, num_classes, in_chans, input_size,
+                 stem, mlp, mode, seed, device, amp, compile_, train_subset, test_subset, threads,
+                 save_every_steps, sync_bn, workers, dtype, kernel_stats, kernel_stats_every_steps,
+                 keep_epoch_checkpoints, quiet) -> TrainConfig:
+    """The :class:`TrainConfig` of the shared options (``--out`` checked before any work)."""
+    _out_folder(out)
+    kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
+    kwargs["mode"] = mode
+    return TrainConfig(model=model_name, model_kwargs=kwargs, dataset=dataset, data_dir=data_dir,
+                       out=out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                       mlp_weight_decay=mlp_weight_decay, mlp_lr_scale=mlp_lr_scale,
+                       label_smoothing=label_smoothing, seed=seed, device=device, amp=amp,
+                       compile=compile_, train_subset=train_subset, test_subset=test_subset,
+                       threads=threads, progress=not quiet, save_every_steps=save_every_steps,
+                       sync_bn=sync_bn, workers=workers, dtype=dtype, kernel_stats=kernel_stats,
+                       kernel_stats_every_steps=kernel_stats_every_steps,
+                       keep_epoch_checkpoints=keep_epoch_checkpoints)
+
+
 @main.command("train")
-@click.option("--model", "model_name", required=True, type=click.Choice(list_models()),
-              help="Registered model name.")
-@click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
-@click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to "
-              "/usr/share/datasets/fashion-mnist).")
-@click.option("--epochs", type=int, default=150, show_default=True, callback=non_negative_int,
-              help="0 writes the initialisation as the checkpoint (with its test accuracy).")
-@click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int)
-@click.option("--lr", type=float, default=0.02, show_default=True)
-@click.option("--weight-decay", type=float, default=0.002, show_default=True)
-@click.option("--mlp-weight-decay", type=float,
-              help="Weight decay of the frequency-MLP weights (default: --weight-decay).")
-@click.option("--mlp-lr-scale", type=float, default=1.0, show_default=True,
-              help="The frequency MLPs learn at lr times this.")
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--num-classes", type=int, callback=positive_int, help="Default: from the dataset.")
-@click.option("--in-chans", type=int, callback=positive_int, help="Default: from the dataset.")
-@click.option("--input-size", type=int, callback=positive_int, help="Default: from the dataset.")
-@click.option("--stem", type=click.Choice(STEMS), help="Default: cifar for 32x32 data.")
-@click.option("--mlp", help="MLP preset (big, small, cifar, tiny) or hidden sizes like 16,64.")
-@click.option("--mode", default="circular", show_default=True,
-              type=click.Choice(["circular", "linear", "pad-zero", "pad-reflect", "pad-circular"]))
+@train_options
 @click.option("--out", required=True, type=click.Path(), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--amp/--no-amp", default=True, show_default=True, help="Autocast on CUDA.")
-@click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the model (CUDA; refused on CPU for NIFF models).")
-@click.option("--train-subset", type=int, callback=positive_int, help="Use the first N training images.")
-@click.option("--test-subset", type=int, callback=positive_int, help="Use the first N test images.")
-@click.option("--threads", type=int, callback=positive_int, help="torch CPU threads.")
-@click.option("--save-every-steps", type=int, default=0, show_default=True,
-              help="Also save resumable state every N steps.")
-@click.option("--sync-bn/--no-sync-bn", default=True, show_default=True,
-              help="Under torchrun, BatchNorm statistics over the global batch (as one process).")
-@click.option("--workers", type=int, default=4, show_default=True, help="DataLoader workers (imagefolder).")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="float64: CPU reference runs (e.g. to compare DDP with one process exactly).")
-@click.option("--kernel-stats/--no-kernel-stats", default=True, show_default=True,
-              help="Record kernel_stats.csv at init and after every epoch.")
-@click.option("--kernel-stats-every-steps", type=int, default=0, show_default=True,
-              help="Also record kernel statistics every N steps.")
-@click.option("--keep-epoch-checkpoints", is_flag=True, help="Also keep OUT/epoch_NNN/ after every epoch.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(model_name, dataset, data_dir, epochs, batch_size, lr, weight_decay, mlp_weight_decay,
-              mlp_lr_scale, label_smoothing, num_classes, in_chans, input_size, stem, mlp, mode, out,
-              resume, seed, device, amp, compile_, train_subset, test_subset, threads, save_every_steps,
-              sync_bn, workers, dtype, kernel_stats, kernel_stats_every_steps, keep_epoch_checkpoints,
-              quiet) -> None:
-    """Train a registered model; writes a checkpoint, metrics.csv and train_config.json to OUT.
+def train_cmd(out, resume, **opts) -> None:
+    """Train a registered model; writes a checkpoint, metrics.csv, kernel_stats.csv, init/ and
+    train_config.json to OUT.
 
     Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N``; --batch-size
     is the global batch.
     """
-    _out_folder(out)
-    kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
-    kwargs["mode"] = mode
-    cfg = TrainConfig(model=model_name, model_kwargs=kwargs, dataset=dataset, data_dir=data_dir,
-                      out=out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      mlp_weight_decay=mlp_weight_decay, mlp_lr_scale=mlp_lr_scale, label_smoothing=label_smoothing, seed=seed, device=device, amp=amp,
-                      compile=compile_, train_subset=train_subset, test_subset=test_subset,
-                      threads=threads, progress=not quiet, save_every_steps=save_every_steps,
-                      sync_bn=sync_bn, workers=workers, dtype=dtype, kernel_stats=kernel_stats,
-                      kernel_stats_every_steps=kernel_stats_every_steps,
-                      keep_epoch_checkpoints=keep_epoch_checkpoints)
-    final = train(cfg, resume=resume)
+    final = train(train_config(out, **opts), resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"test_acc {final.get('test_acc', float('nan')):.4f}; checkpoint in {out}")
+
+
+@main.command("sweep")
+@train_options
+@click.option("--out", required=True, type=click.Path(), help="Sweep folder (one run folder per arm).")
+@click.option("--arm", "arms", multiple=True, required=True, metavar="SPEC",
+              help="An arm: 'spec' (the recipe as given) or key=value pairs joined by commas, keys "
+                   "mlp_weight_decay, mlp_lr_scale, weight_decay, lr, label_smoothing, momentum. "
+                   "Repeat for each arm.")
+def sweep_cmd(out, arms, **opts) -> None:
+    """Train several arms of one recipe from the same seed; write their kernel statistics and
+    test accuracy side by side (OUT/sweep.csv) and one figure (OUT/sweep.png, .pdf).
+
+    Rerunning the same command skips finished arms and resumes interrupted ones.
+    """
+    from ..plotting import plot_sweep
+    from ..plotting.style import save_figure
+    from ..train.sweep import run_sweep
+
+    base = train_config(out, **opts)
+    table = run_sweep(base, arms, out)
+    atomic_write(Path(out) / "sweep.csv", table.to_csv(index=False, float_format="%.17g"))
+    save_figure(plot_sweep(table)[0], Path(out) / "sweep", ("pdf", "png"))
+    click.echo(f"{len(arms)} arm(s) in {out}: sweep.csv, sweep.pdf, sweep.png")
 
 
 def _out_folder(out: str) -> None:

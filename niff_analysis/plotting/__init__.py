@@ -7,7 +7,8 @@ stage (Okabe–Ito), a diverging colormap centred at 0 for signed images and a s
 magnitudes. :mod:`.report` builds the whole set for ``niff-analyze figures`` and the notebooks.
 """
 
-from .curves import plot_cost, plot_effective_size, plot_kernel_history, plot_mass_ratio, plot_sigma
+from .curves import (plot_cost, plot_effective_size, plot_kernel_history, plot_mass_ratio, plot_sigma,
+                     plot_sweep)
 from .images import (centre_crop, plot_eigenkernels, plot_kernel_magnitude, plot_raw_kernels,
                      plot_weight_pca, sample_channels)
 from .report import FigureData, analyse, checkpoint_label, iter_figures, subsample, write_figures
@@ -17,5 +18,5 @@ from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, OKABE_ITO, layer_colors, save_f
 __all__ = ["CMAP_MAGNITUDE", "CMAP_SIGNED", "FigureData", "OKABE_ITO", "analyse", "centre_crop",
            "checkpoint_label", "iter_figures", "layer_colors", "plot_cost", "plot_effective_size",
            "plot_eigenkernels", "plot_kernel_history", "plot_kernel_magnitude", "plot_mass_ratio", "plot_raw_kernels",
-           "plot_sigma", "plot_weight_pca", "sample_channels", "save_figure", "signed_norm",
+           "plot_sigma", "plot_sweep", "plot_weight_pca", "sample_channels", "save_figure", "signed_norm",
            "stage_color", "style", "subsample", "write_figures"]

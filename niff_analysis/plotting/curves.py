@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..errors import SelectionError
-from .style import (METHOD_COLORS, MODEL_LINESTYLES, MODEL_MARKERS, layer_colors, new_figure,
+from .style import (METHOD_COLORS, MODEL_LINESTYLES, OKABE_ITO, layer_colors, new_figure,
                     ordered_unique, stage_color, stage_of, style)
 
 MODEL = "checkpoint"  # the column analysis tables carry when checkpoints are compared
@@ -169,6 +169,59 @@ def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_me
     return _ret(fig, axes.ravel())
 
 
+def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
+               fig: Optional[Figure] = None) -> tuple[Figure, object]:
+    """A recipe ablation: per stage, the stage's mean of each statistic against epoch, one
+    curve per arm; the last column shows each arm's test accuracy after every epoch.
+
+    Args:
+        history: :func:`~niff_analysis.train.sweep.collect` output (``arm``, ``epoch``,
+            ``layer``, ``stage``, ``stat``, ``value``, ``test_acc``).
+        stats: statistics to draw (rows of panels).
+        fig: figure to add panels to.
+    """
+    _require(history, ["arm", "epoch", "layer", "stat", "value"], "plot_sweep")
+    h = history.copy()
+    h["stage"] = [stage_of(layer, st) for layer, st in zip(h["layer"], h.get("stage", [None] * len(h)))]
+    arms = ordered_unique(h["arm"])
+    stages = ordered_unique(h["stage"])
+    colors = {arm: OKABE_ITO[(i + 1) % len(OKABE_ITO)] for i, arm in enumerate(arms)}
+    ncols = len(stages) + 1
+    with style():
+        fig, axes = _panels(len(stats) * ncols, None, fig, ncols=ncols, panel_size=(2.6, 2.2),
+                            sharey=False)
+        axes = axes.reshape(len(stats), ncols)
+        for i, stat in enumerate(stats):
+            d = h[h["stat"] == stat]
+            for j, st in enumerate(stages):
+                a = axes[i, j]
+                g = d[d["stage"] == st].groupby(["arm", "epoch"], sort=False)["value"].mean().reset_index()
+                for arm in arms:
+                    c = g[g["arm"] == arm].sort_values("epoch")
+                    a.plot(c["epoch"], c["value"], color=colors[arm], lw=1, marker="o", ms=2, label=arm)
+                if i == 0:
+                    a.set_title(f"{st} (mean over layers)")
+                if j == 0:
+                    a.set_ylabel(HISTORY_LABELS.get(stat, stat))
+                if stat.startswith("mass"):
+                    a.set_ylim(0, 1.02)
+                else:
+                    a.set_ylim(bottom=0)
+                    a.ticklabel_format(axis="y", useOffset=False)
+                a.set_xlabel("epoch")
+            axes[i, -1].set_visible(i == 0)
+        acc = axes[0, -1]
+        if "test_acc" in h.columns:
+            t = h.dropna(subset=["test_acc"]).drop_duplicates(["arm", "epoch"])
+            for arm in arms:
+                c = t[t["arm"] == arm].sort_values("epoch")
+                acc.plot(c["epoch"], c["test_acc"], color=colors[arm], lw=1, marker="o", ms=3, label=arm)
+        acc.set_title("test accuracy")
+        acc.set_xlabel("epoch")
+        acc.legend(loc="upper left", bbox_to_anchor=(0.0, -0.3), fontsize=6)
+    return _ret(fig, axes.ravel())
+
+
 # --------------------------------------------------------------------------- effective sizes
 def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
                         fig: Optional[Figure] = None) -> tuple[Figure, object]:
@@ -304,4 +357,5 @@ def plot_cost(cost: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tupl
     return _ret(fig, axes)
 
 
-__all__ = ["plot_cost", "plot_effective_size", "plot_kernel_history", "plot_mass_ratio", "plot_sigma"]
+__all__ = ["plot_cost", "plot_effective_size", "plot_kernel_history", "plot_mass_ratio", "plot_sigma",
+           "plot_sweep"]

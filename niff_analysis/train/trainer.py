@@ -152,9 +152,9 @@ def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: Optional[dict] = None) 
     row = row or {}
     recipe = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, augment=cfg.augment,
-                  schedule="cosine", optimizer="sgd")
-    if cfg.mlp_weight_decay is not None or cfg.mlp_lr_scale != 1.0:
-        recipe.update(mlp_weight_decay=cfg.mlp_weight_decay, mlp_lr_scale=cfg.mlp_lr_scale)
+                  schedule="cosine", optimizer="sgd",
+                  mlp_weight_decay=cfg.weight_decay if cfg.mlp_weight_decay is None else cfg.mlp_weight_decay,
+                  mlp_lr_scale=cfg.mlp_lr_scale)
     return dict(dataset=cfg.dataset, recipe=recipe, epochs=epochs, seed=cfg.seed,
                 test_acc=row.get("test_acc"), test_loss=row.get("test_loss"))
 
