@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from conftest import FMNIST, load_weights, tiny_config
+from niff_analysis.models import create_model
 from niff_analysis.train import trainer
 from niff_analysis.train.distributed import GlobalBatchNorm, convert_batchnorm, state_fingerprint
 
@@ -50,13 +51,18 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, fmnist_dir):
     assert all(torch.equal(ddp[k], one[k]) for k in one if not one[k].is_floating_point())
     # ...and training really moved the weights far beyond that tolerance.
     torch.manual_seed(0)
-    init = trainer.create_model("resnet18_niff", **config["model_kwargs"]).double().state_dict()
+    init = create_model("resnet18_niff", **config["model_kwargs"]).double().state_dict()
     moved = max((one[k] - init[k]).abs().max().item() for k in one if one[k].is_floating_point())
     assert moved > 1e-3
     # Metrics are all-reduced: the same as the single process's.
     rows = [line.split(",")[:6] for line in (out / "metrics.csv").read_text().splitlines()]
     rows_one = [line.split(",")[:6] for line in (single / "metrics.csv").read_text().splitlines()]
     assert rows[0] == rows_one[0] and len(rows) == len(rows_one) == 2
+    # Rank 0 alone records the kernel statistics; they are those of the single process's run.
+    from niff_analysis.analysis import read_kernel_stats
+    ks, ks_one = read_kernel_stats(out), read_kernel_stats(single)
+    assert list(ks["step"]) == list(ks_one["step"]) and list(ks["stat"]) == list(ks_one["stat"])
+    assert ((ks["value"] - ks_one["value"]).abs().fillna(0) < 1e-6).all()
     for a, b in zip(rows[1], rows_one[1]):
         assert float(a) == pytest.approx(float(b), rel=1e-9, abs=1e-12)
 

@@ -225,6 +225,11 @@ def test_history_command(reference_run, tmp_path, baseline_checkpoint):
         assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1
     res = CliRunner().invoke(main, ["history", str(baseline_checkpoint)])
     assert res.exit_code == 2 and "no kernel_stats.csv" in res.output
+    # A run still in progress (statistics and init/, no final checkpoint yet) is read as well.
+    running = tmp_path / "running"
+    shutil.copytree(out / "init", running / "init")
+    shutil.copy(out / "kernel_stats.csv", running / "kernel_stats.csv")
+    assert len(_cli_csv("history", running)) == len(hist)
 
 
 def test_load_initial_finds_or_rebuilds_the_initialisation(reference_run, tmp_path):

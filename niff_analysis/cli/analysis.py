@@ -463,11 +463,19 @@ def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
     if unknown or not wanted:
         raise SelectionError(f"--stats: unknown statistic {unknown[0] if unknown else stat_names!r}; "
                              f"choose from {', '.join(STATS)}")
-    run = Run("history", checkpoints, layers, False, "cpu", quiet, dict(stats=wanted))
+    run = Run("history", (), layers, False, "cpu", quiet, dict(stats=wanted))  # targets: below
+    targets = []  # (label, path, is a finished checkpoint)
+    for c in checkpoints or (None,):
+        p = None if c is None else Path(c)
+        if p is not None and p.is_dir() and (p / FILE_NAME).is_file() and not (p / CONFIG_NAME).is_file():
+            targets.append((p.name, p, False))  # a run in progress: statistics, no checkpoint yet
+        else:
+            targets += [(label, path, True) for label, path in expand_checkpoints(() if c is None else (c,))]
     frames = []
-    for label, path in run.targets:
+    for label, path, finished in targets:
         folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
-        load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
+        if finished:
+            load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
         stats_file = (folder if folder.is_dir() else folder.parent) / FILE_NAME
         if not stats_file.is_file():
             raise NiffError(f"{label}: no {FILE_NAME} (trained before kernel statistics were "

@@ -46,7 +46,7 @@ from ..checkpoint import CONFIG_NAME, initial_model, resolve_device, save_checkp
 from ..errors import NiffError
 from ..io import atomic_write
 from ..layers.niff import _NIFFBase
-from ..models import create_model, niff_layers
+from ..models import niff_layers
 from .data import SeededImageFolder, TensorDataset, augment_batch, load_dataset, normalise
 from .distributed import convert_batchnorm, dist_info, gather_objects, setup_distributed, state_fingerprint
 
