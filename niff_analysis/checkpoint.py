@@ -17,7 +17,7 @@ import json
 import re
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +33,7 @@ FORMAT = "niff-analysis-checkpoint"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TRAIN_STATE_NAME = "train_state.pt"  # the trainer's resumable state (train/trainer.py)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt")
 BUNDLED_DIR = Path(__file__).parent / "checkpoints"
 DEFAULT_CHECKPOINT = BUNDLED_DIR / "resnet18_niff_fmnist"
@@ -51,7 +52,10 @@ def model_config(model: nn.Module) -> dict:
     """The part of a checkpoint config that rebuilds ``model``."""
     cfg = getattr(model, "niff_config", None)
     if cfg is None:
-        raise CheckpointError("model was not built by create_model(); it has no niff_config to save")
+        raise CheckpointError("the model records no way to rebuild it: build it with create_model(NAME) "
+                              "or, for any other CNN, build_model('torchvision:NAME' or "
+                              "'package.module:function', builder_kwargs, input_size=..., niff={...}) "
+                              "instead of calling to_niff() on a model yourself")
     kw = {k: v for k, v in cfg.items() if k != "name"}
     return dict(format=FORMAT, format_version=FORMAT_VERSION, architecture=cfg["name"],
                 model_kwargs=kw, num_params=sum(p.numel() for p in model.parameters()),
@@ -149,12 +153,18 @@ def load_state_into(model: nn.Module, state: dict, source) -> None:
     model.load_state_dict(state)
 
 
-def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu") -> nn.Module:
+def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu",
+                    factory: Optional[str] = None) -> nn.Module:
     """Rebuild the exact model of a checkpoint with no other information.
 
     Args:
-        path: checkpoint directory or ``.safetensors`` file; ``None`` is the bundled default.
+        path: checkpoint directory or ``.safetensors`` file (also the ``model.safetensors``
+            inside a checkpoint directory, and a trainer's ``train_state.pt``: its model weights
+            and recipe); ``None`` is the bundled default.
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
+        factory: the user factory (``package.module:function``) you agree to run, for a
+            checkpoint of a model built by one (:func:`~niff_analysis.models.build_model`);
+            nothing a checkpoint names runs otherwise.
 
     Returns:
         The model in eval mode; ``model.niff_checkpoint`` holds the config plus ``path`` and
@@ -163,26 +173,23 @@ def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu") -> nn.
     Raises:
         CheckpointError: missing, corrupt, foreign, inconsistent or non-finite checkpoints.
     """
-    from .models.registry import UnknownModelError
-
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_file() and path.name == WEIGHTS_NAME and (path.parent / CONFIG_NAME).is_file():
+        path = path.parent  # the weights file of a checkpoint folder stands for the folder
+    if path.is_file() and path.name == TRAIN_STATE_NAME:
+        return _load_training_state(path, device, factory)
     if path.is_file() and path.name.endswith(PICKLE_SUFFIXES):
         raise CheckpointError(f"{path}: a PyTorch .pt/.pth file carries no niff-analysis config; import "
-                              "it with import_reference_checkpoint(path, architecture) or "
-                              "`niff-analyze import-reference PATH --model NAME --out DIR`")
+                              "it with `niff-analyze import PATH --model NAME --out DIR` "
+                              "(niff_analysis.imports.import_state_dict)")
     cfg = read_config(path)
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     if not weights.is_file():
         raise CheckpointError(f"{path}: {WEIGHTS_NAME} is missing")
     state, _ = _read_safetensors(weights)
-    try:
-        model = create_model(cfg["architecture"], **cfg["model_kwargs"])
-    except UnknownModelError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    except (TypeError, ValueError, NiffError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild {cfg['architecture']!r}: {exc}") from None
+    model = _rebuild(path, cfg["architecture"], cfg["model_kwargs"], factory)
     load_state_into(model, state, path)
     recorded = {d["name"]: d.get("fmap") for d in cfg.get("layers", [])}
     for d in layer_table(model):
@@ -196,6 +203,80 @@ def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu") -> nn.
     model.niff_checkpoint = dict(cfg, path=str(path), sha256=sha)
     model.eval()
     return model.to(resolve_device(device))
+
+
+def _rebuild(source, architecture: str, model_kwargs: dict, factory: Optional[str]) -> nn.Module:
+    from .models.build import BuilderError, rebuild
+    from .models.registry import UnknownModelError
+
+    try:
+        return rebuild(architecture, model_kwargs, factory=factory)
+    except (UnknownModelError, BuilderError) as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except (TypeError, ValueError, NiffError) as exc:
+        raise CheckpointError(f"{source}: cannot rebuild {architecture!r}: {exc}") from None
+
+
+def _load_training_state(path: Path, device: str, factory: Optional[str]) -> nn.Module:
+    """The model inside a trainer's ``train_state.pt`` (weights and recipe; weights_only)."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file, one line
+        raise CheckpointError(f"{path}: cannot read the training state ({' '.join(str(exc).split())[:160]})") from None
+    recipe = st.get("recipe") if isinstance(st, dict) else None
+    if not isinstance(recipe, dict) or "model" not in recipe or not isinstance(st.get("model"), dict):
+        raise CheckpointError(f"{path}: not a niff-analysis training state with a recorded recipe")
+    model = _rebuild(path, recipe["model"], recipe.get("model_kwargs") or {}, factory)
+    load_state_into(model, st["model"], path)
+    model.niff_checkpoint = dict(model_config(model), path=str(path), sha256=file_sha256(path),
+                                 dataset=recipe.get("dataset"), seed=recipe.get("seed"),
+                                 epochs=int(st.get("epoch", 0)), step=int(st.get("step", 0)),
+                                 training_state=True)
+    model.eval()
+    return model.to(resolve_device(device))
+
+
+def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Optional[Path]]]:
+    """(label, path) per checkpoint: the one rule every command and the figures use.
+
+    A folder without ``config.json`` stands for the checkpoints in it (sorted); ``None`` and
+    no arguments at all are the bundled default (path ``None``). The same resolved path given
+    twice is analysed once. Labels are folder names (file stems for ``.safetensors``), or the
+    paths as given where two names clash.
+
+    Raises:
+        CheckpointError: a folder that is neither a checkpoint nor holds any.
+    """
+    if not args:
+        return [(DEFAULT_CHECKPOINT.name, None)]
+    paths: list[Optional[Path]] = []
+    for arg in args:
+        p = None if arg is None else Path(arg)
+        if p is not None and p.is_dir() and not (p / CONFIG_NAME).is_file():
+            found = sorted(c for c in p.iterdir()
+                           if (c.is_dir() and (c / CONFIG_NAME).is_file()) or c.suffix == ".safetensors")
+            if not found:
+                raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
+                                      "nor a folder of checkpoints")
+            paths += found
+        else:
+            paths.append(p)  # load_checkpoint says what is wrong with it, if anything
+    unique, seen = [], set()
+    for p in paths:
+        key = str((p if p is not None else DEFAULT_CHECKPOINT).resolve())
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    names = [checkpoint_label(p) for p in unique]
+    if len(set(names)) < len(names):
+        names = [str(p if p is not None else DEFAULT_CHECKPOINT) for p in unique]
+    return list(zip(names, unique))
+
+
+def checkpoint_label(path: Optional[PathLike]) -> str:
+    """Short name of a checkpoint: its directory name or file stem (bundled default if None)."""
+    p = Path(os.path.normpath(Path(path) if path is not None else DEFAULT_CHECKPOINT))
+    return p.stem if p.suffix == ".safetensors" else p.name
 
 
 def initial_model(architecture: str, model_kwargs: dict, seed: int) -> nn.Module:
@@ -251,155 +332,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-# --------------------------------------------------------------------------- reference import
-def read_torch_pickle(path: PathLike):
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.
-
-    ``argparse.Namespace`` is also allowed (the reference training script stores its arguments
-    as one); it only carries attributes.
-
-    Raises:
-        CheckpointError: unreadable file or one that needs arbitrary unpickling.
-    """
-    import argparse
-
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure is one line for the user
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours its message
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found:
-            raise CheckpointError(f"{path}: refusing to unpickle {found.group(1)}: the file holds code, "
-                                  "not only tensors (read with torch.load(weights_only=True))") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True) "
-                              f"({first[:160]}); only tensors and plain containers are loaded") from None
-
-
-def reference_key_map(model: nn.Module) -> dict[str, str]:
-    """Our state-dict key → the key the authors' public code (GeJulia/NIFF) uses for it.
-
-    Their layers: a split NIFF conv ``N`` is ``nn.Sequential(FreqConv_DW_fft, FreqConv_1x1_ifft)``,
-    so its MLPs are ``N.0.mlp_real.layer_mpl{k}`` / ``N.0.mlp_imag.layer_mpl{k}`` (1×1 Conv2d,
-    weights (out, in, 1, 1)) and its channel mixing ``N.1.mlp`` (a bias-free ``nn.Linear``); a
-    depthwise NIFF ``N`` has ``N.mlp_real`` / ``N.mlp_imag``; a frequency 1×1 ``N`` is ``N.mlp``.
-    Every other key (stems, BatchNorm, classifier) is the torchvision name in both.
-    """
-    from .layers import DepthwiseNIFF, FreqPointwise, FullNIFF, SplitNIFF
-
-    mapping: dict[str, str] = {}
-    inside_split: set[str] = set()
-    for name, m in model.named_modules():
-        if isinstance(m, FullNIFF):
-            raise CheckpointError(f"layer {name} is a full NIFF layer; the reference code has none to import")
-        if isinstance(m, DepthwiseNIFF):
-            base = f"{name}.0" if isinstance(m, SplitNIFF) else name
-            for ours, theirs in (("real", "mlp_real"), ("imag", "mlp_imag")):
-                linears = [i for i, layer in enumerate(getattr(m, ours)) if isinstance(layer, nn.Linear)]
-                for k, i in enumerate(linears, 1):
-                    for p in ("weight", "bias"):
-                        mapping[f"{name}.{ours}.{i}.{p}"] = f"{base}.{theirs}.layer_mpl{k}.{p}"
-            if isinstance(m, SplitNIFF):
-                mapping[f"{name}.pointwise.weight"] = f"{name}.1.mlp.weight"
-                inside_split.add(f"{name}.pointwise")
-        elif isinstance(m, FreqPointwise) and name not in inside_split:
-            mapping[f"{name}.weight"] = f"{name}.mlp.weight"
-    for key in model.state_dict():
-        mapping.setdefault(key, key)
-    return mapping
-
-
-def _reference_to_ours(model: nn.Module, state: dict) -> None:
-    """Rewrite the NIFF tensors of a mapped reference state dict so our layers compute exactly
-    what theirs did. Two differences of their forward pass are folded into the weights:
-
-    * Grid: their axis of odd length N holds ``arange(-N/2, N/2)`` (half-integers), ours the
-      integers −(N−1)/2 … (N−1)/2 (SPEC §2), i.e. theirs = ours − 1/2. The first MLP layer is
-      affine, so W·(c − s) + b = W·c + (b − W·s): subtracting W·s from its bias is exact.
-    * Channel order: they call ``fftshift``/``ifftshift`` without ``dim``, which also rolls the
-      batch and channel axes. The batch roll cancels, but their filter (MLP output) k and
-      their 1×1 weight [o, i] act on our input channel c = k − Cin//2 and output channel
-      o − Cout//2 (mod C). Rolling those rows/columns back is a pure permutation.
-    """
-    from .layers import DepthwiseNIFF, SplitNIFF
-
-    for name, m in model.named_modules():
-        if not isinstance(m, DepthwiseNIFF):
-            continue
-        cin = m.in_channels
-        for ours in ("real", "imag"):
-            idx = [i for i, layer in enumerate(getattr(m, ours)) if isinstance(layer, nn.Linear)]
-            for p in ("weight", "bias"):
-                key = f"{name}.{ours}.{idx[-1]}.{p}"
-                state[key] = torch.roll(state[key], -(cin // 2), dims=0)
-            if m.fmap is not None:
-                h, w = m.filter_size()
-                # grid column 0 is the horizontal frequency (along W), column 1 the vertical one.
-                shift = torch.tensor([0.5 * (w % 2), 0.5 * (h % 2)], dtype=torch.float64)
-                wkey, bkey = f"{name}.{ours}.{idx[0]}.weight", f"{name}.{ours}.{idx[0]}.bias"
-                state[bkey] = (state[bkey].double() - state[wkey].double() @ shift).to(state[bkey].dtype)
-        if isinstance(m, SplitNIFF):
-            key = f"{name}.pointwise.weight"
-            state[key] = torch.roll(state[key], (-(m.out_channels // 2), -(cin // 2)), dims=(0, 1))
-
-
-def import_reference_checkpoint(path: PathLike, architecture: str, key: str = "model",
-                                **model_kwargs) -> nn.Module:
-    """Load a checkpoint of the authors' public code into our model of the same architecture.
-
-    Args:
-        path: ``.pt``/``.pth`` file: a dict with the state dict under ``key`` (their training
-            script's format), or a bare state dict. Read with ``weights_only=True``; a
-            ``module.`` prefix (saved from DDP) is stripped.
-        architecture: registered model name, e.g. ``"resnet18_niff"``.
-        key: dict entry that holds the state dict (``"model"``; ``"model_ema"`` for EMA weights).
-        **model_kwargs: :func:`~niff_analysis.models.create_model` arguments (num_classes, …)
-            matching the checkpoint; their ImageNet models are the defaults.
-
-    Returns:
-        The model in eval mode, ``model.niff_checkpoint`` describing it and its source; save it
-        in our format with :func:`save_checkpoint`.
-
-    Raises:
-        CheckpointError: unreadable file, no state dict, keys or shapes that do not match.
-    """
-    from .models.registry import UnknownModelError
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    obj = read_torch_pickle(path)
-    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-        theirs = obj[key]
-    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        theirs = obj
-    else:
-        found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path}: no state dict under {key!r} (found {found})")
-    theirs = {k[len("module."):] if k.startswith("module.") else k: v
-              for k, v in theirs.items() if isinstance(v, torch.Tensor)}
-    try:
-        model = create_model(architecture, **model_kwargs)
-    except UnknownModelError as exc:
-        raise CheckpointError(str(exc)) from None
-    except (TypeError, ValueError, NiffError) as exc:
-        raise CheckpointError(f"cannot build {architecture!r}: {exc}") from None
-    own = model.state_dict()
-    mapping = reference_key_map(model)
-    missing = [f"{src} (for {ours})" for ours, src in mapping.items() if src not in theirs]
-    unexpected = sorted(set(theirs) - set(mapping.values()))
-    wrong = [src for ours, src in mapping.items() if src in theirs and theirs[src].numel() != own[ours].numel()]
-    if missing or unexpected or wrong:
-        parts = [f"{len(v)} {label} (e.g. {v[0]})" for label, v in
-                 (("missing key(s)", missing), ("unexpected key(s)", unexpected),
-                  ("wrong-sized tensor(s)", wrong)) if v]
-        raise CheckpointError(f"{path}: not a reference checkpoint of {architecture} with these "
-                              f"settings: {'; '.join(parts)}")
-    state = {ours: theirs[src].reshape(own[ours].shape).to(own[ours].dtype) for ours, src in mapping.items()}
-    _reference_to_ours(model, state)
-    load_state_into(model, state, path)
-    model.niff_checkpoint = dict(model_config(model), path=str(path), sha256=file_sha256(path),
-                                 imported_from="GeJulia/NIFF reference checkpoint")
-    model.eval()
-    return model
+# The importers of foreign checkpoints live in imports.py; these names stay importable from here.
+from .imports import (import_reference_checkpoint, import_state_dict, read_torch_pickle,  # noqa: E402,F401
+                      reference_key_map)

@@ -289,7 +289,7 @@ def test_pickled_code_never_runs(ck, tmp_path):
         read_torch_pickle(hostile)
     with pytest.raises(CheckpointError, match="weights_only=True"):
         import_reference_checkpoint(hostile, "resnet18_niff")
-    assert_error(invoke("import-reference", hostile, "--model", "resnet18_niff", "--out", tmp_path / "imp"),
+    assert_error(invoke("import", hostile, "--model", "resnet18_niff", "--out", tmp_path / "imp"),
                  "refusing to unpickle")
     assert not (tmp_path / "imp").exists()
     # As a --resume state of a training run.
@@ -670,7 +670,7 @@ def entry_runs(ck, tmp_path_factory):
     bad_image = _imagefolder(tmp, "corrupt") / "train" / "a" / "0.png"
     cases = {
         "truncated": ["mass", ck["truncated"], "--layers", SMALL],
-        "pickle_code": ["import-reference", ck["pickle_code"], "--model", "resnet18_niff", "--out", tmp / "imp"],
+        "pickle_code": ["import", ck["pickle_code"], "--model", "resnet18_niff", "--out", tmp / "imp"],
         "corrupt_image": [*TRAIN, "--workers", "1", "--dataset", "imagefolder", "--data-dir", bad_image.parents[2],
                           "--out", tmp / "run"],
     }

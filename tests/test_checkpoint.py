@@ -44,7 +44,7 @@ def test_round_trip_directory_and_single_file(tmp_path, reference_run):
 def test_pt_files_are_not_checkpoints_and_point_to_the_importer(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save({"model": create_model("resnet18", num_classes=10).state_dict()}, path)
-    with pytest.raises(CheckpointError, match="import-reference"):
+    with pytest.raises(CheckpointError, match="niff-analyze import PATH"):
         load_checkpoint(path)
 
 

@@ -35,10 +35,10 @@ def cached_checkpoints():
     """Load each checkpoint once for the CliRunner tests (the subprocess tests load for real)."""
     cache = {}
 
-    def load(path=None, device="cpu"):
-        key = (str(path), str(device))
+    def load(path=None, device="cpu", factory=None):
+        key = (str(path), str(device), factory)
         if key not in cache:
-            cache[key] = load_checkpoint(path, device=device)
+            cache[key] = load_checkpoint(path, device=device, factory=factory)
         return cache[key]
 
     with pytest.MonkeyPatch.context() as mp:
@@ -216,3 +216,25 @@ def test_entry_point_error():
     proc = run_entry("gaussian", "--layers", "no-such-layer")
     assert proc.returncode != 0 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "available layers" in proc.stderr
+
+
+def test_one_label_rule_and_duplicates_analysed_once(tmp_path):
+    """The analysis commands and the figures label same-name checkpoints alike (by path), and
+    the same checkpoint given twice is analysed once."""
+    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, find_checkpoints
+    from niff_analysis.plotting import analyse
+
+    for d in ("a", "b"):
+        shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / d / "x")
+    a, b = tmp_path / "a" / "x", tmp_path / "b" / "x"
+    assert [label for label, _ in find_checkpoints([a, b])] == [str(a), str(b)]
+    assert len(find_checkpoints([a, a, tmp_path / "a" / ".." / "a" / "x"])) == 1
+    res = CliRunner().invoke(main, ["mass", str(a), str(b), "--layers", "layer4.1.conv2", "--format", "csv", "-q"])
+    assert res.exit_code == 0, res.output
+    mass = pd.read_csv(io.StringIO(res.stdout))
+    assert list(mass["checkpoint"].unique()) == [str(a), str(b)]
+    data = analyse([a, b], layers="layer4.1.conv2", max_kernels=8, cost_sizes=())
+    assert data.labels == [str(a), str(b)]
+    res = CliRunner().invoke(main, ["mass", str(a), str(a), "--layers", "layer4.1.conv2", "--format", "csv", "-q"])
+    once = pd.read_csv(io.StringIO(res.stdout))
+    assert list(once["checkpoint"].unique()) == ["x"] and len(once) == len(mass) // 2

@@ -4,6 +4,8 @@ the full set."""
 
 from __future__ import annotations
 
+import json
+
 import warnings
 from pathlib import Path
 
@@ -179,11 +181,14 @@ def test_cli_writes_the_full_set_reproducibly(tmp_path):
         assert sorted(listed) == sorted((tmp_path / name).iterdir())
     names = {p.name for p in runs[0].iterdir()}
     assert names == ({f"{f}.{e}" for f in EXPECTED for e in ("pdf", "png")}
-                     | {f"{t}.csv" for t in TABLES})
+                     | {f"{t}.csv" for t in TABLES} | {"meta.json"})
     second = {p.name for p in runs[1].iterdir()}
     assert second == {n for n in names if not n.endswith(".png")}
-    for n in sorted(second):
+    for n in sorted(second - {"meta.json"}):  # meta.json records the formats, which differ
         assert (runs[0] / n).read_bytes() == (runs[1] / n).read_bytes(), n
+    meta = json.loads((runs[0] / "meta.json").read_text())
+    assert sorted(meta["files"]) == sorted(names - {"meta.json"})
+    assert meta["checkpoints"][0]["label"] == "resnet18_niff_fmnist" and len(meta["checkpoints"][0]["sha256"]) == 64
     summary = pd.read_csv(runs[0] / "mass_summary.csv")
     assert set(summary["layer"]) == {"layer3.1.conv2", "layer4.1.conv1"}
     assert set(summary["checkpoint"]) == {"resnet18_niff_fmnist"}
@@ -221,3 +226,39 @@ def test_cli_bad_input_is_one_line(args, message, tmp_path):
     assert message in res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_figures_are_written_as_a_unit(tmp_path, monkeypatch):
+    """An interrupted run leaves the folder as it was; a later run replaces only what an earlier
+    run's manifest lists; an unwritable target is refused before any analysis."""
+    from niff_analysis.plotting import report
+
+    out = tmp_path / "figs"
+    args = ["figures", "--out", str(out), "--quiet", *FAST[:4], "--cost-sizes", "none"]
+    res = CliRunner().invoke(main, [*args, "--format", "pdf,png"])
+    assert res.exit_code == 0, res.output
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    real = report.iter_figures
+
+    def interrupted(data, *a, **k):
+        gen = real(data, *a, **k)
+        yield next(gen)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "iter_figures", interrupted)
+    res = CliRunner().invoke(main, [*args, "--format", "svg"])
+    assert res.exit_code == 130 and "interrupted" in res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    monkeypatch.setattr(report, "iter_figures", real)
+
+    res = CliRunner().invoke(main, [*args, "--format", "pdf"])
+    assert res.exit_code == 0, res.output
+    left = {p.name for p in out.iterdir()}
+    assert not any(n.endswith(".png") for n in left)  # listed by the first run, not written now
+    assert "notes.txt" in left and (out / "notes.txt").read_text() == "mine"
+
+    res = CliRunner().invoke(main, ["figures", "--out", "/proc/self/niff-figures", "--cost-sizes", "none"])
+    assert res.exit_code == 2 and "/proc/self/niff-figures: cannot write there" in res.output

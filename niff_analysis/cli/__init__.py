@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -27,11 +28,50 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
+#: command → (module of ``niff_analysis.cli`` that defines it, its one-line summary). The group
+#: imports a command's module only when that command runs, so ``--help`` and ``--version`` never
+#: import torch; tests/test_cli_startup.py checks each summary against the command's docstring.
+COMMANDS = {
+    "models": ("models", "List registered models (PATTERN: fnmatch wildcard, e.g. 'resnet*_niff')."),
+    "describe": ("models", "Structure of TARGET: a registered model name or a checkpoint (default: bundled)."),
+    "train": ("train", "Train a registered model; writes a checkpoint, metrics.csv, kernel_stats.csv, "
+                       "init/ and train_config.json to OUT."),
+    "sweep": ("train", "Train several arms of one recipe from the same seed; write their kernel statistics "
+                       "and test accuracy side by side (OUT/sweep.csv) and one figure (OUT/sweep.png, .pdf)."),
+    "import": ("train", "Import the weights of a model trained elsewhere (PATH: .pt/.pth/.bin/.safetensors "
+                        "state dict)."),
+    "import-reference": ("train", None),  # hidden: kept for old scripts
+    "kernels": ("analysis", "Spatial kernels of every NIFF layer on the feature-map size it runs at."),
+    "mass": ("analysis", "Kernel mass ratio (Eq. 6): share of |k| inside centred odd windows 1, 3, 5, … "
+                         "(full last)."),
+    "pca": ("analysis", "PCA eigenkernels per layer: exact SVD, deterministic signs, explained-variance ratios."),
+    "gaussian": ("analysis", "2-D Gaussian fit to |k| of every kernel (batched Levenberg–Marquardt, "
+                             "moment start)."),
+    "history": ("analysis", "Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch."),
+    "figures": ("figures", "Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were "
+                           "drawn from."),
+}
+
+
 class _Group(click.Group):
-    """Turn every error into one line on stderr and a non-zero exit (no tracebacks).
+    """Commands imported on first use (see :data:`COMMANDS`); every error becomes one line on
+    stderr and a non-zero exit (no tracebacks).
 
     Set ``NIFF_DEBUG=1`` to see the traceback of an unexpected error.
     """
+
+    def list_commands(self, ctx):
+        return [n for n in COMMANDS if COMMANDS[n][1] is not None]
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMANDS:
+            importlib.import_module(f".{COMMANDS[name][0]}", __name__)  # registers its commands
+        return self.commands.get(name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -62,18 +102,3 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="niff-analyze")
 def main() -> None:
     """Train NIFF CNNs and measure how large the kernels they learn really are."""
-
-
-from . import models as _models  # noqa: E402,F401  (registers commands)
-from . import train as _train  # noqa: E402,F401
-
-try:  # analysis and figure commands register themselves when present
-    from . import analysis as _analysis  # noqa: E402,F401
-except ImportError as _exc:  # pragma: no cover
-    if "analysis" not in str(_exc):
-        raise
-try:
-    from . import figures as _figures  # noqa: E402,F401
-except ImportError as _exc:  # pragma: no cover
-    if "figures" not in str(_exc):
-        raise

@@ -26,11 +26,11 @@ import torch
 from .. import __version__
 from ..analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian_summary,
                         kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
-from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, load_checkpoint, resolve_device
-from ..errors import CheckpointError, NiffError, SelectionError
+from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, find_checkpoints, load_checkpoint, resolve_device
+from ..errors import NiffError, SelectionError
 from ..io import atomic_write, directory_lock, file_sha256
 from . import main
-from .common import device_option, positive_int, render_frame
+from .common import current_factory, device_option, factory_option, positive_int, render_frame
 
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".txt": "table", ".npz": "npz"}
 META_NAME = "meta.json"
@@ -38,32 +38,6 @@ META_FORMAT = "niff-analysis-meta"
 
 
 # --------------------------------------------------------------------------- checkpoints
-def expand_checkpoints(args: tuple[str, ...]) -> list[tuple[str, Optional[Path]]]:
-    """(label, path) per checkpoint; a folder without config.json stands for the checkpoints in it.
-
-    Labels are folder names (file stems for ``.safetensors``), or full paths where names clash.
-    ``None`` as a path is the bundled default.
-    """
-    if not args:
-        return [(DEFAULT_CHECKPOINT.name, None)]
-    paths: list[Path] = []
-    for arg in args:
-        p = Path(arg)
-        if p.is_dir() and not (p / CONFIG_NAME).is_file():
-            found = sorted(c for c in p.iterdir()
-                           if (c.is_dir() and (c / CONFIG_NAME).is_file()) or c.suffix == ".safetensors")
-            if not found:
-                raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
-                                      "nor a folder of checkpoints")
-            paths += found
-        else:
-            paths.append(p)  # load_checkpoint says what is wrong with it, if anything
-    labels = [p.stem if p.suffix == ".safetensors" else p.name for p in paths]
-    if len(set(labels)) < len(labels):
-        labels = [str(p) for p in paths]
-    return list(zip(labels, paths))
-
-
 class Run:
     """Shared state of one analysis command: options, logging, provenance."""
 
@@ -71,7 +45,7 @@ class Run:
                  quiet: bool, params: dict):
         self.command, self.layers, self.include_conv, self.quiet = command, layers, include_conv, quiet
         self.device = resolve_device(device)
-        self.targets = expand_checkpoints(tuple(checkpoints))
+        self.targets = find_checkpoints(tuple(checkpoints))
         self.params = dict(params, layers=layers, include_conv=include_conv, device=device)
         self.provenance: list[dict] = []
 
@@ -93,7 +67,7 @@ class Run:
                    disable=self.quiet or len(self.targets) < 2, leave=False)
         for label, path in bar:
             t0 = time.perf_counter()
-            model = load_checkpoint(path, device=str(self.device))
+            model = load_checkpoint(path, device=str(self.device), factory=current_factory())
             meta = model.niff_checkpoint
             self.provenance.append(dict(label=label, path=meta["path"], sha256=meta["sha256"],
                                         architecture=meta.get("architecture")))
@@ -225,6 +199,7 @@ def analysis_options(f: Callable) -> Callable:
                      help="Write here instead of stdout (format from the suffix: .csv, .json, "
                           ".txt = table; .npz where the command says), with meta.json beside it."),
         device_option(),
+        factory_option(),
         click.option("--quiet", "-q", is_flag=True,
                      help="No logs or progress bars on stderr (warnings and errors still print)."),
     ]):
@@ -470,7 +445,7 @@ def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
         if p is not None and p.is_dir() and (p / FILE_NAME).is_file() and not (p / CONFIG_NAME).is_file():
             targets.append((p.name, p, False))  # a run in progress: statistics, no checkpoint yet
         else:
-            targets += [(label, path, True) for label, path in expand_checkpoints(() if c is None else (c,))]
+            targets += [(label, path, True) for label, path in find_checkpoints(() if c is None else (c,))]
     frames = []
     for label, path, finished in targets:
         folder = Path(path) if path is not None else DEFAULT_CHECKPOINT

@@ -24,6 +24,24 @@ def device_option():
                         show_default=True, help="Where to run.")
 
 
+def _store_factory(ctx, param, value):
+    ctx.meta["niff_factory"] = value
+    return value
+
+
+def factory_option():
+    """``--factory MODULE:FN``: allow a checkpoint's user factory to run (stored on the context)."""
+    return click.option("--factory", metavar="MODULE:FN", expose_value=False, callback=_store_factory,
+                        help="Allow this user factory (package.module:function) to build a checkpoint's "
+                             "model; nothing a checkpoint names runs otherwise.")
+
+
+def current_factory() -> Optional[str]:
+    """The ``--factory`` of the running command, if any."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get("niff_factory")
+
+
 def positive_int(ctx, param, value):
     """Click callback: reject zero and negative counts with a clear message."""
     if value is not None and value < 1:

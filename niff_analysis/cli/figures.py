@@ -7,10 +7,10 @@ import time
 import click
 
 from ..errors import SelectionError
-from ..plotting.report import COST_SIZES, FORMATS, analyse, write_figures
-from .analysis import expand_checkpoints
+from ..plotting.report import COST_SIZES, FORMATS, analyse, check_output_folder, write_figures
+from ..checkpoint import find_checkpoints
 from . import main
-from .common import device_option, positive_int
+from .common import current_factory, device_option, factory_option, positive_int
 
 
 def _csv_list(value: str, what: str) -> list[str]:
@@ -38,6 +38,7 @@ def _sizes(value: str) -> list[int]:
 @click.option("--layers", default="*", show_default=True,
               help="fnmatch glob on layer names (comma-separated for several).")
 @device_option()
+@factory_option()
 @click.option("--format", "formats", default="pdf,png", show_default=True,
               help=f"Comma-separated figure formats ({', '.join(FORMATS)}).")
 @click.option("--max-kernels", type=int, default=1024, show_default=True, callback=positive_int,
@@ -64,11 +65,12 @@ def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_siz
         if not quiet:
             click.echo(f"[{time.perf_counter() - t0:5.1f}s] {msg}", err=True)
 
+    check_output_folder(out)  # before any analysis: a bad target fails in a second, not after minutes
     # Same rule as the analysis commands: a folder of checkpoint folders stands for all of them.
-    targets = [path for _, path in expand_checkpoints(tuple(checkpoints))]
+    targets = [path for _, path in find_checkpoints(tuple(checkpoints))]
     data = analyse(targets, layers=_csv_list(layers, "--layers"), device=device,
                    max_kernels=max_kernels, cost_sizes=_sizes(cost_sizes),
-                   measure_cost=not no_timing, progress=progress)
+                   measure_cost=not no_timing, progress=progress, factory=current_factory())
     paths = write_figures(data, out, formats=fmts, progress=progress)
     for p in paths:
         click.echo(str(p))

@@ -14,7 +14,7 @@ from ..checkpoint import DEFAULT_CHECKPOINT, layer_table, load_checkpoint
 from ..models import create_model, list_models, parse_name
 from ..models.registry import STEMS
 from . import main
-from .common import format_option, positive_int, render_frame
+from .common import current_factory, factory_option, format_option, positive_int, render_frame
 
 
 @main.command("models")
@@ -36,7 +36,7 @@ def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
     """Structure of a registered model or a checkpoint, without computing anything expensive."""
     if target is None or Path(target).exists() or target.endswith((".safetensors", ".pt", ".pth")) \
             or "/" in target:
-        model = load_checkpoint(target)
+        model = load_checkpoint(target, factory=current_factory())
         meta = model.niff_checkpoint
         info = dict(architecture=meta["architecture"], source="checkpoint", path=meta["path"],
                     sha256=meta["sha256"], model_kwargs=meta["model_kwargs"])
@@ -68,6 +68,7 @@ def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
 @click.option("--input-size", type=int, callback=positive_int, help="Input height = width.")
 @click.option("--stem", type=click.Choice(STEMS), help="Stem variant.")
 @format_option(choices=("table", "json"))
+@factory_option()
 def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
     """Structure of TARGET: a registered model name or a checkpoint (default: bundled)."""
     info = describe_target(target, num_classes, in_chans, input_size, stem)

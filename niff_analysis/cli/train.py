@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..checkpoint import import_reference_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
+from ..imports import import_reference_checkpoint, import_state_dict
 from ..errors import NiffError
 from ..io import atomic_write
 from ..models.registry import STEMS, list_models
@@ -144,7 +145,64 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
     return kwargs
 
 
-@main.command("import-reference")
+@main.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--model", "model_name", required=True, metavar="NAME",
+              help="A registered model (niff-analyze models), torchvision:NAME, or package.module:function "
+                   "(with --factory).")
+@click.option("--out", required=True, type=click.Path(), help="Checkpoint directory (or .safetensors) to write.")
+@click.option("--key", help="Dict entry holding the state dict (default: found automatically).")
+@click.option("--factory", metavar="MODULE:FN", help="Allow this user factory to run (must equal --model).")
+@click.option("--num-classes", type=int, callback=positive_int, help="Default: the model's (1000).")
+@click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
+@click.option("--input-size", type=int, callback=positive_int, help="Default: 224 (32 for --stem cifar).")
+@click.option("--stem", type=click.Choice(STEMS), help="Registered models: default imagenet.")
+@click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's, or read from the "
+                            "authors' tensors).")
+@click.option("--niff", "niff_variant", type=click.Choice(["split", "full"]),
+              help="torchvision/factory models: the weights are of the model converted to NIFF this way.")
+def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input_size, stem, mlp,
+               niff_variant) -> None:
+    """Import the weights of a model trained elsewhere (PATH: .pt/.pth/.bin/.safetensors state dict).
+
+    Registered models (NIFF or plain, e.g. resnet18_niff, convnext_tiny), any torchvision
+    classification model (torchvision:resnet34, converted with --niff), or your own factory. A
+    checkpoint of the authors' NIFF code (GeJulia/NIFF) is recognised by its keys; its MLP sizes are
+    read from its tensors. Pickles are read with weights_only=True.
+    """
+    from ..models.build import is_builder
+
+    if not out.endswith(".safetensors"):
+        _out_folder(out)
+    if is_builder(model_name):
+        if stem:
+            raise NiffError("--stem applies to registered models only")
+        kwargs = dict(builder_kwargs={} if num_classes is None else dict(num_classes=num_classes),
+                      input_size=input_size or 224, in_chans=in_chans,
+                      niff=None if niff_variant is None else dict(variant=niff_variant, **_mlp_arg(mlp)))
+        if mlp and niff_variant is None:
+            raise NiffError("--mlp needs --niff for torchvision/factory models")
+    else:
+        if model_name not in list_models():
+            from ..models.registry import UnknownModelError
+
+            raise UnknownModelError(f"unknown model {model_name!r}; available: {', '.join(list_models())} "
+                                    "(or torchvision:NAME, package.module:function)")
+        if niff_variant:
+            raise NiffError(f"--niff applies to torchvision/factory models; use {model_name}_niff")
+        kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
+    model = import_state_dict(path, model_name, key=key, factory=factory, **kwargs)
+    meta = model.niff_checkpoint
+    save_checkpoint(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
+                    source_sha256=meta["sha256"])
+    click.echo(f"imported {path} as {model_name} ({meta['imported_from']}); checkpoint in {out}")
+
+
+def _mlp_arg(mlp) -> dict:
+    return {} if not mlp else dict(mlp=_model_kwargs(None, None, None, None, mlp)["mlp"])
+
+
+@main.command("import-reference", hidden=True)
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--model", "model_name", required=True, type=click.Choice(list_models()),
               help="Our registered model matching the checkpoint's architecture.")
@@ -156,7 +214,8 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
 @click.option("--stem", type=click.Choice(STEMS), help="Default: imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's).")
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:
-    """Convert a checkpoint of the authors' public NIFF code (PATH: .pt/.pth) to our format."""
+    """Convert a checkpoint of the authors' public NIFF code (PATH: .pt/.pth) to our format
+    (kept for old scripts; `import` does this and more)."""
     if not out.endswith(".safetensors"):
         _out_folder(out)
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)

@@ -1,7 +1,8 @@
 """NIFF models: conversion rules and the registry."""
 
 from .convert import ConversionError, ConversionReport, niff_layers, record_shapes, to_niff, to_separated
+from .build import BuilderError, build_model
 from .registry import UnknownModelError, create_model, list_models, parse_name
 
-__all__ = ["ConversionError", "ConversionReport", "UnknownModelError", "create_model",
+__all__ = ["BuilderError", "ConversionError", "ConversionReport", "UnknownModelError", "build_model", "create_model",
            "list_models", "niff_layers", "parse_name", "record_shapes", "to_niff", "to_separated"]

@@ -112,7 +112,8 @@ def _describe(m: nn.Module) -> str:
     return type(m).__name__
 
 
-def _plan(model: nn.Module, shapes: dict) -> list[tuple[str, nn.Module, str, Optional[str]]]:
+def _plan(model: nn.Module, shapes: dict, niff_on_1x1: bool = False
+          ) -> list[tuple[str, nn.Module, str, Optional[str]]]:
     """(name, module, action, reason-if-kept) for every Conv2d/Linear the dry forward reached."""
     plan = []
     for name, m in model.named_modules():
@@ -129,7 +130,7 @@ def _plan(model: nn.Module, shapes: dict) -> list[tuple[str, nn.Module, str, Opt
             plan.append((name, m, "keep", "strided"))
         elif ishape[-2:] != oshape[-2:]:
             plan.append((name, m, "keep", "changes the feature-map size"))
-        elif ishape[-2:] == (1, 1):
+        elif ishape[-2:] == (1, 1) and not niff_on_1x1:
             plan.append((name, m, "keep", "runs on a 1x1 map"))
         elif tuple(m.kernel_size) == (1, 1):
             plan.append((name, m, "pointwise", None))
@@ -156,7 +157,7 @@ def _pointwise_from(m: nn.Module, channels_last: bool = False) -> FreqPointwise:
 
 def to_niff(model: nn.Module, input_size: Size = 224, variant: str = "split",
             mlp: MLPSpec = "big", mode: str = "circular", in_chans: Optional[int] = None,
-            convert_pointwise: bool = True) -> nn.Module:
+            convert_pointwise: bool = True, niff_on_1x1: bool = False) -> nn.Module:
     """Replace a CNN's convolutions by NIFF layers in place and return the model.
 
     Args:
@@ -168,6 +169,8 @@ def to_niff(model: nn.Module, input_size: Size = 224, variant: str = "split",
         in_chans: input channels for the dry forward (default: the first conv's).
         convert_pointwise: also turn stride-1 1×1 convs and channels-last linears into
             bias-free :class:`FreqPointwise` layers.
+        niff_on_1x1: also convert k×k convs that run on 1×1 maps (where a NIFF filter is a
+            single complex number per channel); the authors' ResNet-18 at 32×32 does this.
 
     Returns:
         The same model object; ``model.niff_conversion`` holds the :class:`ConversionReport`.
@@ -179,7 +182,7 @@ def to_niff(model: nn.Module, input_size: Size = 224, variant: str = "split",
         raise ConversionError(f"unknown NIFF variant {variant!r}; choose 'split' or 'full'")
     shapes = record_shapes(model, input_size, in_chans)
     report = ConversionReport()
-    for name, m, action, reason in _plan(model, shapes):
+    for name, m, action, reason in _plan(model, shapes, niff_on_1x1):
         fmap = tuple(shapes[name][0][-2:]) if action != "pointwise_cl" else tuple(shapes[name][0][1:3])
         if action == "keep" or (action.startswith("pointwise") and not convert_pointwise):
             report.kept.append(dict(name=name, old=_describe(m), reason=reason or "pointwise kept"))

@@ -7,24 +7,25 @@ that variant. ``list_models("resnet*_niff")`` takes fnmatch wildcards.
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Optional, Union
+import importlib
+from typing import Optional, Union
 
-import torchvision.models as tvm
 from torch import nn
 
 from ..errors import NiffError
 from ..layers.mlp import MLPSpec, resolve_mlp
 from .convert import record_shapes, to_niff, to_separated
 
-# arch -> (torchvision builder, default ImageNet MLP preset, variant suffixes the paper has)
-_ARCHS: dict[str, tuple[Callable[..., nn.Module], str, tuple[str, ...]]] = {
-    "resnet18": (tvm.resnet18, "big", ("", "_sep", "_niff", "_niff_full")),
-    "resnet50": (tvm.resnet50, "big", ("", "_sep", "_niff", "_niff_full")),
-    "resnet101": (tvm.resnet101, "big", ("", "_sep", "_niff", "_niff_full")),
-    "densenet121": (tvm.densenet121, "small", ("", "_sep", "_niff", "_niff_full")),
-    "convnext_tiny": (tvm.convnext_tiny, "big", ("", "_niff")),
-    "mobilenet_v2": (tvm.mobilenet_v2, "small", ("", "_niff")),
-    "mobilenet_v3_small": (tvm.mobilenet_v3_small, "small", ("", "_niff")),
+# arch -> (default ImageNet MLP preset, variant suffixes the paper has). The torchvision builder
+# of the same name is imported only when a model is built, so listing names needs no torchvision.
+_ARCHS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "resnet18": ("big", ("", "_sep", "_niff", "_niff_full")),
+    "resnet50": ("big", ("", "_sep", "_niff", "_niff_full")),
+    "resnet101": ("big", ("", "_sep", "_niff", "_niff_full")),
+    "densenet121": ("small", ("", "_sep", "_niff", "_niff_full")),
+    "convnext_tiny": ("big", ("", "_niff")),
+    "mobilenet_v2": ("small", ("", "_niff")),
+    "mobilenet_v3_small": ("small", ("", "_niff")),
 }
 _SUFFIXES = ("_niff_full", "_niff", "_sep")  # longest first for parsing
 STEMS = ("imagenet", "cifar")
@@ -36,7 +37,7 @@ class UnknownModelError(NiffError, ValueError):
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching an fnmatch ``pattern``, sorted."""
-    names = [a + s for a, (_, _, sfx) in _ARCHS.items() for s in sfx]
+    names = [a + s for a, (_, sfx) in _ARCHS.items() for s in sfx]
     return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
@@ -83,7 +84,7 @@ def _adapt_stem(arch: str, model: nn.Module, in_chans: int, stem: str) -> None:
 
 def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
                  input_size: Optional[Union[int, tuple[int, int]]] = None, stem: str = "imagenet",
-                 mlp: Optional[MLPSpec] = None, mode: str = "circular") -> nn.Module:
+                 mlp: Optional[MLPSpec] = None, mode: str = "circular", niff_on_1x1: bool = False) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -94,6 +95,8 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
         stem: ``"imagenet"`` or ``"cifar"`` (3×3 stride-1 stem, no max-pool, ``cifar`` MLP).
         mlp: MLP preset/config overriding the architecture's default.
         mode: NIFF convolution mode (see :data:`niff_analysis.layers.CONV_MODES`).
+        niff_on_1x1: NIFF also on k×k convs that run on 1×1 maps (the authors' ResNet-18 at
+            32×32 does this; :func:`~niff_analysis.models.to_niff`).
 
     Returns:
         The model, with ``model.niff_config`` holding the keyword arguments that rebuild it.
@@ -106,7 +109,8 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
             raise ValueError(f"{label} must be a positive integer, got {value}")
     if input_size is None:
         input_size = 32 if stem == "cifar" else 224
-    builder, default_mlp, _ = _ARCHS[arch]
+    default_mlp, _ = _ARCHS[arch]
+    builder = getattr(importlib.import_module("torchvision.models"), arch)
     model = builder(weights=None, num_classes=num_classes)
     _adapt_stem(arch, model, in_chans, stem)
     if mlp is None:
@@ -116,10 +120,12 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
         to_separated(model, input_size, in_chans=in_chans)
     elif variant.startswith("niff"):
         to_niff(model, input_size, variant="full" if variant == "niff_full" else "split",
-                mlp=mlp_cfg, mode=mode, in_chans=in_chans)
+                mlp=mlp_cfg, mode=mode, in_chans=in_chans, niff_on_1x1=niff_on_1x1)
     else:
         record_shapes(model, input_size, in_chans)  # validates the input size
     size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
     model.niff_config = dict(name=name, num_classes=num_classes, in_chans=in_chans, input_size=size,
                              stem=stem, mlp=mlp_cfg.to_dict(), mode=mode)
+    if niff_on_1x1:
+        model.niff_config["niff_on_1x1"] = True
     return model

@@ -11,7 +11,8 @@ from .curves import (plot_cost, plot_effective_size, plot_kernel_history, plot_m
                      plot_sweep)
 from .images import (centre_crop, plot_eigenkernels, plot_kernel_magnitude, plot_raw_kernels,
                      plot_weight_pca, sample_channels)
-from .report import FigureData, analyse, checkpoint_label, iter_figures, subsample, write_figures
+from ..checkpoint import checkpoint_label
+from .report import FigureData, analyse, iter_figures, subsample, write_figures
 from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, OKABE_ITO, layer_colors, save_figure, signed_norm,
                     stage_color, style)
 

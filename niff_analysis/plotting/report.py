@@ -10,22 +10,27 @@ says how many kernels a row stands for.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
+from .. import __version__
 from ..analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels, gaussian_fit,
                         gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
 from ..analysis.kernels import sample_channels, subsample
 from ..analysis.cost import cost_table
 from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..analysis.stats import read_kernel_stats
-from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, load_initial
+from ..checkpoint import find_checkpoints, load_checkpoint, load_initial
 from ..errors import NiffError, SelectionError
 from ..io import atomic_write
 from ..models import niff_layers
@@ -73,26 +78,10 @@ class FigureData:
     weight_pca: dict[str, PCAResult]
     cost: pd.DataFrame
     sources: dict[str, str] = field(default_factory=dict)
+    hashes: dict[str, Optional[str]] = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
     untrained_mass_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-def checkpoint_label(path: Optional[PathLike]) -> str:
-    """Short name of a checkpoint: its directory name or file stem (bundled default if None)."""
-    p = Path(path) if path is not None else DEFAULT_CHECKPOINT
-    p = Path(os.path.normpath(p))
-    return p.stem if p.suffix == ".safetensors" else p.name
-
-
-def _labels(checkpoints: Sequence[Optional[PathLike]]) -> list[str]:
-    out: list[str] = []
-    for ck in checkpoints:
-        base = label = checkpoint_label(ck)
-        i = 2
-        while label in out:
-            label, i = f"{base}-{i}", i + 1
-        out.append(label)
-    return out
 
 
 def _tag(df: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -106,7 +95,7 @@ def _tag(df: pd.DataFrame, label: str) -> pd.DataFrame:
 def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[str, Sequence[str]] = "*",
             device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
             cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
-            progress: Optional[Callable[[str], None]] = None) -> FigureData:
+            progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None) -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 
     A checkpoint without NIFF layers (a baseline) is analysed through its plain stride-1 k×k
@@ -123,16 +112,19 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         cost_sizes: feature-map sizes of the cost figure; empty to skip it.
         measure_cost: also time the layers (otherwise FLOPs only).
         progress: called with a short message before each step.
+        factory: the user factory you allow to build a checkpoint's model
+            (:func:`~niff_analysis.checkpoint.load_checkpoint`).
     """
     say = progress or (lambda msg: None)
-    checkpoints = list(checkpoints) or [None]
-    labels = _labels(checkpoints)
-    kernels, pcas, wpcas, sources = {}, {}, {}, {}
+    found = find_checkpoints(list(checkpoints) or [None])  # the labels the analysis commands give
+    labels, checkpoints = [label for label, _ in found], [path for _, path in found]
+    kernels, pcas, wpcas, sources, hashes = {}, {}, {}, {}, {}
     mass, sizes, gauss, gsum, untrained, history = [], [], [], [], [], []
     for label, ck in zip(labels, checkpoints):
         say(f"{label}: loading and extracting kernels")
-        model = load_checkpoint(ck, device=device)
+        model = load_checkpoint(ck, device=device, factory=factory)
         sources[label] = model.niff_checkpoint["path"]
+        hashes[label] = model.niff_checkpoint.get("sha256")
         has_niff = bool(niff_layers(model))
         try:
             lks = subsample(extract_kernels(model, layers=layers, include_conv=not has_niff), max_kernels)
@@ -171,7 +163,9 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                       effective_sizes=pd.concat(sizes, ignore_index=True),
                       gaussian=pd.concat(gauss, ignore_index=True),
                       gaussian_summary=pd.concat(gsum, ignore_index=True),
-                      eigenkernels=pcas, weight_pca=wpcas, cost=cost, sources=sources,
+                      eigenkernels=pcas, weight_pca=wpcas, cost=cost, sources=sources, hashes=hashes,
+                      parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
+                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost),
                       untrained_mass_summary=pd.concat(untrained, ignore_index=True) if untrained else pd.DataFrame(),
                       history=pd.concat(history, ignore_index=True) if history else pd.DataFrame())
 
@@ -255,26 +249,81 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
                {})
 
 
+MANIFEST = "meta.json"
+MANIFEST_FORMAT = "niff-analysis-figures"
+
+
+def _manifest_files(out: Path) -> list[str]:
+    """The files an earlier figure run wrote into ``out`` (its manifest's list), if any."""
+    try:
+        meta = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(meta, dict) or meta.get("format") != MANIFEST_FORMAT:
+        return []
+    return [f for f in meta.get("files", []) if isinstance(f, str) and "/" not in f and f != MANIFEST]
+
+
+def check_output_folder(out: PathLike) -> Path:
+    """Refuse an output folder that cannot be written, before any work is done.
+
+    Raises:
+        SelectionError: ``out`` is a file, or it (or the folder it would be made in) is not
+            writable; the message names ``out``.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SelectionError(f"{out}: exists and is not a directory")
+    probe = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("."))
+    try:  # really create a file: permission bits say nothing for root or on read-only mounts
+        fd, name = tempfile.mkstemp(prefix=".niff-write-test.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise SelectionError(f"{out}: cannot write there ({probe}: {exc.strerror or exc})") from None
+    return out
+
+
 def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pdf", "png"),
                   progress: Optional[Callable[[str], None]] = None) -> list[Path]:
-    """Write every figure in each format and every table as CSV under ``out`` (atomically).
+    """Write every figure in each format and every table as CSV under ``out``, as one unit.
+
+    Everything is written into a temporary folder beside ``out`` first and moved into place only
+    when all of it succeeded, with ``meta.json`` (toolkit version, checkpoints with labels and
+    weight hashes, parameters, the files written). A failure or interruption (Ctrl-C) before that
+    leaves ``out`` as it was. Files an earlier run listed in its ``meta.json`` and this run does not
+    write are removed; no other file in ``out`` is touched.
 
     Returns:
-        The paths written, sorted.
+        The paths written (``meta.json`` included), sorted.
     """
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise SelectionError(f"unknown figure format(s) {bad or formats}; choose from {', '.join(FORMATS)}")
     say = progress or (lambda msg: None)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SelectionError(f"{out}: exists and is not a directory")
-    written: set[Path] = set()
-    for fig_name, fig, tables in iter_figures(data):
-        say(f"figure {fig_name}")
-        written.update(save_figure(fig, out / fig_name, formats))
-        for table_name, df in tables.items():
-            path = out / f"{table_name}.csv"
-            if path not in written:
-                written.add(atomic_write(path, df.to_csv(index=False, float_format="%.6g")))
-    return sorted(written)
+    out = check_output_folder(out)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.absolute().parent))
+    try:
+        written: set[Path] = set()
+        for fig_name, fig, tables in iter_figures(data):
+            say(f"figure {fig_name}")
+            written.update(save_figure(fig, tmp / fig_name, formats))
+            for table_name, df in tables.items():
+                path = tmp / f"{table_name}.csv"
+                if path not in written:
+                    written.add(atomic_write(path, df.to_csv(index=False, float_format="%.6g")))
+        names = sorted(p.name for p in written)
+        atomic_write(tmp / MANIFEST, json.dumps(dict(
+            format=MANIFEST_FORMAT, versions=dict(niff_analysis=__version__, torch=torch.__version__),
+            checkpoints=[dict(label=label, path=data.sources.get(label), sha256=data.hashes.get(label))
+                         for label in data.labels],
+            parameters=dict(data.parameters, formats=list(formats)), files=names), indent=1) + "\n")
+        out.mkdir(exist_ok=True)
+        for stale in set(_manifest_files(out)) - set(names):
+            (out / stale).unlink(missing_ok=True)
+        for name in names + [MANIFEST]:  # the manifest last: it describes what is there
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(out / n for n in names + [MANIFEST])

@@ -42,7 +42,7 @@ from .. import __version__
 from ..analysis.kernels import extract_kernels
 from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..analysis.stats import kernel_stats, read_kernel_stats, stats_csv
-from ..checkpoint import CONFIG_NAME, initial_model, resolve_device, save_checkpoint
+from ..checkpoint import CONFIG_NAME, TRAIN_STATE_NAME, initial_model, resolve_device, save_checkpoint
 from ..errors import NiffError
 from ..io import atomic_write
 from ..layers.niff import _NIFFBase
@@ -50,7 +50,7 @@ from ..models import niff_layers
 from .data import SeededImageFolder, TensorDataset, augment_batch, load_dataset, normalise
 from .distributed import convert_batchnorm, dist_info, gather_objects, setup_distributed, state_fingerprint
 
-STATE_NAME = "train_state.pt"
+STATE_NAME = TRAIN_STATE_NAME  # checkpoint.load_checkpoint reads it as a model too
 STATE_FORMAT = 2
 # Settings that change the trained weights; a resume must use the same values.
 RECIPE_KEYS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",

@@ -1,0 +1,134 @@
+"""Any CNN as a first-class model: built by name, optionally converted, and saved so that a
+checkpoint can rebuild it.
+
+A *builder* is ``"torchvision:NAME"`` (any classification model of ``torchvision.models``) or a
+user factory ``"package.module:function"`` returning an ``nn.Module``. :func:`build_model`
+calls it with ``builder_kwargs``, converts the result with :func:`~niff_analysis.models.to_niff`
+when ``niff`` settings are given, and records everything in ``model.niff_config``, which
+:func:`~niff_analysis.checkpoint.save_checkpoint` stores and
+:func:`~niff_analysis.checkpoint.load_checkpoint` replays.
+
+Loading never runs code a checkpoint names by itself: torchvision builders are checked against
+``torchvision.models.list_models()``, and a user factory runs only when the caller names the
+same factory (``factory=`` / ``--factory``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Optional, Union
+
+from torch import nn
+
+from ..errors import NiffError
+from ..layers.mlp import resolve_mlp
+
+TORCHVISION = "torchvision:"
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class BuilderError(NiffError, ValueError):
+    """A builder name that cannot (or may not) be called."""
+
+
+def is_builder(name: str) -> bool:
+    """Whether ``name`` names a builder (``torchvision:NAME`` or ``module:function``), not a
+    registered model."""
+    return ":" in str(name)
+
+
+def _torchvision_builder(name: str):
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)
+    if name not in known:
+        raise BuilderError(f"torchvision has no classification model {name!r}; "
+                           f"available: {', '.join(known[:8])}, … ({len(known)} in all)")
+    return tvm.get_model_builder(name)
+
+
+def resolve_builder(builder: str, allow_factory: Optional[str] = None):
+    """The callable a builder name stands for.
+
+    Args:
+        builder: ``"torchvision:NAME"`` or ``"package.module:function"``.
+        allow_factory: the user factory the caller agrees to run; a ``module:function``
+            builder is refused unless it equals this.
+
+    Raises:
+        BuilderError: unknown torchvision model, malformed name, factory not allowed, or a
+            factory that cannot be imported.
+    """
+    if builder.startswith(TORCHVISION):
+        return _torchvision_builder(builder[len(TORCHVISION):])
+    if not _FACTORY_RE.match(builder):
+        raise BuilderError(f"builder {builder!r} is neither torchvision:NAME nor package.module:function")
+    if allow_factory != builder:
+        raise BuilderError(f"the model is built by the factory {builder!r}, which runs code: name it "
+                           f"yourself to allow it (--factory {builder}, or factory={builder!r})")
+    module, _, fn = builder.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as exc:
+        raise BuilderError(f"cannot import factory {builder!r}: {exc}") from None
+    if not callable(obj):
+        raise BuilderError(f"factory {builder!r} is not callable")
+    return obj
+
+
+def build_model(builder: str, builder_kwargs: Optional[dict] = None,
+                input_size: Union[int, tuple[int, int]] = 224, in_chans: Optional[int] = None,
+                niff: Optional[dict] = None, factory: Optional[str] = None) -> nn.Module:
+    """Build (and optionally convert) a CNN, recording how, so that it can be saved and reloaded.
+
+    Args:
+        builder: ``"torchvision:NAME"`` or ``"package.module:function"``.
+        builder_kwargs: keyword arguments of the builder (e.g. ``num_classes``); JSON values.
+        input_size: input H×W the model runs at (the dry forward that records feature-map sizes).
+        in_chans: input channels of the dry forward (default: the first conv's).
+        niff: ``None`` keeps the CNN as it is (its plain convolutions are analysed); otherwise
+            :func:`~niff_analysis.models.to_niff` settings: ``variant``, ``mlp``, ``mode``,
+            ``convert_pointwise``, ``niff_on_1x1``.
+        factory: the user factory the caller agrees to run (must equal ``builder`` for one).
+
+    Returns:
+        The model; ``model.niff_config`` holds the arguments that rebuild it.
+    """
+    from .convert import record_shapes, to_niff
+
+    fn = resolve_builder(builder, allow_factory=factory)
+    kwargs = dict(builder_kwargs or {})
+    try:
+        model = fn(**kwargs)
+    except TypeError as exc:
+        raise BuilderError(f"{builder}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise BuilderError(f"{builder} returned {type(model).__name__}, not an nn.Module")
+    size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
+    settings = None
+    if niff is not None:
+        settings = dict(variant="split", mlp="big", mode="circular", convert_pointwise=True, niff_on_1x1=False)
+        unknown = set(niff) - set(settings)
+        if unknown:
+            raise BuilderError(f"unknown NIFF setting(s) {sorted(unknown)}; choose from {sorted(settings)}")
+        settings.update(niff)
+        settings["mlp"] = resolve_mlp(settings["mlp"]).to_dict()
+        to_niff(model, size, in_chans=in_chans, **settings)
+    else:
+        record_shapes(model, size, in_chans)  # validates the input size
+    model.niff_config = dict(name=builder, builder_kwargs=kwargs, input_size=size, in_chans=in_chans,
+                             niff=settings)
+    return model
+
+
+def rebuild(architecture: str, model_kwargs: dict, factory: Optional[str] = None) -> nn.Module:
+    """The model a checkpoint config describes (registry name or builder)."""
+    if is_builder(architecture):
+        kw = dict(model_kwargs)
+        return build_model(architecture, kw.get("builder_kwargs"), kw.get("input_size", 224),
+                           kw.get("in_chans"), kw.get("niff"), factory=factory)
+    from .registry import create_model
+
+    return create_model(architecture, **model_kwargs)
+
