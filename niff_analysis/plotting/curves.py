@@ -282,38 +282,58 @@ def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
 
 # --------------------------------------------------------------------------- Gaussian σ
 def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
-    """Mean ± std of the fitted Gaussian σx and σy per layer (Fig. A3/A4), one panel per model.
+    """Fitted Gaussian σx and σy per layer (Fig. A3/A4), one panel per model: the median with
+    the interquartile range of the successful fits (mean ± std where the table has no
+    quartiles), the median moment σ of every kernel as a small cross, and under each layer how
+    many fits it stands for (n_ok / n, and how many were censored as sharper than 0.4 px).
 
     Args:
-        summary: :func:`~niff_analysis.analysis.gaussian_summary` output (``layer``,
-            ``sigma_x_mean``, ``sigma_x_std``, ``sigma_y_mean``, ``sigma_y_std``; ``stage``,
-            ``checkpoint`` optional).
+        summary: :func:`~niff_analysis.analysis.gaussian_summary` output (``layer`` and
+            ``sigma_<x|y>_median/_q25/_q75`` or ``_mean/_std``; ``stage``, ``checkpoint``,
+            ``n``, ``n_ok``, ``n_censored``, ``sigma_<x|y>_moment_median`` optional).
         ax: axes, one per model.
         fig: figure to add panels to.
     """
-    cols = ["layer", "sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std"]
+    quartiles = {"sigma_x_median", "sigma_x_q25", "sigma_x_q75"} <= set(summary.columns)
+    cols = ["layer"] + ([f"sigma_{a}_{s}" for a in "xy" for s in ("median", "q25", "q75")] if quartiles
+                        else [f"sigma_{a}_{s}" for a in "xy" for s in ("mean", "std")])
     _require(summary, cols, "plot_sigma")
     models = _models(summary)
     with style():
-        fig, axes = _panels(len(models), ax, fig, ncols=2, panel_size=(4.2, 2.6))
+        fig, axes = _panels(len(models), ax, fig, ncols=2, panel_size=(4.2, 2.8))
         for a, model in zip(axes, models):
             part = _of_model(summary, model).reset_index(drop=True)
             x = np.arange(len(part))
-            for j, (axis, marker, dx) in enumerate((("x", "o", -0.12), ("y", "s", 0.12))):
+            for axis, marker, dx in (("x", "o", -0.12), ("y", "s", 0.12)):
                 for i, row in part.iterrows():
                     c = stage_color(stage_of(row["layer"], row.get("stage")))
-                    a.errorbar(x[i] + dx, row[f"sigma_{axis}_mean"], yerr=row[f"sigma_{axis}_std"],
-                               color=c, marker=marker, ms=4, capsize=2, lw=1,
+                    if quartiles:
+                        mid = row[f"sigma_{axis}_median"]
+                        err = [[mid - row[f"sigma_{axis}_q25"]], [row[f"sigma_{axis}_q75"] - mid]]
+                    else:
+                        mid, err = row[f"sigma_{axis}_mean"], row[f"sigma_{axis}_std"]
+                    a.errorbar(x[i] + dx, mid, yerr=err, color=c, marker=marker, ms=4, capsize=2, lw=1,
                                mfc=c if axis == "x" else "white")
-                # legend proxies: marker shape = axis, colour = stage
+                    moment = row.get(f"sigma_{axis}_moment_median")
+                    if moment is not None and np.isfinite(moment):
+                        a.plot(x[i] + dx, moment, "x", color=c, ms=4, mew=0.8)
                 a.plot([], [], "k" + marker, mfc="k" if axis == "x" else "white", ms=4,
-                       label=f"σ{axis}")
-            a.set_xticks(x, part["layer"], rotation=60, ha="right")
+                       label=f"σ{axis} fit: median, quartiles" if quartiles else f"σ{axis} fit: mean ± std")
+            if any(f"sigma_{ax_}_moment_median" in part.columns for ax_ in "xy"):
+                a.plot([], [], "kx", ms=4, mew=0.8, label="moment σ, all kernels (median)")
+            labels = []
+            for _, row in part.iterrows():
+                count = ""
+                if "n" in part.columns and "n_ok" in part.columns:
+                    count = f"\n{int(row['n_ok'])}/{int(row['n'])}"
+                    if "n_censored" in part.columns and row["n_censored"] == row["n_censored"]:
+                        count += f", {int(row['n_censored'])} <0.4"
+                labels.append(f"{row['layer']}{count}")
+            a.set_xticks(x, labels, rotation=60, ha="right", fontsize=6)
             a.set_ylabel("fitted σ (pixels)")
-            if model is not None:
-                a.set_title(str(model))
+            a.set_title(f"{model}" if model is not None else "Gaussian σ per layer (fits ok / kernels)")
             a.set_ylim(bottom=0)
-            a.legend(loc="upper right")
+            a.legend(loc="upper right", fontsize=6)
     return _ret(fig, axes)
 
 
