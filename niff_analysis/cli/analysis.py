@@ -43,7 +43,9 @@ class Run:
 
     def __init__(self, command: str, checkpoints, layers: str, include_conv: bool, device: str,
                  quiet: bool, params: dict):
-        self.command, self.layers, self.include_conv, self.quiet = command, layers, include_conv, quiet
+        self.command, self.include_conv, self.quiet = command, include_conv, quiet
+        # --layers 'a,b' (comma list) as in figures
+        self.layers = [p.strip() for p in layers.split(",") if p.strip()] or ["*"]
         self.device = resolve_device(device)
         self.targets = find_checkpoints(tuple(checkpoints))
         self.params = dict(params, layers=layers, include_conv=include_conv, device=device)
@@ -277,15 +279,19 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
         run.log(f"{label}: {len(frames[-1])} mass ratios in {time.perf_counter() - t0:.2f} s")
         _warn_massless(run, label, frames[-1])
     mass = pd.concat(frames, ignore_index=True)
+    note = ""
     if fmt == "table":
         df = _mass_table(mass)
+        if (df[["fmap_h", "fmap_w"]].max(axis=1) < 9).any():
+            note = ("(mass_wS of a layer whose kernels are smaller than S×S is that of the whole kernel, "
+                    "1.0: the window covers all of it)\n")
     elif view == "summary":
         df = mass_summary(mass)
     elif view == "sizes":
         df = effective_sizes(mass)
     else:
         df = mass
-    _finish(run, render_frame(df, fmt), output, len(df))
+    _finish(run, render_frame(df, fmt) + note, output, len(df))
 
 
 def _warn_massless(run: Run, label: str, mass: pd.DataFrame) -> None:
@@ -306,7 +312,9 @@ def _mass_table(mass: pd.DataFrame) -> pd.DataFrame:
     summ = mass_summary(mass)
     table = summ.groupby(keys, sort=False, dropna=False)["n"].max().rename("kernels").reset_index()
     for w in (1, 3, 5, 9):
-        col = summ[summ["window"] == w][keys + ["mean"]].rename(columns={"mean": f"mass_w{w}"})
+        # A window larger than the kernel covers all of it: the full-size value (1.0).
+        at = summ[summ["window"] <= w].groupby(keys, sort=False, dropna=False).tail(1)
+        col = at[keys + ["mean"]].rename(columns={"mean": f"mass_w{w}"})
         table = table.merge(col, on=keys, how="left")
     sizes = effective_sizes(mass).groupby(keys, sort=False, dropna=False)[
         ["size_50", "size_90", "size_95"]].mean().reset_index()

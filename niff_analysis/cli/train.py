@@ -76,6 +76,13 @@ def train_config(out: str, model_name, dataset, data_dir, epochs, batch_size, lr
     """The :class:`TrainConfig` of the shared options (``--out`` checked before any work)."""
     _out_folder(out)
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
+    if "mlp" in kwargs:
+        from ..layers.mlp import resolve_mlp
+
+        try:
+            resolve_mlp(kwargs["mlp"])
+        except ValueError as exc:
+            raise NiffError(f"--mlp: {exc}") from None
     kwargs["mode"] = mode
     return TrainConfig(model=model_name, model_kwargs=kwargs, dataset=dataset, data_dir=data_dir,
                        out=out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -92,14 +99,23 @@ def train_config(out: str, model_name, dataset, data_dir, epochs, batch_size, lr
 @train_options
 @click.option("--out", required=True, type=click.Path(), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-def train_cmd(out, resume, **opts) -> None:
+@click.option("--overwrite", is_flag=True, help="Train afresh into an OUT that holds another run.")
+def train_cmd(out, resume, overwrite, **opts) -> None:
     """Train a registered model; writes a checkpoint, metrics.csv, kernel_stats.csv, init/ and
     train_config.json to OUT.
 
     Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N``; --batch-size
     is the global batch.
     """
-    final = train(train_config(out, **opts), resume=resume)
+    cfg = train_config(out, **opts)
+    cfg.overwrite = overwrite
+    try:
+        final = train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        state = Path(out) / "train_state.pt"
+        if state.is_file() and int(os.environ.get("RANK", "0")) == 0:
+            click.echo(f"interrupted: the same command with --resume continues from {state}", err=True)
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"test_acc {final.get('test_acc', float('nan')):.4f}; checkpoint in {out}")
 

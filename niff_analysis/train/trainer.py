@@ -96,6 +96,7 @@ class TrainConfig:
     kernel_stats: bool = True  # record kernel_stats.csv at init, every epoch (and every N steps)
     kernel_stats_every_steps: int = 0
     keep_epoch_checkpoints: bool = False  # also keep OUT/epoch_NNN/ after every epoch
+    overwrite: bool = False    # train afresh into an out folder that holds another run
 
     def validate(self) -> None:
         """Raise :class:`NiffError` on values no run can use."""
@@ -121,6 +122,11 @@ class TrainConfig:
             raise NiffError("weight_decay, mlp_weight_decay and momentum must be non-negative")
         if not self.mlp_lr_scale > 0:
             raise NiffError(f"mlp_lr_scale must be positive, got {self.mlp_lr_scale}")
+        from ..models.registry import parse_name
+
+        if parse_name(self.model)[1] in ("baseline", "sep") and self.model_kwargs.get("mlp") is not None:
+            raise NiffError(f"{self.model} has no NIFF layers: an MLP setting would be recorded but "
+                            "never used; drop --mlp")
         if self.dtype not in DTYPES:
             raise NiffError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -277,17 +283,42 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
         raise NiffError(f"--resume: cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step", "rows"} <= set(state):
         raise NiffError(f"--resume: {path} is not a niff-analysis training state")
-    saved = state.get("recipe")  # absent in format-1 states
-    if saved is not None:
-        now = cfg.recipe()
-        saved = {k: saved.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS}
-        diff = [k for k in RECIPE_KEYS if saved[k] != now.get(k)]
-        if diff:
-            k = diff[0]
-            raise NiffError(f"--resume: {path} was made with {k}={saved[k]!r}, this run has "
-                            f"{k}={now.get(k)!r} ({len(diff)} setting(s) differ); resume with the "
-                            "same recipe or use a new --out")
+    diff = _recipe_diff(state, cfg)
+    if diff:
+        raise NiffError(f"--resume: {path} was made with {diff}; resume with the same recipe or use a new --out")
     return state
+
+
+def _recipe_diff(state: dict, cfg: TrainConfig) -> str:
+    """How a saved state's recipe differs from ``cfg``'s, in words ("" when it does not)."""
+    saved = state.get("recipe")  # absent in format-1 states
+    if saved is None:
+        return ""
+    now = cfg.recipe()
+    saved = {k: saved.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS}
+    diff = [k for k in RECIPE_KEYS if saved[k] != now.get(k)]
+    if not diff:
+        return ""
+    k = diff[0]
+    return f"{k}={saved[k]!r}, this run has {k}={now.get(k)!r} ({len(diff)} setting(s) differ)"
+
+
+def _refuse_other_run(out: Path, cfg: TrainConfig) -> None:
+    """A fresh run must not silently replace what an out folder holds."""
+    held = [n for n in (STATE_NAME, CONFIG_NAME, "metrics.csv", STATS_NAME) if (out / n).is_file()]
+    if not held:
+        return
+    if (out / STATE_NAME).is_file():
+        try:
+            diff = _recipe_diff(torch.load(out / STATE_NAME, map_location="cpu", weights_only=True), cfg)
+        except Exception:  # noqa: BLE001 - unreadable: it is still somebody's run
+            diff = "an unreadable train_state.pt"
+        if diff:
+            raise NiffError(f"--out {out} holds another run (made with {diff}); use a new --out, or "
+                            "--overwrite to replace it")
+        raise NiffError(f"--out {out} holds a run of this recipe: --resume continues it "
+                        "(--overwrite starts it again)")
+    raise NiffError(f"--out {out} holds a run ({', '.join(held)}); use a new --out, or --overwrite to replace it")
 
 
 def _check_compile(cfg: TrainConfig, model: nn.Module, device: torch.device) -> None:
@@ -411,10 +442,12 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
         if not state_path.is_file():
             raise NiffError(f"--resume: no {STATE_NAME} in {out}")
         state = _load_state(state_path, cfg)  # refuses another recipe before anything is written
+    elif not cfg.overwrite:
+        _refuse_other_run(out, cfg)
     kstats = _StatsRecorder(core, out / STATS_NAME, steps, device, enabled=cfg.kernel_stats and is_main)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / INIT_DIR / CONFIG_NAME).is_file():
+        if not resume or not (out / INIT_DIR / CONFIG_NAME).is_file():
             save_checkpoint(core, out / INIT_DIR, **_checkpoint_meta(cfg, 0))
     if state is not None:
         kstats.keep_until(int(state.get("global_step", int(state["epoch"]) * steps + int(state["step"]))))
