@@ -38,7 +38,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (best effort: not every platform/filesystem can)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -69,7 +69,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         _fsync(tmp)  # before the chmod: a umask may leave the final mode read-only
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

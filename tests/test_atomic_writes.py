@@ -56,6 +56,8 @@ ALLOWED = {
         "renders into memory; atomic_write writes the bytes",
     ("niff_analysis/train/trainer.py", "atomic_write(state_path, lambda p: torch.save(st, p))"):
         "torch.save into atomic_write's temporary path",
+    ("niff_analysis/plotting/report.py", "os.replace(tmp / name, out / name)"):
+        "moves files atomic_write wrote (and fsynced) in the figure set's temporary folder into place",
 }
 
 
@@ -189,7 +191,7 @@ def _raise(code):
 def cached_default():
     model = load_checkpoint(None)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli_analysis, "load_checkpoint", lambda path=None, device="cpu": model)
+        mp.setattr(cli_analysis, "load_checkpoint", lambda path=None, device="cpu", factory=None: model)
         yield
 
 

@@ -28,8 +28,6 @@ deterministic sample; NIFF layers have one kernel per channel and are fitted who
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -102,9 +100,7 @@ def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional
 
 def stats_csv(history: pd.DataFrame) -> str:
     """``kernel_stats.csv`` text of a history table (full float precision, so it round-trips)."""
-    buf = io.StringIO()
-    history[HISTORY_COLUMNS].to_csv(buf, index=False, float_format="%.17g", quoting=csv.QUOTE_MINIMAL)
-    return buf.getvalue()
+    return history[HISTORY_COLUMNS].to_csv(index=False, float_format="%.17g")
 
 
 def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:

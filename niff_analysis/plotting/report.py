@@ -32,7 +32,7 @@ from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..analysis.stats import read_kernel_stats
 from ..checkpoint import find_checkpoints, load_checkpoint, load_initial
 from ..errors import NiffError, SelectionError
-from ..io import atomic_write
+from ..io import atomic_write, fsync_dir
 from ..models import niff_layers
 from .curves import plot_cost, plot_effective_size, plot_kernel_history, plot_mass_ratio, plot_sigma
 from .images import plot_eigenkernels, plot_kernel_magnitude, plot_raw_kernels, plot_weight_pca
@@ -324,6 +324,7 @@ def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pd
             (out / stale).unlink(missing_ok=True)
         for name in names + [MANIFEST]:  # the manifest last: it describes what is there
             os.replace(tmp / name, out / name)
+        fsync_dir(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sorted(out / n for n in names + [MANIFEST])
