@@ -51,3 +51,16 @@ def test_mass_table_windows_beyond_the_map_are_the_whole_kernel():
     small = table[table["fmap_h"] == 4]
     assert (small["mass_w5"] == 1.0).all() and (small["mass_w9"] == 1.0).all()
     assert table["mass_w9"].notna().all()
+
+
+def test_max_kernels_samples_every_layer_and_is_recorded(tmp_path):
+    import json
+
+    out = tmp_path / "g.csv"
+    res = _run("gaussian", "--layers", "layer4.1.*", "--max-kernels", "16", "-q", "-o", out)
+    assert res.exit_code == 0, res.output
+    fits = pd.read_csv(out)
+    assert fits.groupby("layer").size().tolist() == [16, 16]
+    assert json.loads((tmp_path / "meta.json").read_text())["outputs"]["g.csv"]["parameters"]["max_kernels"] == 16
+    res = _run("gaussian", "--layers", "layer4.1.*", "--max-kernels", "16", "-q", "--format", "csv")
+    assert pd.read_csv(__import__("io").StringIO(res.stdout)).equals(fits)  # the same sample every run

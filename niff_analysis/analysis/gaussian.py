@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from functools import partial
 from typing import Sequence
 
@@ -322,7 +323,7 @@ def _few_threads(data: torch.Tensor):
 
 
 def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
-                  chunk_pixels: int = 1 << 20) -> pd.DataFrame:
+                  chunk_pixels: int = 1 << 20, bar=None) -> pd.DataFrame:
     """Fit every kernel of a (N, H, W) stack; one row per kernel (without layer columns)."""
     n, h, w = kernels.shape
     dev = torch.device(device)
@@ -375,6 +376,8 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
             res[k][idx] = v.double().cpu().numpy()
         iters[idx] = it.cpu().numpy()
         status[idx] = fit_status(p, h, w, conv)
+        if bar is not None:
+            bar.update(len(idx))
     out = pd.DataFrame(res)
     out["success"] = status == "ok"
     out["status"] = status
@@ -385,13 +388,15 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
     return out
 
 
-def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 200) -> pd.DataFrame:
+def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 200,
+                 progress: bool = False) -> pd.DataFrame:
     """Fit a 2-D Gaussian to |k| of every kernel of every layer (protocol: module docstring).
 
     Args:
         kernels: layers from :func:`extract_kernels`.
         device: where the batched fit runs (``cpu``, ``cuda``, ``mps`` or a torch device).
         max_iter: Levenberg–Marquardt iterations at most.
+        progress: show a progress bar (stderr) over the kernels being fitted.
 
     Returns:
         One row per kernel: layer, stage, fmap_h, fmap_w, channel, sigma_x, sigma_y,
@@ -408,14 +413,19 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 
     by_size: dict[tuple, list[int]] = {}
     for i, lk in enumerate(kernels):
         by_size.setdefault(lk.size, []).append(i)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(lk.flat.shape[0] for lk in kernels), desc="Gaussian fits", unit="kernel",
+               file=sys.stderr, disable=not progress, leave=False)
     for idx in by_size.values():
         stacked = torch.cat([kernels[i].flat for i in idx])
-        df = fit_gaussians(stacked, device=device, max_iter=max_iter)
+        df = fit_gaussians(stacked, device=device, max_iter=max_iter, bar=bar)
         start = 0
         for i in idx:
             n = kernels[i].flat.shape[0]
             fits[i] = df.iloc[start:start + n].reset_index(drop=True)
             start += n
+    bar.close()
     frames = []
     for i, lk in enumerate(kernels):
         df = fits[i]

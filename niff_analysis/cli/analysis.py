@@ -25,7 +25,7 @@ import torch
 
 from .. import __version__
 from ..analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian_summary,
-                        kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
+                        kernel_mass, mass_summary, pca_eigenkernels, subsample, weight_pca)
 from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, find_checkpoints, load_checkpoint, resolve_device
 from ..errors import NiffError, SelectionError
 from ..io import atomic_write, directory_lock, file_sha256
@@ -77,6 +77,11 @@ class Run:
                 lks = extract_kernels(model, layers=self.layers, include_conv=self.include_conv)
             except NiffError as exc:  # no match, non-finite kernels, …: say which checkpoint
                 raise type(exc)(f"{label}: {exc}") from None
+            max_kernels = click.get_current_context().meta.get("niff_max_kernels")
+            total = sum(lk.flat.shape[0] for lk in lks)
+            if max_kernels:
+                self.params["max_kernels"] = max_kernels
+                lks = subsample(lks, max_kernels)
             plain = [lk.name for lk in lks if lk.kind == "conv"]
             if niff_only and plain:
                 verb = "is a plain convolution" if len(plain) == 1 else "are plain convolutions"
@@ -87,7 +92,8 @@ class Run:
             if lks and len(plain) == len(lks) and not self.include_conv:
                 self.log(f"note: {label} has no NIFF layers; analysing its plain convolutions")
             n = sum(lk.flat.shape[0] for lk in lks)
-            self.log(f"{label}: {len(lks)} layers, {n} kernels "
+            sampled = f" (sampled from {total}: at most {max_kernels} per layer)" if n < total else ""
+            self.log(f"{label}: {len(lks)} layers, {n} kernels{sampled} "
                      f"({time.perf_counter() - t0:.1f} s to load and extract)")
             out.append((label, lks))
         return out
@@ -183,6 +189,11 @@ def _key(label: str, name: str, several: bool) -> str:
 
 
 # --------------------------------------------------------------------------- options
+def _store_max_kernels(ctx, param, value):
+    ctx.meta["niff_max_kernels"] = positive_int(ctx, param, value)
+    return value
+
+
 def analysis_options(f: Callable) -> Callable:
     """CHECKPOINT arguments and the options every analysis command shares."""
     for deco in reversed([
@@ -202,6 +213,9 @@ def analysis_options(f: Callable) -> Callable:
                           ".txt = table; .npz where the command says), with meta.json beside it."),
         device_option(),
         factory_option(),
+        click.option("--max-kernels", type=int, callback=_store_max_kernels, expose_value=False, metavar="N",
+                     help="Analyse at most N kernels per layer (evenly spaced over the channels, the same "
+                          "sample every run; recorded in meta.json) for a quick look at large layers."),
         click.option("--quiet", "-q", is_flag=True,
                      help="No logs or progress bars on stderr (warnings and errors still print)."),
     ]):
@@ -402,14 +416,16 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
     frames = []
     for label, lks in run.kernels():
         t0 = time.perf_counter()
-        fits = gaussian_fit(lks, device=run.device, max_iter=max_iter)
+        fits = gaussian_fit(lks, device=run.device, max_iter=max_iter, progress=not quiet)
         run.log(f"{label}: {len(fits)} Gaussian fits, {int(fits['success'].sum())} ok, "
                 f"in {time.perf_counter() - t0:.1f} s on {run.device}")
         frames.append(_with_checkpoint(label, fits))
     fits = pd.concat(frames, ignore_index=True)
     df = fits if fmt != "table" and view == "fits" else gaussian_summary(fits)
-    if fmt == "table":
-        df = df.round(3)
+    if fmt == "table":  # for people: medians of the fits, the moment σ, and what they stand for
+        keep = ["checkpoint", "layer", "fmap_h", "fmap_w", "sigma_x_median", "sigma_y_median",
+                "sigma_ratio_mean", "sigma_x_moment_median", "sigma_y_moment_median", "n_ok", "n_censored", "n"]
+        df = df[[c for c in keep if c in df.columns]].round(3)
     _finish(run, render_frame(df, fmt), output, len(df))
 
 
