@@ -162,12 +162,12 @@ def test_pdf_embeds_truetype_and_bytes_are_reproducible(real, tmp_path, monkeypa
 
 # --------------------------------------------------------------------------- CLI
 EXPECTED = ["mass_ratio", "effective_size", "gaussian_sigma", "cost", "eigenkernels",
-            "eigenkernels_zoom9", "weight_pca", "raw_kernels", "kernel_magnitude"]
+            "eigenkernels_zoom9", "weight_pca", "raw_kernels", "kernel_magnitude", "erf", "frequency"]
 TABLES = ["mass_summary", "mass_summary_untrained", "effective_sizes", "gaussian_fits", "gaussian_summary", "cost",
           "eigenkernels", "eigenkernel_components", "weight_pca", "weight_pca_components",
-          "raw_kernels_sample"]
-FAST = ["--layers", "layer3.1.conv2,layer4.1.conv1", "--max-kernels", "16", "--cost-sizes", "4,8",
-        "--no-timing", "--device", "cpu"]
+          "raw_kernels_sample", "erf_area_ratios", "frequency_profile", "frequency_profile_untrained"]
+FAST = ["--layers", "layer3.1.conv2,layer4.1.conv1", "--max-kernels", "16", "--erf-images", "4",
+        "--cost-sizes", "4,8", "--no-timing", "--device", "cpu"]
 
 
 def test_cli_writes_the_full_set_reproducibly(tmp_path):
@@ -198,7 +198,7 @@ def test_cli_compares_niff_with_baseline(tmp_path, baseline_checkpoint):
     out = tmp_path / "cmp"
     res = CliRunner().invoke(main, ["figures", str(BUNDLED_DIR / "resnet18_niff_fmnist"),
                                     str(baseline_checkpoint), "--out", str(out), "--format", "png",
-                                    *FAST[:4], "--cost-sizes", "none"])
+                                    *FAST[:6], "--cost-sizes", "none"])
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.iterdir()}
     for label in ("resnet18_niff_fmnist", "resnet18_fmnist"):
@@ -234,7 +234,7 @@ def test_figures_are_written_as_a_unit(tmp_path, monkeypatch):
     from niff_analysis.plotting import report
 
     out = tmp_path / "figs"
-    args = ["figures", "--out", str(out), "--quiet", *FAST[:4], "--cost-sizes", "none"]
+    args = ["figures", "--out", str(out), "--quiet", *FAST[:6], "--cost-sizes", "none"]
     res = CliRunner().invoke(main, [*args, "--format", "pdf,png"])
     assert res.exit_code == 0, res.output
     (out / "notes.txt").write_text("mine")

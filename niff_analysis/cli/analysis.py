@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian_summary,
-                        kernel_mass, mass_summary, pca_eigenkernels, subsample, weight_pca)
+from ..analysis import (effective_receptive_fields, effective_sizes, erf_area_ratios, extract_kernels,
+                        frequency_profile, gaussian_fit, gaussian_summary, kernel_mass, mass_summary,
+                        pca_eigenkernels, subsample, weight_pca)
 from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, find_checkpoints, load_checkpoint, resolve_device
 from ..errors import NiffError, SelectionError
 from ..io import atomic_write, directory_lock, file_sha256
@@ -229,8 +230,11 @@ def analysis_options(f: Callable) -> Callable:
 @click.option("--responses", is_flag=True,
               help="With .npz output, also store each NIFF layer's frequency response as "
                    "'<layer>@real' and '<layer>@imag'.")
+@click.option("--view", type=click.Choice(["layers", "radial"]), default="layers", show_default=True,
+              help="layers: one row per layer; radial: the radial profile of each NIFF layer's |W| "
+                   "against |f| / f_Nyquist (mean and quartiles over channels).")
 @click.pass_context
-def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, responses):
+def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, responses, view):
     """Spatial kernels of every NIFF layer on the feature-map size it runs at.
 
     CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
@@ -254,6 +258,13 @@ def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qui
                     arrays[_key(label, lk.name, several) + "@real"] = lk.response.real.numpy()
                     arrays[_key(label, lk.name, several) + "@imag"] = lk.response.imag.numpy()
         _write_npz(run, output, arrays)
+        return
+    if view == "radial":
+        df = pd.concat([_with_checkpoint(label, frequency_profile(lks)) for label, lks in results],
+                       ignore_index=True)
+        if df.empty:
+            raise SelectionError("--view radial needs NIFF layers (frequency responses); none selected")
+        _finish(run, render_frame(df.round(4) if fmt == "table" else df, fmt), output, len(df))
         return
     rows = []
     for label, lks in results:
@@ -495,4 +506,83 @@ def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
         df = df.pivot_table(index=keys, columns="stat", values="value", sort=False).reset_index()
         df = df[keys + [s for s in wanted if s in df.columns]].round(3)
         df.columns.name = None
+    _finish(run, render_frame(df, fmt), output, len(df))
+
+
+@main.command("erf")
+@click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]")
+@click.option("--layers", default=None, metavar="GLOB",
+              help="Modules whose outputs are differentiated (fnmatch, comma list; default: every stage, "
+                   "e.g. layer1 … layer4).")
+@click.option("--images", "n_images", type=int, default=50, show_default=True, callback=positive_int,
+              help="Test images accumulated.")
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "cifar10", "imagefolder"]),
+              help="Default: the checkpoint's own (its config records it).")
+@click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to the Debian package's).")
+@click.option("--thresholds", default="20,30,50,99", show_default=True, help="Contribution shares t (%).")
+@click.option("--untrained", is_flag=True, help="Also measure each checkpoint's initialisation (label '<name>@init').")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="table: side per stage and threshold; csv/json: the long form.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
+@device_option()
+@factory_option()
+@click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
+@click.pass_context
+def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, untrained, fmt, output,
+            device, quiet):
+    """Effective receptive field per stage: gradient of the output's central pixel w.r.t. the input.
+
+    CHECKPOINT: checkpoint folders, or folders of them (default: the bundled checkpoint). Per
+    stage and threshold t: the side of the smallest centred square holding t % of the summed
+    |gradient| over --images test images, and its share of the input area (RepLKNet's
+    high-contribution area ratio). Columns: checkpoint, stage, threshold, side, area_ratio.
+    """
+    from ..analysis.erf import dataset_images
+    from ..checkpoint import load_initial
+
+    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
+    try:
+        ts = [float(t) for t in thresholds.split(",") if t.strip()]
+    except ValueError:
+        raise SelectionError(f"--thresholds takes comma-separated percentages, got {thresholds!r}") from None
+    if not ts or any(not 0 < t <= 100 for t in ts):
+        raise SelectionError(f"--thresholds must lie in (0, 100], got {thresholds!r}")
+    pattern = None if layers is None else [p.strip() for p in layers.split(",") if p.strip()]
+    run = Run("erf", checkpoints, "*", False, device, quiet,
+              dict(layers=layers, images=n_images, dataset=dataset, thresholds=ts, untrained=untrained))
+    frames, images = [], {}
+    for label, path in run.targets:
+        model = load_checkpoint(path, device=str(run.device), factory=current_factory())
+        meta = model.niff_checkpoint
+        run.provenance.append(dict(label=label, path=meta["path"], sha256=meta["sha256"]))
+        name = dataset or meta.get("dataset")
+        if name is None:
+            raise NiffError(f"{label}: the checkpoint records no dataset; pass --dataset")
+        size = (meta.get("model_kwargs") or {}).get("input_size") or 224
+        key = (name, str(data_dir), str(size))
+        if key not in images:
+            images[key] = dataset_images(name, n_images, data_dir,
+                                         image_size=size[0] if isinstance(size, list) else int(size))
+        todo = [(label, model)]
+        if untrained:
+            init = load_initial(path, device=str(run.device))
+            if init is None:
+                run.warn(f"{label}: no initialisation known (not trained by this toolkit); --untrained skipped")
+            else:
+                todo.append((f"{label}@init", init))
+        for lab, m in todo:
+            t0 = time.perf_counter()
+            try:
+                maps = effective_receptive_fields(m, images[key], layers=pattern)
+            except NiffError as exc:
+                raise type(exc)(f"{label}: {exc}") from None
+            run.log(f"{lab}: ERF of {len(maps)} stages from {len(images[key])} images in "
+                    f"{time.perf_counter() - t0:.1f} s")
+            frames.append(_with_checkpoint(lab, erf_area_ratios(maps, ts)))
+    df = pd.concat(frames, ignore_index=True)
+    if fmt == "table":
+        df = df.pivot_table(index=["checkpoint", "stage"], columns="threshold", values="side",
+                            sort=False).reset_index()
+        df.columns = [f"side_{c:g}%" if isinstance(c, float) else c for c in df.columns]
     _finish(run, render_frame(df, fmt), output, len(df))

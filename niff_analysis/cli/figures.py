@@ -46,9 +46,12 @@ def _sizes(value: str) -> list[int]:
 @click.option("--cost-sizes", default=",".join(map(str, COST_SIZES)), show_default=True,
               help="Feature-map sizes of the cost figure, or 'none' to skip it.")
 @click.option("--no-timing", is_flag=True, help="Cost figure from FLOPs only, no timed runs.")
+@click.option("--erf-images", type=int, default=50, show_default=True,
+              help="Test images of each checkpoint's dataset for the receptive-field figure (0: skip it).")
+@click.option("--data-dir", type=click.Path(), help="That dataset's folder (Fashion-MNIST: the Debian package's).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages (the file list still prints).")
 def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_sizes, no_timing,
-                quiet) -> None:
+                erf_images, data_dir, quiet) -> None:
     """Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were drawn from.
 
     No CHECKPOINT means the bundled default; several are compared in the same figures (a
@@ -70,7 +73,10 @@ def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_siz
     targets = [path for _, path in find_checkpoints(tuple(checkpoints))]
     data = analyse(targets, layers=_csv_list(layers, "--layers"), device=device,
                    max_kernels=max_kernels, cost_sizes=_sizes(cost_sizes),
-                   measure_cost=not no_timing, progress=progress, factory=current_factory())
+                   measure_cost=not no_timing, progress=progress, factory=current_factory(),
+                   erf_images=max(0, erf_images), data_dir=data_dir)
+    for note in data.notes:
+        click.echo(f"note: {note}", err=True)
     paths = write_figures(data, out, formats=fmts, progress=progress)
     for p in paths:
         click.echo(str(p))

@@ -18,7 +18,7 @@ from matplotlib.patches import Rectangle
 
 from ..analysis.kernels import sample_channels
 from ..errors import SelectionError
-from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, new_figure, ordered_unique,
+from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, layer_colors, new_figure, ordered_unique,
                     stage_color, stage_of, style)
 
 Cell = tuple[np.ndarray, str]  # image, caption under it (None: an empty slot)
@@ -228,5 +228,130 @@ def plot_kernel_magnitude(kernels: Sequence, fig: Optional[Figure] = None, ncols
                            scale_label="mean |k| ÷ layer maximum")
 
 
+
+
+def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.DataFrame] = None,
+             threshold: float = 50, fig: Optional[Figure] = None) -> tuple[Figure, np.ndarray]:
+    """Effective receptive fields: one row per checkpoint, one column per stage, log(1 + x) of
+    each map scaled to its maximum, one colour scale per stage shared by the checkpoints; the
+    centred square holding ``threshold`` % of the contribution is outlined, and a last column
+    draws every checkpoint's side of that square per stage.
+
+    Args:
+        maps: checkpoint label → stage → (H, W) map
+            (:func:`~niff_analysis.analysis.effective_receptive_fields`).
+        ratios: :func:`~niff_analysis.analysis.erf_area_ratios` rows with a ``checkpoint`` column.
+        threshold: which threshold's square to outline and plot.
+        fig: figure to draw into.
+    """
+    labels = list(maps)
+    if not labels:
+        raise SelectionError("plot_erf: no receptive fields to draw")
+    stages = ordered_unique(s for lab in labels for s in maps[lab])
+    with style():
+        if fig is None:
+            fig = new_figure((1.6 * len(stages) + 2.6, 1.6 * len(labels) + 0.4))
+        grid = fig.subplots(len(labels), len(stages) + 1, squeeze=False)
+        for j, st in enumerate(stages):
+            top = max(float(np.log1p(maps[lab][st] / maps[lab][st].max()).max())
+                      for lab in labels if st in maps[lab] and maps[lab][st].max() > 0)
+            for i, lab in enumerate(labels):
+                a = grid[i, j]
+                a.set_xticks([])
+                a.set_yticks([])
+                if st not in maps[lab]:
+                    a.set_visible(False)
+                    continue
+                m = maps[lab][st]
+                img = np.log1p(m / m.max()) if m.max() > 0 else m
+                a.imshow(img, cmap=CMAP_MAGNITUDE, vmin=0, vmax=top, interpolation="nearest")
+                if ratios is not None:
+                    r = ratios[(ratios["checkpoint"] == lab) & (ratios["stage"] == st)
+                               & (ratios["threshold"] == threshold)]
+                    if len(r) and np.isfinite(r["side"].iloc[0]):
+                        side = r["side"].iloc[0]
+                        h, w = m.shape
+                        a.add_patch(Rectangle((w // 2 - (side - 1) / 2 - 0.5, h // 2 - (side - 1) / 2 - 0.5),
+                                              side, side, fill=False, ec="white", lw=0.8, ls="--"))
+                if i == 0:
+                    a.set_title(st, fontsize=7)
+                if j == 0:
+                    a.set_ylabel(lab, fontsize=6)
+        for i in range(1, len(labels)):
+            grid[i, -1].set_visible(False)
+        a = grid[0, -1]
+        if ratios is not None and not ratios.empty:
+            r = ratios[ratios["threshold"] == threshold]
+            for k, lab in enumerate(labels):
+                d = r[r["checkpoint"] == lab]
+                a.plot(range(len(d)), d["side"], marker="o", ms=3, lw=1, label=lab,
+                       ls="--" if lab.endswith("@init") else "-")
+            a.set_xticks(range(len(stages)), stages, rotation=45, fontsize=6)
+            a.set_ylabel(f"side holding {threshold:g} % (px)", fontsize=6)
+            a.set_ylim(bottom=0)
+            a.legend(fontsize=5, loc="best")
+        else:
+            a.set_visible(False)
+    return fig, grid
+
+
+def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional[pd.DataFrame] = None,
+                   fig: Optional[Figure] = None, title: Optional[str] = None) -> tuple[Figure, np.ndarray]:
+    """Frequency responses of NIFF layers: the mean |W| over channels on each layer's centred grid
+    (log colour scale, DC in the middle), and below them the radial profiles of |W| against
+    |f| / f_Nyquist (mean, interquartile band), the initialisation dashed.
+
+    Args:
+        kernels: :class:`~niff_analysis.analysis.LayerKernels` with frequency responses.
+        profile: :func:`~niff_analysis.analysis.frequency_profile` of the same layers.
+        untrained: the same table of the initialisation, or ``None``.
+        fig: figure to draw into.
+        title: figure title.
+    """
+    from ..analysis.frequency import mean_magnitude
+
+    layers = [lk for lk in kernels if lk.response is not None]
+    if not layers or profile.empty:
+        raise SelectionError("plot_frequency: no NIFF layer (frequency response) to draw")
+    colors = layer_colors([lk.name for lk in layers], [lk.stage for lk in layers])
+    ncols = min(len(layers), 7)
+    nrows = -(-len(layers) // ncols)
+    with style():
+        if fig is None:
+            fig = new_figure((1.3 * ncols + 0.6, 1.3 * nrows + 2.6))
+        sub = fig.subfigures(2, 1, height_ratios=[1.3 * nrows, 2.4])
+        grid = sub[0].subplots(nrows, ncols, squeeze=False)
+        for a in grid.ravel():
+            a.set_xticks([])
+            a.set_yticks([])
+        for k, lk in enumerate(layers):
+            a = grid.ravel()[k]
+            mag = mean_magnitude(lk)
+            pos = mag[mag > 0]
+            norm = mcolors.LogNorm(vmin=pos.min(), vmax=pos.max()) if len(pos) and pos.max() > pos.min() else None
+            a.imshow(np.where(mag > 0, mag, np.nan), cmap=CMAP_MAGNITUDE, norm=norm, interpolation="nearest")
+            a.set_title(lk.name, fontsize=5, color=colors[lk.name])
+        for a in grid.ravel()[len(layers):]:
+            a.set_visible(False)
+        ax = sub[1].subplots(1, 1)
+        for lk in layers:
+            d = profile[profile["layer"] == lk.name]
+            ax.plot(d["radius"], d["mean"], color=colors[lk.name], lw=1, label=lk.name)
+            ax.fill_between(d["radius"], d["q25"], d["q75"], color=colors[lk.name], alpha=0.12, lw=0)
+            if untrained is not None and (untrained["layer"] == lk.name).any():
+                u = untrained[untrained["layer"] == lk.name]
+                ax.plot(u["radius"], u["mean"], color=colors[lk.name], lw=0.8, ls="--")
+        if untrained is not None and not untrained.empty:
+            ax.plot([], [], color="0.3", ls="--", lw=0.8, label="at initialisation")
+        ax.axvline(1.0, color="0.4", ls=":", lw=0.8)
+        ax.set_xlabel("|f| / f_Nyquist")
+        ax.set_ylabel("|W| (mean over channels)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=5, ncols=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        if title:
+            fig.suptitle(title, fontsize=8)
+    return fig, grid
+
+
 __all__ = ["centre_crop", "plot_eigenkernels", "plot_kernel_magnitude",
-           "plot_raw_kernels", "plot_weight_pca", "sample_channels"]
+           "plot_erf", "plot_frequency", "plot_raw_kernels", "plot_weight_pca", "sample_channels"]

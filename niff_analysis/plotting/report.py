@@ -28,14 +28,17 @@ from ..analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernel
                         gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
 from ..analysis.kernels import sample_channels, subsample
 from ..analysis.cost import cost_table
+from ..analysis.erf import dataset_images, effective_receptive_fields, erf_area_ratios
+from ..analysis.frequency import frequency_profile
 from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..analysis.stats import read_kernel_stats
 from ..checkpoint import find_checkpoints, load_checkpoint, load_initial
-from ..errors import NiffError, SelectionError
+from ..errors import DataError, NiffError, SelectionError
 from ..io import atomic_write, fsync_dir
 from ..models import niff_layers
 from .curves import plot_cost, plot_effective_size, plot_kernel_history, plot_mass_ratio, plot_sigma
-from .images import plot_eigenkernels, plot_kernel_magnitude, plot_raw_kernels, plot_weight_pca
+from .images import (plot_eigenkernels, plot_erf, plot_frequency, plot_kernel_magnitude, plot_raw_kernels,
+                     plot_weight_pca)
 from .style import save_figure
 
 CHECKPOINT = "checkpoint"
@@ -66,6 +69,12 @@ class FigureData:
             checkpoint's label; empty when none is known.
         history: each checkpoint's ``kernel_stats.csv`` (statistics during training), where it
             has one.
+        frequency, untrained_frequency: radial profiles of |W| of the NIFF layers, trained and
+            at initialisation.
+        erf_maps, erf: effective receptive fields per stage (label → stage → map; label
+            ``<name>@init`` for the initialisation) and their area ratios, where the
+            checkpoint's dataset is available.
+        notes: what was skipped and why.
     """
 
     labels: list[str]
@@ -82,6 +91,11 @@ class FigureData:
     parameters: dict = field(default_factory=dict)
     untrained_mass_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    frequency: pd.DataFrame = field(default_factory=pd.DataFrame)
+    untrained_frequency: pd.DataFrame = field(default_factory=pd.DataFrame)
+    erf_maps: dict = field(default_factory=dict)
+    erf: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list = field(default_factory=list)
 
 
 def _tag(df: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -95,7 +109,8 @@ def _tag(df: pd.DataFrame, label: str) -> pd.DataFrame:
 def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[str, Sequence[str]] = "*",
             device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
             cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
-            progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None) -> FigureData:
+            progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
+            erf_images: int = 50, data_dir: Optional[PathLike] = None) -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 
     A checkpoint without NIFF layers (a baseline) is analysed through its plain stride-1 k×k
@@ -114,12 +129,15 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         progress: called with a short message before each step.
         factory: the user factory you allow to build a checkpoint's model
             (:func:`~niff_analysis.checkpoint.load_checkpoint`).
+        erf_images: test images of the checkpoint's dataset for the receptive fields (0: skip).
+        data_dir: that dataset's folder (Fashion-MNIST: the Debian package's by default).
     """
     say = progress or (lambda msg: None)
     found = find_checkpoints(list(checkpoints) or [None])  # the labels the analysis commands give
     labels, checkpoints = [label for label, _ in found], [path for _, path in found]
     kernels, pcas, wpcas, sources, hashes = {}, {}, {}, {}, {}
     mass, sizes, gauss, gsum, untrained, history = [], [], [], [], [], []
+    freq, freq0, erf_rows, erf_maps, notes, images = [], [], [], {}, [], {}
     for label, ck in zip(labels, checkpoints):
         say(f"{label}: loading and extracting kernels")
         model = load_checkpoint(ck, device=device, factory=factory)
@@ -146,11 +164,32 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         g = gaussian_fit(lks, device=device)
         gauss.append(_tag(g, label))
         gsum.append(_tag(gaussian_summary(g), label))
+        if has_niff:
+            freq.append(_tag(frequency_profile(lks), label))
         init = load_initial(ck, device=device)
         if init is not None:
             say(f"{label}: mass ratio at initialisation")
             init_lks = subsample(extract_kernels(init, layers=layers, include_conv=not has_niff), max_kernels)
             untrained.append(_tag(mass_summary(kernel_mass(init_lks)), label))
+            if has_niff:
+                freq0.append(_tag(frequency_profile(init_lks), label))
+        if erf_images:
+            name = model.niff_checkpoint.get("dataset")
+            size = (model.niff_checkpoint.get("model_kwargs") or {}).get("input_size") or 224
+            try:
+                if name is None:
+                    raise DataError("the checkpoint records no dataset")
+                key = (name, int(size[0] if isinstance(size, list) else size))
+                if key not in images:
+                    images[key] = dataset_images(name, erf_images, data_dir, image_size=key[1])
+            except DataError as exc:
+                notes.append(f"{label}: receptive fields skipped ({exc})")
+                say(notes[-1])
+            else:
+                say(f"{label}: effective receptive fields ({len(images[key])} images)")
+                for lab, m in [(label, model)] + ([(f"{label}@init", init)] if init is not None else []):
+                    erf_maps[lab] = effective_receptive_fields(m, images[key])
+                    erf_rows.append(_tag(erf_area_ratios(erf_maps[lab]), lab))
         stats_file = Path(sources[label]) / STATS_NAME
         if stats_file.is_file():
             history.append(_tag(read_kernel_stats(stats_file), label))
@@ -167,7 +206,11 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                       parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
                                       cost_sizes=list(cost_sizes), measure_cost=measure_cost),
                       untrained_mass_summary=pd.concat(untrained, ignore_index=True) if untrained else pd.DataFrame(),
-                      history=pd.concat(history, ignore_index=True) if history else pd.DataFrame())
+                      history=pd.concat(history, ignore_index=True) if history else pd.DataFrame(),
+                      frequency=pd.concat(freq, ignore_index=True) if freq else pd.DataFrame(),
+                      untrained_frequency=pd.concat(freq0, ignore_index=True) if freq0 else pd.DataFrame(),
+                      erf_maps=erf_maps, erf=pd.concat(erf_rows, ignore_index=True) if erf_rows else pd.DataFrame(),
+                      notes=notes)
 
 
 def _components_long(result: PCAResult, label: str) -> pd.DataFrame:
@@ -215,6 +258,8 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
            tables)
     if not data.history.empty:
         yield "kernel_history", plot_kernel_history(data.history)[0], {"kernel_history": data.history}
+    if data.erf_maps:
+        yield "erf", plot_erf(data.erf_maps, data.erf)[0], {"erf_area_ratios": data.erf}
     yield ("effective_size", plot_effective_size(data.effective_sizes, quantile=90)[0],
            {"effective_sizes": data.effective_sizes})
     yield ("gaussian_sigma", plot_sigma(data.gaussian_summary)[0],
@@ -240,6 +285,16 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
                    {name("weight_pca", label): w.table,
                     name("weight_pca_components", label): _components_long(w, label)})
         lks = data.kernels[label]
+        if not data.frequency.empty and (data.frequency[CHECKPOINT] == label).any():
+            prof = data.frequency[data.frequency[CHECKPOINT] == label]
+            ref = data.untrained_frequency
+            ref = ref[ref[CHECKPOINT] == label] if not ref.empty else None
+            tables = {name("frequency_profile", label): prof}
+            if ref is not None and not ref.empty:
+                tables[name("frequency_profile_untrained", label)] = ref
+            yield (name("frequency", label),
+                   plot_frequency(lks, prof, ref, title=f"{label}: frequency responses" if multi else None)[0],
+                   tables)
         yield (name("raw_kernels", label),
                plot_raw_kernels(lks, n_channels=n_channels, title=f"{label}: spatial kernels (sample)"
                                 if multi else None)[0],
