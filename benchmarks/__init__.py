@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-BENCHMARKS = ("layer", "train_step", "analysis", "cost", "kernel_stats", "startup")
+BENCHMARKS = ("layer", "train_step", "analysis", "cost", "kernel_stats", "startup", "erf")
 """Benchmark module names, in the order ``python -m benchmarks`` runs them."""
 
 
