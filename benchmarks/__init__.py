@@ -9,17 +9,9 @@ and prints its own table; nothing here asserts a time.
 from __future__ import annotations
 
 import pandas as pd
-import torch
 
 BENCHMARKS = ("layer", "train_step", "analysis", "cost", "kernel_stats", "startup", "erf")
 """Benchmark module names, in the order ``python -m benchmarks`` runs them."""
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def show(title: str, frame: pd.DataFrame, floatfmt: str = "{:.3g}") -> None:

@@ -10,9 +10,10 @@ import time
 
 import torch
 
+from niff_analysis.checkpoint import resolve_device
 from niff_analysis.train.trainer import keep_freed_memory
 
-from . import BENCHMARKS, pick_device
+from . import BENCHMARKS
 
 
 def _cpu_model() -> str:
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
         if args.threads < 1:
             parser.error("--threads must be positive")
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)  # the toolkit's one rule: auto = cuda, then mps, then cpu
     kept = False if args.default_malloc else keep_freed_memory()
     names = args.names or list(BENCHMARKS)
     print(f"# {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__} | "
