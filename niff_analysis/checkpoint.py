@@ -124,7 +124,23 @@ def read_config(path: PathLike) -> dict:
         raise CheckpointError(f"{path}: config is not a {FORMAT} config")
     if "architecture" not in cfg or not isinstance(cfg.get("model_kwargs"), dict):
         raise CheckpointError(f"{path}: config lacks architecture/model_kwargs")
+    _check_kwarg_types(cfg["model_kwargs"], path)
     return cfg
+
+
+def _check_kwarg_types(kwargs: dict, path) -> None:
+    """Name the field of a hand-edited config whose type is wrong (not a confusing later error)."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("num_classes", "in_chans"):
+        if key in kwargs and kwargs[key] is not None and not is_int(kwargs[key]):
+            raise CheckpointError(f"{path}: config field model_kwargs.{key} must be an integer, got {kwargs[key]!r}")
+    size = kwargs.get("input_size")
+    if size is not None and not (is_int(size) or (isinstance(size, list) and len(size) == 2
+                                                  and all(is_int(v) for v in size))):
+        raise CheckpointError(f"{path}: config field model_kwargs.input_size must be an integer or [H, W], "
+                              f"got {size!r}")
 
 
 def _check_finite(state: dict, path) -> None:

@@ -64,3 +64,20 @@ def test_max_kernels_samples_every_layer_and_is_recorded(tmp_path):
     assert json.loads((tmp_path / "meta.json").read_text())["outputs"]["g.csv"]["parameters"]["max_kernels"] == 16
     res = _run("gaussian", "--layers", "layer4.1.*", "--max-kernels", "16", "-q", "--format", "csv")
     assert pd.read_csv(__import__("io").StringIO(res.stdout)).equals(fits)  # the same sample every run
+
+
+def test_a_hand_edited_config_names_the_wrong_field(tmp_path):
+    import json
+    import shutil
+
+    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
+
+    ck = tmp_path / "ck"
+    shutil.copytree(DEFAULT_CHECKPOINT, ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    for field, value, shown in (("input_size", "32", "'32'"), ("num_classes", 10.5, "10.5")):
+        bad = dict(cfg, model_kwargs=dict(cfg["model_kwargs"], **{field: value}))
+        (ck / "config.json").write_text(json.dumps(bad))
+        res = _run("mass", ck)
+        assert res.exit_code == 2, res.output
+        assert f"config field model_kwargs.{field} must be" in res.output and shown in res.output
