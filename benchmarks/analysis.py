@@ -9,6 +9,10 @@
   that both fits call successful. Target (issue 7): batched ≥ 20× faster.
 * **Pipeline.** ``niff-analyze describe``, ``mass``, ``pca`` and ``gaussian`` on a saved
   ``resnet50_niff`` checkpoint, in process (click's runner), each timed once. Target: ≤ 30 s in all.
+* **Scale.** ``niff-analyze gaussian`` as a user runs it (a fresh process, start-up included) on
+  the bundled baseline (1,048,640 spatial kernels) and on the bundled NIFF default (2,944), one
+  after the other. Target (issue 14): the baseline in ≤ 60 s on 2 cores. ``quick`` fits 2,000
+  sampled kernels per layer instead (``--max-kernels``).
 """
 
 from __future__ import annotations
@@ -109,6 +113,25 @@ def pipeline(model: torch.nn.Module) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scale(quick: bool = False) -> pd.DataFrame:
+    """Wall time of ``niff-analyze gaussian`` on the bundled baseline and NIFF default."""
+    import subprocess
+    import sys
+
+    from niff_analysis.checkpoint import BUNDLED_DIR
+
+    rows = []
+    for name in ("resnet18_fmnist", "resnet18_niff_fmnist"):
+        cmd = [sys.executable, "-c", "from niff_analysis.cli import main; main()", "gaussian", str(BUNDLED_DIR / name), "--quiet"]
+        cmd += ["--max-kernels", "2000"] if quick else []
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        err = "" if res.returncode == 0 else (res.stderr.strip().splitlines() or ["?"])[-1][:80]
+        rows.append(dict(checkpoint=name, seconds=seconds, exit_code=res.returncode, error=err))
+    return pd.DataFrame(rows)
+
+
 def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample: int | None = None,
         with_pipeline: bool = True) -> pd.DataFrame:
     """Both parts; returns the Gaussian comparison table (the pipeline table is printed)."""
@@ -129,5 +152,11 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample:
         show(f"analysis: CLI pipeline on a {MODEL} checkpoint", pipe)
         print(f"  total {total:.1f} s (target <= 30 s: {verdict(total, 30)})")
         frame.attrs["pipeline_s"] = total
+        big = scale(quick)
+        show("analysis: niff-analyze gaussian on the bundled checkpoints (fresh process each)", big)
+        base_s = float(big.seconds.iloc[0])
+        print(f"  baseline {base_s:.1f} s, {base_s / float(big.seconds.iloc[1]):.1f}x the NIFF default "
+              f"(target <= 60 s{' on all kernels' if not quick else ''}: {verdict(base_s, 60)})")
+        frame.attrs["baseline_gaussian_s"] = base_s
     frame.attrs["speedup"] = speedup
     return frame

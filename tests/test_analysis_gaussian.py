@@ -208,3 +208,50 @@ def test_moment_sigmas_recover_known_gaussians_and_never_fail():
     assert summ.sigma_x_median == pytest.approx(df[df.success].sigma_x.median())
     assert summ.sigma_x_q25 <= summ.sigma_x_median <= summ.sigma_x_q75
     assert summ.sigma_x_moment_median == pytest.approx(df.sigma_x_moment.median())
+
+
+def _noisy_kernels(n, size=8, seed=0):
+    """n noisy Gaussian blobs of random widths (some sharper than a pixel), as a (n, size, size) stack."""
+    rng = np.random.default_rng(seed)
+    out = [gaussian_image(size, size, rng.uniform(0.2, 3), rng.uniform(0.2, 3), rng.uniform(-1, 1),
+                          rng.uniform(-1, 1), rng.uniform(-1, 1)) + 0.05 * rng.standard_normal((size, size))
+           for _ in range(n)]
+    return torch.as_tensor(np.stack(out))
+
+
+def test_working_set_and_worker_processes_do_not_change_any_fit(monkeypatch):
+    """The refilled working set (batch < B) and the forked workers give every fit exactly what one
+    batch of all fits in this process gives: each fit depends on its own data only."""
+    from niff_analysis.analysis import gaussian as g
+
+    kern = _noisy_kernels(300)
+    mag = kern.abs().double().reshape(300, -1)
+    mag = mag / mag.max(1, keepdim=True).values
+    whole = g._solve(mag, 8, 8, 200, batch=None)
+    streamed = g._solve(mag, 8, 8, 200, batch=7)  # a working set much smaller than the job
+    for a, b in zip(whole, streamed):
+        assert torch.equal(a, b)
+    serial = g.fit_gaussians(kern)
+    monkeypatch.setattr(g, "_cpu_workers", lambda pixels: 2)  # force two workers on this small job
+    forked = g.fit_gaussians(kern)
+    assert serial.status.value_counts().get("undersampled", 0) > 0  # the give-up rules were exercised
+    pd.testing.assert_frame_equal(serial, forked)
+
+
+def test_give_up_rules_keep_every_successful_fit_of_the_bundled_checkpoint():
+    """The early give-up (σ_minor < 0.3 px or σ_major > 3 sizes for 20 iterations) changes no
+    successful fit of the bundled NIFF default against a solver that only stops at 0.1 px."""
+    from niff_analysis.analysis import gaussian as g
+    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+    layers = [lk for lk in extract_kernels(load_checkpoint(DEFAULT_CHECKPOINT)) if lk.size == (4, 4)]
+    fast = gaussian_fit(layers)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(g, "GIVE_UP_PATIENCE", 10 ** 6)
+        mp.setattr(g, "HARD_WIDTH", float("inf"))
+        slow = gaussian_fit(layers)
+    assert fast.success.sum() > 100
+    assert (fast.success == slow.success).all()
+    both = fast.success
+    np.testing.assert_allclose(fast.sigma_x[both], slow.sigma_x[both], rtol=1e-9)
+    assert fast.iterations.sum() < 0.8 * slow.iterations.sum()

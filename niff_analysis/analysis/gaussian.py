@@ -33,9 +33,12 @@ lowers the cost. With MINPACK's default tolerances (``ftol`` = ``xtol`` = 1.5e-8
 ``scipy.optimize.curve_fit``) a fit has converged when an accepted step lowers the cost by less
 than ``ftol`` relative or changes the parameters by less than ``xtol`` relative, when the RMS
 residual falls below 1e-8 of the peak, or when λ exceeds 1e10 (no step lowers the cost any
-more). The solver stops early on a fit whose σ_minor falls below 0.1 px (a peak squeezing between
-the samples while its amplitude grows without bound) or whose centre moves more than a kernel
-size off the grid; such fits are then judged by the failure rules below.
+more). The solver gives up early on a fit that has left the meaningful regime: σ_minor below
+0.1 px, or below 0.3 px for 20 iterations in a row (a peak squeezing between the samples while
+its amplitude grows without bound); σ_major above 20 kernel sizes, or above 3 for 20 iterations
+(amplitude and offset cancelling into a slope); or a centre more than a kernel size off the
+grid. Such fits are then judged by the failure rules below. On the CPU the fits run in a
+cache-sized working set that is refilled as fits finish, in one worker process per core.
 
 **Failure** is data (``success`` False, a reason in ``status``), never an exception:
 ``"zero kernel"``, ``"non-finite kernel"``, ``"constant kernel"`` and ``"too few pixels"`` (fewer
@@ -67,9 +70,10 @@ from the same start wherever both fits succeed.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from typing import Sequence
 
@@ -81,8 +85,14 @@ from .kernels import LayerKernels
 
 N_PARAMS = 7
 MIN_SIGMA = 0.4
-GIVE_UP_SIGMA = 0.1
-SMALL_BATCH = 1 << 22  # Jacobian entries below which the CPU solver runs on one thread
+# A fit is given up (see _hopeless) when its σ_minor falls below HARD_SIGMA px or its σ_major
+# exceeds HARD_WIDTH kernel sizes, or when it stays below GIVE_UP_SIGMA px or above
+# GIVE_UP_WIDTH kernel sizes for GIVE_UP_PATIENCE iterations in a row.
+HARD_SIGMA, HARD_WIDTH = 0.1, 20.0
+GIVE_UP_SIGMA, GIVE_UP_WIDTH, GIVE_UP_PATIENCE = 0.3, 3.0, 20
+CPU_BATCH_PIXELS = 1 << 17  # working-set size of the CPU solver (kernels × pixels): fits in cache
+CPU_BATCH_KERNELS = 8192  # ... and at most this many kernels (benchmarks/README.md)
+PROCESS_PIXELS = 1 << 21  # kernel pixels from which the CPU solver forks worker processes
 PERFECT_RMS = 1e-8  # residual RMS, relative to the kernel's peak, that counts as a perfect fit
 _LOG_CLAMP = 12.0  # |u|, |v| bound: keeps exp() finite; σ ∈ [6e-6, 1.6e5] px
 COLUMNS = ["layer", "stage", "fmap_h", "fmap_w", "channel", "sigma_x", "sigma_y", "sigma_major",
@@ -125,8 +135,10 @@ def _model_parts(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
 
 def _jacobian(parts, extra_rows: int = 0) -> torch.Tensor:
     """Analytic Jacobian (B, 7, N) from :func:`_model_parts`' intermediates, written row by row
-    into one buffer (contiguous rows for the J·Jᵀ products; no stacking copy). With
-    ``extra_rows`` the buffer has that many more rows, left for the caller to fill."""
+    into one buffer (contiguous rows for the J·Jᵀ products; no stacking copy), with rows 3-5
+    negated (−∂f/∂u, −∂f/∂l21, −∂f/∂v: three passes fewer; the solver flips its step's signs,
+    :data:`_SIGNS`, which is exact). With ``extra_rows`` the buffer has that many more rows,
+    left for the caller to fill."""
     e, ae, s, t, dx, dy, l11, l21, l22 = parts
     jac = torch.empty((e.shape[0], N_PARAMS + extra_rows, e.shape[1]), dtype=e.dtype, device=e.device)
     jac[:, 0] = e                                            # ∂f/∂A
@@ -134,17 +146,22 @@ def _jacobian(parts, extra_rows: int = 0) -> torch.Tensor:
     torch.mul(q, l11, out=jac[:, 1])                         # ∂f/∂x0 = A·e·s·l11
     rl = (ae * t).mul_(l22)
     torch.addcmul(rl, q, l21, out=jac[:, 2])                 # ∂f/∂y0 = A·e·(s·l21 + t·l22)
-    torch.mul(jac[:, 1], dx, out=jac[:, 3]).neg_()          # ∂f/∂u = −A·e·s·dx·l11
-    torch.mul(q, dy, out=jac[:, 4]).neg_()                   # ∂f/∂l21 = −A·e·s·dy
-    torch.mul(rl, dy, out=jac[:, 5]).neg_()                  # ∂f/∂v = −A·e·t·dy·l22
+    torch.mul(jac[:, 1], dx, out=jac[:, 3])                  # −∂f/∂u = A·e·s·dx·l11
+    torch.mul(q, dy, out=jac[:, 4])                          # −∂f/∂l21 = A·e·s·dy
+    torch.mul(rl, dy, out=jac[:, 5])                         # −∂f/∂v = A·e·t·dy·l22
     jac[:, 6] = 1                                            # ∂f/∂b
     return jac
+
+
+_SIGNS = torch.tensor([1.0, 1, 1, -1, -1, -1, 1])  # signs of _jacobian's rows
 
 
 def _model_jac(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, jac: bool = True):
     """Batched model values (B, N) and Jacobian (B, 7, N) at parameters p (B, 7)."""
     f, parts = _model_parts(p, x, y)
-    return f, (_jacobian(parts) if jac else None)
+    if not jac:
+        return f, None
+    return f, _jacobian(parts) * _SIGNS.to(f)[:, None]
 
 
 def _moments(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
@@ -181,78 +198,122 @@ def _clamp_(p: torch.Tensor) -> torch.Tensor:
     return p
 
 
+def _gram(a: torch.Tensor) -> torch.Tensor:
+    """Batched a·aᵀ of (B, R, N). On the CPU numpy's stacked matmul, which was 1.4–1.5× faster
+    than torch.bmm for these small float64 matrices (benchmarks/README.md)."""
+    if a.device.type == "cpu" and a.dtype == torch.float64:
+        n = a.numpy()
+        return torch.from_numpy(np.matmul(n, n.transpose(0, 2, 1)))
+    return torch.bmm(a, a.transpose(1, 2))
+
+
 def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0: torch.Tensor,
                         max_iter: int = 200, ftol: float = 1.5e-8, xtol: float = 1.5e-8,
-                        give_up=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        give_up=None, batch: int | None = None,
+                        on_done=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched LM fit of :func:`gaussian_model` to ``data`` (B, N).
 
-    The loop works on a compacted set of the fits still running (finished ones are written
-    back and dropped), and carries each fit's model values and Jacobian from the accepted
-    trial point into the next iteration, so every iteration evaluates the model once.
+    The fits iterate together in a working set of at most ``batch`` rows. Finished fits are
+    written back, and once a sixteenth of the rows has finished, fits not yet started take
+    their places; when none are left, finished rows are dropped. So the set stays near
+    ``batch`` rows (small enough to stay in the CPU's cache), and no iteration runs for a
+    handful of slow fits only. Each fit's model values
+    and Jacobian are carried from its accepted trial point into the next iteration, so every
+    iteration evaluates the model once. Every fit's result depends on its own data only.
 
     Args:
-        give_up: optional function params (B, 7) → bool (B,) marking fits to stop early (their
-            status is then judged from their values).
+        give_up: optional function params (B, 7) → (bool (B,), bool (B,)) marking fits to stop
+            early (their status is then judged from their values): now, or once the second
+            mask has held for GIVE_UP_PATIENCE iterations in a row.
+        batch: working-set rows at most (default: all B).
+        on_done: optional function called with the number of fits that just finished.
 
     Returns:
         (params (B, 7), stopped (B,) bool: converged or given up, iterations (B,) int).
     """
     bsz = data.shape[0]
+    dev = data.device
     p = p0.clone()
-    done = torch.zeros(bsz, dtype=torch.bool, device=data.device)
-    iters = torch.zeros(bsz, dtype=torch.long, device=data.device)
+    done = torch.zeros(bsz, dtype=torch.bool, device=dev)
+    iters = torch.zeros(bsz, dtype=torch.long, device=dev)
+    if bsz == 0:
+        return p, done, iters
+    batch = bsz if batch is None else max(1, min(int(batch), bsz))
     tiny = torch.finfo(data.dtype).tiny
     perfect_cost = 0.5 * data.shape[1] * PERFECT_RMS ** 2
-    # Working set: rows of the fits still running, and their state. ``aug`` holds the Jacobian
-    # (rows 0-6) and the residual (row 7) at the current parameters, so that one batched
-    # product aug·augᵀ gives J·Jᵀ and J·r together.
-    rows = torch.arange(bsz, device=data.device)
-    pa, da = p0.clone(), data
-    la = torch.full((bsz,), 1e-3, dtype=data.dtype, device=data.device)
-    nu = torch.full_like(la, 2.0)
-    it = torch.zeros(bsz, dtype=torch.long, device=data.device)
-    f, parts = _model_parts(pa, x, y)
-    aug = _jacobian(parts, extra_rows=1)
-    cost = 0.5 * torch.sub(f, da, out=aug[:, N_PARAMS]).square().sum(1)
-    for _ in range(max_iter):
-        prod = torch.bmm(aug, aug.transpose(1, 2))
+    queued = 0  # fits [0, queued) have entered the working set
+    signs = _SIGNS.to(data)
+
+    def start(k: int) -> list[torch.Tensor]:
+        """Working-set state of the next k fits. ``aug`` holds the Jacobian (rows 0-6) and the
+        residual (row 7) at the current parameters, so that one batched product aug·augᵀ gives
+        J·Jᵀ and J·r together."""
+        nonlocal queued
+        rows = torch.arange(queued, queued + k, device=dev)
+        queued += k
+        pa, da = p0[queued - k:queued].clone(), data[queued - k:queued]
+        f, parts = _model_parts(pa, x, y)
+        aug = _jacobian(parts, extra_rows=1)
+        cost = 0.5 * torch.linalg.vector_norm(torch.sub(f, da, out=aug[:, N_PARAMS]), dim=1).square()
+        la = torch.full((k,), 1e-3, dtype=data.dtype, device=dev)
+        return [rows, pa, da, la, torch.full_like(la, 2.0), torch.zeros(k, dtype=torch.long, device=dev),
+                aug, cost, torch.ones(k, dtype=torch.bool, device=dev),
+                torch.zeros(k, dtype=torch.long, device=dev)]
+
+    state = start(batch)
+    while True:
+        rows, pa, da, la, nu, it, aug, cost, live, strikes = state
+        prod = _gram(aug)
         hess, grad = prod[:, :N_PARAMS, :N_PARAMS], prod[:, :N_PARAMS, N_PARAMS]
         diag = torch.diagonal(hess, dim1=1, dim2=2).clamp_min(1e-12)
         torch.diagonal(hess, dim1=1, dim2=2).add_(la[:, None] * diag)  # Marquardt's damping
         step, _ = torch.linalg.solve_ex(hess, grad.neg())
-        trial = _clamp_(pa + step)
+        trial = _clamp_(pa + step * signs)
         f_new, parts = _model_parts(trial, x, y)
         new_aug = _jacobian(parts, extra_rows=1)
         r_new = torch.sub(f_new, da, out=new_aug[:, N_PARAMS])
-        cost_new = 0.5 * r_new.square().sum(1)
+        cost_new = 0.5 * torch.linalg.vector_norm(r_new, dim=1).square()  # one pass, no temporary
         # Gain ratio of actual to predicted reduction drives λ (Nielsen's update).
         predicted = 0.5 * ((la[:, None] * diag * step * step).sum(1) - (grad * step).sum(1))
         rho = (cost - cost_new) / predicted.clamp_min(tiny)
         ok = torch.isfinite(cost_new) & torch.isfinite(step).all(1) & (cost_new < cost)
         small_f = (cost - cost_new) <= ftol * cost
-        small_x = step.norm(dim=1) <= xtol * (pa.norm(dim=1) + xtol)
+        small_x = step.square().sum(1) <= (xtol * (pa.square().sum(1).sqrt() + xtol)) ** 2
         shrink = torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3)
-        la = torch.where(ok, (la * shrink).clamp_min(1e-12), la * nu)
-        nu = torch.where(ok, 2.0, nu * 2)
+        la.copy_(torch.where(ok, (la * shrink).clamp_min(1e-12), la * nu))
+        nu.copy_(torch.where(ok, 2.0, nu * 2))
         it += 1
         stop = (ok & (small_f | small_x | (cost_new <= perfect_cost))) | (la > 1e10)
         # Accepted fits move to the trial point; rejected ones (usually few) keep their state.
         rej = (~ok).nonzero()[:, 0]
         if len(rej):
             trial[rej], new_aug[rej], cost_new[rej] = pa[rej], aug[rej], cost[rej]
-        pa, aug, cost = trial, new_aug, cost_new
+        state[1], state[6], state[7] = pa, aug, cost = trial, new_aug, cost_new
         if give_up is not None:
-            stop |= give_up(pa)
-        if bool(stop.any()):
-            fin = stop.nonzero()[:, 0]
-            p[rows[fin]], done[rows[fin]], iters[rows[fin]] = pa[fin], True, it[fin]
-            keep = (~stop).nonzero()[:, 0]
-            if len(keep) == 0:
-                return p, done, iters
-            rows, pa, da, la, nu, it, aug, cost = (
-                v[keep] for v in (rows, pa, da, la, nu, it, aug, cost))
-    p[rows], iters[rows] = pa, it
-    return p, done, iters
+            now, soon = give_up(pa)
+            strikes.copy_(torch.where(soon, strikes + 1, 0))
+            stop |= now | (strikes >= GIVE_UP_PATIENCE)
+        stop &= live
+        out = stop | (live & (it >= max_iter))  # converged or given up, or out of iterations
+        if bool(out.any()):
+            fin = out.nonzero()[:, 0]
+            p[rows[fin]], done[rows[fin]], iters[rows[fin]] = pa[fin], stop[fin], it[fin]
+            live[fin] = False
+            if on_done is not None:
+                on_done(len(fin))
+        n_live = int(live.sum())
+        if n_live == 0 and queued == bsz:
+            return p, done, iters
+        free = len(live) - n_live
+        if queued < bsz and free * 16 >= len(live):
+            # Start queued fits in the finished ones' rows (writes only those rows).
+            slots = (~live).nonzero()[:, 0][:bsz - queued]
+            for v, new in zip(state, start(len(slots))):
+                v[slots] = new
+        elif queued == bsz and free * 4 >= len(live):
+            # Nothing left to start: drop the finished rows.
+            keep = live.nonzero()[:, 0]
+            state = [v[keep] for v in state]
 
 
 def _precision(p: torch.Tensor):
@@ -292,34 +353,52 @@ def fit_status(params, h: int, w: int, converged=None) -> np.ndarray:
     return st
 
 
-def _hopeless(p: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Fits that have left the meaningful regime and would only creep on: narrower than
-    GIVE_UP_SIGMA (a peak squeezing between samples, amplitude growing without bound) or centred
-    more than a kernel size away from the grid."""
-    # σ_minor² is 1 / the largest eigenvalue of P (cheaper than _derived: this runs every
-    # solver iteration).
+def _hopeless(p: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fits that have left the meaningful regime and would only creep on, as (stop now, stop
+    once it has lasted GIVE_UP_PATIENCE iterations): a peak squeezing between the samples
+    (σ_minor small, amplitude growing without bound), amplitude and offset cancelling into a
+    slope (σ_major large), or a centre more than a kernel size off the grid. Such fits end as
+    failures ("undersampled", "too wide", "centre outside"); on the bundled checkpoints the
+    thresholds changed no successful fit and cut the solver's iterations by up to 2.2×
+    (benchmarks/README.md)."""
+    # σ² along the principal axes is 1 / the eigenvalues of P (cheaper than _derived: this runs
+    # every solver iteration).
     (pxx, pxy, pyy), _ = _precision(p)
-    p_max = 0.5 * (pxx + pyy) + torch.hypot(0.5 * (pxx - pyy), pxy)
-    return (p_max * GIVE_UP_SIGMA ** 2 > 1) | (p[:, 1].abs() > w) | (p[:, 2].abs() > h)
+    half, rad = 0.5 * (pxx + pyy), torch.hypot(0.5 * (pxx - pyy), pxy)
+    p_max, p_min, size = half + rad, half - rad, max(h, w)
+    now = ((p_max * HARD_SIGMA ** 2 > 1) | (p_min * (HARD_WIDTH * size) ** 2 < 1)
+           | (p[:, 1].abs() > w) | (p[:, 2].abs() > h))
+    soon = (p_max * GIVE_UP_SIGMA ** 2 > 1) | (p_min * (GIVE_UP_WIDTH * size) ** 2 < 1)
+    return now, soon
 
 
-@contextlib.contextmanager
-def _few_threads(data: torch.Tensor):
-    """One intra-op thread for a small CPU batch, restored afterwards.
+def _solve(data: torch.Tensor, h: int, w: int, max_iter: int, batch: int | None,
+           on_done=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fit h×w kernels' peak-scaled magnitudes ``data`` (B, h·w) from their moment start:
+    (params, stopped, iterations) as :func:`levenberg_marquardt` returns them."""
+    x, y = pixel_coords(h, w, device=data.device, dtype=data.dtype)
+    return levenberg_marquardt(data, x, y, moment_init(data, x, y), max_iter=max_iter,
+                               give_up=partial(_hopeless, h=h, w=w), batch=batch, on_done=on_done)
 
-    The solver runs a few dozen tiny tensor ops per iteration, where thread synchronisation
-    costs more than it gives: on a busy 2-core machine the whole bundled checkpoint's layer3
-    fitted in 0.9 s on one thread and 9–13 s on two.
-    """
-    if data.device.type != "cpu" or data.numel() * N_PARAMS >= SMALL_BATCH:
-        yield
-        return
-    before = torch.get_num_threads()
+
+def _solve_in_worker(data: np.ndarray, h: int, w: int, max_iter: int, batch: int):
+    """:func:`_solve` in a worker process, on numpy arrays (cheap to pass between processes)."""
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return tuple(t.numpy() for t in _solve(torch.from_numpy(data), h, w, max_iter, batch))
+
+
+def _cpu_workers(pixels: int) -> int:
+    """Worker processes for a CPU solve of ``pixels`` kernel pixels: one per intra-op thread
+    torch would use, where fork is available and the job is large enough to pay for them.
+
+    The solver runs a few dozen small tensor ops per iteration, where splitting each op over
+    threads costs more synchronisation than it gives, and Python threads share one
+    interpreter lock; independent chunks in separate processes on one thread each keep both
+    the cores and their caches busy (benchmarks/README.md).
+    """
+    if pixels < PROCESS_PIXELS or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, torch.get_num_threads())
 
 
 def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
@@ -357,27 +436,52 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
     if h * w < N_PARAMS:
         status[status == "ok"] = "too few pixels"
     todo = np.flatnonzero(status == "ok")
-    x, y = pixel_coords(h, w, device=dev, dtype=dtype)
+    batch = min(CPU_BATCH_KERNELS, max(1, CPU_BATCH_PIXELS // (h * w))) if dev.type == "cpu" else None
     step = max(1, chunk_pixels // (h * w))
-    for start in range(0, len(todo), step):
-        idx = todo[start:start + step]
-        scale = peak[idx].to(dev, dtype)[:, None]
-        data = mag_all[idx].to(dev, dtype) / scale
-        with _few_threads(data):
-            p, conv, it = levenberg_marquardt(data, x, y, moment_init(data, x, y), max_iter=max_iter,
-                                              give_up=partial(_hopeless, h=h, w=w))
+
+    def keep(idx: np.ndarray, p, conv, it) -> None:
+        """Write the fits of kernels ``idx`` (params, stopped, iterations) into the results."""
+        p, conv, it = (torch.as_tensor(v) for v in (p, conv, it))
+        scale = peak[idx].to(p)[:, None]
+        data = mag_all[idx].to(p) / scale
+        x, y = pixel_coords(h, w, device=p.device, dtype=p.dtype)
         f, _ = _model_jac(p, x, y, jac=False)
         ss_res = ((f - data) ** 2).sum(1)
         ss_tot = ((data - data.mean(1, keepdim=True)) ** 2).sum(1)
-        d = _derived(p)
-        vals = dict(d, x0=p[:, 1], y0=p[:, 2], amplitude=p[:, 0] * scale[:, 0],
+        vals = dict(_derived(p), x0=p[:, 1], y0=p[:, 2], amplitude=p[:, 0] * scale[:, 0],
                     offset=p[:, 6] * scale[:, 0], r2=1 - ss_res / ss_tot)
         for k, v in vals.items():
             res[k][idx] = v.double().cpu().numpy()
         iters[idx] = it.cpu().numpy()
         status[idx] = fit_status(p, h, w, conv)
-        if bar is not None:
-            bar.update(len(idx))
+
+    def scaled(idx: np.ndarray) -> torch.Tensor:
+        return mag_all[idx] / peak[idx, None]
+
+    workers = _cpu_workers(len(todo) * h * w) if dev.type == "cpu" else 1
+    if workers > 1:
+        # Four chunks per worker at least, so that the workers finish together.
+        step = max(1, min(step, -(-len(todo) // (4 * workers))))
+        chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_solve_in_worker, scaled(idx).numpy(), h, w, max_iter, batch): idx
+                       for idx in chunks}
+            for fut in as_completed(futures):
+                keep(futures[fut], *fut.result())
+                if bar is not None:
+                    bar.update(len(futures[fut]))
+    else:
+        on_done = None if bar is None else bar.update
+        before = torch.get_num_threads()
+        if dev.type == "cpu":
+            torch.set_num_threads(1)  # small tensor ops: threads cost more than they give
+        try:
+            for start in range(0, len(todo), step):
+                idx = todo[start:start + step]
+                keep(idx, *_solve(scaled(idx).to(dev, dtype), h, w, max_iter, batch, on_done))
+        finally:
+            torch.set_num_threads(before)
     out = pd.DataFrame(res)
     out["success"] = status == "ok"
     out["status"] = status
