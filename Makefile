@@ -2,34 +2,42 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test venv data figures bench clean
 
+# The package and what it imports (enough for `make demo`) ...
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps foolbox==3.3.4
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+# ... and what only the tests use: pytest, scikit-learn, the notebook runner, and foolbox's
+# 20 real CIFAR-10 test images (the CIFAR-10 loader's fixture).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps foolbox==3.3.4
+	touch $(TEST_STAMP)
+
+venv: $(TEST_STAMP)
 
 # Fashion-MNIST (Debian package) is the real dataset the trainer tests use.
 data:
 	@test -f $(FMNIST)/t10k-labels-idx1-ubyte.gz || \
 	  { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }
 
-demo: venv
+demo: $(STAMP)
 	$(VENV)/bin/niff-analyze describe
 	$(VENV)/bin/niff-analyze mass
 	$(VENV)/bin/niff-analyze gaussian
 	$(VENV)/bin/niff-analyze figures --out out/figures
 
-test: venv data
+test: $(TEST_STAMP) data
 	$(PY) -m pytest -q
 
-figures: venv
+figures: $(STAMP)
 	$(VENV)/bin/niff-analyze figures niff_analysis/checkpoints --out figures
 
 bench: venv

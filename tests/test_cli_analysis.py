@@ -97,6 +97,23 @@ def test_pca_components_and_weights():
     assert res.exit_code != 0
 
 
+def test_pca_components_beyond_the_rank_are_capped_with_a_warning_and_no_empty_columns():
+    """A 4×4 layer has rank 16, a 32×32 layer of 64 kernels rank 64: asking for 10,000 keeps
+    what each has, says so, and the table shows only the components every layer has."""
+    res = invoke("pca", "--layers", f"{SMALL},layer1.0.conv1", "-k", "10000")
+    assert res.exit_code == 0, res.stderr
+    assert "2 of 2 layers have fewer than 10000 components" in res.stderr and "kept 16-64" in res.stderr
+    assert "NaN" not in res.stdout and "nan" not in res.stdout
+    header = res.stdout.splitlines()[0].split()
+    assert [c for c in header if c.startswith("evr_")][-2:] == ["evr_15", "evr_total"]
+    long = pd.read_csv(io.StringIO(invoke("pca", "--layers", f"{SMALL},layer1.0.conv1", "-k", "10000",
+                                          "--format", "csv", "--quiet").stdout))
+    assert long.groupby("layer").size().to_dict() == {SMALL: 16, "layer1.0.conv1": 64}
+    assert long.explained_variance_ratio.notna().all()
+    quiet = invoke("pca", "--layers", SMALL, "-k", "6", "--quiet")
+    assert quiet.stderr == ""  # no warning where nothing was capped
+
+
 def test_gaussian_summary_view():
     df = pd.read_json(io.StringIO(invoke("gaussian", "--layers", SMALL, "--format", "json", "--view",
                                          "summary").stdout))

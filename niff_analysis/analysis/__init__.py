@@ -8,11 +8,11 @@ from .frequency import frequency_profile
 from .gaussian import gaussian_fit, gaussian_model, gaussian_summary
 from .kernels import LayerKernels, extract_kernels, sample_channels, stage_of, subsample
 from .mass import effective_sizes, kernel_mass, mass_ratios, mass_summary, window_sizes
-from .pca import PCAResult, pca_eigenkernels, weight_pca
+from .pca import PCAResult, capped_layers, pca_eigenkernels, pca_summary, weight_pca
 from .stats import kernel_stats, read_kernel_stats
 
 __all__ = ["LayerKernels", "PCAResult", "effective_receptive_fields", "effective_sizes", "erf_area_ratios",
            "extract_kernels", "frequency_profile", "gaussian_fit",
            "gaussian_model", "gaussian_summary", "kernel_mass", "kernel_stats", "mass_ratios",
-           "mass_summary", "pca_eigenkernels", "read_kernel_stats", "sample_channels", "stage_of",
+           "mass_summary", "pca_eigenkernels", "pca_summary", "capped_layers", "read_kernel_stats", "sample_channels", "stage_of",
            "subsample", "weight_pca", "window_sizes"]

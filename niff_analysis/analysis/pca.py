@@ -152,3 +152,33 @@ def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6) -> PCARes
             means[(lk.name, part)] = mean.reshape(h, w)
             frames.append(_rows(lk, part, c, var, ratio))
     return _finish(frames, comps, means)
+
+
+def pca_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per layer (and part, and checkpoint when present) of a PCA table: the explained-
+    variance ratio of each component that every row has (``evr_0``, ``evr_1``, …: no column is
+    empty where a layer has fewer kernels or pixels than components asked for), the number of
+    components kept (``n_components``) and the ratio they explain together (``evr_total``)."""
+    keys = [k for k in ["checkpoint", "layer", "part", "fmap_h", "fmap_w", "n_kernels"]
+            if k in table.columns]
+    if table.empty:
+        return pd.DataFrame(columns=keys + ["n_components", "evr_total"])
+    g = table.groupby(keys, sort=False, dropna=False)
+    out = g.size().rename("n_components").reset_index()
+    out["evr_total"] = g["explained_variance_ratio"].sum(min_count=1).to_numpy()
+    common = int(out["n_components"].min())
+    wide = table[table["component"] < common].pivot_table(
+        index=keys, columns="component", values="explained_variance_ratio", sort=False, dropna=False)
+    wide.columns = [f"evr_{int(c)}" for c in wide.columns]
+    return out.merge(wide.reset_index(), on=keys, how="left")[
+        keys + list(wide.columns) + ["n_components", "evr_total"]]
+
+
+def capped_layers(table: pd.DataFrame, n_components: int) -> pd.DataFrame:
+    """Layers (and parts) of a PCA table that kept fewer than ``n_components`` components
+    (their rank: fewer kernels or pixels), with the number kept."""
+    keys = [k for k in ["checkpoint", "layer", "part"] if k in table.columns]
+    if table.empty:
+        return pd.DataFrame(columns=keys + ["n_components"])
+    kept = table.groupby(keys, sort=False).size().rename("n_components").reset_index()
+    return kept[kept["n_components"] < n_components].reset_index(drop=True)

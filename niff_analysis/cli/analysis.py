@@ -26,7 +26,7 @@ import torch
 from .. import __version__
 from ..analysis import (effective_receptive_fields, effective_sizes, erf_area_ratios, extract_kernels,
                         frequency_profile, gaussian_fit, gaussian_summary, kernel_mass, mass_summary,
-                        pca_eigenkernels, subsample, weight_pca)
+                        capped_layers, pca_eigenkernels, pca_summary, subsample, weight_pca)
 from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, find_checkpoints, load_checkpoint, resolve_device
 from ..errors import NiffError, SelectionError
 from ..io import atomic_write, directory_lock, file_sha256
@@ -391,15 +391,15 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
         _write_npz(run, output, arrays)
         return
     df = pd.concat([_with_checkpoint(label, res.table) for label, res in results], ignore_index=True)
+    capped = capped_layers(df, components)
+    if not capped.empty:
+        kept = capped["n_components"]
+        total = len(df.groupby([c for c in capped.columns if c != "n_components"], sort=False))
+        run.warn(f"{len(capped)} of {total} layers have fewer than {components} components (fewer "
+                 f"kernels or pixels); kept {kept.min()}"
+                 f"{'' if kept.min() == kept.max() else f'-{kept.max()}'} there")
     if fmt == "table":
-        keys = [k for k in ["checkpoint", "layer", "part", "fmap_h", "fmap_w", "n_kernels"]
-                if k in df.columns]
-        wide = df.pivot_table(index=keys, columns="component", values="explained_variance_ratio",
-                              sort=False).reset_index()
-        wide.columns = [f"evr_{c}" if isinstance(c, (int, np.integer)) else c for c in wide.columns]
-        evr = [c for c in wide.columns if str(c).startswith("evr_")]
-        wide["evr_total"] = wide[evr].sum(axis=1)
-        df = wide.round(4)
+        df = pca_summary(df).round(4)
     _finish(run, render_frame(df, fmt), output, len(df))
 
 
