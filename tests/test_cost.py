@@ -105,20 +105,52 @@ def test_time_interleaved_rounds_and_budget():
 
 
 # --------------------------------------------------------------------------- table
-def test_cost_table_without_measuring_is_instant_and_nan():
-    t0 = time.perf_counter()
+def test_cost_table_without_measuring_times_nothing_and_is_nan(monkeypatch):
+    import niff_analysis.analysis.cost as cost
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("measure=False must not time anything")
+
+    monkeypatch.setattr(cost, "_measure", no_timing)
     df = cost_table(measure=False)
-    assert time.perf_counter() - t0 < 1.0
     assert list(df["size"]) == [7, 14, 28, 56, 112]
     for col in ("size", "niff_flops", "spatial_flops", "niff_ms", "spatial_ms", "conv3x3_ms"):
         assert col in df.columns
-    assert df[["niff_ms", "spatial_ms", "conv3x3_ms"]].isna().all().all()
+    assert df[["niff_ms", "spatial_ms", "conv3x3_ms", "niff_ms_q25"]].isna().all().all()
+    assert (df["niff_calls"] == 0).all() and (df["threads"] == torch.get_num_threads()).all()
     row = df[df["size"] == 56].iloc[0]
     assert row.niff_flops == 64 * (5 * 56 * 56 * math.log2(56 * 56) + 6 * 56 * 29)
     assert row.spatial_flops == 64 * 2 * 56 ** 4
     assert row.conv3x3_flops == 64 * 2 * 9 * 56 * 56
+    assert row.niff_train_flops == row.niff_flops + row.mlp_flops
     # Fig. 8's point: the spatial/NIFF FLOP ratio grows with the map size.
     assert np.all(np.diff(df["flop_ratio"]) > 0) and df["flop_ratio"].iloc[0] > 1
+
+
+def test_mlp_flops_dominate_small_maps_as_documented():
+    """The module docstring's numbers: at 7×7 and 64 channels the MLPs cost 2× the FFT-and-
+    product FLOPs of a batch of 8 and 16× those of one image."""
+    one, eight = (cost_table(sizes=(7,), channels=64, batch=b, measure=False).iloc[0] for b in (1, 8))
+    assert one.mlp_flops == eight.mlp_flops
+    assert round(eight.mlp_flops / eight.niff_flops) == 2 and int(one.mlp_flops / one.niff_flops) == 16
+
+
+def test_cost_table_interleaves_every_size_and_contender(monkeypatch):
+    """One round-robin over all (contender, size) pairs, so that a load change hits them alike."""
+    import niff_analysis.analysis.cost as cost
+
+    calls = []
+    real = cost.time_interleaved
+
+    def spy(fns, **kwargs):
+        calls.append(list(fns))
+        return real(fns, **kwargs)
+
+    monkeypatch.setattr(cost, "time_interleaved", spy)
+    df = cost_table(sizes=(4, 6), channels=2, batch=1, repeats=3, measure=True)
+    assert len(calls) == 1 and set(calls[0]) == {(c, s) for c in cost.CONTENDERS for s in (4, 6)}
+    assert (df["niff_calls"] == 3).all()
+    assert (df["niff_ms_q25"] <= df["niff_ms"]).all() and (df["niff_ms"] <= df["niff_ms_q75"]).all()
 
 
 def test_cost_table_scales_with_batch_and_channels():
@@ -151,3 +183,21 @@ def test_layer_benchmark_contenders_compute_the_same_filter():
     with torch.no_grad():
         fmap.weight.copy_(layers["ours"].spatial_kernels((6, 6))[:, None])
     torch.testing.assert_close(fmap(x), ours, atol=1e-5, rtol=1e-4)
+
+
+def test_cost_figure_shows_mlp_flops_spread_threads_and_load():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.collections import PolyCollection
+
+    from niff_analysis.plotting import plot_cost
+
+    df = cost_table(sizes=(4, 8), channels=2, batch=8, repeats=3, measure=True)
+    fig, axes = plot_cost(df)
+    labels = [line.get_label() for line in axes[0].get_lines()]
+    assert "NIFF + MLPs (training step), batch 8" in labels and "NIFF + MLPs (training step), 1 image" in labels
+    mlp_line = axes[0].get_lines()[labels.index("NIFF + MLPs (training step), batch 8")]
+    np.testing.assert_allclose(mlp_line.get_ydata(), df.niff_flops + df.mlp_flops)
+    assert sum(isinstance(c, PolyCollection) for c in axes[1].collections) == 3  # one IQR band each
+    assert f"{torch.get_num_threads()} threads" in axes[1].get_title()

@@ -9,23 +9,28 @@ per channel and per image, for an H×W feature map with N = H·W points:
 * **Product.** One complex multiply (6 real flops: 4 multiplies, 2 adds) per bin of the
   half-spectrum, H·(W//2 + 1) bins.
 * **NIFF** = rfft2 + product + irfft2 = 5·N·log2(N) + 6·H·(W//2 + 1).
-* **MLP** (reported separately; it runs once per layer and call, not per image, and is cached
-  in eval mode): 2 flops per multiply-add of every linear layer, at all N grid points, for the
-  ``real`` and the ``imag`` MLP; biases and activations are not counted.
+* **MLP** (reported separately, and added to NIFF in ``niff_train_flops``; it runs once per layer
+  and call, not per image: a training step evaluates it every step, eval mode caches its
+  filters): 2 flops per multiply-add of every linear layer, at all N grid points, for the
+  ``real`` and the ``imag`` MLP; biases and activations are not counted. At 7×7 with 64
+  channels it costs 2× the FFT-and-product FLOPs of a batch of 8 and 16× those of one image.
 * **Spatial conv with a feature-map-sized kernel**, "same" output: each of the N outputs sums
   N products, 2·N·N = 2·H·W·H·W flops.
 * **3×3 depthwise conv** ("same" output): 2·9·N flops.
 
 Totals in :func:`cost_table` are multiplied by ``batch·channels`` (depthwise: one filter per
-channel). The timing helpers run contenders round-robin so that a background load slows all of
-them alike, which keeps side-by-side ratios meaningful on a busy machine.
+channel). The timing helpers run contenders round-robin (in :func:`cost_table`: every contender
+at every size in each round) so that a background load slows all of them alike, which keeps
+side-by-side ratios meaningful on a busy machine; the table records the spread, the threads and
+the load.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Hashable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -86,9 +91,9 @@ def synchronize(device: Union[str, torch.device, None] = None) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+def time_interleaved(fns: Mapping[Hashable, Callable[[], object]], repeats: int = 5, warmup: int = 1,
                      device: Union[str, torch.device, None] = None,
-                     max_seconds: Optional[float] = None) -> dict[str, list[float]]:
+                     max_seconds: Optional[float] = None) -> dict[Hashable, list[float]]:
     """Time several callables round-robin (one call of each per round).
 
     Args:
@@ -107,7 +112,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 5, 
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[Hashable, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             if max_seconds is not None and sum(times[name]) > max_seconds:
@@ -139,8 +144,11 @@ def circular_same_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- table
+CONTENDERS = ("niff", "spatial", "conv3x3")
+
+
 def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, batch: int = 1,
-               measure: bool = True, repeats: int = 3, mlp: MLPSpec = "big",
+               measure: bool = True, repeats: int = 5, mlp: MLPSpec = "big",
                device: Union[str, torch.device] = "cpu",
                max_seconds: Optional[float] = 2.0) -> pd.DataFrame:
     """FLOPs (and measured forward times) of NIFF vs spatial depthwise convolutions per map size.
@@ -151,17 +159,22 @@ def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, 
         batch: images per call.
         measure: also time the forward passes; ``False`` fills the ``*_ms`` columns with NaN
             and returns at once.
-        repeats: timed calls per contender and size (median reported).
+        repeats: timed rounds; every round calls every contender at every size once, so a
+            change of the machine's load slows all of them alike.
         mlp: MLP preset of the NIFF layer (for ``mlp_flops`` and the timed layer).
         device: where the timed layers run.
         max_seconds: time budget per contender and size; slow contenders get fewer calls.
 
     Returns:
-        One row per size: ``size``, ``niff_flops`` (rfft2 + product + irfft2), ``mlp_flops``,
-        ``spatial_flops`` (feature-map-sized kernel), ``conv3x3_flops``, ``flop_ratio``
-        (spatial / niff), and ``niff_ms``, ``spatial_ms``, ``conv3x3_ms`` (median forward time
-        under ``torch.no_grad``; NIFF in eval mode, where its filters are cached, so the time
-        covers what ``niff_flops`` counts).
+        One row per size: ``size``, ``batch``, ``niff_flops`` (rfft2 + product + irfft2),
+        ``mlp_flops`` (both MLPs, once per call whatever the batch), ``niff_train_flops``
+        (niff + mlp: a training step evaluates the MLPs every step, where eval mode caches the
+        filters), ``spatial_flops`` (feature-map-sized kernel), ``conv3x3_flops``,
+        ``flop_ratio`` (spatial / niff); ``niff_ms``, ``spatial_ms``, ``conv3x3_ms`` (median
+        forward time under ``torch.no_grad``; NIFF in eval mode, so the time covers what
+        ``niff_flops`` counts) with their quartiles ``*_ms_q25``, ``*_ms_q75`` and the number
+        of timed calls ``*_calls``; ``threads`` (torch intra-op threads) and ``load_1min``
+        (the machine's 1-minute load average before timing; NaN where unknown).
     """
     if channels < 1 or batch < 1:
         raise ValueError("channels and batch must be positive")
@@ -169,31 +182,50 @@ def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, 
     rows = []
     for s in sizes:
         s = int(s)
-        row = dict(size=s, niff_flops=scale * niff_flops(s), mlp_flops=mlp_flops(s, channels, mlp),
-                   spatial_flops=scale * spatial_flops(s), conv3x3_flops=scale * spatial_flops(s, 3))
+        row = dict(size=s, batch=batch, niff_flops=scale * niff_flops(s),
+                   mlp_flops=mlp_flops(s, channels, mlp), spatial_flops=scale * spatial_flops(s),
+                   conv3x3_flops=scale * spatial_flops(s, 3))
+        row["niff_train_flops"] = row["niff_flops"] + row["mlp_flops"]
         row["flop_ratio"] = row["spatial_flops"] / row["niff_flops"]
-        row.update(niff_ms=float("nan"), spatial_ms=float("nan"), conv3x3_ms=float("nan"))
-        if measure:
-            row.update(_measure_size(s, channels, batch, repeats, mlp, device, max_seconds))
+        for name in CONTENDERS:
+            row.update({f"{name}_ms": float("nan"), f"{name}_ms_q25": float("nan"),
+                        f"{name}_ms_q75": float("nan"), f"{name}_calls": 0})
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["threads"] = torch.get_num_threads()
+    table["load_1min"] = _load_average()
+    if measure and len(table):
+        times = _measure(table["size"].tolist(), channels, batch, repeats, mlp, device, max_seconds)
+        for (name, s), t in times.items():
+            i = table.index[table["size"] == s]
+            q25, q75 = (np.percentile(t, [25, 75]) * 1e3) if len(t) else (float("nan"),) * 2
+            table.loc[i, [f"{name}_ms", f"{name}_ms_q25", f"{name}_ms_q75", f"{name}_calls"]] = (
+                median_ms(t), q25, q75, len(t))
+    return table
 
 
-def _measure_size(s: int, channels: int, batch: int, repeats: int, mlp: MLPSpec,
-                  device, max_seconds: Optional[float]) -> dict[str, float]:
+def _load_average() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # not every platform has it
+        return float("nan")
+
+
+def _measure(sizes: Sequence[int], channels: int, batch: int, repeats: int, mlp: MLPSpec, device,
+             max_seconds: Optional[float]) -> dict[tuple[str, int], list[float]]:
+    """Seconds per call of every contender at every size, all interleaved round-robin."""
     from ..layers import DepthwiseNIFF  # local: keeps the formulas importable on their own
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, s, s, generator=gen).to(device)
-    layer = DepthwiseNIFF(channels, mlp=mlp).to(device).eval()
-    k_full = torch.randn(channels, 1, s, s, generator=gen).to(device)
-    k3 = torch.randn(channels, 1, 3, 3, generator=gen).to(device)
-    fns = {
-        "niff_ms": lambda: layer(x),
-        "spatial_ms": lambda: circular_same_conv(x, k_full),
-        "conv3x3_ms": lambda: F.conv2d(x, k3, padding=1, groups=channels),
-    }
+    fns = {}
+    for s in sizes:
+        x = torch.randn(batch, channels, s, s, generator=gen).to(device)
+        layer = DepthwiseNIFF(channels, mlp=mlp).to(device).eval()
+        k_full = torch.randn(channels, 1, s, s, generator=gen).to(device)
+        k3 = torch.randn(channels, 1, 3, 3, generator=gen).to(device)
+        # Default arguments bind this size's tensors to its closures.
+        fns[("niff", s)] = lambda layer=layer, x=x: layer(x)
+        fns[("spatial", s)] = lambda x=x, k=k_full: circular_same_conv(x, k)
+        fns[("conv3x3", s)] = lambda x=x, k=k3: F.conv2d(x, k, padding=1, groups=channels)
     with torch.no_grad():
-        times = time_interleaved(fns, repeats=repeats, warmup=1, device=device,
-                                 max_seconds=max_seconds)
-    return {name: median_ms(t) for name, t in times.items()}
+        return time_interleaved(fns, repeats=repeats, warmup=1, device=device, max_seconds=max_seconds)

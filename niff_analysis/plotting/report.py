@@ -196,8 +196,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     cost = pd.DataFrame()
     if cost_sizes:
         say("cost: FLOPs" + (" and timings" if measure_cost else ""))
-        cost = cost_table(sizes=tuple(cost_sizes), channels=64, batch=1, measure=measure_cost,
-                          repeats=3, max_seconds=0.5)
+        cost = cost_table(sizes=tuple(cost_sizes), channels=64, batch=8, measure=measure_cost,
+                          repeats=5, max_seconds=0.5)
     return FigureData(labels=labels, kernels=kernels, mass_summary=pd.concat(mass, ignore_index=True),
                       effective_sizes=pd.concat(sizes, ignore_index=True),
                       gaussian=pd.concat(gauss, ignore_index=True),
