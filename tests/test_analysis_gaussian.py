@@ -10,8 +10,8 @@ import torch
 from scipy.optimize import curve_fit
 
 from niff_analysis.analysis import LayerKernels, extract_kernels, gaussian_fit, gaussian_model, gaussian_summary
-from niff_analysis.analysis.gaussian import (_derived, _model_jac, fit_status, moment_init,
-                                             pixel_coords)
+from niff_analysis.analysis.gaussian import _derived, fit_status, moment_init, pixel_coords
+from niff_analysis.analysis.lm import model_jacobian, model_values
 
 
 def gaussian_image(h, w, sx, sy, theta=0.0, x0=0.0, y0=0.0, amp=1.0, offset=0.0):
@@ -126,9 +126,9 @@ def test_analytic_jacobian_equals_autograd():
     x, y = pixel_coords(5, 6)
     p = torch.tensor([[1.3, 0.2, -0.4, 0.1, 0.3, -0.2, 0.05], [0.7, -1.0, 0.5, -0.5, -0.2, 0.4, -0.1]],
                      dtype=torch.float64)
-    f, jac = _model_jac(p, x, y)
+    f, jac = model_jacobian(p, x, y)
     for b in range(2):
-        auto = torch.autograd.functional.jacobian(lambda q: _model_jac(q[None], x, y, jac=False)[0][0], p[b])
+        auto = torch.autograd.functional.jacobian(lambda q: model_values(q[None], x, y)[0], p[b])
         torch.testing.assert_close(jac[b].T, auto)
         ref = gaussian_model((x.numpy(), y.numpy()), *p[b].numpy())
         np.testing.assert_allclose(f[b].numpy(), ref, rtol=1e-12)
@@ -220,8 +220,8 @@ def _noisy_kernels(n, size=8, seed=0):
 
 
 def test_working_set_and_worker_processes_do_not_change_any_fit(monkeypatch):
-    """The refilled working set (batch < B) and the forked workers give every fit exactly what one
-    batch of all fits in this process gives: each fit depends on its own data only."""
+    """The refilled working set (batch < B) and the forked workers give every fit what one batch
+    of all fits in this process gives: each fit depends on its own data only."""
     from niff_analysis.analysis import gaussian as g
 
     kern = _noisy_kernels(300)

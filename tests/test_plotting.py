@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from matplotlib.text import Text
 
 from niff_analysis.analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian_summary,
                                     kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
@@ -24,9 +25,10 @@ from niff_analysis.checkpoint import BUNDLED_DIR
 from niff_analysis.cli import main
 from niff_analysis.errors import SelectionError
 from niff_analysis.plotting import (OKABE_ITO, centre_crop, layer_colors, plot_cost,
-                                    plot_effective_size, plot_eigenkernels, plot_kernel_magnitude,
-                                    plot_mass_ratio, plot_raw_kernels, plot_sigma, plot_weight_pca,
-                                    sample_channels, save_figure, signed_norm, stage_color, subsample)
+                                    plot_effective_size, plot_eigenkernels, plot_erf, plot_frequency,
+                                    plot_kernel_magnitude, plot_mass_ratio, plot_raw_kernels, plot_sigma,
+                                    plot_weight_pca, sample_channels, save_figure, signed_norm,
+                                    stage_color, subsample)
 
 LAYERS = ["layer2.1.conv1", "layer3.1.conv2", "layer4.1.*"]
 
@@ -262,3 +264,157 @@ def test_figures_are_written_as_a_unit(tmp_path, monkeypatch):
 
     res = CliRunner().invoke(main, ["figures", "--out", "/proc/self/niff-figures", "--cost-sizes", "none"])
     assert res.exit_code == 2 and "/proc/self/niff-figures: cannot write there" in res.output
+
+
+# --------------------------------------------------------------------------- readable figures
+# Small synthetic tables, so each check knows exactly what the figure must show.
+def _mass_table(stages=("layer1", "layer2", "layer3"), per_stage=4, checkpoint=None) -> pd.DataFrame:
+    """Mass ratios that reach ~1 by the 5×5 window, where the old in-axes window labels sat."""
+    rows = []
+    for s_i, st in enumerate(stages):
+        for j in range(per_stage):
+            for w in range(1, 16, 2):
+                rows.append(dict(layer=f"{st}.{j // 2}.conv{j % 2 + 1}", stage=st, window=w,
+                                 mean=1 - np.exp(-w / (1.2 + s_i + 0.3 * j)), std=0.05, n=16))
+    df = pd.DataFrame(rows)
+    return df if checkpoint is None else df.assign(checkpoint=checkpoint)
+
+
+def _drawn(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def test_mass_ratio_legend_has_one_entry_per_stage():
+    summary = _mass_table()
+    stages = ["layer1", "layer2", "layer3"]
+    fig, ax = plot_mass_ratio(summary, untrained=summary.assign(mean=summary["mean"] * 0.8))
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(texts) <= len(stages) + 1  # the stages and "at initialisation"
+    assert [sum(st in t for t in texts) for st in stages] == [1, 1, 1]
+    assert any("initialisation" in t for t in texts)
+    for ln in ax.get_lines():  # every layer's curve in its stage's colour
+        if ln.get_label() in set(summary["layer"]):
+            st = ln.get_label().split(".")[0]
+            assert matplotlib.colors.to_hex(ln.get_color()) == stage_color(st).lower()
+    # overlaid models add one entry per model (line style), not one per layer and model
+    two = pd.concat([_mass_table(checkpoint="a"), _mass_table(checkpoint="b")])
+    fig, ax = plot_mass_ratio(two, overlay=True)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(texts) <= len(stages) + 2 and {"a", "b"} <= set(texts)
+
+
+def test_mass_ratio_window_labels_sit_outside_the_data_area():
+    fig, ax = plot_mass_ratio(_mass_table())
+    r = _drawn(fig)
+    labels = [t for t in fig.findobj(Text)
+              if t.get_visible() and t.get_text().strip() in ("3×3", "9×9")]
+    assert sorted(t.get_text().strip() for t in labels) == ["3×3", "9×9"]
+    points = np.concatenate([ln.get_transform().transform(np.column_stack([ln.get_xdata(), ln.get_ydata()]))
+                             for ln in ax.get_lines() if len(ln.get_xdata())])
+    for t in labels:
+        box = t.get_window_extent(r)
+        assert box.y0 >= ax.bbox.y1 - 0.5, t.get_text()  # above the axes, where no curve can be
+        inside = ((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1)
+                  & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1))
+        assert not inside.any(), t.get_text()
+        # and still over its reference line
+        w = float(t.get_text().split("×")[0])
+        assert box.x0 <= ax.transData.transform((w, 0))[0] <= box.x1
+
+
+def test_effective_size_models_side_by_side_on_a_fraction_axis():
+    # both models have kernels at s = 3: their bars must share that slot, not cover each other
+    sizes = pd.concat([
+        pd.DataFrame({"checkpoint": "niff", "layer": ["layer4.1.conv1"] * 4 + ["layer3.1.conv1"] * 2,
+                      "stage": ["layer4"] * 4 + ["layer3"] * 2, "size_90": [3, 3, 5, 7, 9, 3]}),
+        pd.DataFrame({"checkpoint": "baseline", "layer": ["layer4.1.conv1"] * 2 + ["layer3.1.conv1"] * 2,
+                      "stage": ["layer4"] * 2 + ["layer3"] * 2, "size_90": [3, 1, 3, 3]})])
+    fig, ax = plot_effective_size(sizes)
+    axes = list(np.atleast_1d(ax))
+    r = _drawn(fig)
+    for a in axes:
+        boxes = [p.get_window_extent(r) for p in a.patches if p.get_visible()]
+        assert len(boxes) >= 2
+        for i, b in enumerate(boxes):
+            for c in boxes[i + 1:]:
+                overlap_x = min(b.x1, c.x1) - max(b.x0, c.x0)
+                overlap_y = min(b.y1, c.y1) - max(b.y0, c.y0)
+                assert overlap_x <= 0.5 or overlap_y <= 0.5  # touching is fine, covering is not
+        assert a.get_ylim() == (0.0, 1.0)
+    # bar heights are the fractions of each layer's kernels, per model
+    heights = sorted(round(p.get_height(), 6) for p in axes[0].patches)
+    assert heights == [0.25, 0.25, 0.5, 0.5, 0.5]  # NIFF 3, 5, 7: ½ ¼ ¼; baseline 1, 3: ½ ½
+    assert any("fraction" in a.get_ylabel() for a in axes)
+
+
+def test_sigma_of_one_layer_keeps_both_markers_inside_and_the_legend_off_them():
+    summary = pd.DataFrame([dict(layer="layer4.1.conv1", stage="layer4", sigma_x_median=0.6,
+                                 sigma_x_q25=0.5, sigma_x_q75=0.8, sigma_y_median=0.7, sigma_y_q25=0.55,
+                                 sigma_y_q75=0.9, sigma_x_moment_median=0.65, sigma_y_moment_median=0.72,
+                                 n=32, n_ok=30, n_censored=2)])
+    fig, ax = plot_sigma(summary)
+    r = _drawn(fig)
+    markers = [ln for ln in ax.get_lines() if ln.get_marker() in ("o", "s") and len(ln.get_xdata())]
+    assert len(markers) == 2
+    xy = np.array([ln.get_transform().transform((ln.get_xdata()[0], ln.get_ydata()[0])) for ln in markers])
+    box, width = ax.bbox, ax.bbox.width
+    assert ((xy[:, 0] > box.x0 + 0.15 * width) & (xy[:, 0] < box.x1 - 0.15 * width)).all()
+    assert abs(xy[0, 0] - xy[1, 0]) > 0.1 * width
+    legend = ax.get_legend().get_window_extent(r)
+    for ln in markers:
+        assert not legend.overlaps(ln.get_window_extent(r))
+    bars = ax.transData.transform(np.concatenate([seg for c in ax.collections for seg in c.get_segments()]))
+    assert not legend.count_contains(bars)  # nor on the error bars' ends
+
+
+def _layer(name: str, n: int = 6, size: int = 8, response: bool = False):
+    from niff_analysis.analysis.kernels import LayerKernels
+
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(n, size, size, generator=g)
+    return LayerKernels(name=name, kind="depthwise", fmap=(size, size), stage=name.split(".")[0],
+                        kernels=k, response=torch.fft.fftshift(torch.fft.fft2(k)) if response else None)
+
+
+def _small_figure(kind: str):
+    """Each image figure at its smallest: one layer (one row of images)."""
+    from niff_analysis.analysis import erf_area_ratios, frequency_profile
+
+    lks = [_layer("layer4.1.conv1", response=True)]
+    if kind in ("eigenkernels", "weight_pca"):
+        pca = (pca_eigenkernels if kind == "eigenkernels" else weight_pca)(lks, n_components=2)
+        fn = plot_eigenkernels if kind == "eigenkernels" else plot_weight_pca
+        return fn(pca.table, pca.components)
+    if kind == "raw_kernels":
+        return plot_raw_kernels(lks, n_channels=2)
+    if kind == "kernel_magnitude":
+        return plot_kernel_magnitude(lks)
+    if kind == "frequency":
+        profile = frequency_profile(lks)
+        return plot_frequency(lks, profile, untrained=profile.assign(mean=profile["mean"] / 2))
+    yy, xx = np.mgrid[-7:8, -7:8]
+    maps = {"a": {st: np.exp(-(xx ** 2 + yy ** 2) / (2 * s ** 2))
+                  for st, s in (("layer1", 1), ("layer2", 3))}}
+    ratios = erf_area_ratios(maps["a"]).assign(checkpoint="a")
+    return plot_erf(maps, ratios)
+
+
+@pytest.mark.parametrize("kind", ["eigenkernels", "weight_pca", "raw_kernels", "kernel_magnitude", "erf",
+                                  "frequency"])
+def test_labels_of_small_image_figures_are_not_cut(kind):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # constrained layout giving up is a warning
+        fig, _ = _small_figure(kind)
+        r = _drawn(fig)
+    frame = fig.bbox
+    labels = [t for a in fig.axes for t in (a.yaxis.label, a.xaxis.label, a.title) if t.get_text()]
+    assert labels
+    for t in labels:  # the colour-bar labels among them
+        box = t.get_window_extent(r)
+        assert (box.x0 >= frame.x0 - 0.5 and box.y0 >= frame.y0 - 0.5 and box.x1 <= frame.x1 + 0.5
+                and box.y1 <= frame.y1 + 0.5), (t.get_text(), box.extents, frame.extents)
+    tight = fig.get_tightbbox(r)  # inches, everything drawn
+    size = fig.get_size_inches()
+    assert tight.x0 >= -0.01 and tight.y0 >= -0.01
+    assert tight.x1 <= size[0] + 0.01 and tight.y1 <= size[1] + 0.01

@@ -174,7 +174,7 @@ def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, 
         forward time under ``torch.no_grad``; NIFF in eval mode, so the time covers what
         ``niff_flops`` counts) with their quartiles ``*_ms_q25``, ``*_ms_q75`` and the number
         of timed calls ``*_calls``; ``threads`` (torch intra-op threads) and ``load_1min``
-        (the machine's 1-minute load average before timing; NaN where unknown).
+        (the machine's 1-minute load average before timing; NaN where unknown or not timed).
     """
     if channels < 1 or batch < 1:
         raise ValueError("channels and batch must be positive")
@@ -193,7 +193,7 @@ def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, 
         rows.append(row)
     table = pd.DataFrame(rows)
     table["threads"] = torch.get_num_threads()
-    table["load_1min"] = _load_average()
+    table["load_1min"] = _load_average() if measure else float("nan")  # describes the timing only
     if measure and len(table):
         times = _measure(table["size"].tolist(), channels, batch, repeats, mlp, device, max_seconds)
         for (name, s), t in times.items():

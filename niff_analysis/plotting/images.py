@@ -14,7 +14,9 @@ import pandas as pd
 import matplotlib.colors as mcolors
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Rectangle
+from matplotlib.textpath import TextPath
 
 from ..analysis.kernels import sample_channels
 from ..errors import SelectionError
@@ -32,6 +34,25 @@ def centre_crop(image: np.ndarray, size: Optional[int]) -> np.ndarray:
     r = size // 2
     y0, x0 = max(h // 2 - r, 0), max(w // 2 - r, 0)
     return image[..., y0:h // 2 + r + 1, x0:w // 2 + r + 1]
+
+
+CBAR_LABEL_SIZE = 5.5  # points
+
+
+def _text_length(text: str, size: float) -> float:
+    """Length in inches of the longest line of ``text`` at ``size`` points in the current style."""
+    prop = FontProperties(size=size)
+    return max(TextPath((0, 0), line or " ", prop=prop).get_extents().width for line in text.split("\n")) / 72
+
+
+def _fit_label(text: str, room: float) -> str:
+    """``text`` broken at its middle space when it is longer than ``room`` inches, so a long
+    colour-bar label next to a one-row grid does not need a much taller figure."""
+    if "\n" in text or " " not in text or _text_length(text, CBAR_LABEL_SIZE) <= room:
+        return text
+    spaces = [i for i, ch in enumerate(text) if ch == " "]
+    cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
+    return text[:cut] + "\n" + text[cut + 1:]
 
 
 def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]]]], signed: bool,
@@ -55,6 +76,11 @@ def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]
     wu, hu = ncols * (1 + gap), len(rows) * (1 + gap + cap) + (0.3 if col_titles else 0)
     left = 1.25 if any(label for label, _, _ in rows) else 0.1  # inches
     right, top, bottom = 0.75, 0.35 if title else 0.1, 0.05
+    scale_label = _fit_label(scale_label or "÷ largest |value| of each image", cell * hu)
+    # The vertical colour-bar label is centred on the grid and may be longer than a short grid
+    # is tall: widen the margins just enough that it stays inside the figure.
+    overhang = _text_length(scale_label, CBAR_LABEL_SIZE) / 2 + 0.04 - cell * hu / 2
+    top, bottom = max(top, overhang), max(bottom, overhang)
     width, height = left + cell * wu + right, top + cell * hu + bottom
     if fig is None:
         fig = new_figure((width, height))
@@ -95,7 +121,7 @@ def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]
     cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax,
                       ticks=[-1, 0, 1] if signed else [0, 1])
     cb.ax.tick_params(labelsize=5)
-    cb.set_label(scale_label or "÷ largest |value| of each image", fontsize=5.5)
+    cb.set_label(scale_label, fontsize=CBAR_LABEL_SIZE)
     if title:
         fig.suptitle(title, fontsize=8, y=1 - 0.08 / fh, va="top")
     return fig, ax
@@ -318,7 +344,9 @@ def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional
     nrows = -(-len(layers) // ncols)
     with style():
         if fig is None:
-            fig = new_figure((1.3 * ncols + 0.6, 1.3 * nrows + 2.6))
+            # At least 4.5 in wide: with one or two layers the profile panel and its outside
+            # legend would not fit and constrained layout gives up.
+            fig = new_figure((max(1.3 * ncols + 0.6, 4.5), 1.3 * nrows + 2.6))
         sub = fig.subfigures(2, 1, height_ratios=[1.3 * nrows, 2.4])
         grid = sub[0].subplots(nrows, ncols, squeeze=False)
         for a in grid.ravel():
@@ -347,7 +375,7 @@ def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional
         ax.set_xlabel("|f| / f_Nyquist")
         ax.set_ylabel("|W| (mean over channels)")
         ax.set_yscale("log")
-        ax.legend(fontsize=5, ncols=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.legend(fontsize=5, ncols=2 if len(layers) > 6 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         if title:
             fig.suptitle(title, fontsize=8)
     return fig, grid
