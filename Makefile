@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv data figures bench clean
+.PHONY: demo test test-fast venv data figures bench clean
 
 # The package and what it imports (enough for `make demo`) ...
 $(STAMP): pyproject.toml
@@ -36,6 +36,10 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP) data
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the tests marked slow (training, subprocesses, notebooks, ...).
+test-fast: $(TEST_STAMP) data
+	$(PY) -m pytest -q -m "not slow"
 
 figures: $(STAMP)
 	$(VENV)/bin/niff-analyze figures niff_analysis/checkpoints --out figures

@@ -283,6 +283,7 @@ nio.atomic_write(sys.argv[2], half_then_die)
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_keeps_the_previous_file(tmp_path):
     target = tmp_path / "table.csv"
     atomic_write(target, "old,complete\n1,2\n")

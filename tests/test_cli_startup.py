@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import subprocess
 import sys
 
@@ -10,6 +11,8 @@ import click
 from click.testing import CliRunner
 
 from niff_analysis.cli import COMMANDS, main
+
+pytestmark = pytest.mark.slow  # fresh interpreters: not in `make test-fast`
 
 PROBE = """
 import sys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import io
 import json
 import multiprocessing
@@ -16,6 +17,8 @@ from click.testing import CliRunner
 from niff_analysis.cli import main
 from niff_analysis.cli.analysis import META_NAME, record_output
 from niff_analysis.io import atomic_write, file_sha256
+
+pytestmark = pytest.mark.slow  # parallel processes: not in `make test-fast`
 
 ENTRY = Path(sys.executable).parent / "niff-analyze"
 LAYERS = "layer4.*"

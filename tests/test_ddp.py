@@ -22,6 +22,8 @@ from niff_analysis.models import create_model
 from niff_analysis.train import trainer
 from niff_analysis.train.distributed import GlobalBatchNorm, convert_batchnorm, state_fingerprint
 
+pytestmark = pytest.mark.slow  # torchrun: not in `make test-fast`
+
 # Global batch 4 = 2 ranks × 2 images, 2 steps (momentum in play on the second), float64.
 SETTINGS = dict(epochs=1, batch_size=4, train_subset=8, test_subset=4, dtype="float64", save_every_steps=0)
 

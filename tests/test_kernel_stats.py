@@ -23,6 +23,8 @@ from niff_analysis.models import create_model, niff_layers
 from niff_analysis.train import trainer
 
 
+pytestmark = pytest.mark.slow  # training runs with kernel statistics: not in `make test-fast`
+
 def _cli_csv(*args) -> pd.DataFrame:
     res = CliRunner().invoke(main, [*map(str, args), "--format", "csv", "--quiet"], catch_exceptions=False)
     assert res.exit_code == 0, res.output

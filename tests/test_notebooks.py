@@ -16,6 +16,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # notebook execution: not in `make test-fast`
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "niff-analysis-test"
 

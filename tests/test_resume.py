@@ -18,6 +18,8 @@ from niff_analysis.errors import NiffError
 from niff_analysis.train import trainer
 
 
+pytestmark = pytest.mark.slow  # training runs, killed and resumed: not in `make test-fast`
+
 def _assert_same_weights(a, b):
     wa, wb = load_weights(a), load_weights(b)
     assert wa.keys() == wb.keys()

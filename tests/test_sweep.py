@@ -12,6 +12,8 @@ from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
 from niff_analysis.train.sweep import collect, parse_arm
 
+pytestmark = pytest.mark.slow  # training sweeps: not in `make test-fast`
+
 ARGS = ["--model", "resnet18_niff", "--data-dir", str(FMNIST), "--epochs", "1", "--batch-size", "8",
         "--train-subset", "16", "--test-subset", "16", "--threads", "1", "--device", "cpu", "--quiet"]
 

@@ -25,6 +25,8 @@ from niff_analysis.train.trainer import _first, _train_batches
 from test_data import _cifar_batch, image_tree  # noqa: F401  (fixture)
 
 
+pytestmark = pytest.mark.slow  # training runs: not in `make test-fast`
+
 def test_same_seed_same_weights(tmp_path, reference_run):
     train(tiny_config(tmp_path / "again"))
     a, b = load_weights(tmp_path / "again"), load_weights(reference_run["out"])
