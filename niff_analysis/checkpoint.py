@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save, save_file  # noqa: F401
+from safetensors.torch import save
 from torch import nn
 
 from . import __version__
@@ -87,13 +86,15 @@ def save_checkpoint(model: nn.Module, path: PathLike, **metadata) -> Path:
     return path
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
+def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file; with ``tensors=False`` only its header is
+    decoded (the metadata of a single-file checkpoint), and the tensors are ``{}``."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     return tensors, meta
@@ -111,7 +112,7 @@ def read_config(path: PathLike) -> dict:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{cfg_path}: corrupt JSON ({exc})") from None
     elif path.suffix == ".safetensors":
-        _, meta = _read_safetensors(path)
+        _, meta = _read_safetensors(path, tensors=False)  # the weights are read once, later
         if "niff_config" not in meta:
             raise CheckpointError(f"{path}: safetensors file carries no niff_config metadata")
         try:
@@ -347,7 +348,3 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise NiffError("device mps requested but MPS is not available")
     return torch.device(device)
 
-
-# The importers of foreign checkpoints live in imports.py; these names stay importable from here.
-from .imports import (import_reference_checkpoint, import_state_dict, read_torch_pickle,  # noqa: E402,F401
-                      reference_key_map)

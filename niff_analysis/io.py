@@ -14,6 +14,7 @@ read-modified-written under :func:`directory_lock`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -26,8 +27,21 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 PathLike = Union[str, os.PathLike]
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask, read once at the first write (not at import, and without setting it
+    where /proc tells: setting it to read it back races with threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, briefly
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:
@@ -67,7 +81,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)  # before the chmod: a umask may leave the final mode read-only
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:

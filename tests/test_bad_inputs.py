@@ -32,8 +32,8 @@ matplotlib.use("Agg")
 from niff_analysis.analysis import (LayerKernels, effective_sizes, extract_kernels,  # noqa: E402
                                     gaussian_fit, gaussian_summary, kernel_mass, mass_summary,
                                     pca_eigenkernels, weight_pca)
-from niff_analysis.checkpoint import (import_reference_checkpoint, load_checkpoint,  # noqa: E402
-                                      read_torch_pickle, save_checkpoint)
+from niff_analysis.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from niff_analysis.imports import import_reference_checkpoint, read_torch_pickle  # noqa: E402
 from niff_analysis.cli import main  # noqa: E402
 from niff_analysis.errors import CheckpointError, DataError, NiffError, SelectionError  # noqa: E402
 from niff_analysis.layers.niff import centred_to_kernel  # noqa: E402

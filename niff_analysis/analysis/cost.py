@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..layers import DepthwiseNIFF
 from ..layers.mlp import MLPSpec, resolve_mlp
 
 Size = Union[int, tuple[int, int]]
@@ -214,8 +215,6 @@ def _load_average() -> float:
 def _measure(sizes: Sequence[int], channels: int, batch: int, repeats: int, mlp: MLPSpec, device,
              max_seconds: Optional[float]) -> dict[tuple[str, int], list[float]]:
     """Seconds per call of every contender at every size, all interleaved round-robin."""
-    from ..layers import DepthwiseNIFF  # local: keeps the formulas importable on their own
-
     gen = torch.Generator().manual_seed(0)
     fns = {}
     for s in sizes:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import click
 import pandas as pd
-
-from ..io import atomic_write
 
 FORMATS = ("table", "csv", "json")
 
@@ -66,10 +63,3 @@ def render_frame(df: pd.DataFrame, fmt: str) -> str:
         return df.to_string(index=False) + "\n"
 
 
-def emit(text: str, output: Optional[str]) -> None:
-    """Write to ``output`` atomically, or to stdout."""
-    if output:
-        atomic_write(Path(output), text)
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..analysis.stats import read_kernel_stats
-from ..checkpoint import DEFAULT_CHECKPOINT, layer_table, load_checkpoint
+from ..checkpoint import layer_table, load_checkpoint
 from ..models import create_model, list_models, parse_name
 from ..models.registry import STEMS
 from . import main
@@ -93,5 +93,3 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
     else:
         click.echo("(no NIFF layers)")
 
-
-_ = DEFAULT_CHECKPOINT

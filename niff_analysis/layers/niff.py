@@ -401,5 +401,3 @@ class FullNIFF(_NIFFBase):
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, mode={self.mode}, fmap={self.fmap}"
 
-
-NIFF_LAYER_TYPES = (DepthwiseNIFF, FullNIFF, FreqPointwise)

@@ -143,7 +143,9 @@ def _plan(model: nn.Module, shapes: dict, niff_on_1x1: bool = False
     return plan
 
 
-def _pointwise_from(m: nn.Module, channels_last: bool = False) -> FreqPointwise:
+def _pointwise_from(m: nn.Module) -> FreqPointwise:
+    """A FreqPointwise with ``m``'s weights: channels-last for an nn.Linear (ConvNeXt's
+    pointwise linears), channels-first for a 1×1 nn.Conv2d."""
     if isinstance(m, nn.Linear):
         new = FreqPointwise(m.in_features, m.out_features, channels_last=True)
         w = m.weight.detach().reshape(m.out_features, m.in_features, 1, 1)
@@ -187,10 +189,8 @@ def to_niff(model: nn.Module, input_size: Size = 224, variant: str = "split",
         if action == "keep" or (action.startswith("pointwise") and not convert_pointwise):
             report.kept.append(dict(name=name, old=_describe(m), reason=reason or "pointwise kept"))
             continue
-        if action == "pointwise":
+        if action in ("pointwise", "pointwise_cl"):
             new = _pointwise_from(m)
-        elif action == "pointwise_cl":
-            new = _pointwise_from(m, channels_last=True)
         elif action == "depthwise":
             new = DepthwiseNIFF(m.in_channels, mlp=mlp, mode=mode)
         elif variant == "full" and m.groups == 1:

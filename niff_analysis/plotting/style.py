@@ -121,11 +121,6 @@ def signed_norm(image: np.ndarray) -> mcolors.TwoSlopeNorm:
     return mcolors.TwoSlopeNorm(vmin=-m, vcenter=0.0, vmax=m)
 
 
-def natural_key(name: str) -> list:
-    """Sort key that puts ``layer2`` before ``layer10``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
-
-
 def ordered_unique(values: Iterable) -> list:
     """Unique values in order of first appearance."""
     return list(dict.fromkeys(values))
