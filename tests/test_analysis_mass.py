@@ -161,3 +161,32 @@ def test_bundled_checkpoint_mass(bundled_kernels):
     assert (g.head(1).window == 1).all()
     summ = mass_summary(df)
     assert (summ.n == summ.layer.map({lk.name: lk.flat.shape[0] for lk in bundled_kernels})).all()
+
+
+def test_mass_table_massless_kernels_and_kernel_table():
+    """The tables `niff-analyze mass` and `kernels` print, from the library: per layer the mean
+    ratio at windows 1…9 (full-size value where the kernel is smaller), sizes, and the all-zero
+    kernels named."""
+    from niff_analysis.analysis import kernel_table, mass_table, massless_kernels
+
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((3, 11, 11))
+    small = rng.standard_normal((2, 5, 5))
+    small[1] = 0  # one kernel without mass
+    layers = [layer(big, "a", "s1"), layer(small, "b", "s2")]
+    mass = kernel_mass(layers)
+    table = mass_table(mass)
+    assert list(table.layer) == ["a", "b"] and list(table.kernels) == [3, 1]  # kernels with mass
+    for w in (1, 3, 5, 9):
+        expect = mass[(mass.layer == "a") & (mass.window == w)].mass_ratio.mean()
+        assert table.loc[0, f"mass_w{w}"] == pytest.approx(expect, abs=5e-4)
+    # b's kernels are 5×5: its 9×9 "window" covers the whole kernel, the non-zero one's mass 1.
+    assert table.loc[1, "mass_w9"] == 1.0 and table.loc[1, "mass_w5"] == 1.0
+    sizes = effective_sizes(mass)
+    assert table.loc[0, "size_90"] == pytest.approx(sizes[sizes.layer == "a"].size_90.mean(), abs=5e-4)
+    zero = massless_kernels(mass)
+    assert zero.to_dict("records") == [dict(layer="b", massless=1, kernels=2)]
+    assert massless_kernels(kernel_mass(layers[:1])).empty
+    kt = kernel_table(layers)
+    assert kt[["layer", "kernel_h", "n_kernels"]].values.tolist() == [["a", 11, 3], ["b", 5, 2]]
+    assert kt.l1_mean[1] == pytest.approx(np.abs(small).sum((1, 2)).mean(), rel=1e-5)

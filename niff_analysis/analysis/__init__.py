@@ -6,13 +6,14 @@ tidy pandas DataFrame (identifier columns first), shared by notebooks, the CLI a
 from .erf import effective_receptive_fields, erf_area_ratios
 from .frequency import frequency_profile
 from .gaussian import gaussian_fit, gaussian_model, gaussian_summary
-from .kernels import LayerKernels, extract_kernels, sample_channels, stage_of, subsample
-from .mass import effective_sizes, kernel_mass, mass_ratios, mass_summary, window_sizes
+from .kernels import LayerKernels, extract_kernels, kernel_table, sample_channels, stage_of, subsample
+from .mass import (effective_sizes, kernel_mass, mass_ratios, mass_summary, mass_table, massless_kernels,
+                   window_sizes)
 from .pca import PCAResult, capped_layers, pca_eigenkernels, pca_summary, weight_pca
 from .stats import kernel_stats, read_kernel_stats
 
-__all__ = ["LayerKernels", "PCAResult", "effective_receptive_fields", "effective_sizes", "erf_area_ratios",
-           "extract_kernels", "frequency_profile", "gaussian_fit",
-           "gaussian_model", "gaussian_summary", "kernel_mass", "kernel_stats", "mass_ratios",
-           "mass_summary", "pca_eigenkernels", "pca_summary", "capped_layers", "read_kernel_stats", "sample_channels", "stage_of",
-           "subsample", "weight_pca", "window_sizes"]
+__all__ = ["LayerKernels", "PCAResult", "capped_layers", "effective_receptive_fields", "effective_sizes",
+           "erf_area_ratios", "extract_kernels", "frequency_profile", "gaussian_fit", "gaussian_model",
+           "gaussian_summary", "kernel_mass", "kernel_stats", "kernel_table", "mass_ratios", "mass_summary",
+           "mass_table", "massless_kernels", "pca_eigenkernels", "pca_summary", "read_kernel_stats",
+           "sample_channels", "stage_of", "subsample", "weight_pca", "window_sizes"]

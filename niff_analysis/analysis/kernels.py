@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -282,3 +283,14 @@ def subsample(kernels: Sequence[LayerKernels], max_kernels: Optional[int]) -> li
         out.append(dataclasses.replace(lk, kernels=lk.flat[idx].contiguous(), response=resp,
                                        extra=dict(lk.extra, sampled_from=n)))
     return out
+
+
+def kernel_table(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
+    """One row per layer: layer, stage, kind, fmap_h, fmap_w, kernel_h, kernel_w, shape of the
+    kernel tensor, n_kernels and the mean L1 norm of a kernel (``l1_mean``)."""
+    rows = [dict(layer=lk.name, stage=lk.stage, kind=lk.kind, fmap_h=lk.fmap[0], fmap_w=lk.fmap[1],
+                 kernel_h=lk.size[0], kernel_w=lk.size[1], shape="x".join(map(str, lk.kernels.shape)),
+                 n_kernels=lk.flat.shape[0], l1_mean=float(lk.flat.abs().sum((1, 2)).mean()))
+            for lk in kernels]
+    return pd.DataFrame(rows, columns=["layer", "stage", "kind", "fmap_h", "fmap_w", "kernel_h",
+                                       "kernel_w", "shape", "n_kernels", "l1_mean"])

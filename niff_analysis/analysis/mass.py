@@ -121,3 +121,29 @@ def effective_sizes(mass_df: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.
         best[np.isinf(best)] = np.nan
         out[f"size_{100 * q:g}"] = best
     return out
+
+
+def mass_table(mass_df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer (and checkpoint): the count of kernels with mass (``kernels``), the mean mass
+    ratio at windows 1, 3, 5, 9 (``mass_w1`` … ``mass_w9``; a window larger than the kernel
+    covers all of it, so a layer smaller than S×S gives its full-size value, 1.0) and the mean
+    50/90/95 % sizes."""
+    keys = _group_keys(mass_df, ["checkpoint", "layer", "stage", "fmap_h", "fmap_w"])
+    summ = mass_summary(mass_df)
+    table = summ.groupby(keys, sort=False, dropna=False)["n"].max().rename("kernels").reset_index()
+    for w in (1, 3, 5, 9):
+        at = summ[summ["window"] <= w].groupby(keys, sort=False, dropna=False).tail(1)
+        table = table.merge(at[keys + ["mean"]].rename(columns={"mean": f"mass_w{w}"}), on=keys, how="left")
+    sizes = effective_sizes(mass_df).groupby(keys, sort=False, dropna=False)[
+        ["size_50", "size_90", "size_95"]].mean().reset_index()
+    return table.merge(sizes, on=keys, how="left").round(3)
+
+
+def massless_kernels(mass_df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer with all-zero kernels (mass ratios NaN: Eq. 6 is 0/0): ``layer``, the count
+    ``massless`` and the layer's ``kernels``. Empty when every kernel has mass."""
+    kernels = mass_df.drop_duplicates(["layer", "channel"])
+    zero = kernels[kernels["mass_ratio"].isna()]
+    out = zero.groupby("layer", sort=False).size().rename("massless").reset_index()
+    total = kernels.groupby("layer", sort=False).size().rename("kernels").reset_index()
+    return out.merge(total, on="layer", how="left")

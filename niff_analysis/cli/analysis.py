@@ -25,7 +25,8 @@ import torch
 
 from .. import __version__
 from ..analysis import (effective_receptive_fields, effective_sizes, erf_area_ratios, extract_kernels,
-                        frequency_profile, gaussian_fit, gaussian_summary, kernel_mass, mass_summary,
+                        frequency_profile, gaussian_fit, gaussian_summary, kernel_mass, kernel_table,
+                        mass_summary, mass_table, massless_kernels,
                         capped_layers, pca_eigenkernels, pca_summary, subsample, weight_pca)
 from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, find_checkpoints, load_checkpoint, resolve_device
 from ..errors import NiffError, SelectionError
@@ -266,15 +267,8 @@ def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qui
             raise SelectionError("--view radial needs NIFF layers (frequency responses); none selected")
         _finish(run, render_frame(df.round(4) if fmt == "table" else df, fmt), output, len(df))
         return
-    rows = []
-    for label, lks in results:
-        for lk in lks:
-            flat = lk.flat
-            rows.append(dict(checkpoint=label, layer=lk.name, stage=lk.stage, kind=lk.kind,
-                             fmap_h=lk.fmap[0], fmap_w=lk.fmap[1], kernel_h=lk.size[0],
-                             kernel_w=lk.size[1], shape="x".join(map(str, lk.kernels.shape)),
-                             n_kernels=flat.shape[0], l1_mean=float(flat.abs().sum((1, 2)).mean())))
-    df = pd.DataFrame(rows)
+    df = pd.concat([_with_checkpoint(label, kernel_table(lks)) for label, lks in results],
+                   ignore_index=True)
     _finish(run, render_frame(df, fmt), output, len(df))
 
 
@@ -306,7 +300,7 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
     mass = pd.concat(frames, ignore_index=True)
     note = ""
     if fmt == "table":
-        df = _mass_table(mass)
+        df = mass_table(mass)
         if (df[["fmap_h", "fmap_w"]].max(axis=1) < 9).any():
             note = ("(mass_wS of a layer whose kernels are smaller than S×S is that of the whole kernel, "
                     "1.0: the window covers all of it)\n")
@@ -321,29 +315,12 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
 
 def _warn_massless(run: Run, label: str, mass: pd.DataFrame) -> None:
     """Name the layers with all-zero kernels: their ratios and sizes are NaN (Eq. 6 is 0/0)."""
-    zero = mass[mass["mass_ratio"].isna()].drop_duplicates(["layer", "channel"])
+    zero = massless_kernels(mass)
     if zero.empty:
         return
-    total = mass.drop_duplicates(["layer", "channel"]).groupby("layer", sort=False).size()
-    per_layer = zero.groupby("layer", sort=False).size()
-    where = ", ".join(f"{layer} ({n} of {total[layer]})" for layer, n in per_layer.items())
-    run.warn(f"{label}: {len(zero)} all-zero kernel(s) have no mass; their mass ratios and sizes "
-             f"are NaN: {where}")
-
-
-def _mass_table(mass: pd.DataFrame) -> pd.DataFrame:
-    """Per layer: mean mass at windows 1, 3, 5, 9 and the mean 50/90/95 % sizes."""
-    keys = ["checkpoint", "layer", "stage", "fmap_h", "fmap_w"]
-    summ = mass_summary(mass)
-    table = summ.groupby(keys, sort=False, dropna=False)["n"].max().rename("kernels").reset_index()
-    for w in (1, 3, 5, 9):
-        # A window larger than the kernel covers all of it: the full-size value (1.0).
-        at = summ[summ["window"] <= w].groupby(keys, sort=False, dropna=False).tail(1)
-        col = at[keys + ["mean"]].rename(columns={"mean": f"mass_w{w}"})
-        table = table.merge(col, on=keys, how="left")
-    sizes = effective_sizes(mass).groupby(keys, sort=False, dropna=False)[
-        ["size_50", "size_90", "size_95"]].mean().reset_index()
-    return table.merge(sizes, on=keys, how="left").round(3)
+    where = ", ".join(f"{r.layer} ({r.massless} of {r.kernels})" for r in zero.itertuples())
+    run.warn(f"{label}: {int(zero.massless.sum())} all-zero kernel(s) have no mass; their mass ratios "
+             f"and sizes are NaN: {where}")
 
 
 @main.command("pca")
