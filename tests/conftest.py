@@ -15,6 +15,37 @@ import torch
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLI = [sys.executable, "-m", "niff_analysis"]
 
+# The slow tier beside the modules marked slow as a whole (training, torchrun, notebooks, fresh
+# interpreters): tests that start processes, evaluate the bundled models on real images, build
+# every registered model, or write full figure sets. `make test` runs them; `make test-fast`
+# (-m "not slow") does not. Patterns are fnmatch'ed against the test's node id.
+SLOW = [
+    "tests/test_bundled.py::*",
+    "*::test_entry_point*",
+    "tests/test_plotting.py::test_cli_*",
+    "tests/test_plotting.py::test_figures_are_written_as_a_unit",
+    "tests/test_cli_analysis.py::test_one_label_rule_and_duplicates_analysed_once",
+    "tests/test_imports.py::test_import_plain_convnext_and_a_converted_torchvision_state_dict",
+    "tests/test_imports.py::test_converted_torchvision_model_is_a_first_class_checkpoint",
+    "tests/test_models.py::test_every_model_forward_backward*",
+    "tests/test_bad_inputs.py::test_corrupt_image_in_imagefolder_is_one_line*",
+    "tests/test_bad_inputs.py::test_degenerate_*",
+    "tests/test_erf_frequency.py::test_erf_command_on_the_bundled_checkpoints",
+    "tests/test_checkpoint.py::test_cli_import_reference_then_describe",
+    "tests/test_checkpoint.py::test_round_trip_directory_and_single_file",
+    "tests/test_checkpoint.py::test_import_reference_rejects_mismatches",
+    "tests/test_analysis_gaussian.py::test_give_up_rules_keep_every_successful_fit_of_the_bundled_checkpoint",
+    "tests/test_analysis_gaussian.py::test_equals_curve_fit_on_learned_kernels",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    import fnmatch
+
+    for item in items:
+        if any(fnmatch.fnmatchcase(item.nodeid, pattern) for pattern in SLOW):
+            item.add_marker(pytest.mark.slow)
+
 
 def tiny_config(out, **changes):
     """The tiny recipe every trainer test shares: ResNet-18 NIFF, 32 real Fashion-MNIST
