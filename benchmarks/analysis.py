@@ -122,7 +122,7 @@ def scale(quick: bool = False) -> pd.DataFrame:
 
     rows = []
     for name in ("resnet18_fmnist", "resnet18_niff_fmnist"):
-        cmd = [sys.executable, "-c", "from niff_analysis.cli import main; main()", "gaussian", str(BUNDLED_DIR / name), "--quiet"]
+        cmd = [sys.executable, "-m", "niff_analysis", "gaussian", str(BUNDLED_DIR / name), "--quiet"]
         cmd += ["--max-kernels", "2000"] if quick else []
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)

@@ -271,11 +271,11 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
     batch = min(CPU_BATCH_KERNELS, max(1, CPU_BATCH_PIXELS // (h * w))) if dev.type == "cpu" else None
     step = max(1, chunk_pixels // (h * w))
 
-    def keep(idx: np.ndarray, p, conv, it) -> None:
-        """Write the fits of kernels ``idx`` (params, stopped, iterations) into the results."""
+    def keep(idx: np.ndarray, data: torch.Tensor, p, conv, it) -> None:
+        """Write the fits of kernels ``idx`` (their scaled magnitudes ``data``; params, stopped,
+        iterations) into the results."""
         p, conv, it = (torch.as_tensor(v) for v in (p, conv, it))
-        scale = peak[idx].to(p)[:, None]
-        data = mag_all[idx].to(p) / scale
+        data, scale = data.to(p), peak[idx].to(p)[:, None]
         x, y = pixel_coords(h, w, device=p.device, dtype=p.dtype)
         f = model_values(p, x, y)
         ss_res = ((f - data) ** 2).sum(1)
@@ -287,9 +287,6 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
         iters[idx] = it.cpu().numpy()
         status[idx] = fit_status(p, h, w, conv)
 
-    def scaled(idx: np.ndarray) -> torch.Tensor:
-        return mag_all[idx] / peak[idx, None]
-
     workers = _cpu_workers(len(todo) * h * w) if dev.type == "cpu" else 1
     if workers > 1:
         # Four chunks per worker at least, so that the workers finish together.
@@ -297,12 +294,14 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
         chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_solve_in_worker, scaled(idx).numpy(), h, w, max_iter, batch): idx
-                       for idx in chunks}
+            futures = {}
+            for idx in chunks:
+                data = mag_all[idx] / peak[idx, None]
+                futures[pool.submit(_solve_in_worker, data.numpy(), h, w, max_iter, batch)] = (idx, data)
             for fut in as_completed(futures):
-                keep(futures[fut], *fut.result())
+                keep(*futures[fut], *fut.result())
                 if bar is not None:
-                    bar.update(len(futures[fut]))
+                    bar.update(len(futures[fut][0]))
     else:
         on_done = None if bar is None else bar.update
         before = torch.get_num_threads()
@@ -311,7 +310,8 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
         try:
             for start in range(0, len(todo), step):
                 idx = todo[start:start + step]
-                keep(idx, *_solve(scaled(idx).to(dev, dtype), h, w, max_iter, batch, on_done))
+                data = (mag_all[idx] / peak[idx, None]).to(dev, dtype)
+                keep(idx, data, *_solve(data, h, w, max_iter, batch, on_done))
         finally:
             torch.set_num_threads(before)
     out = pd.DataFrame(res)
