@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -251,49 +251,6 @@ def _load_training_state(path: Path, device: str, factory: Optional[str]) -> nn.
                                  training_state=True)
     model.eval()
     return model.to(resolve_device(device))
-
-
-def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Optional[Path]]]:
-    """(label, path) per checkpoint: the one rule every command and the figures use.
-
-    A folder without ``config.json`` stands for the checkpoints in it (sorted); ``None`` and
-    no arguments at all are the bundled default (path ``None``). The same resolved path given
-    twice is analysed once. Labels are folder names (file stems for ``.safetensors``), or the
-    paths as given where two names clash.
-
-    Raises:
-        CheckpointError: a folder that is neither a checkpoint nor holds any.
-    """
-    if not args:
-        return [(DEFAULT_CHECKPOINT.name, None)]
-    paths: list[Optional[Path]] = []
-    for arg in args:
-        p = None if arg is None else Path(arg)
-        if p is not None and p.is_dir() and not (p / CONFIG_NAME).is_file():
-            found = sorted(c for c in p.iterdir()
-                           if (c.is_dir() and (c / CONFIG_NAME).is_file()) or c.suffix == ".safetensors")
-            if not found:
-                raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
-                                      "nor a folder of checkpoints")
-            paths += found
-        else:
-            paths.append(p)  # load_checkpoint says what is wrong with it, if anything
-    unique, seen = [], set()
-    for p in paths:
-        key = str((p if p is not None else DEFAULT_CHECKPOINT).resolve())
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    names = [checkpoint_label(p) for p in unique]
-    if len(set(names)) < len(names):
-        names = [str(p if p is not None else DEFAULT_CHECKPOINT) for p in unique]
-    return list(zip(names, unique))
-
-
-def checkpoint_label(path: Optional[PathLike]) -> str:
-    """Short name of a checkpoint: its directory name or file stem (bundled default if None)."""
-    p = Path(os.path.normpath(Path(path) if path is not None else DEFAULT_CHECKPOINT))
-    return p.stem if p.suffix == ".safetensors" else p.name
 
 
 def initial_model(architecture: str, model_kwargs: dict, seed: int) -> nn.Module:

@@ -41,7 +41,9 @@ from niff_analysis.models import create_model  # noqa: E402
 from niff_analysis.plotting import (plot_effective_size, plot_eigenkernels,  # noqa: E402
                                     plot_kernel_magnitude, plot_mass_ratio, plot_raw_kernels,
                                     plot_sigma, plot_weight_pca)
-from niff_analysis.plotting.report import FigureData, subsample, write_figures  # noqa: E402
+from niff_analysis.analysis import subsample  # noqa: E402
+from niff_analysis.pipeline import FigureData  # noqa: E402
+from niff_analysis.plotting.report import write_figures  # noqa: E402
 from niff_analysis.train import TrainConfig, train  # noqa: E402
 from niff_analysis.train.data import load_dataset  # noqa: E402
 

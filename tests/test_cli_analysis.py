@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import niff_analysis.cli.analysis as cli_analysis
+import niff_analysis.pipeline as pipeline
 from niff_analysis import __version__
 from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from niff_analysis.cli import main
@@ -42,7 +42,7 @@ def cached_checkpoints():
         return cache[key]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli_analysis, "load_checkpoint", load)
+        mp.setattr(pipeline, "load_checkpoint", load)
         yield
 
 
@@ -238,8 +238,9 @@ def test_entry_point_error():
 def test_one_label_rule_and_duplicates_analysed_once(tmp_path):
     """The analysis commands and the figures label same-name checkpoints alike (by path), and
     the same checkpoint given twice is analysed once."""
-    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, find_checkpoints
-    from niff_analysis.plotting import analyse
+    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
+    from niff_analysis.pipeline import find_checkpoints
+    from niff_analysis.pipeline import analyse
 
     for d in ("a", "b"):
         shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / d / "x")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import numpy as np
@@ -83,7 +84,8 @@ def test_last_record_equals_what_the_analysis_commands_print(reference_run):
 def test_init_checkpoint_is_the_rebuilt_initialisation(reference_run):
     out, cfg = reference_run["out"], reference_run["cfg"]
     saved = load_weights(out / "init")
-    rebuilt = trainer.initial_model(cfg.model, cfg.model_kwargs, cfg.seed).state_dict()
+    kwargs = json.loads((out / "train_config.json").read_text())["model_kwargs"]  # filled in from the data
+    rebuilt = trainer.initial_model(cfg.model, kwargs, cfg.seed).state_dict()
     assert saved.keys() == rebuilt.keys()
     assert all(torch.equal(saved[k], rebuilt[k]) for k in saved)
     init = load_checkpoint(out / "init")
@@ -96,7 +98,7 @@ def test_init_checkpoint_is_the_rebuilt_initialisation(reference_run):
                                   check_exact=False, rtol=1e-12)
     # Building the initialisation leaves the caller's RNG alone.
     before = torch.get_rng_state()
-    trainer.initial_model(cfg.model, cfg.model_kwargs, cfg.seed)
+    trainer.initial_model(cfg.model, kwargs, cfg.seed)
     assert torch.equal(before, torch.get_rng_state())
 
 
@@ -257,7 +259,8 @@ def test_load_initial_finds_or_rebuilds_the_initialisation(reference_run, tmp_pa
 
 
 def test_figures_draw_the_untrained_reference_and_the_history(reference_run):
-    from niff_analysis.plotting import analyse, iter_figures
+    from niff_analysis.pipeline import analyse
+    from niff_analysis.plotting import iter_figures
 
     data = analyse([reference_run["out"]], layers=["layer1.*"], max_kernels=16, cost_sizes=())
     assert set(data.untrained_mass_summary["layer"]) == {"layer1.0.conv1", "layer1.0.conv2",

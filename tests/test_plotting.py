@@ -28,7 +28,8 @@ from niff_analysis.plotting import (OKABE_ITO, centre_crop, layer_colors, plot_c
                                     plot_effective_size, plot_eigenkernels, plot_erf, plot_frequency,
                                     plot_kernel_magnitude, plot_mass_ratio, plot_raw_kernels, plot_sigma,
                                     plot_weight_pca, sample_channels, save_figure, signed_norm,
-                                    stage_color, subsample)
+                                    stage_color)
+from niff_analysis.analysis import subsample
 
 LAYERS = ["layer2.1.conv1", "layer3.1.conv2", "layer4.1.*"]
 

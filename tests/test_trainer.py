@@ -21,7 +21,7 @@ from niff_analysis.models import create_model
 from niff_analysis.train import TrainConfig, evaluate, load_fashion_mnist, train
 from niff_analysis.train.data import TensorDataset, normalise
 from niff_analysis.train.data import load_imagefolder
-from niff_analysis.train.trainer import _first, _train_batches
+from niff_analysis.train.batches import first_samples as _first, train_batches as _train_batches
 from test_data import _cifar_batch, image_tree  # noqa: F401  (fixture)
 
 
@@ -75,6 +75,20 @@ def test_metrics_and_config_files(reference_run):
     assert acc == pytest.approx((logits.argmax(1) == test.labels).float().mean().item())
     assert loss == pytest.approx(F.cross_entropy(logits, test.labels).item(), rel=1e-5)
     assert acc == pytest.approx(float(rows[-1]["test_acc"]))
+
+
+def test_train_leaves_the_callers_config_alone(reference_run):
+    """The model kwargs filled in from the data are recorded (train_config.json above, the
+    recipe a resume compares) without writing them into the caller's TrainConfig."""
+    out, cfg = reference_run["out"], reference_run["cfg"]
+    assert cfg.model_kwargs == {} and cfg == tiny_config(out)
+    filled = {"num_classes": 10, "in_chans": 1, "stem": "cifar", "input_size": [32, 32]}
+    assert torch.load(out / "train_state.pt", weights_only=True)["recipe"]["model_kwargs"] == filled
+    given = dict(stem="cifar")
+    cfg = tiny_config(out.parent / "kwargs", epochs=0, train_subset=8, model_kwargs=given)
+    train(cfg)
+    assert cfg.model_kwargs is given and given == dict(stem="cifar")
+    assert json.loads((out.parent / "kwargs" / "train_config.json").read_text())["model_kwargs"] == filled
 
 
 def test_cifar10_training_end_to_end(tmp_path, cifar_pngs):

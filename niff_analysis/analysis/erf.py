@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import SelectionError
 from .kernels import stage_of
 from .mass import mass_ratios
+from .schema import STAGE, THRESHOLD
 
 THRESHOLDS = (20, 30, 50, 99)
 
@@ -107,9 +108,9 @@ def erf_area_ratios(maps: dict[str, np.ndarray], thresholds: Sequence[float] = T
         for t in thresholds:
             hit = np.flatnonzero(ratios[0] >= t / 100 - 1e-12)
             side = float(windows[hit[0]]) if len(hit) else float("nan")
-            rows.append(dict(stage=name, threshold=t, side=side,
-                             area_ratio=min(side, h) * min(side, w) / (h * w) if len(hit) else float("nan")))
-    return pd.DataFrame(rows, columns=["stage", "threshold", "side", "area_ratio"])
+            rows.append({STAGE: name, THRESHOLD: t, "side": side,
+                         "area_ratio": min(side, h) * min(side, w) / (h * w) if len(hit) else float("nan")})
+    return pd.DataFrame(rows, columns=[STAGE, THRESHOLD, "side", "area_ratio"])
 
 
 def dataset_images(dataset: str, n: int, data_dir=None, image_size: int = 32) -> torch.Tensor:

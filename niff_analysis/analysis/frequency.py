@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 
 from .kernels import LayerKernels
+from .schema import LAYER_COLUMNS, layer_columns
 
-COLUMNS = ["layer", "stage", "fmap_h", "fmap_w", "radius", "mean", "q25", "q75", "n_channels"]
+COLUMNS = LAYER_COLUMNS + ["radius", "mean", "q25", "q75", "n_channels"]
 
 
 def radial_bins(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,8 +52,7 @@ def frequency_profile(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
         keep = counts > 0
         q25, q75 = np.quantile(per_channel[:, keep], [0.25, 0.75], axis=0)
         frames.append(pd.DataFrame({
-            "layer": lk.name, "stage": lk.stage, "fmap_h": lk.fmap[0], "fmap_w": lk.fmap[1],
-            "radius": radius[keep], "mean": per_channel[:, keep].mean(0), "q25": q25, "q75": q75,
+            **layer_columns(lk), "radius": radius[keep], "mean": per_channel[:, keep].mean(0), "q25": q25, "q75": q75,
             "n_channels": per_channel.shape[0]}))
     if not frames:
         return pd.DataFrame(columns=COLUMNS)

@@ -82,6 +82,7 @@ import pandas as pd
 import torch
 
 from .kernels import LayerKernels
+from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
 from .lm import N_PARAMS, levenberg_marquardt, model_values
 
 MIN_SIGMA = 0.4
@@ -93,7 +94,7 @@ GIVE_UP_SIGMA, GIVE_UP_WIDTH, GIVE_UP_PATIENCE = 0.3, 3.0, 20
 CPU_BATCH_PIXELS = 1 << 17  # working-set size of the CPU solver (kernels × pixels): fits in cache
 CPU_BATCH_KERNELS = 8192  # ... and at most this many kernels (benchmarks/README.md)
 PROCESS_PIXELS = 1 << 21  # kernel pixels from which the CPU solver forks worker processes
-COLUMNS = ["layer", "stage", "fmap_h", "fmap_w", "channel", "sigma_x", "sigma_y", "sigma_major",
+COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",
            "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success", "status",
            "sigma_ratio", "iterations", "sigma_x_moment", "sigma_y_moment", "censored"]
 
@@ -365,9 +366,8 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 
     frames = []
     for i, lk in enumerate(kernels):
         df = fits[i]
-        df.insert(0, "channel", np.arange(len(df)))
-        for j, (col, val) in enumerate((("layer", lk.name), ("stage", lk.stage),
-                                        ("fmap_h", lk.fmap[0]), ("fmap_w", lk.fmap[1]))):
+        df.insert(0, CHANNEL, np.arange(len(df)))
+        for j, (col, val) in enumerate(layer_columns(lk).items()):
             df.insert(j, col, val)
         frames.append(df)
     if not frames:
@@ -381,9 +381,9 @@ def gaussian_summary(gauss_df: pd.DataFrame) -> pd.DataFrame:
     σ below 0.4 px, sharper than the samples resolve) n_censored; the median moment σx, σy over
     every kernel with mass; and the count n of kernels. Keeps a leading ``checkpoint`` column
     when the input has one."""
-    keys = [k for k in ["checkpoint", "layer", "stage", "fmap_h", "fmap_w"] if k in gauss_df.columns]
+    by = keys(gauss_df, LAYER_COLUMNS)
     ok = gauss_df[gauss_df["success"].astype(bool)]
-    g = ok.groupby(keys, sort=False, dropna=False)
+    g = ok.groupby(by, sort=False, dropna=False)
     out = g.agg(sigma_x_mean=("sigma_x", "mean"), sigma_x_std=("sigma_x", "std"),
                 sigma_y_mean=("sigma_y", "mean"), sigma_y_std=("sigma_y", "std"),
                 sigma_ratio_mean=("sigma_ratio", "mean"), sigma_ratio_std=("sigma_ratio", "std"),
@@ -392,7 +392,7 @@ def gaussian_summary(gauss_df: pd.DataFrame) -> pd.DataFrame:
                 sigma_y_median=("sigma_y", "median"), sigma_y_q25=("sigma_y", lambda v: v.quantile(0.25)),
                 sigma_y_q75=("sigma_y", lambda v: v.quantile(0.75)),
                 r2_median=("r2", "median"), n_ok=("success", "size")).reset_index()
-    all_g = gauss_df.groupby(keys, sort=False, dropna=False)
+    all_g = gauss_df.groupby(by, sort=False, dropna=False)
     n = all_g.size().rename("n").reset_index()
     extra = []
     if "censored" in gauss_df.columns:
@@ -401,11 +401,11 @@ def gaussian_summary(gauss_df: pd.DataFrame) -> pd.DataFrame:
         col = f"sigma_{axis}_moment"
         if col in gauss_df.columns:
             extra.append(all_g[col].median().rename(f"{col}_median").reset_index())
-    out = n.merge(out, on=keys, how="left")  # layers without a single success keep a row
+    out = n.merge(out, on=by, how="left")  # layers without a single success keep a row
     for e in extra:
-        out = out.merge(e, on=keys, how="left")
+        out = out.merge(e, on=by, how="left")
     out["n_ok"] = out["n_ok"].fillna(0).astype(int)
-    cols = keys + ["sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std", "sigma_ratio_mean",
+    cols = by + ["sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std", "sigma_ratio_mean",
                    "sigma_ratio_std", "sigma_x_median", "sigma_x_q25", "sigma_x_q75", "sigma_y_median",
                    "sigma_y_q25", "sigma_y_q75", "r2_median", "n_ok"]
     cols += [c for c in ("n_censored", "sigma_x_moment_median", "sigma_y_moment_median") if c in out.columns]

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import NiffError, SelectionError
 from ..layers.niff import _NIFFBase, centred_to_kernel
+from .schema import FMAP_H, FMAP_W, LAYER, STAGE, layer_columns
 
 Size = tuple[int, int]
 
@@ -288,9 +289,9 @@ def subsample(kernels: Sequence[LayerKernels], max_kernels: Optional[int]) -> li
 def kernel_table(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
     """One row per layer: layer, stage, kind, fmap_h, fmap_w, kernel_h, kernel_w, shape of the
     kernel tensor, n_kernels and the mean L1 norm of a kernel (``l1_mean``)."""
-    rows = [dict(layer=lk.name, stage=lk.stage, kind=lk.kind, fmap_h=lk.fmap[0], fmap_w=lk.fmap[1],
-                 kernel_h=lk.size[0], kernel_w=lk.size[1], shape="x".join(map(str, lk.kernels.shape)),
-                 n_kernels=lk.flat.shape[0], l1_mean=float(lk.flat.abs().sum((1, 2)).mean()))
+    rows = [dict(layer_columns(lk), kind=lk.kind, kernel_h=lk.size[0], kernel_w=lk.size[1],
+                 shape="x".join(map(str, lk.kernels.shape)), n_kernels=lk.flat.shape[0],
+                 l1_mean=float(lk.flat.abs().sum((1, 2)).mean()))
             for lk in kernels]
-    return pd.DataFrame(rows, columns=["layer", "stage", "kind", "fmap_h", "fmap_w", "kernel_h",
-                                       "kernel_w", "shape", "n_kernels", "l1_mean"])
+    return pd.DataFrame(rows, columns=[LAYER, STAGE, "kind", FMAP_H, FMAP_W, "kernel_h", "kernel_w", "shape",
+                                       "n_kernels", "l1_mean"])

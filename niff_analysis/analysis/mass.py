@@ -12,15 +12,14 @@ Kernels holding NaN or Inf are refused (:class:`~niff_analysis.errors.NiffError`
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .kernels import LayerKernels, require_finite
-
-ID_COLUMNS = ["layer", "stage", "fmap_h", "fmap_w"]
+from .schema import CHANNEL, LAYER, LAYER_COLUMNS, WINDOW, keys, layer_columns
 
 
 def window_sizes(h: int, w: int) -> np.ndarray:
@@ -69,18 +68,11 @@ def kernel_mass(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
     for lk in kernels:
         windows, ratios = mass_ratios(lk.flat)
         n, r = ratios.shape
-        frames.append(pd.DataFrame({
-            "layer": lk.name, "stage": lk.stage, "fmap_h": lk.fmap[0], "fmap_w": lk.fmap[1],
-            "channel": np.repeat(np.arange(n), r), "window": np.tile(windows, n),
-            "mass_ratio": ratios.reshape(-1),
-        }))
+        frames.append(pd.DataFrame({**layer_columns(lk), CHANNEL: np.repeat(np.arange(n), r),
+                                    WINDOW: np.tile(windows, n), "mass_ratio": ratios.reshape(-1)}))
     if not frames:
-        return pd.DataFrame(columns=ID_COLUMNS + ["channel", "window", "mass_ratio"])
+        return pd.DataFrame(columns=LAYER_COLUMNS + [CHANNEL, WINDOW, "mass_ratio"])
     return pd.concat(frames, ignore_index=True)
-
-
-def _group_keys(df: pd.DataFrame, keys: list[str]) -> list[str]:
-    return [k for k in keys if k in df.columns]
 
 
 def mass_summary(mass_df: pd.DataFrame) -> pd.DataFrame:
@@ -89,8 +81,8 @@ def mass_summary(mass_df: pd.DataFrame) -> pd.DataFrame:
     NaN ratios (all-zero kernels) are left out of mean, std and n. Keeps a leading
     ``checkpoint`` column when the input has one.
     """
-    keys = _group_keys(mass_df, ["checkpoint"] + ID_COLUMNS + ["window"])
-    g = mass_df.groupby(keys, sort=False, dropna=False)["mass_ratio"]
+    by = keys(mass_df, LAYER_COLUMNS, WINDOW)
+    g = mass_df.groupby(by, sort=False, dropna=False)["mass_ratio"]
     out = g.agg(mean="mean", std="std", n="count").reset_index()
     out["n"] = out["n"].astype(int)
     return out
@@ -106,9 +98,9 @@ def effective_sizes(mass_df: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.
     for q in quantiles:
         if not 0 < q <= 1:
             raise ValueError(f"quantiles must lie in (0, 1], got {q}")
-    keys = _group_keys(mass_df, ["checkpoint"] + ID_COLUMNS + ["channel"])
-    g = mass_df.groupby(keys, sort=False, dropna=False)
-    out = g.size().reset_index()[keys]
+    by = keys(mass_df, LAYER_COLUMNS, CHANNEL)
+    g = mass_df.groupby(by, sort=False, dropna=False)
+    out = g.size().reset_index()[by]
     ratio = mass_df["mass_ratio"].to_numpy()
     window = mass_df["window"].to_numpy().astype(float)
     group_id = g.ngroup().to_numpy()
@@ -128,22 +120,33 @@ def mass_table(mass_df: pd.DataFrame) -> pd.DataFrame:
     ratio at windows 1, 3, 5, 9 (``mass_w1`` … ``mass_w9``; a window larger than the kernel
     covers all of it, so a layer smaller than S×S gives its full-size value, 1.0) and the mean
     50/90/95 % sizes."""
-    keys = _group_keys(mass_df, ["checkpoint", "layer", "stage", "fmap_h", "fmap_w"])
+    by = keys(mass_df, LAYER_COLUMNS)
     summ = mass_summary(mass_df)
-    table = summ.groupby(keys, sort=False, dropna=False)["n"].max().rename("kernels").reset_index()
+    table = summ.groupby(by, sort=False, dropna=False)["n"].max().rename("kernels").reset_index()
     for w in (1, 3, 5, 9):
-        at = summ[summ["window"] <= w].groupby(keys, sort=False, dropna=False).tail(1)
-        table = table.merge(at[keys + ["mean"]].rename(columns={"mean": f"mass_w{w}"}), on=keys, how="left")
-    sizes = effective_sizes(mass_df).groupby(keys, sort=False, dropna=False)[
+        at = summ[summ[WINDOW] <= w].groupby(by, sort=False, dropna=False).tail(1)
+        table = table.merge(at[by + ["mean"]].rename(columns={"mean": f"mass_w{w}"}), on=by, how="left")
+    sizes = effective_sizes(mass_df).groupby(by, sort=False, dropna=False)[
         ["size_50", "size_90", "size_95"]].mean().reset_index()
-    return table.merge(sizes, on=keys, how="left").round(3)
+    return table.merge(sizes, on=by, how="left").round(3)
 
 
 def massless_kernels(mass_df: pd.DataFrame) -> pd.DataFrame:
     """Per layer with all-zero kernels (mass ratios NaN: Eq. 6 is 0/0): ``layer``, the count
     ``massless`` and the layer's ``kernels``. Empty when every kernel has mass."""
-    kernels = mass_df.drop_duplicates(["layer", "channel"])
+    by = keys(mass_df, LAYER)
+    kernels = mass_df.drop_duplicates(by + [CHANNEL])
     zero = kernels[kernels["mass_ratio"].isna()]
-    out = zero.groupby("layer", sort=False).size().rename("massless").reset_index()
-    total = kernels.groupby("layer", sort=False).size().rename("kernels").reset_index()
-    return out.merge(total, on="layer", how="left")
+    out = zero.groupby(by, sort=False).size().rename("massless").reset_index()
+    total = kernels.groupby(by, sort=False).size().rename("kernels").reset_index()
+    return out.merge(total, on=by, how="left")
+
+
+def massless_warning(mass_df: pd.DataFrame) -> Optional[str]:
+    """The warning for layers with all-zero kernels (their ratios and sizes are NaN), or None."""
+    zero = massless_kernels(mass_df)
+    if zero.empty:
+        return None
+    where = ", ".join(f"{r.layer} ({r.massless} of {r.kernels})" for r in zero.itertuples())
+    return (f"{int(zero.massless.sum())} all-zero kernel(s) have no mass; their mass ratios and sizes "
+            f"are NaN: {where}")

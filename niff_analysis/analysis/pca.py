@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import SelectionError
 from .kernels import LayerKernels, require_finite
+from .schema import COMPONENT, FMAP_H, FMAP_W, LAYER, LAYER_COLUMNS, PART, keys, layer_columns
 
 
 @dataclass
@@ -75,10 +76,10 @@ def pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _rows(lk: LayerKernels, part: str | None, comps, var, ratio) -> pd.DataFrame:
-    cols = {"layer": lk.name, "stage": lk.stage, "fmap_h": lk.fmap[0], "fmap_w": lk.fmap[1]}
+    cols = layer_columns(lk)
     if part is not None:
-        cols["part"] = part
-    cols.update(component=np.arange(len(comps)), explained_variance_ratio=ratio,
+        cols[PART] = part
+    cols.update({COMPONENT: np.arange(len(comps))}, explained_variance_ratio=ratio,
                 explained_variance=var, cumulative_variance_ratio=np.cumsum(ratio),
                 n_kernels=lk.flat.shape[0])
     return pd.DataFrame(cols)
@@ -91,7 +92,7 @@ def _check_n(n_components: int) -> None:
 
 def _finish(frames: list[pd.DataFrame], comps: dict, means: dict) -> PCAResult:
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["layer", "stage", "fmap_h", "fmap_w", "component", "explained_variance_ratio"])
+        columns=LAYER_COLUMNS + [COMPONENT, "explained_variance_ratio"])
     return PCAResult(table=table, components=comps, means=means)
 
 
@@ -159,26 +160,45 @@ def pca_summary(table: pd.DataFrame) -> pd.DataFrame:
     variance ratio of each component that every row has (``evr_0``, ``evr_1``, …: no column is
     empty where a layer has fewer kernels or pixels than components asked for), the number of
     components kept (``n_components``) and the ratio they explain together (``evr_total``)."""
-    keys = [k for k in ["checkpoint", "layer", "part", "fmap_h", "fmap_w", "n_kernels"]
-            if k in table.columns]
+    by = keys(table, LAYER, PART, FMAP_H, FMAP_W, "n_kernels")
     if table.empty:
-        return pd.DataFrame(columns=keys + ["n_components", "evr_total"])
-    g = table.groupby(keys, sort=False, dropna=False)
+        return pd.DataFrame(columns=by + ["n_components", "evr_total"])
+    g = table.groupby(by, sort=False, dropna=False)
     out = g.size().rename("n_components").reset_index()
     out["evr_total"] = g["explained_variance_ratio"].sum(min_count=1).to_numpy()
     common = int(out["n_components"].min())
-    wide = table[table["component"] < common].pivot_table(
-        index=keys, columns="component", values="explained_variance_ratio", sort=False, dropna=False)
+    wide = table[table[COMPONENT] < common].pivot_table(
+        index=by, columns=COMPONENT, values="explained_variance_ratio", sort=False, dropna=False)
     wide.columns = [f"evr_{int(c)}" for c in wide.columns]
-    return out.merge(wide.reset_index(), on=keys, how="left")[
-        keys + list(wide.columns) + ["n_components", "evr_total"]]
+    return out.merge(wide.reset_index(), on=by, how="left")[
+        by + list(wide.columns) + ["n_components", "evr_total"]]
 
 
 def capped_layers(table: pd.DataFrame, n_components: int) -> pd.DataFrame:
     """Layers (and parts) of a PCA table that kept fewer than ``n_components`` components
     (their rank: fewer kernels or pixels), with the number kept."""
-    keys = [k for k in ["checkpoint", "layer", "part"] if k in table.columns]
+    by = keys(table, LAYER, PART)
     if table.empty:
-        return pd.DataFrame(columns=keys + ["n_components"])
-    kept = table.groupby(keys, sort=False).size().rename("n_components").reset_index()
+        return pd.DataFrame(columns=by + ["n_components"])
+    kept = table.groupby(by, sort=False).size().rename("n_components").reset_index()
     return kept[kept["n_components"] < n_components].reset_index(drop=True)
+
+
+def pca_warnings(table: pd.DataFrame, n_components: int) -> list[str]:
+    """What a reader of a PCA table must be told: layers without variance (all kernels alike:
+    NaN ratios, zero components) and layers that kept fewer than ``n_components`` components."""
+    out = []
+    flat = table[table["explained_variance_ratio"].isna()]
+    if not flat.empty:
+        names = ["@".join(map(str, k)) if isinstance(k, tuple) else str(k)
+                 for k in flat.groupby(keys(flat, LAYER, PART), sort=False).size().index]
+        out.append(f"no variance (all kernels identical) in {', '.join(names)}; explained-variance "
+                   "ratios are NaN and components zero there")
+    capped = capped_layers(table, n_components)
+    if not capped.empty:
+        kept = capped["n_components"]
+        total = table.groupby(keys(table, LAYER, PART), sort=False).ngroups
+        span = f"{kept.min()}" + ("" if kept.min() == kept.max() else f"-{kept.max()}")
+        out.append(f"{len(capped)} of {total} layers have fewer than {n_components} components (fewer "
+                   f"kernels or pixels); kept {span} there")
+    return out

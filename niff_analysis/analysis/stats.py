@@ -38,13 +38,14 @@ import pandas as pd
 from .gaussian import gaussian_fit
 from .kernels import LayerKernels, subsample
 from .mass import effective_sizes, kernel_mass, mass_summary
+from .schema import EPOCH, LAYER, STAGE, STEP, keys
 
 WINDOWS = (3, 5, 9)
 STATS = ([f"mass{s}_{a}" for s in WINDOWS for a in ("mean", "std")]
          + ["k50_mean", "k50_median", "k90_mean", "k90_median",
             "sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "gauss_ok", "gauss_n", "n_kernels"])
-COLUMNS = ["layer", "stage", "stat", "value"]
-HISTORY_COLUMNS = ["epoch", "step"] + COLUMNS
+COLUMNS = [LAYER, STAGE, "stat", "value"]
+HISTORY_COLUMNS = [EPOCH, STEP] + COLUMNS
 FILE_NAME = "kernel_stats.csv"
 
 
@@ -121,3 +122,13 @@ def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: not a kernel-statistics table (missing column {missing[0]!r})")
     return df[HISTORY_COLUMNS]
+
+
+def history_table(history: pd.DataFrame, stats: Sequence[str] = STATS) -> pd.DataFrame:
+    """The long history as a table for people: one row per (checkpoint, epoch, step, layer), one
+    column per statistic in ``stats`` (in that order)."""
+    by = keys(history, EPOCH, STEP, LAYER)
+    wide = history.pivot_table(index=by, columns="stat", values="value", sort=False).reset_index()
+    wide = wide[by + [s for s in stats if s in wide.columns]]
+    wide.columns.name = None
+    return wide

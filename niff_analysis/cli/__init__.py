@@ -48,7 +48,7 @@ COMMANDS = {
     "gaussian": ("analysis", "2-D Gaussian fit to |k| of every kernel (batched Levenberg–Marquardt, "
                              "moment start)."),
     "history": ("analysis", "Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch."),
-    "erf": ("analysis", "Effective receptive field per stage: gradient of the output's central pixel w.r.t. "
+    "erf": ("erf", "Effective receptive field per stage: gradient of the output's central pixel w.r.t. "
                         "the input."),
     "figures": ("figures", "Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were "
                            "drawn from."),

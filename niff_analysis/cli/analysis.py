@@ -1,4 +1,4 @@
-"""``niff-analyze kernels|mass|pca|gaussian``: the analysis engine on one or more checkpoints.
+"""``niff-analyze kernels|mass|pca|gaussian|history``: the analysis engine on one or more checkpoints.
 
 Every command takes CHECKPOINT arguments (none: the bundled default; a folder of checkpoint
 folders: all of them) and prints one tidy table whose first column is ``checkpoint``. Data goes
@@ -11,8 +11,6 @@ keep every entry. Warnings (e.g. kernels without mass) always go to stderr, even
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,35 +19,32 @@ from typing import Callable, Optional
 import click
 import numpy as np
 import pandas as pd
-import torch
 
-from .. import __version__
-from ..analysis import (effective_receptive_fields, effective_sizes, erf_area_ratios, extract_kernels,
-                        frequency_profile, gaussian_fit, gaussian_summary, kernel_mass, kernel_table,
-                        mass_summary, mass_table, massless_kernels,
-                        capped_layers, pca_eigenkernels, pca_summary, subsample, weight_pca)
-from ..checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, find_checkpoints, load_checkpoint, resolve_device
+from ..analysis import (effective_sizes, frequency_profile, gaussian_fit, gaussian_summary, kernel_mass, kernel_table, mass_summary, mass_table,
+                        pca_eigenkernels, pca_summary, weight_pca)
+from ..analysis.mass import massless_warning
+from ..analysis.pca import pca_warnings
+from ..analysis.schema import FMAP_H, FMAP_W, LAYER, with_checkpoint
+from ..checkpoint import resolve_device
 from ..errors import NiffError, SelectionError
-from ..io import atomic_write, directory_lock, file_sha256
+from ..io import file_sha256
+from ..pipeline import META_NAME, find_checkpoints, load_checkpoints, select_kernels, write_output
 from . import main
 from .common import current_factory, device_option, factory_option, positive_int, render_frame
 
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".txt": "table", ".npz": "npz"}
-META_NAME = "meta.json"
-META_FORMAT = "niff-analysis-meta"
 
 
 # --------------------------------------------------------------------------- checkpoints
 class Run:
-    """Shared state of one analysis command: options, logging, provenance."""
+    """One analysis command: its options, logging, and the provenance of what it read."""
 
     def __init__(self, command: str, checkpoints, layers: str, include_conv: bool, device: str,
                  quiet: bool, params: dict):
-        self.command, self.include_conv, self.quiet = command, include_conv, quiet
+        self.command, self.checkpoints, self.include_conv, self.quiet = command, checkpoints, include_conv, quiet
         # --layers 'a,b' (comma list) as in figures
         self.layers = [p.strip() for p in layers.split(",") if p.strip()] or ["*"]
         self.device = resolve_device(device)
-        self.targets = find_checkpoints(tuple(checkpoints))
         self.params = dict(params, layers=layers, include_conv=include_conv, device=device)
         self.provenance: list[dict] = []
 
@@ -57,93 +52,42 @@ class Run:
         if not self.quiet:
             click.echo(msg, err=True)
 
-    def kernels(self, niff_only: Optional[str] = None) -> list[tuple[str, list]]:
-        """(label, list[LayerKernels]) per checkpoint.
-
-        Args:
-            niff_only: name of an analysis that needs NIFF layers; a checkpoint without them is
-                then an error.
-        """
-        from tqdm import tqdm
-
-        out = []
-        bar = tqdm(self.targets, desc="checkpoints", unit="ckpt", file=sys.stderr,
-                   disable=self.quiet or len(self.targets) < 2, leave=False)
-        for label, path in bar:
-            t0 = time.perf_counter()
-            model = load_checkpoint(path, device=str(self.device), factory=current_factory())
-            meta = model.niff_checkpoint
-            self.provenance.append(dict(label=label, path=meta["path"], sha256=meta["sha256"],
-                                        architecture=meta.get("architecture")))
-            try:
-                lks = extract_kernels(model, layers=self.layers, include_conv=self.include_conv)
-            except NiffError as exc:  # no match, non-finite kernels, …: say which checkpoint
-                raise type(exc)(f"{label}: {exc}") from None
-            max_kernels = click.get_current_context().meta.get("niff_max_kernels")
-            total = sum(lk.flat.shape[0] for lk in lks)
-            if max_kernels:
-                self.params["max_kernels"] = max_kernels
-                lks = subsample(lks, max_kernels)
-            plain = [lk.name for lk in lks if lk.kind == "conv"]
-            if niff_only and plain:
-                verb = "is a plain convolution" if len(plain) == 1 else "are plain convolutions"
-                what = ("it has no NIFF layers" if len(plain) == len(lks)
-                        else f"{', '.join(plain)} {verb}")
-                raise SelectionError(f"{label}: {niff_only} needs NIFF layers, but {what} "
-                                     f"(selected: {', '.join(lk.name for lk in lks)})")
-            if lks and len(plain) == len(lks) and not self.include_conv:
-                self.log(f"note: {label} has no NIFF layers; analysing its plain convolutions")
-            n = sum(lk.flat.shape[0] for lk in lks)
-            sampled = f" (sampled from {total}: at most {max_kernels} per layer)" if n < total else ""
-            self.log(f"{label}: {len(lks)} layers, {n} kernels{sampled} "
-                     f"({time.perf_counter() - t0:.1f} s to load and extract)")
-            out.append((label, lks))
-        return out
-
     def warn(self, msg: str) -> None:
         """A warning: printed even with ``--quiet`` (results that hold NaN are never silent)."""
         click.echo(f"warning: {msg}", err=True)
 
-    def write_meta(self, output: Path, rows: int) -> None:
-        record_output(output, dict(
-            command=self.command, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            versions=dict(niff_analysis=__version__, torch=torch.__version__),
-            parameters=self.params, checkpoints=self.provenance, rows=rows,
-            sha256=file_sha256(output)))
+    def checkpoints_loaded(self):
+        """Each checkpoint (:func:`~niff_analysis.pipeline.load_checkpoints`), its provenance kept."""
+        for ck in load_checkpoints(self.checkpoints, device=str(self.device), factory=current_factory()):
+            self.provenance.append(ck.provenance())
+            yield ck
 
+    def kernels(self, niff_only: Optional[str] = None) -> list[tuple[str, list]]:
+        """(label, kernels) of every checkpoint (:func:`~niff_analysis.pipeline.select_kernels`)."""
+        from tqdm import tqdm
 
-def record_output(output: Path, entry: dict) -> None:
-    """Set ``entry`` as the ``meta.json`` record of ``output`` (a file in the same folder).
+        max_kernels = click.get_current_context().meta.get("niff_max_kernels")
+        if max_kernels:
+            self.params["max_kernels"] = max_kernels
+        out = []
+        several = len(find_checkpoints(tuple(self.checkpoints))) > 1
+        for ck in tqdm(self.checkpoints_loaded(), desc="checkpoints", unit="ckpt", file=sys.stderr,
+                       disable=self.quiet or not several, leave=False):
+            sel = select_kernels(ck, layers=self.layers, include_conv=self.include_conv,
+                                 max_kernels=max_kernels, niff_only=niff_only)
+            for note in sel.notes:
+                self.log(f"note: {note}")
+            self.log(sel.summary(max_kernels))
+            out.append((sel.label, sel.kernels))
+        return out
 
-    The read-modify-write runs under a lock on the folder, so processes writing outputs into one
-    folder at once keep each other's entries; the file itself is replaced atomically.
-    """
-    output = Path(output)
-    meta_path = output.parent / META_NAME
-    with directory_lock(output.parent):
-        meta = _read_meta(meta_path)
-        meta["outputs"][output.name] = entry
-        atomic_write(meta_path, json.dumps(meta, indent=1, default=str) + "\n")
-
-
-def _read_meta(meta_path: Path) -> dict:
-    if not meta_path.exists():
-        return dict(format=META_FORMAT, outputs={})
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        meta = None
-    if (not isinstance(meta, dict) or meta.get("format") != META_FORMAT
-            or not isinstance(meta.get("outputs"), dict)):
-        raise NiffError(f"{meta_path} exists and is not a niff-analysis metadata file; "
-                        "choose another output folder")
-    return meta
-
-
-def _with_checkpoint(label: str, df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
-    df.insert(0, "checkpoint", label)
-    return df
+    def finish(self, content, output: Optional[str], rows: int) -> None:
+        """Print ``content`` (text), or write it to ``output`` with its meta.json entry."""
+        if not output:
+            click.echo(content, nl=False)
+            return
+        path = write_output(output, content, self.command, self.params, self.provenance, rows)
+        self.log(f"wrote {path} and {path.parent / META_NAME}")
 
 
 def _output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed: tuple[str, ...]) -> str:
@@ -162,28 +106,12 @@ def _output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed:
     return chosen
 
 
-def _finish(run: Run, text: str, output: Optional[str], rows: int) -> None:
-    if output:
-        path = Path(output)
-        _read_meta(path.parent / META_NAME)  # refuse before writing anything
-        atomic_write(path, text)
-        run.write_meta(path, rows)
-        run.log(f"wrote {path} and {path.parent / META_NAME}")
-    else:
-        click.echo(text, nl=False)
-
-
 def _write_npz(run: Run, output: str, arrays: dict[str, np.ndarray]) -> None:
-    path = Path(output)
-    _read_meta(path.parent / META_NAME)
-
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, **arrays)
 
-    atomic_write(path, save)
-    run.write_meta(path, len(arrays))
-    run.log(f"wrote {path} ({len(arrays)} arrays) and {path.parent / META_NAME}")
+    run.finish(save, output, len(arrays))
 
 
 def _key(label: str, name: str, several: bool) -> str:
@@ -261,15 +189,15 @@ def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qui
         _write_npz(run, output, arrays)
         return
     if view == "radial":
-        df = pd.concat([_with_checkpoint(label, frequency_profile(lks)) for label, lks in results],
+        df = pd.concat([with_checkpoint(frequency_profile(lks), label) for label, lks in results],
                        ignore_index=True)
         if df.empty:
             raise SelectionError("--view radial needs NIFF layers (frequency responses); none selected")
-        _finish(run, render_frame(df.round(4) if fmt == "table" else df, fmt), output, len(df))
+        run.finish(render_frame(df.round(4) if fmt == "table" else df, fmt), output, len(df))
         return
-    df = pd.concat([_with_checkpoint(label, kernel_table(lks)) for label, lks in results],
+    df = pd.concat([with_checkpoint(kernel_table(lks), label) for label, lks in results],
                    ignore_index=True)
-    _finish(run, render_frame(df, fmt), output, len(df))
+    run.finish(render_frame(df, fmt), output, len(df))
 
 
 @main.command("mass")
@@ -294,14 +222,15 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
     frames = []
     for label, lks in run.kernels():
         t0 = time.perf_counter()
-        frames.append(_with_checkpoint(label, kernel_mass(lks)))
+        frames.append(with_checkpoint(kernel_mass(lks), label))
         run.log(f"{label}: {len(frames[-1])} mass ratios in {time.perf_counter() - t0:.2f} s")
-        _warn_massless(run, label, frames[-1])
+        for w in filter(None, [massless_warning(frames[-1])]):
+            run.warn(f"{label}: {w}")
     mass = pd.concat(frames, ignore_index=True)
     note = ""
     if fmt == "table":
         df = mass_table(mass)
-        if (df[["fmap_h", "fmap_w"]].max(axis=1) < 9).any():
+        if (df[[FMAP_H, FMAP_W]].max(axis=1) < 9).any():
             note = ("(mass_wS of a layer whose kernels are smaller than S×S is that of the whole kernel, "
                     "1.0: the window covers all of it)\n")
     elif view == "summary":
@@ -310,17 +239,7 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
         df = effective_sizes(mass)
     else:
         df = mass
-    _finish(run, render_frame(df, fmt) + note, output, len(df))
-
-
-def _warn_massless(run: Run, label: str, mass: pd.DataFrame) -> None:
-    """Name the layers with all-zero kernels: their ratios and sizes are NaN (Eq. 6 is 0/0)."""
-    zero = massless_kernels(mass)
-    if zero.empty:
-        return
-    where = ", ".join(f"{r.layer} ({r.massless} of {r.kernels})" for r in zero.itertuples())
-    run.warn(f"{label}: {int(zero.massless.sum())} all-zero kernel(s) have no mass; their mass ratios "
-             f"and sizes are NaN: {where}")
+    run.finish(render_frame(df, fmt) + note, output, len(df))
 
 
 @main.command("pca")
@@ -351,13 +270,8 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
         res = weight_pca(lks, components) if weights else pca_eigenkernels(lks, components)
         results.append((label, res))
         run.log(f"{label}: PCA of {len(lks)} layers in {time.perf_counter() - t0:.2f} s")
-        flat = res.table[res.table["explained_variance_ratio"].isna()]
-        if not flat.empty:
-            keys = ["layer", "part"] if "part" in flat.columns else ["layer"]
-            names = ["@".join(map(str, k)) if isinstance(k, tuple) else str(k)
-                     for k in flat.groupby(keys, sort=False).size().index]
-            run.warn(f"{label}: no variance (all kernels identical) in {', '.join(names)}; "
-                     "explained-variance ratios are NaN and components zero there")
+        for w in pca_warnings(res.table, components):
+            run.warn(f"{label}: {w}")
     if fmt == "npz":
         several = len(results) > 1
         arrays = {}
@@ -367,17 +281,10 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
                 arrays[_key(label, name, several)] = comp
         _write_npz(run, output, arrays)
         return
-    df = pd.concat([_with_checkpoint(label, res.table) for label, res in results], ignore_index=True)
-    capped = capped_layers(df, components)
-    if not capped.empty:
-        kept = capped["n_components"]
-        total = len(df.groupby([c for c in capped.columns if c != "n_components"], sort=False))
-        run.warn(f"{len(capped)} of {total} layers have fewer than {components} components (fewer "
-                 f"kernels or pixels); kept {kept.min()}"
-                 f"{'' if kept.min() == kept.max() else f'-{kept.max()}'} there")
+    df = pd.concat([with_checkpoint(res.table, label) for label, res in results], ignore_index=True)
     if fmt == "table":
         df = pca_summary(df).round(4)
-    _finish(run, render_frame(df, fmt), output, len(df))
+    run.finish(render_frame(df, fmt), output, len(df))
 
 
 @main.command("gaussian")
@@ -407,14 +314,14 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
         fits = gaussian_fit(lks, device=run.device, max_iter=max_iter, progress=not quiet)
         run.log(f"{label}: {len(fits)} Gaussian fits, {int(fits['success'].sum())} ok, "
                 f"in {time.perf_counter() - t0:.1f} s on {run.device}")
-        frames.append(_with_checkpoint(label, fits))
+        frames.append(with_checkpoint(fits, label))
     fits = pd.concat(frames, ignore_index=True)
     df = fits if fmt != "table" and view == "fits" else gaussian_summary(fits)
     if fmt == "table":  # for people: medians of the fits, the moment σ, and what they stand for
         keep = ["checkpoint", "layer", "fmap_h", "fmap_w", "sigma_x_median", "sigma_y_median",
                 "sigma_ratio_mean", "sigma_x_moment_median", "sigma_y_moment_median", "n_ok", "n_censored", "n"]
         df = df[[c for c in keep if c in df.columns]].round(3)
-    _finish(run, render_frame(df, fmt), output, len(df))
+    run.finish(render_frame(df, fmt), output, len(df))
 
 
 @main.command("history")
@@ -442,7 +349,8 @@ def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
     """
     import fnmatch
 
-    from ..analysis.stats import FILE_NAME, STATS, read_kernel_stats
+    from ..analysis.stats import STATS, history_table
+    from ..pipeline import load_histories
 
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     wanted = [s.strip() for s in stat_names.split(",") if s.strip()] if stat_names else list(STATS)
@@ -450,116 +358,16 @@ def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
     if unknown or not wanted:
         raise SelectionError(f"--stats: unknown statistic {unknown[0] if unknown else stat_names!r}; "
                              f"choose from {', '.join(STATS)}")
-    run = Run("history", (), layers, False, "cpu", quiet, dict(stats=wanted))  # targets: below
-    targets = []  # (label, path, is a finished checkpoint)
-    for c in checkpoints or (None,):
-        p = None if c is None else Path(c)
-        if p is not None and p.is_dir() and (p / FILE_NAME).is_file() and not (p / CONFIG_NAME).is_file():
-            targets.append((p.name, p, False))  # a run in progress: statistics, no checkpoint yet
-        else:
-            targets += [(label, path, True) for label, path in find_checkpoints(() if c is None else (c,))]
+    run = Run("history", (), layers, False, "cpu", quiet, dict(stats=wanted))
     frames = []
-    for label, path, finished in targets:
-        folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
-        if finished:
-            load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
-        stats_file = (folder if folder.is_dir() else folder.parent) / FILE_NAME
-        if not stats_file.is_file():
-            raise NiffError(f"{label}: no {FILE_NAME} (trained before kernel statistics were "
-                            "recorded, or with --no-kernel-stats)")
-        try:
-            df = read_kernel_stats(stats_file)
-        except (ValueError, pd.errors.ParserError) as exc:
-            raise NiffError(f"{stats_file}: {' '.join(str(exc).split())}") from None
-        run.provenance.append(dict(label=label, path=str(stats_file), sha256=file_sha256(stats_file)))
-        keep = df["layer"].map(lambda n: fnmatch.fnmatchcase(n, layers)) & df["stat"].isin(wanted)
+    for label, path, df in load_histories(checkpoints):
+        run.provenance.append(dict(label=label, path=str(path), sha256=file_sha256(path)))
+        keep = df[LAYER].map(lambda n: fnmatch.fnmatchcase(n, layers)) & df["stat"].isin(wanted)
         if not keep.any():
             raise SelectionError(f"{label}: no layer matches {layers!r}; available layers: "
-                                 f"{', '.join(dict.fromkeys(df['layer']))}")
-        frames.append(_with_checkpoint(label, df[keep]))
+                                 f"{', '.join(dict.fromkeys(df[LAYER]))}")
+        frames.append(with_checkpoint(df[keep], label))
     df = pd.concat(frames, ignore_index=True)
     if fmt == "table":
-        keys = ["checkpoint", "epoch", "step", "layer"]
-        df = df.pivot_table(index=keys, columns="stat", values="value", sort=False).reset_index()
-        df = df[keys + [s for s in wanted if s in df.columns]].round(3)
-        df.columns.name = None
-    _finish(run, render_frame(df, fmt), output, len(df))
-
-
-@main.command("erf")
-@click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]")
-@click.option("--layers", default=None, metavar="GLOB",
-              help="Modules whose outputs are differentiated (fnmatch, comma list; default: every stage, "
-                   "e.g. layer1 … layer4).")
-@click.option("--images", "n_images", type=int, default=50, show_default=True, callback=positive_int,
-              help="Test images accumulated.")
-@click.option("--dataset", type=click.Choice(["fashion-mnist", "cifar10", "imagefolder"]),
-              help="Default: the checkpoint's own (its config records it).")
-@click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to the Debian package's).")
-@click.option("--thresholds", default="20,30,50,99", show_default=True, help="Contribution shares t (%).")
-@click.option("--untrained", is_flag=True, help="Also measure each checkpoint's initialisation (label '<name>@init').")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
-              help="table: side per stage and threshold; csv/json: the long form.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
-@device_option()
-@factory_option()
-@click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
-@click.pass_context
-def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, untrained, fmt, output,
-            device, quiet):
-    """Effective receptive field per stage: gradient of the output's central pixel w.r.t. the input.
-
-    CHECKPOINT: checkpoint folders, or folders of them (default: the bundled checkpoint). Per
-    stage and threshold t: the side of the smallest centred square holding t % of the summed
-    |gradient| over --images test images, and its share of the input area (RepLKNet's
-    high-contribution area ratio). Columns: checkpoint, stage, threshold, side, area_ratio.
-    """
-    from ..analysis.erf import dataset_images
-    from ..checkpoint import load_initial
-
-    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
-    try:
-        ts = [float(t) for t in thresholds.split(",") if t.strip()]
-    except ValueError:
-        raise SelectionError(f"--thresholds takes comma-separated percentages, got {thresholds!r}") from None
-    if not ts or any(not 0 < t <= 100 for t in ts):
-        raise SelectionError(f"--thresholds must lie in (0, 100], got {thresholds!r}")
-    pattern = None if layers is None else [p.strip() for p in layers.split(",") if p.strip()]
-    run = Run("erf", checkpoints, "*", False, device, quiet,
-              dict(layers=layers, images=n_images, dataset=dataset, thresholds=ts, untrained=untrained))
-    frames, images = [], {}
-    for label, path in run.targets:
-        model = load_checkpoint(path, device=str(run.device), factory=current_factory())
-        meta = model.niff_checkpoint
-        run.provenance.append(dict(label=label, path=meta["path"], sha256=meta["sha256"]))
-        name = dataset or meta.get("dataset")
-        if name is None:
-            raise NiffError(f"{label}: the checkpoint records no dataset; pass --dataset")
-        size = (meta.get("model_kwargs") or {}).get("input_size") or 224
-        key = (name, str(data_dir), str(size))
-        if key not in images:
-            images[key] = dataset_images(name, n_images, data_dir,
-                                         image_size=size[0] if isinstance(size, list) else int(size))
-        todo = [(label, model)]
-        if untrained:
-            init = load_initial(path, device=str(run.device))
-            if init is None:
-                run.warn(f"{label}: no initialisation known (not trained by this toolkit); --untrained skipped")
-            else:
-                todo.append((f"{label}@init", init))
-        for lab, m in todo:
-            t0 = time.perf_counter()
-            try:
-                maps = effective_receptive_fields(m, images[key], layers=pattern)
-            except NiffError as exc:
-                raise type(exc)(f"{label}: {exc}") from None
-            run.log(f"{lab}: ERF of {len(maps)} stages from {len(images[key])} images in "
-                    f"{time.perf_counter() - t0:.1f} s")
-            frames.append(_with_checkpoint(lab, erf_area_ratios(maps, ts)))
-    df = pd.concat(frames, ignore_index=True)
-    if fmt == "table":
-        df = df.pivot_table(index=["checkpoint", "stage"], columns="threshold", values="side",
-                            sort=False).reset_index()
-        df.columns = [f"side_{c:g}%" if isinstance(c, float) else c for c in df.columns]
-    _finish(run, render_frame(df, fmt), output, len(df))
+        df = history_table(df, wanted).round(3)
+    run.finish(render_frame(df, fmt), output, len(df))

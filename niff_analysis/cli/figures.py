@@ -7,8 +7,8 @@ import time
 import click
 
 from ..errors import SelectionError
-from ..plotting.report import COST_SIZES, FORMATS, analyse, check_output_folder, write_figures
-from ..checkpoint import find_checkpoints
+from ..pipeline import COST_SIZES, analyse
+from ..plotting.report import FORMATS, check_output_folder, write_figures
 from . import main
 from .common import current_factory, device_option, factory_option, positive_int
 
@@ -69,9 +69,7 @@ def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_siz
             click.echo(f"[{time.perf_counter() - t0:5.1f}s] {msg}", err=True)
 
     check_output_folder(out)  # before any analysis: a bad target fails in a second, not after minutes
-    # Same rule as the analysis commands: a folder of checkpoint folders stands for all of them.
-    targets = [path for _, path in find_checkpoints(tuple(checkpoints))]
-    data = analyse(targets, layers=_csv_list(layers, "--layers"), device=device,
+    data = analyse(checkpoints, layers=_csv_list(layers, "--layers"), device=device,
                    max_kernels=max_kernels, cost_sizes=_sizes(cost_sizes),
                    measure_cost=not no_timing, progress=progress, factory=current_factory(),
                    erf_images=max(0, erf_images), data_dir=data_dir)

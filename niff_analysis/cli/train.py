@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -11,10 +14,30 @@ from ..checkpoint import save_checkpoint
 from ..imports import import_reference_checkpoint, import_state_dict
 from ..errors import NiffError
 from ..io import atomic_write
-from ..models.registry import STEMS, list_models
+from ..layers import CONV_MODES
+from ..models.registry import STEMS, create_model, list_models
 from ..train import DATASETS, TrainConfig, train
+from ..train.config import DTYPES
 from . import main
-from .common import non_negative_int, positive_int
+from .common import device_option, non_negative_int, positive_int
+
+# TrainConfig's own defaults: the options of its fields default to None, so only what the user
+# gave reaches TrainConfig, and --help shows these.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+# --mode is always recorded in model_kwargs (the recipe a resume compares): the models' default.
+_MODE_DEFAULT = inspect.signature(create_model).parameters["mode"].default
+
+
+def _recipe_option(*decls: str, help: Optional[str] = None, **kwargs):
+    """A ``click.option`` for the :class:`TrainConfig` field it names (``--batch-size`` →
+    ``batch_size``): None unless given, with the field's default shown in ``--help``."""
+    name = decls[0].split("/")[0].lstrip("-").replace("-", "_")
+    value = _DEFAULTS[name]
+    if isinstance(value, bool):  # a --x/--no-x switch: show the name of the default side, as click does
+        on, off = (d.strip().lstrip("-") for d in decls[0].split("/"))
+        value = on if value else off
+    shown = f"[default: {value}]"
+    return click.option(*decls, default=None, help=f"{help}  {shown}" if help else shown, **kwargs)
 
 
 def train_options(f):
@@ -22,58 +45,58 @@ def train_options(f):
     for deco in reversed([
         click.option("--model", "model_name", required=True, type=click.Choice(list_models()),
                       help="Registered model name."),
-        click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True),
+        _recipe_option("--dataset", type=click.Choice(DATASETS)),
         click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to "
                       "/usr/share/datasets/fashion-mnist)."),
-        click.option("--epochs", type=int, default=150, show_default=True, callback=non_negative_int,
-                      help="0 writes the initialisation as the checkpoint (with its test accuracy)."),
-        click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int),
-        click.option("--lr", type=float, default=0.02, show_default=True),
-        click.option("--weight-decay", type=float, default=0.002, show_default=True),
+        _recipe_option("--epochs", type=int, callback=non_negative_int,
+                       help="0 writes the initialisation as the checkpoint (with its test accuracy)."),
+        _recipe_option("--batch-size", type=int, callback=positive_int),
+        _recipe_option("--lr", type=float),
+        _recipe_option("--weight-decay", type=float),
         click.option("--mlp-weight-decay", type=float,
                       help="Weight decay of the frequency-MLP weights (default: --weight-decay)."),
-        click.option("--mlp-lr-scale", type=float, default=1.0, show_default=True,
-                      help="The frequency MLPs learn at lr times this."),
-        click.option("--label-smoothing", type=float, default=0.1, show_default=True),
+        _recipe_option("--mlp-lr-scale", type=float, help="The frequency MLPs learn at lr times this."),
+        _recipe_option("--label-smoothing", type=float),
         click.option("--num-classes", type=int, callback=positive_int, help="Default: from the dataset."),
         click.option("--in-chans", type=int, callback=positive_int, help="Default: from the dataset."),
         click.option("--input-size", type=int, callback=positive_int, help="Default: from the dataset."),
         click.option("--stem", type=click.Choice(STEMS), help="Default: cifar for 32x32 data."),
         click.option("--mlp", help="MLP preset (big, small, cifar, tiny) or hidden sizes like 16,64."),
-        click.option("--mode", default="circular", show_default=True,
-                      type=click.Choice(["circular", "linear", "pad-zero", "pad-reflect", "pad-circular"])),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
-        click.option("--amp/--no-amp", default=True, show_default=True, help="Autocast on CUDA."),
-        click.option("--compile", "compile_", is_flag=True,
+        click.option("--mode", default=_MODE_DEFAULT, show_default=True, type=click.Choice(CONV_MODES)),
+        _recipe_option("--seed", type=int),
+        device_option(),
+        _recipe_option("--amp/--no-amp", help="Autocast on CUDA."),
+        click.option("--compile", "compile_", is_flag=True, default=None,
                       help="torch.compile the model (CUDA; refused on CPU for NIFF models)."),
         click.option("--train-subset", type=int, callback=positive_int, help="Use the first N training images."),
         click.option("--test-subset", type=int, callback=positive_int, help="Use the first N test images."),
         click.option("--threads", type=int, callback=positive_int, help="torch CPU threads."),
-        click.option("--save-every-steps", type=int, default=0, show_default=True,
-                      help="Also save resumable state every N steps."),
-        click.option("--sync-bn/--no-sync-bn", default=True, show_default=True,
-                      help="Under torchrun, BatchNorm statistics over the global batch (as one process)."),
-        click.option("--workers", type=int, default=4, show_default=True, help="DataLoader workers (imagefolder)."),
-        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-                      help="float64: CPU reference runs (e.g. to compare DDP with one process exactly)."),
-        click.option("--kernel-stats/--no-kernel-stats", default=True, show_default=True,
-                      help="Record kernel_stats.csv at init and after every epoch."),
-        click.option("--kernel-stats-every-steps", type=int, default=0, show_default=True,
-                      help="Also record kernel statistics every N steps."),
-        click.option("--keep-epoch-checkpoints", is_flag=True, help="Also keep OUT/epoch_NNN/ after every epoch."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
+        _recipe_option("--save-every-steps", type=int, help="Also save resumable state every N steps."),
+        _recipe_option("--sync-bn/--no-sync-bn",
+                       help="Under torchrun, BatchNorm statistics over the global batch (as one process)."),
+        _recipe_option("--workers", type=int, help="DataLoader workers (imagefolder)."),
+        _recipe_option("--dtype", type=click.Choice(list(DTYPES)),
+                       help="float64: CPU reference runs (e.g. to compare DDP with one process exactly)."),
+        _recipe_option("--kernel-stats/--no-kernel-stats",
+                       help="Record kernel_stats.csv at init and after every epoch."),
+        _recipe_option("--kernel-stats-every-steps", type=int, help="Also record kernel statistics every N steps."),
+        click.option("--keep-epoch-checkpoints", is_flag=True, default=None,
+                      help="Also keep OUT/epoch_NNN/ after every epoch."),
+        click.option("--quiet", is_flag=True, default=None, help="No progress bar."),
     ]):
         f = deco(f)
     return f
 
 
-def train_config(out: str, model_name, dataset, data_dir, epochs, batch_size, lr, weight_decay,
-                 mlp_weight_decay, mlp_lr_scale, label_smoothing, num_classes, in_chans, input_size,
-                 stem, mlp, mode, seed, device, amp, compile_, train_subset, test_subset, threads,
-                 save_every_steps, sync_bn, workers, dtype, kernel_stats, kernel_stats_every_steps,
-                 keep_epoch_checkpoints, quiet) -> TrainConfig:
-    """The :class:`TrainConfig` of the shared options (``--out`` checked before any work)."""
+def train_config(out: str, *, model_name: str, num_classes: Optional[int], in_chans: Optional[int],
+                 input_size: Optional[int], stem: Optional[str], mlp: Optional[str], mode: str,
+                 compile_: Optional[bool], quiet: Optional[bool], **given) -> TrainConfig:
+    """The :class:`TrainConfig` of the shared options (``--out`` checked before any work).
+
+    Args:
+        given: the options named like a TrainConfig field; those not given (None) are left to
+            TrainConfig's defaults.
+    """
     _out_folder(out)
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     if "mlp" in kwargs:
@@ -84,15 +107,9 @@ def train_config(out: str, model_name, dataset, data_dir, epochs, batch_size, lr
         except ValueError as exc:
             raise NiffError(f"--mlp: {exc}") from None
     kwargs["mode"] = mode
-    return TrainConfig(model=model_name, model_kwargs=kwargs, dataset=dataset, data_dir=data_dir,
-                       out=out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                       mlp_weight_decay=mlp_weight_decay, mlp_lr_scale=mlp_lr_scale,
-                       label_smoothing=label_smoothing, seed=seed, device=device, amp=amp,
-                       compile=compile_, train_subset=train_subset, test_subset=test_subset,
-                       threads=threads, progress=not quiet, save_every_steps=save_every_steps,
-                       sync_bn=sync_bn, workers=workers, dtype=dtype, kernel_stats=kernel_stats,
-                       kernel_stats_every_steps=kernel_stats_every_steps,
-                       keep_epoch_checkpoints=keep_epoch_checkpoints)
+    given.update(compile=compile_, progress=None if quiet is None else not quiet)
+    return TrainConfig(model=model_name, model_kwargs=kwargs, out=out,
+                       **{k: v for k, v in given.items() if v is not None})
 
 
 @main.command("train")

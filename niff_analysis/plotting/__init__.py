@@ -4,20 +4,19 @@ One function per figure kind; each takes the DataFrames/arrays that :mod:`niff_a
 returns (never recomputing them), draws into an optional ``ax``/``fig`` and returns
 ``(fig, ax)``. All share one style (:func:`style`, a ``matplotlib.rc_context``), one colour per
 stage (Okabe–Ito), a diverging colormap centred at 0 for signed images and a sequential one for
-magnitudes. :mod:`.report` builds the whole set for ``niff-analyze figures`` and the notebooks.
+magnitudes. :mod:`.report` draws and writes the whole set from :func:`niff_analysis.pipeline.analyse`'s
+tables, for ``niff-analyze figures`` and the notebooks.
 """
 
 from .curves import (plot_cost, plot_effective_size, plot_kernel_history, plot_mass_ratio, plot_sigma,
                      plot_sweep)
 from .images import (centre_crop, plot_eigenkernels, plot_erf, plot_frequency, plot_kernel_magnitude,
                      plot_raw_kernels, plot_weight_pca, sample_channels)
-from ..checkpoint import checkpoint_label
-from .report import FigureData, analyse, iter_figures, subsample, write_figures
+from .report import iter_figures, write_figures
 from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, OKABE_ITO, layer_colors, save_figure, signed_norm,
                     stage_color, style)
 
-__all__ = ["CMAP_MAGNITUDE", "CMAP_SIGNED", "FigureData", "OKABE_ITO", "analyse", "centre_crop",
-           "checkpoint_label", "iter_figures", "layer_colors", "plot_cost", "plot_effective_size",
+__all__ = ["CMAP_MAGNITUDE", "CMAP_SIGNED", "OKABE_ITO", "centre_crop", "iter_figures", "layer_colors", "plot_cost", "plot_effective_size",
            "plot_eigenkernels", "plot_erf", "plot_frequency", "plot_kernel_history", "plot_kernel_magnitude", "plot_mass_ratio", "plot_raw_kernels",
            "plot_sigma", "plot_sweep", "plot_weight_pca", "sample_channels", "save_figure", "signed_norm",
-           "stage_color", "style", "subsample", "write_figures"]
+           "stage_color", "style", "write_figures"]

@@ -1,6 +1,7 @@
-"""The figure set of one or more checkpoints: run the analyses once, draw every figure from their
-tables, write figures (PDF/PNG) and tables (CSV). ``niff-analyze figures`` and the notebooks call
-exactly these functions.
+"""The figure set of one or more checkpoints, drawn from the tables of
+:func:`niff_analysis.pipeline.analyse`: :func:`iter_figures` yields every figure with the tables
+it was drawn from, :func:`write_figures` writes them (PDF/PNG and CSV) into a folder as one unit.
+``niff-analyze figures`` and the notebooks call exactly these functions.
 
 Layers with more kernels than ``max_kernels`` (dense convolutions of a baseline: one kernel per
 (output, input) pair, up to 262 144 in a ResNet-18 layer) are analysed on an evenly spaced,
@@ -14,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -24,193 +24,21 @@ import torch
 from matplotlib.figure import Figure
 
 from .. import __version__
-from ..analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels, gaussian_fit,
-                        gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
-from ..analysis.kernels import sample_channels, subsample
-from ..analysis.cost import cost_table
-from ..analysis.erf import dataset_images, effective_receptive_fields, erf_area_ratios
-from ..analysis.frequency import frequency_profile
-from ..analysis.stats import FILE_NAME as STATS_NAME
-from ..analysis.stats import read_kernel_stats
-from ..checkpoint import find_checkpoints, load_checkpoint, load_initial
-from ..errors import DataError, NiffError, SelectionError
+from ..analysis import LayerKernels, PCAResult
+from ..analysis.kernels import sample_channels
+from ..analysis.schema import CHECKPOINT
+from ..errors import SelectionError
 from ..io import atomic_write, fsync_dir
-from ..models import niff_layers
+from ..pipeline import FigureData
 from .curves import plot_cost, plot_effective_size, plot_kernel_history, plot_mass_ratio, plot_sigma
 from .images import (plot_eigenkernels, plot_erf, plot_frequency, plot_kernel_magnitude, plot_raw_kernels,
                      plot_weight_pca)
 from .style import save_figure
 
-CHECKPOINT = "checkpoint"
 FORMATS = ("pdf", "png", "svg")
-COST_SIZES = (7, 14, 28, 56, 112)
 ZOOM = 9
 
 PathLike = Union[str, os.PathLike]
-
-
-@dataclass
-class FigureData:
-    """Everything the figures are drawn from; tables carry a leading ``checkpoint`` column.
-
-    Attributes:
-        labels: checkpoint labels, in the order given.
-        kernels: label → the analysed :class:`~niff_analysis.analysis.LayerKernels`.
-        mass_summary: Eq. 6 mean/std per layer and window.
-        effective_sizes: smallest window with 50/90/95 % mass, per kernel.
-        gaussian: per-kernel 2-D Gaussian fits.
-        gaussian_summary: mean/std of σx, σy per layer.
-        eigenkernels: label → PCA of the spatial kernels.
-        weight_pca: label → PCA of the frequency weights (NIFF checkpoints only).
-        cost: FLOPs and measured times per feature-map size.
-        untrained_mass_summary: Eq. 6 mean/std of each checkpoint's initialisation (its run's
-            ``init/``, or rebuilt from the recorded seed; see
-            :func:`~niff_analysis.checkpoint.load_initial`), labelled with the trained
-            checkpoint's label; empty when none is known.
-        history: each checkpoint's ``kernel_stats.csv`` (statistics during training), where it
-            has one.
-        frequency, untrained_frequency: radial profiles of |W| of the NIFF layers, trained and
-            at initialisation.
-        erf_maps, erf: effective receptive fields per stage (label → stage → map; label
-            ``<name>@init`` for the initialisation) and their area ratios, where the
-            checkpoint's dataset is available.
-        notes: what was skipped and why.
-    """
-
-    labels: list[str]
-    kernels: dict[str, list[LayerKernels]]
-    mass_summary: pd.DataFrame
-    effective_sizes: pd.DataFrame
-    gaussian: pd.DataFrame
-    gaussian_summary: pd.DataFrame
-    eigenkernels: dict[str, PCAResult]
-    weight_pca: dict[str, PCAResult]
-    cost: pd.DataFrame
-    sources: dict[str, str] = field(default_factory=dict)
-    hashes: dict[str, Optional[str]] = field(default_factory=dict)
-    parameters: dict = field(default_factory=dict)
-    untrained_mass_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
-    history: pd.DataFrame = field(default_factory=pd.DataFrame)
-    frequency: pd.DataFrame = field(default_factory=pd.DataFrame)
-    untrained_frequency: pd.DataFrame = field(default_factory=pd.DataFrame)
-    erf_maps: dict = field(default_factory=dict)
-    erf: pd.DataFrame = field(default_factory=pd.DataFrame)
-    notes: list = field(default_factory=list)
-
-
-def _tag(df: pd.DataFrame, label: str) -> pd.DataFrame:
-    df = df.copy()
-    if CHECKPOINT in df.columns:
-        df = df.drop(columns=CHECKPOINT)
-    df.insert(0, CHECKPOINT, label)
-    return df
-
-
-def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[str, Sequence[str]] = "*",
-            device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
-            cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
-            progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
-            erf_images: int = 50, data_dir: Optional[PathLike] = None) -> FigureData:
-    """Run every analysis the figures need, once per checkpoint.
-
-    A checkpoint without NIFF layers (a baseline) is analysed through its plain stride-1 k×k
-    convolutions (``extract_kernels(..., include_conv=True)``); NIFF checkpoints through their
-    NIFF layers.
-
-    Args:
-        checkpoints: checkpoint paths; ``None`` is the bundled default.
-        layers: fnmatch glob(s) on layer names.
-        device: where checkpoints are loaded and MLPs/fits run.
-        max_kernels: analyse at most this many kernels per layer (evenly spaced sample); None
-            for all.
-        n_components: principal components per layer.
-        cost_sizes: feature-map sizes of the cost figure; empty to skip it.
-        measure_cost: also time the layers (otherwise FLOPs only).
-        progress: called with a short message before each step.
-        factory: the user factory you allow to build a checkpoint's model
-            (:func:`~niff_analysis.checkpoint.load_checkpoint`).
-        erf_images: test images of the checkpoint's dataset for the receptive fields (0: skip).
-        data_dir: that dataset's folder (Fashion-MNIST: the Debian package's by default).
-    """
-    say = progress or (lambda msg: None)
-    found = find_checkpoints(list(checkpoints) or [None])  # the labels the analysis commands give
-    labels, checkpoints = [label for label, _ in found], [path for _, path in found]
-    kernels, pcas, wpcas, sources, hashes = {}, {}, {}, {}, {}
-    mass, sizes, gauss, gsum, untrained, history = [], [], [], [], [], []
-    freq, freq0, erf_rows, erf_maps, notes, images = [], [], [], {}, [], {}
-    for label, ck in zip(labels, checkpoints):
-        say(f"{label}: loading and extracting kernels")
-        model = load_checkpoint(ck, device=device, factory=factory)
-        sources[label] = model.niff_checkpoint["path"]
-        hashes[label] = model.niff_checkpoint.get("sha256")
-        has_niff = bool(niff_layers(model))
-        try:
-            lks = subsample(extract_kernels(model, layers=layers, include_conv=not has_niff), max_kernels)
-        except NiffError as exc:  # no match, non-finite kernels, …: say which checkpoint
-            raise type(exc)(f"{label}: {exc}") from None
-        kernels[label] = lks
-        say(f"{label}: mass ratio, effective sizes")
-        m = kernel_mass(lks)
-        mass.append(_tag(mass_summary(m), label))
-        sizes.append(_tag(effective_sizes(m), label))
-        say(f"{label}: PCA")
-        pcas[label] = pca_eigenkernels(lks, n_components=n_components)
-        pcas[label].table = _tag(pcas[label].table, label)
-        with_response = [lk for lk in lks if lk.response is not None]
-        if with_response:
-            wpcas[label] = weight_pca(with_response, n_components=n_components)
-            wpcas[label].table = _tag(wpcas[label].table, label)
-        say(f"{label}: Gaussian fits")
-        g = gaussian_fit(lks, device=device)
-        gauss.append(_tag(g, label))
-        gsum.append(_tag(gaussian_summary(g), label))
-        if has_niff:
-            freq.append(_tag(frequency_profile(lks), label))
-        init = load_initial(ck, device=device)
-        if init is not None:
-            say(f"{label}: mass ratio at initialisation")
-            init_lks = subsample(extract_kernels(init, layers=layers, include_conv=not has_niff), max_kernels)
-            untrained.append(_tag(mass_summary(kernel_mass(init_lks)), label))
-            if has_niff:
-                freq0.append(_tag(frequency_profile(init_lks), label))
-        if erf_images:
-            name = model.niff_checkpoint.get("dataset")
-            size = (model.niff_checkpoint.get("model_kwargs") or {}).get("input_size") or 224
-            try:
-                if name is None:
-                    raise DataError("the checkpoint records no dataset")
-                key = (name, int(size[0] if isinstance(size, list) else size))
-                if key not in images:
-                    images[key] = dataset_images(name, erf_images, data_dir, image_size=key[1])
-            except DataError as exc:
-                notes.append(f"{label}: receptive fields skipped ({exc})")
-                say(notes[-1])
-            else:
-                say(f"{label}: effective receptive fields ({len(images[key])} images)")
-                for lab, m in [(label, model)] + ([(f"{label}@init", init)] if init is not None else []):
-                    erf_maps[lab] = effective_receptive_fields(m, images[key])
-                    erf_rows.append(_tag(erf_area_ratios(erf_maps[lab]), lab))
-        stats_file = Path(sources[label]) / STATS_NAME
-        if stats_file.is_file():
-            history.append(_tag(read_kernel_stats(stats_file), label))
-    cost = pd.DataFrame()
-    if cost_sizes:
-        say("cost: FLOPs" + (" and timings" if measure_cost else ""))
-        cost = cost_table(sizes=tuple(cost_sizes), channels=64, batch=8, measure=measure_cost,
-                          repeats=5, max_seconds=0.5)
-    return FigureData(labels=labels, kernels=kernels, mass_summary=pd.concat(mass, ignore_index=True),
-                      effective_sizes=pd.concat(sizes, ignore_index=True),
-                      gaussian=pd.concat(gauss, ignore_index=True),
-                      gaussian_summary=pd.concat(gsum, ignore_index=True),
-                      eigenkernels=pcas, weight_pca=wpcas, cost=cost, sources=sources, hashes=hashes,
-                      parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
-                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost),
-                      untrained_mass_summary=pd.concat(untrained, ignore_index=True) if untrained else pd.DataFrame(),
-                      history=pd.concat(history, ignore_index=True) if history else pd.DataFrame(),
-                      frequency=pd.concat(freq, ignore_index=True) if freq else pd.DataFrame(),
-                      untrained_frequency=pd.concat(freq0, ignore_index=True) if freq0 else pd.DataFrame(),
-                      erf_maps=erf_maps, erf=pd.concat(erf_rows, ignore_index=True) if erf_rows else pd.DataFrame(),
-                      notes=notes)
 
 
 def _components_long(result: PCAResult, label: str) -> pd.DataFrame:

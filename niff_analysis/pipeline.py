@@ -1,0 +1,439 @@
+"""Checkpoints → labelled, loaded kernels → analyses → provenance: the one path that every
+analysis command, ``figures`` and the notebooks take.
+
+* :func:`find_checkpoints` turns command-line arguments into ``(label, path)`` pairs by one
+  rule (folders of checkpoints expand, the same resolved path counts once, clashing names fall
+  back to the paths given);
+* :func:`load_checkpoints` loads them, each with its provenance;
+* :func:`select_kernels` extracts and samples a checkpoint's kernels and says what it chose;
+* :func:`analyse` runs every analysis the figures need (``plotting.report`` only draws);
+* :func:`write_output` / :func:`record_output` write a result with its ``meta.json`` entry.
+
+Nothing here prints: what a user should be told comes back as notes and warnings.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import pandas as pd
+from torch import nn
+
+from . import __version__
+from .analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels, gaussian_fit,
+                       gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, subsample, weight_pca)
+from .analysis.mass import massless_warning
+from .analysis.pca import pca_warnings
+from .analysis.schema import with_checkpoint
+from .checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, load_checkpoint, load_initial
+from .errors import CheckpointError, DataError, NiffError, SelectionError
+from .io import atomic_write, directory_lock, file_sha256
+
+PathLike = Union[str, os.PathLike]
+META_NAME = "meta.json"
+META_FORMAT = "niff-analysis-meta"
+COST_SIZES = (7, 14, 28, 56, 112)
+
+
+# --------------------------------------------------------------------------- finding, loading
+def checkpoint_label(path: Optional[PathLike]) -> str:
+    """Short name of a checkpoint: its directory name or file stem (bundled default if None)."""
+    p = Path(os.path.normpath(Path(path) if path is not None else DEFAULT_CHECKPOINT))
+    return p.stem if p.suffix == ".safetensors" else p.name
+
+
+def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Optional[Path]]]:
+    """(label, path) per checkpoint: the one rule every command and the figures use.
+
+    A folder without ``config.json`` stands for the checkpoints in it (sorted); ``None`` and
+    no arguments at all are the bundled default (path ``None``). The same resolved path given
+    twice is analysed once. Labels are folder names (file stems for ``.safetensors``), or the
+    paths as given where two names clash.
+
+    Raises:
+        CheckpointError: a folder that is neither a checkpoint nor holds any.
+    """
+    if not args:
+        return [(DEFAULT_CHECKPOINT.name, None)]
+    paths: list[Optional[Path]] = []
+    for arg in args:
+        p = None if arg is None else Path(arg)
+        if p is not None and p.is_dir() and not (p / CONFIG_NAME).is_file():
+            found = sorted(c for c in p.iterdir()
+                           if (c.is_dir() and (c / CONFIG_NAME).is_file()) or c.suffix == ".safetensors")
+            if not found:
+                raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
+                                      "nor a folder of checkpoints")
+            paths += found
+        else:
+            paths.append(p)  # load_checkpoint says what is wrong with it, if anything
+    unique, seen = [], set()
+    for p in paths:
+        key = str((p if p is not None else DEFAULT_CHECKPOINT).resolve())
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    names = [checkpoint_label(p) for p in unique]
+    if len(set(names)) < len(names):
+        names = [str(p if p is not None else DEFAULT_CHECKPOINT) for p in unique]
+    return list(zip(names, unique))
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint under its label.
+
+    Attributes:
+        label: its name in every table (:func:`find_checkpoints`).
+        path: as given (``None``: the bundled default).
+        model: the model, with ``niff_checkpoint`` (its config and provenance) attached.
+    """
+
+    label: str
+    path: Optional[Path]
+    model: nn.Module
+
+    @property
+    def meta(self) -> dict:
+        return self.model.niff_checkpoint
+
+    def provenance(self) -> dict:
+        """label, resolved path, weights hash and architecture: what ``meta.json`` records."""
+        return dict(label=self.label, path=self.meta["path"], sha256=self.meta.get("sha256"),
+                    architecture=self.meta.get("architecture"))
+
+
+def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str = "cpu",
+                     factory: Optional[str] = None) -> Iterator[Checkpoint]:
+    """Load each checkpoint :func:`find_checkpoints` finds in ``checkpoints``, in order.
+
+    Args:
+        checkpoints: paths as a user gives them (none: the bundled default).
+        device: where the models are loaded.
+        factory: the user factory you allow to build a checkpoint's model
+            (:func:`~niff_analysis.checkpoint.load_checkpoint`).
+    """
+    for label, path in find_checkpoints(tuple(checkpoints)):
+        yield Checkpoint(label, path, load_checkpoint(path, device=str(device), factory=factory))
+
+
+@dataclass
+class Selection:
+    """The kernels chosen from one checkpoint, and what a user should know about the choice.
+
+    Attributes:
+        checkpoint: where they come from.
+        kernels: one :class:`~niff_analysis.analysis.LayerKernels` per selected layer.
+        total: kernels before sampling (``max_kernels``).
+        seconds: time to extract (and sample) them.
+        notes: informational messages (e.g. a baseline analysed through its plain convolutions).
+    """
+
+    checkpoint: Checkpoint
+    kernels: list[LayerKernels]
+    total: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.checkpoint.label
+
+    def summary(self, max_kernels: Optional[int] = None) -> str:
+        """One line: layers, kernels (and the sample they were cut to), time."""
+        n = sum(lk.flat.shape[0] for lk in self.kernels)
+        sampled = f" (sampled from {self.total}: at most {max_kernels} per layer)" if n < self.total else ""
+        return f"{self.label}: {len(self.kernels)} layers, {n} kernels{sampled} ({self.seconds:.1f} s to extract)"
+
+
+def select_kernels(ck: Checkpoint, layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
+                   max_kernels: Optional[int] = None, niff_only: Optional[str] = None) -> Selection:
+    """Extract a checkpoint's kernels (:func:`~niff_analysis.analysis.extract_kernels`) and sample
+    layers with more than ``max_kernels`` of them (:func:`~niff_analysis.analysis.subsample`).
+
+    A checkpoint without NIFF layers (a baseline) gives its plain stride-1 k×k convolutions.
+
+    Args:
+        niff_only: name of an analysis that needs NIFF layers; then selecting a plain
+            convolution is an error.
+
+    Raises:
+        SelectionError, NiffError: no layer matches, non-finite kernels, or a plain convolution
+            where ``niff_only`` needs NIFF layers; the message starts with the label.
+    """
+    t0 = time.perf_counter()
+    try:
+        lks = extract_kernels(ck.model, layers=layers, include_conv=include_conv)
+    except NiffError as exc:  # no match, non-finite kernels, …: say which checkpoint
+        raise type(exc)(f"{ck.label}: {exc}") from None
+    total = sum(lk.flat.shape[0] for lk in lks)
+    lks = subsample(lks, max_kernels)
+    plain = [lk.name for lk in lks if lk.kind == "conv"]
+    if niff_only and plain:
+        verb = "is a plain convolution" if len(plain) == 1 else "are plain convolutions"
+        what = "it has no NIFF layers" if len(plain) == len(lks) else f"{', '.join(plain)} {verb}"
+        raise SelectionError(f"{ck.label}: {niff_only} needs NIFF layers, but {what} "
+                             f"(selected: {', '.join(lk.name for lk in lks)})")
+    notes = []
+    if lks and len(plain) == len(lks) and not include_conv:
+        notes.append(f"{ck.label} has no NIFF layers; analysing its plain convolutions")
+    return Selection(ck, lks, total, time.perf_counter() - t0, notes)
+
+
+def load_histories(checkpoints: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Path, pd.DataFrame]]:
+    """(label, file, table) of the kernel statistics (``kernel_stats.csv``) each checkpoint, or
+    run folder in progress, carries (:func:`~niff_analysis.analysis.stats.read_kernel_stats`).
+
+    A folder with a ``kernel_stats.csv`` but no checkpoint yet is a run in progress and is read
+    as such; everything else goes through :func:`find_checkpoints` and must be a checkpoint.
+
+    Raises:
+        NiffError: not a checkpoint, no statistics, or a file that is not a statistics table.
+    """
+    from .analysis.stats import FILE_NAME, read_kernel_stats
+
+    targets = []  # (label, folder, is a finished checkpoint)
+    for c in checkpoints or (None,):
+        p = None if c is None else Path(c)
+        if p is not None and p.is_dir() and (p / FILE_NAME).is_file() and not (p / CONFIG_NAME).is_file():
+            targets.append((p.name, p, False))
+        else:
+            targets += [(label, path, True) for label, path in find_checkpoints(() if c is None else (c,))]
+    out = []
+    for label, path, finished in targets:
+        folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        if finished:
+            load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
+        stats_file = (folder if folder.is_dir() else folder.parent) / FILE_NAME
+        if not stats_file.is_file():
+            raise NiffError(f"{label}: no {FILE_NAME} (trained before kernel statistics were "
+                            "recorded, or with --no-kernel-stats)")
+        try:
+            out.append((label, stats_file, read_kernel_stats(stats_file)))
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise NiffError(f"{stats_file}: {' '.join(str(exc).split())}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- provenance
+def read_meta(meta_path: Path) -> dict:
+    """The ``meta.json`` of an output folder (an empty one if there is none).
+
+    Raises:
+        NiffError: the file exists and is not one of ours (it is never overwritten).
+    """
+    if not meta_path.exists():
+        return dict(format=META_FORMAT, outputs={})
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        meta = None
+    if (not isinstance(meta, dict) or meta.get("format") != META_FORMAT
+            or not isinstance(meta.get("outputs"), dict)):
+        raise NiffError(f"{meta_path} exists and is not a niff-analysis metadata file; "
+                        "choose another output folder")
+    return meta
+
+
+def record_output(output: PathLike, entry: dict) -> None:
+    """Set ``entry`` as the ``meta.json`` record of ``output`` (a file in the same folder).
+
+    The read-modify-write runs under a lock on the folder, so processes writing outputs into one
+    folder at once keep each other's entries; the file itself is replaced atomically.
+    """
+    output = Path(output)
+    meta_path = output.parent / META_NAME
+    with directory_lock(output.parent):
+        meta = read_meta(meta_path)
+        meta["outputs"][output.name] = entry
+        atomic_write(meta_path, json.dumps(meta, indent=1, default=str) + "\n")
+
+
+def write_output(output: PathLike, content: Union[str, bytes, Callable[[Path], None]], command: str,
+                 parameters: dict, checkpoints: list[dict], rows: int) -> Path:
+    """Write one result file atomically and record its provenance in ``meta.json`` beside it.
+
+    Args:
+        content: the text or bytes, or a function writing the file at the path it is given.
+        command, parameters, checkpoints, rows: what the entry records (with the toolkit and
+            torch versions, the time and the file's hash).
+
+    Raises:
+        NiffError: ``meta.json`` there is not ours (checked before anything is written).
+    """
+    import torch
+
+    path = Path(output)
+    read_meta(path.parent / META_NAME)  # refuse before writing anything
+    atomic_write(path, content)
+    record_output(path, dict(
+        command=command, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        versions=dict(niff_analysis=__version__, torch=torch.__version__), parameters=parameters,
+        checkpoints=checkpoints, rows=rows, sha256=file_sha256(path)))
+    return path
+
+
+# --------------------------------------------------------------------------- the figure set
+@dataclass
+class FigureData:
+    """Everything the figures are drawn from; tables carry a leading ``checkpoint`` column.
+
+    Attributes:
+        labels: checkpoint labels, in the order given.
+        kernels: label → the analysed :class:`~niff_analysis.analysis.LayerKernels`.
+        mass_summary: Eq. 6 mean/std per layer and window.
+        effective_sizes: smallest window with 50/90/95 % mass, per kernel.
+        gaussian: per-kernel 2-D Gaussian fits.
+        gaussian_summary: σx, σy per layer (:func:`~niff_analysis.analysis.gaussian_summary`).
+        eigenkernels: label → PCA of the spatial kernels.
+        weight_pca: label → PCA of the frequency weights (NIFF checkpoints only).
+        cost: FLOPs and measured times per feature-map size.
+        sources, hashes: label → resolved path and weights hash.
+        parameters: the settings of the analysis (recorded in the figures' ``meta.json``).
+        untrained_mass_summary: Eq. 6 mean/std of each checkpoint's initialisation (its run's
+            ``init/``, or rebuilt from the recorded seed; see
+            :func:`~niff_analysis.checkpoint.load_initial`), labelled with the trained
+            checkpoint's label; empty when none is known.
+        history: each checkpoint's ``kernel_stats.csv`` (statistics during training), where it
+            has one.
+        frequency, untrained_frequency: radial profiles of |W| of the NIFF layers, trained and
+            at initialisation.
+        erf_maps, erf: effective receptive fields per stage (label → stage → map; label
+            ``<name>@init`` for the initialisation) and their area ratios, where the
+            checkpoint's dataset is available.
+        notes: what was skipped and why, and warnings (kernels without mass, PCA without
+            variance).
+    """
+
+    labels: list[str]
+    kernels: dict[str, list[LayerKernels]]
+    mass_summary: pd.DataFrame
+    effective_sizes: pd.DataFrame
+    gaussian: pd.DataFrame
+    gaussian_summary: pd.DataFrame
+    eigenkernels: dict[str, PCAResult]
+    weight_pca: dict[str, PCAResult]
+    cost: pd.DataFrame
+    sources: dict[str, str] = field(default_factory=dict)
+    hashes: dict[str, Optional[str]] = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+    untrained_mass_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    frequency: pd.DataFrame = field(default_factory=pd.DataFrame)
+    untrained_frequency: pd.DataFrame = field(default_factory=pd.DataFrame)
+    erf_maps: dict = field(default_factory=dict)
+    erf: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list = field(default_factory=list)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _tagged_pca(result: PCAResult, label: str) -> PCAResult:
+    result.table = with_checkpoint(result.table, label)
+    return result
+
+
+def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[str, Sequence[str]] = "*",
+            device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
+            cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
+            progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
+            erf_images: int = 50, data_dir: Optional[PathLike] = None) -> FigureData:
+    """Run every analysis the figures need, once per checkpoint.
+
+    Args:
+        checkpoints: checkpoint paths (:func:`find_checkpoints`); ``None`` is the bundled default.
+        layers: fnmatch glob(s) on layer names.
+        device: where checkpoints are loaded and MLPs/fits run.
+        max_kernels: analyse at most this many kernels per layer (evenly spaced sample); None
+            for all.
+        n_components: principal components per layer.
+        cost_sizes: feature-map sizes of the cost figure; empty to skip it.
+        measure_cost: also time the layers (otherwise FLOPs only).
+        progress: called with a short message before each step.
+        factory: the user factory you allow to build a checkpoint's model.
+        erf_images: test images of the checkpoint's dataset for the receptive fields (0: skip).
+        data_dir: that dataset's folder (Fashion-MNIST: the Debian package's by default).
+    """
+    from .analysis.cost import cost_table
+    from .analysis.erf import dataset_images, effective_receptive_fields, erf_area_ratios
+    from .analysis.frequency import frequency_profile
+    from .analysis.stats import FILE_NAME as STATS_NAME
+    from .analysis.stats import read_kernel_stats
+
+    say = progress or (lambda msg: None)
+    data = FigureData(labels=[], kernels={}, mass_summary=pd.DataFrame(), effective_sizes=pd.DataFrame(),
+                      gaussian=pd.DataFrame(), gaussian_summary=pd.DataFrame(), eigenkernels={},
+                      weight_pca={}, cost=pd.DataFrame(),
+                      parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
+                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost))
+    t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf")}
+    images: dict = {}
+    for ck in load_checkpoints(list(checkpoints) or [None], device=device, factory=factory):
+        label = ck.label
+        say(f"{label}: kernels")
+        sel = select_kernels(ck, layers=layers, max_kernels=max_kernels)
+        lks = data.kernels[label] = sel.kernels
+        data.labels.append(label)
+        data.sources[label], data.hashes[label] = ck.meta["path"], ck.meta.get("sha256")
+        has_niff = any(lk.response is not None for lk in lks)
+        say(f"{label}: mass ratio, effective sizes")
+        m = kernel_mass(lks)
+        data.notes += [f"{label}: {w}" for w in filter(None, [massless_warning(m)])]
+        t["mass"].append(with_checkpoint(mass_summary(m), label))
+        t["sizes"].append(with_checkpoint(effective_sizes(m), label))
+        say(f"{label}: PCA")
+        data.eigenkernels[label] = _tagged_pca(pca_eigenkernels(lks, n_components=n_components), label)
+        data.notes += [f"{label}: {w}" for w in pca_warnings(data.eigenkernels[label].table, n_components)]
+        if has_niff:
+            data.weight_pca[label] = _tagged_pca(
+                weight_pca([lk for lk in lks if lk.response is not None], n_components=n_components), label)
+        say(f"{label}: Gaussian fits")
+        g = gaussian_fit(lks, device=device)
+        t["gauss"].append(with_checkpoint(g, label))
+        t["gsum"].append(with_checkpoint(gaussian_summary(g), label))
+        if has_niff:
+            t["freq"].append(with_checkpoint(frequency_profile(lks), label))
+        init = load_initial(ck.path, device=device)
+        if init is not None:
+            say(f"{label}: mass ratio at initialisation")
+            init_lks = subsample(extract_kernels(init, layers=layers, include_conv=not has_niff), max_kernels)
+            t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks)), label))
+            if has_niff:
+                t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))
+        if erf_images:
+            name = ck.meta.get("dataset")
+            size = (ck.meta.get("model_kwargs") or {}).get("input_size") or 224
+            try:
+                if name is None:
+                    raise DataError("the checkpoint records no dataset")
+                key = (name, int(size[0] if isinstance(size, list) else size))
+                if key not in images:
+                    images[key] = dataset_images(name, erf_images, data_dir, image_size=key[1])
+            except DataError as exc:
+                data.notes.append(f"{label}: receptive fields skipped ({exc})")
+                say(data.notes[-1])
+            else:
+                say(f"{label}: effective receptive fields ({len(images[key])} images)")
+                for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
+                    data.erf_maps[lab] = effective_receptive_fields(model, images[key])
+                    t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab]), lab))
+        stats_file = Path(data.sources[label]) / STATS_NAME
+        if stats_file.is_file():
+            t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))
+    if cost_sizes:
+        say("cost: FLOPs" + (" and timings" if measure_cost else ""))
+        data.cost = cost_table(sizes=tuple(cost_sizes), channels=64, batch=8, measure=measure_cost,
+                               repeats=5, max_seconds=0.5)
+    data.mass_summary, data.effective_sizes = _concat(t["mass"]), _concat(t["sizes"])
+    data.gaussian, data.gaussian_summary = _concat(t["gauss"]), _concat(t["gsum"])
+    data.untrained_mass_summary, data.history = _concat(t["untrained"]), _concat(t["history"])
+    data.frequency, data.untrained_frequency, data.erf = _concat(t["freq"]), _concat(t["freq0"]), _concat(t["erf"])
+    return data

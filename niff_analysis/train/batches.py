@@ -1,0 +1,124 @@
+"""The data side of a training run: the data sets, their seeded batches, and evaluation.
+
+Determinism: the data order and augmentation of epoch e come from a generator seeded with
+(seed, e), drawn for the *global* batch (ImageFolder samples are augmented with a per-sample
+seed), so a run is reproducible on CPU, a resumed run equals an uninterrupted one, and N DDP
+ranks (each taking its slice of the global batch) see exactly what one process would.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import SeededImageFolder, TensorDataset, augment_batch, load_dataset, normalise
+from .distributed import dist_info
+
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch ``epoch``'s data order and augmentation."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def first_samples(data, n: Optional[int]):
+    """The first ``n`` samples of a dataset (all of it for ``None``)."""
+    if n is None or n >= len(data):
+        return data
+    if isinstance(data, TensorDataset):
+        return data.subset(n)
+    data = copy.copy(data)  # shallow copies: the caller's dataset keeps all its samples
+    folder = data
+    if isinstance(data, SeededImageFolder):
+        folder = data.folder = copy.copy(data.folder)
+    folder.samples = folder.imgs = folder.samples[:n]
+    folder.targets = folder.targets[:n]
+    return data
+
+
+def evaluate(model: nn.Module, data, device: torch.device, batch_size: int = 512,
+             label_smoothing: float = 0.0, workers: int = 2) -> tuple[float, float]:
+    """(mean loss, accuracy in [0, 1]) of ``model`` on a dataset (no augmentation).
+
+    Inside a process group every rank evaluates its share and the sums are all-reduced.
+    """
+    rank, world = dist_info()
+    dtype = next(model.parameters()).dtype
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    with torch.no_grad():
+        for x, y in eval_batches(data, batch_size, rank, world, workers):
+            x, y = x.to(device, dtype), y.to(device)
+            out = model(x)
+            out = out if out.dtype == torch.float64 else out.float()
+            sums[0] += F.cross_entropy(out, y, label_smoothing=label_smoothing, reduction="sum").item()
+            sums[1] += (out.argmax(1) == y).sum().item()
+            sums[2] += len(y)
+    if world > 1:
+        dist.all_reduce(sums)
+    n = max(sums[2].item(), 1)
+    return sums[0].item() / n, sums[1].item() / n
+
+
+def eval_batches(data, batch_size, rank=0, world=1, workers=2):
+    """(x, y) batches of this rank's share of ``data``, in order, normalised, not augmented."""
+    if isinstance(data, TensorDataset):
+        images, labels = data.images[rank::world], data.labels[rank::world]
+        for i in range(0, len(labels), batch_size):
+            yield normalise(images[i:i + batch_size], data.mean, data.std), labels[i:i + batch_size]
+    else:
+        part = torch.utils.data.Subset(data, range(rank, len(data), world))
+        yield from torch.utils.data.DataLoader(part, batch_size=batch_size, num_workers=workers)
+
+
+def train_batches(data, cfg: TrainConfig, epoch: int, rank: int, world: int, start: int = 0):
+    """Yield (step, x, y): this rank's slice of each global batch of ``epoch`` from step
+    ``start`` on (drop-last). The order is a permutation drawn from the epoch's generator."""
+    gen = epoch_generator(cfg.seed, epoch)
+    n = len(data)
+    perm = torch.randperm(n, generator=gen)
+    starts = range(0, n - cfg.batch_size + 1, cfg.batch_size)
+    if isinstance(data, TensorDataset):
+        for i, s in enumerate(starts):
+            idx = perm[s:s + cfg.batch_size]
+            x = data.images[idx]
+            if cfg.augment:
+                x = augment_batch(x, gen)  # drawn even for skipped steps: keeps `gen` in step
+            if i < start:
+                continue
+            x = normalise(x, data.mean, data.std)
+            yield i, x[rank::world], data.labels[idx][rank::world]
+    else:
+        data.set_epoch(epoch)
+        batches = [perm[s:s + cfg.batch_size][rank::world].tolist() for s in starts][start:]
+        loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=cfg.workers)
+        for i, (x, y) in enumerate(loader, start):
+            yield i, x, y
+
+
+def load_data(cfg: TrainConfig) -> tuple:
+    """(train set, test set, model kwargs): the data sets (first ``train_subset`` /
+    ``test_subset`` samples) and ``cfg.model_kwargs`` with what the data decides filled in
+    (classes, channels, stem, input size); ``cfg`` itself is not changed."""
+    kw = cfg.model_kwargs
+    size = kw.get("input_size") or (32 if kw.get("stem") == "cifar" else 224)
+    size = tuple(size) if isinstance(size, (list, tuple)) else int(size)
+    train_data = load_dataset(cfg.dataset, cfg.data_dir, "train", image_size=size, seed=cfg.seed)
+    test_data = load_dataset(cfg.dataset, cfg.data_dir, "test", image_size=size, seed=cfg.seed)
+    train_data, test_data = first_samples(train_data, cfg.train_subset), first_samples(test_data, cfg.test_subset)
+    kwargs = dict(kw)
+    kwargs.setdefault("num_classes", len(train_data.classes))
+    if isinstance(train_data, TensorDataset):
+        kwargs.setdefault("in_chans", train_data.images.shape[1])
+        kwargs.setdefault("stem", "cifar")
+        kwargs.setdefault("input_size", list(train_data.images.shape[-2:]))
+    else:
+        kwargs.setdefault("in_chans", 3)
+        kwargs.setdefault("input_size", [size, size] if isinstance(size, int) else list(size))
+    return train_data, test_data, kwargs
