@@ -36,6 +36,7 @@ SLOW = [
     "tests/test_checkpoint.py::test_import_reference_rejects_mismatches",
     "tests/test_analysis_gaussian.py::test_give_up_rules_keep_every_successful_fit_of_the_bundled_checkpoint",
     "tests/test_analysis_gaussian.py::test_equals_curve_fit_on_learned_kernels",
+    "tests/test_claims.py::test_claims_command_*",
 ]
 
 

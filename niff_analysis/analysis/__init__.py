@@ -3,6 +3,7 @@
 tidy pandas DataFrame (identifier columns first), shared by notebooks, the CLI and the figures.
 """
 
+from .claims import paper_claims
 from .erf import effective_receptive_fields, erf_area_ratios
 from .frequency import frequency_profile
 from .gaussian import gaussian_fit, gaussian_model, gaussian_summary
@@ -15,5 +16,5 @@ from .stats import kernel_stats, read_kernel_stats
 __all__ = ["LayerKernels", "PCAResult", "capped_layers", "effective_receptive_fields", "effective_sizes",
            "erf_area_ratios", "extract_kernels", "frequency_profile", "gaussian_fit", "gaussian_model",
            "gaussian_summary", "kernel_mass", "kernel_stats", "kernel_table", "mass_ratios", "mass_summary",
-           "mass_table", "massless_kernels", "pca_eigenkernels", "pca_summary", "read_kernel_stats",
+           "mass_table", "massless_kernels", "paper_claims", "pca_eigenkernels", "pca_summary", "read_kernel_stats",
            "sample_channels", "stage_of", "subsample", "weight_pca", "window_sizes"]

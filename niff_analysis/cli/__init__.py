@@ -50,6 +50,7 @@ COMMANDS = {
     "history": ("analysis", "Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch."),
     "erf": ("erf", "Effective receptive field per stage: gradient of the output's central pixel w.r.t. "
                         "the input."),
+    "claims": ("claims", "The paper's claims about learned kernel sizes (§5, Fig. 7, App. A), measured."),
     "figures": ("figures", "Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were "
                            "drawn from."),
 }

@@ -1,0 +1,59 @@
+"""``niff-analyze claims``: the paper's kernel claims, measured on one or more checkpoints."""
+
+from __future__ import annotations
+
+import time
+
+import click
+import pandas as pd
+
+from ..analysis.claims import paper_claims
+from ..analysis.schema import with_checkpoint
+from ..checkpoint import load_initial
+from ..pipeline import Checkpoint, select_kernels
+from . import main
+from .analysis import Run, _output_format
+from .common import device_option, factory_option, render_frame
+
+
+@main.command("claims")
+@click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]")
+@click.option("--untrained", is_flag=True,
+              help="Also measure each checkpoint's initialisation (label '<name>@init').")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
+@device_option()
+@factory_option()
+@click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
+@click.pass_context
+def claims_cmd(ctx, checkpoints, untrained, fmt, output, device, quiet):
+    """The paper's claims about learned kernel sizes (§5, Fig. 7, App. A), measured.
+
+    CHECKPOINT: checkpoint folders or files, or folders of them (default: the bundled
+    checkpoint). One row per claim, stage and statistic: the value measured on every NIFF
+    layer (a baseline's plain convolutions), the criterion that makes the paper's words
+    measurable (niff_analysis.analysis.claims) and whether it holds. Columns: checkpoint, claim,
+    stage, statistic, value, criterion, agrees.
+    """
+    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
+    run = Run("claims", checkpoints, "*", False, device, quiet, dict(untrained=untrained))
+    frames = []
+    for ck in run.checkpoints_loaded():
+        todo = [ck]
+        if untrained:
+            init = load_initial(ck.path, device=str(run.device))
+            if init is None:
+                run.warn(f"{ck.label}: no initialisation known (not trained by this toolkit); --untrained skipped")
+            else:
+                todo.append(Checkpoint(f"{ck.label}@init", ck.path, init))
+        for c in todo:
+            t0 = time.perf_counter()
+            table = paper_claims(select_kernels(c).kernels, device=str(run.device))
+            run.log(f"{c.label}: {len(table)} claim rows in {time.perf_counter() - t0:.1f} s")
+            frames.append(with_checkpoint(table, c.label))
+    df = pd.concat(frames, ignore_index=True)
+    if fmt == "table":
+        df = df.assign(value=df["value"].round(3))
+    run.finish(render_frame(df, fmt), output, len(df))
