@@ -110,6 +110,8 @@ def test_the_monitor_catches_direct_writes(tmp_path):
     ["kernels", "--layers", SMALL, "-q", "--responses", "-o", "{d}/k.npz"],
     ["pca", "--layers", SMALL, "-q", "-o", "{d}/p.npz"],
     ["gaussian", "--layers", SMALL, "-q", "--view", "summary", "-o", "{d}/g.json"],
+    ["history", "-q", "-o", "{d}/h.txt"],
+    ["claims", "-q", "-o", "{d}/c.csv"],
     ["figures", "--layers", SMALL, "--max-kernels", "16", "--erf-images", "0", "--cost-sizes", "none",
      "--format", "png,svg", "-q", "--out", "{d}/figs"],
 ], ids=lambda a: a[0])
