@@ -13,20 +13,14 @@ from ..checkpoint import load_initial
 from ..pipeline import Checkpoint, select_kernels
 from . import main
 from .analysis import Run, _output_format
-from .common import device_option, factory_option, render_frame
+from .common import render_frame, result_options
 
 
 @main.command("claims")
 @click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]")
 @click.option("--untrained", is_flag=True,
               help="Also measure each checkpoint's initialisation (label '<name>@init').")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
-@device_option()
-@factory_option()
-@click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
+@result_options("table: for people; csv/json: one row object per claim, stage and statistic.")
 @click.pass_context
 def claims_cmd(ctx, checkpoints, untrained, fmt, output, device, quiet):
     """The paper's claims about learned kernel sizes (§5, Fig. 7, App. A), measured.

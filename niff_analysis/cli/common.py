@@ -63,3 +63,20 @@ def render_frame(df: pd.DataFrame, fmt: str) -> str:
         return df.to_string(index=False) + "\n"
 
 
+
+
+def result_options(table_help: str = "table: for people; csv/json: the long form."):
+    """``--format``, ``--output``, ``--device``, ``--factory`` and ``--quiet`` of a command that
+    loads checkpoints and prints one table."""
+    def deco(f):
+        for d in reversed([
+            click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table",
+                         show_default=True, help=table_help),
+            click.option("--output", "-o", type=click.Path(dir_okay=False),
+                         help="Write here instead of stdout (format from the suffix), with meta.json beside it."),
+            device_option(), factory_option(),
+            click.option("--quiet", "-q", is_flag=True, help="No logs on stderr."),
+        ]):
+            f = d(f)
+        return f
+    return deco

@@ -12,7 +12,7 @@ from ..analysis.schema import CHECKPOINT, STAGE, THRESHOLD, with_checkpoint
 from ..errors import NiffError, SelectionError
 from . import main
 from .analysis import Run, _output_format
-from .common import device_option, factory_option, positive_int, render_frame
+from .common import positive_int, render_frame, result_options
 
 
 @main.command("erf")
@@ -27,13 +27,7 @@ from .common import device_option, factory_option, positive_int, render_frame
 @click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to the Debian package's).")
 @click.option("--thresholds", default="20,30,50,99", show_default=True, help="Contribution shares t (%).")
 @click.option("--untrained", is_flag=True, help="Also measure each checkpoint's initialisation (label '<name>@init').")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
-              help="table: side per stage and threshold; csv/json: the long form.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
-@device_option()
-@factory_option()
-@click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
+@result_options("table: side per stage and threshold; csv/json: the long form.")
 @click.pass_context
 def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, untrained, fmt, output,
             device, quiet):
