@@ -165,10 +165,12 @@ def test_pdf_embeds_truetype_and_bytes_are_reproducible(real, tmp_path, monkeypa
 
 # --------------------------------------------------------------------------- CLI
 EXPECTED = ["mass_ratio", "effective_size", "gaussian_sigma", "cost", "eigenkernels",
-            "eigenkernels_zoom9", "weight_pca", "raw_kernels", "kernel_magnitude", "erf", "frequency"]
+            "eigenkernels_zoom9", "weight_pca", "raw_kernels", "kernel_magnitude", "erf", "frequency",
+            "kernel_history"]  # the bundled default carries its run's kernel_stats.csv
 TABLES = ["mass_summary", "mass_summary_untrained", "effective_sizes", "gaussian_fits", "gaussian_summary", "cost",
           "eigenkernels", "eigenkernel_components", "weight_pca", "weight_pca_components",
-          "raw_kernels_sample", "erf_area_ratios", "frequency_profile", "frequency_profile_untrained"]
+          "raw_kernels_sample", "erf_area_ratios", "frequency_profile", "frequency_profile_untrained",
+          "kernel_history"]
 FAST = ["--layers", "layer3.1.conv2,layer4.1.conv1", "--max-kernels", "16", "--erf-images", "4",
         "--cost-sizes", "4,8", "--no-timing", "--device", "cpu"]
 
