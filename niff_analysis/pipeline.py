@@ -7,15 +7,13 @@ analysis command, ``figures`` and the notebooks take.
 * :func:`load_checkpoints` loads them, each with its provenance;
 * :func:`select_kernels` extracts and samples a checkpoint's kernels and says what it chose;
 * :func:`analyse` runs every analysis the figures need (``plotting.report`` only draws);
-* :func:`write_output` / :func:`record_output` write a result with its ``meta.json`` entry.
+* :mod:`niff_analysis.provenance` writes a result with its ``meta.json`` entry.
 
 Nothing here prints: what a user should be told comes back as notes and warnings.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,7 +23,6 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import pandas as pd
 from torch import nn
 
-from . import __version__
 from .analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels, gaussian_fit,
                        gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, subsample, weight_pca)
 from .analysis.mass import massless_warning
@@ -33,11 +30,8 @@ from .analysis.pca import pca_warnings
 from .analysis.schema import with_checkpoint
 from .checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, load_checkpoint, load_initial
 from .errors import CheckpointError, DataError, NiffError, SelectionError
-from .io import atomic_write, directory_lock, file_sha256
 
 PathLike = Union[str, os.PathLike]
-META_NAME = "meta.json"
-META_FORMAT = "niff-analysis-meta"
 COST_SIZES = (7, 14, 28, 56, 112)
 
 
@@ -110,16 +104,18 @@ class Checkpoint:
 
 
 def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str = "cpu",
-                     factory: Optional[str] = None) -> Iterator[Checkpoint]:
+                     factory: Optional[str] = None,
+                     found: Optional[list[tuple[str, Optional[Path]]]] = None) -> Iterator[Checkpoint]:
     """Load each checkpoint :func:`find_checkpoints` finds in ``checkpoints``, in order.
 
     Args:
         checkpoints: paths as a user gives them (none: the bundled default).
+        found: :func:`find_checkpoints`' answer for ``checkpoints``, if the caller has it.
         device: where the models are loaded.
         factory: the user factory you allow to build a checkpoint's model
             (:func:`~niff_analysis.checkpoint.load_checkpoint`).
     """
-    for label, path in find_checkpoints(tuple(checkpoints)):
+    for label, path in find_checkpoints(tuple(checkpoints)) if found is None else found:
         yield Checkpoint(label, path, load_checkpoint(path, device=str(device), factory=factory))
 
 
@@ -219,64 +215,6 @@ def load_histories(checkpoints: Sequence[Optional[PathLike]] = ()) -> list[tuple
         except (ValueError, pd.errors.ParserError) as exc:
             raise NiffError(f"{stats_file}: {' '.join(str(exc).split())}") from None
     return out
-
-
-# --------------------------------------------------------------------------- provenance
-def read_meta(meta_path: Path) -> dict:
-    """The ``meta.json`` of an output folder (an empty one if there is none).
-
-    Raises:
-        NiffError: the file exists and is not one of ours (it is never overwritten).
-    """
-    if not meta_path.exists():
-        return dict(format=META_FORMAT, outputs={})
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        meta = None
-    if (not isinstance(meta, dict) or meta.get("format") != META_FORMAT
-            or not isinstance(meta.get("outputs"), dict)):
-        raise NiffError(f"{meta_path} exists and is not a niff-analysis metadata file; "
-                        "choose another output folder")
-    return meta
-
-
-def record_output(output: PathLike, entry: dict) -> None:
-    """Set ``entry`` as the ``meta.json`` record of ``output`` (a file in the same folder).
-
-    The read-modify-write runs under a lock on the folder, so processes writing outputs into one
-    folder at once keep each other's entries; the file itself is replaced atomically.
-    """
-    output = Path(output)
-    meta_path = output.parent / META_NAME
-    with directory_lock(output.parent):
-        meta = read_meta(meta_path)
-        meta["outputs"][output.name] = entry
-        atomic_write(meta_path, json.dumps(meta, indent=1, default=str) + "\n")
-
-
-def write_output(output: PathLike, content: Union[str, bytes, Callable[[Path], None]], command: str,
-                 parameters: dict, checkpoints: list[dict], rows: int) -> Path:
-    """Write one result file atomically and record its provenance in ``meta.json`` beside it.
-
-    Args:
-        content: the text or bytes, or a function writing the file at the path it is given.
-        command, parameters, checkpoints, rows: what the entry records (with the toolkit and
-            torch versions, the time and the file's hash).
-
-    Raises:
-        NiffError: ``meta.json`` there is not ours (checked before anything is written).
-    """
-    import torch
-
-    path = Path(output)
-    read_meta(path.parent / META_NAME)  # refuse before writing anything
-    atomic_write(path, content)
-    record_output(path, dict(
-        command=command, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        versions=dict(niff_analysis=__version__, torch=torch.__version__), parameters=parameters,
-        checkpoints=checkpoints, rows=rows, sha256=file_sha256(path)))
-    return path
 
 
 # --------------------------------------------------------------------------- the figure set
@@ -404,7 +342,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         init = load_initial(ck.path, device=device)
         if init is not None:
             say(f"{label}: mass ratio at initialisation")
-            init_lks = subsample(extract_kernels(init, layers=layers, include_conv=not has_niff), max_kernels)
+            init_lks = select_kernels(Checkpoint(label, ck.path, init), layers=layers,
+                                      include_conv=not has_niff, max_kernels=max_kernels).kernels
             t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks)), label))
             if has_niff:
                 t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))

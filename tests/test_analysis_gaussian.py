@@ -10,7 +10,8 @@ import torch
 from scipy.optimize import curve_fit
 
 from niff_analysis.analysis import LayerKernels, extract_kernels, gaussian_fit, gaussian_model, gaussian_summary
-from niff_analysis.analysis.gaussian import _derived, fit_status, moment_init, pixel_coords
+from niff_analysis.analysis.gaussian import fit_status
+from niff_analysis.analysis.lm import _derived, moment_init, pixel_coords
 from niff_analysis.analysis.lm import model_jacobian, model_values
 
 
@@ -188,7 +189,7 @@ def test_moment_sigmas_recover_known_gaussians_and_never_fail():
     """The moment σ (weighted second moments, module docstring) of sampled Gaussians with known
     σ, an offset and an off-centre peak is within 2 % for σ ≥ 1 px; an undersampled kernel still
     gets one, and its fit is reported as censored."""
-    from niff_analysis.analysis.gaussian import pixel_coords
+    from niff_analysis.analysis.lm import pixel_coords
 
     h = w = 33
     x, y = pixel_coords(h, w)

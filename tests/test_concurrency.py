@@ -15,7 +15,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from niff_analysis.cli import main
-from niff_analysis.pipeline import META_NAME, record_output
+from niff_analysis.provenance import META_NAME, record_output
 from niff_analysis.io import atomic_write, file_sha256
 
 pytestmark = pytest.mark.slow  # parallel processes: not in `make test-fast`

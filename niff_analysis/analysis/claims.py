@@ -54,10 +54,11 @@ def paper_claims(kernels: Sequence[LayerKernels], device: str = "cpu") -> pd.Dat
     """
     kernels = list(kernels)
     stage = {lk.name: lk.stage or lk.name for lk in kernels}
-    stats = kernel_stats(kernels, device=device)
+    mass = kernel_mass(kernels)
+    stats = kernel_stats(kernels, device=device, mass=mass)
     wide = stats.pivot_table(index=LAYER, columns="stat", values="value", sort=False).reset_index()
     wide[STAGE] = wide[LAYER].map(stage)
-    sizes = effective_sizes(kernel_mass(kernels), quantiles=(0.9,))
+    sizes = effective_sizes(mass, quantiles=(0.9,))
     sizes[STAGE] = sizes[LAYER].map(stage)
     pca = pca_eigenkernels(kernels, n_components=1)
     first_pc = {name: _k90(comp[0]) for name, comp in pca.components.items()}

@@ -70,7 +70,6 @@ from the same start wherever both fits succeed.
 
 from __future__ import annotations
 
-import math
 import sys
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -83,7 +82,8 @@ import torch
 
 from .kernels import LayerKernels
 from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
-from .lm import N_PARAMS, levenberg_marquardt, model_values
+from .lm import (N_PARAMS, _derived, _moments, levenberg_marquardt, model_values,
+                 moment_init, pixel_coords, precision)
 
 MIN_SIGMA = 0.4
 # A fit is given up (see _hopeless) when its σ_minor falls below HARD_SIGMA px or its σ_major
@@ -97,72 +97,6 @@ PROCESS_PIXELS = 1 << 21  # kernel pixels from which the CPU solver forks worker
 COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",
            "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success", "status",
            "sigma_ratio", "iterations", "sigma_x_moment", "sigma_y_moment", "censored"]
-
-
-def pixel_coords(h: int, w: int, device=None, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattened (x, y) pixel coordinates of an h×w kernel relative to its origin (h//2, w//2)."""
-    y, x = torch.meshgrid(torch.arange(h, device=device, dtype=dtype) - h // 2,
-                          torch.arange(w, device=device, dtype=dtype) - w // 2, indexing="ij")
-    return x.reshape(-1), y.reshape(-1)
-
-
-def gaussian_model(xy, amplitude, x0, y0, u, l21, v, offset):
-    """The fitted model function (numpy), in the signature ``scipy.optimize.curve_fit`` takes.
-
-    Args:
-        xy: (x, y) coordinate arrays.
-        amplitude, x0, y0, u, l21, v, offset: parameters (see the module docstring).
-    """
-    x, y = xy
-    dx, dy = x - x0, y - y0
-    s = np.exp(u) * dx + l21 * dy
-    t = np.exp(v) * dy
-    return amplitude * np.exp(-0.5 * (s * s + t * t)) + offset
-
-
-def _moments(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
-    """Background b₀, centre and covariance of magnitudes ``mag`` (B, N) by the weighted moments
-    of the module docstring (weights max(|k| − b₀, 0)², covariance twice the weighted one)."""
-    bg = mag.median(dim=1, keepdim=True).values
-    w = (mag - bg).clamp_min(0) ** 2
-    empty = w.sum(1, keepdim=True) <= 0
-    w = torch.where(empty, mag, w)  # e.g. a kernel above its median nowhere: plain moments
-    w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-    mx, my = (w * x).sum(1), (w * y).sum(1)
-    dx, dy = x - mx[:, None], y - my[:, None]
-    scale = torch.where(empty[:, 0], 1.0, 2.0)
-    return (bg, mx, my, scale * (w * dx * dx).sum(1), scale * (w * dy * dy).sum(1),
-            scale * (w * dx * dy).sum(1))
-
-
-def moment_init(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Initial parameters (B, 7) from weighted moments of magnitudes ``mag`` (B, N)."""
-    bg, mx, my, cxx, cyy, cxy = _moments(mag, x, y)
-    cxx, cyy = cxx + 1 / 12, cyy + 1 / 12  # one pixel's variance: never a zero-width start
-    det = (cxx * cyy - cxy * cxy).clamp_min(1e-6)
-    pxx, pxy, pyy = cyy / det, -cxy / det, cxx / det  # precision = covariance⁻¹
-    l11 = pxx.clamp_min(1e-12).sqrt()
-    l21 = pxy / l11
-    l22 = (pyy - l21 * l21).clamp_min(1e-12).sqrt()
-    amp = mag.max(1).values - bg[:, 0]
-    return torch.stack([amp, mx, my, l11.log(), l21, l22.log(), bg[:, 0]], dim=1)
-
-
-def _precision(p: torch.Tensor):
-    """Entries (pxx, pxy, pyy) of the precision P = L·Lᵀ of parameters (B, 7), and det P."""
-    l11, l21, l22 = p[:, 3].exp(), p[:, 4], p[:, 5].exp()
-    return (l11 * l11, l11 * l21, l21 * l21 + l22 * l22), (l11 * l22) ** 2
-
-
-def _derived(p: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Sigmas, orientation from fitted parameters (B, 7)."""
-    (pxx, pxy, pyy), det = _precision(p)
-    sxx, sxy, syy = pyy / det, -pxy / det, pxx / det  # Σ = P⁻¹
-    half_tr, diff = (sxx + syy) / 2, torch.sqrt(((sxx - syy) / 2) ** 2 + sxy ** 2)
-    theta = 0.5 * torch.atan2(2 * sxy, sxx - syy)
-    theta = torch.where(theta <= -math.pi / 2, theta + math.pi, theta)
-    return dict(sigma_x=sxx.sqrt(), sigma_y=syy.sqrt(), sigma_major=(half_tr + diff).sqrt(),
-                sigma_minor=(half_tr - diff).clamp_min(0).sqrt(), theta=theta)
 
 
 def fit_status(params, h: int, w: int, converged=None) -> np.ndarray:
@@ -195,7 +129,7 @@ def _hopeless(p: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tens
     (benchmarks/README.md)."""
     # σ² along the principal axes is 1 / the eigenvalues of P (cheaper than _derived: this runs
     # every solver iteration).
-    (pxx, pxy, pyy), _ = _precision(p)
+    (pxx, pxy, pyy), _ = precision(p)
     half, rad = 0.5 * (pxx + pyy), torch.hypot(0.5 * (pxx - pyy), pxy)
     p_max, p_min, size = half + rad, half - rad, max(h, w)
     now = ((p_max * HARD_SIGMA ** 2 > 1) | (p_min * (HARD_WIDTH * size) ** 2 < 1)

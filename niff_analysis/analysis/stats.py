@@ -58,7 +58,7 @@ def _mass_at(summary: pd.DataFrame, s: int) -> tuple[float, float]:
 
 
 def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional[int] = 1024,
-                 device: str = "cpu") -> pd.DataFrame:
+                 device: str = "cpu", mass: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """The statistics listed in the module docstring for every layer.
 
     Args:
@@ -66,6 +66,8 @@ def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional
         gaussian_max_kernels: fit at most this many kernels per layer (evenly spaced); ``None``
             fits all.
         device: where the Gaussian fits run.
+        mass: :func:`~niff_analysis.analysis.kernel_mass` of ``kernels``, if the caller has it
+            (it is the costly part).
 
     Returns:
         Columns layer, stage, stat, value; layers in the given order, stats in :data:`STATS` order.
@@ -73,7 +75,7 @@ def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional
     kernels = list(kernels)
     if not kernels:
         return pd.DataFrame(columns=COLUMNS)
-    mass = kernel_mass(kernels)
+    mass = kernel_mass(kernels) if mass is None else mass
     summ = mass_summary(mass)
     sizes = effective_sizes(mass, quantiles=(0.5, 0.9))
     fits = gaussian_fit(subsample(kernels, gaussian_max_kernels), device=device)

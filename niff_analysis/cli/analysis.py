@@ -28,7 +28,8 @@ from ..analysis.schema import FMAP_H, FMAP_W, LAYER, with_checkpoint
 from ..checkpoint import resolve_device
 from ..errors import NiffError, SelectionError
 from ..io import file_sha256
-from ..pipeline import META_NAME, find_checkpoints, load_checkpoints, select_kernels, write_output
+from ..pipeline import find_checkpoints, load_checkpoints, select_kernels
+from ..provenance import META_NAME, write_output
 from . import main
 from .common import current_factory, device_option, factory_option, positive_int, render_frame
 
@@ -56,9 +57,10 @@ class Run:
         """A warning: printed even with ``--quiet`` (results that hold NaN are never silent)."""
         click.echo(f"warning: {msg}", err=True)
 
-    def checkpoints_loaded(self):
+    def checkpoints_loaded(self, found=None):
         """Each checkpoint (:func:`~niff_analysis.pipeline.load_checkpoints`), its provenance kept."""
-        for ck in load_checkpoints(self.checkpoints, device=str(self.device), factory=current_factory()):
+        for ck in load_checkpoints(self.checkpoints, device=str(self.device), factory=current_factory(),
+                                   found=found):
             self.provenance.append(ck.provenance())
             yield ck
 
@@ -70,9 +72,9 @@ class Run:
         if max_kernels:
             self.params["max_kernels"] = max_kernels
         out = []
-        several = len(find_checkpoints(tuple(self.checkpoints))) > 1
-        for ck in tqdm(self.checkpoints_loaded(), desc="checkpoints", unit="ckpt", file=sys.stderr,
-                       disable=self.quiet or not several, leave=False):
+        found = find_checkpoints(tuple(self.checkpoints))
+        for ck in tqdm(self.checkpoints_loaded(found), desc="checkpoints", unit="ckpt", file=sys.stderr,
+                       disable=self.quiet or len(found) < 2, leave=False):
             sel = select_kernels(ck, layers=self.layers, include_conv=self.include_conv,
                                  max_kernels=max_kernels, niff_only=niff_only)
             for note in sel.notes:
@@ -302,8 +304,11 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
 
     Works on baselines too (their plain convolutions). Columns (fits): checkpoint, layer, stage,
     fmap_h, fmap_w, channel, sigma_x, sigma_y, sigma_major, sigma_minor, theta, x0, y0,
-    amplitude, offset, r2, success, status, sigma_ratio, iterations. Failed fits are rows with
-    success=false and a reason in status; summaries use successful fits only.
+    amplitude, offset, r2, success, status, sigma_ratio, iterations, sigma_x_moment,
+    sigma_y_moment, censored. Failed fits are rows with success=false and a reason in status;
+    an undersampled fit (σ < 0.4 px) is censored=true. The summary gives median, quartiles and
+    mean ± std of the successful fits with n_ok, n_censored and n, and the median moment σ of
+    every kernel.
     """
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("gaussian", checkpoints, layers, include_conv, device, quiet,

@@ -16,49 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..errors import SelectionError
-from .style import (METHOD_COLORS, MODEL_LINESTYLES, OKABE_ITO, layer_colors, new_figure,
+from .panels import models_of, of_model, panels, require, ret
+from .style import (METHOD_COLORS, MODEL_LINESTYLES, layer_colors, new_figure,
                     ordered_unique, stage_color, stage_of, style)
-
-MODEL = "checkpoint"  # the column analysis tables carry when checkpoints are compared
-
-
-def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise SelectionError(f"{what} needs columns {missing}; got {list(df.columns)}")
-    if df.empty:
-        raise SelectionError(f"{what}: the table is empty (no layers selected?)")
-
-
-def _models(df: pd.DataFrame) -> list:
-    return ordered_unique(df[MODEL]) if MODEL in df.columns else [None]
-
-
-def _of_model(df: pd.DataFrame, model) -> pd.DataFrame:
-    return df if model is None else df[df[MODEL] == model]
-
-
-def _panels(n: int, ax, fig: Optional[Figure], ncols: int, panel_size=(3.2, 2.5),
-            sharey: bool = True) -> tuple[Figure, np.ndarray]:
-    """``n`` axes: the given ones, or a new grid on ``fig`` (or a new figure)."""
-    if ax is not None:
-        axes = np.atleast_1d(np.asarray(ax, dtype=object)).ravel()
-        if len(axes) < n:
-            raise SelectionError(f"this figure needs {n} axes, got {len(axes)}")
-        return axes[0].figure, axes[:n]
-    ncols = max(1, min(ncols, n))
-    nrows = -(-n // ncols)
-    if fig is None:
-        fig = new_figure((panel_size[0] * ncols, panel_size[1] * nrows))
-    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
-    for extra in grid.ravel()[n:]:
-        extra.set_visible(False)
-    return fig, grid.ravel()[:n]
-
-
-def _ret(fig: Figure, axes: np.ndarray):
-    return fig, (axes[0] if len(axes) == 1 else axes)
 
 
 def _stage_legend(a, stages: dict, models: Sequence, overlay: bool, untrained: bool) -> None:
@@ -111,16 +71,16 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
         untrained: the same table for each model's initialisation (its ``checkpoint`` column
             naming the trained model it belongs to), drawn as dashed curves without bands.
     """
-    _require(summary, [group, "window", "mean", "std"], "plot_mass_ratio")
-    models = _models(summary)
+    require(summary, [group, "window", "mean", "std"], "plot_mass_ratio")
+    models = models_of(summary)
     stages = {}  # stage → its number of curves, in order of first appearance
     with style():
-        fig, axes = _panels(1 if overlay else len(models), ax, fig, ncols=3)
+        fig, axes = panels(1 if overlay else len(models), ax, fig, ncols=3)
         for m_i, model in enumerate(models):
             a = axes[0 if overlay else m_i]
-            part = _of_model(summary, model)
+            part = of_model(summary, model)
             ls = MODEL_LINESTYLES[m_i % len(MODEL_LINESTYLES)] if overlay else "-"
-            ref = None if untrained is None else _of_model(untrained, model)
+            ref = None if untrained is None else of_model(untrained, model)
             st_col = part["stage"] if "stage" in part.columns else [None] * len(part)
             stage_by_name = dict(zip(part[group], (stage_of(n, s) for n, s in zip(part[group], st_col))))
             for st in ordered_unique(stage_by_name.values()):
@@ -154,114 +114,9 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
             a.set_ylim(0, 1.02)
             a.set_xlim(left=1)
         axes[0].set_ylabel("kernel mass ratio (Eq. 6)")
-        has_ref = untrained is not None and any(not _of_model(untrained, m).empty for m in models)
+        has_ref = untrained is not None and any(not of_model(untrained, m).empty for m in models)
         _stage_legend(axes[-1], stages, models, overlay, has_ref)
-    return _ret(fig, axes)
-
-
-# --------------------------------------------------------------------------- during training
-HISTORY_LABELS = {"mass3_mean": "mass ratio at 3×3", "mass5_mean": "mass ratio at 5×5",
-                  "mass9_mean": "mass ratio at 9×9", "k50_mean": "mean k50 (px)",
-                  "k90_mean": "mean k90 (px)", "sigma_x_median": "median σx (px)",
-                  "sigma_y_median": "median σy (px)"}
-
-
-def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
-                        ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
-    """Kernel statistics per layer against training epoch: one row of panels per statistic,
-    one column per model (NIFF and baseline side by side), one curve per layer coloured by stage.
-
-    Args:
-        history: ``kernel_stats.csv`` rows (:func:`~niff_analysis.analysis.read_kernel_stats`:
-            ``epoch``, ``layer``, ``stat``, ``value``; ``stage``, ``checkpoint`` optional).
-        stats: which statistics to draw (rows of panels).
-        ax: axes, ``len(stats) × models`` of them, row-major.
-        fig: figure to add panels to.
-    """
-    _require(history, ["epoch", "layer", "stat", "value"], "plot_kernel_history")
-    missing = [s for s in stats if s not in set(history["stat"])]
-    if missing:
-        raise SelectionError(f"plot_kernel_history: no statistic {missing[0]!r} in the table")
-    models = _models(history)
-    stages = list(history["stage"]) if "stage" in history.columns else None
-    colors = layer_colors(list(history["layer"]), stages)
-    with style():
-        fig, axes = _panels(len(stats) * len(models), ax, fig, ncols=len(models),
-                            panel_size=(3.4, 2.4), sharey=False)
-        axes = axes.reshape(len(stats), len(models))
-        for j, model in enumerate(models):
-            part = _of_model(history, model)
-            for i, stat in enumerate(stats):
-                a = axes[i, j]
-                d = part[part["stat"] == stat]
-                for layer in ordered_unique(d["layer"]):
-                    c = d[d["layer"] == layer].sort_values("epoch")
-                    a.plot(c["epoch"], c["value"], color=colors[layer], lw=1, marker="o", ms=2,
-                           label=layer)
-                a.set_ylabel(HISTORY_LABELS.get(stat, stat))
-                if stat.startswith("mass"):
-                    a.set_ylim(0, 1.02)
-                else:
-                    a.set_ylim(bottom=0)
-                if i == 0 and model is not None:
-                    a.set_title(str(model))
-                if i == len(stats) - 1:
-                    a.set_xlabel("epoch")
-        axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6)
-    return _ret(fig, axes.ravel())
-
-
-def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
-               fig: Optional[Figure] = None) -> tuple[Figure, object]:
-    """A recipe ablation: per stage, the stage's mean of each statistic against epoch, one
-    curve per arm; the last column shows each arm's test accuracy after every epoch.
-
-    Args:
-        history: :func:`~niff_analysis.train.sweep.collect` output (``arm``, ``epoch``,
-            ``layer``, ``stage``, ``stat``, ``value``, ``test_acc``).
-        stats: statistics to draw (rows of panels).
-        fig: figure to add panels to.
-    """
-    _require(history, ["arm", "epoch", "layer", "stat", "value"], "plot_sweep")
-    h = history.copy()
-    h["stage"] = [stage_of(layer, st) for layer, st in zip(h["layer"], h.get("stage", [None] * len(h)))]
-    arms = ordered_unique(h["arm"])
-    stages = ordered_unique(h["stage"])
-    colors = {arm: OKABE_ITO[(i + 1) % len(OKABE_ITO)] for i, arm in enumerate(arms)}
-    ncols = len(stages) + 1
-    with style():
-        fig, axes = _panels(len(stats) * ncols, None, fig, ncols=ncols, panel_size=(2.6, 2.2),
-                            sharey=False)
-        axes = axes.reshape(len(stats), ncols)
-        for i, stat in enumerate(stats):
-            d = h[h["stat"] == stat]
-            for j, st in enumerate(stages):
-                a = axes[i, j]
-                g = d[d["stage"] == st].groupby(["arm", "epoch"], sort=False)["value"].mean().reset_index()
-                for arm in arms:
-                    c = g[g["arm"] == arm].sort_values("epoch")
-                    a.plot(c["epoch"], c["value"], color=colors[arm], lw=1, marker="o", ms=2, label=arm)
-                if i == 0:
-                    a.set_title(f"{st} (mean over layers)")
-                if j == 0:
-                    a.set_ylabel(HISTORY_LABELS.get(stat, stat))
-                if stat.startswith("mass"):
-                    a.set_ylim(0, 1.02)
-                else:
-                    a.set_ylim(bottom=0)
-                    a.ticklabel_format(axis="y", useOffset=False)
-                a.set_xlabel("epoch")
-            axes[i, -1].set_visible(i == 0)
-        acc = axes[0, -1]
-        if "test_acc" in h.columns:
-            t = h.dropna(subset=["test_acc"]).drop_duplicates(["arm", "epoch"])
-            for arm in arms:
-                c = t[t["arm"] == arm].sort_values("epoch")
-                acc.plot(c["epoch"], c["test_acc"], color=colors[arm], lw=1, marker="o", ms=3, label=arm)
-        acc.set_title("test accuracy")
-        acc.set_xlabel("epoch")
-        acc.legend(loc="upper left", bbox_to_anchor=(0.0, -0.3), fontsize=6)
-    return _ret(fig, axes.ravel())
+    return ret(fig, axes)
 
 
 # --------------------------------------------------------------------------- effective sizes
@@ -292,8 +147,8 @@ def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
         ``(fig, ax)``: ``ax`` the axes, an array top to bottom when there are several layers.
     """
     col = f"size_{quantile}"
-    _require(sizes, ["layer", col], "plot_effective_size")
-    models = _models(sizes)
+    require(sizes, ["layer", col], "plot_effective_size")
+    models = models_of(sizes)
     layers = ordered_unique(sizes["layer"])
     stages = list(sizes["stage"]) if "stage" in sizes.columns else None
     colors = layer_colors(list(sizes["layer"]), stages)
@@ -303,10 +158,10 @@ def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
     with style():
         if ax is None and fig is None:
             fig = new_figure((4.5, 0.42 * len(layers) + 1.0))
-        fig, axes = _panels(len(layers), ax, fig, ncols=1, sharey=True)
+        fig, axes = panels(len(layers), ax, fig, ncols=1, sharey=True)
         for a, layer in zip(axes, layers):
             for m_i, model in enumerate(models):
-                part = _of_model(sizes, model)
+                part = of_model(sizes, model)
                 vals = part.loc[part["layer"] == layer, col].dropna().to_numpy(float)
                 if not len(vals):
                     continue
@@ -328,7 +183,7 @@ def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
             handles = [Patch(**_bar_style(m_i, "0.4"), label=str(model)) for m_i, model in enumerate(models)]
             # One column, right-aligned above the top panel: narrow enough to clear the title.
             axes[0].legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0))
-    return _ret(fig, axes)
+    return ret(fig, axes)
 
 
 # --------------------------------------------------------------------------- Gaussian σ
@@ -349,17 +204,17 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
     quartiles = {"sigma_x_median", "sigma_x_q25", "sigma_x_q75"} <= set(summary.columns)
     cols = ["layer"] + ([f"sigma_{a}_{s}" for a in "xy" for s in ("median", "q25", "q75")] if quartiles
                         else [f"sigma_{a}_{s}" for a in "xy" for s in ("mean", "std")])
-    _require(summary, cols, "plot_sigma")
-    models = _models(summary)
+    require(summary, cols, "plot_sigma")
+    models = models_of(summary)
     with style():
         if ax is None and fig is None:
             # Width by layer count (one slot each), plus room for the legend outside.
-            n = max(len(_of_model(summary, m)) for m in models)
+            n = max(len(of_model(summary, m)) for m in models)
             ncols = min(len(models), 2)
             fig = new_figure((max(2.4, 0.28 * n + 0.9) * ncols + 1.7, 2.8 * -(-len(models) // ncols)))
-        fig, axes = _panels(len(models), ax, fig, ncols=2)
+        fig, axes = panels(len(models), ax, fig, ncols=2)
         for a, model in zip(axes, models):
-            part = _of_model(summary, model).reset_index(drop=True)
+            part = of_model(summary, model).reset_index(drop=True)
             x = np.arange(len(part))
             for axis, marker, dx in (("x", "o", -0.12), ("y", "s", 0.12)):
                 for i, row in part.iterrows():
@@ -394,7 +249,7 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
             a.set_xlim(-0.5, len(part) - 0.5)
         # Outside the last panel: the entries are the same in every panel and cover no data.
         axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6)
-    return _ret(fig, axes)
+    return ret(fig, axes)
 
 
 # --------------------------------------------------------------------------- cost (Fig. 8)
@@ -414,14 +269,14 @@ def plot_cost(cost: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tupl
         ax: two axes.
         fig: figure to add panels to.
     """
-    _require(cost, ["size", "niff_flops", "spatial_flops", "niff_ms", "spatial_ms"], "plot_cost")
+    require(cost, ["size", "niff_flops", "spatial_flops", "niff_ms", "spatial_ms"], "plot_cost")
     series = [("niff", "NIFF (FFT + product + iFFT)"),
               ("spatial", "spatial conv, kernel = map size"),
               ("conv3x3", "3×3 conv")]
     d = cost.sort_values("size")
     batch = int(d["batch"].iloc[0]) if "batch" in d and len(d) else None
     with style():
-        fig, axes = _panels(2, ax, fig, ncols=2, panel_size=(3.4, 2.8), sharey=False)
+        fig, axes = panels(2, ax, fig, ncols=2, panel_size=(3.4, 2.8), sharey=False)
         for key, label in series:
             color = METHOD_COLORS.get(key, METHOD_COLORS["baseline"])
             ls = ":" if key == "conv3x3" else "-"
@@ -460,8 +315,7 @@ def plot_cost(cost: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tupl
             a.set_xticks(d["size"], [str(s) for s in d["size"]])
             a.minorticks_off()
         axes[0].legend(loc="upper left", fontsize="x-small")
-    return _ret(fig, axes)
+    return ret(fig, axes)
 
 
-__all__ = ["plot_cost", "plot_effective_size", "plot_kernel_history", "plot_mass_ratio", "plot_sigma",
-           "plot_sweep"]
+__all__ = ["plot_cost", "plot_effective_size", "plot_mass_ratio", "plot_sigma"]

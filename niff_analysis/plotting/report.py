@@ -30,10 +30,12 @@ from ..analysis.schema import CHECKPOINT
 from ..errors import SelectionError
 from ..io import atomic_write, fsync_dir
 from ..pipeline import FigureData
-from .curves import plot_cost, plot_effective_size, plot_kernel_history, plot_mass_ratio, plot_sigma
+from ..provenance import FIGURES_FORMAT, MANIFEST, manifest_files
+from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
 from .images import (plot_eigenkernels, plot_erf, plot_frequency, plot_kernel_magnitude, plot_raw_kernels,
                      plot_weight_pca)
 from .style import save_figure
+from .training import plot_kernel_history
 
 FORMATS = ("pdf", "png", "svg")
 ZOOM = 9
@@ -132,21 +134,6 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
                {})
 
 
-MANIFEST = "meta.json"
-MANIFEST_FORMAT = "niff-analysis-figures"
-
-
-def _manifest_files(out: Path) -> list[str]:
-    """The files an earlier figure run wrote into ``out`` (its manifest's list), if any."""
-    try:
-        meta = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(meta, dict) or meta.get("format") != MANIFEST_FORMAT:
-        return []
-    return [f for f in meta.get("files", []) if isinstance(f, str) and "/" not in f and f != MANIFEST]
-
-
 def check_output_folder(out: PathLike) -> Path:
     """Refuse an output folder that cannot be written, before any work is done.
 
@@ -198,12 +185,12 @@ def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pd
                     written.add(atomic_write(path, df.to_csv(index=False, float_format="%.6g")))
         names = sorted(p.name for p in written)
         atomic_write(tmp / MANIFEST, json.dumps(dict(
-            format=MANIFEST_FORMAT, versions=dict(niff_analysis=__version__, torch=torch.__version__),
+            format=FIGURES_FORMAT, versions=dict(niff_analysis=__version__, torch=torch.__version__),
             checkpoints=[dict(label=label, path=data.sources.get(label), sha256=data.hashes.get(label))
                          for label in data.labels],
             parameters=dict(data.parameters, formats=list(formats)), files=names), indent=1) + "\n")
         out.mkdir(exist_ok=True)
-        for stale in set(_manifest_files(out)) - set(names):
+        for stale in set(manifest_files(out)) - set(names):
             (out / stale).unlink(missing_ok=True)
         for name in names + [MANIFEST]:  # the manifest last: it describes what is there
             os.replace(tmp / name, out / name)

@@ -1,0 +1,124 @@
+"""Figures of kernel statistics during training: one run's history and a recipe ablation.
+
+Both take tidy tables (``kernel_stats.csv`` rows; :func:`niff_analysis.train.sweep.collect`),
+never recompute them, and return ``(fig, ax)`` like the other figure modules.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..errors import SelectionError
+from .panels import models_of, of_model, panels, require, ret
+from .style import OKABE_ITO, layer_colors, ordered_unique, stage_of, style
+
+
+# --------------------------------------------------------------------------- during training
+HISTORY_LABELS = {"mass3_mean": "mass ratio at 3×3", "mass5_mean": "mass ratio at 5×5",
+                  "mass9_mean": "mass ratio at 9×9", "k50_mean": "mean k50 (px)",
+                  "k90_mean": "mean k90 (px)", "sigma_x_median": "median σx (px)",
+                  "sigma_y_median": "median σy (px)"}
+
+
+def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
+                        ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
+    """Kernel statistics per layer against training epoch: one row of panels per statistic,
+    one column per model (NIFF and baseline side by side), one curve per layer coloured by stage.
+
+    Args:
+        history: ``kernel_stats.csv`` rows (:func:`~niff_analysis.analysis.read_kernel_stats`:
+            ``epoch``, ``layer``, ``stat``, ``value``; ``stage``, ``checkpoint`` optional).
+        stats: which statistics to draw (rows of panels).
+        ax: axes, ``len(stats) × models`` of them, row-major.
+        fig: figure to add panels to.
+    """
+    require(history, ["epoch", "layer", "stat", "value"], "plot_kernel_history")
+    missing = [s for s in stats if s not in set(history["stat"])]
+    if missing:
+        raise SelectionError(f"plot_kernel_history: no statistic {missing[0]!r} in the table")
+    models = models_of(history)
+    stages = list(history["stage"]) if "stage" in history.columns else None
+    colors = layer_colors(list(history["layer"]), stages)
+    with style():
+        fig, axes = panels(len(stats) * len(models), ax, fig, ncols=len(models),
+                            panel_size=(3.4, 2.4), sharey=False)
+        axes = axes.reshape(len(stats), len(models))
+        for j, model in enumerate(models):
+            part = of_model(history, model)
+            for i, stat in enumerate(stats):
+                a = axes[i, j]
+                d = part[part["stat"] == stat]
+                for layer in ordered_unique(d["layer"]):
+                    c = d[d["layer"] == layer].sort_values("epoch")
+                    a.plot(c["epoch"], c["value"], color=colors[layer], lw=1, marker="o", ms=2,
+                           label=layer)
+                a.set_ylabel(HISTORY_LABELS.get(stat, stat))
+                if stat.startswith("mass"):
+                    a.set_ylim(0, 1.02)
+                else:
+                    a.set_ylim(bottom=0)
+                if i == 0 and model is not None:
+                    a.set_title(str(model))
+                if i == len(stats) - 1:
+                    a.set_xlabel("epoch")
+        axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6)
+    return ret(fig, axes.ravel())
+
+
+def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
+               fig: Optional[Figure] = None) -> tuple[Figure, object]:
+    """A recipe ablation: per stage, the stage's mean of each statistic against epoch, one
+    curve per arm; the last column shows each arm's test accuracy after every epoch.
+
+    Args:
+        history: :func:`~niff_analysis.train.sweep.collect` output (``arm``, ``epoch``,
+            ``layer``, ``stage``, ``stat``, ``value``, ``test_acc``).
+        stats: statistics to draw (rows of panels).
+        fig: figure to add panels to.
+    """
+    require(history, ["arm", "epoch", "layer", "stat", "value"], "plot_sweep")
+    h = history.copy()
+    h["stage"] = [stage_of(layer, st) for layer, st in zip(h["layer"], h.get("stage", [None] * len(h)))]
+    arms = ordered_unique(h["arm"])
+    stages = ordered_unique(h["stage"])
+    colors = {arm: OKABE_ITO[(i + 1) % len(OKABE_ITO)] for i, arm in enumerate(arms)}
+    ncols = len(stages) + 1
+    with style():
+        fig, axes = panels(len(stats) * ncols, None, fig, ncols=ncols, panel_size=(2.6, 2.2),
+                            sharey=False)
+        axes = axes.reshape(len(stats), ncols)
+        for i, stat in enumerate(stats):
+            d = h[h["stat"] == stat]
+            for j, st in enumerate(stages):
+                a = axes[i, j]
+                g = d[d["stage"] == st].groupby(["arm", "epoch"], sort=False)["value"].mean().reset_index()
+                for arm in arms:
+                    c = g[g["arm"] == arm].sort_values("epoch")
+                    a.plot(c["epoch"], c["value"], color=colors[arm], lw=1, marker="o", ms=2, label=arm)
+                if i == 0:
+                    a.set_title(f"{st} (mean over layers)")
+                if j == 0:
+                    a.set_ylabel(HISTORY_LABELS.get(stat, stat))
+                if stat.startswith("mass"):
+                    a.set_ylim(0, 1.02)
+                else:
+                    a.set_ylim(bottom=0)
+                    a.ticklabel_format(axis="y", useOffset=False)
+                a.set_xlabel("epoch")
+            axes[i, -1].set_visible(i == 0)
+        acc = axes[0, -1]
+        if "test_acc" in h.columns:
+            t = h.dropna(subset=["test_acc"]).drop_duplicates(["arm", "epoch"])
+            for arm in arms:
+                c = t[t["arm"] == arm].sort_values("epoch")
+                acc.plot(c["epoch"], c["test_acc"], color=colors[arm], lw=1, marker="o", ms=3, label=arm)
+        acc.set_title("test accuracy")
+        acc.set_xlabel("epoch")
+        acc.legend(loc="upper left", bbox_to_anchor=(0.0, -0.3), fontsize=6)
+    return ret(fig, axes.ravel())
+
+
+__all__ = ["HISTORY_LABELS", "plot_kernel_history", "plot_sweep"]
