@@ -421,3 +421,37 @@ def test_labels_of_small_image_figures_are_not_cut(kind):
     size = fig.get_size_inches()
     assert tight.x0 >= -0.01 and tight.y0 >= -0.01
     assert tight.x1 <= size[0] + 0.01 and tight.y1 <= size[1] + 0.01
+
+
+def _sweep_table(epochs_tested):
+    """A tidy sweep table: two arms, two layers of two stages, records at steps 0, 5, 10."""
+    rows = []
+    for a, arm in enumerate(["spec", "mlp_weight_decay=0.1"]):
+        for step, epoch in [(0, 0.0), (5, 0.5), (10, 1.0), (15, 1.5), (20, 2.0)][:3 if epochs_tested == 1 else 5]:
+            for layer, stage in [("layer1.0.conv1", "layer1"), ("layer2.0.conv1", "layer2")]:
+                for stat in ("mass3_mean", "mass9_mean", "k90_mean"):
+                    acc = 0.7 + 0.1 * a + 0.01 * epoch if epoch == int(epoch) and epoch > 0 else np.nan
+                    rows.append((arm, epoch, step, layer, stage, stat, 0.5 + 0.2 * a * epoch, acc))
+    return pd.DataFrame(rows, columns=["arm", "epoch", "step", "layer", "stage", "stat", "value", "test_acc"])
+
+
+def test_sweep_figure_draws_its_table():
+    from niff_analysis.plotting import plot_sweep
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, axes = plot_sweep(_sweep_table(epochs_tested=1))
+    grid = np.asarray(axes).reshape(3, 3)  # mass3, mass9, k90 × (layer1, layer2, accuracy)
+    mass3 = grid[0, 0].get_lines()
+    assert [list(line.get_xdata()) for line in mass3] == [[0.0, 0.5, 1.0]] * 2
+    assert list(mass3[1].get_ydata()) == pytest.approx([0.5, 0.6, 0.7])
+    bars = grid[0, 2].patches  # one test per arm: labelled bars, in arm order
+    assert [b.get_width() for b in bars] == pytest.approx([0.71, 0.81])
+    assert [t.get_text() for t in grid[0, 2].get_yticklabels()] == ["spec", "mlp_weight_decay=0.1"]
+    plt.close(fig)
+    fig, axes = plot_sweep(_sweep_table(epochs_tested=2))  # tested after each epoch: curves
+    acc = np.asarray(axes).reshape(3, 3)[0, 2]
+    assert not acc.patches
+    assert [list(line.get_ydata()) for line in acc.get_lines()] == [pytest.approx([0.71, 0.72]),
+                                                                    pytest.approx([0.81, 0.82])]
+    plt.close(fig)

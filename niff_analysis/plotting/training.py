@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from ..errors import SelectionError
 from .panels import models_of, of_model, panels, require, ret
@@ -68,10 +69,12 @@ def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_me
     return ret(fig, axes.ravel())
 
 
-def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
+def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mass9_mean", "k90_mean"),
                fig: Optional[Figure] = None) -> tuple[Figure, object]:
     """A recipe ablation: per stage, the stage's mean of each statistic against epoch, one
-    curve per arm; the last column shows each arm's test accuracy after every epoch.
+    curve per arm; the last column shows each arm's test accuracy after every epoch (as
+    labelled bars when the arms were tested once, e.g. one-epoch arms). Mass at 3×3 is drawn by
+    default because in maps of 9×9 or smaller the mass at 9×9 is 1 by construction.
 
     Args:
         history: :func:`~niff_analysis.train.sweep.collect` output (``arm``, ``epoch``,
@@ -110,14 +113,29 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90
                 a.set_xlabel("epoch")
             axes[i, -1].set_visible(i == 0)
         acc = axes[0, -1]
-        if "test_acc" in h.columns:
-            t = h.dropna(subset=["test_acc"]).drop_duplicates(["arm", "epoch"])
+        t = (h.dropna(subset=["test_acc"]).drop_duplicates(["arm", "epoch"]) if "test_acc" in h.columns
+             else h.iloc[:0].assign(test_acc=[]))
+        if len(t) and t.groupby("arm").size().max() == 1:  # one test per arm: bars, not dots
+            last = [t.loc[t["arm"] == arm, "test_acc"] for arm in arms]
+            values = [float(v.iloc[0]) if len(v) else float("nan") for v in last]
+            bars = acc.barh(range(len(arms)), values, color=[colors[a] for a in arms], height=0.6)
+            for bar, v in zip(bars, values):
+                if v == v:
+                    acc.text(v, bar.get_y() + bar.get_height() / 2, f" {100 * v:.2f} %", va="center",
+                             fontsize=6)
+            acc.set_yticks(range(len(arms)), arms, fontsize=6)
+            acc.invert_yaxis()
+            lo = min(v for v in values if v == v)
+            acc.set_xlim(max(0.0, lo - 0.1), 1.0)
+            acc.set_xlabel(f"after epoch {t['epoch'].max():g}")
+        else:
             for arm in arms:
                 c = t[t["arm"] == arm].sort_values("epoch")
-                acc.plot(c["epoch"], c["test_acc"], color=colors[arm], lw=1, marker="o", ms=3, label=arm)
+                acc.plot(c["epoch"], c["test_acc"], color=colors[arm], lw=1, marker="o", ms=3)
+            acc.set_xlabel("epoch")
+        handles = [Line2D([], [], color=colors[a], marker="o", ms=3, lw=1, label=a) for a in arms]
+        acc.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.35), fontsize=6)
         acc.set_title("test accuracy")
-        acc.set_xlabel("epoch")
-        acc.legend(loc="upper left", bbox_to_anchor=(0.0, -0.3), fontsize=6)
     return ret(fig, axes.ravel())
 
 
