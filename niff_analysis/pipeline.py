@@ -110,10 +110,10 @@ def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str
 
     Args:
         checkpoints: paths as a user gives them (none: the bundled default).
-        found: :func:`find_checkpoints`' answer for ``checkpoints``, if the caller has it.
         device: where the models are loaded.
         factory: the user factory you allow to build a checkpoint's model
             (:func:`~niff_analysis.checkpoint.load_checkpoint`).
+        found: :func:`find_checkpoints`' answer for ``checkpoints``, if the caller has it.
     """
     for label, path in find_checkpoints(tuple(checkpoints)) if found is None else found:
         yield Checkpoint(label, path, load_checkpoint(path, device=str(device), factory=factory))

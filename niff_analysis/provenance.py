@@ -20,9 +20,16 @@ from .errors import NiffError
 from .io import atomic_write, directory_lock, file_sha256
 
 PathLike = Union[str, Path]
-META_NAME = MANIFEST = "meta.json"
+META_NAME = "meta.json"
 META_FORMAT = "niff-analysis-meta"
 FIGURES_FORMAT = "niff-analysis-figures"
+
+
+def _versions() -> dict:
+    """The toolkit's and torch's versions, as every ``meta.json`` records them."""
+    import torch  # lazily: the CLI starts without torch (benchmarks/README.md, start-up)
+
+    return dict(niff_analysis=__version__, torch=torch.__version__)
 
 
 def read_meta(meta_path: Path) -> dict:
@@ -70,14 +77,12 @@ def write_output(output: PathLike, content: Union[str, bytes, Callable[[Path], N
     Raises:
         NiffError: ``meta.json`` there is not ours (checked before anything is written).
     """
-    import torch
-
     path = Path(output)
     read_meta(path.parent / META_NAME)  # refuse before writing anything
     atomic_write(path, content)
     record_output(path, dict(
         command=command, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        versions=dict(niff_analysis=__version__, torch=torch.__version__), parameters=parameters,
+        versions=_versions(), parameters=parameters,
         checkpoints=checkpoints, rows=rows, sha256=file_sha256(path)))
     return path
 
@@ -93,3 +98,10 @@ def manifest_files(out: Path) -> list[str]:
     if not isinstance(meta, dict) or meta.get("format") != FIGURES_FORMAT:
         return []
     return [f for f in meta.get("files", []) if isinstance(f, str) and "/" not in f and f != META_NAME]
+
+
+def figures_manifest(checkpoints: list[dict], parameters: dict, files: list[str]) -> str:
+    """The text of a figure set's ``meta.json``: versions, the checkpoints (label, path,
+    sha256), the parameters and the files written (which :func:`manifest_files` reads back)."""
+    return json.dumps(dict(format=FIGURES_FORMAT, versions=_versions(), checkpoints=checkpoints,
+                           parameters=parameters, files=files), indent=1) + "\n"

@@ -63,8 +63,6 @@ def render_frame(df: pd.DataFrame, fmt: str) -> str:
         return df.to_string(index=False) + "\n"
 
 
-
-
 def result_options(table_help: str = "table: for people; csv/json: the long form."):
     """``--format``, ``--output``, ``--device``, ``--factory`` and ``--quiet`` of a command that
     loads checkpoints and prints one table."""

@@ -11,7 +11,6 @@ says how many kernels a row stands for.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -20,17 +19,15 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
-from .. import __version__
 from ..analysis import LayerKernels, PCAResult
 from ..analysis.kernels import sample_channels
 from ..analysis.schema import CHECKPOINT
 from ..errors import SelectionError
 from ..io import atomic_write, fsync_dir
 from ..pipeline import FigureData
-from ..provenance import FIGURES_FORMAT, MANIFEST, manifest_files
+from ..provenance import META_NAME, figures_manifest, manifest_files
 from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
 from .images import (plot_eigenkernels, plot_erf, plot_frequency, plot_kernel_magnitude, plot_raw_kernels,
                      plot_weight_pca)
@@ -184,17 +181,15 @@ def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pd
                 if path not in written:
                     written.add(atomic_write(path, df.to_csv(index=False, float_format="%.6g")))
         names = sorted(p.name for p in written)
-        atomic_write(tmp / MANIFEST, json.dumps(dict(
-            format=FIGURES_FORMAT, versions=dict(niff_analysis=__version__, torch=torch.__version__),
-            checkpoints=[dict(label=label, path=data.sources.get(label), sha256=data.hashes.get(label))
-                         for label in data.labels],
-            parameters=dict(data.parameters, formats=list(formats)), files=names), indent=1) + "\n")
+        atomic_write(tmp / META_NAME, figures_manifest(
+            [dict(label=label, path=data.sources.get(label), sha256=data.hashes.get(label)) for label in data.labels],
+            dict(data.parameters, formats=list(formats)), names))
         out.mkdir(exist_ok=True)
         for stale in set(manifest_files(out)) - set(names):
             (out / stale).unlink(missing_ok=True)
-        for name in names + [MANIFEST]:  # the manifest last: it describes what is there
+        for name in names + [META_NAME]:  # the manifest last: it describes what is there
             os.replace(tmp / name, out / name)
         fsync_dir(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return sorted(out / n for n in names + [MANIFEST])
+    return sorted(out / n for n in names + [META_NAME])

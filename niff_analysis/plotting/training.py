@@ -45,7 +45,7 @@ def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_me
     colors = layer_colors(list(history["layer"]), stages)
     with style():
         fig, axes = panels(len(stats) * len(models), ax, fig, ncols=len(models),
-                            panel_size=(3.4, 2.4), sharey=False)
+                           panel_size=(3.4, 2.4), sharey=False)
         axes = axes.reshape(len(stats), len(models))
         for j, model in enumerate(models):
             part = of_model(history, model)
@@ -91,7 +91,7 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mas
     ncols = len(stages) + 1
     with style():
         fig, axes = panels(len(stats) * ncols, None, fig, ncols=ncols, panel_size=(2.6, 2.2),
-                            sharey=False)
+                           sharey=False)
         axes = axes.reshape(len(stats), ncols)
         for i, stat in enumerate(stats):
             d = h[h["stat"] == stat]
@@ -116,17 +116,15 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mas
         t = (h.dropna(subset=["test_acc"]).drop_duplicates(["arm", "epoch"]) if "test_acc" in h.columns
              else h.iloc[:0].assign(test_acc=[]))
         if len(t) and t.groupby("arm").size().max() == 1:  # one test per arm: bars, not dots
-            last = [t.loc[t["arm"] == arm, "test_acc"] for arm in arms]
-            values = [float(v.iloc[0]) if len(v) else float("nan") for v in last]
-            bars = acc.barh(range(len(arms)), values, color=[colors[a] for a in arms], height=0.6)
+            values = t.groupby("arm", sort=False)["test_acc"].first().reindex(arms)
+            bars = acc.barh(range(len(arms)), values.to_numpy(), color=[colors[a] for a in arms], height=0.6)
             for bar, v in zip(bars, values):
-                if v == v:
+                if pd.notna(v):
                     acc.text(v, bar.get_y() + bar.get_height() / 2, f" {100 * v:.2f} %", va="center",
                              fontsize=6)
             acc.set_yticks(range(len(arms)), arms, fontsize=6)
             acc.invert_yaxis()
-            lo = min(v for v in values if v == v)
-            acc.set_xlim(max(0.0, lo - 0.1), 1.0)
+            acc.set_xlim(max(0.0, values.min() - 0.1), 1.0)
             acc.set_xlabel(f"after epoch {t['epoch'].max():g}")
         else:
             for arm in arms:
