@@ -228,11 +228,18 @@ def test_working_set_and_worker_processes_do_not_change_any_fit(monkeypatch):
     kern = _noisy_kernels(300)
     mag = kern.abs().double().reshape(300, -1)
     mag = mag / mag.max(1, keepdim=True).values
+    before = mag.clone()
     whole = g._solve(mag, 8, 8, 200, batch=None)
     streamed = g._solve(mag, 8, 8, 200, batch=7)  # a working set much smaller than the job
     for a, b in zip(whole, streamed):
         assert torch.equal(a, b)
+    # Refilling the working set once wrote new fits' data over the caller's rows, so r2 (computed
+    # afterwards from that data) was wrong for the first rows of every in-process chunk.
+    assert torch.equal(mag, before)
     serial = g.fit_gaussians(kern)
+    monkeypatch.setattr(g, "CPU_BATCH_PIXELS", 7 * 64)  # in-process, refilled working set of 7
+    pd.testing.assert_frame_equal(g.fit_gaussians(kern), serial)
+    monkeypatch.undo()
     monkeypatch.setattr(g, "_cpu_workers", lambda pixels: 2)  # force two workers on this small job
     forked = g.fit_gaussians(kern)
     assert serial.status.value_counts().get("undersampled", 0) > 0  # the give-up rules were exercised

@@ -197,7 +197,8 @@ def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0
         nonlocal queued
         rows = torch.arange(queued, queued + k, device=dev)
         queued += k
-        pa, da = p0[queued - k:queued].clone(), data[queued - k:queued]
+        # Copies: refilling finished rows writes into these, and must not reach the caller's.
+        pa, da = p0[queued - k:queued].clone(), data[queued - k:queued].clone()
         gram, cost = evaluate(pa, da)
         la = torch.full((k,), 1e-3, dtype=data.dtype, device=dev)
         return [rows, pa, da, la, torch.full_like(la, 2.0), torch.zeros(k, dtype=torch.long, device=dev),
