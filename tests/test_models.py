@@ -187,3 +187,28 @@ def test_models_and_describe_cli_errors():
     assert res.exit_code != 0 and "input size 8x8" in res.output
     res = runner.invoke(main, ["describe", "resnet18_niff", "--num-classes", "0"])
     assert res.exit_code != 0 and "positive" in res.output
+
+
+def test_describe_lists_which_plain_convs_are_analysed_and_why_not():
+    """A plain CNN's describe names every conv the analyses take, and the reason for each they
+    skip; the analysed ones are exactly the layers extract_kernels returns."""
+    from niff_analysis.analysis import extract_kernels
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["describe", "resnet18", "--stem", "cifar", "--input-size", "32", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    convs = {c["name"]: c for c in json.loads(res.output)["convs"]}
+    model = create_model("resnet18", stem="cifar", input_size=32)
+    assert [n for n, c in convs.items() if c["analysed"]] == [lk.name for lk in extract_kernels(model)]
+    assert convs["layer1.0.conv1"] == dict(name="layer1.0.conv1", kernel="3x3", stride="1", groups=1,
+                                           kind="dense", fmap=[32, 32], analysed=True, reason=None)
+    assert convs["layer2.0.conv1"]["reason"] == "stride 2 (input and output maps differ)"
+    assert convs["layer2.0.downsample.0"]["reason"] == "1x1 (no spatial extent)"
+    assert len(convs) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+    res = runner.invoke(main, ["describe", "resnet18", "--stem", "cifar", "--input-size", "32"])
+    assert "(no NIFF layers)" in res.output
+    assert "plain convolutions: 14 of 20 analysed by every analysis command (3 1x1 convs" in res.output
+    assert "layer3.0.conv1" in res.output and "1x1 (no spatial extent)" not in res.output
+    res = runner.invoke(main, ["describe", "resnet18_niff", "--stem", "cifar", "--input-size", "32"])
+    assert "plain convolutions: 1 of 7 analysed with --include-conv" in res.output

@@ -7,7 +7,7 @@ from .claims import paper_claims
 from .erf import effective_receptive_fields, erf_area_ratios
 from .frequency import frequency_profile
 from .gaussian import gaussian_fit, gaussian_summary
-from .kernels import LayerKernels, extract_kernels, kernel_table, sample_channels, stage_of, subsample
+from .kernels import LayerKernels, conv_inventory, extract_kernels, kernel_table, sample_channels, stage_of, subsample
 from .lm import gaussian_model
 from .mass import (effective_sizes, kernel_mass, mass_ratios, mass_summary, mass_table, massless_kernels,
                    window_sizes)

@@ -169,25 +169,57 @@ def _conv_taps(conv: nn.Conv2d, fmap: Size) -> tuple[torch.Tensor, int]:
     return out, dropped
 
 
-def _plain_convs(model: nn.Module, input_size) -> list[tuple[str, nn.Conv2d, Size]]:
-    """(name, conv, fmap) of every plain conv the analyses can take (see the module docstring)."""
+def conv_inventory(model: nn.Module, input_size=None) -> list[dict]:
+    """Every plain ``nn.Conv2d`` of ``model``, and whether the analyses can take it.
+
+    One row per conv, in model order: ``name``, ``kernel`` (e.g. ``"3x3"``), ``stride``,
+    ``groups``, ``kind`` (``dense``, ``depthwise`` or ``grouped``), ``fmap`` (the input map it
+    runs on at ``input_size``, or ``None`` when the dry forward never reaches it), ``analysed``,
+    and ``reason`` (why not, ``None`` when analysed). Analysed are the stride-1, size-preserving
+    k×k convs with k > 1 on maps larger than 1×1 (the module docstring says why).
+    """
     from ..models.convert import record_shapes
 
-    candidates = [(n, m) for n, m in model.named_modules()
-                  if type(m) is nn.Conv2d and tuple(m.stride) == (1, 1) and max(m.kernel_size) > 1]
-    if not candidates:
-        return []
-    in_chans = (getattr(model, "niff_config", None) or {}).get("in_chans")
-    shapes = record_shapes(model, _input_size(model, input_size), in_chans)
-    found = []
-    for name, conv in candidates:
-        if name not in shapes:
-            continue  # never reached by the forward pass
-        ishape, oshape = shapes[name]
-        fmap = tuple(int(s) for s in ishape[-2:])
-        if fmap == tuple(oshape[-2:]) and fmap != (1, 1):
-            found.append((name, conv, fmap))
-    return found
+    convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    candidates = [n for n, m in convs if tuple(m.stride) == (1, 1) and max(m.kernel_size) > 1]
+    shapes = {}
+    if candidates:
+        in_chans = (getattr(model, "niff_config", None) or {}).get("in_chans")
+        shapes = record_shapes(model, _input_size(model, input_size), in_chans)
+    rows = []
+    for name, conv in convs:
+        ishape, oshape = shapes.get(name, (None, None))
+        fmap = tuple(int(s) for s in ishape[-2:]) if ishape else None
+        if max(conv.kernel_size) == 1:
+            reason = "1x1 (no spatial extent)"
+        elif tuple(conv.stride) != (1, 1):
+            reason = f"stride {_hw(conv.stride)} (input and output maps differ)"
+        elif fmap is None:
+            reason = "not reached by the forward pass"
+        elif fmap != tuple(oshape[-2:]):
+            reason = f"output map {_hw(oshape[-2:])} differs from its input's"
+        elif fmap == (1, 1):
+            reason = "runs on a 1x1 map"
+        else:
+            reason = None
+        depthwise = conv.groups == conv.in_channels == conv.out_channels
+        rows.append(dict(name=name, kernel="x".join(map(str, conv.kernel_size)), stride=_hw(conv.stride),
+                         groups=int(conv.groups),
+                         kind="depthwise" if depthwise else "dense" if conv.groups == 1 else "grouped",
+                         fmap=list(fmap) if fmap else None, analysed=reason is None, reason=reason))
+    return rows
+
+
+def _hw(pair) -> str:
+    """``"2"`` for (2, 2), ``"2x1"`` for (2, 1)."""
+    a, b = (int(v) for v in pair)
+    return str(a) if a == b else f"{a}x{b}"
+
+
+def _plain_convs(model: nn.Module, input_size) -> list[tuple[str, nn.Conv2d, Size]]:
+    """(name, conv, fmap) of every plain conv the analyses can take (:func:`conv_inventory`)."""
+    return [(r["name"], model.get_submodule(r["name"]), tuple(r["fmap"]))
+            for r in conv_inventory(model, input_size) if r["analysed"]]
 
 
 def extract_kernels(model_or_path: Union[nn.Module, str, os.PathLike, None] = None,

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from ..analysis.kernels import conv_inventory
 from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..analysis.stats import read_kernel_stats
 from ..checkpoint import layer_table, load_checkpoint
@@ -55,6 +56,9 @@ def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
         info = dict(architecture=target, source="registry", model_kwargs=model.niff_config)
     info["num_params"] = int(sum(p.numel() for p in model.parameters()))
     info["layers"] = layer_table(model)
+    # Plain convs: analysed by every command when the model has no NIFF layers, else with
+    # --include-conv; which ones, and why the others are not.
+    info["convs"] = conv_inventory(model)
     report = getattr(model, "niff_conversion", None)
     if report is not None:
         info["kept"] = report.kept
@@ -76,7 +80,7 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
         click.echo(json.dumps(info, indent=1))
         return
     head = {k: v for k, v in info.items()
-            if k not in ("layers", "kept", "model_kwargs", "recipe", "kernel_stats")}
+            if k not in ("layers", "convs", "kept", "model_kwargs", "recipe", "kernel_stats")}
     for k, v in head.items():
         click.echo(f"{k:>12}: {v}")
     click.echo(f"{'model_kwargs':>12}: {json.dumps(info['model_kwargs'])}")
@@ -86,10 +90,22 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
         ks = info["kernel_stats"]
         click.echo(f"{'kernel_stats':>12}: {ks['records']} records at epochs {ks['epochs']} "
                    "(niff-analyze history)")
+    fmap = lambda f: "x".join(map(str, f)) if f else "-"  # noqa: E731
     if info["layers"]:
         df = pd.DataFrame(info["layers"])
-        df["fmap"] = df["fmap"].map(lambda f: "x".join(map(str, f)) if f else "-")
+        df["fmap"] = df["fmap"].map(fmap)
         click.echo(render_frame(df, "table"), nl=False)
     else:
         click.echo("(no NIFF layers)")
+    convs = pd.DataFrame(info["convs"])
+    if len(convs):
+        pointwise = convs["kernel"] == "1x1"
+        spatial = convs[~pointwise].fillna({"reason": ""})
+        when = "with --include-conv" if info["layers"] else "by every analysis command"
+        click.echo(f"plain convolutions: {int(spatial['analysed'].sum())} of {len(convs)} analysed {when}"
+                   f" ({int(pointwise.sum())} 1x1 convs have no spatial extent)")
+        if len(spatial):
+            spatial = spatial.assign(fmap=spatial["fmap"].map(fmap),
+                                     analysed=spatial["analysed"].map({True: "yes", False: "no"}))
+            click.echo(render_frame(spatial, "table"), nl=False)
 
