@@ -181,9 +181,8 @@ def conv_inventory(model: nn.Module, input_size=None) -> list[dict]:
     from ..models.convert import record_shapes
 
     convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
-    candidates = [n for n, m in convs if tuple(m.stride) == (1, 1) and max(m.kernel_size) > 1]
     shapes = {}
-    if candidates:
+    if any(max(m.kernel_size) > 1 for _, m in convs):  # one dry forward gives every map size
         in_chans = (getattr(model, "niff_config", None) or {}).get("in_chans")
         shapes = record_shapes(model, _input_size(model, input_size), in_chans)
     rows = []
