@@ -181,10 +181,15 @@ def conv_inventory(model: nn.Module, input_size=None) -> list[dict]:
     from ..models.convert import record_shapes
 
     convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    analysable = any(tuple(m.stride) == (1, 1) and max(m.kernel_size) > 1 for _, m in convs)
     shapes = {}
     if any(max(m.kernel_size) > 1 for _, m in convs):  # one dry forward gives every map size
         in_chans = (getattr(model, "niff_config", None) or {}).get("in_chans")
-        shapes = record_shapes(model, _input_size(model, input_size), in_chans)
+        try:
+            shapes = record_shapes(model, _input_size(model, input_size), in_chans)
+        except NiffError:
+            if analysable:  # the sizes are needed; without them, only the fmap column is empty
+                raise
     rows = []
     for name, conv in convs:
         ishape, oshape = shapes.get(name, (None, None))
