@@ -9,6 +9,11 @@
   that both fits call successful. Target (issue 7): batched ≥ 20× faster.
 * **Pipeline.** ``niff-analyze describe``, ``mass``, ``pca`` and ``gaussian`` on a saved
   ``resnet50_niff`` checkpoint, in process (click's runner), each timed once. Target: ≤ 30 s in all.
+* **Solvers.** The compiled CPU solver (:mod:`niff_analysis.analysis.lm_cpu`, what
+  ``gaussian_fit`` runs on the CPU) against the batched torch solver
+  (:func:`niff_analysis.analysis.lm.levenberg_marquardt`, what it runs on CUDA and MPS, and ran on
+  the CPU before) on the same seeded sample of the bundled baseline's kernels per map size, one
+  thread each, one after the other: seconds, the ratio, and how many statuses agree.
 * **Scale.** ``niff-analyze gaussian`` as a user runs it (a fresh process, start-up included) on
   the bundled baseline (1,048,640 spatial kernels) and on the bundled NIFF default (2,944), one
   after the other. Target (issue 14): the baseline in ≤ 60 s on 2 cores. ``quick`` fits 2,000
@@ -132,6 +137,43 @@ def scale(quick: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def solvers(quick: bool = False, sample: int = 4096) -> pd.DataFrame:
+    """Compiled CPU solver vs batched torch solver on ``sample`` baseline kernels per map size."""
+    from niff_analysis.analysis import gaussian as g
+    from niff_analysis.checkpoint import BUNDLED_DIR
+
+    sample = 512 if quick else sample
+    layers = extract_kernels(BUNDLED_DIR / "resnet18_fmnist", include_conv=True)
+    rng = np.random.default_rng(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for size in sorted({lk.size for lk in layers}, reverse=True):
+            flat = torch.cat([lk.flat for lk in layers if lk.size == size])
+            flat = flat[torch.as_tensor(rng.choice(len(flat), min(sample, len(flat)), replace=False))]
+            mag = flat.abs().double().reshape(len(flat), -1)
+            peak = mag.max(1, keepdim=True).values
+            mag = mag[peak[:, 0] > 0] / peak[peak[:, 0] > 0]
+            h, w = size
+            g._solve_cpu(mag[:2], h, w, 200)  # compiled code loaded before timing
+            t0 = time.perf_counter()
+            pn, sn, _ = g._solve_cpu(mag, h, w, 200, threads=1)
+            compiled_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pt, st, _ = g._solve(mag, h, w, 200, batch=min(8192, (1 << 17) // (h * w)))
+            torch_s = time.perf_counter() - t0
+            a, b = g.fit_status(pt, h, w, st), g.fit_status(pn, h, w, sn)
+            ok = (a == "ok") & (b == "ok")
+            rows.append(dict(size=f"{h}x{w}", kernels=len(mag), torch_s=torch_s, compiled_s=compiled_s,
+                             speedup=torch_s / compiled_s, same_status=float(np.mean(a == b)),
+                             ok=int(ok.sum()),
+                             max_param_diff=float(np.abs(pt.numpy() - pn)[ok].max()) if ok.any() else 0.0))
+    finally:
+        torch.set_num_threads(before)
+    return pd.DataFrame(rows)
+
+
 def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample: int | None = None,
         with_pipeline: bool = True) -> pd.DataFrame:
     """Both parts; returns the Gaussian comparison table (the pipeline table is printed)."""
@@ -152,6 +194,11 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample:
         show(f"analysis: CLI pipeline on a {MODEL} checkpoint", pipe)
         print(f"  total {total:.1f} s (target <= 30 s: {verdict(total, 30)})")
         frame.attrs["pipeline_s"] = total
+        sol = solvers(quick)
+        show("analysis: compiled CPU solver vs batched torch solver, bundled baseline's kernels "
+             "(seeded sample per size, one thread each)", sol)
+        print(f"  all sizes: torch {sol.torch_s.sum():.1f} s, compiled {sol.compiled_s.sum():.1f} s: "
+              f"{sol.torch_s.sum() / sol.compiled_s.sum():.1f}x")
         big = scale(quick)
         show("analysis: niff-analyze gaussian on the bundled checkpoints (fresh process each)", big)
         base_s = float(big.seconds.iloc[0])

@@ -27,18 +27,19 @@ covariance (for an exact Gaussian, squaring halves the covariance) plus 1/12 px�
 variance); A₀ = max|k| − b₀.
 
 **Solver.** Levenberg–Marquardt with Marquardt's diagonal scaling and Nielsen's gain-ratio
-update of λ, batched in torch over all kernels of the same size (float64; float32 on MPS), with
-the analytic Jacobian; each kernel is scaled by its maximum |k| first. A step is accepted if it
-lowers the cost. With MINPACK's default tolerances (``ftol`` = ``xtol`` = 1.5e-8, those of
-``scipy.optimize.curve_fit``) a fit has converged when an accepted step lowers the cost by less
+update of λ (float64; float32 on MPS), with the analytic Jacobian; each kernel is scaled by its
+maximum |k| first. A step is accepted if it lowers the cost. With MINPACK's default tolerances
+(``ftol`` = ``xtol`` = 1.5e-8, those of ``scipy.optimize.curve_fit``) a fit has converged when an accepted step lowers the cost by less
 than ``ftol`` relative or changes the parameters by less than ``xtol`` relative, when the RMS
 residual falls below 1e-8 of the peak, or when λ exceeds 1e10 (no step lowers the cost any
 more). The solver gives up early on a fit that has left the meaningful regime: σ_minor below
 0.1 px, or below 0.3 px for 20 iterations in a row (a peak squeezing between the samples while
 its amplitude grows without bound); σ_major above 20 kernel sizes, or above 3 for 20 iterations
 (amplitude and offset cancelling into a slope); or a centre more than a kernel size off the
-grid. Such fits are then judged by the failure rules below. On the CPU the fits run in a
-cache-sized working set that is refilled as fits finish, in one worker process per core.
+grid. Such fits are then judged by the failure rules below. On the CPU the same iteration runs
+compiled (numba, :mod:`.lm_cpu`), one fit at a time in each of one thread per core; elsewhere
+the fits are batched in torch (:func:`.lm.levenberg_marquardt`). The two agree fit by fit up to
+rounding (tested).
 
 **Failure** is data (``success`` False, a reason in ``status``), never an exception:
 ``"zero kernel"``, ``"non-finite kernel"``, ``"constant kernel"`` and ``"too few pixels"`` (fewer
@@ -71,8 +72,6 @@ from the same start wherever both fits succeed.
 from __future__ import annotations
 
 import sys
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from typing import Sequence
 
@@ -91,9 +90,6 @@ MIN_SIGMA = 0.4
 # GIVE_UP_WIDTH kernel sizes for GIVE_UP_PATIENCE iterations in a row.
 HARD_SIGMA, HARD_WIDTH = 0.1, 20.0
 GIVE_UP_SIGMA, GIVE_UP_WIDTH, GIVE_UP_PATIENCE = 0.3, 3.0, 20
-CPU_BATCH_PIXELS = 1 << 17  # working-set size of the CPU solver (kernels × pixels): fits in cache
-CPU_BATCH_KERNELS = 8192  # ... and at most this many kernels (benchmarks/README.md)
-PROCESS_PIXELS = 1 << 21  # kernel pixels from which the CPU solver forks worker processes
 COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",
            "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success", "status",
            "sigma_ratio", "iterations", "sigma_x_moment", "sigma_y_moment", "censored"]
@@ -140,32 +136,26 @@ def _hopeless(p: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tens
 
 def _solve(data: torch.Tensor, h: int, w: int, max_iter: int, batch: int | None,
            on_done=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fit h×w kernels' peak-scaled magnitudes ``data`` (B, h·w) from their moment start:
-    (params, stopped, iterations) as :func:`levenberg_marquardt` returns them."""
+    """Fit h×w kernels' peak-scaled magnitudes ``data`` (B, h·w) from their moment start with the
+    batched torch solver (CUDA, MPS, and the CPU reference): (params, stopped, iterations) as
+    :func:`levenberg_marquardt` returns them."""
     x, y = pixel_coords(h, w, device=data.device, dtype=data.dtype)
     return levenberg_marquardt(data, x, y, moment_init(data, x, y), max_iter=max_iter,
                                give_up=partial(_hopeless, h=h, w=w), patience=GIVE_UP_PATIENCE,
                                batch=batch, on_done=on_done)
 
 
-def _solve_in_worker(data: np.ndarray, h: int, w: int, max_iter: int, batch: int):
-    """:func:`_solve` in a worker process, on numpy arrays (cheap to pass between processes)."""
-    torch.set_num_threads(1)
-    return tuple(t.numpy() for t in _solve(torch.from_numpy(data), h, w, max_iter, batch))
+def _solve_cpu(data: torch.Tensor, h: int, w: int, max_iter: int, threads: int = 1,
+               on_done=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_solve` with the compiled per-fit solver (:mod:`.lm_cpu`), float64 on the CPU."""
+    from .lm_cpu import levenberg_marquardt_cpu
 
-
-def _cpu_workers(pixels: int) -> int:
-    """Worker processes for a CPU solve of ``pixels`` kernel pixels: one per intra-op thread
-    torch would use, where fork is available and the job is large enough to pay for them.
-
-    The solver runs a few dozen small tensor ops per iteration, where splitting each op over
-    threads costs more synchronisation than it gives, and Python threads share one
-    interpreter lock; independent chunks in separate processes on one thread each keep both
-    the cores and their caches busy (benchmarks/README.md).
-    """
-    if pixels < PROCESS_PIXELS or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    return max(1, torch.get_num_threads())
+    x, y = pixel_coords(h, w, dtype=torch.float64)
+    data = data.to(torch.float64)
+    rules = (HARD_SIGMA, HARD_WIDTH, GIVE_UP_SIGMA, GIVE_UP_WIDTH)
+    return levenberg_marquardt_cpu(data.numpy(), x.numpy(), y.numpy(), moment_init(data, x, y).numpy(),
+                                   h, w, max_iter=max_iter, give_up=rules, patience=GIVE_UP_PATIENCE,
+                                   threads=threads, on_done=on_done)
 
 
 def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
@@ -203,7 +193,6 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
     if h * w < N_PARAMS:
         status[status == "ok"] = "too few pixels"
     todo = np.flatnonzero(status == "ok")
-    batch = min(CPU_BATCH_KERNELS, max(1, CPU_BATCH_PIXELS // (h * w))) if dev.type == "cpu" else None
     step = max(1, chunk_pixels // (h * w))
 
     def keep(idx: np.ndarray, data: torch.Tensor, p, conv, it) -> None:
@@ -222,33 +211,15 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
         iters[idx] = it.cpu().numpy()
         status[idx] = fit_status(p, h, w, conv)
 
-    workers = _cpu_workers(len(todo) * h * w) if dev.type == "cpu" else 1
-    if workers > 1:
-        # Four chunks per worker at least, so that the workers finish together.
-        step = max(1, min(step, -(-len(todo) // (4 * workers))))
-        chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {}
-            for idx in chunks:
-                data = mag_all[idx] / peak[idx, None]
-                futures[pool.submit(_solve_in_worker, data.numpy(), h, w, max_iter, batch)] = (idx, data)
-            for fut in as_completed(futures):
-                keep(*futures[fut], *fut.result())
-                if bar is not None:
-                    bar.update(len(futures[fut][0]))
-    else:
-        on_done = None if bar is None else bar.update
-        before = torch.get_num_threads()
+    on_done = None if bar is None else bar.update
+    for start in range(0, len(todo), step):
+        idx = todo[start:start + step]
         if dev.type == "cpu":
-            torch.set_num_threads(1)  # small tensor ops: threads cost more than they give
-        try:
-            for start in range(0, len(todo), step):
-                idx = todo[start:start + step]
-                data = (mag_all[idx] / peak[idx, None]).to(dev, dtype)
-                keep(idx, data, *_solve(data, h, w, max_iter, batch, on_done))
-        finally:
-            torch.set_num_threads(before)
+            data = mag_all[idx] / peak[idx, None]
+            keep(idx, data, *_solve_cpu(data, h, w, max_iter, torch.get_num_threads(), on_done))
+        else:
+            data = (mag_all[idx] / peak[idx, None]).to(dev, dtype)
+            keep(idx, data, *_solve(data, h, w, max_iter, None, on_done))
     out = pd.DataFrame(res)
     out["success"] = status == "ok"
     out["status"] = status
@@ -265,7 +236,8 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 
 
     Args:
         kernels: layers from :func:`extract_kernels`.
-        device: where the batched fit runs (``cpu``, ``cuda``, ``mps`` or a torch device).
+        device: where the fits run (``cpu``: compiled, on every core; ``cuda``, ``mps`` or a
+            torch device: batched in torch).
         max_iter: Levenberg–Marquardt iterations at most.
         progress: show a progress bar (stderr) over the kernels being fitted.
 
