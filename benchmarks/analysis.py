@@ -1,12 +1,13 @@
 """Benchmark 3: analysis throughput on ``resnet50_niff`` (random weights, 224×224, 2,880 kernels).
 
-* **Gaussian fits.** :func:`niff_analysis.analysis.gaussian_fit` (batched Levenberg–Marquardt)
-  over every NIFF kernel against a per-kernel ``scipy.optimize.curve_fit`` loop with the same
+* **Gaussian fits.** :func:`niff_analysis.analysis.gaussian_fit` (Levenberg–Marquardt, compiled
+  on the CPU; timed on its second call in the process, the first, which loads the compiled code,
+  is printed beside it) over every NIFF kernel against a per-kernel ``scipy.optimize.curve_fit`` loop with the same
   model function (:func:`~niff_analysis.analysis.gaussian.gaussian_model`), the same data (|k|
   scaled by its peak) and the same moment start. A full curve_fit loop would take minutes, so it
   runs on ``sample`` kernels per kernel size; its time for all kernels is extrapolated per size
   (mean seconds per kernel × kernels of that size). Results are compared on the sampled kernels
-  that both fits call successful. Target (issue 7): batched ≥ 20× faster.
+  that both fits call successful. Target (issue 7): ≥ 20× faster.
 * **Pipeline.** ``niff-analyze describe``, ``mass``, ``pca`` and ``gaussian`` on a saved
   ``resnet50_niff`` checkpoint, in process (click's runner), each timed once. Target: ≤ 30 s in all.
 * **Solvers.** The compiled CPU solver (:mod:`niff_analysis.analysis.lm_cpu`, what
@@ -63,8 +64,11 @@ def curve_fit_loop(flat: torch.Tensor, h: int, w: int, max_iter: int = 200) -> t
 
 
 def gaussian_vs_curve_fit(model: torch.nn.Module, sample: int) -> pd.DataFrame:
-    """Per kernel size: batched time (all kernels), curve_fit time (sampled, extrapolated), agreement."""
+    """Per kernel size: gaussian_fit's time (all kernels), curve_fit time (sampled, extrapolated), agreement."""
     kernels = extract_kernels(model)
+    t0 = time.perf_counter()
+    gaussian_fit(kernels)  # the first call in a process also loads the compiled CPU solver
+    first_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     fits = gaussian_fit(kernels)
     batched_s = time.perf_counter() - t0
@@ -88,12 +92,13 @@ def gaussian_vs_curve_fit(model: torch.nn.Module, sample: int) -> pd.DataFrame:
         rows.append(dict(size=f"{size[0]}x{size[1]}", kernels=len(flat), sampled=len(pick),
                          curve_fit_ms_per_kernel=1e3 * per_kernel,
                          curve_fit_est_s=per_kernel * len(flat),
-                         ok_batched=float(ours.success.mean()), ok_curve_fit=float((status == "ok").mean()),
+                         ok_ours=float(ours.success.mean()), ok_curve_fit=float((status == "ok").mean()),
                          status_agree=float((status == ours.status.to_numpy()[pick]).mean()),
                          both_ok=int(both.sum()), sigma_rel_diff_median=float(np.median(rel)),
                          sigma_rel_diff_max=float(np.max(rel))))
     frame = pd.DataFrame(rows)
     frame.attrs["batched_s"] = batched_s
+    frame.attrs["first_s"] = first_s
     return frame
 
 
@@ -186,7 +191,8 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample:
     show(f"analysis: Gaussian fits of all {int(frame.kernels.sum())} NIFF kernels of {MODEL} "
          f"(curve_fit on {sample} sampled kernels per size, extrapolated)", frame)
     speedup = est_s / batched_s
-    print(f"  batched gaussian_fit {batched_s:.1f} s, curve_fit loop (est.) {est_s:.1f} s: "
+    print(f"  gaussian_fit {batched_s:.2f} s ({frame.attrs['first_s']:.2f} s for the process's first "
+          f"call, which loads the compiled solver), curve_fit loop (est.) {est_s:.1f} s: "
           f"{speedup:.1f}x (target >= 20: {verdict(speedup, 20, False)})")
     if with_pipeline:
         pipe = pipeline(model)
