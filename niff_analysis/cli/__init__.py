@@ -45,8 +45,8 @@ COMMANDS = {
     "mass": ("analysis", "Kernel mass ratio (Eq. 6): share of |k| inside centred odd windows 1, 3, 5, … "
                          "(full last)."),
     "pca": ("analysis", "PCA eigenkernels per layer: exact SVD, deterministic signs, explained-variance ratios."),
-    "gaussian": ("analysis", "2-D Gaussian fit to |k| of every kernel (batched Levenberg–Marquardt, "
-                             "moment start)."),
+    "gaussian": ("analysis", "2-D Gaussian fit to |k| of every kernel (Levenberg–Marquardt, moment "
+                             "start)."),
     "history": ("analysis", "Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch."),
     "erf": ("erf", "Effective receptive field per stage: gradient of the output's central pixel w.r.t. "
                         "the input."),

@@ -297,7 +297,7 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
               help="Levenberg–Marquardt iterations at most.")
 @click.pass_context
 def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, view, max_iter):
-    """2-D Gaussian fit to |k| of every kernel (batched Levenberg–Marquardt, moment start).
+    """2-D Gaussian fit to |k| of every kernel (Levenberg–Marquardt, moment start).
 
     CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
     bundled checkpoint); several are concatenated under a leading 'checkpoint' column.
