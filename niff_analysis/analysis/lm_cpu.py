@@ -102,6 +102,7 @@ def solve(m, rhs, out):
             acc -= m[c, k] * out[k]
         out[c] = acc / m[c, c]
 
+
 @jit
 def hopeless(p, h, w, hard_sigma, hard_width, soft_sigma, soft_width):
     """(stop now, stop once it has lasted) of :func:`.gaussian._hopeless`, for one fit."""
@@ -114,9 +115,11 @@ def hopeless(p, h, w, hard_sigma, hard_width, soft_sigma, soft_width):
     soon = (p_max * soft_sigma ** 2 > 1) or (p_min * (soft_width * size) ** 2 < 1)
     return now, soon
 
+
 @jit
 def fit_one(d, xs, ys, p, max_iter, ftol, xtol, h, w, rules, patience):
-    """Fit one kernel from p (updated in place); returns (stopped, iterations)."""
+    """Fit one kernel from p (updated in place); returns (stopped, iterations). ``rules`` is
+    empty for no give-up rule, else (hard σ, hard width, σ, width)."""
     n_par = N_PARAMS
     tiny = np.finfo(np.float64).tiny
     perfect_cost = 0.5 * d.shape[0] * PERFECT_RMS ** 2
@@ -164,12 +167,13 @@ def fit_one(d, xs, ys, p, max_iter, ftol, xtol, h, w, rules, patience):
                 for k in range(n_par):
                     hess[j, k] = hess_new[j, k]
             cost = cost_new
-        if patience > 0:
+        if len(rules):
             now, soon = hopeless(p, h, w, rules[0], rules[1], rules[2], rules[3])
             strikes = strikes + 1 if soon else 0
             stop = stop or now or strikes >= patience
         if stop or it >= max_iter:
             return stop, it
+
 
 @jit
 def fit_rows(data, xs, ys, params, stopped, iters, lo, hi, max_iter, ftol, xtol, h, w, rules,
@@ -207,11 +211,10 @@ def levenberg_marquardt_cpu(data: np.ndarray, x: np.ndarray, y: np.ndarray, p0: 
     params = np.array(p0, dtype=np.float64, order="C", copy=True)
     stopped = np.zeros(len(data), dtype=np.bool_)
     iters = np.zeros(len(data), dtype=np.int64)
-    rules = np.array(give_up if give_up is not None else (0.0, 0.0, 0.0, 0.0), dtype=np.float64)
+    rules = np.array(give_up if give_up is not None else (), dtype=np.float64)
     args = (np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64),
             params, stopped, iters)
-    opts = (int(max_iter), float(ftol), float(xtol), int(h), int(w), rules,
-            int(patience) if give_up is not None else 0)
+    opts = (int(max_iter), float(ftol), float(xtol), int(h), int(w), rules, int(patience))
     threads = max(1, int(threads))
     # Pieces small enough for the threads to finish together and for a progress bar to move.
     piece = max(1, min(PIECE_PIXELS // data.shape[1], -(-len(data) // (4 * threads))))
