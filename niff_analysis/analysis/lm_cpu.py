@@ -230,10 +230,13 @@ def levenberg_marquardt_cpu(data: np.ndarray, x: np.ndarray, y: np.ndarray, p0: 
             if on_done is not None:
                 on_done(n)
     else:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        pool = ThreadPoolExecutor(max_workers=threads)
+        try:
             for fut in as_completed([pool.submit(run, lo, hi) for lo, hi in bounds]):
+                n = fut.result()
                 if on_done is not None:
-                    on_done(fut.result())
-                else:
-                    fut.result()
+                    on_done(n)
+        finally:
+            # On Ctrl-C (or an error) drop the pieces not started instead of running them all.
+            pool.shutdown(wait=True, cancel_futures=True)
     return params, stopped, iters
