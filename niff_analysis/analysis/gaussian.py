@@ -29,10 +29,10 @@ variance); A₀ = max|k| − b₀.
 **Solver.** Levenberg–Marquardt with Marquardt's diagonal scaling and Nielsen's gain-ratio
 update of λ (float64; float32 on MPS), with the analytic Jacobian; each kernel is scaled by its
 maximum |k| first. A step is accepted if it lowers the cost. With MINPACK's default tolerances
-(``ftol`` = ``xtol`` = 1.5e-8, those of ``scipy.optimize.curve_fit``) a fit has converged when an accepted step lowers the cost by less
-than ``ftol`` relative or changes the parameters by less than ``xtol`` relative, when the RMS
-residual falls below 1e-8 of the peak, or when λ exceeds 1e10 (no step lowers the cost any
-more). The solver gives up early on a fit that has left the meaningful regime: σ_minor below
+(``ftol`` = ``xtol`` = 1.5e-8, those of ``scipy.optimize.curve_fit``) a fit has converged when an
+accepted step lowers the cost by less than ``ftol`` relative or changes the parameters by less
+than ``xtol`` relative, when the RMS residual falls below 1e-8 of the peak, or when λ exceeds
+1e10 (no step lowers the cost any more). The solver gives up early on a fit that has left the meaningful regime: σ_minor below
 0.1 px, or below 0.3 px for 20 iterations in a row (a peak squeezing between the samples while
 its amplitude grows without bound); σ_major above 20 kernel sizes, or above 3 for 20 iterations
 (amplitude and offset cancelling into a slope); or a centre more than a kernel size off the
