@@ -15,6 +15,10 @@
   (:func:`niff_analysis.analysis.lm.levenberg_marquardt`, what it runs on CUDA and MPS, and ran on
   the CPU before) on the same seeded sample of the bundled baseline's kernels per map size, one
   thread each, one after the other: seconds, the ratio, and how many statuses agree.
+* **Give-up rules.** The compiled solver with the early give-up rules (what ``gaussian_fit``
+  runs) against the same solver without them, on every kernel of both bundled checkpoints
+  (``quick``: a seeded sample per map size): seconds and iterations of each, the fits ok in
+  each, and those the rules turn into failures (or the other way), with their statuses.
 * **Scale.** ``niff-analyze gaussian`` as a user runs it (a fresh process, start-up included) on
   the bundled baseline (1,048,640 spatial kernels) and on the bundled NIFF default (2,944), one
   after the other. Target (issue 14): the baseline in ≤ 60 s on 2 cores. ``quick`` fits 2,000
@@ -142,6 +146,13 @@ def scale(quick: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _fit_data(flat: torch.Tensor) -> torch.Tensor:
+    """What the solvers fit: |k| of each kernel scaled by its peak, float64; zero kernels dropped."""
+    mag = flat.abs().double().reshape(len(flat), -1)
+    peak = mag.max(1, keepdim=True).values
+    return (mag / peak)[peak[:, 0] > 0]
+
+
 def solvers(quick: bool = False, sample: int = 4096) -> pd.DataFrame:
     """Compiled CPU solver vs batched torch solver on ``sample`` baseline kernels per map size."""
     from niff_analysis.analysis import gaussian as g
@@ -157,9 +168,7 @@ def solvers(quick: bool = False, sample: int = 4096) -> pd.DataFrame:
         for size in sorted({lk.size for lk in layers}, reverse=True):
             flat = torch.cat([lk.flat for lk in layers if lk.size == size])
             flat = flat[torch.as_tensor(rng.choice(len(flat), min(sample, len(flat)), replace=False))]
-            mag = flat.abs().double().reshape(len(flat), -1)
-            peak = mag.max(1, keepdim=True).values
-            mag = (mag / peak)[peak[:, 0] > 0]  # zero kernels are not fitted
+            mag = _fit_data(flat)
             h, w = size
             g._solve_cpu(mag[:2], h, w, 200)  # compiled code loaded before timing
             t0 = time.perf_counter()
@@ -176,6 +185,46 @@ def solvers(quick: bool = False, sample: int = 4096) -> pd.DataFrame:
                              max_param_diff=float(np.abs(pt.numpy() - pn)[ok].max()) if ok.any() else 0.0))
     finally:
         torch.set_num_threads(before)
+    return pd.DataFrame(rows)
+
+
+def give_up_rules(quick: bool = False, sample: int = 2000) -> pd.DataFrame:
+    """What the early give-up rules cost and save on the bundled checkpoints' kernels."""
+    from niff_analysis.analysis import gaussian as g
+    from niff_analysis.analysis.lm_cpu import levenberg_marquardt_cpu
+    from niff_analysis.checkpoint import BUNDLED_DIR
+
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    rows = []
+    for name in ("resnet18_fmnist", "resnet18_niff_fmnist"):
+        layers = extract_kernels(BUNDLED_DIR / name, include_conv=True)
+        for size in sorted({lk.size for lk in layers}, reverse=True):
+            flat = torch.cat([lk.flat for lk in layers if lk.size == size])
+            if quick:
+                flat = flat[torch.as_tensor(rng.choice(len(flat), min(sample, len(flat)), replace=False))]
+            mag = _fit_data(flat)
+            h, w = size
+            x, y = pixel_coords(h, w, dtype=torch.float64)
+            start = moment_init(mag, x, y).numpy()
+            g._solve_cpu(mag[:2], h, w, 200)  # compiled code loaded before timing
+            t0 = time.perf_counter()
+            pr, sr, ir = g._solve_cpu(mag, h, w, 200, threads=threads)
+            rules_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pn, sn, i_n = levenberg_marquardt_cpu(mag.numpy(), x.numpy(), y.numpy(), start, h, w, max_iter=200,
+                                                  give_up=None, threads=threads)
+            none_s = time.perf_counter() - t0
+            a, b = g.fit_status(pr, h, w, sr), g.fit_status(pn, h, w, sn)
+            lost = (a != "ok") & (b == "ok")
+            both = (a == "ok") & (b == "ok")
+            rows.append(dict(checkpoint=name, size=f"{h}x{w}", kernels=len(mag), rules_s=rules_s,
+                             none_s=none_s, iter_rules=int(ir.sum()), iter_none=int(i_n.sum()),
+                             ok_rules=int((a == "ok").sum()), ok_none=int((b == "ok").sum()),
+                             lost=int(lost.sum()), gained=int(((a == "ok") & (b != "ok")).sum()),
+                             lost_as=", ".join(f"{k} {v}" for k, v in
+                                               pd.Series(a[lost]).value_counts().items()),
+                             max_param_diff=float(np.abs(pr - pn)[both].max()) if both.any() else 0.0))
     return pd.DataFrame(rows)
 
 
@@ -205,6 +254,14 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample:
              "(seeded sample per size, one thread each)", sol)
         print(f"  all sizes: torch {sol.torch_s.sum():.1f} s, compiled {sol.compiled_s.sum():.1f} s: "
               f"{sol.torch_s.sum() / sol.compiled_s.sum():.1f}x")
+        rules = give_up_rules(quick)
+        show("analysis: the solver's early give-up rules against none, bundled checkpoints' kernels "
+             "(compiled, all threads)", rules)
+        for name, part in rules.groupby("checkpoint", sort=False):
+            print(f"  {name}: {part.iter_none.sum() / part.iter_rules.sum():.2f}x fewer iterations, "
+                  f"{part.none_s.sum() / part.rules_s.sum():.2f}x less time; {part.lost.sum()} of "
+                  f"{part.ok_none.sum()} fits ok without the rules fail with them, "
+                  f"{part.gained.sum()} the other way")
         big = scale(quick)
         show("analysis: niff-analyze gaussian on the bundled checkpoints (fresh process each)", big)
         base_s = float(big.seconds.iloc[0])

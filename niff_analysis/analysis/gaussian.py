@@ -121,8 +121,9 @@ def _hopeless(p: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tens
     (σ_minor small, amplitude growing without bound), amplitude and offset cancelling into a
     slope (σ_major large), or a centre more than a kernel size off the grid. Such fits end as
     failures ("undersampled", "too wide", "centre outside"). They cut the solver's iterations
-    3.2× on the bundled baseline at the price of 67 of its 416,534 successful fits, paths that
-    left the grid and came back; on the NIFF default they change none (benchmarks/README.md)."""
+    3.19× on the bundled baseline at the price of 67 of its 416,534 successful fits, paths that
+    left the grid and came back; on the NIFF default they change none (``python -m benchmarks
+    analysis``, benchmarks/README.md)."""
     # σ² along the principal axes is 1 / the eigenvalues of P (cheaper than _derived: this runs
     # every solver iteration).
     (pxx, pxy, pyy), _ = precision(p)
