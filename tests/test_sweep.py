@@ -1,4 +1,4 @@
-"""``niff-analyze sweep``: recipe arms from one seed, resumable, with their statistics joined."""
+"""``niff-analyze sweep``: recipe arms x seeds, resumable, run through submitit, gathered and summarised."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import FMNIST, load_weights
 from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
-from niff_analysis.train.sweep import collect, parse_arm
+from niff_analysis.train.sweep import collect, final_table, parse_arm, parse_seeds, seed_summary
 
 pytestmark = pytest.mark.slow  # training sweeps: not in `make test-fast`
 
@@ -22,36 +22,128 @@ def test_parse_arm():
     assert parse_arm("spec") == ("spec", {})
     assert parse_arm("mlp_weight_decay=0.05,mlp-lr-scale=10") == (
         "mlp_weight_decay=0.05_mlp_lr_scale=10", {"mlp_weight_decay": 0.05, "mlp_lr_scale": 10.0})
-    for bad, msg in (("seed=3", "keys from"), ("lr=fast", "lr takes a number"), ("lr", "keys from")):
+    assert parse_arm("mlp_weight_decay=0.1,mlp_bias_decay=on,content_scale=0.5,epochs=3") == (
+        "mlp_weight_decay=0.1_mlp_bias_decay=1_content_scale=0.5_epochs=3",
+        {"mlp_weight_decay": 0.1, "mlp_bias_decay": True, "content_scale": 0.5, "epochs": 3})
+    for bad, msg in (("seed=3", "keys from"), ("lr=fast", "lr takes a number"), ("lr", "keys from"),
+                     ("lr=0.1,lr=0.2", "lr is given twice"), ("mlp_bias_decay=maybe", "on or off"),
+                     ("epochs=1.5", "an integer")):
         with pytest.raises(NiffError, match=msg):
             parse_arm(bad)
 
 
-def test_sweep_trains_each_arm_from_the_same_start_and_resumes(tmp_path, fmnist_dir):
+def test_parse_seeds():
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("3-5") == [3, 4, 5] and parse_seeds("7") == [7]
+    for bad in ("a", "1,1", "", "-1"):
+        with pytest.raises(NiffError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_seed_summary_is_a_t_interval_over_seeds():
+    from scipy import stats
+
+    v = [0.5, 0.6, 0.7]
+    final = pd.DataFrame(dict(arm="a", seed=[0, 1, 2], epoch=1, stage="layer1", measure="l1", stat="mass9_mean",
+                              value=v, test_acc=[0.8, 0.9, 1.0]))
+    s = seed_summary(final).set_index("stat")
+    lo, hi = stats.t.interval(0.95, 2, loc=0.6, scale=stats.sem(v))
+    assert s.loc["mass9_mean", "n_seeds"] == 3 and abs(s.loc["mass9_mean", "mean"] - 0.6) < 1e-12
+    assert abs(s.loc["mass9_mean", "lo"] - lo) < 1e-12 and abs(s.loc["mass9_mean", "hi"] - hi) < 1e-12
+    assert abs(s.loc["test_acc", "mean"] - 0.9) < 1e-12
+
+
+def test_sweep_trains_arms_by_seeds_through_submitit_and_resumes(tmp_path, fmnist_dir):
     out = tmp_path / "sweep"
     arms = ["--arm", "spec", "--arm", "mlp_weight_decay=0.5,mlp_lr_scale=10"]
-    res = CliRunner().invoke(main, ["sweep", *ARGS, *arms, "--out", str(out)], catch_exceptions=False)
+    cmd = ["sweep", *ARGS, *arms, "--seeds", "0,1", "--parallel", "2", "--out", str(out),
+           "--table", str(tmp_path / "table.csv")]
+    res = CliRunner().invoke(main, cmd, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     names = ["spec", "mlp_weight_decay=0.5_mlp_lr_scale=10"]
-    for f in ("sweep.csv", "sweep.png", "sweep.pdf", "sweep.json"):
+    for f in ("sweep.csv", "sweep.png", "sweep.pdf", "sweep.json", "sweep_final.csv", "sweep_summary.csv"):
         assert (out / f).is_file()
-    a, b = (load_weights(out / n / "init") for n in names)
-    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same initialisation
-    fa, fb = (load_weights(out / n) for n in names)
-    assert not torch.equal(fa["layer1.0.conv1.real.0.weight"], fb["layer1.0.conv1.real.0.weight"])
+    assert any((out / "_jobs").iterdir())  # the runs went through submitit's local executor
+    for seed in (0, 1):
+        a, b = (load_weights(out / n / f"seed={seed}" / "init") for n in names)
+        assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same initialisation
+        fa, fb = (load_weights(out / n / f"seed={seed}") for n in names)
+        assert not torch.equal(fa["layer1.0.conv1.real.0.weight"], fb["layer1.0.conv1.real.0.weight"])
+    s0, s1 = (load_weights(out / "spec" / f"seed={s}" / "init") for s in (0, 1))
+    assert not torch.equal(s0["conv1.weight"], s1["conv1.weight"])  # another seed, another start
     table = pd.read_csv(out / "sweep.csv")
-    assert list(table["arm"].unique()) == names and set(table["step"]) == {0, 2}
+    assert list(table["arm"].unique()) == names and set(table["seed"]) == {0, 1} and set(table["step"]) == {0, 2}
     assert table[table["step"] == 2]["test_acc"].notna().all() and table[table["step"] == 0]["test_acc"].isna().all()
     pd.testing.assert_frame_equal(collect(out), table, check_dtype=False)
-    # Rerunning skips the finished arms (their checkpoints are not rewritten).
-    stamp = (out / names[0] / "model.safetensors").stat().st_mtime_ns
-    res = CliRunner().invoke(main, ["sweep", *ARGS, *arms, "--out", str(out)], catch_exceptions=False)
-    assert res.exit_code == 0 and (out / names[0] / "model.safetensors").stat().st_mtime_ns == stamp
+    final = pd.read_csv(out / "sweep_final.csv")
+    assert list(final.columns) == ["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"]
+    assert set(final["measure"]) == {"l1", "energy", "any"} and set(final["epoch"]) == {1}
+    assert len(final.drop_duplicates(["arm", "seed"])) == 4
+    pd.testing.assert_frame_equal(final, pd.read_csv(tmp_path / "table.csv"))
+    pd.testing.assert_frame_equal(final_table(out), final, check_dtype=False, atol=1e-9)
+    summary = pd.read_csv(out / "sweep_summary.csv")
+    assert (summary["n_seeds"] == 2).all()
+    # Rerunning skips the finished runs (their checkpoints are not rewritten).
+    stamp = (out / names[0] / "seed=0" / "model.safetensors").stat().st_mtime_ns
+    res = CliRunner().invoke(main, cmd, catch_exceptions=False)
+    assert res.exit_code == 0 and (out / names[0] / "seed=0" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, fmnist_dir):
+    out = tmp_path / "sweep"
+    (out / "momentum=0.9" / "seed=0").mkdir(parents=True)  # an unreadable state: that run fails
+    (out / "momentum=0.9" / "seed=0" / "train_state.pt").write_text("not a state")
+    res = CliRunner().invoke(main, ["sweep", *ARGS, "--arm", "momentum=0.9", "--arm", "momentum=0.8",
+                                    "--out", str(out)])
+    assert res.exit_code == 2 and "1 run(s) failed" in res.output and "momentum=0.9 seed 0" in res.output
+    assert (out / "momentum=0.8" / "seed=0" / "config.json").is_file()  # the other run finished
+    assert "Traceback" not in res.output.splitlines()[-1]
+
+
+def test_the_slurm_path_runs_as_a_job_array_on_submitits_local_cluster(tmp_path, fmnist_dir):
+    from niff_analysis.cli.train import train_config
+    from niff_analysis.train.sweep import Executor, run_sweep
+
+    base = train_config(str(tmp_path), model_name="resnet18_niff", num_classes=None, in_chans=None,
+                        input_size=None, stem=None, mlp=None, mode="circular", width=8, compile_=None,
+                        quiet=True, data_dir=str(FMNIST), epochs=1, batch_size=8, train_subset=16,
+                        test_subset=16, threads=1, device="cpu")
+    lines = []
+    ex = Executor(kind="slurm", cluster="local", parallel=2, slurm=dict(slurm_partition="gpu", cpus_per_task=1))
+    assert run_sweep(base, ["spec", "lr=0.1"], str(tmp_path / "s"), seeds=[0], executor=ex, echo=lines.append) == []
+    assert sum("submitted" in ln for ln in lines) == 2 and sum("finished" in ln for ln in lines) == 2
+    assert len(final_table(tmp_path / "s").drop_duplicates(["arm", "seed"])) == 2
+
+
+def test_the_slurm_submission_file_carries_the_options(tmp_path, monkeypatch):
+    from niff_analysis.train.sweep import Executor
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    ex = Executor(kind="slurm", parallel=3, timeout_min=90,
+                  slurm=dict(slurm_partition="gpu", gpus_per_node=1, cpus_per_task=8, mem_gb=32)).make(tmp_path)
+    text = ex._executor._make_submission_file_text("python job.py", "uid")
+    for line in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB", "--time=90",
+                 "--job-name=niff-sweep"):
+        assert f"#SBATCH {line}" in text
+    assert ex._executor.parameters["array_parallelism"] == 3
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    with pytest.raises(NiffError, match="--executor slurm: .*srun"):
+        Executor(kind="slurm").make(tmp_path / "x")
+
+
+def test_slurm_options_need_the_slurm_executor(tmp_path):
+    res = CliRunner().invoke(main, ["sweep", *ARGS, "--arm", "spec", "--slurm-partition", "gpu",
+                                    "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "--slurm-partition applies to --executor slurm" in res.output
 
 
 def test_sweep_bad_arms_are_one_line(tmp_path):
     for arms, msg in ((["spec", "spec"], "two arms have the same settings"),
-                      (["momentum=x"], "momentum takes a number")):
+                      (["momentum=x"], "momentum takes a number"),
+                      (["lr=0.1,lr=0.2"], "lr is given twice")):
         res = CliRunner().invoke(main, ["sweep", *ARGS, *sum((["--arm", a] for a in arms), []),
                                         "--out", str(tmp_path / "s")])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output

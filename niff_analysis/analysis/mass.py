@@ -1,7 +1,11 @@
-"""Kernel mass ratio (SPEC §4, Eq. 6) and effective kernel sizes.
+"""Kernel mass ratio (SPEC §4, Eq. 6) and effective kernel sizes, under two measures.
 
-For an odd window size s the ratio is the L1 mass of |k| inside the s×s window centred on the
-kernel origin c = (H//2, W//2) over the L1 mass of the whole kernel. Windows run s = 1, 3, 5, …
+For an odd window size s the ratio is the mass inside the s×s window centred on the kernel
+origin c = (H//2, W//2) over the mass of the whole kernel. The *measure* says what a pixel's
+mass is: ``"l1"`` is |k|, Eq. 6 as the paper's code computes it (the default); ``"energy"`` is
+k², which counts a faint tail by its square and so weighs a sharp centre more. The two can give
+opposite readings of one kernel: a delta-like centre with faint cross-shaped tails has a small
+energy footprint and a large L1 one. Every output names the measure it used. Windows run s = 1, 3, 5, …
 up to and including the full size; where the largest dimension is even, the last window is the
 full kernel and is labelled with that size. On a non-square kernel the window is square and is
 clipped to the kernel (so the last window is again the full kernel).
@@ -30,17 +34,29 @@ def window_sizes(h: int, w: int) -> np.ndarray:
     return sizes
 
 
-def mass_ratios(kernels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+MEASURES = ("l1", "energy")
+
+
+def check_measure(measure: str) -> str:
+    """``measure`` if it is one of :data:`MEASURES`; ValueError otherwise."""
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; choose from {', '.join(MEASURES)}")
+    return measure
+
+
+def mass_ratios(kernels: torch.Tensor, measure: str = "l1") -> tuple[np.ndarray, np.ndarray]:
     """Mass ratio of every kernel at every window.
 
     Args:
         kernels: (N, H, W) real kernels, centred.
+        measure: ``"l1"`` (|k|, Eq. 6) or ``"energy"`` (k²).
 
     Returns:
         (windows, ratios): the window sizes (R,) and a float64 (N, R) array of ratios.
     """
     n, h, w = kernels.shape
-    a = kernels.detach().abs().double().reshape(n, h * w)
+    a = kernels.detach().double().reshape(n, h * w)
+    a = a.abs() if check_measure(measure) == "l1" else a.square()
     rows = torch.arange(h).sub(h // 2).abs()
     cols = torch.arange(w).sub(w // 2).abs()
     # Chebyshev distance from the centre: window s holds the pixels with ring <= (s-1)/2.
@@ -54,11 +70,11 @@ def mass_ratios(kernels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return window_sizes(h, w), ratios
 
 
-def kernel_mass(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
+def kernel_mass(kernels: Sequence[LayerKernels], measure: str = "l1") -> pd.DataFrame:
     """Long-form mass ratios: one row per (layer, kernel, window).
 
     Columns: layer, stage, fmap_h, fmap_w, channel, window, mass_ratio. For full NIFF / dense
-    conv layers channel = o·Cin + i.
+    conv layers channel = o·Cin + i. ``df.attrs["measure"]`` names the measure.
 
     Raises:
         NiffError: a layer's kernels hold NaN or Inf.
@@ -66,13 +82,14 @@ def kernel_mass(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
     require_finite(kernels, "the mass ratio")
     frames = []
     for lk in kernels:
-        windows, ratios = mass_ratios(lk.flat)
+        windows, ratios = mass_ratios(lk.flat, measure)
         n, r = ratios.shape
         frames.append(pd.DataFrame({**layer_columns(lk), CHANNEL: np.repeat(np.arange(n), r),
                                     WINDOW: np.tile(windows, n), "mass_ratio": ratios.reshape(-1)}))
-    if not frames:
-        return pd.DataFrame(columns=LAYER_COLUMNS + [CHANNEL, WINDOW, "mass_ratio"])
-    return pd.concat(frames, ignore_index=True)
+    out = (pd.concat(frames, ignore_index=True) if frames
+           else pd.DataFrame(columns=LAYER_COLUMNS + [CHANNEL, WINDOW, "mass_ratio"]))
+    out.attrs["measure"] = measure
+    return out
 
 
 def mass_summary(mass_df: pd.DataFrame) -> pd.DataFrame:

@@ -37,7 +37,7 @@ import pandas as pd
 
 from .gaussian import gaussian_fit
 from .kernels import LayerKernels, subsample
-from .mass import effective_sizes, kernel_mass, mass_summary
+from .mass import MEASURES, effective_sizes, kernel_mass, mass_summary
 from .schema import EPOCH, LAYER, STAGE, STEP, keys
 
 WINDOWS = (3, 5, 9)
@@ -134,3 +134,38 @@ def history_table(history: pd.DataFrame, stats: Sequence[str] = STATS) -> pd.Dat
     wide = wide[by + [s for s in stats if s in wide.columns]]
     wide.columns.name = None
     return wide
+
+
+#: Per-stage statistics of :func:`stage_stats`: the mean mass ratio at s = 1 (the centre pixel's
+#: share: 1 for a delta), 3 and 9, and the mean and median 50 / 90 % sizes.
+STAGE_STATS = ("mass1_mean", "mass3_mean", "mass9_mean", "k50_mean", "k90_mean", "k90_median")
+
+
+def stage_stats(kernels: Sequence[LayerKernels], measures: Sequence[str] = MEASURES) -> pd.DataFrame:
+    """:data:`STAGE_STATS` per stage, pooled over every kernel of the stage's layers, under each
+    measure (a layer without a stage is a stage of its own).
+
+    A window at least as large as a kernel covers all of it (ratio 1).
+
+    Returns:
+        Columns stage, measure, stat, value; plus n_kernels as a stat of measure ``"any"``.
+    """
+    rows = []
+    for measure in measures:
+        mass = kernel_mass(kernels, measure)
+        mass = mass.assign(stage=mass["stage"].fillna(mass["layer"]))
+        sizes = effective_sizes(mass, quantiles=(0.5, 0.9))
+        for stage, m in mass.groupby("stage", sort=False):
+            vals = {}
+            for w in (1, 3, 9):
+                # Per kernel: the ratio at the largest window <= w (the whole kernel if smaller).
+                at = m[m["window"] <= w].groupby(["layer", "channel"], sort=False)["mass_ratio"].last()
+                vals[f"mass{w}_mean"] = float(at.mean())
+            sz = sizes[sizes["stage"] == stage]
+            vals["k50_mean"] = float(sz["size_50"].mean())
+            vals["k90_mean"] = float(sz["size_90"].mean())
+            vals["k90_median"] = float(sz["size_90"].median())
+            rows += [(stage, measure, k, vals[k]) for k in STAGE_STATS]
+            if measure == measures[0]:
+                rows.append((stage, "any", "n_kernels", float(len(sz))))
+    return pd.DataFrame(rows, columns=[STAGE, "measure", "stat", "value"])

@@ -56,11 +56,18 @@ def train_options(f):
         click.option("--mlp-weight-decay", type=float,
                       help="Weight decay of the frequency-MLP weights (default: --weight-decay)."),
         _recipe_option("--mlp-lr-scale", type=float, help="The frequency MLPs learn at lr times this."),
+        _recipe_option("--mlp-bias-decay/--no-mlp-bias-decay",
+                       help="Decay the frequency-MLP biases too, at the MLP weights' rate."),
+        _recipe_option("--content-scale", type=float,
+                       help="Shrink every image's content by this (0-1] about its centre on the same "
+                            "canvas: maps, NIFF grids and initial kernels stay, the objects get smaller."),
         _recipe_option("--label-smoothing", type=float),
         click.option("--num-classes", type=int, callback=positive_int, help="Default: from the dataset."),
         click.option("--in-chans", type=int, callback=positive_int, help="Default: from the dataset."),
         click.option("--input-size", type=int, callback=positive_int, help="Default: from the dataset."),
         click.option("--stem", type=click.Choice(STEMS), help="Default: cifar for 32x32 data."),
+        click.option("--width", type=int, callback=positive_int,
+                     help="ResNets: base channels (default 64, the paper's; 16 is about 8x cheaper)."),
         click.option("--mlp", help="MLP preset (big, small, cifar, tiny) or hidden sizes like 16,64."),
         click.option("--mode", default=_MODE_DEFAULT, show_default=True, type=click.Choice(CONV_MODES)),
         _recipe_option("--seed", type=int),
@@ -90,7 +97,7 @@ def train_options(f):
 
 def train_config(out: str, *, model_name: str, num_classes: Optional[int], in_chans: Optional[int],
                  input_size: Optional[int], stem: Optional[str], mlp: Optional[str], mode: str,
-                 compile_: Optional[bool], quiet: Optional[bool], **given) -> TrainConfig:
+                 width: Optional[int], compile_: Optional[bool], quiet: Optional[bool], **given) -> TrainConfig:
     """The :class:`TrainConfig` of the shared options (``--out`` checked before any work).
 
     Args:
@@ -107,6 +114,10 @@ def train_config(out: str, *, model_name: str, num_classes: Optional[int], in_ch
         except ValueError as exc:
             raise NiffError(f"--mlp: {exc}") from None
     kwargs["mode"] = mode
+    if width is not None and width != 64:  # 64 is the default: not recorded, as before
+        if not model_name.startswith("resnet"):
+            raise NiffError(f"--width applies to ResNets only; {model_name} has its own channel counts")
+        kwargs["width"] = width
     given.update(compile=compile_, progress=None if quiet is None else not quiet)
     return TrainConfig(model=model_name, model_kwargs=kwargs, out=out,
                        **{k: v for k, v in given.items() if v is not None})
@@ -139,26 +150,78 @@ def train_cmd(out, resume, overwrite, **opts) -> None:
 
 @main.command("sweep")
 @train_options
-@click.option("--out", required=True, type=click.Path(), help="Sweep folder (one run folder per arm).")
+@click.option("--out", required=True, type=click.Path(), help="Study folder: OUT/<arm>/seed=<n>/ per run.")
 @click.option("--arm", "arms", multiple=True, required=True, metavar="SPEC",
               help="An arm: 'spec' (the recipe as given) or key=value pairs joined by commas, keys "
-                   "mlp_weight_decay, mlp_lr_scale, weight_decay, lr, label_smoothing, momentum. "
-                   "Repeat for each arm.")
-def sweep_cmd(out, arms, **opts) -> None:
-    """Train several arms of one recipe from the same seed; write their kernel statistics and
-    test accuracy side by side (OUT/sweep.csv) and one figure (OUT/sweep.png, .pdf).
+                   "mlp_weight_decay, mlp_lr_scale, mlp_bias_decay (on/off), content_scale, weight_decay, "
+                   "lr, label_smoothing, momentum, epochs. Repeat for each arm.")
+@click.option("--seeds", help="Seeds of every arm, e.g. 0,1,2 or 0-2 (default: --seed).")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: subprocesses of this machine; slurm: one SLURM job array (submitit).")
+@click.option("--parallel", type=int, default=1, show_default=True, callback=non_negative_int,
+              help="Runs at once (local), or the array's parallelism (slurm; 0: no limit).")
+@click.option("--timeout-min", type=int, default=24 * 60, show_default=True, callback=positive_int,
+              help="Time limit of one run's job, minutes.")
+@click.option("--slurm-partition", help="SLURM partition.")
+@click.option("--slurm-account", help="SLURM account.")
+@click.option("--slurm-qos", help="SLURM QOS.")
+@click.option("--gpus-per-job", type=int, default=0, show_default=True, callback=non_negative_int,
+              help="SLURM: GPUs per run.")
+@click.option("--cpus-per-job", type=int, callback=positive_int, help="SLURM: CPUs per run.")
+@click.option("--mem-gb", type=int, callback=positive_int, help="SLURM: memory per run, GB.")
+@click.option("--no-wait", is_flag=True, help="SLURM: submit and return; run the same command again to "
+                                              "gather the results once the jobs have finished.")
+@click.option("--table", "table_path", type=click.Path(dir_okay=False),
+              help="Also write the finished runs' per-stage table (sweep_final.csv) to this file.")
+def sweep_cmd(out, arms, seeds, executor, parallel, timeout_min, slurm_partition, slurm_account, slurm_qos,
+              gpus_per_job, cpus_per_job, mem_gb, no_wait, table_path, **opts) -> None:
+    """Train arms x seeds of one recipe and compare what they learn.
 
-    Rerunning the same command skips finished arms and resumes interrupted ones.
+    Writes to OUT: sweep.csv (the kernel statistics recorded during training, every run),
+    sweep_final.csv (per finished run and stage, mass ratios and sizes of its final checkpoint
+    under both measures, with its test accuracy), sweep_summary.csv (mean and 95 % interval over
+    seeds) and sweep.png/.pdf. Rerunning the same command skips finished runs, resumes
+    interrupted ones and gathers everything again.
+
+    \b
+    On a SLURM cluster, e.g.:
+      niff-analyze sweep --model resnet18_niff --width 16 --epochs 15 --batch-size 128 \\
+        --arm spec --arm mlp_weight_decay=0.1 --seeds 0-2 --out runs/study \\
+        --executor slurm --slurm-partition gpu --gpus-per-job 1 --cpus-per-job 8 --timeout-min 120
     """
     from ..plotting import plot_sweep
     from ..plotting.style import save_figure
-    from ..train.sweep import run_sweep
+    from ..train.sweep import Executor, collect, final_table, parse_seeds, run_sweep, seed_summary
 
     base = train_config(out, **opts)
-    table = run_sweep(base, arms, out)
-    atomic_write(Path(out) / "sweep.csv", table.to_csv(index=False, float_format="%.17g"))
-    save_figure(plot_sweep(table)[0], Path(out) / "sweep", ("pdf", "png"))
-    click.echo(f"{len(arms)} arm(s) in {out}: sweep.csv, sweep.pdf, sweep.png")
+    slurm = {k: v for k, v in dict(slurm_partition=slurm_partition, slurm_account=slurm_account,
+                                   slurm_qos=slurm_qos, gpus_per_node=gpus_per_job or None,
+                                   cpus_per_task=cpus_per_job, mem_gb=mem_gb).items() if v is not None}
+    if slurm and executor != "slurm":
+        raise NiffError(f"--{next(iter(slurm)).replace('_', '-')} applies to --executor slurm")
+    ex = Executor(kind=executor, parallel=parallel if executor == "slurm" else max(1, parallel),
+                  wait=not no_wait, timeout_min=timeout_min, slurm=slurm)
+    failures = run_sweep(base, arms, out, seeds=parse_seeds(seeds) if seeds else None, executor=ex,
+                         echo=lambda line: click.echo(line, err=True))
+    root = Path(out)
+    try:
+        history = collect(out)
+    except NiffError:
+        history = None
+    if history is not None:
+        atomic_write(root / "sweep.csv", history.to_csv(index=False, float_format="%.17g"))
+        save_figure(plot_sweep(history)[0], root / "sweep", ("pdf", "png"))
+    final = final_table(out)
+    if len(final):
+        text = final.to_csv(index=False, float_format="%.10g")
+        atomic_write(root / "sweep_final.csv", text)
+        atomic_write(root / "sweep_summary.csv", seed_summary(final).to_csv(index=False, float_format="%.10g"))
+        if table_path:
+            atomic_write(Path(table_path), text)
+    n_runs = final.drop_duplicates(["arm", "seed"]).shape[0] if len(final) else 0
+    click.echo(f"{n_runs} finished run(s) in {out}: sweep.csv, sweep_final.csv, sweep_summary.csv, sweep.png")
+    if failures:
+        raise NiffError(f"{len(failures)} run(s) failed: " + "; ".join(failures))
 
 
 def _out_folder(out: str) -> None:

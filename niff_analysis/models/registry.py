@@ -82,9 +82,39 @@ def _adapt_stem(arch: str, model: nn.Module, in_chans: int, stem: str) -> None:
         model.features[0][0] = _swap_conv(model.features[0][0], in_channels=in_chans)
 
 
+def _resnet_of_width(arch: str, width: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet ``arch`` with ``width`` base channels instead of 64 (stages
+    width, 2·width, 4·width, 8·width; bottlenecks scale the same way). Its own definition and
+    initialisation, only the channel counts change."""
+    import torch
+    from torchvision.models import resnet as tv
+
+    block, layers = {"resnet18": (tv.BasicBlock, [2, 2, 2, 2]), "resnet50": (tv.Bottleneck, [3, 4, 6, 3]),
+                     "resnet101": (tv.Bottleneck, [3, 4, 23, 3])}[arch]
+
+    class _Narrow(tv.ResNet):
+        def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+            if planes == 64:  # the first stage starts from the stem's width, not ResNet's 64
+                self.inplanes = width
+            return super()._make_layer(block, planes * width // 64, blocks, stride, dilate)
+
+    model = _Narrow(block, layers, num_classes=num_classes)
+    # ResNet.__init__ builds its stem and classifier for 64 channels: rebuild them for `width`,
+    # initialised as ResNet.__init__ initialises them.
+    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.bn1 = nn.BatchNorm2d(width)
+    model.fc = nn.Linear(8 * width * block.expansion, num_classes)
+    with torch.no_grad():
+        model.bn1.weight.fill_(1.0)
+        model.bn1.bias.zero_()
+    return model
+
+
 def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
                  input_size: Optional[Union[int, tuple[int, int]]] = None, stem: str = "imagenet",
-                 mlp: Optional[MLPSpec] = None, mode: str = "circular", niff_on_1x1: bool = False) -> nn.Module:
+                 mlp: Optional[MLPSpec] = None, mode: str = "circular", niff_on_1x1: bool = False,
+                 width: int = 64) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -97,6 +127,8 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
         mode: NIFF convolution mode (see :data:`niff_analysis.layers.CONV_MODES`).
         niff_on_1x1: NIFF also on k×k convs that run on 1×1 maps (the authors' ResNet-18 at
             32×32 does this; :func:`~niff_analysis.models.to_niff`).
+        width: base channels of a ResNet (64, torchvision's, is the paper's model; 16 is a
+            16× cheaper model for controlled studies). Only ResNets take another value.
 
     Returns:
         The model, with ``model.niff_config`` holding the keyword arguments that rebuild it.
@@ -109,9 +141,16 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
             raise ValueError(f"{label} must be a positive integer, got {value}")
     if input_size is None:
         input_size = 32 if stem == "cifar" else 224
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+    if width != 64 and not arch.startswith("resnet"):
+        raise ValueError(f"width applies to ResNets only; {arch} has its own channel counts")
     default_mlp, _ = _ARCHS[arch]
-    builder = getattr(importlib.import_module("torchvision.models"), arch)
-    model = builder(weights=None, num_classes=num_classes)
+    if width == 64:  # torchvision's builder itself: the paper's model, bit for bit
+        builder = getattr(importlib.import_module("torchvision.models"), arch)
+        model = builder(weights=None, num_classes=num_classes)
+    else:
+        model = _resnet_of_width(arch, width, num_classes)
     _adapt_stem(arch, model, in_chans, stem)
     if mlp is None:
         mlp = "tiny" if variant == "niff_full" else ("cifar" if stem == "cifar" else default_mlp)
@@ -128,4 +167,6 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
                              stem=stem, mlp=mlp_cfg.to_dict(), mode=mode)
     if niff_on_1x1:
         model.niff_config["niff_on_1x1"] = True
+    if width != 64:  # recorded only when set, so checkpoints of the paper's width stay as they were
+        model.niff_config["width"] = width
     return model

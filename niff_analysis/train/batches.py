@@ -109,8 +109,8 @@ def load_data(cfg: TrainConfig) -> tuple:
     kw = cfg.model_kwargs
     size = kw.get("input_size") or (32 if kw.get("stem") == "cifar" else 224)
     size = tuple(size) if isinstance(size, (list, tuple)) else int(size)
-    train_data = load_dataset(cfg.dataset, cfg.data_dir, "train", image_size=size, seed=cfg.seed)
-    test_data = load_dataset(cfg.dataset, cfg.data_dir, "test", image_size=size, seed=cfg.seed)
+    train_data, test_data = (load_dataset(cfg.dataset, cfg.data_dir, split, image_size=size, seed=cfg.seed,
+                                          content_scale=cfg.content_scale) for split in ("train", "test"))
     train_data, test_data = first_samples(train_data, cfg.train_subset), first_samples(test_data, cfg.test_subset)
     kwargs = dict(kw)
     kwargs.setdefault("num_classes", len(train_data.classes))

@@ -15,7 +15,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Settings that change the trained weights; a resume must use the same values.
 RECIPE_KEYS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
                "weight_decay", "label_smoothing", "augment", "seed", "train_subset", "dtype",
-               "mlp_weight_decay", "mlp_lr_scale")
+               "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale")
 
 
 @dataclass
@@ -34,6 +34,13 @@ class TrainConfig:
     weight_decay: float = 0.002
     mlp_weight_decay: Optional[float] = None  # weight decay of the frequency-MLP weights (None: weight_decay)
     mlp_lr_scale: float = 1.0  # the frequency MLPs' lr is lr × this (weights and biases)
+    # Decay the frequency-MLP biases too (at the MLP weights' rate). Off, as in the paper's code:
+    # decaying only the weights pulls each MLP towards its constant output bias, a flat spectrum.
+    mlp_bias_decay: bool = False
+    # Scale every image's content by this about the image centre on the unchanged canvas
+    # (zero-filled): the maps, the NIFF grids and the initial kernels stay the same, only the size
+    # of what the network sees changes (train and test alike; augmentation follows).
+    content_scale: float = 1.0
     label_smoothing: float = 0.1
     augment: bool = True
     seed: int = 0
@@ -76,6 +83,8 @@ class TrainConfig:
             raise NiffError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or self.momentum < 0 or (self.mlp_weight_decay or 0) < 0:
             raise NiffError("weight_decay, mlp_weight_decay and momentum must be non-negative")
+        if not 0 < self.content_scale <= 1:
+            raise NiffError(f"content_scale must be in (0, 1], got {self.content_scale}")
         if not self.mlp_lr_scale > 0:
             raise NiffError(f"mlp_lr_scale must be positive, got {self.mlp_lr_scale}")
         from ..models.registry import parse_name

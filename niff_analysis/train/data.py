@@ -78,7 +78,8 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"cannot read idx file {path}: {' '.join(str(exc).split())}") from None
 
 
-def load_fashion_mnist(root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to: int = 32) -> TensorDataset:
+def load_fashion_mnist(root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to: int = 32,
+                       content_scale: float = 1.0) -> TensorDataset:
     """Fashion-MNIST from a folder holding the official idx ``.gz`` files.
 
     Args:
@@ -86,6 +87,8 @@ def load_fashion_mnist(root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to:
             ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``.
         split: ``"train"`` or ``"test"``.
         pad_to: images are zero-padded (centred) to ``pad_to``×``pad_to``.
+        content_scale: the 28×28 garments are first shrunk by this (:func:`scale_content`), so
+            at 0.5 they are 14×14 on the same ``pad_to``×``pad_to`` canvas.
 
     Raises:
         DataError: missing folder or files, unreadable files, images and labels that disagree.
@@ -109,7 +112,7 @@ def load_fashion_mnist(root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to:
     if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
         raise DataError(f"Fashion-MNIST labels in {root / lbl_name} go up to {labels.max()} "
                         f"(expected 0..{len(FASHION_MNIST_CLASSES) - 1})")
-    x = torch.from_numpy(images.copy()).unsqueeze(1)
+    x = scale_content(torch.from_numpy(images.copy()).unsqueeze(1), content_scale)
     ph, pw = pad_to - x.shape[-2], pad_to - x.shape[-1]
     if ph > 0 or pw > 0:
         ph, pw = max(ph, 0), max(pw, 0)
@@ -171,7 +174,7 @@ def _parse_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(root, split: str = "train") -> TensorDataset:
+def load_cifar10(root, split: str = "train", content_scale: float = 1.0) -> TensorDataset:
     """CIFAR-10 from a ``cifar-10-batches-py`` folder (or its ``.tar.gz``).
 
     Reads whichever of ``data_batch_1..5`` (train) or ``test_batch`` (test) are present, so
@@ -191,9 +194,40 @@ def load_cifar10(root, split: str = "train") -> TensorDataset:
         raise DataError(f"CIFAR-10 at {root} has no {' / '.join(names)} "
                         "(expected the official cifar-10-batches-py pickle files)")
     parts = [_parse_cifar_batch(members[n], f"{n} in {root}") for n in found]
-    return TensorDataset(torch.from_numpy(np.concatenate([p[0] for p in parts])),
+    return TensorDataset(scale_content(torch.from_numpy(np.concatenate([p[0] for p in parts])), content_scale),
                          torch.from_numpy(np.concatenate([p[1] for p in parts])),
                          *CIFAR10_STATS, CIFAR10_CLASSES)
+
+
+def scale_content(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Shrink each image about its centre by ``scale`` on an unchanged, zero-filled canvas.
+
+    Each H×W image is resized (bilinear, antialiased) to round(H·scale)×round(W·scale) and placed
+    in the middle of a zero H×W canvas. Fashion-MNIST applies it to the 28×28 garments before
+    they are padded to 32×32 (:func:`load_fashion_mnist`), so at ``scale`` 0.5 a garment is 14×14
+    on the same 32×32 input; CIFAR-10 to its 32×32 images. Everything a model is built from
+    (input size, feature maps, NIFF grids, initial kernels) stays as it was.
+
+    Args:
+        images: (N, C, H, W) uint8.
+        scale: in (0, 1]; 1 returns ``images`` itself.
+
+    Returns:
+        (N, C, H, W) uint8.
+    """
+    if scale == 1:
+        return images
+    if not 0 < scale < 1:
+        raise ValueError(f"content scale must be in (0, 1], got {scale}")
+    n, c, h, w = images.shape
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = torch.zeros_like(images)
+    for i in range(0, n, 4096):  # in chunks: the float copy of 60,000 images would take 245 MB
+        small = F.interpolate(images[i:i + 4096].float(), size=(sh, sw), mode="bilinear",
+                              align_corners=False, antialias=True)
+        top, left = (h - sh) // 2, (w - sw) // 2
+        out[i:i + 4096, :, top:top + sh, left:left + sw] = small.round().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
@@ -306,17 +340,21 @@ def load_imagefolder(root, split: str = "train", image_size: int = 224, seed: in
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 
 
-def load_dataset(name: str, root, split: str, image_size: int = 224, seed: int = 0):
+def load_dataset(name: str, root, split: str, image_size: int = 224, seed: int = 0,
+                 content_scale: float = 1.0):
     """Dispatch on dataset name; returns a :class:`TensorDataset` or an ImageFolder dataset.
 
-    ``image_size`` and ``seed`` only concern ImageFolder trees.
+    ``image_size`` and ``seed`` only concern ImageFolder trees, ``content_scale``
+    (:func:`scale_content`) only the in-memory data sets.
     """
     if name == "fashion-mnist":
-        return load_fashion_mnist(root or FASHION_MNIST_DEFAULT, split)
+        return load_fashion_mnist(root or FASHION_MNIST_DEFAULT, split, content_scale=content_scale)
     if name == "cifar10":
         if root is None:
             raise DataError("cifar10 needs --data-dir pointing at cifar-10-batches-py or its .tar.gz")
-        return load_cifar10(root, split)
+        return load_cifar10(root, split, content_scale=content_scale)
+    if content_scale != 1:
+        raise DataError(f"content_scale applies to fashion-mnist and cifar10, not {name}")
     if name == "imagefolder":
         if root is None:
             raise DataError("imagefolder needs --data-dir with train/ and val/ class folders")

@@ -1,20 +1,29 @@
-"""Recipe ablations: train several arms from one seed and compare their kernel statistics.
+"""Controlled studies: arms × seeds of one recipe, trained here or on a cluster, then compared.
 
 An *arm* is the base :class:`~niff_analysis.train.TrainConfig` with a few settings changed,
-written ``name`` = ``key=value,key=value`` (``spec``: no change). Every arm trains into its own
-folder under the sweep's folder with kernel statistics on, from the same seed and so the same
-initialisation and data order; a finished arm is skipped and an interrupted one resumed, so
-rerunning the same command continues a sweep. :func:`collect` joins the arms' ``metrics.csv``
-and ``kernel_stats.csv`` into tidy tables for :func:`~niff_analysis.plotting.plot_sweep`.
+written ``key=value,key=value`` (``spec``: no change). Every arm trains once per seed, into
+``OUT/<arm>/seed=<n>/`` with kernel statistics on; the same seed gives every arm the same
+initialisation and data order. A finished run is skipped and an interrupted one resumed, so
+rerunning the same command continues a study.
+
+Runs are jobs of submitit (the convention of vision labs: ConvNeXt's and DeiT's
+``run_with_submitit.py``): ``executor="local"`` runs them as subprocesses of this machine,
+``parallel`` at a time, and ``executor="slurm"`` submits them as one SLURM job array. Both go
+through the same job function, :func:`run_job`; the results are gathered from the runs' folders
+either way (:func:`collect` for the history, :func:`final_table` for the finished runs under
+both measures, :func:`seed_summary` for mean and 95 % interval over seeds).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
@@ -25,44 +34,148 @@ from ..errors import NiffError
 from ..io import atomic_write
 from .trainer import STATE_NAME, TrainConfig, train
 
-#: Settings an arm may change, with their types.
-ARM_KEYS = {"mlp_weight_decay": float, "mlp_lr_scale": float, "weight_decay": float, "lr": float,
-            "label_smoothing": float, "momentum": float}
+
+def _flag(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "on", "yes"):
+        return True
+    if v in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(value)
+
+
+#: Settings an arm may change, with their parsers.
+ARM_KEYS: dict[str, Callable[[str], object]] = {
+    "mlp_weight_decay": float, "mlp_lr_scale": float, "mlp_bias_decay": _flag, "content_scale": float,
+    "weight_decay": float, "lr": float, "label_smoothing": float, "momentum": float, "epochs": int}
 SWEEP_FILE = "sweep.json"
+SEED_PREFIX = "seed="
+JOBS_DIR = "_jobs"  # submitit's logs and pickles
 
 
 def parse_arm(text: str) -> tuple[str, dict]:
     """``"mlp_weight_decay=0.05,mlp_lr_scale=0.1"`` → (folder name, changes); ``"spec"`` → no change.
 
     Raises:
-        NiffError: an unknown key or a value that is not a number.
+        NiffError: an unknown key, a key given twice, or a value of the wrong type.
     """
     text = text.strip()
     if text in ("spec", ""):
         return "spec", {}
-    changes = {}
+    changes: dict = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in ARM_KEYS:
             raise NiffError(f"--arm {text!r}: expected key=value pairs with keys from "
                             f"{', '.join(ARM_KEYS)} (or 'spec')")
+        if key in changes:
+            raise NiffError(f"--arm {text!r}: {key} is given twice")
         try:
             changes[key] = ARM_KEYS[key](value)
         except ValueError:
-            raise NiffError(f"--arm {text!r}: {key} takes a number, got {value!r}") from None
-    name = "_".join(f"{k}={v:g}" for k, v in changes.items())
+            kind = {float: "a number", int: "an integer", _flag: "on or off"}[ARM_KEYS[key]]
+            raise NiffError(f"--arm {text!r}: {key} takes {kind}, got {value!r}") from None
+    name = "_".join(f"{k}={int(v) if isinstance(v, bool) else v:g}" for k, v in changes.items())
     return re.sub(r"[^A-Za-z0-9_.=-]", "_", name), changes
 
 
-def run_sweep(base: TrainConfig, arms: Sequence[str], out: str) -> pd.DataFrame:
-    """Train every arm (skipping finished ones, resuming interrupted ones); returns :func:`collect`.
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-2"`` → [0, 1, 2].
 
-    Args:
-        base: the shared recipe; its ``out`` is ignored.
-        arms: arm specifications (see :func:`parse_arm`).
-        out: the sweep folder; arm ``name`` trains into ``out/name``.
+    Raises:
+        NiffError: not integers, or a seed given twice.
     """
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    except ValueError:
+        raise NiffError(f"--seeds {text!r}: expected integers like 0,1,2 or 0-2") from None
+    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise NiffError(f"--seeds {text!r}: expected distinct non-negative seeds")
+    return seeds
+
+
+def is_finished(folder: Path) -> bool:
+    """Whether a run folder holds a finished run (the trainer writes ``config.json`` last)."""
+    return (Path(folder) / CONFIG_NAME).is_file()
+
+
+def run_job(cfg: TrainConfig) -> str:
+    """Train one run of a study: skip it when finished, resume it when interrupted, train it
+    otherwise. Returns the run folder."""
+    folder = Path(cfg.out)
+    if not is_finished(folder):
+        train(cfg, resume=(folder / STATE_NAME).is_file())
+    return str(folder)
+
+
+class TrainJob:
+    """:func:`run_job` as a submitit job that a cluster may stop and requeue: at a time limit or
+    preemption submitit calls :meth:`checkpoint`, which resubmits the same job, and the run
+    resumes from its last saved state (``save_every_steps`` sets how much can be lost)."""
+
+    def __call__(self, cfg: TrainConfig) -> str:
+        return run_job(cfg)
+
+    def checkpoint(self, cfg: TrainConfig):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainJob(), cfg)
+
+
+@dataclass
+class Executor:
+    """Where a study's runs train.
+
+    Attributes:
+        kind: ``"local"`` (subprocesses of this machine) or ``"slurm"`` (a SLURM job array).
+        parallel: runs at once (local), or the array's parallelism (slurm; 0: no limit).
+        wait: wait for the runs (local always waits); a SLURM study is gathered by running the
+            same command again once its jobs have finished.
+        timeout_min: a job's time limit in minutes.
+        slurm: further SLURM parameters in submitit's names (``slurm_partition``,
+            ``gpus_per_node``, ``cpus_per_task``, ``mem_gb``, ``slurm_account``, ...).
+    """
+
+    kind: str = "local"
+    parallel: int = 1
+    wait: bool = True
+    timeout_min: int = 24 * 60
+    slurm: dict = field(default_factory=dict)
+    #: submitit's cluster behind ``kind="slurm"`` ("slurm"; the tests run the SLURM path on
+    #: submitit's "local" cluster, which ignores the slurm_* parameters).
+    cluster: str = "slurm"
+
+    def make(self, folder: Path):
+        import submitit
+
+        if self.kind == "local":
+            ex = submitit.LocalExecutor(folder=folder)
+            ex.update_parameters(timeout_min=self.timeout_min)
+        elif self.kind == "slurm":
+            try:
+                ex = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
+            except RuntimeError as exc:  # no srun: not on a SLURM cluster
+                raise NiffError(f"--executor slurm: {exc}") from None
+            ex.update_parameters(name="niff-sweep", timeout_min=self.timeout_min,
+                                 slurm_array_parallelism=self.parallel or 10_000, **self.slurm)
+        else:
+            raise NiffError(f"unknown executor {self.kind!r}; choose local or slurm")
+        return ex
+
+
+@dataclass
+class Job:
+    arm: str
+    seed: int
+    cfg: TrainConfig
+
+
+def plan(base: TrainConfig, arms: Sequence[str], seeds: Sequence[int], out: str) -> list[Job]:
+    """The runs of a study, checked before anything trains or is written."""
     parsed = [parse_arm(a) for a in arms]
     names = [n for n, _ in parsed]
     if not parsed:
@@ -72,44 +185,197 @@ def run_sweep(base: TrainConfig, arms: Sequence[str], out: str) -> pd.DataFrame:
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise NiffError(f"--out {out}: exists and is not a directory")
-    configs = []
-    for name, changes in parsed:
-        cfg = dataclasses.replace(base, out=str(root / name), kernel_stats=True, **changes)
-        cfg.validate()
-        configs.append((name, changes, cfg))
+    jobs = []
+    for seed in seeds:  # seed-major: an interrupted study has every arm at its first seeds
+        for name, changes in parsed:
+            cfg = dataclasses.replace(base, out=str(root / name / f"{SEED_PREFIX}{seed}"), seed=seed,
+                                      kernel_stats=True, **changes)
+            cfg.validate()
+            jobs.append(Job(name, seed, cfg))
+    return jobs
+
+
+def run_sweep(base: TrainConfig, arms: Sequence[str], out: str, seeds: Optional[Sequence[int]] = None,
+              executor: Optional[Executor] = None, echo: Callable[[str], None] = lambda s: None
+              ) -> list[str]:
+    """Train every run of a study that is not finished; returns the messages of failed runs.
+
+    Args:
+        base: the shared recipe; its ``out`` is ignored (and its seed, when ``seeds`` is given).
+        arms: arm specifications (see :func:`parse_arm`).
+        out: the study folder.
+        seeds: the seeds of every arm (default: the base recipe's seed).
+        executor: where the runs train (default: one at a time on this machine).
+        echo: receives one line per submitted, finished or failed run.
+    """
+    executor = executor or Executor()
+    seeds = list(seeds) if seeds is not None else [base.seed]
+    jobs = plan(base, arms, seeds, out)
+    root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    _write_sweep_file(root, base, jobs, seeds)
+    todo = [j for j in jobs if not is_finished(Path(j.cfg.out))]
+    if not todo:
+        return []
+    ex = executor.make(root / JOBS_DIR)
+    label = {id(j): f"{j.arm} seed {j.seed}" for j in todo}
+    if executor.kind == "slurm":
+        submitted = ex.map_array(TrainJob(), [j.cfg for j in todo])
+        for j, s in zip(todo, submitted):
+            echo(f"submitted {label[id(j)]} as SLURM job {s.job_id}")
+        if not executor.wait:
+            return []
+        pending = list(zip(todo, submitted))
+        return _wait(pending, label, echo)
+    failures: list[str] = []
+    queue, running = list(todo), []
+    try:
+        _run_local(ex, executor, queue, running, label, failures, echo)
+    except KeyboardInterrupt:  # local jobs outlive this process: stop them (their state is saved)
+        for _, s in running:
+            s.cancel(check=False)
+        raise
+    return failures
+
+
+def _run_local(ex, executor, queue, running, label, failures, echo) -> None:
+    while queue or running:
+        while queue and len(running) < max(1, executor.parallel):
+            j = queue.pop(0)
+            running.append((j, ex.submit(TrainJob(), j.cfg)))
+            echo(f"started {label[id(j)]} (job {running[-1][1].job_id})")
+        done = [(j, s) for j, s in running if s.done()]
+        if not done:
+            time.sleep(2)
+            continue
+        running[:] = [(j, s) for j, s in running if (j, s) not in done]
+        failures += _wait(done, label, echo)
+
+
+def _wait(pending, label, echo) -> list[str]:
+    failures = []
+    for j, s in pending:
+        try:
+            s.result()
+            echo(f"finished {label[id(j)]}")
+        except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+            msg = f"{label[id(j)]} failed: {lines[-1] if lines else type(exc).__name__} (log: {s.paths.stderr})"
+            echo(msg)
+            failures.append(msg)
+    return failures
+
+
+def _write_sweep_file(root: Path, base: TrainConfig, jobs: list[Job], seeds: Sequence[int]) -> None:
+    arms: dict = {}
+    for j in jobs:
+        arms.setdefault(j.arm, {k: v for k, v in dataclasses.asdict(j.cfg).items()
+                                if k in ARM_KEYS and v != getattr(base, k)})
     atomic_write(root / SWEEP_FILE, json.dumps(dict(
-        arms={n: c for n, c, _ in configs},
-        base={k: v for k, v in dataclasses.asdict(base).items() if k != "out"}), indent=2) + "\n")
-    for name, _, cfg in configs:
-        folder = Path(cfg.out)
-        if (folder / CONFIG_NAME).is_file():
-            continue  # finished: the trainer writes the run folder's config.json last
-        train(cfg, resume=(folder / STATE_NAME).is_file())
-    return collect(root, names)
+        arms=arms, seeds=list(seeds),
+        base={k: v for k, v in dataclasses.asdict(base).items() if k not in ("out", "seed")}), indent=2) + "\n")
 
 
-def collect(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame:
-    """The kernel statistics of a sweep's arms, with each arm's test accuracy at every epoch.
+def runs(root: str, arms: Optional[Sequence[str]] = None) -> list[tuple[str, int, Path]]:
+    """(arm, seed, folder) of every run folder of a study (finished or not), arms in order.
 
-    Returns:
-        kernel_stats rows with a leading ``arm`` column, plus ``test_acc`` (the arm's test
-        accuracy after that epoch; NaN for records between epochs and at initialisation).
+    Also reads studies written before seeds were an axis (``OUT/<arm>/`` holding the run).
     """
     root = Path(root)
     if arms is None:
+        if not (root / SWEEP_FILE).is_file():
+            raise NiffError(f"{root}: no {SWEEP_FILE} (not a sweep folder)")
         arms = list(json.loads((root / SWEEP_FILE).read_text())["arms"])
-    frames = []
+    found = []
     for name in arms:
         folder = root / name
+        if (folder / "train_config.json").is_file():  # the layout without seed folders
+            seed = json.loads((folder / "train_config.json").read_text()).get("seed", 0)
+            found.append((name, int(seed), folder))
+            continue
+        seeds = sorted(int(p.name[len(SEED_PREFIX):]) for p in folder.glob(f"{SEED_PREFIX}*")
+                       if p.is_dir() and p.name[len(SEED_PREFIX):].isdigit())
+        found += [(name, s, folder / f"{SEED_PREFIX}{s}") for s in seeds]
+    return found
+
+
+def _accuracy(folder: Path) -> dict:
+    metrics = folder / "metrics.csv"
+    if not metrics.is_file():
+        return {}
+    m = pd.read_csv(metrics)
+    return dict(zip(m["epoch"].astype(float), m["test_acc"]))
+
+
+def collect(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """The kernel statistics recorded during training by every run of a study.
+
+    Returns:
+        kernel_stats rows with leading ``arm`` and ``seed`` columns, plus ``test_acc`` (the run's
+        test accuracy after that epoch; NaN for records between epochs and at initialisation).
+    """
+    frames = []
+    for name, seed, folder in runs(root, arms):
         if not (folder / STATS_NAME).is_file():
             continue
         hist = read_kernel_stats(folder)
-        metrics = pd.read_csv(folder / "metrics.csv") if (folder / "metrics.csv").is_file() else None
-        acc = {} if metrics is None else dict(zip(metrics["epoch"].astype(float), metrics["test_acc"]))
-        hist["test_acc"] = hist["epoch"].map(acc)
+        hist["test_acc"] = hist["epoch"].map(_accuracy(folder))
+        hist.insert(0, "seed", seed)
         hist.insert(0, "arm", name)
         frames.append(hist)
     if not frames:
-        raise NiffError(f"{root}: no arm has recorded kernel statistics yet")
+        raise NiffError(f"{root}: no run has recorded kernel statistics yet")
     return pd.concat(frames, ignore_index=True)
+
+
+FINAL_COLUMNS = ["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"]
+
+
+def final_table(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Per finished run, :func:`~niff_analysis.analysis.stats.stage_stats` of its final
+    checkpoint under both measures, with its final test accuracy (long form,
+    :data:`FINAL_COLUMNS`). Computed from the checkpoints, so any statistic added later covers
+    finished studies too."""
+    from ..analysis.kernels import extract_kernels
+    from ..analysis.stats import stage_stats
+    from ..checkpoint import load_checkpoint
+
+    frames = []
+    for name, seed, folder in runs(root, arms):
+        if not is_finished(folder):
+            continue
+        model = load_checkpoint(folder)
+        epoch = int(model.niff_checkpoint.get("epochs") or 0)
+        st = stage_stats(extract_kernels(model))
+        st.insert(0, "epoch", epoch)
+        st.insert(0, "seed", seed)
+        st.insert(0, "arm", name)
+        st["test_acc"] = model.niff_checkpoint.get("test_acc")
+        frames.append(st)
+    if not frames:
+        return pd.DataFrame(columns=FINAL_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[FINAL_COLUMNS]
+
+
+def seed_summary(final: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Mean over seeds and its ``level`` t-interval, per arm, stage, measure and statistic
+    (test accuracy as the statistic ``test_acc`` of stage and measure ``"any"``).
+
+    Returns:
+        Columns arm, stage, measure, stat, n_seeds, mean, lo, hi, sd (lo = hi = mean for one seed:
+        no interval).
+    """
+    from scipy import stats as sps
+
+    acc = final.drop_duplicates(["arm", "seed"]).assign(stage="any", measure="any", stat="test_acc")
+    acc["value"] = acc["test_acc"]
+    both = pd.concat([final, acc], ignore_index=True)
+    rows = []
+    for (arm, stage, measure, stat), g in both.groupby(["arm", "stage", "measure", "stat"], sort=False):
+        v = g["value"].astype(float).dropna()
+        n = len(v)
+        mean = float(v.mean()) if n else math.nan
+        sd = float(v.std(ddof=1)) if n > 1 else math.nan
+        half = float(sps.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else 0.0
+        rows.append((arm, stage, measure, stat, n, mean, mean - half, mean + half, sd))
+    return pd.DataFrame(rows, columns=["arm", "stage", "measure", "stat", "n_seeds", "mean", "lo", "hi", "sd"])

@@ -47,12 +47,14 @@ INIT_DIR = "init"  # checkpoint.load_initial looks for this folder
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """SGD parameter groups: weights decay, biases and norm parameters do not; the parameters
     of the frequency MLPs form groups of their own, with ``mlp_weight_decay`` on their weights
-    and the lr scaled by ``mlp_lr_scale`` (``lr_scale`` in each group)."""
+    (and on their biases with ``mlp_bias_decay``) and the lr scaled by ``mlp_lr_scale``
+    (``lr_scale`` in each group)."""
     mlp = {id(p) for m in model.modules() if isinstance(m, _NIFFBase)
            for p in list(m.real.parameters()) + list(m.imag.parameters())}
     mlp_wd = cfg.weight_decay if cfg.mlp_weight_decay is None else cfg.mlp_weight_decay
     spec = [(False, True, cfg.weight_decay, 1.0), (False, False, 0.0, 1.0),
-            (True, True, mlp_wd, cfg.mlp_lr_scale), (True, False, 0.0, cfg.mlp_lr_scale)]
+            (True, True, mlp_wd, cfg.mlp_lr_scale),
+            (True, False, mlp_wd if cfg.mlp_bias_decay else 0.0, cfg.mlp_lr_scale)]
     groups = []
     for is_mlp, decays, wd, scale in spec:
         params = [p for p in model.parameters() if (id(p) in mlp) == is_mlp and (p.ndim > 1) == decays]
@@ -70,6 +72,10 @@ def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: Optional[dict] = None) 
                   schedule="cosine", optimizer="sgd",
                   mlp_weight_decay=cfg.weight_decay if cfg.mlp_weight_decay is None else cfg.mlp_weight_decay,
                   mlp_lr_scale=cfg.mlp_lr_scale)
+    if cfg.mlp_bias_decay:  # recorded only when set: checkpoints of the default recipe stay as they were
+        recipe["mlp_bias_decay"] = True
+    if cfg.content_scale != 1.0:
+        recipe["content_scale"] = cfg.content_scale
     return dict(dataset=cfg.dataset, recipe=recipe, epochs=epochs, seed=cfg.seed,
                 test_acc=row.get("test_acc"), test_loss=row.get("test_loss"))
 
