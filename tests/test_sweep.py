@@ -60,7 +60,8 @@ def test_sweep_trains_arms_by_seeds_through_submitit_and_resumes(tmp_path, fmnis
     res = CliRunner().invoke(main, cmd, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     names = ["spec", "mlp_weight_decay=0.5_mlp_lr_scale=10"]
-    for f in ("sweep.csv", "sweep.png", "sweep.pdf", "sweep.json", "sweep_final.csv", "sweep_summary.csv"):
+    for f in ("sweep.csv", "sweep.png", "sweep.pdf", "sweep.json", "sweep_final.csv", "sweep_summary.csv",
+              "study.png", "study.pdf"):
         assert (out / f).is_file()
     assert any((out / "_jobs").iterdir())  # the runs went through submitit's local executor
     for seed in (0, 1):
@@ -76,12 +77,15 @@ def test_sweep_trains_arms_by_seeds_through_submitit_and_resumes(tmp_path, fmnis
     pd.testing.assert_frame_equal(collect(out), table, check_dtype=False)
     final = pd.read_csv(out / "sweep_final.csv")
     assert list(final.columns) == ["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"]
-    assert set(final["measure"]) == {"l1", "energy", "any"} and set(final["epoch"]) == {1}
-    assert len(final.drop_duplicates(["arm", "seed"])) == 4
+    assert set(final["measure"]) == {"l1", "energy", "any"} and set(final[final["arm"] != "init"]["epoch"]) == {1}
+    assert len(final.drop_duplicates(["arm", "seed"])) == 4 + 2  # and each seed's initialisation
+    init = final[final["arm"] == "init"]
+    assert set(init["seed"]) == {0, 1} and set(init["epoch"]) == {0} and init["test_acc"].isna().all()
     pd.testing.assert_frame_equal(final, pd.read_csv(tmp_path / "table.csv"))
     pd.testing.assert_frame_equal(final_table(out), final, check_dtype=False, atol=1e-9)
     summary = pd.read_csv(out / "sweep_summary.csv")
-    assert (summary["n_seeds"] == 2).all()
+    trained = summary[summary["arm"] != "init"]
+    assert (trained["n_seeds"] == 2).all() and (trained["lo"] <= trained["mean"]).all()
     # Rerunning skips the finished runs (their checkpoints are not rewritten).
     stamp = (out / names[0] / "seed=0" / "model.safetensors").stat().st_mtime_ns
     res = CliRunner().invoke(main, cmd, catch_exceptions=False)
@@ -111,7 +115,7 @@ def test_the_slurm_path_runs_as_a_job_array_on_submitits_local_cluster(tmp_path,
     ex = Executor(kind="slurm", cluster="local", parallel=2, slurm=dict(slurm_partition="gpu", cpus_per_task=1))
     assert run_sweep(base, ["spec", "lr=0.1"], str(tmp_path / "s"), seeds=[0], executor=ex, echo=lines.append) == []
     assert sum("submitted" in ln for ln in lines) == 2 and sum("finished" in ln for ln in lines) == 2
-    assert len(final_table(tmp_path / "s").drop_duplicates(["arm", "seed"])) == 2
+    assert len(final_table(tmp_path / "s").drop_duplicates(["arm", "seed"])) == 2 + 1  # and the initialisation
 
 
 def test_the_slurm_submission_file_carries_the_options(tmp_path, monkeypatch):

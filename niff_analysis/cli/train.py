@@ -189,9 +189,9 @@ def sweep_cmd(out, arms, seeds, executor, parallel, timeout_min, slurm_partition
         --arm spec --arm mlp_weight_decay=0.1 --seeds 0-2 --out runs/study \\
         --executor slurm --slurm-partition gpu --gpus-per-job 1 --cpus-per-job 8 --timeout-min 120
     """
-    from ..plotting import plot_sweep
+    from ..plotting import plot_study, plot_sweep
     from ..plotting.style import save_figure
-    from ..train.sweep import Executor, collect, final_table, parse_seeds, run_sweep, seed_summary
+    from ..train.sweep import INIT_ARM, Executor, collect, final_table, parse_seeds, run_sweep, seed_summary
 
     base = train_config(out, **opts)
     slurm = {k: v for k, v in dict(slurm_partition=slurm_partition, slurm_account=slurm_account,
@@ -215,11 +215,14 @@ def sweep_cmd(out, arms, seeds, executor, parallel, timeout_min, slurm_partition
     if len(final):
         text = final.to_csv(index=False, float_format="%.10g")
         atomic_write(root / "sweep_final.csv", text)
-        atomic_write(root / "sweep_summary.csv", seed_summary(final).to_csv(index=False, float_format="%.10g"))
+        summary = seed_summary(final)
+        atomic_write(root / "sweep_summary.csv", summary.to_csv(index=False, float_format="%.10g"))
+        save_figure(plot_study(summary)[0], root / "study", ("pdf", "png"))
         if table_path:
             atomic_write(Path(table_path), text)
-    n_runs = final.drop_duplicates(["arm", "seed"]).shape[0] if len(final) else 0
-    click.echo(f"{n_runs} finished run(s) in {out}: sweep.csv, sweep_final.csv, sweep_summary.csv, sweep.png")
+    n_runs = final[final["arm"] != INIT_ARM].drop_duplicates(["arm", "seed"]).shape[0] if len(final) else 0
+    click.echo(f"{n_runs} finished run(s) in {out}: sweep.csv, sweep_final.csv, sweep_summary.csv, "
+               "sweep.png, study.png")
     if failures:
         raise NiffError(f"{len(failures)} run(s) failed: " + "; ".join(failures))
 

@@ -137,4 +137,70 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mas
     return ret(fig, axes.ravel())
 
 
-__all__ = ["HISTORY_LABELS", "plot_kernel_history", "plot_sweep"]
+STUDY_STATS = ("mass1_mean", "mass3_mean", "mass9_mean", "k90_mean")
+STUDY_LABELS = {"mass1_mean": "centre pixel's share", "mass3_mean": "mass at 3×3", "mass9_mean": "mass at 9×9",
+                "k90_mean": "mean k90 (px)", "k50_mean": "mean k50 (px)", "k90_median": "median k90 (px)"}
+
+
+def plot_study(summary: pd.DataFrame, stats: Sequence[str] = STUDY_STATS, measures: Sequence[str] = ("l1", "energy"),
+               fig: Optional[Figure] = None) -> tuple[Figure, object]:
+    """A controlled study's finished runs: per stage, each arm's mean over seeds with its 95 %
+    interval, one row of panels per measure and one column per statistic, plus test accuracy.
+
+    Args:
+        summary: :func:`~niff_analysis.train.sweep.seed_summary` of a study's final table
+            (``arm``, ``stage``, ``measure``, ``stat``, ``mean``, ``lo``, ``hi``, ``n_seeds``); the
+            arm ``init`` (the initialisation) is drawn as a grey reference.
+        stats: statistics to draw (columns of panels).
+        measures: measures to draw (rows of panels).
+        fig: figure to add panels to.
+    """
+    require(summary, ["arm", "stage", "measure", "stat", "mean", "lo", "hi", "n_seeds"], "plot_study")
+    arms = [a for a in ordered_unique(summary["arm"]) if a != "init"]
+    stages = [s for s in ordered_unique(summary["stage"]) if s != "any"]
+    colors = {arm: OKABE_ITO[(i + 1) % len(OKABE_ITO)] for i, arm in enumerate(arms)}
+    colors["init"] = "0.6"
+    drawn = arms + (["init"] if "init" in set(summary["arm"]) else [])
+    width = 0.8 / max(len(drawn), 1)
+    ncols = len(stats) + 1
+    with style():
+        fig, axes = panels(len(measures) * ncols, None, fig, ncols=ncols, panel_size=(2.4, 2.2), sharey=False)
+        axes = axes.reshape(len(measures), ncols)
+        for i, measure in enumerate(measures):
+            for j, stat in enumerate(stats):
+                a = axes[i, j]
+                d = summary[(summary["measure"] == measure) & (summary["stat"] == stat)]
+                for k, arm in enumerate(drawn):
+                    c = d[d["arm"] == arm].set_index("stage").reindex(stages)
+                    x = [n + (k - (len(drawn) - 1) / 2) * width for n in range(len(stages))]
+                    err = [(c["mean"] - c["lo"]).to_numpy(), (c["hi"] - c["mean"]).to_numpy()]
+                    a.errorbar(x, c["mean"], yerr=err, fmt="s" if arm == "init" else "o", ms=3, lw=0.8,
+                               capsize=1.5, color=colors[arm], label=arm)
+                a.set_xticks(range(len(stages)), stages, fontsize=6)
+                if stat.startswith("mass"):
+                    a.set_ylim(0, 1.02)
+                    a.axhline(1.0, color="0.3", lw=0.5, ls=":")  # a delta kernel
+                else:
+                    a.set_ylim(bottom=0)
+                a.set_title(f"{STUDY_LABELS.get(stat, stat)} ({measure})", fontsize=7)
+            axes[i, -1].set_visible(i == 0)
+        acc = axes[0, -1]
+        t = summary[(summary["stat"] == "test_acc") & (summary["arm"].isin(arms))].set_index("arm").reindex(arms)
+        acc.errorbar(100 * t["mean"], range(len(arms)), xerr=[100 * (t["mean"] - t["lo"]), 100 * (t["hi"] - t["mean"])],
+                     fmt="none", ecolor="0.3", lw=0.8, capsize=1.5)
+        acc.scatter(100 * t["mean"], range(len(arms)), c=[colors[a] for a in arms], s=12, zorder=3)
+        acc.set_yticks(range(len(arms)), arms, fontsize=5)
+        acc.invert_yaxis()
+        if t["mean"].notna().any():  # an interval wider than the scale (two seeds) is cut at 0 and 100 %
+            acc.set_xlim(max(0.0, 100 * t["lo"].min() - 1), min(100.0, 100 * t["hi"].max() + 1))
+        acc.set_xlabel("test accuracy (%)")
+        n = summary.loc[summary["arm"].isin(arms), "n_seeds"]
+        acc.set_title(f"mean, 95 % t-interval over {n.min()}–{n.max()} seeds" if len(n) and n.min() != n.max()
+                      else f"mean, 95 % t-interval over {n.max() if len(n) else 0} seeds", fontsize=6)
+        handles = [Line2D([], [], color=colors[a], marker="s" if a == "init" else "o", ms=3, lw=0, label=a)
+                   for a in drawn]
+        acc.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.3), fontsize=5)
+    return ret(fig, axes.ravel())
+
+
+__all__ = ["HISTORY_LABELS", "STUDY_STATS", "plot_kernel_history", "plot_study", "plot_sweep"]

@@ -32,7 +32,7 @@ from ..analysis.stats import read_kernel_stats
 from ..checkpoint import CONFIG_NAME
 from ..errors import NiffError
 from ..io import atomic_write
-from .trainer import STATE_NAME, TrainConfig, train
+from .trainer import INIT_DIR, STATE_NAME, TrainConfig, train
 
 
 def _flag(value: str) -> bool:
@@ -328,30 +328,39 @@ def collect(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+INIT_ARM = "init"  # the arm name of the initialisations in final_table
 FINAL_COLUMNS = ["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"]
 
 
 def final_table(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Per finished run, :func:`~niff_analysis.analysis.stats.stage_stats` of its final
     checkpoint under both measures, with its final test accuracy (long form,
-    :data:`FINAL_COLUMNS`). Computed from the checkpoints, so any statistic added later covers
-    finished studies too."""
+    :data:`FINAL_COLUMNS`), and the same of each seed's initialisation as arm ``"init"``
+    (epoch 0). Computed from the checkpoints, so any statistic added later covers finished
+    studies too."""
     from ..analysis.kernels import extract_kernels
     from ..analysis.stats import stage_stats
     from ..checkpoint import load_checkpoint
 
-    frames = []
-    for name, seed, folder in runs(root, arms):
-        if not is_finished(folder):
-            continue
+    def rows(folder: Path, arm: str, seed: int) -> pd.DataFrame:
         model = load_checkpoint(folder)
-        epoch = int(model.niff_checkpoint.get("epochs") or 0)
         st = stage_stats(extract_kernels(model))
-        st.insert(0, "epoch", epoch)
+        st.insert(0, "epoch", int(model.niff_checkpoint.get("epochs") or 0))
         st.insert(0, "seed", seed)
-        st.insert(0, "arm", name)
-        st["test_acc"] = model.niff_checkpoint.get("test_acc")
-        frames.append(st)
+        st.insert(0, "arm", arm)
+        acc = model.niff_checkpoint.get("test_acc")
+        st["test_acc"] = math.nan if acc is None else float(acc)
+        return st
+
+    frames, inits = [], {}
+    for name, seed, folder in runs(root, arms):
+        if (folder / INIT_DIR / CONFIG_NAME).is_file():
+            inits.setdefault(seed, folder / INIT_DIR)
+        if is_finished(folder):
+            frames.append(rows(folder, name, seed))
+    # Every arm of a seed starts from the same weights (the content scale changes only the data):
+    # the initialisation is the reference the arms moved away from.
+    frames += [rows(folder, INIT_ARM, seed) for seed, folder in sorted(inits.items()) if frames]
     if not frames:
         return pd.DataFrame(columns=FINAL_COLUMNS)
     return pd.concat(frames, ignore_index=True)[FINAL_COLUMNS]
