@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import FMNIST, load_weights
 from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
-from niff_analysis.train.sweep import collect, final_table, parse_arm, parse_seeds, seed_summary
+from niff_analysis.train.sweep import collect, compare_arms, final_table, parse_arm, parse_seeds, seed_summary
 
 pytestmark = pytest.mark.slow  # training sweeps: not in `make test-fast`
 
@@ -50,6 +50,21 @@ def test_seed_summary_is_a_t_interval_over_seeds():
     assert s.loc["mass9_mean", "n_seeds"] == 3 and abs(s.loc["mass9_mean", "mean"] - 0.6) < 1e-12
     assert abs(s.loc["mass9_mean", "lo"] - lo) < 1e-12 and abs(s.loc["mass9_mean", "hi"] - hi) < 1e-12
     assert abs(s.loc["test_acc", "mean"] - 0.9) < 1e-12
+
+
+def test_compare_arms_pairs_seeds():
+    from scipy import stats
+
+    ref, arm = [2.0, 4.0, 8.0], [1.0, 2.2, 3.6]
+    rows = [dict(arm=a, seed=s, epoch=1, stage="layer1", measure="l1", stat="k90_mean", value=v, test_acc=0.9)
+            for a, vals in (("ref", ref), ("half", arm)) for s, v in enumerate(vals)]
+    rows.append(dict(arm="half", seed=7, epoch=1, stage="layer1", measure="l1", stat="k90_mean", value=9.0,
+                     test_acc=0.9))  # a seed the reference lacks is left out
+    c = compare_arms(pd.DataFrame(rows), "half", "ref").iloc[0]
+    ratios = [a / r for a, r in zip(arm, ref)]
+    lo, hi = stats.t.interval(0.95, 2, loc=sum(ratios) / 3, scale=stats.sem(ratios))
+    assert c["n_seeds"] == 3 and abs(c["ratio"] - sum(ratios) / 3) < 1e-12
+    assert abs(c["lo"] - lo) < 1e-12 and abs(c["hi"] - hi) < 1e-12 and abs(c["reference"] - 14 / 3) < 1e-12
 
 
 def test_sweep_trains_arms_by_seeds_through_submitit_and_resumes(tmp_path, fmnist_dir):

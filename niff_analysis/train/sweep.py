@@ -388,3 +388,28 @@ def seed_summary(final: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         half = float(sps.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else 0.0
         rows.append((arm, stage, measure, stat, n, mean, mean - half, mean + half, sd))
     return pd.DataFrame(rows, columns=["arm", "stage", "measure", "stat", "n_seeds", "mean", "lo", "hi", "sd"])
+
+
+def compare_arms(final: pd.DataFrame, arm: str, reference: str, level: float = 0.95) -> pd.DataFrame:
+    """``arm`` against ``reference`` seed by seed: the same seed gives both the same initialisation
+    and data order, so the per-seed ratio arm/reference isolates what the arm changed.
+
+    Returns:
+        Per stage, measure and statistic: n_seeds (seeds both arms finished), the reference's and
+        the arm's mean, and the mean per-seed ratio with its ``level`` t-interval (lo, hi; equal
+        to the mean for one seed).
+    """
+    from scipy import stats as sps
+
+    keys = ["stage", "measure", "stat"]
+    a = final[final["arm"] == arm].set_index(["seed", *keys])["value"]
+    b = final[final["arm"] == reference].set_index(["seed", *keys])["value"]
+    both = pd.concat(dict(arm=a, ref=b), axis=1).dropna().reset_index()
+    both["ratio"] = both["arm"] / both["ref"]
+    rows = []
+    for key, g in both.groupby(keys, sort=False):
+        n, r = len(g), g["ratio"].astype(float)
+        half = float(sps.t.ppf(0.5 + level / 2, n - 1) * r.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+        rows.append((*key, n, float(g["ref"].mean()), float(g["arm"].mean()), float(r.mean()),
+                     float(r.mean()) - half, float(r.mean()) + half))
+    return pd.DataFrame(rows, columns=[*keys, "n_seeds", "reference", "arm", "ratio", "lo", "hi"])
