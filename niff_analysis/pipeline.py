@@ -33,6 +33,8 @@ from .errors import CheckpointError, DataError, NiffError, SelectionError
 
 PathLike = Union[str, os.PathLike]
 COST_SIZES = (7, 14, 28, 56, 112)
+SWEEP_FILE = "sweep.json"  # what marks a study folder (niff_analysis.train.sweep.SWEEP_FILE)
+TRAIN_CONFIG = "train_config.json"
 
 
 # --------------------------------------------------------------------------- finding, loading
@@ -45,8 +47,9 @@ def checkpoint_label(path: Optional[PathLike]) -> str:
 def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Optional[Path]]]:
     """(label, path) per checkpoint: the one rule every command and the figures use.
 
-    A folder without ``config.json`` stands for the checkpoints in it (sorted); ``None`` and
-    no arguments at all are the bundled default (path ``None``). The same resolved path given
+    A folder without ``config.json`` stands for the checkpoints in it (sorted), a study folder
+    of ``niff-analyze sweep`` (``sweep.json``) for its finished runs (``<arm>/seed=<n>``);
+    ``None`` and no arguments at all are the bundled default (path ``None``). The same resolved path given
     twice is analysed once. Labels are folder names (file stems for ``.safetensors``), or the
     paths as given where two names clash.
 
@@ -61,6 +64,10 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
         if p is not None and p.is_dir() and not (p / CONFIG_NAME).is_file():
             found = sorted(c for c in p.iterdir()
                            if (c.is_dir() and (c / CONFIG_NAME).is_file()) or c.suffix == ".safetensors")
+            if not found and (p / SWEEP_FILE).is_file():  # a study: its finished runs, arms in order
+                from .train.sweep import is_finished, runs
+
+                found = [folder for _, _, folder in runs(str(p)) if is_finished(folder)]
             if not found:
                 raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
                                       "nor a folder of checkpoints")
@@ -180,6 +187,100 @@ def select_kernels(ck: Checkpoint, layers: Union[str, Sequence[str]] = "*", incl
     if lks and len(plain) == len(lks) and not include_conv:
         notes.append(f"{ck.label} has no NIFF layers; analysing its plain convolutions")
     return Selection(ck, lks, total, time.perf_counter() - t0, notes)
+
+
+def initial_kernels(ck: Checkpoint, kernels: Sequence[LayerKernels], layers: Union[str, Sequence[str]] = "*",
+                    max_kernels: Optional[int] = None, device: str = "cpu") -> Optional[list[LayerKernels]]:
+    """The initialisation's kernels of the layers in ``kernels`` (``ck``'s selection), selected
+    and sampled the same way (:func:`~niff_analysis.checkpoint.load_initial`: the run's ``init/``
+    or the model rebuilt from the recorded seed); ``None`` when no initialisation is known."""
+    init = load_initial(ck.path, device=device)
+    if init is None:
+        return None
+    names = {lk.name for lk in kernels}
+    plain = any(lk.kind == "conv" for lk in kernels)
+    sel = select_kernels(Checkpoint(ck.label, ck.path, init), layers=layers, include_conv=plain,
+                         max_kernels=max_kernels)
+    return [lk for lk in sel.kernels if lk.name in names]
+
+
+def run_recipe(path: Optional[PathLike]) -> Optional[tuple[str, int]]:
+    """(the recipe of the training run a checkpoint or run folder comes from, without its seed;
+    the seed), from its ``train_config.json`` (in the folder or, for ``epoch_NNN/`` and
+    ``init/``, its parent); ``None`` when there is none. Two runs with equal recipes differ only
+    in their seed (settings a run recorded before they existed count with their defaults)."""
+    import json
+
+    from .train.config import RECIPE_KEYS
+    from .train.state import RECIPE_DEFAULTS
+
+    folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    folder = folder if folder.is_dir() else folder.parent
+    for f in (folder / TRAIN_CONFIG, folder.parent / TRAIN_CONFIG):
+        if f.is_file():
+            try:
+                cfg = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None
+            if not isinstance(cfg, dict) or cfg.get("seed") is None:
+                return None
+            recipe = {k: cfg.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS if k != "seed"}
+            return json.dumps(recipe, sort_keys=True), int(cfg["seed"])
+    return None
+
+
+@dataclass
+class SeedGroup:
+    """Checkpoints of one recipe trained from different seeds (:func:`seed_groups`).
+
+    Attributes:
+        label: the group's name in tables: the member labels without their ``seed=N`` part where
+            that leaves one name (``spec/seed=0`` … → ``spec``), else the labels joined by ``+``.
+        members: the members' checkpoint labels.
+        seeds: their seeds, in the same order.
+    """
+
+    label: str
+    members: list[str]
+    seeds: list[int]
+
+
+def _group_label(members: list[tuple[str, Optional[Path]]]) -> str:
+    import re
+
+    stripped = {re.sub(r"[/_-]?seed[=_-]?\d+$", "", label) for label, _ in members}
+    if len(stripped) == 1 and next(iter(stripped)):
+        return next(iter(stripped))
+    parents = {Path(p).parent.name if p is not None else "" for _, p in members}
+    if len(stripped) == 1 and len(parents) == 1 and next(iter(parents)):
+        return next(iter(parents))  # an arm folder: seed=0, seed=1, … under it
+    return "+".join(label for label, _ in members)
+
+
+def seed_groups(found: Sequence[tuple[str, Optional[Path]]],
+                trained: Optional[dict[str, object]] = None) -> list[SeedGroup]:
+    """The checkpoints among ``found`` (``(label, path)``, :func:`find_checkpoints`) that share a
+    recipe and differ in their seed: one group per recipe with at least two distinct seeds.
+
+    Args:
+        found: the checkpoints.
+        trained: label → how far each was trained (e.g. its epochs), when checkpoints of one run
+            at different epochs must not be pooled.
+    """
+    by_recipe: dict = {}
+    for label, path in found:
+        rs = run_recipe(path)
+        if rs is None:
+            continue
+        key = (rs[0], None if trained is None else str(trained.get(label)))
+        by_recipe.setdefault(key, []).append((label, path, rs[1]))
+    groups = []
+    for members in by_recipe.values():
+        seeds = [m[2] for m in members]
+        if len(set(seeds)) < 2:
+            continue
+        groups.append(SeedGroup(_group_label([(m[0], m[1]) for m in members]), [m[0] for m in members], seeds))
+    return groups
 
 
 def load_histories(checkpoints: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Path, pd.DataFrame]]:

@@ -81,9 +81,9 @@ import torch
 
 from .kernels import LayerKernels
 from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
-from .uncertainty import add_intervals
 from .lm import (N_PARAMS, _derived, _moments, levenberg_marquardt, model_values,
                  moment_init, pixel_coords, precision)
+from .uncertainty import add_intervals
 
 MIN_SIGMA = 0.4
 # A fit is given up (see _hopeless) when its σ_minor falls below HARD_SIGMA px or its σ_major
