@@ -385,27 +385,37 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
               help="fnmatch pattern on layer (module) names, e.g. 'layer1.*'.")
 @click.option("--stats", "stat_names", metavar="LIST",
               help="Comma-separated statistics to show (default: all; see the description).")
+@measure_option(what=" Files recorded before the measure was (no measure column) hold l1 only.")
+@click.option("--per-seed", is_flag=True,
+              help="With runs of one recipe from several seeds: also show each run, not only their mean.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True,
-              help="table: one row per (checkpoint, epoch, layer) for people; csv/json: the long form.")
+              help="table: one row per (checkpoint, measure, epoch, layer) for people; csv/json: the long form.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
 @click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
 @click.pass_context
-def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
+def history_cmd(ctx, checkpoints, layers, stat_names, measure, per_seed, fmt, output, quiet):
     """Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch.
 
-    CHECKPOINT: checkpoint (run) folders, or folders of them (default: the bundled checkpoint).
-    Statistics per layer: mass3/5/9_mean and _std (Eq. 6 at s = 3, 5, 9), k50/k90_mean and
-    _median (smallest window holding 50/90 % of a kernel's mass), sigma_x/sigma_y_median and
-    sigma_ratio_mean (successful Gaussian fits), gauss_ok (their fraction), gauss_n, n_kernels.
-    Step 0 is the initialisation. Columns (csv/json): checkpoint, epoch, step, layer, stage, stat,
-    value.
+    CHECKPOINT: checkpoint (run) folders, or folders of them, or a sweep folder (default: the
+    bundled checkpoint). Statistics per layer under the chosen --measure: mass1_mean (the
+    centre pixel's share), mass3/5/9_mean and _std (Eq. 6 at s = 1, 3, 5, 9), k50/k90_mean and
+    _median (smallest window holding 50/90 % of a kernel's mass); and, measure 'any':
+    sigma_x/sigma_y_median, sigma_ratio_mean and _median (successful Gaussian fits), gauss_ok
+    (their fraction), gauss_n, n_kernels. Step 0 is the initialisation.
+
+    Runs of one recipe that differ only in their seed (train_config.json) are aggregated: one
+    row per epoch with the mean over seeds and its 95 % t-interval across seeds (lo, hi;
+    n_seeds), under the runs' common name; --per-seed keeps the runs too. Columns (csv/json):
+    checkpoint, epoch, step, layer, stage, measure, stat, value (+ n_seeds, lo, hi when runs
+    were aggregated).
     """
     import fnmatch
 
-    from ..analysis.stats import STATS, history_table
-    from ..pipeline import load_histories
+    from ..analysis.stats import ANY, STATS, history_table
+    from ..analysis.uncertainty import seed_interval
+    from ..pipeline import load_histories, seed_groups
 
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     wanted = [s.strip() for s in stat_names.split(",") if s.strip()] if stat_names else list(STATS)
@@ -413,16 +423,40 @@ def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
     if unknown or not wanted:
         raise SelectionError(f"--stats: unknown statistic {unknown[0] if unknown else stat_names!r}; "
                              f"choose from {', '.join(STATS)}")
-    run = Run("history", (), layers, False, "cpu", quiet, dict(stats=wanted))
-    frames = []
+    run = Run("history", (), layers, False, "cpu", quiet, dict(stats=wanted, measure=measure, per_seed=per_seed))
+    frames, folders = {}, []
     for label, path, df in load_histories(checkpoints):
         run.provenance.append(dict(label=label, path=str(path), sha256=file_sha256(path)))
-        keep = df[LAYER].map(lambda n: fnmatch.fnmatchcase(n, layers)) & df["stat"].isin(wanted)
-        if not keep.any():
+        in_layers = df[LAYER].map(lambda n: fnmatch.fnmatchcase(n, layers))
+        if not in_layers.any():
             raise SelectionError(f"{label}: no layer matches {layers!r}; available layers: "
                                  f"{', '.join(dict.fromkeys(df[LAYER]))}")
-        frames.append(with_checkpoint(df[keep], label))
-    df = pd.concat(frames, ignore_index=True)
+        for m in _measures(measure):
+            if not (df["measure"] == m).any():
+                run.warn(f"{label}: no {m} statistics (recorded before kernel_stats.csv held both measures)")
+        keep = in_layers & df["stat"].isin(wanted) & df["measure"].isin(list(_measures(measure)) + [ANY])
+        frames[label] = with_checkpoint(df[keep], label)
+        folders.append((label, path.parent))
+    groups = seed_groups(folders)
+    grouped = {m for g in groups for m in g.members}
+    out = [f for label, f in frames.items() if per_seed or label not in grouped]
+    ids = ["epoch", "step", LAYER, "stage", "measure", "stat"]
+    for g in groups:
+        pooled = pd.concat([frames[m] for m in g.members], ignore_index=True)
+        rows = []
+        for key, part in pooled.groupby(ids, sort=False, dropna=False):
+            mean, lo, hi = seed_interval(part["value"])
+            rows.append((g.label, *key, mean, len(part), lo, hi))
+        out.append(pd.DataFrame(rows, columns=[CHECKPOINT, *ids, "value", "n_seeds", "lo", "hi"]))
+        run.log(f"{g.label}: mean over {len(g.members)} runs (seeds {', '.join(map(str, g.seeds))})")
+    df = pd.concat(out, ignore_index=True)
+    if df.empty:
+        raise SelectionError(f"no statistic {', '.join(wanted)} under measure {measure} in "
+                             f"{', '.join(frames)}")
+    if groups:
+        df["n_seeds"] = df["n_seeds"].fillna(1).astype(int)
     if fmt == "table":
-        df = history_table(df, wanted).round(3)
+        df = history_table(df, wanted, measure).round(3)
+        if groups:
+            df = with_interval_text(df, digits=3)
     run.finish(render_frame(df, fmt), output, len(df))
