@@ -335,6 +335,11 @@ class FigureData:
         cost: FLOPs and measured times per feature-map size.
         sources, hashes: label → resolved path and weights hash.
         parameters: the settings of the analysis (recorded in the figures' ``meta.json``).
+        mass_scale: per checkpoint, measure, layer and window the mean mass ratio of a delta, of
+            seeded white noise on the layer's map and of the initialisation
+            (:func:`~niff_analysis.analysis.references.mass_scale`).
+        measures: the measures the mass tables hold, in order (the first is the effective-size
+            figure's).
         untrained_mass_summary: Eq. 6 mean/std of each checkpoint's initialisation (its run's
             ``init/``, or rebuilt from the recorded seed; see
             :func:`~niff_analysis.checkpoint.load_initial`), labelled with the trained
@@ -369,6 +374,8 @@ class FigureData:
     erf_maps: dict = field(default_factory=dict)
     erf: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list = field(default_factory=list)
+    mass_scale: pd.DataFrame = field(default_factory=pd.DataFrame)
+    measures: list = field(default_factory=lambda: ["l1"])
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -384,7 +391,7 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
             cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
             progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
-            erf_images: int = 50, data_dir: Optional[PathLike] = None) -> FigureData:
+            erf_images: int = 50, data_dir: Optional[PathLike] = None, measure: str = "l1") -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 
     Args:
@@ -400,8 +407,15 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         factory: the user factory you allow to build a checkpoint's model.
         erf_images: test images of the checkpoint's dataset for the receptive fields (0: skip).
         data_dir: that dataset's folder (Fashion-MNIST: the Debian package's by default).
+        measure: ``"l1"``, ``"energy"`` or ``"both"``: the measure(s) of the mass ratio and the
+            effective sizes (the tables carry a ``measure`` column; the mass-ratio and history
+            figures draw one row of panels per measure).
     """
     from .analysis.cost import cost_table
+    from .analysis.mass import MEASURES, check_measure
+    from .analysis.references import NOISE_KERNELS, NOISE_SEED, mass_scale
+    from .analysis.schema import MEASURE
+    from .analysis.uncertainty import RESAMPLES
     from .analysis.erf import dataset_images, effective_receptive_fields, erf_area_ratios
     from .analysis.frequency import frequency_profile
     from .analysis.stats import FILE_NAME as STATS_NAME
@@ -412,8 +426,10 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                       gaussian=pd.DataFrame(), gaussian_summary=pd.DataFrame(), eigenkernels={},
                       weight_pca={}, cost=pd.DataFrame(),
                       parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
-                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost))
-    t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf")}
+                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost, measure=measure,
+                                      bootstrap=RESAMPLES, noise_kernels=NOISE_KERNELS, noise_seed=NOISE_SEED))
+    t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf", "scale")}
+    measures = list(MEASURES) if measure == "both" else [check_measure(measure)]
     images: dict = {}
     for ck in load_checkpoints(list(checkpoints) or [None], device=device, factory=factory):
         label = ck.label
@@ -423,11 +439,13 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         data.labels.append(label)
         data.sources[label], data.hashes[label] = ck.meta["path"], ck.meta.get("sha256")
         has_niff = any(lk.response is not None for lk in lks)
-        say(f"{label}: mass ratio, effective sizes")
-        m = kernel_mass(lks)
-        data.notes += [f"{label}: {w}" for w in filter(None, [massless_warning(m)])]
-        t["mass"].append(with_checkpoint(mass_summary(m), label))
-        t["sizes"].append(with_checkpoint(effective_sizes(m), label))
+        say(f"{label}: mass ratio, effective sizes ({', '.join(measures)})")
+        for measure_i in measures:
+            m = kernel_mass(lks, measure_i)
+            if measure_i == measures[0]:
+                data.notes += [f"{label}: {w}" for w in filter(None, [massless_warning(m)])]
+            t["mass"].append(with_checkpoint(mass_summary(m, RESAMPLES), label))
+            t["sizes"].append(with_checkpoint(effective_sizes(m), label))
         say(f"{label}: PCA")
         data.eigenkernels[label] = _tagged_pca(pca_eigenkernels(lks, n_components=n_components), label)
         data.notes += [f"{label}: {w}" for w in pca_warnings(data.eigenkernels[label].table, n_components)]
@@ -440,12 +458,13 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         t["gsum"].append(with_checkpoint(gaussian_summary(g), label))
         if has_niff:
             t["freq"].append(with_checkpoint(frequency_profile(lks), label))
-        init = load_initial(ck.path, device=device)
+        init, init_lks = load_initial(ck.path, device=device), None
         if init is not None:
             say(f"{label}: mass ratio at initialisation")
             init_lks = select_kernels(Checkpoint(label, ck.path, init), layers=layers,
                                       include_conv=not has_niff, max_kernels=max_kernels).kernels
-            t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks)), label))
+            for measure_i in measures:
+                t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks, measure_i)), label))
             if has_niff:
                 t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))
         if erf_images:
@@ -465,6 +484,11 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                 for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
                     data.erf_maps[lab] = effective_receptive_fields(model, images[key])
                     t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab]), lab))
+        say(f"{label}: the scale (delta, white noise, initialisation)")
+        for measure_i in measures:
+            scale = mass_scale(lks, measure_i, init_lks)
+            scale.insert(0, MEASURE, measure_i)
+            t["scale"].append(with_checkpoint(scale, label))
         stats_file = Path(data.sources[label]) / STATS_NAME
         if stats_file.is_file():
             t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))
@@ -475,5 +499,6 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     data.mass_summary, data.effective_sizes = _concat(t["mass"]), _concat(t["sizes"])
     data.gaussian, data.gaussian_summary = _concat(t["gauss"]), _concat(t["gsum"])
     data.untrained_mass_summary, data.history = _concat(t["untrained"]), _concat(t["history"])
+    data.mass_scale, data.measures = _concat(t["scale"]), measures
     data.frequency, data.untrained_frequency, data.erf = _concat(t["freq"]), _concat(t["freq0"]), _concat(t["erf"])
     return data
