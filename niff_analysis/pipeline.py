@@ -48,10 +48,11 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
     """(label, path) per checkpoint: the one rule every command and the figures use.
 
     A folder without ``config.json`` stands for the checkpoints in it (sorted), a study folder
-    of ``niff-analyze sweep`` (``sweep.json``) for its finished runs (``<arm>/seed=<n>``);
-    ``None`` and no arguments at all are the bundled default (path ``None``). The same resolved path given
-    twice is analysed once. Labels are folder names (file stems for ``.safetensors``), or the
-    paths as given where two names clash.
+    of ``niff-analyze sweep`` (``sweep.json``) for its finished runs; ``None`` and no arguments
+    at all are the bundled default (path ``None``). The same resolved path given twice is
+    analysed once. Labels are folder names (file stems for ``.safetensors``; ``<arm>/seed=<n>``
+    for a study's runs, or ``<arm>`` where it has no seed folders), or the paths as given where
+    two names clash.
 
     Raises:
         CheckpointError: a folder that is neither a checkpoint nor holds any.
@@ -59,6 +60,7 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
     if not args:
         return [(DEFAULT_CHECKPOINT.name, None)]
     paths: list[Optional[Path]] = []
+    study: dict[Path, str] = {}  # runs of a study folder: labelled <arm>/seed=<n>
     for arg in args:
         p = None if arg is None else Path(arg)
         if p is not None and p.is_dir() and not (p / CONFIG_NAME).is_file():
@@ -68,6 +70,7 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
                 from .train.sweep import is_finished, runs
 
                 found = [folder for _, _, folder in runs(str(p)) if is_finished(folder)]
+                study.update({f: str(f.relative_to(p)) for f in found})
             if not found:
                 raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
                                       "nor a folder of checkpoints")
@@ -80,7 +83,7 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
         if key not in seen:
             seen.add(key)
             unique.append(p)
-    names = [checkpoint_label(p) for p in unique]
+    names = [study.get(p) or checkpoint_label(p) for p in unique]
     if len(set(names)) < len(names):
         names = [str(p if p is not None else DEFAULT_CHECKPOINT) for p in unique]
     return list(zip(names, unique))
