@@ -196,8 +196,18 @@ def initial_kernels(ck: Checkpoint, kernels: Sequence[LayerKernels], layers: Uni
                     max_kernels: Optional[int] = None, device: str = "cpu") -> Optional[list[LayerKernels]]:
     """The initialisation's kernels of the layers in ``kernels`` (``ck``'s selection), selected
     and sampled the same way (:func:`~niff_analysis.checkpoint.load_initial`: the run's ``init/``
-    or the model rebuilt from the recorded seed); ``None`` when no initialisation is known."""
-    init = load_initial(ck.path, device=device)
+    or the model rebuilt from the recorded seed); ``None`` when no initialisation is known.
+
+    A weights file inside a checkpoint folder (its ``model.safetensors``, a run's
+    ``train_state.pt``) stands for the folder; a file whose run records no initialisation has none.
+    """
+    path = ck.path
+    if path is not None and Path(path).is_file() and (Path(path).parent / CONFIG_NAME).is_file():
+        path = Path(path).parent
+    try:
+        init = load_initial(path, device=device)
+    except NiffError:  # e.g. a training state of a run without config.json yet: no reference, no error
+        return None
     if init is None:
         return None
     names = {lk.name for lk in kernels}
