@@ -130,7 +130,8 @@ def test_delta_and_mass_scale():
     rng = np.random.default_rng(0)
     layers = [LayerKernels("a", "depthwise", (16, 16), "s1", torch.from_numpy(rng.normal(size=(5, 16, 16))).float()),
               LayerKernels("b", "depthwise", (4, 4), "s2", torch.from_numpy(rng.normal(size=(5, 4, 4))).float())]
-    init = [LayerKernels(lk.name, lk.kind, lk.fmap, lk.stage, lk.kernels * 0 + delta_kernels(*lk.fmap)) for lk in layers]
+    init = [LayerKernels(lk.name, lk.kind, lk.fmap, lk.stage, lk.kernels * 0 + delta_kernels(*lk.fmap))
+            for lk in layers]
     scale = mass_scale(layers, "energy", init=init)
     assert list(scale.columns) == ["layer", "window", "delta", "noise", "init"]
     assert (scale["delta"] == 1.0).all() and (scale["init"] == 1.0).all()

@@ -24,7 +24,8 @@ HISTORY_LABELS = {"mass3_mean": "mass ratio at 3×3", "mass5_mean": "mass ratio 
                   "sigma_y_median": "median σy (px)"}
 
 
-def _measure_rows(history: pd.DataFrame, stats: Sequence[str], measures: Sequence[str]) -> list[tuple[str, Optional[str]]]:
+def _measure_rows(history: pd.DataFrame, stats: Sequence[str],
+                  measures: Sequence[str]) -> list[tuple[str, Optional[str]]]:
     """(stat, measure) of each row of panels: a mass or size statistic once per measure the table
     holds it under, any other statistic once."""
     if "measure" not in history.columns:
