@@ -33,6 +33,8 @@ from .errors import CheckpointError, DataError, NiffError, SelectionError
 
 PathLike = Union[str, os.PathLike]
 COST_SIZES = (7, 14, 28, 56, 112)
+SWEEP_FILE = "sweep.json"  # what marks a study folder (niff_analysis.train.sweep.SWEEP_FILE)
+TRAIN_CONFIG = "train_config.json"
 
 
 # --------------------------------------------------------------------------- finding, loading
@@ -45,10 +47,12 @@ def checkpoint_label(path: Optional[PathLike]) -> str:
 def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Optional[Path]]]:
     """(label, path) per checkpoint: the one rule every command and the figures use.
 
-    A folder without ``config.json`` stands for the checkpoints in it (sorted); ``None`` and
-    no arguments at all are the bundled default (path ``None``). The same resolved path given
-    twice is analysed once. Labels are folder names (file stems for ``.safetensors``), or the
-    paths as given where two names clash.
+    A folder without ``config.json`` stands for the checkpoints in it (sorted), a study folder
+    of ``niff-analyze sweep`` (``sweep.json``) for its finished runs; ``None`` and no arguments
+    at all are the bundled default (path ``None``). The same resolved path given twice is
+    analysed once. Labels are folder names (file stems for ``.safetensors``; ``<arm>/seed=<n>``
+    for a study's runs, or ``<arm>`` where it has no seed folders), or the paths as given where
+    two names clash.
 
     Raises:
         CheckpointError: a folder that is neither a checkpoint nor holds any.
@@ -56,11 +60,17 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
     if not args:
         return [(DEFAULT_CHECKPOINT.name, None)]
     paths: list[Optional[Path]] = []
+    study: dict[Path, str] = {}  # runs of a study folder: labelled <arm>/seed=<n>
     for arg in args:
         p = None if arg is None else Path(arg)
         if p is not None and p.is_dir() and not (p / CONFIG_NAME).is_file():
             found = sorted(c for c in p.iterdir()
                            if (c.is_dir() and (c / CONFIG_NAME).is_file()) or c.suffix == ".safetensors")
+            if not found and (p / SWEEP_FILE).is_file():  # a study: its finished runs, arms in order
+                from .train.sweep import is_finished, runs
+
+                found = [folder for _, _, folder in runs(str(p)) if is_finished(folder)]
+                study.update({f: str(f.relative_to(p)) for f in found})
             if not found:
                 raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
                                       "nor a folder of checkpoints")
@@ -73,7 +83,7 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
         if key not in seen:
             seen.add(key)
             unique.append(p)
-    names = [checkpoint_label(p) for p in unique]
+    names = [study.get(p) or checkpoint_label(p) for p in unique]
     if len(set(names)) < len(names):
         names = [str(p if p is not None else DEFAULT_CHECKPOINT) for p in unique]
     return list(zip(names, unique))
@@ -182,6 +192,110 @@ def select_kernels(ck: Checkpoint, layers: Union[str, Sequence[str]] = "*", incl
     return Selection(ck, lks, total, time.perf_counter() - t0, notes)
 
 
+def initial_kernels(ck: Checkpoint, kernels: Sequence[LayerKernels], layers: Union[str, Sequence[str]] = "*",
+                    max_kernels: Optional[int] = None, device: str = "cpu") -> Optional[list[LayerKernels]]:
+    """The initialisation's kernels of the layers in ``kernels`` (``ck``'s selection), selected
+    and sampled the same way (:func:`~niff_analysis.checkpoint.load_initial`: the run's ``init/``
+    or the model rebuilt from the recorded seed); ``None`` when no initialisation is known.
+
+    A weights file inside a checkpoint folder (its ``model.safetensors``, a run's
+    ``train_state.pt``) stands for the folder; a file whose run records no initialisation has none.
+    """
+    path = ck.path
+    if path is not None and Path(path).is_file() and (Path(path).parent / CONFIG_NAME).is_file():
+        path = Path(path).parent
+    try:
+        init = load_initial(path, device=device)
+    except NiffError:  # e.g. a training state of a run without config.json yet: no reference, no error
+        return None
+    if init is None:
+        return None
+    names = {lk.name for lk in kernels}
+    plain = any(lk.kind == "conv" for lk in kernels)
+    sel = select_kernels(Checkpoint(ck.label, ck.path, init), layers=layers, include_conv=plain,
+                         max_kernels=max_kernels)
+    return [lk for lk in sel.kernels if lk.name in names]
+
+
+def run_recipe(path: Optional[PathLike]) -> Optional[tuple[str, int]]:
+    """(the recipe of the training run a checkpoint or run folder comes from, without its seed;
+    the seed), from its ``train_config.json`` (in the folder or, for ``epoch_NNN/`` and
+    ``init/``, its parent); ``None`` when there is none. Two runs with equal recipes differ only
+    in their seed (settings a run recorded before they existed count with their defaults)."""
+    import json
+
+    from .train.config import RECIPE_KEYS
+    from .train.state import RECIPE_DEFAULTS
+
+    folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    folder = folder if folder.is_dir() else folder.parent
+    for f in (folder / TRAIN_CONFIG, folder.parent / TRAIN_CONFIG):
+        if f.is_file():
+            try:
+                cfg = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None
+            if not isinstance(cfg, dict) or cfg.get("seed") is None:
+                return None
+            recipe = {k: cfg.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS if k != "seed"}
+            return json.dumps(recipe, sort_keys=True), int(cfg["seed"])
+    return None
+
+
+@dataclass
+class SeedGroup:
+    """Checkpoints of one recipe trained from different seeds (:func:`seed_groups`).
+
+    Attributes:
+        label: the group's name in tables: the member labels without their ``seed=N`` part where
+            that leaves one name (``spec/seed=0`` … → ``spec``), else the labels joined by ``+``.
+        members: the members' checkpoint labels.
+        seeds: their seeds, in the same order.
+    """
+
+    label: str
+    members: list[str]
+    seeds: list[int]
+
+
+def _group_label(members: list[tuple[str, Optional[Path]]]) -> str:
+    import re
+
+    stripped = {re.sub(r"[/_-]?seed[=_-]?\d+$", "", label) for label, _ in members}
+    if len(stripped) == 1 and next(iter(stripped)):
+        return next(iter(stripped))
+    parents = {Path(p).parent.name if p is not None else "" for _, p in members}
+    if len(stripped) == 1 and len(parents) == 1 and next(iter(parents)):
+        return next(iter(parents))  # an arm folder: seed=0, seed=1, … under it
+    return "+".join(label for label, _ in members)
+
+
+def seed_groups(found: Sequence[tuple[str, Optional[Path]]],
+                trained: Optional[dict[str, object]] = None) -> list[SeedGroup]:
+    """The checkpoints among ``found`` (``(label, path)``, :func:`find_checkpoints`) that share a
+    recipe and differ in their seed: one group per recipe with at least two distinct seeds.
+
+    Args:
+        found: the checkpoints.
+        trained: label → how far each was trained (e.g. its epochs), when checkpoints of one run
+            at different epochs must not be pooled.
+    """
+    by_recipe: dict = {}
+    for label, path in found:
+        rs = run_recipe(path)
+        if rs is None:
+            continue
+        key = (rs[0], None if trained is None else str(trained.get(label)))
+        by_recipe.setdefault(key, []).append((label, path, rs[1]))
+    groups = []
+    for members in by_recipe.values():
+        seeds = [m[2] for m in members]
+        if len(set(seeds)) < 2:
+            continue
+        groups.append(SeedGroup(_group_label([(m[0], m[1]) for m in members]), [m[0] for m in members], seeds))
+    return groups
+
+
 def load_histories(checkpoints: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Path, pd.DataFrame]]:
     """(label, file, table) of the kernel statistics (``kernel_stats.csv``) each checkpoint, or
     run folder in progress, carries (:func:`~niff_analysis.analysis.stats.read_kernel_stats`).
@@ -234,6 +348,11 @@ class FigureData:
         cost: FLOPs and measured times per feature-map size.
         sources, hashes: label → resolved path and weights hash.
         parameters: the settings of the analysis (recorded in the figures' ``meta.json``).
+        mass_scale: per checkpoint, measure, layer and window the mean mass ratio of a delta, of
+            seeded white noise on the layer's map and of the initialisation
+            (:func:`~niff_analysis.analysis.references.mass_scale`).
+        measures: the measures the mass tables hold, in order (the first is the effective-size
+            figure's).
         untrained_mass_summary: Eq. 6 mean/std of each checkpoint's initialisation (its run's
             ``init/``, or rebuilt from the recorded seed; see
             :func:`~niff_analysis.checkpoint.load_initial`), labelled with the trained
@@ -268,6 +387,8 @@ class FigureData:
     erf_maps: dict = field(default_factory=dict)
     erf: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list = field(default_factory=list)
+    mass_scale: pd.DataFrame = field(default_factory=pd.DataFrame)
+    measures: list = field(default_factory=lambda: ["l1"])
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -283,7 +404,7 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
             cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
             progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
-            erf_images: int = 50, data_dir: Optional[PathLike] = None) -> FigureData:
+            erf_images: int = 50, data_dir: Optional[PathLike] = None, measure: str = "l1") -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 
     Args:
@@ -299,8 +420,15 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         factory: the user factory you allow to build a checkpoint's model.
         erf_images: test images of the checkpoint's dataset for the receptive fields (0: skip).
         data_dir: that dataset's folder (Fashion-MNIST: the Debian package's by default).
+        measure: ``"l1"``, ``"energy"`` or ``"both"``: the measure(s) of the mass ratio and the
+            effective sizes (the tables carry a ``measure`` column; the mass-ratio and history
+            figures draw one row of panels per measure).
     """
     from .analysis.cost import cost_table
+    from .analysis.mass import MEASURES, check_measure
+    from .analysis.references import NOISE_KERNELS, NOISE_SEED, mass_scale
+    from .analysis.schema import MEASURE
+    from .analysis.uncertainty import RESAMPLES
     from .analysis.erf import dataset_images, effective_receptive_fields, erf_area_ratios
     from .analysis.frequency import frequency_profile
     from .analysis.stats import FILE_NAME as STATS_NAME
@@ -311,8 +439,10 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                       gaussian=pd.DataFrame(), gaussian_summary=pd.DataFrame(), eigenkernels={},
                       weight_pca={}, cost=pd.DataFrame(),
                       parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
-                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost))
-    t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf")}
+                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost, measure=measure,
+                                      bootstrap=RESAMPLES, noise_kernels=NOISE_KERNELS, noise_seed=NOISE_SEED))
+    t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf", "scale")}
+    measures = list(MEASURES) if measure == "both" else [check_measure(measure)]
     images: dict = {}
     for ck in load_checkpoints(list(checkpoints) or [None], device=device, factory=factory):
         label = ck.label
@@ -322,11 +452,13 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         data.labels.append(label)
         data.sources[label], data.hashes[label] = ck.meta["path"], ck.meta.get("sha256")
         has_niff = any(lk.response is not None for lk in lks)
-        say(f"{label}: mass ratio, effective sizes")
-        m = kernel_mass(lks)
-        data.notes += [f"{label}: {w}" for w in filter(None, [massless_warning(m)])]
-        t["mass"].append(with_checkpoint(mass_summary(m), label))
-        t["sizes"].append(with_checkpoint(effective_sizes(m), label))
+        say(f"{label}: mass ratio, effective sizes ({', '.join(measures)})")
+        for measure_i in measures:
+            m = kernel_mass(lks, measure_i)
+            if measure_i == measures[0]:
+                data.notes += [f"{label}: {w}" for w in filter(None, [massless_warning(m)])]
+            t["mass"].append(with_checkpoint(mass_summary(m, RESAMPLES), label))
+            t["sizes"].append(with_checkpoint(effective_sizes(m), label))
         say(f"{label}: PCA")
         data.eigenkernels[label] = _tagged_pca(pca_eigenkernels(lks, n_components=n_components), label)
         data.notes += [f"{label}: {w}" for w in pca_warnings(data.eigenkernels[label].table, n_components)]
@@ -339,12 +471,13 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         t["gsum"].append(with_checkpoint(gaussian_summary(g), label))
         if has_niff:
             t["freq"].append(with_checkpoint(frequency_profile(lks), label))
-        init = load_initial(ck.path, device=device)
+        init, init_lks = load_initial(ck.path, device=device), None
         if init is not None:
             say(f"{label}: mass ratio at initialisation")
             init_lks = select_kernels(Checkpoint(label, ck.path, init), layers=layers,
                                       include_conv=not has_niff, max_kernels=max_kernels).kernels
-            t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks)), label))
+            for measure_i in measures:
+                t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks, measure_i)), label))
             if has_niff:
                 t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))
         if erf_images:
@@ -364,6 +497,11 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                 for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
                     data.erf_maps[lab] = effective_receptive_fields(model, images[key])
                     t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab]), lab))
+        say(f"{label}: the scale (delta, white noise, initialisation)")
+        for measure_i in measures:
+            scale = mass_scale(lks, measure_i, init_lks)
+            scale.insert(0, MEASURE, measure_i)
+            t["scale"].append(with_checkpoint(scale, label))
         stats_file = Path(data.sources[label]) / STATS_NAME
         if stats_file.is_file():
             t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))
@@ -374,5 +512,6 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     data.mass_summary, data.effective_sizes = _concat(t["mass"]), _concat(t["sizes"])
     data.gaussian, data.gaussian_summary = _concat(t["gauss"]), _concat(t["gsum"])
     data.untrained_mass_summary, data.history = _concat(t["untrained"]), _concat(t["history"])
+    data.mass_scale, data.measures = _concat(t["scale"]), measures
     data.frequency, data.untrained_frequency, data.erf = _concat(t["freq"]), _concat(t["freq0"]), _concat(t["erf"])
     return data

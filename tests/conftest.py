@@ -37,6 +37,7 @@ SLOW = [
     "tests/test_analysis_gaussian.py::test_give_up_rules_keep_every_successful_fit_of_the_bundled_checkpoint",
     "tests/test_analysis_gaussian.py::test_equals_curve_fit_on_learned_kernels",
     "tests/test_claims.py::test_claims_command_*",
+    "tests/test_claims.py::test_claims_pool_checkpoints_of_one_recipe_over_seeds",
 ]
 
 

@@ -116,7 +116,8 @@ def test_long_form_columns_and_full_layer_channels():
             if (o, i) != (1, 2):
                 k[o, i, 3, 3] = 1.0
     df = kernel_mass([LayerKernels("blk.conv", "full", (7, 7), "blk", k)])
-    assert list(df.columns) == ["layer", "stage", "fmap_h", "fmap_w", "channel", "window", "mass_ratio"]
+    assert list(df.columns) == ["measure", "layer", "stage", "fmap_h", "fmap_w", "channel", "window", "mass_ratio"]
+    assert (df["measure"] == "l1").all() and df.attrs["measure"] == "l1"
     assert sorted(df.channel.unique()) == list(range(6))
     corner = df[df.channel == 1 * 3 + 2]  # channel = o * Cin + i
     assert corner.mass_ratio.tolist() == [0, 0, 0, 1]
@@ -185,7 +186,7 @@ def test_mass_table_massless_kernels_and_kernel_table():
     sizes = effective_sizes(mass)
     assert table.loc[0, "size_90"] == pytest.approx(sizes[sizes.layer == "a"].size_90.mean(), abs=5e-4)
     zero = massless_kernels(mass)
-    assert zero.to_dict("records") == [dict(layer="b", massless=1, kernels=2)]
+    assert zero.to_dict("records") == [dict(measure="l1", layer="b", massless=1, kernels=2)]
     assert massless_kernels(kernel_mass(layers[:1])).empty
     kt = kernel_table(layers)
     assert kt[["layer", "kernel_h", "n_kernels"]].values.tolist() == [["a", 11, 3], ["b", 5, 2]]

@@ -23,7 +23,7 @@ ENTRY = Path(sys.executable).parent / "niff-analyze"
 SMALL = "layer4.1.conv2"  # a 4×4 layer keeps every command fast
 COLUMNS = {
     "kernels": ["checkpoint", "layer", "stage", "kind", "fmap_h", "fmap_w"],
-    "mass": ["checkpoint", "layer", "stage", "fmap_h", "fmap_w", "channel", "window", "mass_ratio"],
+    "mass": ["checkpoint", "measure", "layer", "stage", "fmap_h", "fmap_w", "channel", "window", "mass_ratio"],
     "pca": ["checkpoint", "layer", "stage", "fmap_h", "fmap_w", "component", "explained_variance_ratio"],
     "gaussian": ["checkpoint", "layer", "stage", "fmap_h", "fmap_w", "channel", "sigma_x", "sigma_y",
                  "sigma_major", "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success"],
@@ -118,6 +118,78 @@ def test_gaussian_summary_view():
     df = pd.read_json(io.StringIO(invoke("gaussian", "--layers", SMALL, "--format", "json", "--view",
                                          "summary").stdout))
     assert {"sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std", "n_ok"} <= set(df.columns)
+    fits = pd.read_csv(io.StringIO(invoke("gaussian", "--layers", SMALL, "--format", "csv", "-q").stdout))
+    ok = fits[fits.success]
+    row = df.iloc[0]
+    # σx/σy three ways: the paper's mean, the median and the geometric mean of per-kernel ratios
+    assert row.sigma_ratio_mean == pytest.approx(ok.sigma_ratio.mean(), rel=1e-9)
+    assert row.sigma_ratio_median == pytest.approx(ok.sigma_ratio.median(), rel=1e-9)
+    assert row.sigma_ratio_gmean == pytest.approx(np.exp(np.log(ok.sigma_ratio).mean()), rel=1e-9)
+    for stat in ("sigma_x_mean", "sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "sigma_ratio_median",
+                 "sigma_ratio_gmean", "sigma_x_moment_median"):
+        assert row[f"{stat}_lo"] < row[stat] < row[f"{stat}_hi"], stat
+    from niff_analysis.analysis.uncertainty import bootstrap_interval
+    assert (row.sigma_x_median_lo, row.sigma_x_median_hi) == pytest.approx(bootstrap_interval(ok.sigma_x, "median"))
+    table = invoke("gaussian", "--layers", SMALL, "-q").stdout
+    assert "sigma_ratio_median" in table and f"{row.sigma_x_median:.3g} [{row.sigma_x_median_lo:.3g}, " in table
+    assert "sigma_x_median_lo" not in pd.read_json(io.StringIO(invoke(
+        "gaussian", "--layers", SMALL, "--format", "json", "--view", "summary", "--bootstrap", "0").stdout)).columns
+
+
+def test_mass_energy_equals_an_independent_k2_computation_on_the_exported_kernels(tmp_path):
+    """Done criterion of issue 26: `mass --measure energy --format csv` on the bundled default
+    equals k² ratios recomputed with numpy from `kernels --output` (1e-6)."""
+    npz = tmp_path / "kernels.npz"
+    assert invoke("kernels", "-q", "-o", str(npz)).exit_code == 0
+    res = invoke("mass", "--measure", "energy", "--format", "csv", "-q")
+    assert res.exit_code == 0, res.stderr
+    got = pd.read_csv(io.StringIO(res.stdout))
+    assert set(got.measure) == {"energy"} and got.layer.nunique() == 13
+    with np.load(npz) as arrays:
+        for layer, part in got.groupby("layer", sort=False):
+            k = arrays[layer].astype(np.float64)
+            k = k.reshape(-1, *k.shape[-2:])
+            n, h, w = k.shape
+            e = k ** 2
+            cy, cx = h // 2, w // 2
+            expect = []
+            for c in range(n):
+                total, s = e[c].sum(), 1
+                while True:
+                    r = (s - 1) // 2
+                    win = e[c, max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]
+                    expect.append((c, s if win.size < h * w else max(h, w), win.sum() / total))
+                    if win.size == h * w:
+                        break
+                    s += 2
+            ref = pd.DataFrame(expect, columns=["channel", "window", "ratio"])
+            assert part[["channel", "window"]].values.tolist() == ref[["channel", "window"]].values.tolist()
+            np.testing.assert_allclose(part.mass_ratio.to_numpy(), ref.ratio.to_numpy(), rtol=0, atol=1e-6)
+
+
+def test_mass_summary_carries_interval_and_scale():
+    summ = pd.read_csv(io.StringIO(invoke("mass", "--layers", "layer4.*", "--measure", "both", "--view", "summary",
+                                          "--format", "csv", "-q").stdout))
+    assert list(summ.columns) == ["checkpoint", "measure", "layer", "stage", "fmap_h", "fmap_w", "window", "mean",
+                                  "mean_lo", "mean_hi", "std", "n", "delta", "noise", "init"]
+    assert set(summ.measure) == {"l1", "energy"} and (summ.delta == 1.0).all()
+    inner = summ[summ.window < 4]
+    assert ((inner.mean_lo < inner["mean"]) & (inner["mean"] < inner.mean_hi)).all()
+    # white noise on 4×4: s²/16 at s = 1, 3, within sampling error of the seeded 512 kernels
+    for s in (1, 3):
+        assert summ[summ.window == s].noise.sub(s * s / 16).abs().max() < 0.03
+    # the initialisation is the bundled run's, rebuilt from its seed: as the history's step 0
+    from niff_analysis.analysis.stats import read_kernel_stats
+    hist = read_kernel_stats(DEFAULT_CHECKPOINT)
+    step0 = hist[(hist.step == 0) & (hist.stat == "mass3_mean") & (hist.layer == SMALL)].value.iloc[0]
+    got = summ[(summ.layer == SMALL) & (summ.window == 3) & (summ.measure == "l1")].init.iloc[0]
+    assert got == pytest.approx(step0, rel=1e-9)
+    table = invoke("mass", "--layers", SMALL, "--view", "summary", "-q").stdout
+    assert table.splitlines()[0].split() == ["checkpoint", "measure", "layer", "stage", "fmap_h", "fmap_w", "window",
+                                             "mean", "n", "delta", "noise", "init"]
+    assert "[" in table.splitlines()[1]
+    per_layer = invoke("mass", "--layers", SMALL, "--measure", "energy", "-q").stdout
+    assert per_layer.splitlines()[1].split()[1] == "energy" and "mass_w1" in per_layer
 
 
 def test_output_files_and_meta(tmp_path):

@@ -125,6 +125,8 @@ def test_files_inside_a_run_folder_stand_for_its_model(reference_run, tmp_path):
     for target in (out / "model.safetensors", out / "train_state.pt"):
         res = _cli("mass", target, "--view", "summary", "--format", "csv", "-q")
         assert res.exit_code == 0, (target, res.output)
+        # the file stands for its run folder: the run's init/ is the initialisation reference
+        assert pd.read_csv(io.StringIO(res.stdout))["init"].notna().all(), target
     # The training state holds the final weights of the finished run.
     assert _same_weights(load_checkpoint(out / "train_state.pt"), load_checkpoint(out))
     bad = tmp_path / "train_state.pt"

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import load_weights, tiny_config
 from niff_analysis.analysis import extract_kernels
-from niff_analysis.analysis.stats import STATS, kernel_stats, read_kernel_stats
+from niff_analysis.analysis.stats import MASS_STATS, SHARED_STATS, kernel_stats, read_kernel_stats
 from niff_analysis.checkpoint import load_checkpoint
 from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
@@ -32,8 +32,10 @@ def _cli_csv(*args) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(res.stdout))
 
 
-def _wide(stats: pd.DataFrame) -> pd.DataFrame:
-    return stats.pivot_table(index="layer", columns="stat", values="value", sort=False)
+def _wide(stats: pd.DataFrame, measure: str = "l1") -> pd.DataFrame:
+    """One row per layer: the statistics of ``measure`` and the measure-free ones."""
+    part = stats[stats["measure"].isin([measure, "any"])]
+    return part.pivot_table(index="layer", columns="stat", values="value", sort=False)
 
 
 def test_recorded_at_init_and_after_every_epoch(reference_run):
@@ -41,35 +43,46 @@ def test_recorded_at_init_and_after_every_epoch(reference_run):
     # 4 steps per epoch, 2 epochs: init, after epoch 1, after epoch 2.
     assert sorted(hist["step"].unique()) == [0, 4, 8]
     assert sorted(hist["epoch"].unique()) == [0.0, 1.0, 2.0]
+    assert list(hist.columns) == ["epoch", "step", "layer", "stage", "measure", "stat", "value"]
     model = load_checkpoint(reference_run["out"])
     names = [n for n, _ in niff_layers(model)]
+    expected = ([("l1", s) for s in MASS_STATS] + [("energy", s) for s in MASS_STATS]
+                + [("any", s) for s in SHARED_STATS])
     for _, block in hist.groupby("step"):
         assert list(dict.fromkeys(block["layer"])) == names
-        assert block.groupby("layer", sort=False)["stat"].apply(list).map(lambda s: s == STATS).all()
+        for _, rows in block.groupby("layer", sort=False):
+            assert list(zip(rows["measure"], rows["stat"])) == expected
     # Training moves the kernels: the statistics of the first and last record differ.
     first, last = (_wide(hist[hist["step"] == s]) for s in (0, 8))
     assert not np.allclose(first["mass3_mean"], last["mass3_mean"])
+    # Both measures, and they differ: k² weighs the centre more than |k| does.
+    l1, energy = _wide(hist[hist["step"] == 8]), _wide(hist[hist["step"] == 8], "energy")
+    assert (energy["mass1_mean"] > l1["mass1_mean"]).all() and (energy["k90_mean"] <= l1["k90_mean"]).all()
 
 
 def test_last_record_equals_what_the_analysis_commands_print(reference_run):
     out = reference_run["out"]
     hist = read_kernel_stats(out)
     last = _wide(hist[hist["step"] == hist["step"].max()])
-    summary = _cli_csv("mass", out, "--view", "summary")
-    sizes = _cli_csv("mass", out, "--view", "sizes")
     fits = _cli_csv("gaussian", out)
     gsum = _cli_csv("gaussian", out, "--view", "summary")
+    for measure in ("l1", "energy"):
+        summary = _cli_csv("mass", out, "--view", "summary", "--measure", measure, "--bootstrap", "0")
+        sizes = _cli_csv("mass", out, "--view", "sizes", "--measure", measure)
+        assert set(summary["measure"]) == set(sizes["measure"]) == {measure}
+        for layer, row in _wide(hist[hist["step"] == hist["step"].max()], measure).iterrows():
+            s = summary[summary["layer"] == layer]
+            w = s["window"].to_numpy()
+            for win in (1, 3, 5, 9):
+                r = s[s["window"] == (win if win in w else w.max())].iloc[0]
+                assert row[f"mass{win}_mean"] == pytest.approx(r["mean"], rel=1e-12)
+                if win > 1:
+                    assert row[f"mass{win}_std"] == pytest.approx(r["std"], rel=1e-9, abs=1e-15)
+            z = sizes[sizes["layer"] == layer]
+            for q in (50, 90):
+                assert row[f"k{q}_mean"] == pytest.approx(z[f"size_{q}"].mean())
+                assert row[f"k{q}_median"] == pytest.approx(z[f"size_{q}"].median())
     for layer, row in last.iterrows():
-        s = summary[summary["layer"] == layer]
-        w = s["window"].to_numpy()
-        for win in (3, 5, 9):
-            r = s[s["window"] == (win if win in w else w.max())].iloc[0]
-            assert row[f"mass{win}_mean"] == pytest.approx(r["mean"], rel=1e-12)
-            assert row[f"mass{win}_std"] == pytest.approx(r["std"], rel=1e-9, abs=1e-15)
-        z = sizes[sizes["layer"] == layer]
-        for q in (50, 90):
-            assert row[f"k{q}_mean"] == pytest.approx(z[f"size_{q}"].mean())
-            assert row[f"k{q}_median"] == pytest.approx(z[f"size_{q}"].median())
         f = fits[fits["layer"] == layer]
         ok = f[f["success"]]
         assert row["gauss_ok"] == pytest.approx(len(ok) / len(f))
@@ -79,6 +92,7 @@ def test_last_record_equals_what_the_analysis_commands_print(reference_run):
             assert row["sigma_y_median"] == pytest.approx(ok["sigma_y"].median(), rel=1e-9)
             g = gsum[gsum["layer"] == layer].iloc[0]
             assert row["sigma_ratio_mean"] == pytest.approx(g["sigma_ratio_mean"], rel=1e-9)
+            assert row["sigma_ratio_median"] == pytest.approx(g["sigma_ratio_median"], rel=1e-9)
 
 
 def test_init_checkpoint_is_the_rebuilt_initialisation(reference_run):
@@ -94,8 +108,8 @@ def test_init_checkpoint_is_the_rebuilt_initialisation(reference_run):
     hist = read_kernel_stats(out)
     first = hist[hist["step"] == 0].reset_index(drop=True)
     again = kernel_stats(extract_kernels(init))
-    pd.testing.assert_frame_equal(first[["layer", "stat", "value"]], again[["layer", "stat", "value"]],
-                                  check_exact=False, rtol=1e-12)
+    cols = ["layer", "measure", "stat", "value"]
+    pd.testing.assert_frame_equal(first[cols], again[cols], check_exact=False, rtol=1e-12)
     # Building the initialisation leaves the caller's RNG alone.
     before = torch.get_rng_state()
     trainer.initial_model(cfg.model, kwargs, cfg.seed)
@@ -116,6 +130,51 @@ def test_resume_keeps_rows_up_to_the_state_and_rewrites_the_rest(tmp_path, refer
     stale.to_csv(out / "kernel_stats.csv", index=False)
     trainer.train(tiny_config(out), resume=True)
     assert (out / "kernel_stats.csv").read_text() == text
+
+
+def _old_format(text: str) -> str:
+    """A kernel_stats.csv as the code before both measures wrote it: no measure column, l1 only,
+    without the statistics added since (mass1_mean, sigma_ratio_median)."""
+    df = pd.read_csv(io.StringIO(text))
+    df = df[df["measure"].isin(["l1", "any"]) & ~df["stat"].isin(["mass1_mean", "sigma_ratio_median"])]
+    return df.drop(columns="measure").to_csv(index=False, float_format="%.17g")
+
+
+def test_a_run_started_by_the_old_code_resumes_into_one_consistent_file(tmp_path, reference_run):
+    """The old rows keep their values and read as l1/any; the rows recorded after the resume hold
+    both measures and equal the uninterrupted run's; the file has one header throughout."""
+    out = tmp_path / "run"
+    out.mkdir()
+    snap = next(p for e, s, p in reference_run["snapshots"] if (e, s) == (1, 2))  # global step 6
+    shutil.copy(snap, out / trainer.STATE_NAME)
+    text = (reference_run["out"] / "kernel_stats.csv").read_text()
+    old = _old_format(text)
+    (out / "kernel_stats.csv").write_text(old)
+    trainer.train(tiny_config(out), resume=True)
+    new_text = (out / "kernel_stats.csv").read_text()
+    assert new_text.splitlines()[0] == "epoch,step,layer,stage,measure,stat,value"
+    got, full = read_kernel_stats(out), read_kernel_stats(reference_run["out"])
+    early = got[got["step"] <= 6]
+    assert set(early["measure"]) == {"l1", "any"} and "mass1_mean" not in set(early["stat"])
+    expect_early = read_kernel_stats(_write(tmp_path / "old.csv", old))
+    expect_early = expect_early[expect_early["step"] <= 6].reset_index(drop=True)
+    pd.testing.assert_frame_equal(early.reset_index(drop=True), expect_early)
+    late = got[got["step"] > 6].reset_index(drop=True)
+    assert set(late["step"]) == {8}
+    pd.testing.assert_frame_equal(late, full[full["step"] > 6].reset_index(drop=True))
+    # it reads back through every consumer
+    long = _cli_csv("history", out, "--measure", "both")
+    assert set(long["measure"]) == {"l1", "energy", "any"}
+    res = CliRunner().invoke(main, ["history", str(out), "--measure", "energy", "--stats", "mass9_mean"])
+    assert res.exit_code == 0, res.output
+    table = res.stdout.strip().splitlines()
+    assert table[0].split() == ["checkpoint", "measure", "epoch", "step", "layer", "mass9_mean"]
+    assert len(table) == 1 + 13  # the energy statistic exists from the resumed record on: epoch 2
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
 
 
 def test_every_n_steps_and_no_kernel_stats(tmp_path, fmnist_dir):
@@ -212,17 +271,21 @@ def test_baseline_statistics_fit_a_sample_of_dense_layers(baseline_checkpoint):
 # ------------------------------------------------------------------------------ reading it back
 def test_history_command(reference_run, tmp_path, baseline_checkpoint):
     out = reference_run["out"]
-    long = _cli_csv("history", out)
+    long = _cli_csv("history", out, "--measure", "both")
     hist = read_kernel_stats(out)
-    assert list(long.columns) == ["checkpoint", "epoch", "step", "layer", "stage", "stat", "value"]
+    assert list(long.columns) == ["checkpoint", "epoch", "step", "layer", "stage", "measure", "stat", "value"]
     assert len(long) == len(hist) and set(long["checkpoint"]) == {out.name}
     np.testing.assert_allclose(long["value"].to_numpy(), hist["value"].to_numpy(), rtol=1e-9)
+    assert set(_cli_csv("history", out)["measure"]) == {"l1", "any"}  # l1 by default
     res = CliRunner().invoke(main, ["history", str(out), "--stats", "mass9_mean,k90_mean",
                                     "--layers", "layer1.*"])
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
-    assert lines[0].split() == ["checkpoint", "epoch", "step", "layer", "mass9_mean", "k90_mean"]
+    assert lines[0].split() == ["checkpoint", "measure", "epoch", "step", "layer", "mass9_mean", "k90_mean"]
     assert len(lines) == 1 + 3 * 4  # 3 records × 4 layer1 layers
+    res = CliRunner().invoke(main, ["history", str(out), "--stats", "mass9_mean", "--layers", "layer1.*",
+                                    "--measure", "both"])
+    assert len(res.stdout.strip().splitlines()) == 1 + 2 * 3 * 4
     for args, message in ((["--stats", "nope"], "--stats: unknown statistic 'nope'"),
                           (["--layers", "layer9*"], "no layer matches 'layer9*'")):
         res = CliRunner().invoke(main, ["history", str(out), *args])
@@ -233,7 +296,7 @@ def test_history_command(reference_run, tmp_path, baseline_checkpoint):
     running = tmp_path / "running"
     shutil.copytree(out / "init", running / "init")
     shutil.copy(out / "kernel_stats.csv", running / "kernel_stats.csv")
-    assert len(_cli_csv("history", running)) == len(hist)
+    assert len(_cli_csv("history", running, "--measure", "both")) == len(hist)
 
 
 def test_load_initial_finds_or_rebuilds_the_initialisation(reference_run, tmp_path):

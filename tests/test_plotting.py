@@ -170,7 +170,7 @@ EXPECTED = ["mass_ratio", "effective_size", "gaussian_sigma", "cost", "eigenkern
 TABLES = ["mass_summary", "mass_summary_untrained", "effective_sizes", "gaussian_fits", "gaussian_summary", "cost",
           "eigenkernels", "eigenkernel_components", "weight_pca", "weight_pca_components",
           "raw_kernels_sample", "erf_area_ratios", "frequency_profile", "frequency_profile_untrained",
-          "kernel_history"]
+          "kernel_history", "mass_scale"]
 FAST = ["--layers", "layer3.1.conv2,layer4.1.conv1", "--max-kernels", "16", "--erf-images", "4",
         "--cost-sizes", "4,8", "--no-timing", "--device", "cpu"]
 
@@ -197,6 +197,19 @@ def test_cli_writes_the_full_set_reproducibly(tmp_path):
     summary = pd.read_csv(runs[0] / "mass_summary.csv")
     assert set(summary["layer"]) == {"layer3.1.conv2", "layer4.1.conv1"}
     assert set(summary["checkpoint"]) == {"resnet18_niff_fmnist"}
+    assert meta["parameters"]["measure"] == "l1" and set(summary["measure"]) == {"l1"}
+    assert {"mean_lo", "mean_hi"} <= set(summary.columns)
+    scale = pd.read_csv(runs[0] / "mass_scale.csv")
+    assert list(scale.columns) == ["checkpoint", "measure", "layer", "window", "delta", "noise", "init"]
+    assert (scale["delta"] == 1.0).all() and scale["init"].notna().all()
+    res = CliRunner().invoke(main, ["figures", "--out", str(tmp_path / "both"), "--quiet", "--format", "png",
+                                    "--measure", "both", *FAST])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "both" / "meta.json").read_text())["parameters"]["measure"] == "both"
+    both = pd.read_csv(tmp_path / "both" / "mass_summary.csv")
+    assert set(both["measure"]) == {"l1", "energy"} and set(pd.read_csv(tmp_path / "both" / "mass_scale.csv")
+                                                             ["measure"]) == {"l1", "energy"}
+    pd.testing.assert_frame_equal(both[both.measure == "l1"].reset_index(drop=True), summary)
 
 
 def test_cli_compares_niff_with_baseline(tmp_path, baseline_checkpoint):
@@ -455,3 +468,54 @@ def test_sweep_figure_draws_its_table():
     assert [list(line.get_ydata()) for line in acc.get_lines()] == [pytest.approx([0.71, 0.72]),
                                                                     pytest.approx([0.81, 0.82])]
     plt.close(fig)
+
+
+def test_mass_ratio_one_row_per_measure_with_the_noise_and_delta_scale(real):
+    from niff_analysis.analysis.references import mass_scale
+    from niff_analysis.plotting.curves import MEASURE_LABELS
+
+    lks = real["kernels"]
+    summary = pd.concat([mass_summary(kernel_mass(lks, m)) for m in ("l1", "energy")], ignore_index=True)
+    scale = pd.concat([mass_scale(lks, m).assign(measure=m) for m in ("l1", "energy")], ignore_index=True)
+    two = pd.concat([summary.assign(checkpoint="a"), summary.assign(checkpoint="b")], ignore_index=True)
+    scales = pd.concat([scale.assign(checkpoint="a"), scale.assign(checkpoint="b")], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, axes = plot_mass_ratio(two, scale=scales)
+    assert len(axes) == 4  # 2 measures × 2 models, a row per measure
+    assert [a.get_ylabel() for a in axes[::2]] == [MEASURE_LABELS["l1"], MEASURE_LABELS["energy"]]
+    assert [a.get_title() for a in axes[:2]] == ["a", "b"]
+    stages = summary.drop_duplicates("stage")
+    for i, measure in enumerate(("l1", "energy")):
+        a = axes[2 * i]
+        noise = [ln for ln in a.get_lines() if ln.get_linestyle() == "-."]
+        assert len(noise) == len(stages)  # one white-noise curve per stage (map size)
+        for ln in noise:
+            layer = summary[summary.stage == ln.get_label()[1:].split(" ")[0]].layer.iloc[0]
+            d = scale[(scale.measure == measure) & (scale.layer == layer)].sort_values("window")
+            np.testing.assert_allclose(ln.get_ydata(), d["noise"])
+        curves = [ln for ln in a.get_lines() if ln.get_label() == "layer4.1.conv2"]
+        want = summary[(summary.measure == measure) & (summary.layer == "layer4.1.conv2")].sort_values("window")
+        np.testing.assert_allclose(curves[0].get_ydata(), want["mean"])
+        assert any(ln.get_ydata()[0] == 1.0 and ln.get_ydata()[-1] == 1.0 and ln.get_linestyle() == "-"
+                   and tuple(ln.get_xdata()) == (0, 1) for ln in a.get_lines())  # the delta line
+    texts = [t.get_text() for t in axes[1].get_legend().get_texts()]
+    assert "white noise, same map" in texts and any(t.startswith("delta") for t in texts)
+
+
+def test_history_figure_rows_per_measure():
+    from niff_analysis.analysis.stats import read_kernel_stats
+    from niff_analysis.plotting import plot_kernel_history
+
+    old = read_kernel_stats(BUNDLED_DIR / "resnet18_niff_fmnist")
+    old = old[old.step <= 468]
+    new = pd.concat([old, old[old.measure == "l1"].assign(measure="energy", value=lambda d: d.value * 0.5)])
+    fig, axes = plot_kernel_history(new, measures=("l1", "energy"))
+    assert len(axes) == 4 and [a.get_ylabel().split("\n")[-1] for a in axes] == ["[l1]", "[l1]", "[energy]",
+                                                                                  "[energy]"]
+    ln = [ln for ln in axes[2].get_lines() if ln.get_label() == "layer1.0.conv1"][0]
+    want = new[(new.measure == "energy") & (new.stat == "mass9_mean") & (new.layer == "layer1.0.conv1")]
+    np.testing.assert_allclose(ln.get_ydata(), want.sort_values("epoch").value)
+    # a file recorded before both measures has no energy rows: they are left out, not drawn empty
+    fig, axes = plot_kernel_history(old, measures=("l1", "energy"))
+    assert len(axes) == 2

@@ -83,6 +83,7 @@ from .kernels import LayerKernels
 from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
 from .lm import (N_PARAMS, _derived, _moments, levenberg_marquardt, model_values,
                  moment_init, pixel_coords, precision)
+from .uncertainty import add_intervals
 
 MIN_SIGMA = 0.4
 # A fit is given up (see _hopeless) when its σ_minor falls below HARD_SIGMA px or its σ_major
@@ -282,23 +283,49 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 
     return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
-def gaussian_summary(gauss_df: pd.DataFrame) -> pd.DataFrame:
+#: Statistics of :func:`gaussian_summary` that get a bootstrap interval: name → (column, statistic).
+SUMMARY_INTERVALS = {
+    "sigma_x_mean": ("sigma_x", "mean"), "sigma_y_mean": ("sigma_y", "mean"),
+    "sigma_ratio_mean": ("sigma_ratio", "mean"), "sigma_ratio_median": ("sigma_ratio", "median"),
+    "sigma_ratio_gmean": ("sigma_ratio", "gmean"),
+    "sigma_x_median": ("sigma_x", "median"), "sigma_y_median": ("sigma_y", "median"),
+    "r2_median": ("r2", "median"),
+}
+
+
+def gaussian_summary(gauss_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame:
     """Per layer: over successful fits the mean/std, median and quartiles of σx, σy and the
-    mean/std of σx/σy, their count n_ok; the count of censored kernels (fits undersampled:
-    σ below 0.4 px, sharper than the samples resolve) n_censored; the median moment σx, σy over
-    every kernel with mass; and the count n of kernels. Keeps a leading ``checkpoint`` column
-    when the input has one."""
+    mean/std, median and geometric mean of σx/σy, their count n_ok; the count of censored kernels
+    (fits undersampled: σ below 0.4 px, sharper than the samples resolve) n_censored; the median
+    moment σx, σy over every kernel with mass; and the count n of kernels. Keeps a leading
+    ``checkpoint`` column when the input has one.
+
+    The mean of per-kernel ratios σx/σy is the paper's statistic (App. A); it is pulled away
+    from 1 by a few large ratios whichever way round the ratio is taken (the mean of σy/σx is
+    above 1 as well), so the median and the geometric mean (exp of the mean log ratio:
+    symmetric, 1/r for the inverted ratio) stand beside it.
+
+    Args:
+        gauss_df: :func:`gaussian_fit` output.
+        resamples: with a positive count, every statistic of :data:`SUMMARY_INTERVALS` (and the
+            moment medians) gets ``<name>_lo``/``_hi``: its seeded percentile-bootstrap 95 %
+            interval over the layer's kernels
+            (:func:`~niff_analysis.analysis.uncertainty.bootstrap_interval`).
+    """
     by = keys(gauss_df, LAYER_COLUMNS)
     ok = gauss_df[gauss_df["success"].astype(bool)]
+    ok = ok.assign(log_ratio=np.log(ok["sigma_ratio"].astype(float).where(ok["sigma_ratio"] > 0)))
     g = ok.groupby(by, sort=False, dropna=False)
     out = g.agg(sigma_x_mean=("sigma_x", "mean"), sigma_x_std=("sigma_x", "std"),
                 sigma_y_mean=("sigma_y", "mean"), sigma_y_std=("sigma_y", "std"),
                 sigma_ratio_mean=("sigma_ratio", "mean"), sigma_ratio_std=("sigma_ratio", "std"),
+                sigma_ratio_median=("sigma_ratio", "median"), sigma_ratio_gmean=("log_ratio", "mean"),
                 sigma_x_median=("sigma_x", "median"), sigma_x_q25=("sigma_x", lambda v: v.quantile(0.25)),
                 sigma_x_q75=("sigma_x", lambda v: v.quantile(0.75)),
                 sigma_y_median=("sigma_y", "median"), sigma_y_q25=("sigma_y", lambda v: v.quantile(0.25)),
                 sigma_y_q75=("sigma_y", lambda v: v.quantile(0.75)),
                 r2_median=("r2", "median"), n_ok=("success", "size")).reset_index()
+    out["sigma_ratio_gmean"] = np.exp(out["sigma_ratio_gmean"])
     all_g = gauss_df.groupby(by, sort=False, dropna=False)
     n = all_g.size().rename("n").reset_index()
     extra = []
@@ -313,7 +340,13 @@ def gaussian_summary(gauss_df: pd.DataFrame) -> pd.DataFrame:
         out = out.merge(e, on=by, how="left")
     out["n_ok"] = out["n_ok"].fillna(0).astype(int)
     cols = by + ["sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std", "sigma_ratio_mean",
-                   "sigma_ratio_std", "sigma_x_median", "sigma_x_q25", "sigma_x_q75", "sigma_y_median",
-                   "sigma_y_q25", "sigma_y_q75", "r2_median", "n_ok"]
+                   "sigma_ratio_std", "sigma_ratio_median", "sigma_ratio_gmean", "sigma_x_median", "sigma_x_q25",
+                   "sigma_x_q75", "sigma_y_median", "sigma_y_q25", "sigma_y_q75", "r2_median", "n_ok"]
     cols += [c for c in ("n_censored", "sigma_x_moment_median", "sigma_y_moment_median") if c in out.columns]
-    return out[cols + ["n"]]
+    out = out[cols + ["n"]]
+    if resamples:
+        out = add_intervals(out, ok, by, SUMMARY_INTERVALS, resamples)
+        moments = {f"sigma_{a}_moment_median": (f"sigma_{a}_moment", "median") for a in "xy"
+                   if f"sigma_{a}_moment_median" in out.columns}
+        out = add_intervals(out, gauss_df, by, moments, resamples)
+    return out

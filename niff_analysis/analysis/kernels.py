@@ -60,7 +60,7 @@ class LayerKernels:
             or ``None`` for plain convolutions.
         in_channels: input channels of the layer.
         out_channels: output channels of the layer.
-        extra: details by kind: ``mode`` (NIFF convolution mode); ``kernel_size``, ``groups``
+        extra: details by kind: ``mode`` (NIFF convolution mode); ``kernel_size``, ``dilation``, ``groups``
             and ``dropped_taps`` (plain convolutions).
     """
 
@@ -287,8 +287,8 @@ def extract_kernels(model_or_path: Union[nn.Module, str, os.PathLike, None] = No
             out.append(LayerKernels(name=name, kind="conv", fmap=fmap, stage=stage_of(name),
                                     kernels=kern.contiguous(), response=None,
                                     in_channels=mod.in_channels, out_channels=mod.out_channels,
-                                    extra=dict(kernel_size=tuple(mod.kernel_size), groups=mod.groups,
-                                               dropped_taps=dropped)))
+                                    extra=dict(kernel_size=tuple(mod.kernel_size), dilation=tuple(mod.dilation),
+                                               groups=mod.groups, dropped_taps=dropped)))
         bad = count_nonfinite(out[-1])
         if bad:
             raise NiffError(f"layer {name}: {bad} of {out[-1].flat.shape[0]} kernels contain NaN or Inf "

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from .kernels import LayerKernels, require_finite
-from .schema import CHANNEL, LAYER, LAYER_COLUMNS, WINDOW, keys, layer_columns
+from .schema import CHANNEL, LAYER, LAYER_COLUMNS, MEASURE, WINDOW, keys, layer_columns
+from .uncertainty import add_intervals
 
 
 def window_sizes(h: int, w: int) -> np.ndarray:
@@ -73,35 +74,44 @@ def mass_ratios(kernels: torch.Tensor, measure: str = "l1") -> tuple[np.ndarray,
 def kernel_mass(kernels: Sequence[LayerKernels], measure: str = "l1") -> pd.DataFrame:
     """Long-form mass ratios: one row per (layer, kernel, window).
 
-    Columns: layer, stage, fmap_h, fmap_w, channel, window, mass_ratio. For full NIFF / dense
-    conv layers channel = o·Cin + i. ``df.attrs["measure"]`` names the measure.
+    Columns: measure, layer, stage, fmap_h, fmap_w, channel, window, mass_ratio. For full NIFF /
+    dense conv layers channel = o·Cin + i. ``df.attrs["measure"]`` names the measure too.
 
     Raises:
         NiffError: a layer's kernels hold NaN or Inf.
     """
+    check_measure(measure)
     require_finite(kernels, "the mass ratio")
     frames = []
     for lk in kernels:
         windows, ratios = mass_ratios(lk.flat, measure)
         n, r = ratios.shape
-        frames.append(pd.DataFrame({**layer_columns(lk), CHANNEL: np.repeat(np.arange(n), r),
+        frames.append(pd.DataFrame({MEASURE: measure, **layer_columns(lk), CHANNEL: np.repeat(np.arange(n), r),
                                     WINDOW: np.tile(windows, n), "mass_ratio": ratios.reshape(-1)}))
     out = (pd.concat(frames, ignore_index=True) if frames
-           else pd.DataFrame(columns=LAYER_COLUMNS + [CHANNEL, WINDOW, "mass_ratio"]))
+           else pd.DataFrame(columns=[MEASURE] + LAYER_COLUMNS + [CHANNEL, WINDOW, "mass_ratio"]))
     out.attrs["measure"] = measure
     return out
 
 
-def mass_summary(mass_df: pd.DataFrame) -> pd.DataFrame:
+def mass_summary(mass_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame:
     """Per layer and window: mean and std of the mass ratio over kernels, and their count n.
 
-    NaN ratios (all-zero kernels) are left out of mean, std and n. Keeps a leading
-    ``checkpoint`` column when the input has one.
+    NaN ratios (all-zero kernels) are left out of mean, std and n. Keeps the leading
+    ``checkpoint`` and ``measure`` columns when the input has them.
+
+    Args:
+        mass_df: :func:`kernel_mass` output.
+        resamples: with a positive count, ``mean_lo`` and ``mean_hi`` give the mean's seeded
+            percentile-bootstrap 95 % interval over kernels
+            (:func:`~niff_analysis.analysis.uncertainty.bootstrap_interval`; the CLI uses 1,000).
     """
     by = keys(mass_df, LAYER_COLUMNS, WINDOW)
     g = mass_df.groupby(by, sort=False, dropna=False)["mass_ratio"]
     out = g.agg(mean="mean", std="std", n="count").reset_index()
     out["n"] = out["n"].astype(int)
+    if resamples:
+        out = add_intervals(out, mass_df, by, {"mean": ("mass_ratio", "mean")}, resamples)
     return out
 
 
@@ -132,19 +142,25 @@ def effective_sizes(mass_df: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.
     return out
 
 
-def mass_table(mass_df: pd.DataFrame) -> pd.DataFrame:
-    """Per layer (and checkpoint): the count of kernels with mass (``kernels``), the mean mass
-    ratio at windows 1, 3, 5, 9 (``mass_w1`` … ``mass_w9``; a window larger than the kernel
-    covers all of it, so a layer smaller than S×S gives its full-size value, 1.0) and the mean
-    50/90/95 % sizes."""
+def mass_table(mass_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame:
+    """Per layer (and checkpoint, measure): the count of kernels with mass (``kernels``), the
+    mean mass ratio at windows 1, 3, 5, 9 (``mass_w1`` … ``mass_w9``; a window larger than the
+    kernel covers all of it, so a layer smaller than S×S gives its full-size value, 1.0) and the
+    mean 50/90/95 % sizes; with ``resamples`` > 0 each mean has its bootstrap 95 % interval over
+    kernels in ``<column>_lo`` / ``_hi`` (:func:`mass_summary`)."""
     by = keys(mass_df, LAYER_COLUMNS)
-    summ = mass_summary(mass_df)
+    summ = mass_summary(mass_df, resamples)
     table = summ.groupby(by, sort=False, dropna=False)["n"].max().rename("kernels").reset_index()
+    bounds = ["mean_lo", "mean_hi"] if resamples else []
     for w in (1, 3, 5, 9):
         at = summ[summ[WINDOW] <= w].groupby(by, sort=False, dropna=False).tail(1)
-        table = table.merge(at[by + ["mean"]].rename(columns={"mean": f"mass_w{w}"}), on=by, how="left")
-    sizes = effective_sizes(mass_df).groupby(by, sort=False, dropna=False)[
-        ["size_50", "size_90", "size_95"]].mean().reset_index()
+        names = {"mean": f"mass_w{w}", "mean_lo": f"mass_w{w}_lo", "mean_hi": f"mass_w{w}_hi"}
+        table = table.merge(at[by + ["mean"] + bounds].rename(columns=names), on=by, how="left")
+    per_kernel = effective_sizes(mass_df)
+    sizes = per_kernel.groupby(by, sort=False, dropna=False)[["size_50", "size_90", "size_95"]].mean().reset_index()
+    if resamples:
+        sizes = add_intervals(sizes, per_kernel, by, {f"size_{q}": (f"size_{q}", "mean") for q in (50, 90, 95)},
+                              resamples)
     return table.merge(sizes, on=by, how="left").round(3)
 
 

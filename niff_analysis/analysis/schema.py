@@ -12,6 +12,7 @@ from typing import Sequence
 import pandas as pd
 
 CHECKPOINT = "checkpoint"  # the label of the checkpoint (pipeline.find_checkpoints' rule)
+MEASURE = "measure"  # what a pixel's mass is: "l1" (|k|, Eq. 6), "energy" (k²); "any" where none applies
 EPOCH, STEP = "epoch", "step"  # kernel statistics recorded during training
 LAYER, STAGE = "layer", "stage"  # module name; the group it belongs to (layer1 … layer4)
 FMAP_H, FMAP_W = "fmap_h", "fmap_w"  # the feature map the layer runs at (= kernel size of NIFF)
@@ -24,7 +25,7 @@ THRESHOLD = "threshold"  # share of a receptive field's contribution (%)
 #: The columns that say which layer a row belongs to.
 LAYER_COLUMNS = [LAYER, STAGE, FMAP_H, FMAP_W]
 #: Every identifier column, in the order tables carry them.
-ID_ORDER = [CHECKPOINT, EPOCH, STEP, LAYER, STAGE, PART, FMAP_H, FMAP_W, CHANNEL, WINDOW, COMPONENT,
+ID_ORDER = [CHECKPOINT, MEASURE, EPOCH, STEP, LAYER, STAGE, PART, FMAP_H, FMAP_W, CHANNEL, WINDOW, COMPONENT,
             THRESHOLD]
 
 
@@ -34,13 +35,13 @@ def layer_columns(lk) -> dict:
 
 
 def keys(df: pd.DataFrame, *wanted: Sequence[str]) -> list[str]:
-    """The group-by keys of ``df``: ``checkpoint`` (where present) and the identifier columns
-    among ``wanted`` (default: all) that ``df`` has, in table order.
+    """The group-by keys of ``df``: ``checkpoint`` and ``measure`` (where present) and the
+    identifier columns among ``wanted`` (default: all) that ``df`` has, in table order.
 
     Extra names in ``wanted`` that are not identifiers (e.g. ``n_kernels``) are kept after them.
     """
     names = [n for group in wanted for n in ([group] if isinstance(group, str) else group)] or ID_ORDER
-    names = [CHECKPOINT] + names
+    names = [CHECKPOINT, MEASURE] + names
     ids = [c for c in ID_ORDER if c in names and c in df.columns]
     return ids + [c for c in names if c not in ID_ORDER and c in df.columns]
 

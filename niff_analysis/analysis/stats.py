@@ -7,18 +7,27 @@ recorded during training equals what ``niff-analyze mass`` / ``gaussian`` print 
 weights. The trainer records them at initialisation, after every epoch and optionally every N
 steps (``kernel_stats.csv`` in the run folder, read back by :func:`read_kernel_stats`).
 
-Statistics (long form, one row per layer and statistic):
+Statistics (long form, one row per layer, measure and statistic; the ``measure`` column says
+what a pixel's mass is: ``l1`` = |k| as Eq. 6, ``energy`` = k², ``any`` for statistics that do
+not depend on it):
 
-* ``mass3_mean``, ``mass3_std``, ``mass5_…``, ``mass9_…``: mean and std over the layer's kernels
-  of the mass ratio (Eq. 6) at s = 3, 5, 9. A window at least as large as the kernel covers all
-  of it, so on kernels no larger than s the ratio is 1 (e.g. ``mass9`` of an 8×8 layer).
-* ``k50_mean``, ``k50_median``, ``k90_mean``, ``k90_median``: the per-kernel effective size (the
-  smallest odd window holding 50 / 90 % of the mass), mean and median over kernels.
-* ``sigma_x_median``, ``sigma_y_median``, ``sigma_ratio_mean``: median σx, σy and mean σx/σy of
-  the successful 2-D Gaussian fits (NaN when none succeeded); ``gauss_ok``: the fraction of
-  fitted kernels whose fit succeeded; ``gauss_n``: how many kernels were fitted.
-* ``n_kernels``: the layer's kernel count (all-zero kernels have NaN mass and are left out of the
-  mass statistics, as in :func:`mass_summary`).
+* per measure (``l1`` and ``energy``): ``mass1_mean`` (the centre pixel's share: 1 for a delta,
+  small for a kernel that is a faint pattern without a peak), ``mass3_mean``, ``mass3_std``,
+  ``mass5_…``, ``mass9_…``: mean and std over the layer's kernels of the mass ratio at
+  s = 1, 3, 5, 9. A window at least as large as the kernel covers all of it, so on kernels no
+  larger than s the ratio is 1 (e.g. ``mass9`` of an 8×8 layer). ``k50_mean``, ``k50_median``,
+  ``k90_mean``, ``k90_median``: the per-kernel effective size (the smallest odd window holding
+  50 / 90 % of the mass), mean and median over kernels.
+* ``any``: ``sigma_x_median``, ``sigma_y_median``, ``sigma_ratio_mean``, ``sigma_ratio_median``:
+  median σx, σy and mean and median σx/σy of the successful 2-D Gaussian fits (NaN when none
+  succeeded); ``gauss_ok``: the fraction of fitted kernels whose fit succeeded; ``gauss_n``: how
+  many kernels were fitted; ``n_kernels``: the layer's kernel count (all-zero kernels have NaN
+  mass and are left out of the mass statistics, as in :func:`mass_summary`).
+
+Files written before the measure was recorded (no ``measure`` column, no ``mass1_mean`` or
+``sigma_ratio_median``) read as they were measured: their mass and size statistics are ``l1``,
+the others ``any`` (:func:`read_kernel_stats`). A run started by that code and resumed by this
+one keeps its earlier records in that reading and records both measures from then on.
 
 Gaussian fits cost the most. A layer with more than ``gaussian_max_kernels`` kernels (only dense
 convolutions of baselines reach the default 1,024: a 256→256 3×3 conv has 65,536) is fitted on
@@ -37,16 +46,27 @@ import pandas as pd
 
 from .gaussian import gaussian_fit
 from .kernels import LayerKernels, subsample
-from .mass import MEASURES, effective_sizes, kernel_mass, mass_summary
-from .schema import EPOCH, LAYER, STAGE, STEP, keys
+from .mass import MEASURES, check_measure, effective_sizes, kernel_mass, mass_summary
+from .schema import CHECKPOINT, EPOCH, LAYER, MEASURE, STAGE, STEP, keys
 
 WINDOWS = (3, 5, 9)
-STATS = ([f"mass{s}_{a}" for s in WINDOWS for a in ("mean", "std")]
-         + ["k50_mean", "k50_median", "k90_mean", "k90_median",
-            "sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "gauss_ok", "gauss_n", "n_kernels"])
-COLUMNS = [LAYER, STAGE, "stat", "value"]
+#: Statistics recorded under each measure (rows with measure ``l1`` and ``energy``).
+MASS_STATS = (["mass1_mean"] + [f"mass{s}_{a}" for s in WINDOWS for a in ("mean", "std")]
+              + ["k50_mean", "k50_median", "k90_mean", "k90_median"])
+#: Statistics that no measure changes (rows with measure ``any``).
+SHARED_STATS = ["sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "sigma_ratio_median", "gauss_ok",
+                "gauss_n", "n_kernels"]
+STATS = MASS_STATS + SHARED_STATS
+ANY = "any"  #: the measure of a statistic that does not depend on one
+COLUMNS = [LAYER, STAGE, MEASURE, "stat", "value"]
 HISTORY_COLUMNS = [EPOCH, STEP] + COLUMNS
 FILE_NAME = "kernel_stats.csv"
+
+
+def measure_of(stat: str) -> str:
+    """The measure a statistic of a file without a ``measure`` column was recorded under: mass
+    ratios and effective sizes were |k| (``l1``, Eq. 6), everything else is ``any``."""
+    return "l1" if stat.startswith(("mass", "k50", "k90")) else ANY
 
 
 def _mass_at(summary: pd.DataFrame, s: int) -> tuple[float, float]:
@@ -58,7 +78,8 @@ def _mass_at(summary: pd.DataFrame, s: int) -> tuple[float, float]:
 
 
 def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional[int] = 1024,
-                 device: str = "cpu", mass: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+                 device: str = "cpu", mass: Optional[dict[str, pd.DataFrame]] = None,
+                 measures: Sequence[str] = MEASURES) -> pd.DataFrame:
     """The statistics listed in the module docstring for every layer.
 
     Args:
@@ -66,39 +87,48 @@ def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional
         gaussian_max_kernels: fit at most this many kernels per layer (evenly spaced); ``None``
             fits all.
         device: where the Gaussian fits run.
-        mass: :func:`~niff_analysis.analysis.kernel_mass` of ``kernels``, if the caller has it
-            (it is the costly part).
+        mass: measure → :func:`~niff_analysis.analysis.kernel_mass` of ``kernels`` under it, for
+            the measures the caller has already computed (the costly part).
+        measures: the measures to record (both by default).
 
     Returns:
-        Columns layer, stage, stat, value; layers in the given order, stats in :data:`STATS` order.
+        Columns layer, stage, measure, stat, value; per layer the :data:`MASS_STATS` of each
+        measure, then the :data:`SHARED_STATS` (measure ``any``).
     """
     kernels = list(kernels)
     if not kernels:
         return pd.DataFrame(columns=COLUMNS)
-    mass = kernel_mass(kernels) if mass is None else mass
-    summ = mass_summary(mass)
-    sizes = effective_sizes(mass, quantiles=(0.5, 0.9))
+    rows: dict[str, list] = {lk.name: [] for lk in kernels}
+    for measure in measures:
+        m = (mass or {}).get(check_measure(measure))
+        m = kernel_mass(kernels, measure) if m is None else m
+        summ = mass_summary(m)
+        sizes = effective_sizes(m, quantiles=(0.5, 0.9))
+        for lk in kernels:
+            vals: dict[str, float] = {}
+            ls = summ[summ["layer"] == lk.name]
+            vals["mass1_mean"] = _mass_at(ls, 1)[0]
+            for s in WINDOWS:
+                vals[f"mass{s}_mean"], vals[f"mass{s}_std"] = _mass_at(ls, s)
+            sz = sizes[sizes["layer"] == lk.name]
+            for q in (50, 90):
+                vals[f"k{q}_mean"] = float(sz[f"size_{q}"].mean())
+                vals[f"k{q}_median"] = float(sz[f"size_{q}"].median())
+            rows[lk.name] += [(lk.name, lk.stage, measure, k, vals[k]) for k in MASS_STATS]
     fits = gaussian_fit(subsample(kernels, gaussian_max_kernels), device=device)
-    rows = []
     for lk in kernels:
-        vals: dict[str, float] = {}
-        ls = summ[summ["layer"] == lk.name]
-        for s in WINDOWS:
-            vals[f"mass{s}_mean"], vals[f"mass{s}_std"] = _mass_at(ls, s)
-        sz = sizes[sizes["layer"] == lk.name]
-        for q in (50, 90):
-            vals[f"k{q}_mean"] = float(sz[f"size_{q}"].mean())
-            vals[f"k{q}_median"] = float(sz[f"size_{q}"].median())
+        vals = {}
         f = fits[fits["layer"] == lk.name]
         ok = f[f["success"].astype(bool)]
         vals["sigma_x_median"] = float(ok["sigma_x"].median()) if len(ok) else float("nan")
         vals["sigma_y_median"] = float(ok["sigma_y"].median()) if len(ok) else float("nan")
         vals["sigma_ratio_mean"] = float(ok["sigma_ratio"].mean()) if len(ok) else float("nan")
+        vals["sigma_ratio_median"] = float(ok["sigma_ratio"].median()) if len(ok) else float("nan")
         vals["gauss_ok"] = len(ok) / len(f) if len(f) else float("nan")
         vals["gauss_n"] = float(len(f))
         vals["n_kernels"] = float(lk.flat.shape[0])
-        rows += [(lk.name, lk.stage, k, vals[k]) for k in STATS]
-    return pd.DataFrame(rows, columns=COLUMNS)
+        rows[lk.name] += [(lk.name, lk.stage, ANY, k, vals[k]) for k in SHARED_STATS]
+    return pd.DataFrame([r for layer_rows in rows.values() for r in layer_rows], columns=COLUMNS)
 
 
 def stats_csv(history: pd.DataFrame) -> str:
@@ -109,8 +139,11 @@ def stats_csv(history: pd.DataFrame) -> str:
 def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
     """A run's (or checkpoint's) kernel statistics: ``kernel_stats.csv`` in a folder, or the file.
 
+    A file written before the measure was recorded (no ``measure`` column) gets one by
+    :func:`measure_of`: its mass ratios and sizes are ``l1``, the rest ``any``.
+
     Returns:
-        Columns epoch, step, layer, stage, stat, value.
+        Columns epoch, step, layer, stage, measure, stat, value.
 
     Raises:
         FileNotFoundError: there is no such file.
@@ -119,21 +152,46 @@ def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
-    df = pd.read_csv(path, dtype={"layer": str, "stage": str, "stat": str})
+    df = pd.read_csv(path, dtype={"layer": str, "stage": str, "stat": str, MEASURE: str})
+    if MEASURE not in df.columns and "stat" in df.columns:
+        df.insert(min(df.columns.get_loc("stat"), len(df.columns)), MEASURE, df["stat"].map(measure_of))
     missing = [c for c in HISTORY_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a kernel-statistics table (missing column {missing[0]!r})")
     return df[HISTORY_COLUMNS]
 
 
-def history_table(history: pd.DataFrame, stats: Sequence[str] = STATS) -> pd.DataFrame:
-    """The long history as a table for people: one row per (checkpoint, epoch, step, layer), one
-    column per statistic in ``stats`` (in that order)."""
-    by = keys(history, EPOCH, STEP, LAYER)
-    wide = history.pivot_table(index=by, columns="stat", values="value", sort=False).reset_index()
-    wide = wide[by + [s for s in stats if s in wide.columns]]
-    wide.columns.name = None
-    return wide
+def history_table(history: pd.DataFrame, stats: Sequence[str] = STATS, measure: str = "l1") -> pd.DataFrame:
+    """The long history as a table for people: one row per (checkpoint, measure, epoch, step,
+    layer), one column per statistic in ``stats`` (in that order).
+
+    Args:
+        history: :func:`read_kernel_stats` rows (with a leading ``checkpoint`` column, maybe).
+            Columns ``lo``, ``hi`` (an interval over seeds) become ``<stat>_lo``, ``<stat>_hi``.
+        stats: the statistics to show.
+        measure: ``l1``, ``energy`` or ``both``: the mass statistics of that measure (one block
+            of rows per measure for ``both``) beside the measure-free ones, which repeat.
+    """
+    measures = MEASURES if measure == "both" else (check_measure(measure),)
+    values = ["value"] + [c for c in ("lo", "hi") if c in history.columns]
+    if MEASURE not in history.columns:
+        history = history.assign(**{MEASURE: history["stat"].map(measure_of)})
+    frames = []
+    for m in measures:
+        part = history[history[MEASURE].isin([m, ANY])]
+        by = [c for c in keys(part, EPOCH, STEP, LAYER) if c != MEASURE]
+        wide = part.pivot_table(index=by, columns="stat", values=values, sort=False)
+        cols = {}
+        for s in stats:
+            for v in values:
+                if (v, s) in wide.columns:
+                    cols[s if v == "value" else f"{s}_{v}"] = wide[(v, s)]
+        out = pd.DataFrame(cols).reset_index()
+        out.insert(1 if CHECKPOINT in out.columns else 0, MEASURE, m)
+        frames.append(out)
+    out = pd.concat(frames, ignore_index=True)
+    out.columns.name = None
+    return out
 
 
 #: Per-stage statistics of :func:`stage_stats`: the mean mass ratio at s = 1 (the centre pixel's

@@ -24,14 +24,16 @@ from ..analysis import (effective_sizes, frequency_profile, gaussian_fit, gaussi
                         pca_eigenkernels, pca_summary, weight_pca)
 from ..analysis.mass import massless_warning
 from ..analysis.pca import pca_warnings
-from ..analysis.schema import FMAP_H, FMAP_W, LAYER, with_checkpoint
+from ..analysis.schema import CHECKPOINT, FMAP_H, FMAP_W, LAYER, with_checkpoint
+from ..analysis.uncertainty import with_interval_text
 from ..checkpoint import resolve_device
 from ..errors import NiffError, SelectionError
 from ..io import file_sha256
 from ..pipeline import find_checkpoints, load_checkpoints, select_kernels
 from ..provenance import META_NAME, write_output
 from . import main
-from .common import current_factory, device_option, factory_option, positive_int, render_frame
+from .common import (MEASURES, bootstrap_option, current_factory, device_option, factory_option, measure_option,
+                     positive_int, render_frame)
 
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".txt": "table", ".npz": "npz"}
 
@@ -48,6 +50,7 @@ class Run:
         self.device = resolve_device(device)
         self.params = dict(params, layers=layers, include_conv=include_conv, device=device)
         self.provenance: list[dict] = []
+        self.loaded: dict = {}  # label → Checkpoint, of the kernels handed out
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -80,8 +83,21 @@ class Run:
             for note in sel.notes:
                 self.log(f"note: {note}")
             self.log(sel.summary(max_kernels))
+            self.loaded[sel.label] = ck
             out.append((sel.label, sel.kernels))
         return out
+
+    def initial(self, label: str, kernels) -> Optional[list]:
+        """The initialisation's kernels of the same layers (:func:`~niff_analysis.pipeline.initial_kernels`),
+        or None with a note when none is known."""
+        from ..pipeline import initial_kernels
+
+        init = initial_kernels(self.loaded[label], kernels, layers=self.layers,
+                               max_kernels=click.get_current_context().meta.get("niff_max_kernels"),
+                               device=str(self.device))
+        if init is None:
+            self.log(f"note: {label}: no initialisation known (not trained by this toolkit): no init reference")
+        return init
 
     def finish(self, content, output: Optional[str], rows: int) -> None:
         """Print ``content`` (text), or write it to ``output`` with its meta.json entry."""
@@ -202,41 +218,68 @@ def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qui
     run.finish(render_frame(df, fmt), output, len(df))
 
 
+def _measures(measure: str) -> tuple[str, ...]:
+    return MEASURES if measure == "both" else (measure,)
+
+
 @main.command("mass")
 @analysis_options
 @click.option("--view", type=click.Choice(["ratios", "summary", "sizes"]), default="ratios",
               show_default=True,
-              help="csv/json content: ratios = one row per (layer, channel, window); summary = "
-                   "mean/std/n per layer and window; sizes = per kernel the smallest window "
-                   "holding 50/90/95 % of the mass.")
+              help="ratios = one row per (layer, channel, window); summary = mean/std/n per layer and "
+                   "window with its interval and the scale (delta, white noise, initialisation); "
+                   "sizes = per kernel the smallest window holding 50/90/95 % of the mass. The table "
+                   "format shows the summary for summary, one row per layer otherwise.")
+@measure_option()
+@bootstrap_option()
 @click.pass_context
-def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, view):
+def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, view, measure, resamples):
     """Kernel mass ratio (Eq. 6): share of |k| inside centred odd windows 1, 3, 5, … (full last).
 
     CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
     bundled checkpoint); several are concatenated under a leading 'checkpoint' column.
 
-    Works on baselines too (their plain convolutions, see --include-conv). Columns (ratios):
-    checkpoint, layer, stage, fmap_h, fmap_w, channel, window, mass_ratio.
+    --measure energy uses k² instead of |k| (windows, sizes and everything else the same); every
+    row names its measure. Works on baselines too (their plain convolutions, see
+    --include-conv). Columns (ratios): checkpoint, measure, layer, stage, fmap_h, fmap_w,
+    channel, window, mass_ratio. The summary adds, per layer and window, mean_lo/mean_hi (the
+    mean's seeded percentile-bootstrap 95 % interval over kernels, --bootstrap) and the same
+    mean for reference kernels on the layer's map: delta (a single pixel: 1), noise (512 i.i.d.
+    white-noise kernels, seed 0; expected s²/(H·W)) and init (the initialisation: the run's
+    init/ or the model rebuilt from its seed; empty when unknown). The per-layer table gives
+    the intervals of its means as 'value [lo, hi]'.
     """
+    from ..analysis.references import mass_scale
+
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
-    run = Run("mass", checkpoints, layers, include_conv, device, quiet, dict(view=view))
-    frames = []
+    run = Run("mass", checkpoints, layers, include_conv, device, quiet,
+              dict(view=view, measure=measure, bootstrap=resamples))
+    frames, scales = [], []
     for label, lks in run.kernels():
-        t0 = time.perf_counter()
-        frames.append(with_checkpoint(kernel_mass(lks), label))
-        run.log(f"{label}: {len(frames[-1])} mass ratios in {time.perf_counter() - t0:.2f} s")
-        for w in filter(None, [massless_warning(frames[-1])]):
-            run.warn(f"{label}: {w}")
+        t0, first = time.perf_counter(), len(frames)
+        init = run.initial(label, lks) if view == "summary" else None
+        for m in _measures(measure):
+            frames.append(with_checkpoint(kernel_mass(lks, m), label))
+            if view == "summary":
+                scales.append(with_checkpoint(mass_scale(lks, m, init), label).assign(measure=m))
+            for w in filter(None, [massless_warning(frames[-1])]):
+                run.warn(f"{label}: {w}")
+        run.log(f"{label}: {sum(len(f) for f in frames[first:])} mass ratios in {time.perf_counter() - t0:.2f} s")
     mass = pd.concat(frames, ignore_index=True)
     note = ""
-    if fmt == "table":
-        df = mass_table(mass)
+    if view == "summary":
+        df = mass_summary(mass, resamples)
+        df = df.merge(pd.concat(scales, ignore_index=True), on=[CHECKPOINT, "measure", LAYER, "window"], how="left")
+        if "init" not in df.columns:
+            df["init"] = np.nan
+        if fmt == "table":
+            df = with_interval_text(df.drop(columns=["std"]).round(4), digits=3)
+    elif fmt == "table":
+        df = mass_table(mass, resamples)
         if (df[[FMAP_H, FMAP_W]].max(axis=1) < 9).any():
             note = ("(mass_wS of a layer whose kernels are smaller than S×S is that of the whole kernel, "
                     "1.0: the window covers all of it)\n")
-    elif view == "summary":
-        df = mass_summary(mass)
+        df = with_interval_text(df, digits=3)
     elif view == "sizes":
         df = effective_sizes(mass)
     else:
@@ -295,8 +338,9 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
               help="csv/json content: fits = one row per kernel; summary = per layer.")
 @click.option("--max-iter", type=int, default=200, show_default=True, callback=positive_int,
               help="Levenberg–Marquardt iterations at most.")
+@bootstrap_option()
 @click.pass_context
-def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, view, max_iter):
+def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, view, max_iter, resamples):
     """2-D Gaussian fit to |k| of every kernel (Levenberg–Marquardt, moment start).
 
     CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
@@ -307,12 +351,16 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
     amplitude, offset, r2, success, status, sigma_ratio, iterations, sigma_x_moment,
     sigma_y_moment, censored. Failed fits are rows with success=false and a reason in status;
     an undersampled fit (σ < 0.4 px) is censored=true. The summary gives median, quartiles and
-    mean ± std of the successful fits with n_ok, n_censored and n, and the median moment σ of
-    every kernel.
+    mean ± std of the successful fits with n_ok, n_censored and n, the median moment σ of
+    every kernel, and σx/σy three ways: the mean of per-kernel ratios (the paper's; a few
+    large ratios pull it above 1 whichever way round it is taken), their median and their
+    geometric mean. Every mean and median has its seeded percentile-bootstrap 95 % interval
+    over kernels (<stat>_lo, <stat>_hi; --bootstrap). Fits do not depend on --measure: they
+    fit |k|.
     """
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("gaussian", checkpoints, layers, include_conv, device, quiet,
-              dict(view=view, max_iter=max_iter))
+              dict(view=view, max_iter=max_iter, bootstrap=resamples))
     frames = []
     for label, lks in run.kernels():
         t0 = time.perf_counter()
@@ -321,11 +369,13 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
                 f"in {time.perf_counter() - t0:.1f} s on {run.device}")
         frames.append(with_checkpoint(fits, label))
     fits = pd.concat(frames, ignore_index=True)
-    df = fits if fmt != "table" and view == "fits" else gaussian_summary(fits)
+    df = fits if fmt != "table" and view == "fits" else gaussian_summary(fits, resamples)
     if fmt == "table":  # for people: medians of the fits, the moment σ, and what they stand for
         keep = ["checkpoint", "layer", "fmap_h", "fmap_w", "sigma_x_median", "sigma_y_median",
-                "sigma_ratio_mean", "sigma_x_moment_median", "sigma_y_moment_median", "n_ok", "n_censored", "n"]
-        df = df[[c for c in keep if c in df.columns]].round(3)
+                "sigma_ratio_mean", "sigma_ratio_median", "sigma_x_moment_median", "sigma_y_moment_median",
+                "n_ok", "n_censored", "n"]
+        keep = [k for c in keep for k in (c, f"{c}_lo", f"{c}_hi")]
+        df = with_interval_text(df[[c for c in keep if c in df.columns]], digits=3)
     run.finish(render_frame(df, fmt), output, len(df))
 
 
@@ -335,27 +385,37 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
               help="fnmatch pattern on layer (module) names, e.g. 'layer1.*'.")
 @click.option("--stats", "stat_names", metavar="LIST",
               help="Comma-separated statistics to show (default: all; see the description).")
+@measure_option(what=" Files recorded before the measure was (no measure column) hold l1 only.")
+@click.option("--per-seed", is_flag=True,
+              help="With runs of one recipe from several seeds: also show each run, not only their mean.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True,
-              help="table: one row per (checkpoint, epoch, layer) for people; csv/json: the long form.")
+              help="table: one row per (checkpoint, measure, epoch, layer) for people; csv/json: the long form.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
 @click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
 @click.pass_context
-def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
+def history_cmd(ctx, checkpoints, layers, stat_names, measure, per_seed, fmt, output, quiet):
     """Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch.
 
-    CHECKPOINT: checkpoint (run) folders, or folders of them (default: the bundled checkpoint).
-    Statistics per layer: mass3/5/9_mean and _std (Eq. 6 at s = 3, 5, 9), k50/k90_mean and
-    _median (smallest window holding 50/90 % of a kernel's mass), sigma_x/sigma_y_median and
-    sigma_ratio_mean (successful Gaussian fits), gauss_ok (their fraction), gauss_n, n_kernels.
-    Step 0 is the initialisation. Columns (csv/json): checkpoint, epoch, step, layer, stage, stat,
-    value.
+    CHECKPOINT: checkpoint (run) folders, or folders of them, or a sweep folder (default: the
+    bundled checkpoint). Statistics per layer under the chosen --measure: mass1_mean (the
+    centre pixel's share), mass3/5/9_mean and _std (Eq. 6 at s = 1, 3, 5, 9), k50/k90_mean and
+    _median (smallest window holding 50/90 % of a kernel's mass); and, measure 'any':
+    sigma_x/sigma_y_median, sigma_ratio_mean and _median (successful Gaussian fits), gauss_ok
+    (their fraction), gauss_n, n_kernels. Step 0 is the initialisation.
+
+    Runs of one recipe that differ only in their seed (train_config.json) are aggregated: one
+    row per epoch with the mean over seeds and its 95 % t-interval across seeds (lo, hi;
+    n_seeds), under the runs' common name; --per-seed keeps the runs too. Columns (csv/json):
+    checkpoint, epoch, step, layer, stage, measure, stat, value (+ n_seeds, lo, hi when runs
+    were aggregated).
     """
     import fnmatch
 
-    from ..analysis.stats import STATS, history_table
-    from ..pipeline import load_histories
+    from ..analysis.stats import ANY, STATS, history_table
+    from ..analysis.uncertainty import seed_interval
+    from ..pipeline import load_histories, seed_groups
 
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     wanted = [s.strip() for s in stat_names.split(",") if s.strip()] if stat_names else list(STATS)
@@ -363,16 +423,40 @@ def history_cmd(ctx, checkpoints, layers, stat_names, fmt, output, quiet):
     if unknown or not wanted:
         raise SelectionError(f"--stats: unknown statistic {unknown[0] if unknown else stat_names!r}; "
                              f"choose from {', '.join(STATS)}")
-    run = Run("history", (), layers, False, "cpu", quiet, dict(stats=wanted))
-    frames = []
+    run = Run("history", (), layers, False, "cpu", quiet, dict(stats=wanted, measure=measure, per_seed=per_seed))
+    frames, folders = {}, []
     for label, path, df in load_histories(checkpoints):
         run.provenance.append(dict(label=label, path=str(path), sha256=file_sha256(path)))
-        keep = df[LAYER].map(lambda n: fnmatch.fnmatchcase(n, layers)) & df["stat"].isin(wanted)
-        if not keep.any():
+        in_layers = df[LAYER].map(lambda n: fnmatch.fnmatchcase(n, layers))
+        if not in_layers.any():
             raise SelectionError(f"{label}: no layer matches {layers!r}; available layers: "
                                  f"{', '.join(dict.fromkeys(df[LAYER]))}")
-        frames.append(with_checkpoint(df[keep], label))
-    df = pd.concat(frames, ignore_index=True)
+        for m in _measures(measure):
+            if not (df["measure"] == m).any():
+                run.warn(f"{label}: no {m} statistics (recorded before kernel_stats.csv held both measures)")
+        keep = in_layers & df["stat"].isin(wanted) & df["measure"].isin(list(_measures(measure)) + [ANY])
+        frames[label] = with_checkpoint(df[keep], label)
+        folders.append((label, path.parent))
+    groups = seed_groups(folders)
+    grouped = {m for g in groups for m in g.members}
+    out = [f for label, f in frames.items() if per_seed or label not in grouped]
+    ids = ["epoch", "step", LAYER, "stage", "measure", "stat"]
+    for g in groups:
+        pooled = pd.concat([frames[m] for m in g.members], ignore_index=True)
+        rows = []
+        for key, part in pooled.groupby(ids, sort=False, dropna=False):
+            mean, lo, hi = seed_interval(part["value"])
+            rows.append((g.label, *key, mean, len(part), lo, hi))
+        out.append(pd.DataFrame(rows, columns=[CHECKPOINT, *ids, "value", "n_seeds", "lo", "hi"]))
+        run.log(f"{g.label}: mean over {len(g.members)} runs (seeds {', '.join(map(str, g.seeds))})")
+    df = pd.concat(out, ignore_index=True)
+    if df.empty:
+        raise SelectionError(f"no statistic {', '.join(wanted)} under measure {measure} in "
+                             f"{', '.join(frames)}")
+    if groups:
+        df["n_seeds"] = df["n_seeds"].fillna(1).astype(int)
     if fmt == "table":
-        df = history_table(df, wanted).round(3)
+        df = history_table(df, wanted, measure).round(3)
+        if groups:
+            df = with_interval_text(df, digits=3)
     run.finish(render_frame(df, fmt), output, len(df))

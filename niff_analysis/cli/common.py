@@ -9,6 +9,27 @@ import click
 import pandas as pd
 
 FORMATS = ("table", "csv", "json")
+MEASURES = ("l1", "energy")  # niff_analysis.analysis.mass.MEASURES, without importing torch
+BOOTSTRAP = 1000  # niff_analysis.analysis.uncertainty.RESAMPLES (tests/test_uncertainty.py checks)
+
+
+def measure_option(both: bool = True, default: str = "l1", what: str = ""):
+    """``--measure``: what a pixel's mass is, in the mass ratio and the sizes derived from it."""
+    choices = list(MEASURES) + (["both"] if both else [])
+    return click.option(
+        "--measure", type=click.Choice(choices), default=default, show_default=True,
+        help="What a pixel's mass is: l1 = |k| (Eq. 6 as the paper's code computes it), energy = k² "
+             "(a faint tail counts by its square)" + (", both = one block per measure" if both else "")
+             + f"; every output names it.{what}")
+
+
+def bootstrap_option():
+    """``--bootstrap N``: resamples of the 95 % interval of every printed mean and median."""
+    return click.option(
+        "--bootstrap", "resamples", type=int, default=BOOTSTRAP, show_default=True, callback=non_negative_int,
+        metavar="N", help="Seeded (seed 0) percentile-bootstrap 95 % interval over kernels of every "
+                          "per-layer (per-stage) mean and median, from N resamples of the kernels; "
+                          "0: no intervals. Columns <stat>_lo/<stat>_hi; tables show 'value [lo, hi]'.")
 
 
 def format_option(default: str = "table", choices=FORMATS):

@@ -21,9 +21,10 @@ from .style import (METHOD_COLORS, MODEL_LINESTYLES, layer_colors, new_figure,
                     ordered_unique, stage_color, stage_of, style)
 
 
-def _stage_legend(a, stages: dict, models: Sequence, overlay: bool, untrained: bool) -> None:
+def _stage_legend(a, stages: dict, models: Sequence, overlay: bool, untrained: bool, scale: bool = False) -> None:
     """One legend entry per stage (however many layers it has), then one per model line style
-    when models are overlaid, then the initialisation; outside the axes, so it covers no data."""
+    when models are overlaid, then the initialisation and the references; outside the axes, so
+    it covers no data."""
     handles = [Line2D([], [], color=stage_color(st), lw=2.0 if n > 1 else 1.2,
                       label=f"{st} ({n} layers)" if n > 1 else st) for st, n in stages.items()]
     if overlay and len(models) > 1:
@@ -31,6 +32,9 @@ def _stage_legend(a, stages: dict, models: Sequence, overlay: bool, untrained: b
                            label=str(model)) for i, model in enumerate(models)]
     if untrained:
         handles.append(Line2D([], [], color="0.3", ls="--", lw=0.8, label="at initialisation"))
+    if scale:
+        handles.append(Line2D([], [], color="0.3", ls=NOISE_STYLE, lw=0.8, label="white noise, same map"))
+        handles.append(Line2D([], [], color="0.6", lw=0.8, label="delta (1 at every s)"))
     title = "thin: layers, bold: stage median" if any(n > 1 for n in stages.values()) else None
     a.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), title=title,
              title_fontsize=6, alignment="left")
@@ -49,73 +53,104 @@ def _window_labels(a, references: Sequence[int]) -> None:
 
 
 # --------------------------------------------------------------------------- Eq. 6
+NOISE_STYLE = "-."  # dash-dot: the white-noise reference curves
+MEASURE_LABELS = {"l1": "kernel mass ratio (Eq. 6, |k|)", "energy": "kernel mass ratio (energy, k²)"}
+
+
 def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None,
                     group: str = "layer", overlay: bool = False,
                     references: Sequence[int] = (3, 9),
-                    untrained: Optional[pd.DataFrame] = None) -> tuple[Figure, object]:
+                    untrained: Optional[pd.DataFrame] = None,
+                    scale: Optional[pd.DataFrame] = None) -> tuple[Figure, object]:
     """Kernel mass ratio (Eq. 6) against window size: mean ± 1 std band per layer (Fig. 4/5).
 
     Every curve has its stage's colour. Where a stage has several layers, each layer is a thin
     line and the stage's median over its layers is drawn bold, so the legend needs one entry per
-    stage, not one per layer. The reference windows are labelled above the axes.
+    stage, not one per layer. The reference windows are labelled above the axes. A table with
+    several measures (its ``measure`` column) gets one row of panels per measure, labelled on
+    the y axis.
 
     Args:
         summary: :func:`~niff_analysis.analysis.mass_summary` output (``window``, ``mean``,
-            ``std`` and a ``layer`` or ``stage`` column), optionally with a ``checkpoint`` column.
-        ax: axes to draw into (one per model unless ``overlay``).
+            ``std`` and a ``layer`` or ``stage`` column), optionally with ``checkpoint`` and
+            ``measure`` columns.
+        ax: axes to draw into (one per model and measure unless ``overlay``).
         fig: figure to add panels to.
         group: column naming the curves, ``"layer"`` or ``"stage"``.
-        overlay: draw all models into one panel (line style tells them apart) instead of one
-            panel per model.
+        overlay: draw all models into one panel per measure (line style tells them apart)
+            instead of one panel per model.
         references: window sizes marked by dotted vertical lines (3×3 and 9×9).
         untrained: the same table for each model's initialisation (its ``checkpoint`` column
             naming the trained model it belongs to), drawn as dashed curves without bands.
+        scale: :func:`~niff_analysis.analysis.references.mass_scale` rows (``layer``,
+            ``window``, ``noise``; ``checkpoint``, ``measure`` optional): the white-noise
+            reference of each stage's map drawn dash-dotted, and a delta's ratio (1) as a grey
+            line.
     """
     require(summary, [group, "window", "mean", "std"], "plot_mass_ratio")
     models = models_of(summary)
+    measures = ordered_unique(summary["measure"]) if "measure" in summary.columns else [None]
+    per_row = 1 if overlay else len(models)
     stages = {}  # stage → its number of curves, in order of first appearance
+
+    def of_measure(df, measure):
+        if df is None or measure is None or "measure" not in df.columns:
+            return df
+        return df[df["measure"] == measure]
+
     with style():
-        fig, axes = panels(1 if overlay else len(models), ax, fig, ncols=3)
-        for m_i, model in enumerate(models):
-            a = axes[0 if overlay else m_i]
-            part = of_model(summary, model)
-            ls = MODEL_LINESTYLES[m_i % len(MODEL_LINESTYLES)] if overlay else "-"
-            ref = None if untrained is None else of_model(untrained, model)
-            st_col = part["stage"] if "stage" in part.columns else [None] * len(part)
-            stage_by_name = dict(zip(part[group], (stage_of(n, s) for n, s in zip(part[group], st_col))))
-            for st in ordered_unique(stage_by_name.values()):
-                members = [n for n, s in stage_by_name.items() if s == st]
-                stages[st] = max(stages.get(st, 0), len(members))
-                color, several = stage_color(st), len(members) > 1
-                for name in members:
-                    d = part[part[group] == name].sort_values("window")
-                    label = name if not overlay or len(models) == 1 else f"{model}: {name}"
-                    x, mean, std = d["window"].to_numpy(float), d["mean"].to_numpy(float), d["std"].to_numpy(float)
-                    a.plot(x, mean, color=color, ls=ls, lw=0.7 if several else 1.2,
-                           alpha=0.75 if several else 1.0, label=label)
-                    a.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
-                                   color=color, alpha=0.07 if several else 0.15, lw=0)
-                    if ref is not None and (ref[group] == name).any():
-                        r = ref[ref[group] == name].sort_values("window")
-                        a.plot(r["window"].to_numpy(float), r["mean"].to_numpy(float), color=color,
-                               ls="--", lw=0.8, alpha=0.8)
-                if several:
-                    # Only windows every layer of the stage has: a median over a subset would jump.
-                    wide = part[part[group].isin(members)].pivot_table(index="window", columns=group,
-                                                                       values="mean").dropna()
-                    if len(wide):
-                        a.plot(wide.index.to_numpy(float), wide.median(axis=1).to_numpy(float),
-                               color=color, ls=ls, lw=2.0, label=f"_{st} median")
-            if not overlay and model is not None:
-                a.set_title(str(model))
+        fig, axes = panels(per_row * len(measures), ax, fig, ncols=3 if len(measures) == 1 else per_row)
+        for r, measure in enumerate(measures):
+            for m_i, model in enumerate(models):
+                a = axes[r * per_row + (0 if overlay else m_i)]
+                part = of_model(of_measure(summary, measure), model)
+                ls = MODEL_LINESTYLES[m_i % len(MODEL_LINESTYLES)] if overlay else "-"
+                ref = None if untrained is None else of_model(of_measure(untrained, measure), model)
+                st_col = part["stage"] if "stage" in part.columns else [None] * len(part)
+                stage_by_name = dict(zip(part[group], (stage_of(n, s) for n, s in zip(part[group], st_col))))
+                noise = None if scale is None or scale.empty else of_model(of_measure(scale, measure), model)
+                for st in ordered_unique(stage_by_name.values()):
+                    members = [n for n, s in stage_by_name.items() if s == st]
+                    stages[st] = max(stages.get(st, 0), len(members))
+                    color, several = stage_color(st), len(members) > 1
+                    for name in members:
+                        d = part[part[group] == name].sort_values("window")
+                        label = name if not overlay or len(models) == 1 else f"{model}: {name}"
+                        x, mean, std = d["window"].to_numpy(float), d["mean"].to_numpy(float), d["std"].to_numpy(float)
+                        a.plot(x, mean, color=color, ls=ls, lw=0.7 if several else 1.2,
+                               alpha=0.75 if several else 1.0, label=label)
+                        a.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
+                                       color=color, alpha=0.07 if several else 0.15, lw=0)
+                        if ref is not None and (ref[group] == name).any():
+                            rr = ref[ref[group] == name].sort_values("window")
+                            a.plot(rr["window"].to_numpy(float), rr["mean"].to_numpy(float), color=color,
+                                   ls="--", lw=0.8, alpha=0.8)
+                    if noise is not None and group in noise.columns and (noise[group] == members[0]).any():
+                        # One curve per stage: the noise reference depends only on the map size.
+                        n_d = noise[noise[group] == members[0]].sort_values("window")
+                        a.plot(n_d["window"].to_numpy(float), n_d["noise"].to_numpy(float), color=color,
+                               ls=NOISE_STYLE, lw=0.8, alpha=0.9, label=f"_{st} white noise")
+                    if several:
+                        # Only windows every layer of the stage has: a median over a subset would jump.
+                        wide = part[part[group].isin(members)].pivot_table(index="window", columns=group,
+                                                                           values="mean").dropna()
+                        if len(wide):
+                            a.plot(wide.index.to_numpy(float), wide.median(axis=1).to_numpy(float),
+                                   color=color, ls=ls, lw=2.0, label=f"_{st} median")
+                if not overlay and model is not None and r == 0:
+                    a.set_title(str(model))
+            row = axes[r * per_row:(r + 1) * per_row]
+            row[0].set_ylabel(MEASURE_LABELS.get(measure, "kernel mass ratio (Eq. 6)"))
+        has_scale = scale is not None and not scale.empty
         for a in axes:
             _window_labels(a, references)
             a.set_xlabel("window size s (odd)")
             a.set_ylim(0, 1.02)
             a.set_xlim(left=1)
-        axes[0].set_ylabel("kernel mass ratio (Eq. 6)")
+            if has_scale:
+                a.axhline(1.0, color="0.6", lw=0.8, zorder=0)
         has_ref = untrained is not None and any(not of_model(untrained, m).empty for m in models)
-        _stage_legend(axes[-1], stages, models, overlay, has_ref)
+        _stage_legend(axes[per_row - 1], stages, models, overlay, has_ref, has_scale)
     return ret(fig, axes)
 
 

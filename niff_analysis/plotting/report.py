@@ -81,13 +81,19 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
     tables = {"mass_summary": data.mass_summary}
     if not untrained.empty:
         tables["mass_summary_untrained"] = untrained
-    yield ("mass_ratio", plot_mass_ratio(data.mass_summary, untrained=None if untrained.empty else untrained)[0],
-           tables)
+    if not data.mass_scale.empty:
+        tables["mass_scale"] = data.mass_scale
+    yield ("mass_ratio", plot_mass_ratio(data.mass_summary, untrained=None if untrained.empty else untrained,
+                                         scale=data.mass_scale)[0], tables)
     if not data.history.empty:
-        yield "kernel_history", plot_kernel_history(data.history)[0], {"kernel_history": data.history}
+        yield ("kernel_history", plot_kernel_history(data.history, measures=data.measures)[0],
+               {"kernel_history": data.history})
     if data.erf_maps:
         yield "erf", plot_erf(data.erf_maps, data.erf)[0], {"erf_area_ratios": data.erf}
-    yield ("effective_size", plot_effective_size(data.effective_sizes, quantile=90)[0],
+    sizes = data.effective_sizes
+    if "measure" in sizes.columns:  # the first measure's sizes (the table holds every measure's)
+        sizes = sizes[sizes["measure"] == data.measures[0]]
+    yield ("effective_size", plot_effective_size(sizes, quantile=90)[0],
            {"effective_sizes": data.effective_sizes})
     yield ("gaussian_sigma", plot_sigma(data.gaussian_summary)[0],
            {"gaussian_fits": data.gaussian, "gaussian_summary": data.gaussian_summary})

@@ -24,53 +24,79 @@ HISTORY_LABELS = {"mass3_mean": "mass ratio at 3×3", "mass5_mean": "mass ratio 
                   "sigma_y_median": "median σy (px)"}
 
 
+def _measure_rows(history: pd.DataFrame, stats: Sequence[str],
+                  measures: Sequence[str]) -> list[tuple[str, Optional[str]]]:
+    """(stat, measure) of each row of panels: a mass or size statistic once per measure the table
+    holds it under, any other statistic once."""
+    if "measure" not in history.columns:
+        return [(s, None) for s in stats]
+    have = set(zip(history["stat"], history["measure"]))
+    rows = []
+    for m in measures:
+        rows += [(s, m) for s in stats if (s, m) in have]
+    rows += [(s, "any") for s in stats if (s, "any") in have]
+    return rows
+
+
 def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
-                        ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
-    """Kernel statistics per layer against training epoch: one row of panels per statistic,
-    one column per model (NIFF and baseline side by side), one curve per layer coloured by stage.
+                        ax=None, fig: Optional[Figure] = None,
+                        measures: Sequence[str] = ("l1",)) -> tuple[Figure, object]:
+    """Kernel statistics per layer against training epoch: one row of panels per statistic (and
+    measure), one column per model (NIFF and baseline side by side), one curve per layer
+    coloured by stage.
 
     Args:
         history: ``kernel_stats.csv`` rows (:func:`~niff_analysis.analysis.read_kernel_stats`:
-            ``epoch``, ``layer``, ``stat``, ``value``; ``stage``, ``checkpoint`` optional).
+            ``epoch``, ``layer``, ``stat``, ``value``; ``stage``, ``measure``, ``checkpoint``
+            optional).
         stats: which statistics to draw (rows of panels).
-        ax: axes, ``len(stats) × models`` of them, row-major.
+        ax: axes, ``rows × models`` of them, row-major.
         fig: figure to add panels to.
+        measures: the measures whose mass and size statistics to draw, one block of rows each
+            (those a table lacks, e.g. ``energy`` in a file recorded before both were, are left
+            out); statistics of measure ``any`` are drawn once.
     """
     require(history, ["epoch", "layer", "stat", "value"], "plot_kernel_history")
     missing = [s for s in stats if s not in set(history["stat"])]
     if missing:
         raise SelectionError(f"plot_kernel_history: no statistic {missing[0]!r} in the table")
+    rows = _measure_rows(history, stats, measures)
+    if not rows:
+        raise SelectionError(f"plot_kernel_history: no {', '.join(stats)} under measure {', '.join(measures)}")
     models = models_of(history)
     stages = list(history["stage"]) if "stage" in history.columns else None
     colors = layer_colors(list(history["layer"]), stages)
     with style():
-        fig, axes = panels(len(stats) * len(models), ax, fig, ncols=len(models),
+        fig, axes = panels(len(rows) * len(models), ax, fig, ncols=len(models),
                            panel_size=(3.4, 2.4), sharey=False)
-        axes = axes.reshape(len(stats), len(models))
+        axes = axes.reshape(len(rows), len(models))
         for j, model in enumerate(models):
             part = of_model(history, model)
-            for i, stat in enumerate(stats):
+            for i, (stat, measure) in enumerate(rows):
                 a = axes[i, j]
                 d = part[part["stat"] == stat]
+                if measure is not None:
+                    d = d[d["measure"] == measure]
                 for layer in ordered_unique(d["layer"]):
                     c = d[d["layer"] == layer].sort_values("epoch")
                     a.plot(c["epoch"], c["value"], color=colors[layer], lw=1, marker="o", ms=2,
                            label=layer)
-                a.set_ylabel(HISTORY_LABELS.get(stat, stat))
+                label = HISTORY_LABELS.get(stat, stat)
+                a.set_ylabel(label if measure in (None, "any") else f"{label}\n[{measure}]")
                 if stat.startswith("mass"):
                     a.set_ylim(0, 1.02)
                 else:
                     a.set_ylim(bottom=0)
                 if i == 0 and model is not None:
                     a.set_title(str(model))
-                if i == len(stats) - 1:
+                if i == len(rows) - 1:
                     a.set_xlabel("epoch")
         axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6)
     return ret(fig, axes.ravel())
 
 
 def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mass9_mean", "k90_mean"),
-               fig: Optional[Figure] = None) -> tuple[Figure, object]:
+               fig: Optional[Figure] = None, measure: str = "l1") -> tuple[Figure, object]:
     """A recipe ablation: per stage, the stage's mean of each statistic against epoch, one
     curve per arm; the last column shows each arm's test accuracy after every epoch (as
     labelled bars when the arms were tested once, e.g. one-epoch arms). Mass at 3×3 is drawn by
@@ -81,9 +107,13 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mas
             ``layer``, ``stage``, ``stat``, ``value``, ``test_acc``).
         stats: statistics to draw (rows of panels).
         fig: figure to add panels to.
+        measure: the measure of the mass and size statistics (a table with a ``measure`` column
+            holds both; their means would mix).
     """
     require(history, ["arm", "epoch", "layer", "stat", "value"], "plot_sweep")
     h = history.copy()
+    if "measure" in h.columns:  # one measure's mass statistics (and the measure-free ones)
+        h = h[h["measure"].isin([measure, "any"])]
     h["stage"] = [stage_of(layer, st) for layer, st in zip(h["layer"], h.get("stage", [None] * len(h)))]
     arms = ordered_unique(h["arm"])
     stages = ordered_unique(h["stage"])

@@ -374,7 +374,7 @@ def seed_summary(final: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         Columns arm, stage, measure, stat, n_seeds, mean, lo, hi, sd (lo = hi = mean for one seed:
         no interval).
     """
-    from scipy import stats as sps
+    from ..analysis.uncertainty import seed_interval
 
     acc = final.drop_duplicates(["arm", "seed"]).assign(stage="any", measure="any", stat="test_acc")
     acc["value"] = acc["test_acc"]
@@ -383,10 +383,9 @@ def seed_summary(final: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     for (arm, stage, measure, stat), g in both.groupby(["arm", "stage", "measure", "stat"], sort=False):
         v = g["value"].astype(float).dropna()
         n = len(v)
-        mean = float(v.mean()) if n else math.nan
+        mean, lo, hi = seed_interval(v, level)
         sd = float(v.std(ddof=1)) if n > 1 else math.nan
-        half = float(sps.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else 0.0
-        rows.append((arm, stage, measure, stat, n, mean, mean - half, mean + half, sd))
+        rows.append((arm, stage, measure, stat, n, mean, lo, hi, sd))
     return pd.DataFrame(rows, columns=["arm", "stage", "measure", "stat", "n_seeds", "mean", "lo", "hi", "sd"])
 
 
