@@ -240,8 +240,8 @@ class FigureData:
             checkpoint's label; empty when none is known.
         history: each checkpoint's ``kernel_stats.csv`` (statistics during training), where it
             has one.
-        frequency, untrained_frequency: radial profiles of |W| of the NIFF layers, trained and
-            at initialisation.
+        frequency, untrained_frequency: radial profiles of |FFT(k)| (the filter that acts, the
+            Hermitian part of W) of the NIFF layers, trained and at initialisation.
         erf_maps, erf: effective receptive fields per stage (label → stage → map; label
             ``<name>@init`` for the initialisation) and their area ratios, where the
             checkpoint's dataset is available.

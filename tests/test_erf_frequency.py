@@ -17,6 +17,7 @@ from torch import nn
 from niff_analysis.analysis import (effective_receptive_fields, erf_area_ratios, extract_kernels,
                                     frequency_profile)
 from niff_analysis.analysis.frequency import radial_bins
+from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
 from niff_analysis.cli import main
 from niff_analysis.layers import DepthwiseNIFF
 
@@ -63,6 +64,9 @@ def test_a_niff_layer_has_its_kernel_flipped_as_erf(size):
 
 
 def test_frequency_profile_of_a_constant_response_is_flat():
+    """W = 0.6 − 0.8i everywhere: the real constant is Hermitian and acts (a delta kernel of
+    weight 0.6), the imaginary constant is anti-Hermitian and does not, so the profile of the
+    filter that acts is 0.6 (|W| of the raw output would read |0.6 − 0.8i| = 1)."""
     layer = DepthwiseNIFF(3, mlp="small")
     layer.fmap = (9, 12)
     with torch.no_grad():
@@ -71,7 +75,7 @@ def test_frequency_profile_of_a_constant_response_is_flat():
             mlp[-1].bias.fill_(value)
     (lk,) = extract_kernels(nn.Sequential(OrderedDict(layer1=layer)))
     prof = frequency_profile([lk])
-    np.testing.assert_allclose(prof[["mean", "q25", "q75"]].to_numpy(), 1.0, rtol=1e-5)  # |0.6 - 0.8i|
+    np.testing.assert_allclose(prof[["mean", "q25", "q75"]].to_numpy(), 0.6, rtol=1e-5)
     assert prof["radius"].iloc[0] == 0 and prof["radius"].max() == pytest.approx(np.sqrt(2), abs=0.1)
     idx, radius = radial_bins(9, 12)
     assert idx.shape == (108,) and radius[1] == pytest.approx(1 / 6)
@@ -100,3 +104,155 @@ def test_kernels_radial_view():
     df = pd.read_csv(io.StringIO(res.stdout))
     assert set(df["layer"]) == {"layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"}
     assert (df["q25"] <= df["q75"]).all() and (df["n_channels"] == 512).all()
+
+
+# --------------------------------------------------------------------------- the filter that acts
+@pytest.mark.parametrize("size", [(6, 8), (7, 5), (4, 9), (1, 6)])
+def test_hermitian_part_on_the_centred_grid(size):
+    """W_h is Hermitian, W − W_h anti-Hermitian (both checked with an independent index rule on
+    the integer frequencies, which maps the Nyquist row of an even size to itself), and W_h is
+    the DFT of the real kernel real(F⁻¹(W)) for even and odd sizes alike."""
+    from niff_analysis.analysis.frequency import hermitian_part
+    from niff_analysis.layers.niff import centred_frequencies, centred_to_kernel, kernel_to_centred
+
+    h, w = size
+    g = torch.Generator().manual_seed(h * 10 + w)
+    W = torch.complex(torch.randn(3, h, w, generator=g, dtype=torch.float64),
+                      torch.randn(3, h, w, generator=g, dtype=torch.float64))
+    Wh = hermitian_part(W)
+    fy, fx = centred_frequencies(h).long().tolist(), centred_frequencies(w).long().tolist()
+
+    def at(a, i, j):  # the value at frequency (−fy[i], −fx[j]), found by its integer frequency
+        return a[:, next(r for r in range(h) if (fy[r] + fy[i]) % h == 0),
+                 next(c for c in range(w) if (fx[c] + fx[j]) % w == 0)]
+
+    for i in range(h):
+        for j in range(w):
+            torch.testing.assert_close(at(Wh, i, j), Wh[:, i, j].conj(), rtol=0, atol=1e-15)
+            torch.testing.assert_close(at(W - Wh, i, j), -(W - Wh)[:, i, j].conj(), rtol=0, atol=1e-15)
+    torch.testing.assert_close(kernel_to_centred(centred_to_kernel(W)), Wh, rtol=0, atol=1e-12)
+
+
+def test_frequency_profile_equals_an_independent_radial_profile_of_fft_k(tmp_path):
+    """`kernels --view radial` equals the radial profile of |FFT(k)| computed here with numpy
+    from the kernels `kernels --output` writes (binned by |f| / f_Nyquist rounded to the grid's
+    step, module docstring), to 1e-6; and it is not the profile of |W| of the raw MLP output."""
+    out = tmp_path / "k.npz"
+    runner = CliRunner()
+    res = runner.invoke(main, ["kernels", "--output", str(out), "--responses", "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["kernels", "--view", "radial", "--format", "csv", "-q"])
+    assert res.exit_code == 0, res.output
+    prof = pd.read_csv(io.StringIO(res.stdout))
+    arrays = np.load(out)
+    layers = [k for k in arrays.files if "@" not in k]
+    assert set(prof["layer"]) == set(layers) and len(layers) == 13
+    raw_differs = []
+    for name in layers:
+        k = arrays[name].astype(np.float64)
+        c, h, w = k.shape
+        spec = np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(k, axes=(1, 2))), axes=(1, 2)))
+        raw = np.abs(arrays[name + "@real"] + 1j * arrays[name + "@imag"].astype(np.float64))
+        ys, xs = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+        step = np.rint(np.sqrt((ys / (h / 2)) ** 2 + (xs / (w / 2)) ** 2) * max(h, w) / 2).astype(int)
+        d = prof[prof["layer"] == name].sort_values("radius")
+        expected, expected_raw = [], []
+        for b in sorted(set(step.ravel())):
+            per_channel = spec[:, step == b].mean(1)
+            expected.append([b / (max(h, w) / 2), per_channel.mean(), *np.percentile(per_channel, [25, 75])])
+            expected_raw.append(raw[:, step == b].mean(1).mean())
+        np.testing.assert_allclose(d[["radius", "mean", "q25", "q75"]].to_numpy(), np.array(expected),
+                                   rtol=1e-6, atol=1e-9)
+        assert (d["n_channels"] == c).all()
+        raw_differs.append(np.abs(np.array(expected_raw) - d["mean"].to_numpy()).max())
+    assert min(raw_differs) > 1e-3  # the raw |W| reads otherwise in every layer
+
+
+def _anti_hermitian_pair(tmp_path):
+    """The bundled default, and a copy whose every NIFF layer's W gains i·c_ch at every frequency
+    (c_ch from 0.5 to 1.5 over the channels, added to the last bias of the imaginary MLP):
+    A(f) = i·c = −conj(A(−f)), anti-Hermitian."""
+    from niff_analysis.checkpoint import load_checkpoint, read_config, save_checkpoint
+    from niff_analysis.layers.niff import _NIFFBase
+
+    meta = {k: v for k, v in read_config(DEFAULT_CHECKPOINT).items()
+            if k in ("dataset", "epochs", "seed", "recipe", "test_acc")}
+    model = load_checkpoint(None)
+    original = save_checkpoint(model, tmp_path / "original", **meta)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _NIFFBase):
+                bias = m.imag[-1].bias
+                bias.add_(torch.linspace(0.5, 1.5, len(bias)))
+    return original, save_checkpoint(model, tmp_path / "perturbed", **meta)
+
+
+def test_an_anti_hermitian_perturbation_changes_no_output(tmp_path):
+    """Adding an anti-Hermitian part to W changes no layer output and no result of any command
+    (kernels, mass, frequency profile, PCA of the kernels, Gaussian fits, receptive fields, the
+    weight PCA of the Hermitian part) beyond float rounding; only the raw weight PCA sees it."""
+    from niff_analysis.checkpoint import load_checkpoint
+    from niff_analysis.layers.niff import _NIFFBase
+
+    a, b = _anti_hermitian_pair(tmp_path)
+    ma, mb = load_checkpoint(a), load_checkpoint(b)
+    outs = {}
+    for key, m in (("a", ma), ("b", mb)):
+        store = outs[key] = {}
+        hooks = [mod.register_forward_hook(lambda _m, _i, o, n=n, s=store: s.__setitem__(n, o))
+                 for n, mod in m.named_modules() if isinstance(mod, _NIFFBase)]
+        x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            store["logits"] = m(x)
+        for hk in hooks:
+            hk.remove()
+    assert len(outs["a"]) == 14
+    for n, y in outs["a"].items():
+        torch.testing.assert_close(outs["b"][n], y, rtol=1e-4, atol=1e-5 * float(y.abs().max()))
+    # The raw W does change: by i·c_ch at every frequency of channel ch.
+    (wa,), (wb,) = ([mod.frequency_response() for n, mod in m.named_modules() if n == "layer1.0.conv1"]
+                    for m in (ma, mb))
+    shift = 1j * torch.linspace(0.5, 1.5, len(wa))[:, None, None].expand_as(wa)
+    torch.testing.assert_close((wb - wa).detach(), shift.to(wa.dtype), rtol=0, atol=1e-5)
+    calls = iter(range(100))
+
+    def run(ckpt, *args, suffix="csv"):
+        out = tmp_path / f"{ckpt.name}_{next(calls)}.{suffix}"
+        res = CliRunner().invoke(main, [args[0], str(ckpt), *args[1:], "-q", "--output", str(out)])
+        assert res.exit_code == 0, res.output
+        return np.load(out) if suffix == "npz" else pd.read_csv(out)
+
+    ka, kb = run(a, "kernels", suffix="npz"), run(b, "kernels", suffix="npz")
+    for name in ka.files:
+        scale = np.abs(ka[name]).max()
+        np.testing.assert_allclose(kb[name], ka[name], rtol=0, atol=1e-6 * scale)
+    some = "layer1.0.conv1,layer2.1.conv2,layer4.1.conv1"
+    for args, value_cols in [
+        (("mass", "--layers", some), ["mass_ratio"]),
+        (("mass", "--layers", some, "--view", "sizes"), ["size_50", "size_90", "size_95"]),
+        (("kernels", "--view", "radial"), ["mean", "q25", "q75"]),
+        (("pca", "--layers", some), ["explained_variance_ratio"]),
+        (("pca", "--layers", some, "--weights", "--response", "hermitian"), ["explained_variance_ratio"]),
+        (("gaussian", "--layers", "layer2.1.conv2,layer4.1.conv1"), ["sigma_x", "sigma_y", "sigma_x_moment",
+                                                                   "sigma_y_moment"]),
+        (("erf", "--images", "4"), ["side", "area_ratio"]),
+    ]:
+        da, db = run(a, *args), run(b, *args)
+        ids = [c for c in da.columns if c not in value_cols and da[c].dtype == object]
+        assert da[ids].equals(db[ids]), args
+        if "success" in da.columns:  # failed fits sit in flat valleys where rounding moves them far
+            assert da["success"].equals(db["success"]) and da["success"].sum() > 200
+            da, db = da[da["success"]], db[db["success"]]
+        np.testing.assert_allclose(db[value_cols].to_numpy(float), da[value_cols].to_numpy(float),
+                                   rtol=1e-4, atol=1e-6, err_msg=str(args))
+    # The components of the kernel PCA agree too (the first three, well separated).
+    ca = run(a, "pca", "--layers", some, "--components", "3", suffix="npz")
+    cb = run(b, "pca", "--layers", some, "--components", "3", suffix="npz")
+    for name in ca.files:
+        np.testing.assert_allclose(cb[name], ca[name], rtol=0, atol=1e-4)
+    # The raw weight PCA decomposes the MLP output, as the authors did: it sees the inert part.
+    wa_, wb_ = (run(c, "pca", "--layers", some, "--weights") for c in (a, b))
+    assert set(wa_["response"]) == {"raw"}
+    imag = wa_["part"] == "imag"
+    assert np.allclose(wa_.loc[~imag, "explained_variance"], wb_.loc[~imag, "explained_variance"], rtol=1e-4)
+    assert not np.allclose(wa_.loc[imag, "explained_variance"], wb_.loc[imag, "explained_variance"], rtol=1e-2)

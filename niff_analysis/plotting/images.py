@@ -182,7 +182,8 @@ def plot_weight_pca(table: pd.DataFrame, components: Mapping, n_components: Opti
         components: (layer, part) → array (k, H, W), centred frequency grid.
         n_components: at most this many components per part.
         fig: figure to draw into.
-        title: figure title.
+        title: figure title (default: names what was decomposed, the raw W or its Hermitian
+            part, from the table's ``response`` column).
     """
     ev = _ev_lookup(table, ["layer", "part", "component"])
     stages = _stage_lookup(table)
@@ -202,7 +203,15 @@ def plot_weight_pca(table: pd.DataFrame, components: Mapping, n_components: Opti
     titles = [f"{part} PC {i + 1}" for part in parts for i in range(k)]
     with style():
         return _image_grid(rows, signed=True, fig=fig, col_titles=titles,
-                           title=title or "PCA of the multiplication weights (frequency domain)")
+                           title=title or "PCA of the multiplication weights (frequency domain, "
+                           + weight_response_name(table) + ")")
+
+
+def weight_response_name(table: pd.DataFrame) -> str:
+    """What a weight-PCA table decomposed, in words."""
+    kinds = set(table["response"]) if "response" in table.columns else {"raw"}
+    names = {"raw": "raw MLP output W", "hermitian": "Hermitian part of W"}
+    return ", ".join(names.get(k, str(k)) for k in sorted(kinds))
 
 
 def _flat_kernels(k) -> np.ndarray:
@@ -323,9 +332,10 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
 
 def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional[pd.DataFrame] = None,
                    fig: Optional[Figure] = None, title: Optional[str] = None) -> tuple[Figure, np.ndarray]:
-    """Frequency responses of NIFF layers: the mean |W| over channels on each layer's centred grid
-    (log colour scale, DC in the middle), and below them the radial profiles of |W| against
-    |f| / f_Nyquist (mean, interquartile band), the initialisation dashed.
+    """Frequency responses of NIFF layers, of the filter that acts: |FFT(k)| of the spatial kernels
+    (the Hermitian part of W; :mod:`~niff_analysis.analysis.frequency`), its mean over channels
+    on each layer's centred grid (log colour scale, DC in the middle), and below them the radial
+    profiles against |f| / f_Nyquist (mean, interquartile band), the initialisation dashed.
 
     Args:
         kernels: :class:`~niff_analysis.analysis.LayerKernels` with frequency responses.
@@ -373,7 +383,7 @@ def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional
             ax.plot([], [], color="0.3", ls="--", lw=0.8, label="at initialisation")
         ax.axvline(1.0, color="0.4", ls=":", lw=0.8)
         ax.set_xlabel("|f| / f_Nyquist")
-        ax.set_ylabel("|W| (mean over channels)")
+        ax.set_ylabel("|FFT(k)| = |W_h| (mean over channels)")
         ax.set_yscale("log")
         ax.legend(fontsize=5, ncols=2 if len(layers) > 6 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         if title:

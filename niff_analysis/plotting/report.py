@@ -30,7 +30,7 @@ from ..pipeline import FigureData
 from ..provenance import META_NAME, figures_manifest, manifest_files
 from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
 from .images import (plot_eigenkernels, plot_erf, plot_frequency, plot_kernel_magnitude, plot_raw_kernels,
-                     plot_weight_pca)
+                     plot_weight_pca, weight_response_name)
 from .style import save_figure
 from .training import plot_kernel_history
 
@@ -107,7 +107,8 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
         if label in data.weight_pca:
             w = data.weight_pca[label]
             yield (name("weight_pca", label),
-                   plot_weight_pca(w.table, w.components, title=f"{label}: multiplication-weight PCA"
+                   plot_weight_pca(w.table, w.components,
+                                   title=f"{label}: multiplication-weight PCA ({weight_response_name(w.table)})"
                                    if multi else None)[0],
                    {name("weight_pca", label): w.table,
                     name("weight_pca_components", label): _components_long(w, label)})
