@@ -244,7 +244,8 @@ class FigureData:
             Hermitian part of W) of the NIFF layers, trained and at initialisation.
         erf_maps, erf: effective receptive fields per stage (label → stage → map; label
             ``<name>@init`` for the initialisation) and their area ratios, where the
-            checkpoint's dataset is available.
+            checkpoint's dataset is available; ``parameters["erf_protocol"]`` and the table's
+            ``protocol`` column say how they were measured.
         notes: what was skipped and why, and warnings (kernels without mass, PCA without
             variance).
     """
@@ -283,7 +284,7 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
             cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
             progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
-            erf_images: int = 50, data_dir: Optional[PathLike] = None) -> FigureData:
+            erf_images: int = 50, data_dir: Optional[PathLike] = None, erf_protocol: str = "luo") -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 
     Args:
@@ -299,6 +300,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         factory: the user factory you allow to build a checkpoint's model.
         erf_images: test images of the checkpoint's dataset for the receptive fields (0: skip).
         data_dir: that dataset's folder (Fashion-MNIST: the Debian package's by default).
+        erf_protocol: how the receptive fields are measured, ``"luo"`` or ``"replknet"``
+            (:mod:`~niff_analysis.analysis.erf`); recorded in the parameters and the table.
     """
     from .analysis.cost import cost_table
     from .analysis.erf import dataset_images, effective_receptive_fields, erf_area_ratios
@@ -311,7 +314,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                       gaussian=pd.DataFrame(), gaussian_summary=pd.DataFrame(), eigenkernels={},
                       weight_pca={}, cost=pd.DataFrame(),
                       parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
-                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost))
+                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost,
+                                      erf_protocol=erf_protocol))
     t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf")}
     images: dict = {}
     for ck in load_checkpoints(list(checkpoints) or [None], device=device, factory=factory):
@@ -362,8 +366,9 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             else:
                 say(f"{label}: effective receptive fields ({len(images[key])} images)")
                 for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
-                    data.erf_maps[lab] = effective_receptive_fields(model, images[key])
-                    t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab]), lab))
+                    data.erf_maps[lab] = effective_receptive_fields(model, images[key], protocol=erf_protocol)
+                    t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab], protocol=erf_protocol),
+                                                    lab))
         stats_file = Path(data.sources[label]) / STATS_NAME
         if stats_file.is_file():
             t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))

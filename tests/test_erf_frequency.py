@@ -4,6 +4,7 @@ form or computed independently (scipy, the kernels extract_kernels reports)."""
 from __future__ import annotations
 
 import io
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -19,6 +20,7 @@ from niff_analysis.analysis import (effective_receptive_fields, erf_area_ratios,
 from niff_analysis.analysis.frequency import radial_bins
 from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
 from niff_analysis.cli import main
+from niff_analysis.errors import SelectionError
 from niff_analysis.layers import DepthwiseNIFF
 
 
@@ -45,6 +47,77 @@ def test_stacked_box_convs_have_the_binomial_erf():
     assert list(ratios["side"]) == [3.0, 5.0, 7.0]
     assert ratios["area_ratio"].tolist() == pytest.approx([9 / 225, 25 / 225, 49 / 225])
     assert model.training  # the caller's mode is restored
+
+
+def _one_conv(seed=0):
+    """One 3×3 conv, 2 → 3 channels, with a bias, in float64: ∂out[c, 4, 4] / ∂x[i, 3 + m, 3 + n]
+    = w[c, i, m, n] (a cross-correlation), so its ERF can be written down."""
+    g = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64))
+        conv.bias.copy_(torch.tensor([0.3, -0.2, 0.0], dtype=torch.float64))
+    images = torch.randn(7, 2, 9, 9, generator=g, dtype=torch.float64)
+    return nn.Sequential(OrderedDict(layer1=conv)), conv.weight.detach().numpy(), conv.bias.detach().numpy(), images
+
+
+def _side(m, t):
+    """The smallest odd centred square (the full map last) whose share of the map's sum is ≥ t %."""
+    h, w = m.shape
+    for s in list(range(1, max(h, w) + 1, 2)) + [max(h, w)]:
+        r = (s - 1) // 2
+        if m[max(0, h // 2 - r):h // 2 + r + 1, max(0, w // 2 - r):w // 2 + r + 1].sum() >= t / 100 * m.sum() - 1e-12:
+            return float(s)
+    return float("nan")
+
+
+def test_both_protocols_on_one_conv_by_hand():
+    """luo: Σ over images and input channels of |Σ_c w[c, i]| (the raw outputs' gradient does
+    not depend on the image); replknet: per image only the channels whose central output is
+    positive count, negative gradients are dropped per input channel, the mean over images is
+    taken, then log10(1 + x). Both written out here from the weights and images."""
+    model, w, b, images = _one_conv()
+    x = images.numpy()
+    luo = np.zeros((9, 9))
+    luo[3:6, 3:6] = len(x) * np.abs(w.sum(0)).sum(0)
+    rep = np.zeros((9, 9))
+    for img in x:
+        out = (w * img[None, :, 3:6, 3:6]).sum((1, 2, 3)) + b  # the three central outputs
+        grad = (w * (out > 0)[:, None, None, None]).sum(0)  # (2, 3, 3): only positive outputs pass relu
+        rep[3:6, 3:6] += np.maximum(grad, 0).sum(0)
+    rep = np.log10(1 + rep / len(x))
+    masks = np.array([(w * img[None, :, 3:6, 3:6]).sum((1, 2, 3)) + b > 0 for img in x])
+    assert 0 < masks.sum() < masks.size and len({tuple(m) for m in masks}) > 1  # relu on the output matters
+    maps = {p: effective_receptive_fields(model, images, batch_size=3, protocol=p)["layer1"]
+            for p in ("luo", "replknet")}
+    np.testing.assert_allclose(maps["luo"], luo, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(maps["replknet"], rep, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(maps["replknet"] / maps["replknet"].max(), luo / luo.max())
+    for p, expected in (("luo", luo), ("replknet", rep)):
+        ratios = erf_area_ratios({"layer1": maps[p]}, thresholds=(5, 20, 50, 99), protocol=p)
+        assert list(ratios.columns) == ["stage", "protocol", "threshold", "side", "area_ratio"]
+        assert set(ratios["protocol"]) == {p}
+        assert ratios["side"].tolist() == [_side(expected, t) for t in (5, 20, 50, 99)]
+    with pytest.raises(SelectionError, match="unknown ERF protocol 'bogus'"):
+        effective_receptive_fields(model, images, protocol="bogus")
+
+
+def test_replknet_protocol_of_two_stacked_box_filters():
+    """Two 3×3 box convs on positive images: every output is positive and every gradient too, so
+    RepLKNet's protocol gives log10(1 + the full convolution of the two boxes) after layer2 and
+    log10(1 + box) after layer1, exactly."""
+    convs = OrderedDict()
+    for k in (1, 2):
+        convs[f"layer{k}"] = nn.Conv2d(1, 1, 3, padding=1, bias=False).double()
+        nn.init.constant_(convs[f"layer{k}"].weight, 1 / 9)
+    model = nn.Sequential(convs)
+    images = torch.rand(5, 1, 11, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.1
+    maps = effective_receptive_fields(model, images, protocol="replknet")
+    box = np.full((3, 3), 1 / 9)
+    for k, kernel in ((1, box), (2, convolve2d(box, box))):
+        expected = np.zeros((11, 11))
+        expected[5 - k:5 + k + 1, 5 - k:5 + k + 1] = np.log10(1 + kernel)
+        np.testing.assert_allclose(maps[f"layer{k}"], expected, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("size", [(16, 16), (15, 12)])
@@ -81,17 +154,29 @@ def test_frequency_profile_of_a_constant_response_is_flat():
     assert idx.shape == (108,) and radius[1] == pytest.approx(1 / 6)
 
 
-def test_erf_command_on_the_bundled_checkpoints():
+def test_erf_command_on_the_bundled_checkpoints(tmp_path):
     res = CliRunner().invoke(main, ["erf", "niff_analysis/checkpoints", "--images", "4", "--untrained",
                                     "--format", "csv", "-q"])
     assert res.exit_code == 0, res.output
     df = pd.read_csv(io.StringIO(res.stdout))
-    assert list(df.columns) == ["checkpoint", "stage", "threshold", "side", "area_ratio"]
+    assert list(df.columns) == ["checkpoint", "stage", "protocol", "threshold", "side", "area_ratio"]
+    assert set(df["protocol"]) == {"luo"}
     assert set(df["checkpoint"]) == {"resnet18_fmnist", "resnet18_fmnist@init", "resnet18_niff_fmnist",
                                      "resnet18_niff_fmnist@init"}
     for _, g in df.groupby(["checkpoint", "stage"]):
         assert g.sort_values("threshold")["side"].is_monotonic_increasing
     assert np.allclose(df["area_ratio"], df["side"] ** 2 / 32 ** 2)
+    out = tmp_path / "erf.csv"
+    res = CliRunner().invoke(main, ["erf", "--images", "4", "--protocol", "replknet", "-q", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = pd.read_csv(out)
+    assert set(rep["protocol"]) == {"replknet"} and len(rep) == 16
+    assert json.loads((tmp_path / "meta.json").read_text())["outputs"]["erf.csv"]["parameters"]["protocol"] == "replknet"
+    # The logarithm spreads the map: no stage's 50 % side is smaller than luo's on the same images.
+    luo = df[(df["checkpoint"] == "resnet18_niff_fmnist") & (df["threshold"] == 50)]["side"].to_numpy()
+    assert (rep[rep["threshold"] == 50]["side"].to_numpy() >= luo).all()
+    res = CliRunner().invoke(main, ["erf", "--protocol", "bogus"])
+    assert res.exit_code == 2 and "Invalid value for '--protocol'" in res.output
     res = CliRunner().invoke(main, ["erf", "--thresholds", "0,50"])
     assert res.exit_code == 2 and "--thresholds must lie in (0, 100]" in res.output
     res = CliRunner().invoke(main, ["erf", "--layers", "nope*", "--images", "2"])

@@ -265,12 +265,19 @@ def plot_kernel_magnitude(kernels: Sequence, fig: Optional[Figure] = None, ncols
 
 
 
+#: How each ERF protocol (:mod:`~niff_analysis.analysis.erf`) is named in the figure's title.
+ERF_TITLES = {"luo": "protocol luo: |∂ centre / ∂ input|, summed over images",
+              "replknet": "protocol replknet (RepLKNet's script): log10(1 + x)"}
+
+
 def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.DataFrame] = None,
-             threshold: float = 50, fig: Optional[Figure] = None) -> tuple[Figure, np.ndarray]:
-    """Effective receptive fields: one row per checkpoint, one column per stage, log(1 + x) of
-    each map scaled to its maximum, one colour scale per stage shared by the checkpoints; the
-    centred square holding ``threshold`` % of the contribution is outlined, and a last column
-    draws every checkpoint's side of that square per stage.
+             threshold: float = 50, fig: Optional[Figure] = None,
+             protocol: Optional[str] = None) -> tuple[Figure, np.ndarray]:
+    """Effective receptive fields: one row per checkpoint, one column per stage, each map scaled
+    to its maximum (``luo`` maps drawn as log(1 + x) of that, ``replknet`` maps, already
+    logarithmic, as they are), one colour scale per stage shared by the checkpoints; the
+    centred square holding ``threshold`` % of the map is outlined, and a last column draws
+    every checkpoint's side of that square per stage. The title names the protocol.
 
     Args:
         maps: checkpoint label → stage → (H, W) map
@@ -278,18 +285,28 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
         ratios: :func:`~niff_analysis.analysis.erf_area_ratios` rows with a ``checkpoint`` column.
         threshold: which threshold's square to outline and plot.
         fig: figure to draw into.
+        protocol: ``"luo"`` or ``"replknet"``; default: the ``protocol`` column of ``ratios``,
+            else ``"luo"``.
     """
     labels = list(maps)
     if not labels:
         raise SelectionError("plot_erf: no receptive fields to draw")
+    if protocol is None:
+        found = set(ratios["protocol"]) if ratios is not None and "protocol" in ratios.columns else {"luo"}
+        if len(found) != 1:
+            raise SelectionError(f"plot_erf: the ratios mix protocols ({', '.join(sorted(found))})")
+        protocol = found.pop()
+    if protocol not in ERF_TITLES:
+        raise SelectionError(f"plot_erf: unknown protocol {protocol!r}; choose from {', '.join(ERF_TITLES)}")
+    shown = (lambda m: np.log1p(m / m.max())) if protocol == "luo" else (lambda m: m / m.max())
     stages = ordered_unique(s for lab in labels for s in maps[lab])
     with style():
         if fig is None:
             fig = new_figure((1.6 * len(stages) + 2.6, 1.6 * len(labels) + 0.4))
         grid = fig.subplots(len(labels), len(stages) + 1, squeeze=False)
         for j, st in enumerate(stages):
-            top = max(float(np.log1p(maps[lab][st] / maps[lab][st].max()).max())
-                      for lab in labels if st in maps[lab] and maps[lab][st].max() > 0)
+            top = max((float(shown(maps[lab][st]).max())
+                       for lab in labels if st in maps[lab] and maps[lab][st].max() > 0), default=1.0)
             for i, lab in enumerate(labels):
                 a = grid[i, j]
                 a.set_xticks([])
@@ -298,7 +315,7 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
                     a.set_visible(False)
                     continue
                 m = maps[lab][st]
-                img = np.log1p(m / m.max()) if m.max() > 0 else m
+                img = shown(m) if m.max() > 0 else m
                 a.imshow(img, cmap=CMAP_MAGNITUDE, vmin=0, vmax=top, interpolation="nearest")
                 if ratios is not None:
                     r = ratios[(ratios["checkpoint"] == lab) & (ratios["stage"] == st)
@@ -327,6 +344,7 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
             a.legend(fontsize=5, loc="best")
         else:
             a.set_visible(False)
+        fig.suptitle(f"Effective receptive fields, {ERF_TITLES[protocol]}", fontsize=6)
     return fig, grid
 
 

@@ -86,7 +86,8 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
     if not data.history.empty:
         yield "kernel_history", plot_kernel_history(data.history)[0], {"kernel_history": data.history}
     if data.erf_maps:
-        yield "erf", plot_erf(data.erf_maps, data.erf)[0], {"erf_area_ratios": data.erf}
+        yield ("erf", plot_erf(data.erf_maps, data.erf, protocol=data.parameters.get("erf_protocol", "luo"))[0],
+               {"erf_area_ratios": data.erf})
     yield ("effective_size", plot_effective_size(data.effective_sizes, quantile=90)[0],
            {"effective_sizes": data.effective_sizes})
     yield ("gaussian_sigma", plot_sigma(data.gaussian_summary)[0],
