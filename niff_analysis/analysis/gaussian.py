@@ -56,7 +56,7 @@ use successful fits only.
 **Moment σ and censoring.** Next to the fit, every kernel with mass gets ``sigma_x_moment`` and
 ``sigma_y_moment``, the widths of its peak by deweighted adaptive moments (Bernstein & Jarvis
 2002, "Shapes and shears, stars and smears", §3): the weighted second moments of |k| − b₀ (b₀ the
-median of |k|) under an elliptical Gaussian window centred on the peak, whose covariance M is
+median of |k|, the lower middle value for an even count) under an elliptical Gaussian window centred on the peak, whose covariance M is
 the current estimate plus 1 px² (:data:`MOMENT_WINDOW_FLOOR`). A Gaussian of covariance Σ seen
 through that window has covariance C = (Σ⁻¹ + M⁻¹)⁻¹, so each step sets Σ = (C⁻¹ − M⁻¹)⁻¹ and
 the centre likewise, starting at the brightest pixel with Σ = 1 px², until Σ changes by less
@@ -112,6 +112,8 @@ GIVE_UP_SIGMA, GIVE_UP_WIDTH, GIVE_UP_PATIENCE = 0.3, 3.0, 20
 # changes by less than this share and the centre by less than this many px; half steps after
 # this many iterations.
 MOMENT_WINDOW_FLOOR, MOMENT_MAX_ITER, MOMENT_TOL, MOMENT_CENTRE_TOL, MOMENT_DAMP_AFTER = 1.0, 40, 1e-3, 1e-2, 15
+#: Below this σ (px) the moment σ cannot pin a peak down (docs/gaussian_validation.md).
+MOMENT_RESOLVED = 0.75
 COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",
            "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success", "status",
            "sigma_ratio", "iterations", "sigma_x_moment", "sigma_y_moment", "censored"]
@@ -332,7 +334,8 @@ def gaussian_summary(gauss_df: pd.DataFrame) -> pd.DataFrame:
     """Per layer: over successful fits the mean/std, median and quartiles of σx, σy and the
     mean/std of σx/σy, their count n_ok; the count of censored kernels (fits undersampled:
     σ below 0.4 px, sharper than the samples resolve) n_censored; the median moment σx, σy over
-    every kernel with mass; and the count n of kernels. Keeps a leading ``checkpoint`` column
+    every kernel that has one (below :data:`MOMENT_RESOLVED` px it only says "sharper than about
+    a pixel"); and the count n of kernels. Keeps a leading ``checkpoint`` column
     when the input has one."""
     by = keys(gauss_df, LAYER_COLUMNS)
     ok = gauss_df[gauss_df["success"].astype(bool)]
