@@ -14,8 +14,8 @@ the gradients into a map:
   ``erf/analyze_erf.py``, which later large-kernel papers copy): the gradient of the sum over
   channels of relu(central output), per image; relu of that gradient (negative contributions
   dropped, per input channel and pixel), summed over input channels; the mean over the images; then
-  log10(1 + x) of the mean. The logarithm compresses the map, so its sides are larger than
-  ``luo``'s and depend on the gradient's absolute scale (the input normalisation, the model's
+  log10(1 + x) of the mean. The logarithm compresses the map, so its squares tend to be larger
+  than ``luo``'s, and they depend on the gradient's absolute scale (the input normalisation, the model's
   output scale), which ``luo``'s shares do not. That script also skips images whose map holds NaN;
   here a NaN map is an error.
 
