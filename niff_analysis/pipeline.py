@@ -359,11 +359,12 @@ class FigureData:
             checkpoint's label; empty when none is known.
         history: each checkpoint's ``kernel_stats.csv`` (statistics during training), where it
             has one.
-        frequency, untrained_frequency: radial profiles of |W| of the NIFF layers, trained and
-            at initialisation.
+        frequency, untrained_frequency: radial profiles of |FFT(k)| (the filter that acts, the
+            Hermitian part of W) of the NIFF layers, trained and at initialisation.
         erf_maps, erf: effective receptive fields per stage (label → stage → map; label
             ``<name>@init`` for the initialisation) and their area ratios, where the
-            checkpoint's dataset is available.
+            checkpoint's dataset is available; ``parameters["erf_protocol"]`` and the table's
+            ``protocol`` column say how they were measured.
         notes: what was skipped and why, and warnings (kernels without mass, PCA without
             variance).
     """
@@ -404,7 +405,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
             cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
             progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
-            erf_images: int = 50, data_dir: Optional[PathLike] = None, measure: str = "l1") -> FigureData:
+            erf_images: int = 50, data_dir: Optional[PathLike] = None, measure: str = "l1",
+            erf_protocol: str = "luo") -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 
     Args:
@@ -423,6 +425,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         measure: ``"l1"``, ``"energy"`` or ``"both"``: the measure(s) of the mass ratio and the
             effective sizes (the tables carry a ``measure`` column; the mass-ratio and history
             figures draw one row of panels per measure).
+        erf_protocol: how the receptive fields are measured, ``"luo"`` or ``"replknet"``
+            (:mod:`~niff_analysis.analysis.erf`); recorded in the parameters and the table.
     """
     from .analysis.cost import cost_table
     from .analysis.mass import MEASURES, check_measure
@@ -440,7 +444,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                       weight_pca={}, cost=pd.DataFrame(),
                       parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
                                       cost_sizes=list(cost_sizes), measure_cost=measure_cost, measure=measure,
-                                      bootstrap=RESAMPLES, noise_kernels=NOISE_KERNELS, noise_seed=NOISE_SEED))
+                                      bootstrap=RESAMPLES, noise_kernels=NOISE_KERNELS, noise_seed=NOISE_SEED,
+                                      erf_protocol=erf_protocol))
     t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf", "scale")}
     measures = list(MEASURES) if measure == "both" else [check_measure(measure)]
     images: dict = {}
@@ -495,8 +500,9 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             else:
                 say(f"{label}: effective receptive fields ({len(images[key])} images)")
                 for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
-                    data.erf_maps[lab] = effective_receptive_fields(model, images[key])
-                    t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab]), lab))
+                    data.erf_maps[lab] = effective_receptive_fields(model, images[key], protocol=erf_protocol)
+                    t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab], protocol=erf_protocol),
+                                                    lab))
         say(f"{label}: the scale (delta, white noise, initialisation)")
         for measure_i in measures:
             scale = mass_scale(lks, measure_i, init_lks)

@@ -31,6 +31,7 @@ SLOW = [
     "tests/test_bad_inputs.py::test_corrupt_image_in_imagefolder_is_one_line*",
     "tests/test_bad_inputs.py::test_degenerate_*",
     "tests/test_erf_frequency.py::test_erf_command_on_the_bundled_checkpoints",
+    "tests/test_erf_frequency.py::test_an_anti_hermitian_perturbation_changes_no_output",
     "tests/test_checkpoint.py::test_cli_import_reference_then_describe",
     "tests/test_checkpoint.py::test_round_trip_directory_and_single_file",
     "tests/test_checkpoint.py::test_import_reference_rejects_mismatches",

@@ -110,3 +110,28 @@ def test_weight_pca_parts_and_errors(bundled_kernels):
     plain = layer(np.ones((3, 5, 5)), "conv1")
     with pytest.raises(SelectionError, match="conv1 is a plain convolution.*layer2.1.conv1"):
         weight_pca([plain, chosen[0]])
+
+
+def test_weight_pca_of_the_hermitian_part(bundled_kernels):
+    """--response hermitian decomposes (W(f) + conj(W(−f)))/2, computed here on the uncentred
+    grid with numpy's own index rule; its real part is even and its imaginary part odd in f, so
+    every component is too. The raw default is recorded as such."""
+    chosen = [lk for lk in bundled_kernels if lk.name in ("layer2.1.conv1", "layer4.0.conv2")]
+    res = weight_pca(chosen, n_components=4, response="hermitian")
+    assert set(res.table.response) == {"hermitian"}
+    assert set(weight_pca(chosen[:1], n_components=2).table.response) == {"raw"}
+    for lk in chosen:
+        h, w = lk.size
+        u = np.fft.ifftshift(lk.response.numpy().astype(np.complex128), axes=(1, 2))
+        neg = u[:, (-np.arange(h)) % h][:, :, (-np.arange(w)) % w]
+        wh = np.fft.fftshift(0.5 * (u + neg.conj()), axes=(1, 2))
+        for part, values in (("real", wh.real), ("imag", wh.imag)):
+            t = res.table[(res.table.layer == lk.name) & (res.table.part == part)]
+            comps = res.components[(lk.name, part)]
+            assert_matches_sklearn(values.reshape(len(values), -1), comps,
+                                   t.explained_variance_ratio.to_numpy(), t.explained_variance.to_numpy())
+            mirrored = np.fft.fftshift(np.fft.ifftshift(comps, axes=(1, 2))[:, (-np.arange(h)) % h][
+                :, :, (-np.arange(w)) % w], axes=(1, 2))
+            np.testing.assert_allclose(mirrored, comps if part == "real" else -comps, atol=1e-8)
+    with pytest.raises(SelectionError, match="response must be one of raw, hermitian"):
+        weight_pca(chosen, response="acting")

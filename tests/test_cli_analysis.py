@@ -92,7 +92,12 @@ def test_pca_components_and_weights():
     df = pd.read_csv(io.StringIO(invoke("pca", "--layers", "layer4.*", "-k", "3", "--format", "csv").stdout))
     assert df.groupby("layer").component.max().eq(2).all() and df.layer.nunique() == 3
     w = pd.read_csv(io.StringIO(invoke("pca", "--layers", SMALL, "--weights", "--format", "csv").stdout))
-    assert sorted(set(w.part)) == ["imag", "real"] and len(w) == 12
+    assert sorted(set(w.part)) == ["imag", "real"] and len(w) == 12 and set(w.response) == {"raw"}
+    h = pd.read_csv(io.StringIO(invoke("pca", "--layers", SMALL, "--weights", "--response", "hermitian",
+                                       "--format", "csv").stdout))
+    assert set(h.response) == {"hermitian"} and len(h) == 12
+    res = invoke("pca", "--layers", SMALL, "--response", "hermitian")
+    assert res.exit_code == 2 and "--response applies to --weights only" in res.output
     res = invoke("pca", "-k", "0")
     assert res.exit_code != 0
 

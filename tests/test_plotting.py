@@ -412,12 +412,25 @@ def _small_figure(kind: str):
     yy, xx = np.mgrid[-7:8, -7:8]
     maps = {"a": {st: np.exp(-(xx ** 2 + yy ** 2) / (2 * s ** 2))
                   for st, s in (("layer1", 1), ("layer2", 3))}}
-    ratios = erf_area_ratios(maps["a"]).assign(checkpoint="a")
+    protocol = "replknet" if kind == "erf_replknet" else "luo"
+    ratios = erf_area_ratios(maps["a"], protocol=protocol).assign(checkpoint="a")
     return plot_erf(maps, ratios)
 
 
+def test_erf_figure_names_its_protocol():
+    from niff_analysis.analysis import erf_area_ratios
+    for kind, words in (("erf", "protocol luo"), ("erf_replknet", "protocol replknet")):
+        fig, _ = _small_figure(kind)
+        assert words in fig._suptitle.get_text()
+    yy, xx = np.mgrid[-3:4, -3:4]
+    maps = {"a": {"layer1": np.exp(-(xx ** 2 + yy ** 2) / 2.0)}}
+    mixed = pd.concat([erf_area_ratios(maps["a"], protocol=p).assign(checkpoint="a") for p in ("luo", "replknet")])
+    with pytest.raises(SelectionError, match="mix protocols"):
+        plot_erf(maps, mixed)
+
+
 @pytest.mark.parametrize("kind", ["eigenkernels", "weight_pca", "raw_kernels", "kernel_magnitude", "erf",
-                                  "frequency"])
+                                  "erf_replknet", "frequency"])
 def test_labels_of_small_image_figures_are_not_cut(kind):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # constrained layout giving up is a warning

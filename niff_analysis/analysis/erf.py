@@ -1,16 +1,31 @@
-"""Effective receptive fields (Luo et al. 2016; the protocol of RepLKNet's ERF analysis).
+"""Effective receptive fields, under two protocols.
 
 For each chosen module (by default every stage: ``layer1`` … ``layer4`` of a ResNet, the modules
-whose name is a stage, see :func:`~niff_analysis.analysis.kernels.stage_of`), the gradient of the
-sum over channels of that module's output at its central pixel (H//2, W//2) with respect to the
-input image; absolute values summed over input channels and accumulated over the images. The
-model runs in eval mode (BatchNorm uses its running statistics, so images do not interact and
-one backward pass per module covers a whole batch); nothing is random.
+whose name is a stage, see :func:`~niff_analysis.analysis.kernels.stage_of`), the gradient of that
+module's output at its central pixel (H//2, W//2) with respect to the input image. The model runs
+in eval mode (BatchNorm uses its running statistics, so images do not interact and one backward
+pass per module covers a whole batch); nothing is random. Two protocols (:data:`PROTOCOLS`) turn
+the gradients into a map:
+
+* ``"luo"`` (the default; Luo et al. 2016, "Understanding the effective receptive field in deep
+  CNNs"): the gradient of the sum over channels of the raw central output; its absolute value
+  summed over input channels and over the images.
+* ``"replknet"`` (the script of RepLKNet, Ding et al. 2022, ``erf/visualize_erf.py`` and
+  ``erf/analyze_erf.py``, which later large-kernel papers copy): the gradient of the sum over
+  channels of relu(central output), per image; relu of that gradient (negative contributions
+  dropped, per input channel and pixel), summed over input channels; the mean over the images; then
+  log10(1 + x) of the mean. The logarithm compresses the map, so its squares tend to be larger
+  than ``luo``'s, and they depend on the gradient's absolute scale (the input normalisation, the model's
+  output scale), which ``luo``'s shares do not. That script also skips images whose map holds NaN;
+  here a NaN map is an error.
 
 :func:`erf_area_ratios` measures each map like a kernel (Eq. 6 on the ERF): the side of the
 smallest centred square window (odd sides 1, 3, 5, …, the full size last) holding t % of the
-total contribution, and that square's share of the input's area (RepLKNet's "high-contribution
-area ratio"), for t = 20, 30, 50, 99 by default.
+total, and that square's share of the input's area (RepLKNet's "high-contribution area ratio"),
+for t = 20, 30, 50, 99 by default. RepLKNet's ``get_rectangle`` searches the odd sides 3 … 2·(H//2)−1
+for a share strictly above t and finds nothing beyond them; here side 1 and the full size are
+candidates too and the share must reach t. For both protocols the tables carry a ``protocol``
+column.
 """
 
 from __future__ import annotations
@@ -23,12 +38,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import SelectionError
+from ..errors import NiffError, SelectionError
 from .kernels import stage_of
 from .mass import mass_ratios
 from .schema import STAGE, THRESHOLD
 
 THRESHOLDS = (20, 30, 50, 99)
+PROTOCOLS = ("luo", "replknet")
+PROTOCOL = "protocol"
 
 
 def stage_modules(model: nn.Module, layers: Optional[Union[str, Sequence[str]]] = None) -> list[str]:
@@ -53,20 +70,33 @@ def stage_modules(model: nn.Module, layers: Optional[Union[str, Sequence[str]]] 
     return chosen
 
 
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise SelectionError(f"unknown ERF protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+
+
 def effective_receptive_fields(model: nn.Module, images: torch.Tensor,
                                layers: Optional[Union[str, Sequence[str]]] = None,
-                               batch_size: int = 50) -> dict[str, np.ndarray]:
-    """Accumulated |∂ output centre / ∂ input| per chosen module (module docstring).
+                               batch_size: int = 50, protocol: str = "luo") -> dict[str, np.ndarray]:
+    """The effective receptive field of each chosen module under ``protocol`` (module docstring).
 
     Args:
         model: the network (put in eval mode here and restored afterwards).
         images: (N, C, H, W) normalised input images.
         layers: module selection (see :func:`stage_modules`).
         batch_size: images per backward pass.
+        protocol: ``"luo"``: Σ over images and input channels of |∂ Σ_c out_c(centre) / ∂x|;
+            ``"replknet"``: log10(1 + mean over images of Σ over input channels of
+            relu(∂ Σ_c relu(out_c(centre)) / ∂x)).
 
     Returns:
         Module name → float64 (H, W) map, in model order.
+
+    Raises:
+        SelectionError: unknown protocol, no module matches, or a module's output is not 4-D.
+        NiffError: a map holds NaN or Inf.
     """
+    _check_protocol(protocol)
     names = stage_modules(model, layers)
     modules = dict(model.named_modules())
     param = next(model.parameters())
@@ -85,22 +115,41 @@ def effective_receptive_fields(model: nn.Module, images: torch.Tensor,
                 if out.ndim != 4:
                     raise SelectionError(f"module {n} gives a {out.ndim}-D output; an ERF needs (N, C, H, W)")
                 h, w = out.shape[-2:]
-                (grad,) = torch.autograd.grad(out[:, :, h // 2, w // 2].sum(), x, retain_graph=i < len(names) - 1)
-                maps[n] += grad.abs().sum(dim=(0, 1)).double().cpu().numpy()
+                centre = out[:, :, h // 2, w // 2]
+                if protocol == "replknet":
+                    centre = torch.relu(centre)
+                # Images do not interact in eval mode: the gradient of the batch sum is each
+                # image's own gradient in its own slice of x.
+                (grad,) = torch.autograd.grad(centre.sum(), x, retain_graph=i < len(names) - 1)
+                grad = grad.abs() if protocol == "luo" else torch.relu(grad)
+                maps[n] += grad.sum(dim=(0, 1)).double().cpu().numpy()
     finally:
         for hk in hooks:
             hk.remove()
         model.train(was_training)
+    for n, m in maps.items():
+        if not np.isfinite(m).all():
+            raise NiffError(f"module {n}: the receptive field holds NaN or Inf (non-finite gradients)")
+        if protocol == "replknet":
+            maps[n] = np.log10(1.0 + m / len(images))
     return maps
 
 
-def erf_area_ratios(maps: dict[str, np.ndarray], thresholds: Sequence[float] = THRESHOLDS) -> pd.DataFrame:
+def erf_area_ratios(maps: dict[str, np.ndarray], thresholds: Sequence[float] = THRESHOLDS,
+                    protocol: str = "luo") -> pd.DataFrame:
     """Per module and threshold t: the side of the smallest centred square holding t % of the
-    contribution, and its area as a fraction of the input's.
+    map's total, and its area as a fraction of the input's.
+
+    Args:
+        maps: module → map, as :func:`effective_receptive_fields` returns them.
+        thresholds: shares t in %.
+        protocol: the protocol the maps were made with, recorded in the ``protocol`` column.
 
     Returns:
-        Columns stage, threshold, side, area_ratio (NaN for a map without contribution).
+        Columns stage, protocol, threshold, side, area_ratio (NaN for a map without
+        contribution).
     """
+    _check_protocol(protocol)
     rows = []
     for name, m in maps.items():
         h, w = m.shape
@@ -108,9 +157,9 @@ def erf_area_ratios(maps: dict[str, np.ndarray], thresholds: Sequence[float] = T
         for t in thresholds:
             hit = np.flatnonzero(ratios[0] >= t / 100 - 1e-12)
             side = float(windows[hit[0]]) if len(hit) else float("nan")
-            rows.append({STAGE: name, THRESHOLD: t, "side": side,
+            rows.append({STAGE: name, PROTOCOL: protocol, THRESHOLD: t, "side": side,
                          "area_ratio": min(side, h) * min(side, w) / (h * w) if len(hit) else float("nan")})
-    return pd.DataFrame(rows, columns=[STAGE, THRESHOLD, "side", "area_ratio"])
+    return pd.DataFrame(rows, columns=[STAGE, PROTOCOL, THRESHOLD, "side", "area_ratio"])
 
 
 def dataset_images(dataset: str, n: int, data_dir=None, image_size: int = 32) -> torch.Tensor:

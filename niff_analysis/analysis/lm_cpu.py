@@ -240,3 +240,110 @@ def levenberg_marquardt_cpu(data: np.ndarray, x: np.ndarray, y: np.ndarray, p0: 
             # On Ctrl-C (or an error) drop the pieces not started instead of running them all.
             pool.shutdown(wait=True, cancel_futures=True)
     return params, stopped, iters
+
+
+# --------------------------------------------------------------------------- moment σ
+@jit
+def moments_one(d, xs, ys, cx, cy, floor, max_iter, tol, centre_tol, damp_after, cap, out):
+    """Deweighted adaptive moments of one kernel's magnitudes above the background ``d`` (N,),
+    started at the centre (cx, cy) with Σ = 1 px² (:func:`.gaussian.moment_sigmas` documents
+    the iteration). Writes (Σxx, Σyy, Σxy, x0, y0) into ``out``; returns (settled, iterations);
+    NaN in ``out`` where a window holds no mass above the background."""
+    sxx, syy, sxy = 1.0, 1.0, 0.0
+    lo_x, hi_x, lo_y, hi_y = xs.min() - 0.5, xs.max() + 0.5, ys.min() - 0.5, ys.max() + 0.5
+    settled = False
+    it = 0
+    while it < max_iter and not settled:
+        it += 1
+        mxx, myy, mxy = sxx + floor, syy + floor, sxy
+        det = mxx * myy - mxy * mxy
+        pxx, pyy, pxy = myy / det, mxx / det, -mxy / det  # the window's precision M⁻¹
+        s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+        for i in range(d.shape[0]):
+            dx, dy = xs[i] - cx, ys[i] - cy
+            q = pxx * dx * dx + 2.0 * pxy * dx * dy + pyy * dy * dy
+            if q > 80.0:  # a weight below e⁻⁴⁰ of the window's centre adds nothing
+                continue
+            wt = d[i] * math.exp(-0.5 * q)
+            s0 += wt; s1 += wt * dx; s2 += wt * dy  # noqa: E702
+            s3 += wt * dx * dx; s4 += wt * dx * dy; s5 += wt * dy * dy  # noqa: E702
+        if not s0 > 0.0:
+            for k in range(5):
+                out[k] = math.nan
+            return False, it
+        mx, my = s1 / s0, s2 / s0  # the weighted mean, relative to the window's centre
+        cxx = max(s3 / s0 - mx * mx, 0.0)
+        cyy = max(s5 / s0 - my * my, 0.0)
+        cxy = s4 / s0 - mx * my
+        # Deweighting: a Gaussian (Σ, μ) times the window (M, c) is a Gaussian of covariance
+        # C = (Σ⁻¹ + M⁻¹)⁻¹ and mean C·(Σ⁻¹μ + M⁻¹c), so Σ⁻¹ = C⁻¹ − M⁻¹ and
+        # μ = Σ·(C⁻¹·mean − M⁻¹·c); with coordinates relative to c, the last term vanishes.
+        cdet = cxx * cyy - cxy * cxy
+        sharp = cdet <= 1e-12 * (cxx + cyy) ** 2  # all weight on a line or a single pixel
+        ok = False
+        if not sharp:
+            qxx, qyy, qxy = cyy / cdet - pxx, cxx / cdet - pyy, -cxy / cdet - pxy
+            qdet = qxx * qyy - qxy * qxy
+            ok = qxx > 0.0 and qdet > 0.0
+        if ok:
+            nxx, nyy, nxy = qyy / qdet, qxx / qdet, -qxy / qdet
+            ux, uy = (cyy * mx - cxy * my) / cdet, (cxx * my - cxy * mx) / cdet
+            nx, ny = cx + nxx * ux + nxy * uy, cy + nxy * ux + nyy * uy
+        elif sharp:  # narrower than a pixel: the plain moments (about 0)
+            nxx, nyy, nxy, nx, ny = cxx, cyy, cxy, cx + mx, cy + my
+        else:  # broader than the window in some direction: widen it
+            nxx, nyy, nxy, nx, ny = 4.0 * sxx, 4.0 * syy, sxy, cx + mx, cy + my
+        nxx, nyy = min(nxx, cap), min(nyy, cap)
+        nx, ny = min(max(nx, lo_x), hi_x), min(max(ny, lo_y), hi_y)
+        if it > damp_after:  # a fixed point circled rather than reached: half steps
+            nxx, nyy, nxy = 0.5 * (nxx + sxx), 0.5 * (nyy + syy), 0.5 * (nxy + sxy)
+            nx, ny = 0.5 * (nx + cx), 0.5 * (ny + cy)
+        step = max(abs(nxx - sxx), abs(nyy - syy), abs(nxy - sxy))
+        settled = ((ok or sharp) and step <= tol * max(nxx, nyy, 1e-2)
+                   and max(abs(nx - cx), abs(ny - cy)) <= centre_tol)
+        sxx, syy, sxy, cx, cy = nxx, nyy, nxy, nx, ny
+    out[0], out[1], out[2], out[3], out[4] = sxx, syy, sxy, cx, cy
+    return settled, it
+
+
+@jit
+def moments_rows(d, xs, ys, start, out, settled, iters, lo, hi, floor, max_iter, tol, centre_tol,
+                 damp_after, cap):
+    """:func:`moments_one` for rows [lo, hi) of ``d``, started at ``start`` (B, 2)."""
+    for i in range(lo, hi):
+        settled[i], iters[i] = moments_one(d[i], xs, ys, start[i, 0], start[i, 1], floor, max_iter, tol,
+                                           centre_tol, damp_after, cap, out[i])
+
+
+def adaptive_moments_cpu(d: np.ndarray, x: np.ndarray, y: np.ndarray, start: np.ndarray, floor: float,
+                         max_iter: int, tol: float, centre_tol: float, damp_after: int, threads: int = 1):
+    """Deweighted adaptive moments of each row of ``d`` (B, N): magnitudes above their background
+    on pixel coordinates ``x``, ``y`` (N,), started at ``start`` (B, 2), in ``threads`` threads
+    (pieces as in :func:`levenberg_marquardt_cpu`).
+
+    Returns:
+        (moments (B, 5): Σxx, Σyy, Σxy, x0, y0; settled (B,) bool; iterations (B,) int).
+    """
+    d = np.ascontiguousarray(d, dtype=np.float64)
+    xs, ys = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64)
+    start = np.ascontiguousarray(start, dtype=np.float64)
+    out = np.empty((len(d), 5), dtype=np.float64)
+    settled = np.zeros(len(d), dtype=np.bool_)
+    iters = np.zeros(len(d), dtype=np.int64)
+    cap = (4.0 * (max(xs.max() - xs.min(), ys.max() - ys.min()) + 1.0)) ** 2 if len(xs) else 1.0
+    opts = (float(floor), int(max_iter), float(tol), float(centre_tol), int(damp_after), float(cap))
+    threads = max(1, int(threads))
+    piece = max(1, min(PIECE_PIXELS // max(d.shape[1], 1), -(-len(d) // (4 * threads))))
+    bounds = [(lo, min(lo + piece, len(d))) for lo in range(0, len(d), piece)]
+
+    def run(lo: int, hi: int) -> None:
+        moments_rows(d, xs, ys, start, out, settled, iters, lo, hi, *opts)
+
+    if threads == 1 or len(bounds) <= 1:
+        for lo, hi in bounds:
+            run(lo, hi)
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for fut in [pool.submit(run, lo, hi) for lo, hi in bounds]:
+                fut.result()
+    return out, settled, iters

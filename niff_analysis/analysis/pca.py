@@ -20,6 +20,7 @@ from typing import Hashable, Sequence
 import numpy as np
 import pandas as pd
 import scipy.linalg
+import torch
 from threadpoolctl import threadpool_limits
 
 from ..errors import SelectionError
@@ -123,18 +124,31 @@ def pca_eigenkernels(kernels: Sequence[LayerKernels], n_components: int = 6) -> 
     return _finish(frames, comps, means)
 
 
-def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6) -> PCAResult:
+WEIGHT_RESPONSES = ("raw", "hermitian")
+
+
+def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6, response: str = "raw") -> PCAResult:
     """PCA of the learned frequency weights, real and imaginary parts separately (App. B.3).
 
-    The centred responses W of each layer (as the MLPs produce them) are decomposed like
-    kernels. The table has a ``part`` column in {"real", "imag"}; components are keyed
+    The centred responses of each layer are decomposed like kernels. ``response="raw"`` (the
+    default) takes W as the MLPs produce it, as the authors' analysis does; its anti-Hermitian
+    part A(f) = −conj(A(−f)) never acts on a real input (SPEC §2), so this PCA describes the
+    MLP's output, not only the filter. ``response="hermitian"`` takes the part that acts,
+    W_h(f) = (W(f) + conj(W(−f)))/2 (:func:`~niff_analysis.analysis.frequency.hermitian_part`):
+    its real part is even and its imaginary part odd in f. The table has a ``part`` column in
+    {"real", "imag"} and a ``response`` column naming the choice; components are keyed
     (layer, part).
 
     Raises:
-        SelectionError: a layer has no frequency response (a plain convolution).
+        SelectionError: a layer has no frequency response (a plain convolution), or ``response``
+            is neither "raw" nor "hermitian".
         NiffError: a layer's kernels or responses hold NaN or Inf.
     """
+    from .frequency import hermitian_part
+
     _check_n(n_components)
+    if response not in WEIGHT_RESPONSES:
+        raise SelectionError(f"response must be one of {', '.join(WEIGHT_RESPONSES)}, got {response!r}")
     plain = [lk.name for lk in kernels if lk.response is None]
     if plain:
         niff = [lk.name for lk in kernels if lk.response is not None]
@@ -146,12 +160,17 @@ def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6) -> PCARes
     frames, comps, means = [], {}, {}
     for lk in kernels:
         h, w = lk.size
-        resp = lk.response.reshape(-1, h * w)
+        resp = lk.response.to(torch.complex128)
+        if response == "hermitian":
+            resp = hermitian_part(resp)
+        resp = resp.reshape(-1, h * w)
         for part, values in (("real", resp.real), ("imag", resp.imag)):
-            c, var, ratio, mean = pca(values.double().numpy(), n_components)
+            c, var, ratio, mean = pca(values.numpy(), n_components)
             comps[(lk.name, part)] = c.reshape(-1, h, w)
             means[(lk.name, part)] = mean.reshape(h, w)
-            frames.append(_rows(lk, part, c, var, ratio))
+            rows = _rows(lk, part, c, var, ratio)
+            rows.insert(rows.columns.get_loc(PART) + 1, "response", response)
+            frames.append(rows)
     return _finish(frames, comps, means)
 
 

@@ -175,11 +175,12 @@ def analysis_options(f: Callable) -> Callable:
 @main.command("kernels")
 @analysis_options
 @click.option("--responses", is_flag=True,
-              help="With .npz output, also store each NIFF layer's frequency response as "
-                   "'<layer>@real' and '<layer>@imag'.")
+              help="With .npz output, also store each NIFF layer's raw frequency response W (the MLPs' "
+                   "output, anti-Hermitian part included) as '<layer>@real' and '<layer>@imag'.")
 @click.option("--view", type=click.Choice(["layers", "radial"]), default="layers", show_default=True,
-              help="layers: one row per layer; radial: the radial profile of each NIFF layer's |W| "
-                   "against |f| / f_Nyquist (mean and quartiles over channels).")
+              help="layers: one row per layer; radial: the radial profile of each NIFF layer's "
+                   "frequency response that acts, |FFT(k)| (the Hermitian part of W), against "
+                   "|f| / f_Nyquist (mean and quartiles over channels).")
 @click.pass_context
 def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, responses, view):
     """Spatial kernels of every NIFF layer on the feature-map size it runs at.
@@ -294,25 +295,34 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
 @click.option("--weights", is_flag=True,
               help="PCA of the frequency-domain multiplication weights (real and imaginary parts "
                    "separately) instead of the spatial kernels; NIFF layers only.")
+@click.option("--response", type=click.Choice(["raw", "hermitian"]), default="raw", show_default=True,
+              help="With --weights: raw = W as the MLPs output it, as the authors analysed it (its "
+                   "anti-Hermitian part never acts on a real input); hermitian = the part that acts, "
+                   "(W(f) + conj(W(-f)))/2, the DFT of the spatial kernel.")
 @click.pass_context
-def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, components, weights):
+def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, components, weights, response):
     """PCA eigenkernels per layer: exact SVD, deterministic signs, explained-variance ratios.
 
     CHECKPOINT: checkpoint folders or .safetensors files, or folders of them (default: the
     bundled checkpoint); several are concatenated under a leading 'checkpoint' column.
 
     Works on baselines too (their plain convolutions), except --weights. Columns: checkpoint,
-    layer, stage, fmap_h, fmap_w, [part,] component, explained_variance_ratio, … .
+    layer, stage, fmap_h, fmap_w, [part, response,] component, explained_variance_ratio, … .
     --output FILE.npz stores the components (k×H×W per layer, '<layer>@real'/'@imag' with
     --weights) instead of the table.
+
+    --weights (Appendix B.3) decomposes the raw MLP output W by default, as the authors did;
+    --response hermitian decomposes the filter that acts instead.
     """
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json", "npz"))
+    if response != "raw" and not weights:
+        raise click.UsageError("--response applies to --weights only")
     run = Run("pca", checkpoints, layers, include_conv, device, quiet,
-              dict(components=components, weights=weights))
+              dict(components=components, weights=weights, **({"response": response} if weights else {})))
     results = []
     for label, lks in run.kernels(niff_only="weight PCA (--weights)" if weights else None):
         t0 = time.perf_counter()
-        res = weight_pca(lks, components) if weights else pca_eigenkernels(lks, components)
+        res = weight_pca(lks, components, response=response) if weights else pca_eigenkernels(lks, components)
         results.append((label, res))
         run.log(f"{label}: PCA of {len(lks)} layers in {time.perf_counter() - t0:.2f} s")
         for w in pca_warnings(res.table, components):
@@ -352,11 +362,13 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
     sigma_y_moment, censored. Failed fits are rows with success=false and a reason in status;
     an undersampled fit (σ < 0.4 px) is censored=true. The summary gives median, quartiles and
     mean ± std of the successful fits with n_ok, n_censored and n, the median moment σ of
-    every kernel, and σx/σy three ways: the mean of per-kernel ratios (the paper's; a few
-    large ratios pull it above 1 whichever way round it is taken), their median and their
-    geometric mean. Every mean and median has its seeded percentile-bootstrap 95 % interval
-    over kernels (<stat>_lo, <stat>_hi; --bootstrap). Fits do not depend on --measure: they
-    fit |k|.
+    every kernel (the width of its peak by deweighted adaptive moments, which never needs the
+    solver; NaN where a kernel has no peak above its median; it resolves σ from about 0.75 px up,
+    errors on synthetic Gaussians in docs/gaussian_validation.md), and σx/σy three ways: the mean
+    of per-kernel ratios (the paper's; a few large ratios pull it above 1 whichever way round it
+    is taken), their median and their geometric mean. Every mean and median has its seeded
+    percentile-bootstrap 95 % interval over kernels (<stat>_lo, <stat>_hi; --bootstrap). Fits do
+    not depend on --measure: they fit |k|.
     """
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("gaussian", checkpoints, layers, include_conv, device, quiet,

@@ -8,6 +8,7 @@ import click
 import pandas as pd
 
 from ..analysis import effective_receptive_fields, erf_area_ratios
+from ..analysis.erf import PROTOCOL, PROTOCOLS
 from ..analysis.schema import CHECKPOINT, STAGE, THRESHOLD, with_checkpoint
 from ..errors import NiffError, SelectionError
 from . import main
@@ -27,16 +28,23 @@ from .common import positive_int, render_frame, result_options
 @click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to the Debian package's).")
 @click.option("--thresholds", default="20,30,50,99", show_default=True, help="Contribution shares t (%).")
 @click.option("--untrained", is_flag=True, help="Also measure each checkpoint's initialisation (label '<name>@init').")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="luo", show_default=True,
+              help="luo: |gradient| of the raw central output summed over images (Luo et al. 2016); "
+                   "replknet: RepLKNet's script, relu on the output and on the gradient, mean over "
+                   "images, log10(1 + x).")
 @result_options("table: side per stage and threshold; csv/json: the long form.")
 @click.pass_context
-def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, untrained, fmt, output,
+def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, untrained, protocol, fmt, output,
             device, quiet):
     """Effective receptive field per stage: gradient of the output's central pixel w.r.t. the input.
 
     CHECKPOINT: checkpoint folders, or folders of them (default: the bundled checkpoint). Per
-    stage and threshold t: the side of the smallest centred square holding t % of the summed
-    |gradient| over --images test images, and its share of the input area (RepLKNet's
-    high-contribution area ratio). Columns: checkpoint, stage, threshold, side, area_ratio.
+    stage and threshold t: the side of the smallest centred square holding t % of the map over
+    --images test images, and its share of the input area (RepLKNet's high-contribution area
+    ratio). The map depends on --protocol: luo (default) sums |gradient| of the raw central
+    output (Luo et al. 2016); replknet follows RepLKNet's ERF script (relu on the output and on
+    the gradient, the mean over images, log10(1 + x)), whose sides come out larger. Columns:
+    checkpoint, stage, protocol, threshold, side, area_ratio.
     """
     from ..analysis.erf import dataset_images
     from ..checkpoint import load_initial
@@ -50,7 +58,8 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
         raise SelectionError(f"--thresholds must lie in (0, 100], got {thresholds!r}")
     pattern = None if layers is None else [p.strip() for p in layers.split(",") if p.strip()]
     run = Run("erf", checkpoints, "*", False, device, quiet,
-              dict(layers=layers, images=n_images, dataset=dataset, thresholds=ts, untrained=untrained))
+              dict(layers=layers, images=n_images, dataset=dataset, thresholds=ts, untrained=untrained,
+                   protocol=protocol))
     frames, images = [], {}
     for ck in run.checkpoints_loaded():
         label, path, model, meta = ck.label, ck.path, ck.model, ck.meta
@@ -72,15 +81,15 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
         for lab, m in todo:
             t0 = time.perf_counter()
             try:
-                maps = effective_receptive_fields(m, images[key], layers=pattern)
+                maps = effective_receptive_fields(m, images[key], layers=pattern, protocol=protocol)
             except NiffError as exc:
                 raise type(exc)(f"{label}: {exc}") from None
-            run.log(f"{lab}: ERF of {len(maps)} stages from {len(images[key])} images in "
+            run.log(f"{lab}: ERF ({protocol} protocol) of {len(maps)} stages from {len(images[key])} images in "
                     f"{time.perf_counter() - t0:.1f} s")
-            frames.append(with_checkpoint(erf_area_ratios(maps, ts), lab))
+            frames.append(with_checkpoint(erf_area_ratios(maps, ts, protocol=protocol), lab))
     df = pd.concat(frames, ignore_index=True)
     if fmt == "table":
-        df = df.pivot_table(index=[CHECKPOINT, STAGE], columns=THRESHOLD, values="side",
+        df = df.pivot_table(index=[CHECKPOINT, STAGE, PROTOCOL], columns=THRESHOLD, values="side",
                             sort=False).reset_index()
         df.columns = [f"side_{c:g}%" if isinstance(c, float) else c for c in df.columns]
     run.finish(render_frame(df, fmt), output, len(df))

@@ -51,9 +51,11 @@ def _sizes(value: str) -> list[int]:
 @click.option("--data-dir", type=click.Path(), help="That dataset's folder (Fashion-MNIST: the Debian package's).")
 @measure_option(what=" both: the mass-ratio and history figures get one row of panels per measure (the "
                     "effective-size figure shows l1); meta.json records it.")
+@click.option("--erf-protocol", type=click.Choice(["luo", "replknet"]), default="luo", show_default=True,
+              help="How the receptive fields are measured (see `niff-analyze erf --help`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages (the file list still prints).")
 def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_sizes, no_timing,
-                erf_images, data_dir, measure, quiet) -> None:
+                erf_images, data_dir, measure, erf_protocol, quiet) -> None:
     """Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were drawn from.
 
     No CHECKPOINT means the bundled default; several are compared in the same figures (a
@@ -74,7 +76,8 @@ def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_siz
     data = analyse(checkpoints, layers=_csv_list(layers, "--layers"), device=device,
                    max_kernels=max_kernels, cost_sizes=_sizes(cost_sizes),
                    measure_cost=not no_timing, progress=progress, factory=current_factory(),
-                   erf_images=max(0, erf_images), data_dir=data_dir, measure=measure)
+                   erf_images=max(0, erf_images), data_dir=data_dir, measure=measure,
+                   erf_protocol=erf_protocol)
     for note in data.notes:
         click.echo(f"note: {note}", err=True)
     paths = write_figures(data, out, formats=fmts, progress=progress)

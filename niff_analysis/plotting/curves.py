@@ -225,7 +225,8 @@ def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
 def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
     """Fitted Gaussian σx and σy per layer (Fig. A3/A4), one panel per model: the median with
     the interquartile range of the successful fits (mean ± std where the table has no
-    quartiles), the median moment σ of every kernel as a small cross, and under each layer how
+    quartiles), the median moment σ of every kernel as a small cross (with a dotted line where it
+    stops resolving a peak), and under each layer how
     many fits it stands for (n_ok / n, and how many were censored as sharper than 0.4 px). σx
     and σy sit side by side in each layer's slot; the legend is outside the last panel.
 
@@ -236,6 +237,8 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
         ax: axes, one per model.
         fig: figure to add panels to.
     """
+    from ..analysis.gaussian import MOMENT_RESOLVED
+
     quartiles = {"sigma_x_median", "sigma_x_q25", "sigma_x_q75"} <= set(summary.columns)
     cols = ["layer"] + ([f"sigma_{a}_{s}" for a in "xy" for s in ("median", "q25", "q75")] if quartiles
                         else [f"sigma_{a}_{s}" for a in "xy" for s in ("mean", "std")])
@@ -268,6 +271,9 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
                        label=f"σ{axis} fit: median, quartiles" if quartiles else f"σ{axis} fit: mean ± std")
             if any(f"sigma_{ax_}_moment_median" in part.columns for ax_ in "xy"):
                 a.plot([], [], "kx", ms=4, mew=0.8, label="moment σ, all kernels (median)")
+                # Below this the moment σ cannot resolve a peak (docs/gaussian_validation.md).
+                a.axhline(MOMENT_RESOLVED, color="0.6", ls=":", lw=0.7,
+                          label=f"moment σ unresolved below {MOMENT_RESOLVED:g} px")
             labels = []
             for _, row in part.iterrows():
                 count = ""

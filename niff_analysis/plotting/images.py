@@ -182,7 +182,8 @@ def plot_weight_pca(table: pd.DataFrame, components: Mapping, n_components: Opti
         components: (layer, part) → array (k, H, W), centred frequency grid.
         n_components: at most this many components per part.
         fig: figure to draw into.
-        title: figure title.
+        title: figure title (default: names what was decomposed, the raw W or its Hermitian
+            part, from the table's ``response`` column).
     """
     ev = _ev_lookup(table, ["layer", "part", "component"])
     stages = _stage_lookup(table)
@@ -202,7 +203,15 @@ def plot_weight_pca(table: pd.DataFrame, components: Mapping, n_components: Opti
     titles = [f"{part} PC {i + 1}" for part in parts for i in range(k)]
     with style():
         return _image_grid(rows, signed=True, fig=fig, col_titles=titles,
-                           title=title or "PCA of the multiplication weights (frequency domain)")
+                           title=title or "PCA of the multiplication weights (frequency domain, "
+                           + weight_response_name(table) + ")")
+
+
+def weight_response_name(table: pd.DataFrame) -> str:
+    """What a weight-PCA table decomposed, in words."""
+    kinds = set(table["response"]) if "response" in table.columns else {"raw"}
+    names = {"raw": "raw MLP output W", "hermitian": "Hermitian part of W"}
+    return ", ".join(names.get(k, str(k)) for k in sorted(kinds))
 
 
 def _flat_kernels(k) -> np.ndarray:
@@ -256,12 +265,19 @@ def plot_kernel_magnitude(kernels: Sequence, fig: Optional[Figure] = None, ncols
 
 
 
+#: How each ERF protocol (:mod:`~niff_analysis.analysis.erf`) is named in the figure's title.
+ERF_TITLES = {"luo": "protocol luo: |∂ centre / ∂ input|, summed over images",
+              "replknet": "protocol replknet (RepLKNet's script): log10(1 + x)"}
+
+
 def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.DataFrame] = None,
-             threshold: float = 50, fig: Optional[Figure] = None) -> tuple[Figure, np.ndarray]:
-    """Effective receptive fields: one row per checkpoint, one column per stage, log(1 + x) of
-    each map scaled to its maximum, one colour scale per stage shared by the checkpoints; the
-    centred square holding ``threshold`` % of the contribution is outlined, and a last column
-    draws every checkpoint's side of that square per stage.
+             threshold: float = 50, fig: Optional[Figure] = None,
+             protocol: Optional[str] = None) -> tuple[Figure, np.ndarray]:
+    """Effective receptive fields: one row per checkpoint, one column per stage, each map scaled
+    to its maximum (``luo`` maps drawn as log(1 + x) of that, ``replknet`` maps, already
+    logarithmic, as they are), one colour scale per stage shared by the checkpoints; the
+    centred square holding ``threshold`` % of the map is outlined, and a last column draws
+    every checkpoint's side of that square per stage. The title names the protocol.
 
     Args:
         maps: checkpoint label → stage → (H, W) map
@@ -269,18 +285,28 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
         ratios: :func:`~niff_analysis.analysis.erf_area_ratios` rows with a ``checkpoint`` column.
         threshold: which threshold's square to outline and plot.
         fig: figure to draw into.
+        protocol: ``"luo"`` or ``"replknet"``; default: the ``protocol`` column of ``ratios``,
+            else ``"luo"``.
     """
     labels = list(maps)
     if not labels:
         raise SelectionError("plot_erf: no receptive fields to draw")
+    if protocol is None:
+        found = set(ratios["protocol"]) if ratios is not None and "protocol" in ratios.columns else {"luo"}
+        if len(found) != 1:
+            raise SelectionError(f"plot_erf: the ratios mix protocols ({', '.join(sorted(found))})")
+        protocol = found.pop()
+    if protocol not in ERF_TITLES:
+        raise SelectionError(f"plot_erf: unknown protocol {protocol!r}; choose from {', '.join(ERF_TITLES)}")
+    shown = (lambda m: np.log1p(m / m.max())) if protocol == "luo" else (lambda m: m / m.max())
     stages = ordered_unique(s for lab in labels for s in maps[lab])
     with style():
         if fig is None:
             fig = new_figure((1.6 * len(stages) + 2.6, 1.6 * len(labels) + 0.4))
         grid = fig.subplots(len(labels), len(stages) + 1, squeeze=False)
         for j, st in enumerate(stages):
-            top = max(float(np.log1p(maps[lab][st] / maps[lab][st].max()).max())
-                      for lab in labels if st in maps[lab] and maps[lab][st].max() > 0)
+            top = max((float(shown(maps[lab][st]).max())
+                       for lab in labels if st in maps[lab] and maps[lab][st].max() > 0), default=1.0)
             for i, lab in enumerate(labels):
                 a = grid[i, j]
                 a.set_xticks([])
@@ -289,7 +315,7 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
                     a.set_visible(False)
                     continue
                 m = maps[lab][st]
-                img = np.log1p(m / m.max()) if m.max() > 0 else m
+                img = shown(m) if m.max() > 0 else m
                 a.imshow(img, cmap=CMAP_MAGNITUDE, vmin=0, vmax=top, interpolation="nearest")
                 if ratios is not None:
                     r = ratios[(ratios["checkpoint"] == lab) & (ratios["stage"] == st)
@@ -318,14 +344,16 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
             a.legend(fontsize=5, loc="best")
         else:
             a.set_visible(False)
+        fig.suptitle(f"Effective receptive fields, {ERF_TITLES[protocol]}", fontsize=6)
     return fig, grid
 
 
 def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional[pd.DataFrame] = None,
                    fig: Optional[Figure] = None, title: Optional[str] = None) -> tuple[Figure, np.ndarray]:
-    """Frequency responses of NIFF layers: the mean |W| over channels on each layer's centred grid
-    (log colour scale, DC in the middle), and below them the radial profiles of |W| against
-    |f| / f_Nyquist (mean, interquartile band), the initialisation dashed.
+    """Frequency responses of NIFF layers, of the filter that acts: |FFT(k)| of the spatial kernels
+    (the Hermitian part of W; :mod:`~niff_analysis.analysis.frequency`), its mean over channels
+    on each layer's centred grid (log colour scale, DC in the middle), and below them the radial
+    profiles against |f| / f_Nyquist (mean, interquartile band), the initialisation dashed.
 
     Args:
         kernels: :class:`~niff_analysis.analysis.LayerKernels` with frequency responses.
@@ -373,7 +401,7 @@ def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional
             ax.plot([], [], color="0.3", ls="--", lw=0.8, label="at initialisation")
         ax.axvline(1.0, color="0.4", ls=":", lw=0.8)
         ax.set_xlabel("|f| / f_Nyquist")
-        ax.set_ylabel("|W| (mean over channels)")
+        ax.set_ylabel("|FFT(k)| = |W_h| (mean over channels)")
         ax.set_yscale("log")
         ax.legend(fontsize=5, ncols=2 if len(layers) > 6 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         if title:

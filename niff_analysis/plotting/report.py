@@ -30,7 +30,7 @@ from ..pipeline import FigureData
 from ..provenance import META_NAME, figures_manifest, manifest_files
 from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
 from .images import (plot_eigenkernels, plot_erf, plot_frequency, plot_kernel_magnitude, plot_raw_kernels,
-                     plot_weight_pca)
+                     plot_weight_pca, weight_response_name)
 from .style import save_figure
 from .training import plot_kernel_history
 
@@ -89,7 +89,8 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
         yield ("kernel_history", plot_kernel_history(data.history, measures=data.measures)[0],
                {"kernel_history": data.history})
     if data.erf_maps:
-        yield "erf", plot_erf(data.erf_maps, data.erf)[0], {"erf_area_ratios": data.erf}
+        yield ("erf", plot_erf(data.erf_maps, data.erf, protocol=data.parameters.get("erf_protocol", "luo"))[0],
+               {"erf_area_ratios": data.erf})
     sizes = data.effective_sizes
     if "measure" in sizes.columns:  # the first measure's sizes (the table holds every measure's)
         sizes = sizes[sizes["measure"] == data.measures[0]]
@@ -113,7 +114,8 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
         if label in data.weight_pca:
             w = data.weight_pca[label]
             yield (name("weight_pca", label),
-                   plot_weight_pca(w.table, w.components, title=f"{label}: multiplication-weight PCA"
+                   plot_weight_pca(w.table, w.components,
+                                   title=f"{label}: multiplication-weight PCA ({weight_response_name(w.table)})"
                                    if multi else None)[0],
                    {name("weight_pca", label): w.table,
                     name("weight_pca_components", label): _components_long(w, label)})
