@@ -10,6 +10,7 @@ import pandas as pd
 from ..analysis.claims import paper_claims
 from ..analysis.schema import with_checkpoint
 from ..checkpoint import load_initial
+from ..errors import NiffError
 from ..pipeline import Checkpoint, select_kernels
 from . import main
 from .analysis import Run, _output_format
@@ -32,9 +33,17 @@ def claims_cmd(ctx, checkpoints, untrained, fmt, output, device, quiet):
     stage, statistic, value, criterion, agrees.
     """
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
-    run = Run("claims", checkpoints, "*", False, device, quiet, dict(untrained=untrained))
+    run = Run("claims", checkpoints, "*", False, device, quiet, dict(untrained=untrained), output)
     frames = []
     for ck in run.checkpoints_loaded():
+        try:
+            select_kernels(ck)  # a checkpoint of a folder whose kernels cannot be analysed is skipped
+        except NiffError as exc:
+            if not run.tolerates(ck):
+                raise
+            run.provenance.pop()
+            run.skip(ck.label, exc)
+            continue
         todo = [ck]
         if untrained:
             init = load_initial(ck.path, device=str(run.device))
@@ -47,6 +56,8 @@ def claims_cmd(ctx, checkpoints, untrained, fmt, output, device, quiet):
             table = paper_claims(select_kernels(c).kernels, device=str(run.device))
             run.log(f"{c.label}: {len(table)} claim rows in {time.perf_counter() - t0:.1f} s")
             frames.append(with_checkpoint(table, c.label))
+    if not frames:
+        raise run.none_left()
     df = pd.concat(frames, ignore_index=True)
     if fmt == "table":
         df = df.assign(value=df["value"].round(3))
