@@ -88,8 +88,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as exc:
-        if exc.filename is not None and Path(exc.filename) == tmp:
+    except OSError as exc:  # a failed write names the file asked for (never our temporary name)
+        if exc.errno is not None and (exc.filename is None or Path(exc.filename) == tmp):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     finally:

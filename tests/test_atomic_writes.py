@@ -257,7 +257,7 @@ def test_cli_output_failure_keeps_previous_output_and_meta(tmp_path, output, cac
         mp.setattr(Path, "write_text", half_text)
         mp.setattr(np, "savez", half_savez)
         res = CliRunner().invoke(main, args)
-    assert res.exit_code == 1 and res.stderr == "error: disk full: No space left on device (injected)\n"
+    assert res.exit_code == 1 and res.stderr == f"error: disk full writing {out}: No space left on device (injected)\n"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["outputs"][output]["sha256"] == file_sha256(out)

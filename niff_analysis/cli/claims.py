@@ -37,25 +37,25 @@ def claims_cmd(ctx, checkpoints, untrained, fmt, output, device, quiet):
     frames = []
     for ck in run.checkpoints_loaded():
         try:
-            select_kernels(ck)  # a checkpoint of a folder whose kernels cannot be analysed is skipped
-        except NiffError as exc:
+            sel = select_kernels(ck)
+        except NiffError as exc:  # a checkpoint of a folder whose kernels cannot be analysed is skipped
             if not run.tolerates(ck):
                 raise
             run.provenance.pop()
             run.skip(ck.label, exc)
             continue
-        todo = [ck]
+        todo = [(ck.label, sel.kernels)]
         if untrained:
             init = load_initial(ck.path, device=str(run.device))
             if init is None:
                 run.warn(f"{ck.label}: no initialisation known (not trained by this toolkit); --untrained skipped")
             else:
-                todo.append(Checkpoint(f"{ck.label}@init", ck.path, init))
-        for c in todo:
+                todo.append((f"{ck.label}@init", select_kernels(Checkpoint(f"{ck.label}@init", ck.path, init)).kernels))
+        for label, kernels in todo:
             t0 = time.perf_counter()
-            table = paper_claims(select_kernels(c).kernels, device=str(run.device))
-            run.log(f"{c.label}: {len(table)} claim rows in {time.perf_counter() - t0:.1f} s")
-            frames.append(with_checkpoint(table, c.label))
+            table = paper_claims(kernels, device=str(run.device))
+            run.log(f"{label}: {len(table)} claim rows in {time.perf_counter() - t0:.1f} s")
+            frames.append(with_checkpoint(table, label))
     if not frames:
         raise run.none_left()
     df = pd.concat(frames, ignore_index=True)

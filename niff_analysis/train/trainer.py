@@ -18,6 +18,7 @@ import ctypes
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -89,7 +90,11 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
         yield
         return
 
+    owner = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != owner:  # a forked DataLoader worker: the training process decides
+            return
         if _Stop.graceful and _Stop.signum is None:
             _Stop.signum = signum
             print(f"{signal.Signals(signum).name}: stopping after this step with the state saved "
