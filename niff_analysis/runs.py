@@ -240,7 +240,8 @@ def _is_stale(info: dict, flocked: Optional[bool]) -> bool:
     return not (isinstance(pid, int) and _pid_alive(pid))
 
 
-def _locked_message(folder: Path, info: dict) -> str:
+def locked_message(folder: Path, info: dict) -> str:
+    """The one line that refuses a folder whose lock ``info`` (the lock file's content) holds."""
     path = folder / LOCK_NAME
     if info and info.get("host") not in (None, _host()):
         return (f"{folder} is in use by {_holder_text(info)} (another host: whether it still runs cannot be "
@@ -273,7 +274,7 @@ def _acquire(folder: Path, command: str) -> int:
         try:
             flocked = _try_flock(fd)
             if flocked is False:
-                raise RunLockedError(_locked_message(folder, _read_info(fd) or {}))
+                raise RunLockedError(locked_message(folder, _read_info(fd) or {}))
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(path))
             except FileNotFoundError:
@@ -283,7 +284,7 @@ def _acquire(folder: Path, command: str) -> int:
                 continue
             info = _read_info(fd)
             if info is not None and not _is_stale(info, flocked):
-                raise RunLockedError(_locked_message(folder, info))
+                raise RunLockedError(locked_message(folder, info))
             mine = json.dumps(dict(pid=os.getpid(), host=_host(), command=command,
                                    started=_dt.datetime.now().astimezone().isoformat(timespec="seconds")))
             os.ftruncate(fd, 0)

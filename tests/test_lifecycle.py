@@ -198,8 +198,10 @@ def test_02_a_failed_import_puts_the_previous_run_back(tiny_ck, state_dict_file,
 def test_03_a_diverging_run_stops_keeps_its_last_finite_state_and_stays_readable(tmp_path):
     out = tmp_path / "div"
     res = invoke("train", *TINY, "--lr", "1000", "--save-every-steps", "1", "--out", out)
-    line = one_error(res, "training diverged: the loss is nan at step")
-    assert "its last finite state" in line and str(out / "train_state.pt") in line
+    line = one_error(res, "training diverged: ", " at step ")
+    # With lr 1000 the BatchNorm statistics overflow one step before the loss does.
+    assert "the loss is nan" in line or "NaN/Inf appeared in the model (e.g. " in line
+    assert "its last finite state, at step " in line and str(out / "train_state.pt") in line
     info = json.loads((out / "diverged.json").read_text())
     assert line.split("at step ")[1].startswith(str(info["step"]))
     assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
@@ -240,7 +242,7 @@ def test_03_describe_and_history_open_a_checkpoint_with_nan_weights(tiny_ck, tmp
 
 
 # ------------------------------------------------------------------------------ 4, 5: the lock
-def test_04_a_locked_run_folder_is_refused_for_train_and_resume(tmp_path):
+def test_04_a_locked_run_folder_is_refused_for_train_and_resume(tmp_path, state_dict_file):
     out = tmp_path / "run"
     with run_lock(out):
         info = json.loads((out / LOCK_NAME).read_text())
@@ -248,6 +250,8 @@ def test_04_a_locked_run_folder_is_refused_for_train_and_resume(tmp_path):
         for extra in ([], ["--resume"], ["--overwrite"]):
             one_error(invoke("train", *TINY, "--out", out, *extra), f"{out} is in use by niff-analyze train",
                       f"process {os.getpid()}")
+        one_error(invoke("import", state_dict_file, *IMPORT, "--out", out, "--overwrite"),
+                  f"{out} is in use by niff-analyze train")
         assert lock_holder(out)["pid"] == os.getpid()
     assert not out.exists()  # made for the lock, left empty: removed again
     assert lock_holder(out) is None
@@ -582,8 +586,11 @@ def test_15_a_full_disk_during_training_says_so_and_keeps_the_state(tmp_path, mo
 
     monkeypatch.setattr(torch, "save", fills_up)
     res = invoke("train", *TINY, "--save-every-steps", "2", "--out", out)
-    one_error(res, f"disk full writing {out / 'train_state.pt'}: No space left on device (the previous "
-                   "train_state.pt is kept)", code=1)
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    lines = res.stderr.splitlines()  # the epoch's line, then the error
+    assert len(lines) == 2 and lines[0].startswith("epoch 1: train_loss "), res.stderr
+    assert lines[-1] == (f"error: disk full writing {out / 'train_state.pt'}: No space left on device (the previous "
+                         "train_state.pt is kept)")
     monkeypatch.setattr(torch, "save", real_save)
     st = torch.load(out / "train_state.pt", weights_only=True)
     assert (st["epoch"], st["step"]) == (0, 2)  # the first save, intact

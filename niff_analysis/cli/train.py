@@ -347,7 +347,7 @@ def _import_target(path: str, out: str, overwrite: bool) -> None:
     """Refuse, before any work, an ``--out`` that would replace something without ``--overwrite``,
     that overlaps the file read, or that is not a folder."""
     from ..pipeline import overlaps
-    from ..runs import refuse_foreign
+    from ..runs import RunLockedError, lock_holder, locked_message, refuse_foreign
 
     target, source = Path(out), Path(path)
     if overlaps(target, source):
@@ -358,6 +358,9 @@ def _import_target(path: str, out: str, overwrite: bool) -> None:
             raise NiffError(f"--out {out} exists; use --overwrite to replace it")
         return
     _out_folder(out)
+    holder = lock_holder(target)
+    if holder is not None:  # say so now, not after building the model
+        raise RunLockedError(locked_message(target, holder))
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
             raise NiffError(f"--out {out} is not empty; use --overwrite to replace the checkpoint or run it holds, "

@@ -59,7 +59,7 @@ class TrainConfig:
     kernel_stats: bool = True  # record kernel_stats.csv at init, every epoch (and every N steps)
     kernel_stats_every_steps: int = 0
     keep_epoch_checkpoints: bool = False  # also keep OUT/epoch_NNN/ after every epoch
-    overwrite: bool = False    # train afresh into an out folder that holds another run
+    overwrite: bool = False    # replace the run an out folder holds (its files are removed first)
 
     def validate(self) -> None:
         """Raise :class:`NiffError` on values no run can use."""

@@ -377,12 +377,14 @@ class _Run:
         self.saved_at = (epoch, step)
 
     def _check_weights(self, global_step: int) -> None:
-        """Stop with :class:`TrainingDiverged` when a weight became NaN/Inf by ``global_step``."""
-        params = dict(self.core.named_parameters())
-        flags = torch.stack([torch.isfinite(p.detach()).all() for p in params.values()])
+        """Stop with :class:`TrainingDiverged` when a weight or a BatchNorm statistic became
+        NaN/Inf by ``global_step``."""
+        tensors = {k: v for k, v in [*self.core.named_parameters(), *self.core.named_buffers()]
+                   if v.is_floating_point()}
+        flags = torch.stack([torch.isfinite(v.detach()).all() for v in tensors.values()])
         if not bool(flags.all()):  # one device sync per check
-            first = list(params)[int((~flags).nonzero()[0])]
-            self._diverged(global_step, f"the weights became NaN/Inf (e.g. {first})")
+            first = list(tensors)[int((~flags).nonzero()[0])]
+            self._diverged(global_step, f"NaN/Inf appeared in the model (e.g. {first})")
 
     def _diverged(self, global_step: int, what: str) -> NoReturn:
         """Record where the run diverged (``diverged.json``) and stop it; nothing after the last
