@@ -42,7 +42,7 @@ WEIGHTS_NAME = "model.safetensors"
 TRAIN_STATE_NAME = "train_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.csv"
-STATS_NAME = "kernel_stats.csv"  # analysis.stats.FILE_NAME (checked by the tests)
+STATS_NAME = "kernel_stats.csv"  # the statistics recorded while training (analysis.stats)
 INIT_DIR = "init"
 LOCK_NAME = "train.lock"
 DIVERGED_NAME = "diverged.json"
@@ -233,7 +233,10 @@ def _is_stale(info: dict, flocked: Optional[bool]) -> bool:
     if not info:
         return flocked is True  # unreadable but unlocked: a crash while writing it
     if info.get("host") != _host():
-        return False
+        # Only the same SLURM job, requeued onto another node (a preempted or timed-out sweep job
+        # that submitit resubmits keeps its job id), can tell that this holder is gone.
+        job = os.environ.get("SLURM_JOB_ID")
+        return bool(job) and info.get("job") == job
     if flocked is True:
         return True
     pid = info.get("pid")
@@ -285,8 +288,11 @@ def _acquire(folder: Path, command: str) -> int:
             info = _read_info(fd)
             if info is not None and not _is_stale(info, flocked):
                 raise RunLockedError(locked_message(folder, info))
-            mine = json.dumps(dict(pid=os.getpid(), host=_host(), command=command,
-                                   started=_dt.datetime.now().astimezone().isoformat(timespec="seconds")))
+            mine = dict(pid=os.getpid(), host=_host(), command=command,
+                        started=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+            if os.environ.get("SLURM_JOB_ID"):
+                mine["job"] = os.environ["SLURM_JOB_ID"]
+            mine = json.dumps(mine)
             os.ftruncate(fd, 0)
             os.pwrite(fd, (mine + "\n").encode(), 0)
             os.fsync(fd)

@@ -257,7 +257,7 @@ def test_04_a_locked_run_folder_is_refused_for_train_and_resume(tmp_path, state_
     assert lock_holder(out) is None
 
 
-def test_04_stale_locks_are_recognised(tmp_path):
+def test_04_stale_locks_are_recognised(tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -273,6 +273,16 @@ def test_04_stale_locks_are_recognised(tmp_path):
         with run_lock(out):
             pass
     assert (out / LOCK_NAME).is_file()  # not taken, not removed
+    # Unless it is this very SLURM job's, requeued onto another node (submitit resubmits with the same id).
+    (out / LOCK_NAME).write_text(json.dumps(dict(pid=1, host="node17", command="niff-analyze train", job="4242")))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with run_lock(out):
+        assert json.loads((out / LOCK_NAME).read_text())["job"] == "4242"
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    (out / LOCK_NAME).write_text(json.dumps(dict(pid=1, host="node17", command="niff-analyze train", job="4242")))
+    with pytest.raises(RunLockedError, match="another host"):
+        with run_lock(out):
+            pass
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ import pandas as pd
 from .gaussian import gaussian_fit
 from .kernels import LayerKernels, subsample
 from .mass import MEASURES, effective_sizes, kernel_mass, mass_summary
+from ..runs import STATS_NAME
 from .schema import EPOCH, LAYER, STAGE, STEP, keys
 
 WINDOWS = (3, 5, 9)
@@ -46,7 +47,7 @@ STATS = ([f"mass{s}_{a}" for s in WINDOWS for a in ("mean", "std")]
             "sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "gauss_ok", "gauss_n", "n_kernels"])
 COLUMNS = [LAYER, STAGE, "stat", "value"]
 HISTORY_COLUMNS = [EPOCH, STEP] + COLUMNS
-FILE_NAME = "kernel_stats.csv"
+FILE_NAME = STATS_NAME  # in every run folder (niff_analysis.runs)
 
 
 def _mass_at(summary: pd.DataFrame, s: int) -> tuple[float, float]:
