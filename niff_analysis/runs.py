@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -276,6 +277,11 @@ def _acquire(folder: Path, command: str) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             flocked = _try_flock(fd)
+            for _ in range(5):  # lock_holder's brief shared look is no holder: try again shortly
+                if flocked is not False:
+                    break
+                time.sleep(0.02)
+                flocked = _try_flock(fd)
             if flocked is False:
                 raise RunLockedError(locked_message(folder, _read_info(fd) or {}))
             try:

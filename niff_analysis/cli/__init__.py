@@ -45,8 +45,7 @@ COMMANDS = {
     "describe": ("models", "Structure of TARGET: a registered model name or a checkpoint (default: bundled)."),
     "train": ("train", "Train a registered model; writes a checkpoint, metrics.csv, kernel_stats.csv, "
                        "init/ and train_config.json to OUT."),
-    "sweep": ("train", "Train several arms of one recipe from the same seed; write their kernel statistics "
-                       "and test accuracy side by side (OUT/sweep.csv) and one figure (OUT/sweep.png, .pdf)."),
+    "sweep": ("train", "Train arms x seeds of one recipe and compare what they learn."),
     "import": ("train", "Import the weights of a model trained elsewhere (PATH: .pt/.pth/.bin/.safetensors "
                         "state dict)."),
     "import-reference": ("train", None),  # hidden: kept for old scripts

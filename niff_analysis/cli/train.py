@@ -165,9 +165,9 @@ def _interrupted(out: Path, exc: KeyboardInterrupt) -> None:
         if state.is_file():
             from ..train.trainer import saved_position
 
-            at = saved_position(*saved) if saved else "of its last save"
-            msg = (f"interrupted by {name}: the state {at} is saved in {state}; the same command with "
-                   "--resume continues it")
+            kept = f"the state {saved_position(*saved)} is saved in {state}" if saved else \
+                f"its last saved state is {state}"
+            msg = f"interrupted by {name}: {kept}; the same command with --resume continues it"
         else:
             msg = f"interrupted by {name} before the first saved state: the same command starts the run again"
         click.echo(f"error: {msg}", err=True)
