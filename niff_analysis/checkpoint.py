@@ -12,9 +12,13 @@ recipe, seed, final test accuracy, versions). Training state for ``--resume`` li
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import inspect
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -27,15 +31,84 @@ from . import __version__
 from .errors import CheckpointError, NiffError
 from .io import atomic_write, file_sha256
 from .models import create_model, niff_layers
+from .runs import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, unfinished_reason
 
 FORMAT = "niff-analysis-checkpoint"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-TRAIN_STATE_NAME = "train_state.pt"  # the trainer's resumable state (train/trainer.py)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt")
 BUNDLED_DIR = Path(__file__).parent / "checkpoints"
 DEFAULT_CHECKPOINT = BUNDLED_DIR / "resnet18_niff_fmnist"
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A checkpoint's weights hold NaN or Inf (e.g. a run that diverged)."""
+
+
+# --------------------------------------------------------------------------- names and paths
+def bundled_checkpoints() -> list[str]:
+    """Names of the checkpoints that ship with the package (e.g. ``resnet18_niff_fmnist``)."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """A checkpoint argument as a path: an existing path as given, else the bundled checkpoint of
+    that name (``resnet18_fmnist`` from any working directory), else the path as given (whose
+    loading then says what is wrong with it)."""
+    p = Path(path)
+    if not os.path.lexists(p) and len(p.parts) == 1 and p.name in bundled_checkpoints():
+        return BUNDLED_DIR / p.name
+    return p
+
+
+def check_readable_path(path: Path) -> None:
+    """Refuse a path that cannot even be looked at (a symbolic-link loop, a link to nothing).
+
+    Raises:
+        CheckpointError: naming the path.
+    """
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise CheckpointError(f"{path}: a symbolic link to a missing file ({os.readlink(path)})") from None
+        raise CheckpointError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CheckpointError(f"{path}: a loop of symbolic links (it leads to no file)") from None
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def torch_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, as one short sentence of its own words
+    (torch's message is a paragraph of advice, colour codes and a link)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    if found:
+        return " ".join(found.group(1).split()).rstrip(".")
+    if isinstance(exc, (KeyError, EOFError, UnicodeDecodeError)) or "invalid load key" in text \
+            or "could not find" in text.lower():
+        return "not a file torch.save wrote (no pickle or zip archive in it)"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    sentence = re.split(r"(?<=[.!?])\s", first)[0]
+    return sentence if len(sentence) <= 200 else sentence[:200].rsplit(" ", 1)[0] + " …"
+
+
+# --------------------------------------------------------------------------- the config's fields
+#: Every field a checkpoint config may hold (what save_checkpoint, the trainer and the importers
+#: write); a config with any other field is refused, so a misspelled key never passes silently.
+#: ``note`` is free text for people.
+CONFIG_FIELDS = frozenset({
+    "format", "format_version", "architecture", "model_kwargs", "num_params", "layers", "versions",
+    "weights_sha256", "dataset", "recipe", "epochs", "seed", "test_acc", "test_loss", "world_size",
+    "replica_sha256", "imported_from", "source_file", "source_sha256", "note"})
+#: The recipe a trained checkpoint records (train/trainer.py _checkpoint_meta).
+RECIPE_FIELDS = frozenset({
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing", "augment", "schedule",
+    "optimizer", "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale"})
+LAYER_FIELDS = frozenset({"name", "kind", "in_channels", "out_channels", "fmap"})
+VERSION_FIELDS = frozenset({"niff_analysis", "torch"})
 
 PathLike = Union[str, os.PathLike]
 
@@ -72,6 +145,7 @@ def save_checkpoint(model: nn.Module, path: PathLike, **metadata) -> Path:
     config = model_config(model)
     config.update(metadata)
     config["versions"] = dict(niff_analysis=__version__, torch=torch.__version__)
+    check_config_fields(json.loads(json.dumps(config, default=str)), "save_checkpoint")  # never write what cannot be read
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
         atomic_write(path, save(tensors, metadata={"niff_config": json.dumps(config)}))
@@ -125,8 +199,54 @@ def read_config(path: PathLike) -> dict:
         raise CheckpointError(f"{path}: config is not a {FORMAT} config")
     if "architecture" not in cfg or not isinstance(cfg.get("model_kwargs"), dict):
         raise CheckpointError(f"{path}: config lacks architecture/model_kwargs")
+    check_config_fields(cfg, path)
     _check_kwarg_types(cfg["model_kwargs"], path)
     return cfg
+
+
+def check_config_fields(cfg: dict, source) -> None:
+    """Refuse a config with a field this version does not know, at any depth, or of a newer
+    format version; the message names the field.
+
+    Raises:
+        CheckpointError: an unknown field (e.g. ``model_kwargs.mlp.activaton``), or
+            ``format_version`` missing, not an integer, or newer than :data:`FORMAT_VERSION`.
+    """
+    version = cfg.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{source}: config field format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{source}: config format_version {version} is newer than this niff-analysis "
+                              f"({__version__}) reads ({FORMAT_VERSION}): upgrade niff-analysis")
+
+    def unknown(d, allowed, prefix: str) -> None:
+        if not isinstance(d, dict):
+            return
+        extra = sorted(set(d) - set(allowed))
+        if extra:
+            raise CheckpointError(f"{source}: config field {prefix}{extra[0]} is unknown (a misspelled key?); "
+                                  f"{prefix.rstrip('.') or 'the config'} takes {', '.join(sorted(allowed))}")
+
+    unknown(cfg, CONFIG_FIELDS, "")
+    unknown(cfg.get("recipe"), RECIPE_FIELDS, "recipe.")
+    unknown(cfg.get("versions"), VERSION_FIELDS, "versions.")
+    for i, layer in enumerate(cfg.get("layers") or []):
+        unknown(layer, LAYER_FIELDS, f"layers[{i}].")
+    kwargs = cfg.get("model_kwargs")
+    if not isinstance(kwargs, dict):
+        return
+    from .layers.mlp import MLP_FIELDS
+    from .models.build import NIFF_SETTINGS, is_builder
+
+    if is_builder(str(cfg.get("architecture", ""))):
+        unknown(kwargs, ("builder_kwargs", "input_size", "in_chans", "niff"), "model_kwargs.")
+        niff = kwargs.get("niff")
+        unknown(niff, NIFF_SETTINGS, "model_kwargs.niff.")
+        if isinstance(niff, dict):
+            unknown(niff.get("mlp"), MLP_FIELDS, "model_kwargs.niff.mlp.")
+    else:
+        unknown(kwargs, set(inspect.signature(create_model).parameters) - {"name"}, "model_kwargs.")
+        unknown(kwargs.get("mlp"), MLP_FIELDS, "model_kwargs.mlp.")
 
 
 def _check_kwarg_types(kwargs: dict, path) -> None:
@@ -145,12 +265,17 @@ def _check_kwarg_types(kwargs: dict, path) -> None:
 
 
 def _check_finite(state: dict, path) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite_tensors(state)
     if bad:
-        raise CheckpointError(f"{path}: weights contain NaN/Inf in {len(bad)} tensor(s), e.g. {bad[0]}")
+        raise NonFiniteWeightsError(f"{path}: weights contain NaN/Inf in {len(bad)} tensor(s), e.g. {bad[0]}")
 
 
-def load_state_into(model: nn.Module, state: dict, source) -> None:
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or Inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def load_state_into(model: nn.Module, state: dict, source, allow_non_finite: bool = False) -> None:
     """Load a state dict strictly, turning key/shape mismatches into a one-line error."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -166,22 +291,26 @@ def load_state_into(model: nn.Module, state: dict, source) -> None:
             parts.append(f"{len(wrong)} wrong-shaped key(s) (e.g. {k}: checkpoint "
                          f"{tuple(state[k].shape)}, model {tuple(own[k].shape)})")
         raise CheckpointError(f"{source}: state dict does not match the model: {'; '.join(parts)}")
-    _check_finite(state, source)
+    if not allow_non_finite:
+        _check_finite(state, source)
     model.load_state_dict(state)
 
 
 def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu",
-                    factory: Optional[str] = None) -> nn.Module:
+                    factory: Optional[str] = None, allow_non_finite: bool = False) -> nn.Module:
     """Rebuild the exact model of a checkpoint with no other information.
 
     Args:
         path: checkpoint directory or ``.safetensors`` file (also the ``model.safetensors``
             inside a checkpoint directory, and a trainer's ``train_state.pt``: its model weights
-            and recipe); ``None`` is the bundled default.
+            and recipe), or the name of a bundled checkpoint (:func:`bundled_checkpoints`);
+            ``None`` is the bundled default.
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
         factory: the user factory (``package.module:function``) you agree to run, for a
             checkpoint of a model built by one (:func:`~niff_analysis.models.build_model`);
             nothing a checkpoint names runs otherwise.
+        allow_non_finite: load weights holding NaN/Inf too (to describe a diverged run);
+            the analyses refuse them.
 
     Returns:
         The model in eval mode; ``model.niff_checkpoint`` holds the config plus ``path`` and
@@ -190,13 +319,14 @@ def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu",
     Raises:
         CheckpointError: missing, corrupt, foreign, inconsistent or non-finite checkpoints.
     """
-    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
+    path = resolve_checkpoint(path) if path is not None else DEFAULT_CHECKPOINT
+    check_readable_path(path)
     if path.is_file() and path.name == WEIGHTS_NAME and (path.parent / CONFIG_NAME).is_file():
         path = path.parent  # the weights file of a checkpoint folder stands for the folder
     if path.is_file() and path.name == TRAIN_STATE_NAME:
-        return _load_training_state(path, device, factory)
+        return _load_training_state(path, device, factory, allow_non_finite)
+    if path.is_dir() and unfinished_reason(path):
+        raise CheckpointError(unfinished_reason(path))
     if path.is_file() and path.name.endswith(PICKLE_SUFFIXES):
         raise CheckpointError(f"{path}: a PyTorch .pt/.pth file carries no niff-analysis config; import "
                               "it with `niff-analyze import PATH --model NAME --out DIR` "
@@ -207,7 +337,7 @@ def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu",
         raise CheckpointError(f"{path}: {WEIGHTS_NAME} is missing")
     state, _ = _read_safetensors(weights)
     model = _rebuild(path, cfg["architecture"], cfg["model_kwargs"], factory)
-    load_state_into(model, state, path)
+    load_state_into(model, state, path, allow_non_finite)
     recorded = {d["name"]: d.get("fmap") for d in cfg.get("layers", [])}
     for d in layer_table(model):
         if d["name"] in recorded and recorded[d["name"]] != d["fmap"]:
@@ -234,17 +364,19 @@ def _rebuild(source, architecture: str, model_kwargs: dict, factory: Optional[st
         raise CheckpointError(f"{source}: cannot rebuild {architecture!r}: {exc}") from None
 
 
-def _load_training_state(path: Path, device: str, factory: Optional[str]) -> nn.Module:
+def _load_training_state(path: Path, device: str, factory: Optional[str], allow_non_finite: bool = False) -> nn.Module:
     """The model inside a trainer's ``train_state.pt`` (weights and recipe; weights_only)."""
     try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign file, one line
-        raise CheckpointError(f"{path}: cannot read the training state ({' '.join(str(exc).split())[:160]})") from None
+        raise CheckpointError(f"{path}: cannot read the training state ({torch_load_reason(exc)})") from None
     recipe = st.get("recipe") if isinstance(st, dict) else None
     if not isinstance(recipe, dict) or "model" not in recipe or not isinstance(st.get("model"), dict):
         raise CheckpointError(f"{path}: not a niff-analysis training state with a recorded recipe")
     model = _rebuild(path, recipe["model"], recipe.get("model_kwargs") or {}, factory)
-    load_state_into(model, st["model"], path)
+    load_state_into(model, st["model"], path, allow_non_finite)
     model.niff_checkpoint = dict(model_config(model), path=str(path), sha256=file_sha256(path),
                                  dataset=recipe.get("dataset"), seed=recipe.get("seed"),
                                  epochs=int(st.get("epoch", 0)), step=int(st.get("step", 0)),
@@ -264,6 +396,56 @@ def initial_model(architecture: str, model_kwargs: dict, seed: int) -> nn.Module
         return create_model(architecture, **model_kwargs)
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still use (MemAvailable, and the cgroup's limit where
+    one is set), or ``None`` where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit.isdigit():
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_model_fits(architecture: str, model_kwargs: dict, copies: int = 1,
+                     dtype: torch.dtype = torch.float32) -> int:
+    """Refuse a registered model whose parameters alone cannot fit in memory, before building it.
+
+    The model is built on PyTorch's ``meta`` device (shapes only, no memory, no random numbers
+    drawn), so ``--mlp 20000,20000`` is refused in a second instead of failing in the allocator.
+
+    Args:
+        copies: tensors of the parameters' size needed at once (training: weights, gradients,
+            momentum = 3).
+
+    Returns:
+        The number of parameters.
+
+    Raises:
+        NiffError: more bytes than :func:`available_memory`.
+    """
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = create_model(architecture, **model_kwargs)
+    n = sum(p.numel() for p in model.parameters())
+    need = n * copies * torch.empty((), dtype=dtype).element_size()
+    free = available_memory()
+    if free is not None and need > free:
+        raise NiffError(f"{architecture} with these settings has {n / 1e9:.3g} G parameters: {need / 1e9:.3g} GB "
+                        f"({copies} cop{'y' if copies == 1 else 'ies'} in {str(dtype).replace('torch.', '')}), "
+                        f"more than the {free / 1e9:.3g} GB of memory available here; choose smaller --mlp "
+                        "sizes (or --width)")
+    return n
+
+
 def load_initial(path: Optional[PathLike] = None, device: str = "cpu") -> Optional[nn.Module]:
     """The untrained model a trained checkpoint's run started from, or ``None`` if unknown.
 
@@ -273,7 +455,7 @@ def load_initial(path: Optional[PathLike] = None, device: str = "cpu") -> Option
     way, :func:`initial_model`). ``None`` for an initialisation itself and for checkpoints
     that record no training run (imported, or saved by hand).
     """
-    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    path = resolve_checkpoint(path) if path is not None else DEFAULT_CHECKPOINT
     cfg = read_config(path)
     if not cfg.get("epochs"):
         return None

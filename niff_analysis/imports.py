@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checkpoint import PathLike, _rebuild, load_state_into, model_config
+from .checkpoint import PathLike, _rebuild, load_state_into, model_config, torch_load_reason
 from .errors import CheckpointError
 from .io import file_sha256
 
@@ -27,9 +27,11 @@ def read_torch_pickle(path: PathLike):
         CheckpointError: unreadable file or one that needs arbitrary unpickling.
     """
     import argparse
+    import warnings
 
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure is one line for the user
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours its message
@@ -37,9 +39,8 @@ def read_torch_pickle(path: PathLike):
         if found:
             raise CheckpointError(f"{path}: refusing to unpickle {found.group(1)}: the file holds code, "
                                   "not only tensors (read with torch.load(weights_only=True))") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True) "
-                              f"({first[:160]}); only tensors and plain containers are loaded") from None
+                              f"({torch_load_reason(exc)}); only tensors and plain containers are loaded") from None
 
 
 def reference_key_map(model: nn.Module) -> dict[str, str]:

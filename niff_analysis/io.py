@@ -14,6 +14,7 @@ read-modified-written under :func:`directory_lock`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -74,8 +75,11 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     temporary file is removed and ``path`` keeps its previous content (if any).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file the user asked for, not our temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -84,6 +88,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as exc:  # a failed write names the file asked for (never our temporary name)
+        if exc.errno is not None and (exc.filename is None or Path(exc.filename) == tmp):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -124,6 +132,33 @@ def directory_lock(folder: PathLike) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def write_failure(path: PathLike, exc: BaseException, kept: str = "") -> BaseException:
+    """The ``OSError`` a failed ``torch.save`` stands for: torch reports a full disk as
+    ``[enforce fail at inline_container.cc] unexpected pos …`` or ``file write failed``, with no
+    errno. Other errors are returned unchanged.
+
+    Args:
+        kept: what survived, added to the message (e.g. "the previous train_state.pt is kept").
+    """
+    text = " ".join(str(exc).split())
+    if isinstance(exc, RuntimeError) and ("unexpected pos" in text or "file write failed" in text):
+        return OSError(errno.ENOSPC, "No space left on device" + (f" ({kept})" if kept else ""), str(path))
+    return exc
+
+
+def check_writable(folder: PathLike) -> None:
+    """Refuse a folder (existing, or to be made) where no file can be created, before any work.
+
+    Raises:
+        PermissionError, OSError: with ``folder`` (or the folder it would be made in) named.
+    """
+    folder = Path(folder)
+    probe = folder if folder.exists() else next((p for p in folder.absolute().parents if p.exists()), Path("."))
+    fd, name = tempfile.mkstemp(prefix=".niff-write-test.", dir=probe)  # really create one: root ignores modes
+    os.close(fd)
+    os.unlink(name)
 
 
 def file_sha256(path: PathLike) -> str:

@@ -28,8 +28,10 @@ from .analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels
 from .analysis.mass import massless_warning
 from .analysis.pca import pca_warnings
 from .analysis.schema import with_checkpoint
-from .checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, load_checkpoint, load_initial
+from .checkpoint import (CONFIG_NAME, DEFAULT_CHECKPOINT, NonFiniteWeightsError, check_readable_path,
+                         load_checkpoint, load_initial, resolve_checkpoint)
 from .errors import CheckpointError, DataError, NiffError, SelectionError
+from .runs import TRAIN_STATE_NAME, WEIGHTS_NAME, holds_run, read_diverged, unfinished_reason
 
 PathLike = Union[str, os.PathLike]
 COST_SIZES = (7, 14, 28, 56, 112)
@@ -44,49 +46,173 @@ def checkpoint_label(path: Optional[PathLike]) -> str:
     return p.stem if p.suffix == ".safetensors" else p.name
 
 
-def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Optional[Path]]]:
-    """(label, path) per checkpoint: the one rule every command and the figures use.
+def _real(path: PathLike) -> Path:
+    return Path(os.path.realpath(path))
 
-    A folder without ``config.json`` stands for the checkpoints in it (sorted), a study folder
-    of ``niff-analyze sweep`` (``sweep.json``) for its finished runs; ``None`` and no arguments
-    at all are the bundled default (path ``None``). The same resolved path given twice is
-    analysed once. Labels are folder names (file stems for ``.safetensors``; ``<arm>/seed=<n>``
-    for a study's runs, or ``<arm>`` where it has no seed folders), or the paths as given where
-    two names clash.
+
+def overlaps(a: PathLike, b: PathLike) -> bool:
+    """Whether two paths are the same or one lies inside the other (symbolic links resolved)."""
+    a, b = _real(a), _real(b)
+    return a == b or a in b.parents or b in a.parents
+
+
+def input_folders(path: Optional[PathLike]) -> list[Path]:
+    """What a command reading the checkpoint ``path`` reads from: the checkpoint (its folder, for
+    the files inside one), and the run folder around it (``init/``, ``epoch_NNN/``)."""
+    p = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    if p.is_file() and p.name in (WEIGHTS_NAME, TRAIN_STATE_NAME):
+        p = p.parent
+    found = [p]
+    if p.is_dir() and holds_run(p.parent) and p.parent != p:
+        found.append(p.parent)
+    return found
+
+
+def refuse_output_in_inputs(output: PathLike, inputs: Sequence[PathLike], option: str = "--output") -> None:
+    """No command writes into what it reads: refuse an output that is an input, lies inside one,
+    or (an output folder) holds one.
 
     Raises:
-        CheckpointError: a folder that is neither a checkpoint nor holds any.
+        NiffError: naming the output and the input.
     """
+    for i in inputs:
+        if not overlaps(output, i):
+            continue
+        out_r, in_r = _real(output), _real(i)
+        how = "is" if out_r == in_r else ("lies inside" if in_r in out_r.parents else "holds")
+        raise NiffError(f"{option} {output} {how} {i}, an input of this command; a command never writes into "
+                        "its inputs: write it elsewhere")
+
+
+@dataclass
+class Found:
+    """What :func:`discover` finds in command-line arguments.
+
+    Attributes:
+        checkpoints: (label, path) per checkpoint, in order (path ``None``: the bundled default).
+        in_folders: resolved paths of those found by expanding a folder: one that cannot be
+            analysed is skipped with a warning (unless the command is asked to be strict).
+        skipped: (entry, why) of the entries of expanded folders that are no checkpoints.
+        inputs: every path the command reads (the arguments and the checkpoints' folders), which
+            no output may lie in (:func:`refuse_output_in_inputs`).
+    """
+
+    checkpoints: list[tuple[str, Optional[Path]]] = field(default_factory=list)
+    in_folders: set[str] = field(default_factory=set)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
+
+    def tolerates(self, path: Optional[Path], strict: bool = False) -> bool:
+        """Whether an error of ``path`` skips it instead of stopping the command."""
+        return not strict and path is not None and str(_real(path)) in self.in_folders
+
+    def skipped_lines(self) -> list[str]:
+        return [f"skipped {p}: {why}" for p, why in self.skipped]
+
+
+def _why_not_a_checkpoint(folder: Path) -> str:
+    reason = unfinished_reason(folder)
+    if reason:
+        return reason[len(f"{folder}: "):] if reason.startswith(f"{folder}: ") else reason
+    for pattern in ("*", "*/*", "*/*/*"):  # a folder of runs, or a sweep (OUT/<arm>/seed=<n>/)
+        inner = sorted(c for c in folder.glob(pattern) if c.is_dir() and ((c / CONFIG_NAME).is_file() or holds_run(c)))
+        if inner:
+            return (f"a folder of checkpoints or runs ({len(inner)}, e.g. {inner[0].relative_to(folder)}); name it "
+                    "to analyse them")
+    return f"not a checkpoint (no {CONFIG_NAME})"
+
+
+def discover(args: Sequence[Optional[PathLike]] = (), runs_in_progress: bool = False) -> Found:
+    """(label, path) per checkpoint of command-line arguments, with what was skipped and why: the
+    one rule every command and the figures use.
+
+    A folder without ``config.json`` stands for the checkpoints in it (sorted); its entries that
+    are no checkpoints (runs without a final checkpoint, folders of runs, other folders) are
+    skipped and listed in :attr:`Found.skipped`; hidden entries and plain files are ignored.
+    ``None`` and no arguments at all are the bundled default (path ``None``); a name such as
+    ``resnet18_fmnist`` that is no path is the bundled checkpoint of that name. The same
+    resolved path given twice is analysed once. A study folder of ``niff-analyze sweep``
+    (``sweep.json``) stands for its finished runs (arms in order). Labels are folder names (file
+    stems for ``.safetensors``; ``<arm>/seed=<n>`` for a study's runs, or ``<arm>`` where it has
+    no seed folders), or the paths as given where two names clash.
+
+    Args:
+        runs_in_progress: runs without a final checkpoint count as found (``history`` reads
+            what they recorded so far).
+
+    Raises:
+        CheckpointError: a path that cannot be read (missing, a symbolic-link loop), a run
+            without a final checkpoint named directly (the message names its
+            ``train_state.pt``), or a folder that neither is a checkpoint nor holds any.
+    """
+    result = Found()
     if not args:
-        return [(DEFAULT_CHECKPOINT.name, None)]
+        args = (None,)
     paths: list[Optional[Path]] = []
     study: dict[Path, str] = {}  # runs of a study folder: labelled <arm>/seed=<n>
     for arg in args:
-        p = None if arg is None else Path(arg)
-        if p is not None and p.is_dir() and not (p / CONFIG_NAME).is_file():
-            found = sorted(c for c in p.iterdir()
-                           if (c.is_dir() and (c / CONFIG_NAME).is_file()) or c.suffix == ".safetensors")
-            if not found and (p / SWEEP_FILE).is_file():  # a study: its finished runs, arms in order
+        if arg is None:
+            paths.append(None)
+            result.inputs.append(DEFAULT_CHECKPOINT)
+            continue
+        p = resolve_checkpoint(arg)
+        check_readable_path(p)
+        result.inputs.append(p)
+        if p.is_dir() and not (p / CONFIG_NAME).is_file():
+            if holds_run(p):  # a run without its final checkpoint
+                if runs_in_progress:
+                    paths.append(p)
+                    continue
+                raise CheckpointError(unfinished_reason(p))
+            found = []
+            if (p / SWEEP_FILE).is_file():  # a study: its runs, arms in order, labelled <arm>/seed=<n>
                 from .train.sweep import is_finished, runs
 
-                found = [folder for _, _, folder in runs(str(p)) if is_finished(folder)]
+                for _, _, folder in runs(str(p)):
+                    if is_finished(folder) or (runs_in_progress and holds_run(folder)):
+                        found.append(folder)
+                    else:
+                        result.skipped.append((folder, _why_not_a_checkpoint(folder)))
                 study.update({f: str(f.relative_to(p)) for f in found})
+            else:
+                for c in sorted(p.iterdir()):
+                    if c.name.startswith("."):
+                        continue
+                    if (c.is_dir() and (c / CONFIG_NAME).is_file()) or (c.is_file() and c.suffix == ".safetensors") \
+                            or (runs_in_progress and c.is_dir() and holds_run(c)):
+                        found.append(c)
+                    elif c.is_dir():
+                        result.skipped.append((c, _why_not_a_checkpoint(c)))
             if not found:
-                raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) "
-                                      "nor a folder of checkpoints")
+                why = f" ({'; '.join(result.skipped_lines()[-3:])})" if result.skipped else ""
+                raise CheckpointError(f"{p}: neither a checkpoint (no {CONFIG_NAME}) nor a folder of checkpoints{why}")
+            result.in_folders.update(str(_real(c)) for c in found)
             paths += found
         else:
             paths.append(p)  # load_checkpoint says what is wrong with it, if anything
     unique, seen = [], set()
     for p in paths:
-        key = str((p if p is not None else DEFAULT_CHECKPOINT).resolve())
+        key = str(_real(p if p is not None else DEFAULT_CHECKPOINT))
         if key not in seen:
             seen.add(key)
             unique.append(p)
     names = [study.get(p) or checkpoint_label(p) for p in unique]
     if len(set(names)) < len(names):
         names = [str(p if p is not None else DEFAULT_CHECKPOINT) for p in unique]
-    return list(zip(names, unique))
+    result.checkpoints = list(zip(names, unique))
+    for p in unique:
+        result.inputs += input_folders(p)
+    return result
+
+
+def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Optional[Path]]]:
+    """(label, path) per checkpoint: :func:`discover`'s checkpoints (the one rule every command
+    and the figures use).
+
+    Raises:
+        CheckpointError: as :func:`discover`.
+    """
+    return discover(args).checkpoints
 
 
 @dataclass
@@ -115,18 +241,38 @@ class Checkpoint:
 
 def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str = "cpu",
                      factory: Optional[str] = None,
-                     found: Optional[list[tuple[str, Optional[Path]]]] = None) -> Iterator[Checkpoint]:
-    """Load each checkpoint :func:`find_checkpoints` finds in ``checkpoints``, in order.
+                     found: Optional[Union[Found, list[tuple[str, Optional[Path]]]]] = None,
+                     strict: bool = False, skip: Optional[Callable[[str, NiffError], None]] = None
+                     ) -> Iterator[Checkpoint]:
+    """Load each checkpoint :func:`discover` finds in ``checkpoints``, in order.
 
     Args:
         checkpoints: paths as a user gives them (none: the bundled default).
         device: where the models are loaded.
         factory: the user factory you allow to build a checkpoint's model
             (:func:`~niff_analysis.checkpoint.load_checkpoint`).
-        found: :func:`find_checkpoints`' answer for ``checkpoints``, if the caller has it.
+        found: :func:`discover`'s (or :func:`find_checkpoints`') answer for ``checkpoints``,
+            if the caller has it.
+        strict: stop at the first checkpoint of a folder that cannot be loaded, instead of
+            skipping it.
+        skip: called with (label, error) for each checkpoint skipped.
+
+    Raises:
+        NiffError: a checkpoint named directly cannot be loaded (or any, with ``strict``).
     """
-    for label, path in find_checkpoints(tuple(checkpoints)) if found is None else found:
-        yield Checkpoint(label, path, load_checkpoint(path, device=str(device), factory=factory))
+    if found is None:
+        found = discover(tuple(checkpoints))
+    elif not isinstance(found, Found):
+        found = Found(checkpoints=list(found))
+    for label, path in found.checkpoints:
+        try:
+            model = load_checkpoint(path, device=str(device), factory=factory)
+        except NiffError as exc:
+            if not found.tolerates(path, strict):
+                raise
+            (skip or (lambda *a: None))(label, exc)
+            continue
+        yield Checkpoint(label, path, model)
 
 
 @dataclass
@@ -296,38 +442,59 @@ def seed_groups(found: Sequence[tuple[str, Optional[Path]]],
     return groups
 
 
-def load_histories(checkpoints: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Path, pd.DataFrame]]:
+def load_histories(checkpoints: Sequence[Optional[PathLike]] = (), strict: bool = False,
+                   warn: Optional[Callable[[str], None]] = None, found: Optional[Found] = None
+                   ) -> list[tuple[str, Path, pd.DataFrame]]:
     """(label, file, table) of the kernel statistics (``kernel_stats.csv``) each checkpoint, or
-    run folder in progress, carries (:func:`~niff_analysis.analysis.stats.read_kernel_stats`).
+    run without its final checkpoint yet (in progress, interrupted, diverged), carries
+    (:func:`~niff_analysis.analysis.stats.read_kernel_stats`).
 
-    A folder with a ``kernel_stats.csv`` but no checkpoint yet is a run in progress and is read
-    as such; everything else goes through :func:`find_checkpoints` and must be a checkpoint.
+    A checkpoint whose weights hold NaN/Inf, or a run that diverged, is still read, with a
+    warning. Of a folder of runs, one that cannot be read is skipped with a warning unless
+    ``strict``.
+
+    Args:
+        warn: receives the warnings (skipped entries, diverged runs).
+        found: :func:`discover`'s answer (with ``runs_in_progress=True``), if the caller has it.
 
     Raises:
         NiffError: not a checkpoint, no statistics, or a file that is not a statistics table.
     """
     from .analysis.stats import FILE_NAME, read_kernel_stats
 
-    targets = []  # (label, folder, is a finished checkpoint)
-    for c in checkpoints or (None,):
-        p = None if c is None else Path(c)
-        if p is not None and p.is_dir() and (p / FILE_NAME).is_file() and not (p / CONFIG_NAME).is_file():
-            targets.append((p.name, p, False))
-        else:
-            targets += [(label, path, True) for label, path in find_checkpoints(() if c is None else (c,))]
+    warn = warn or (lambda msg: None)
+    found = found if found is not None else discover(tuple(checkpoints), runs_in_progress=True)
+    for line in found.skipped_lines():
+        warn(line)
     out = []
-    for label, path, finished in targets:
+    for label, path in found.checkpoints:
         folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
-        if finished:
-            load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
-        stats_file = (folder if folder.is_dir() else folder.parent) / FILE_NAME
-        if not stats_file.is_file():
-            raise NiffError(f"{label}: no {FILE_NAME} (trained before kernel statistics were "
-                            "recorded, or with --no-kernel-stats)")
         try:
-            out.append((label, stats_file, read_kernel_stats(stats_file)))
-        except (ValueError, pd.errors.ParserError) as exc:
-            raise NiffError(f"{stats_file}: {' '.join(str(exc).split())}") from None
+            if folder.is_dir() and not (folder / CONFIG_NAME).is_file():  # a run without its checkpoint
+                diverged = read_diverged(folder)
+                if diverged is not None:
+                    warn(f"{label}: training diverged ({diverged.get('message', '')}); these are the "
+                         "statistics it recorded before")
+            else:
+                try:
+                    load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
+                except NonFiniteWeightsError as exc:
+                    warn(f"{exc} (training diverged?); showing the statistics it recorded")
+            stats_file = (folder if folder.is_dir() else folder.parent) / FILE_NAME
+            if not stats_file.is_file():
+                raise NiffError(f"{label}: no {FILE_NAME} (trained before kernel statistics were "
+                                "recorded, or with --no-kernel-stats)")
+            try:
+                out.append((label, stats_file, read_kernel_stats(stats_file)))
+            except (ValueError, OSError, pd.errors.ParserError) as exc:
+                text = " ".join(str(exc).split())
+                raise NiffError(text if text.startswith(str(stats_file)) else f"{stats_file}: {text}") from None
+        except NiffError as exc:
+            if not found.tolerates(path, strict):
+                raise
+            warn(f"skipped {label}: {exc}")
+    if not out:
+        raise NiffError("no run with readable kernel statistics was found (see the warnings above)")
     return out
 
 
@@ -406,7 +573,7 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
             progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
             erf_images: int = 50, data_dir: Optional[PathLike] = None, measure: str = "l1",
-            erf_protocol: str = "luo") -> FigureData:
+            erf_protocol: str = "luo", strict: bool = False, found: Optional[Found] = None) -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 
     Args:
@@ -427,6 +594,12 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             figures draw one row of panels per measure).
         erf_protocol: how the receptive fields are measured, ``"luo"`` or ``"replknet"``
             (:mod:`~niff_analysis.analysis.erf`); recorded in the parameters and the table.
+        strict: stop at the first checkpoint of a folder that cannot be analysed (otherwise it
+            is skipped, with a note).
+        found: :func:`discover`'s answer for ``checkpoints``, if the caller has it.
+
+    Raises:
+        NiffError: a checkpoint named directly cannot be analysed, or none can.
     """
     from .analysis.cost import cost_table
     from .analysis.mass import MEASURES, check_measure
@@ -449,10 +622,23 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf", "scale")}
     measures = list(MEASURES) if measure == "both" else [check_measure(measure)]
     images: dict = {}
-    for ck in load_checkpoints(list(checkpoints) or [None], device=device, factory=factory):
+    found = found if found is not None else discover(list(checkpoints) or [None])
+    data.notes += found.skipped_lines()
+
+    def skip(label: str, exc: NiffError) -> None:
+        data.notes.append(f"skipped {label}: {exc}")
+        say(data.notes[-1])
+
+    for ck in load_checkpoints(device=device, factory=factory, found=found, strict=strict, skip=skip):
         label = ck.label
         say(f"{label}: kernels")
-        sel = select_kernels(ck, layers=layers, max_kernels=max_kernels)
+        try:
+            sel = select_kernels(ck, layers=layers, max_kernels=max_kernels)
+        except NiffError as exc:
+            if not found.tolerates(ck.path, strict):
+                raise
+            skip(label, exc)
+            continue
         lks = data.kernels[label] = sel.kernels
         data.labels.append(label)
         data.sources[label], data.hashes[label] = ck.meta["path"], ck.meta.get("sha256")
@@ -494,8 +680,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                 key = (name, int(size[0] if isinstance(size, list) else size))
                 if key not in images:
                     images[key] = dataset_images(name, erf_images, data_dir, image_size=key[1])
-            except DataError as exc:
-                data.notes.append(f"{label}: receptive fields skipped ({exc})")
+            except (DataError, SelectionError) as exc:
+                data.notes.append(f"{label}: receptive fields skipped ({exc}; see --erf-images)")
                 say(data.notes[-1])
             else:
                 say(f"{label}: effective receptive fields ({len(images[key])} images)")
@@ -510,7 +696,13 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             t["scale"].append(with_checkpoint(scale, label))
         stats_file = Path(data.sources[label]) / STATS_NAME
         if stats_file.is_file():
-            t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))
+            try:
+                t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))
+            except (ValueError, OSError, pd.errors.ParserError) as exc:  # an extra: the figures go on
+                data.notes.append(f"{label}: kernel statistics left out ({' '.join(str(exc).split())})")
+                say(data.notes[-1])
+    if not data.labels:
+        raise NiffError("no checkpoint could be analysed: " + "; ".join(data.notes[-3:]))
     if cost_sizes:
         say("cost: FLOPs" + (" and timings" if measure_cost else ""))
         data.cost = cost_table(sizes=tuple(cost_sizes), channels=64, batch=8, measure=measure_cost,

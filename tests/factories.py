@@ -1,5 +1,7 @@
 """A user's own CNN factory, for the tests of ``package.module:function`` builders."""
 
+from os import system as sneaky  # noqa: F401 - a re-exported os.system: never a factory
+
 from torch import nn
 
 
@@ -16,4 +18,9 @@ CALLED = []
 
 def record_call(**kwargs) -> nn.Module:
     CALLED.append(kwargs)
+    return tiny_cnn()
+
+
+def _private() -> nn.Module:
+    """Private by name: never a factory a checkpoint may name."""
     return tiny_cnn()

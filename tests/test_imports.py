@@ -57,22 +57,24 @@ def test_a_user_factory_runs_only_when_named(tmp_path, monkeypatch):
         build_model(name, input_size=16)
     model = build_model(name, dict(width=4), input_size=16, factory=name)
     path = save_checkpoint(model, tmp_path / "mine")
-    with pytest.raises(CheckpointError, match=r"--factory factories:tiny_cnn"):
+    with pytest.raises(CheckpointError, match=r"built by the user factory 'factories:tiny_cnn', which runs code"):
         load_checkpoint(path)
     assert _same_weights(load_checkpoint(path, factory=name), model)
     res = _cli("mass", path)
-    assert res.exit_code == 2 and "--factory factories:tiny_cnn" in res.output
+    # Named, never offered as a command to run: the name comes from the file being loaded.
+    assert res.exit_code == 2 and "'factories:tiny_cnn', which runs code" in res.output
+    assert "--factory factories:tiny_cnn" not in res.output
     res = _cli("mass", path, "--factory", name, "--format", "csv", "-q")
     assert res.exit_code == 0, res.output
     layers = set(pd.read_csv(io.StringIO(res.stdout), dtype={"layer": str})["layer"])
     assert layers == {"0", "2", "4"}  # the 5×5 depthwise and both 3×3 convs
     # A config that names any other callable is refused, and the callable never runs.
     cfg = json.loads((path / "config.json").read_text())
-    for evil in ("os:system", "factories:record_call"):
+    for evil, message in (("os:system", "refusing the factory 'os:system'"), ("factories:record_call", "runs code")):
         cfg["architecture"] = evil
         (path / "config.json").write_text(json.dumps(cfg))
         res = _cli("mass", path)
-        assert res.exit_code == 2 and "runs code" in res.output and len(res.output.strip().splitlines()) == 1
+        assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1
         res = _cli("mass", path, "--factory", name)  # naming another factory does not allow this one
         assert res.exit_code == 2
     assert factories.CALLED == []

@@ -47,6 +47,7 @@ import pandas as pd
 from .gaussian import gaussian_fit
 from .kernels import LayerKernels, subsample
 from .mass import MEASURES, check_measure, effective_sizes, kernel_mass, mass_summary
+from ..runs import STATS_NAME
 from .schema import CHECKPOINT, EPOCH, LAYER, MEASURE, STAGE, STEP, keys
 
 WINDOWS = (3, 5, 9)
@@ -60,7 +61,7 @@ STATS = MASS_STATS + SHARED_STATS
 ANY = "any"  #: the measure of a statistic that does not depend on one
 COLUMNS = [LAYER, STAGE, MEASURE, "stat", "value"]
 HISTORY_COLUMNS = [EPOCH, STEP] + COLUMNS
-FILE_NAME = "kernel_stats.csv"
+FILE_NAME = STATS_NAME  # in every run folder (niff_analysis.runs)
 
 
 def measure_of(stat: str) -> str:
@@ -147,18 +148,47 @@ def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: there is no such file.
-        ValueError: the file is not a kernel-statistics table.
+        ValueError: the file is not a kernel-statistics table, holds a non-numeric epoch, step or
+            value, or is truncated (a cut row, or a last record with fewer rows than the others);
+            the message names the file and the row.
     """
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
-    df = pd.read_csv(path, dtype={"layer": str, "stage": str, "stat": str, MEASURE: str})
-    if MEASURE not in df.columns and "stat" in df.columns:
-        df.insert(min(df.columns.get_loc("stat"), len(df.columns)), MEASURE, df["stat"].map(measure_of))
+    try:
+        df = pd.read_csv(path, dtype={"layer": str, "stage": str, "stat": str, MEASURE: str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a kernel-statistics table ({' '.join(str(exc).split())})") from None
+    if MEASURE not in df.columns and "stat" in df.columns:  # written before both measures were recorded
+        df.insert(int(df.columns.get_loc("stat")), MEASURE,
+                  df["stat"].map(lambda s: measure_of(s) if isinstance(s, str) else np.nan))
     missing = [c for c in HISTORY_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a kernel-statistics table (missing column {missing[0]!r})")
-    return df[HISTORY_COLUMNS]
+    df = df[HISTORY_COLUMNS]
+    for col in (EPOCH, STEP, "value"):  # a hand edit or a foreign file: never a TypeError later
+        numeric = pd.to_numeric(df[col], errors="coerce")
+        bad = numeric.isna() & df[col].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{path}: row {i + 2} has a non-numeric {col} {df[col].iloc[i]!r}")
+        df[col] = numeric
+    with open(path, "rb") as f:  # the writer ends every row with a newline; a cut file does not
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(size - 1, 0))
+        ends_cut = size > 0 and f.read(1) != b"\n"
+    if ends_cut:
+        raise ValueError(f"{path}: the last row is cut off (a truncated file)")
+    cut = df[[EPOCH, STEP, LAYER, "stat"]].isna().any(axis=1)
+    if cut.any():
+        i = int(np.flatnonzero(cut.to_numpy())[0])
+        raise ValueError(f"{path}: row {i + 2} is incomplete (a truncated or hand-edited file)")
+    sizes = df.groupby(STEP, sort=False).size()
+    if len(sizes) > 1 and sizes.iloc[-1] < sizes.iloc[:-1].max():
+        raise ValueError(f"{path}: the record at step {int(sizes.index[-1])} has {int(sizes.iloc[-1])} rows, the "
+                         f"others {int(sizes.iloc[:-1].max())} (a truncated file)")
+    return df
 
 
 def history_table(history: pd.DataFrame, stats: Sequence[str] = STATS, measure: str = "l1") -> pd.DataFrame:

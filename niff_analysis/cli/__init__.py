@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -26,6 +27,14 @@ def _one_line(exc: BaseException) -> str:
         if isinstance(exc, NiffError) and text.startswith(own):
             text = text[len(own):]  # our own errors read the same from a worker as in-process
     return " ".join(text.split()) or type(exc).__name__
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError in plain words: a full disk says so, and names the file it was writing."""
+    if exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"disk full{where}: {exc.strerror or 'No space left on device'}"
+    return _one_line(exc)
 
 
 #: command → (module of ``niff_analysis.cli`` that defines it, its one-line summary). The group
@@ -84,13 +93,13 @@ class _Group(click.Group):
             # Output piped into e.g. `head`, which closed early: not an error.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("error: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(128 + getattr(exc, "signum", 2))  # 130 for SIGINT, 143 for SIGTERM
         except (NiffError, ValueError, OSError, RuntimeError) as exc:
             if os.environ.get("NIFF_DEBUG"):
                 raise
-            click.echo(f"error: {_one_line(exc)}", err=True)
+            click.echo(f"error: {_os_error(exc) if isinstance(exc, OSError) else _one_line(exc)}", err=True)
             sys.exit(2 if isinstance(exc, NiffError) else 1)
         except Exception as exc:  # noqa: BLE001 - last resort, still one line
             if os.environ.get("NIFF_DEBUG"):

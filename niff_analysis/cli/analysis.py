@@ -28,22 +28,28 @@ from ..analysis.schema import CHECKPOINT, FMAP_H, FMAP_W, LAYER, with_checkpoint
 from ..analysis.uncertainty import with_interval_text
 from ..checkpoint import resolve_device
 from ..errors import NiffError, SelectionError
-from ..io import file_sha256
-from ..pipeline import find_checkpoints, load_checkpoints, select_kernels
+from ..io import check_writable, file_sha256
+from ..pipeline import Found, discover, load_checkpoints, refuse_output_in_inputs, select_kernels
 from ..provenance import META_NAME, write_output
 from . import main
 from .common import (MEASURES, bootstrap_option, current_factory, device_option, factory_option, measure_option,
-                     positive_int, render_frame)
+                     positive_int, render_frame, strict_option)
 
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".txt": "table", ".npz": "npz"}
 
 
 # --------------------------------------------------------------------------- checkpoints
 class Run:
-    """One analysis command: its options, logging, and the provenance of what it read."""
+    """One analysis command: its options, logging, and the provenance of what it read.
+
+    The checkpoints are found once (:func:`~niff_analysis.pipeline.discover`): entries of a
+    folder that are no checkpoints are reported, and so is each checkpoint of a folder that
+    cannot be analysed, which is skipped (``--strict``: the command stops). ``output`` is
+    checked to lie outside every input before anything is computed.
+    """
 
     def __init__(self, command: str, checkpoints, layers: str, include_conv: bool, device: str,
-                 quiet: bool, params: dict):
+                 quiet: bool, params: dict, output: Optional[str] = None):
         self.command, self.checkpoints, self.include_conv, self.quiet = command, checkpoints, include_conv, quiet
         # --layers 'a,b' (comma list) as in figures
         self.layers = [p.strip() for p in layers.split(",") if p.strip()] or ["*"]
@@ -51,6 +57,10 @@ class Run:
         self.params = dict(params, layers=layers, include_conv=include_conv, device=device)
         self.provenance: list[dict] = []
         self.loaded: dict = {}  # label → Checkpoint, of the kernels handed out
+        self.output = output
+        self.strict = bool(click.get_current_context().meta.get("niff_strict"))
+        self._found: Optional[Found] = None
+        self.skipped: list[str] = []
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -60,12 +70,38 @@ class Run:
         """A warning: printed even with ``--quiet`` (results that hold NaN are never silent)."""
         click.echo(f"warning: {msg}", err=True)
 
+    def found(self, runs_in_progress: bool = False) -> Found:
+        """The checkpoints of the command line, found once; what was skipped is warned about, and
+        an ``--output`` inside any input is refused here, before any work."""
+        if self._found is None:
+            self._found = discover(tuple(self.checkpoints), runs_in_progress=runs_in_progress)
+            if self.output:
+                refuse_output_in_inputs(self.output, self._found.inputs)
+            for line in self._found.skipped_lines():
+                self.warn(line)
+        return self._found
+
+    def skip(self, label: str, exc: Exception) -> None:
+        """Skip a checkpoint of a folder that cannot be analysed, with a warning."""
+        self.skipped.append(label)
+        self.warn(f"skipped {label}: {exc}")
+
+    def none_left(self) -> NiffError:
+        return NiffError(f"no checkpoint could be analysed (skipped: {', '.join(self.skipped)})")
+
     def checkpoints_loaded(self, found=None):
         """Each checkpoint (:func:`~niff_analysis.pipeline.load_checkpoints`), its provenance kept."""
-        for ck in load_checkpoints(self.checkpoints, device=str(self.device), factory=current_factory(),
-                                   found=found):
+        n = 0
+        for ck in load_checkpoints(device=str(self.device), factory=current_factory(),
+                                   found=found or self.found(), strict=self.strict, skip=self.skip):
             self.provenance.append(ck.provenance())
+            n += 1
             yield ck
+        if not n:
+            raise self.none_left()
+
+    def tolerates(self, ck) -> bool:
+        return self.found().tolerates(ck.path, self.strict)
 
     def kernels(self, niff_only: Optional[str] = None) -> list[tuple[str, list]]:
         """(label, kernels) of every checkpoint (:func:`~niff_analysis.pipeline.select_kernels`)."""
@@ -75,16 +111,25 @@ class Run:
         if max_kernels:
             self.params["max_kernels"] = max_kernels
         out = []
-        found = find_checkpoints(tuple(self.checkpoints))
+        found = self.found()
         for ck in tqdm(self.checkpoints_loaded(found), desc="checkpoints", unit="ckpt", file=sys.stderr,
-                       disable=self.quiet or len(found) < 2, leave=False):
-            sel = select_kernels(ck, layers=self.layers, include_conv=self.include_conv,
-                                 max_kernels=max_kernels, niff_only=niff_only)
+                       disable=self.quiet or len(found.checkpoints) < 2, leave=False):
+            try:
+                sel = select_kernels(ck, layers=self.layers, include_conv=self.include_conv,
+                                     max_kernels=max_kernels, niff_only=niff_only)
+            except NiffError as exc:
+                if not self.tolerates(ck):
+                    raise
+                self.provenance.pop()
+                self.skip(ck.label, exc)
+                continue
             for note in sel.notes:
                 self.log(f"note: {note}")
             self.log(sel.summary(max_kernels))
             self.loaded[sel.label] = ck
             out.append((sel.label, sel.kernels))
+        if not out:
+            raise self.none_left()
         return out
 
     def initial(self, label: str, kernels) -> Optional[list]:
@@ -114,6 +159,8 @@ def _output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed:
     parent = Path(output).parent
     if parent.exists() and not parent.is_dir():
         raise NiffError(f"--output {output}: {parent} exists and is not a directory")
+    if Path(output).is_dir():
+        raise NiffError(f"--output {output}: is a directory; name a file in it")
     suffix = Path(output).suffix.lower()
     if suffix not in SUFFIX_FORMATS or SUFFIX_FORMATS[suffix] not in allowed:
         ok = ", ".join(s for s, f in SUFFIX_FORMATS.items() if f in allowed)
@@ -121,6 +168,10 @@ def _output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed:
     chosen = SUFFIX_FORMATS[suffix]
     if ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE and fmt != chosen:
         raise click.UsageError(f"--format {fmt} disagrees with the suffix of --output {output}")
+    try:  # before any analysis: an unwritable target fails in a second, not after minutes
+        check_writable(parent)
+    except OSError as exc:
+        raise NiffError(f"--output {output}: cannot write there ({exc.strerror or exc})") from None
     return chosen
 
 
@@ -166,6 +217,7 @@ def analysis_options(f: Callable) -> Callable:
                           "sample every run; recorded in meta.json) for a quick look at large layers."),
         click.option("--quiet", "-q", is_flag=True,
                      help="No logs or progress bars on stderr (warnings and errors still print)."),
+        strict_option(),
     ]):
         f = deco(f)
     return f
@@ -194,7 +246,7 @@ def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qui
     mean L1 norm.
     """
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json", "npz"))
-    run = Run("kernels", checkpoints, layers, include_conv, device, quiet, dict(responses=responses))
+    run = Run("kernels", checkpoints, layers, include_conv, device, quiet, dict(responses=responses), output)
     results = run.kernels()
     several = len(results) > 1
     if fmt == "npz":
@@ -254,7 +306,7 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
 
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("mass", checkpoints, layers, include_conv, device, quiet,
-              dict(view=view, measure=measure, bootstrap=resamples))
+              dict(view=view, measure=measure, bootstrap=resamples), output)
     frames, scales = [], []
     for label, lks in run.kernels():
         t0, first = time.perf_counter(), len(frames)
@@ -318,7 +370,7 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
     if response != "raw" and not weights:
         raise click.UsageError("--response applies to --weights only")
     run = Run("pca", checkpoints, layers, include_conv, device, quiet,
-              dict(components=components, weights=weights, **({"response": response} if weights else {})))
+              dict(components=components, weights=weights, **({"response": response} if weights else {})), output)
     results = []
     for label, lks in run.kernels(niff_only="weight PCA (--weights)" if weights else None):
         t0 = time.perf_counter()
@@ -372,7 +424,7 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
     """
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("gaussian", checkpoints, layers, include_conv, device, quiet,
-              dict(view=view, max_iter=max_iter, bootstrap=resamples))
+              dict(view=view, max_iter=max_iter, bootstrap=resamples), output)
     frames = []
     for label, lks in run.kernels():
         t0 = time.perf_counter()
@@ -406,16 +458,18 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
 @click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
+@strict_option()
 @click.pass_context
 def history_cmd(ctx, checkpoints, layers, stat_names, measure, per_seed, fmt, output, quiet):
     """Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch.
 
     CHECKPOINT: checkpoint (run) folders, or folders of them, or a sweep folder (default: the
-    bundled checkpoint). Statistics per layer under the chosen --measure: mass1_mean (the
-    centre pixel's share), mass3/5/9_mean and _std (Eq. 6 at s = 1, 3, 5, 9), k50/k90_mean and
-    _median (smallest window holding 50/90 % of a kernel's mass); and, measure 'any':
-    sigma_x/sigma_y_median, sigma_ratio_mean and _median (successful Gaussian fits), gauss_ok
-    (their fraction), gauss_n, n_kernels. Step 0 is the initialisation.
+    bundled checkpoint); a run without its final checkpoint yet (in progress, interrupted,
+    diverged) shows what it has recorded. Statistics per layer under the chosen --measure:
+    mass1_mean (the centre pixel's share), mass3/5/9_mean and _std (Eq. 6 at s = 1, 3, 5, 9),
+    k50/k90_mean and _median (smallest window holding 50/90 % of a kernel's mass); and, measure
+    'any': sigma_x/sigma_y_median, sigma_ratio_mean and _median (successful Gaussian fits),
+    gauss_ok (their fraction), gauss_n, n_kernels. Step 0 is the initialisation.
 
     Runs of one recipe that differ only in their seed (train_config.json) are aggregated: one
     row per epoch with the mean over seeds and its 95 % t-interval across seeds (lo, hi;
@@ -435,11 +489,13 @@ def history_cmd(ctx, checkpoints, layers, stat_names, measure, per_seed, fmt, ou
     if unknown or not wanted:
         raise SelectionError(f"--stats: unknown statistic {unknown[0] if unknown else stat_names!r}; "
                              f"choose from {', '.join(STATS)}")
-    run = Run("history", (), layers, False, "cpu", quiet, dict(stats=wanted, measure=measure, per_seed=per_seed))
+    run = Run("history", checkpoints, layers, False, "cpu", quiet,
+              dict(stats=wanted, measure=measure, per_seed=per_seed), output)
+    patterns = run.layers  # a comma list, as every command takes
     frames, folders = {}, []
-    for label, path, df in load_histories(checkpoints):
+    for label, path, df in load_histories(strict=run.strict, warn=run.warn, found=run.found(runs_in_progress=True)):
         run.provenance.append(dict(label=label, path=str(path), sha256=file_sha256(path)))
-        in_layers = df[LAYER].map(lambda n: fnmatch.fnmatchcase(n, layers))
+        in_layers = df[LAYER].map(lambda n: any(fnmatch.fnmatchcase(n, p) for p in patterns))
         if not in_layers.any():
             raise SelectionError(f"{label}: no layer matches {layers!r}; available layers: "
                                  f"{', '.join(dict.fromkeys(df[LAYER]))}")

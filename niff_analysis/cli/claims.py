@@ -10,7 +10,8 @@ import pandas as pd
 from ..analysis.claims import paper_claims, pool_seeds
 from ..analysis.schema import with_checkpoint
 from ..analysis.uncertainty import with_interval_text
-from ..pipeline import find_checkpoints, initial_kernels, seed_groups, select_kernels
+from ..errors import NiffError
+from ..pipeline import initial_kernels, seed_groups, select_kernels
 from . import main
 from .analysis import Run, _measures, _output_format
 from .common import bootstrap_option, measure_option, render_frame, result_options
@@ -51,14 +52,20 @@ def claims_cmd(ctx, checkpoints, measure, resamples, untrained, per_seed, fmt, o
     """
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("claims", checkpoints, "*", False, device, quiet,
-              dict(untrained=untrained, measure=measure, bootstrap=resamples, per_seed=per_seed))
+              dict(untrained=untrained, measure=measure, bootstrap=resamples, per_seed=per_seed), output)
     measures = _measures(measure)
-    found = find_checkpoints(tuple(checkpoints))
     tables: dict[str, pd.DataFrame] = {}
     trained: dict[str, object] = {}
-    for ck in run.checkpoints_loaded(found):
+    for ck in run.checkpoints_loaded():
+        try:
+            kernels = select_kernels(ck).kernels
+        except NiffError as exc:  # a checkpoint of a folder whose kernels cannot be analysed is skipped
+            if not run.tolerates(ck):
+                raise
+            run.provenance.pop()
+            run.skip(ck.label, exc)
+            continue
         trained[ck.label] = ck.meta.get("epochs")
-        kernels = select_kernels(ck).kernels
         init = initial_kernels(ck, kernels, device=str(run.device))
         if init is None:
             run.warn(f"{ck.label}: no initialisation known (not trained by this toolkit): no init column"
@@ -71,7 +78,9 @@ def claims_cmd(ctx, checkpoints, measure, resamples, untrained, per_seed, fmt, o
             tables[label] = paper_claims(lks, init=ref, measures=measures, resamples=resamples,
                                          device=str(run.device))
             run.log(f"{label}: {len(tables[label])} claim rows in {time.perf_counter() - t0:.1f} s")
-    groups = seed_groups(found, trained)
+    if not tables:
+        raise run.none_left()
+    groups = seed_groups([(label, path) for label, path in run.found().checkpoints if label in trained], trained)
     grouped = {m for g in groups for m in g.members}
     frames = [with_checkpoint(t, label) for label, t in tables.items()
               if per_seed or label.removesuffix("@init") not in grouped]

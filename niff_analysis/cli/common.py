@@ -54,6 +54,19 @@ def factory_option():
                              "model; nothing a checkpoint names runs otherwise.")
 
 
+def _store_strict(ctx, param, value):
+    ctx.meta["niff_strict"] = value
+    return value
+
+
+def strict_option():
+    """``--strict``: stop at the first checkpoint of a folder that cannot be analysed (stored on
+    the context; by default it is skipped with a warning)."""
+    return click.option("--strict", is_flag=True, expose_value=False, callback=_store_strict,
+                        help="Of a folder of checkpoints, stop at the first one that cannot be analysed "
+                             "(default: skip it with a warning).")
+
+
 def current_factory() -> Optional[str]:
     """The ``--factory`` of the running command, if any."""
     ctx = click.get_current_context(silent=True)
@@ -95,6 +108,7 @@ def result_options(table_help: str = "table: for people; csv/json: the long form
                          help="Write here instead of stdout (format from the suffix), with meta.json beside it."),
             device_option(), factory_option(),
             click.option("--quiet", "-q", is_flag=True, help="No logs on stderr."),
+            strict_option(),
         ]):
             f = d(f)
         return f

@@ -59,7 +59,7 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
     pattern = None if layers is None else [p.strip() for p in layers.split(",") if p.strip()]
     run = Run("erf", checkpoints, "*", False, device, quiet,
               dict(layers=layers, images=n_images, dataset=dataset, thresholds=ts, untrained=untrained,
-                   protocol=protocol))
+                   protocol=protocol), output)
     frames, images = [], {}
     for ck in run.checkpoints_loaded():
         label, path, model, meta = ck.label, ck.path, ck.model, ck.meta
@@ -69,8 +69,11 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
         size = (meta.get("model_kwargs") or {}).get("input_size") or 224
         key = (name, str(data_dir), str(size))
         if key not in images:
-            images[key] = dataset_images(name, n_images, data_dir,
-                                         image_size=size[0] if isinstance(size, list) else int(size))
+            try:
+                images[key] = dataset_images(name, n_images, data_dir,
+                                             image_size=size[0] if isinstance(size, list) else int(size))
+            except SelectionError as exc:
+                raise SelectionError(f"--images: {exc}") from None
         todo = [(label, model)]
         if untrained:
             init = load_initial(path, device=str(run.device))

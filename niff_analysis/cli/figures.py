@@ -7,10 +7,10 @@ import time
 import click
 
 from ..errors import SelectionError
-from ..pipeline import COST_SIZES, analyse
+from ..pipeline import COST_SIZES, analyse, discover, refuse_output_in_inputs
 from ..plotting.report import FORMATS, check_output_folder, write_figures
 from . import main
-from .common import current_factory, device_option, factory_option, measure_option, positive_int
+from .common import current_factory, device_option, factory_option, measure_option, positive_int, strict_option
 
 
 def _csv_list(value: str, what: str) -> list[str]:
@@ -54,7 +54,9 @@ def _sizes(value: str) -> list[int]:
 @click.option("--erf-protocol", type=click.Choice(["luo", "replknet"]), default="luo", show_default=True,
               help="How the receptive fields are measured (see `niff-analyze erf --help`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages (the file list still prints).")
-def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_sizes, no_timing,
+@strict_option()
+@click.pass_context
+def figures_cmd(ctx, checkpoints, out, layers, device, formats, max_kernels, cost_sizes, no_timing,
                 erf_images, data_dir, measure, erf_protocol, quiet) -> None:
     """Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were drawn from.
 
@@ -73,13 +75,15 @@ def figures_cmd(checkpoints, out, layers, device, formats, max_kernels, cost_siz
             click.echo(f"[{time.perf_counter() - t0:5.1f}s] {msg}", err=True)
 
     check_output_folder(out)  # before any analysis: a bad target fails in a second, not after minutes
+    found = discover(list(checkpoints) or [None])
+    refuse_output_in_inputs(out, found.inputs, "--out")
     data = analyse(checkpoints, layers=_csv_list(layers, "--layers"), device=device,
                    max_kernels=max_kernels, cost_sizes=_sizes(cost_sizes),
                    measure_cost=not no_timing, progress=progress, factory=current_factory(),
                    erf_images=max(0, erf_images), data_dir=data_dir, measure=measure,
-                   erf_protocol=erf_protocol)
+                   erf_protocol=erf_protocol, strict=bool(ctx.meta.get("niff_strict")), found=found)
     for note in data.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"{'warning' if note.startswith('skipped ') else 'note'}: {note}", err=True)
     paths = write_figures(data, out, formats=fmts, progress=progress)
     for p in paths:
         click.echo(str(p))

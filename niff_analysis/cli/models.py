@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -11,9 +12,11 @@ import pandas as pd
 from ..analysis.kernels import conv_inventory
 from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..analysis.stats import read_kernel_stats
-from ..checkpoint import layer_table, load_checkpoint
+from ..checkpoint import NonFiniteWeightsError, bundled_checkpoints, layer_table, load_checkpoint
+from ..errors import NiffError
 from ..models import create_model, list_models, parse_name
-from ..models.registry import STEMS
+from ..models.registry import STEMS, UnknownModelError
+from ..runs import INIT_DIR, TRAIN_STATE_NAME, run_status, unfinished_reason
 from . import main
 from .common import current_factory, factory_option, format_option, positive_int, render_frame
 
@@ -33,26 +36,59 @@ def models_cmd(pattern: str, fmt: str) -> None:
         click.echo(render_frame(pd.DataFrame(rows), "table"), nl=False)
 
 
-def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
-    """Structure of a registered model or a checkpoint, without computing anything expensive."""
-    if target is None or Path(target).exists() or target.endswith((".safetensors", ".pt", ".pth")) \
-            or "/" in target:
-        model = load_checkpoint(target, factory=current_factory())
+def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) -> dict:
+    """Structure of a registered model or a checkpoint, without computing anything expensive.
+
+    A run without its final checkpoint (in progress, interrupted, diverged) is described by its
+    last saved state, and a checkpoint whose weights hold NaN/Inf is described all the same;
+    ``warn`` receives a line saying so (and one for a kernel_stats.csv that cannot be read).
+    """
+    warn = warn or (lambda msg: None)
+    if target is None or os.path.lexists(target) or target.endswith((".safetensors", ".pt", ".pth")) \
+            or "/" in target or target in bundled_checkpoints():
+        given = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size,
+                                       stem=stem).items() if v is not None}
+        if given:  # a checkpoint records its own: an option here would be silently ignored
+            option = "--" + next(iter(given)).replace("_", "-")
+            raise NiffError(f"{option} applies to registered model names; a checkpoint records its own "
+                            f"(niff-analyze describe {target or ''} shows them)")
+        path = target
+        if target is not None and os.path.isdir(target) and unfinished_reason(target):
+            folder = Path(target)
+            state = folder / TRAIN_STATE_NAME
+            path = state if state.is_file() else folder / INIT_DIR
+            warn(f"{folder}: the run has no final checkpoint ({run_status(folder)}); describing {path}")
+        try:
+            model = load_checkpoint(path, factory=current_factory())
+        except NonFiniteWeightsError as exc:
+            warn(f"{exc} (training diverged?); described all the same")
+            model = load_checkpoint(path, factory=current_factory(), allow_non_finite=True)
         meta = model.niff_checkpoint
         info = dict(architecture=meta["architecture"], source="checkpoint", path=meta["path"],
                     sha256=meta["sha256"], model_kwargs=meta["model_kwargs"])
         for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
             if key in meta:
                 info[key] = meta[key]
-        stats_file = Path(meta["path"]) / STATS_NAME
+        folder = Path(meta["path"])
+        stats_file = (folder if folder.is_dir() else folder.parent) / STATS_NAME
+        if folder.name == INIT_DIR:  # the run's statistics sit beside its init/
+            stats_file = folder.parent / STATS_NAME
         if stats_file.is_file():
-            steps = read_kernel_stats(stats_file).groupby("step")["epoch"].first()
-            info["kernel_stats"] = dict(file=str(stats_file), records=len(steps),
-                                        epochs=[round(float(e), 3) for e in steps])
+            try:
+                steps = read_kernel_stats(stats_file).groupby("step")["epoch"].first()
+            except (ValueError, OSError) as exc:  # an extra: the description goes on
+                warn(f"kernel statistics left out: {' '.join(str(exc).split())}")
+            else:
+                info["kernel_stats"] = dict(file=str(stats_file), records=len(steps),
+                                            epochs=[round(float(e), 3) for e in steps])
     else:
         kw = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans,
                                     input_size=input_size, stem=stem).items() if v is not None}
-        model = create_model(target, **kw)
+        try:
+            model = create_model(target, **kw)
+        except UnknownModelError as exc:
+            names = ", ".join(bundled_checkpoints())
+            raise UnknownModelError(f"{exc} (or a bundled checkpoint: {names})" if names else str(exc)) from None
         info = dict(architecture=target, source="registry", model_kwargs=model.niff_config)
     info["num_params"] = int(sum(p.numel() for p in model.parameters()))
     info["layers"] = layer_table(model)
@@ -74,8 +110,14 @@ def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
 @format_option(choices=("table", "json"))
 @factory_option()
 def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
-    """Structure of TARGET: a registered model name or a checkpoint (default: bundled)."""
-    info = describe_target(target, num_classes, in_chans, input_size, stem)
+    """Structure of TARGET: a registered model name or a checkpoint (default: bundled).
+
+    TARGET may also name a bundled checkpoint (resnet18_niff_fmnist, resnet18_fmnist) from any
+    folder, or a run without its final checkpoint (its last saved state is described, with a
+    warning). --num-classes, --in-chans, --input-size and --stem apply to model names only.
+    """
+    info = describe_target(target, num_classes, in_chans, input_size, stem,
+                           warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     if fmt == "json":
         click.echo(json.dumps(info, indent=1))
         return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -105,6 +107,7 @@ def train_config(out: str, *, model_name: str, num_classes: Optional[int], in_ch
             TrainConfig's defaults.
     """
     _out_folder(out)
+    _out_apart_from_data(out, given.get("data_dir"), given.get("dataset") or _DEFAULTS["dataset"])
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     if "mlp" in kwargs:
         from ..layers.mlp import resolve_mlp
@@ -134,18 +137,41 @@ def train_cmd(out, resume, overwrite, **opts) -> None:
 
     Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N``; --batch-size
     is the global batch.
+    SIGINT (Ctrl-C) and SIGTERM (kill, timeout, SLURM) stop it after the current step with its
+    state saved (exit 130 or 143); --resume then continues it exactly.
     """
+    from ..train.trainer import stop_on_signals
+
+    if resume and overwrite:
+        raise NiffError("--resume continues a run and --overwrite replaces it: choose one")
     cfg = train_config(out, **opts)
     cfg.overwrite = overwrite
-    try:
-        final = train(cfg, resume=resume)
-    except KeyboardInterrupt:
-        state = Path(out) / "train_state.pt"
-        if state.is_file() and int(os.environ.get("RANK", "0")) == 0:
-            click.echo(f"interrupted: the same command with --resume continues from {state}", err=True)
-        raise
+    with stop_on_signals():
+        try:
+            final = train(cfg, resume=resume)
+        except KeyboardInterrupt as exc:
+            _interrupted(Path(out), exc)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"test_acc {final.get('test_acc', float('nan')):.4f}; checkpoint in {out}")
+
+
+def _interrupted(out: Path, exc: KeyboardInterrupt) -> None:
+    """One line saying what an interrupted run kept and how to go on; exits 128 + the signal."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    saved = getattr(exc, "saved", None)
+    state = out / "train_state.pt"
+    name = signal.Signals(signum).name
+    if int(os.environ.get("RANK", "0")) == 0:
+        if state.is_file():
+            from ..train.trainer import saved_position
+
+            kept = f"the state {saved_position(*saved)} is saved in {state}" if saved else \
+                f"its last saved state is {state}"
+            msg = f"interrupted by {name}: {kept}; the same command with --resume continues it"
+        else:
+            msg = f"interrupted by {name} before the first saved state: the same command starts the run again"
+        click.echo(f"error: {msg}", err=True)
+    sys.exit(128 + signum)
 
 
 @main.command("sweep")
@@ -194,6 +220,8 @@ def sweep_cmd(out, arms, seeds, executor, parallel, timeout_min, slurm_partition
     from ..train.sweep import INIT_ARM, Executor, collect, final_table, parse_seeds, run_sweep, seed_summary
 
     base = train_config(out, **opts)
+    if table_path:
+        _table_outside_runs(Path(table_path), Path(out))
     slurm = {k: v for k, v in dict(slurm_partition=slurm_partition, slurm_account=slurm_account,
                                    slurm_qos=slurm_qos, gpus_per_node=gpus_per_job or None,
                                    cpus_per_task=cpus_per_job, mem_gb=mem_gb).items() if v is not None}
@@ -227,10 +255,31 @@ def sweep_cmd(out, arms, seeds, executor, parallel, timeout_min, slurm_partition
         raise NiffError(f"{len(failures)} run(s) failed: " + "; ".join(failures))
 
 
+def _table_outside_runs(table: Path, root: Path) -> None:
+    """``--table`` must not land in a run folder of the study (it could replace a run's file)."""
+    from ..pipeline import overlaps
+
+    if table.resolve() == root.resolve() or (root.is_dir() and any(
+            overlaps(table, arm) for arm in root.iterdir() if arm.is_dir())):
+        raise NiffError(f"--table {table} lies inside a run of the study {root}; a command never writes into "
+                        "its input: write it elsewhere (e.g. beside the study folder)")
+
+
 def _out_folder(out: str) -> None:
     """Refuse an ``--out`` folder that exists as a file, before any work is done."""
     if Path(out).exists() and not Path(out).is_dir():
         raise NiffError(f"--out {out}: exists and is not a directory")
+
+
+def _out_apart_from_data(out: str, data_dir: Optional[str], dataset: str) -> None:
+    """A run folder must not overlap the dataset it reads (``--overwrite`` would empty it)."""
+    from ..pipeline import overlaps
+    from ..train.data import FASHION_MNIST_DEFAULT
+
+    data = Path(data_dir) if data_dir else (FASHION_MNIST_DEFAULT if dataset == "fashion-mnist" else None)
+    if data is not None and overlaps(Path(out), data):
+        raise NiffError(f"--out {out} and the data folder {data} overlap: a run never writes into its input; "
+                        "choose another --out")
 
 
 def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
@@ -260,8 +309,9 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
                             "authors' tensors).")
 @click.option("--niff", "niff_variant", type=click.Choice(["split", "full"]),
               help="torchvision/factory models: the weights are of the model converted to NIFF this way.")
+@click.option("--overwrite", is_flag=True, help="Replace the checkpoint or run that OUT holds.")
 def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input_size, stem, mlp,
-               niff_variant) -> None:
+               niff_variant, overwrite) -> None:
     """Import the weights of a model trained elsewhere (PATH: .pt/.pth/.bin/.safetensors state dict).
 
     Registered models (NIFF or plain, e.g. resnet18_niff, convnext_tiny), any torchvision
@@ -271,8 +321,7 @@ def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input
     """
     from ..models.build import is_builder
 
-    if not out.endswith(".safetensors"):
-        _out_folder(out)
+    _import_target(path, out, overwrite)
     if is_builder(model_name):
         if stem:
             raise NiffError("--stem applies to registered models only")
@@ -292,9 +341,52 @@ def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input
         kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_state_dict(path, model_name, key=key, factory=factory, **kwargs)
     meta = model.niff_checkpoint
-    save_checkpoint(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
+    _write_imported(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
                     source_sha256=meta["sha256"])
     click.echo(f"imported {path} as {model_name} ({meta['imported_from']}); checkpoint in {out}")
+
+
+def _import_target(path: str, out: str, overwrite: bool) -> None:
+    """Refuse, before any work, an ``--out`` that would replace something without ``--overwrite``,
+    that overlaps the file read, or that is not a folder."""
+    from ..pipeline import overlaps
+    from ..runs import RunLockedError, lock_holder, locked_message, refuse_foreign
+
+    target, source = Path(out), Path(path)
+    if overlaps(target, source):
+        raise NiffError(f"--out {out} holds the file being imported ({path}); a command never writes into its "
+                        "input: choose another --out")
+    if out.endswith(".safetensors"):
+        if target.exists() and not overwrite:
+            raise NiffError(f"--out {out} exists; use --overwrite to replace it")
+        return
+    _out_folder(out)
+    holder = lock_holder(target)
+    if holder is not None:  # say so now, not after building the model
+        raise RunLockedError(locked_message(target, holder))
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise NiffError(f"--out {out} is not empty; use --overwrite to replace the checkpoint or run it holds, "
+                            "or a new --out")
+        refuse_foreign(target)
+
+
+def _write_imported(model, out: str, **metadata) -> None:
+    """Save an imported model; into a folder under its lock, the previous run moved aside first
+    (restored if the save fails), so an import never mixes with what the folder held."""
+    from ..runs import discard, move_aside, restore, run_lock
+
+    if out.endswith(".safetensors"):
+        save_checkpoint(model, out, **metadata)
+        return
+    with run_lock(out, command="niff-analyze import"):
+        aside = move_aside(Path(out))
+        try:
+            save_checkpoint(model, out, **metadata)
+        except BaseException:
+            restore(aside, out)
+            raise
+        discard(aside)
 
 
 def _mlp_arg(mlp) -> dict:
@@ -315,11 +407,10 @@ def _mlp_arg(mlp) -> dict:
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:
     """Convert a checkpoint of the authors' public NIFF code (PATH: .pt/.pth) to our format
     (kept for old scripts; `import` does this and more)."""
-    if not out.endswith(".safetensors"):
-        _out_folder(out)
+    _import_target(path, out, overwrite=False)
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_reference_checkpoint(path, model_name, key=key, **kwargs)
     meta = model.niff_checkpoint
-    save_checkpoint(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
+    _write_imported(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
                     source_sha256=meta["sha256"])
     click.echo(f"imported {path} as {model_name}; checkpoint in {out}")

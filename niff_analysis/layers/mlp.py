@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence, Union
 
 from torch import nn
@@ -32,13 +32,15 @@ MLP_PRESETS: dict[str, MLPConfig] = {
 }
 
 MLPSpec = Union[str, MLPConfig, dict, Sequence[int]]
+#: The keys an MLP given as a dict takes.
+MLP_FIELDS = tuple(f.name for f in fields(MLPConfig))
 
 
 def resolve_mlp(spec: MLPSpec) -> MLPConfig:
     """Turn a preset name, dict, hidden-size list or MLPConfig into an MLPConfig.
 
     Raises:
-        ValueError: unknown preset or activation, or a non-positive hidden size.
+        ValueError: unknown preset, activation or dict key, or a non-positive hidden size.
     """
     if isinstance(spec, MLPConfig):
         cfg = spec
@@ -47,6 +49,10 @@ def resolve_mlp(spec: MLPSpec) -> MLPConfig:
             raise ValueError(f"unknown MLP preset {spec!r}; choose from {sorted(MLP_PRESETS)}")
         cfg = MLP_PRESETS[spec]
     elif isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(MLP_FIELDS))
+        if unknown or "hidden" not in spec:  # a misspelled key would silently change the model
+            raise ValueError(f"unknown MLP setting {unknown[0]!r}; an MLP takes {', '.join(MLP_FIELDS)}"
+                             if unknown else "an MLP given as a dict needs 'hidden' (its hidden sizes)")
         cfg = MLPConfig(tuple(int(h) for h in spec["hidden"]), spec.get("activation", "silu"))
     else:
         cfg = MLPConfig(tuple(int(h) for h in spec))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from typing import Optional, Union
 
 from torch import nn
@@ -26,6 +27,14 @@ from ..layers.mlp import resolve_mlp
 
 TORCHVISION = "torchvision:"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: The settings of :func:`~niff_analysis.models.to_niff` a builder's ``niff`` dict takes, with defaults.
+NIFF_SETTINGS = dict(variant="split", mlp="big", mode="circular", convert_pointwise=True, niff_on_1x1=False)
+#: Packages whose callables are never a model factory: they run commands, load code or files, or
+#: are this toolkit and its infrastructure (the Python standard library is refused as a whole).
+NOT_FACTORIES = frozenset({
+    "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "sklearn", "PIL", "safetensors",
+    "submitit", "click", "tqdm", "pip", "setuptools", "pkg_resources", "_distutils_hack", "IPython",
+    "ipykernel", "jupyter_client", "nbformat", "nbclient", "pytest", "_pytest", "niff_analysis"})
 
 
 class BuilderError(NiffError, ValueError):
@@ -64,17 +73,36 @@ def resolve_builder(builder: str, allow_factory: Optional[str] = None):
         return _torchvision_builder(builder[len(TORCHVISION):])
     if not _FACTORY_RE.match(builder):
         raise BuilderError(f"builder {builder!r} is neither torchvision:NAME nor package.module:function")
-    if allow_factory != builder:
-        raise BuilderError(f"the model is built by the factory {builder!r}, which runs code: name it "
-                           f"yourself to allow it (--factory {builder}, or factory={builder!r})")
     module, _, fn = builder.partition(":")
+    if not _user_package(module) or fn.startswith("_"):
+        # Refused whoever asks: a checkpoint naming os:system must never be one flag away from running.
+        raise BuilderError(f"refusing the factory {builder!r}: a model factory is a public function of your own "
+                           "importable package, not of the Python standard library or the toolkit's "
+                           "infrastructure")
+    if allow_factory != builder:
+        # The factory's name comes from the file being loaded: say what it is, never suggest running it.
+        raise BuilderError(f"the model is built by the user factory {builder!r}, which runs code; nothing a "
+                           "checkpoint names runs unless you allow that factory yourself with --factory "
+                           "(factory= in Python) after checking that you trust its package")
     try:
         obj = getattr(importlib.import_module(module), fn)
     except (ImportError, AttributeError) as exc:
         raise BuilderError(f"cannot import factory {builder!r}: {exc}") from None
     if not callable(obj):
         raise BuilderError(f"factory {builder!r} is not callable")
+    home = getattr(obj, "__module__", None) or ""
+    if not _user_package(home):  # e.g. `from os import system` re-exported by a package
+        raise BuilderError(f"refusing the factory {builder!r}: it is {home}.{getattr(obj, '__name__', fn)}, "
+                           "not a function of your own package")
     return obj
+
+
+def _user_package(module: str) -> bool:
+    """Whether a module belongs to a user package: not the standard library (builtins, os,
+    subprocess, sys, shutil, …) nor :data:`NOT_FACTORIES`."""
+    top = module.split(".")[0]
+    stdlib = getattr(sys, "stdlib_module_names", frozenset()) | set(sys.builtin_module_names)
+    return bool(top) and top not in stdlib and top not in NOT_FACTORIES and top not in ("posix", "nt", "__main__")
 
 
 def build_model(builder: str, builder_kwargs: Optional[dict] = None,
@@ -108,7 +136,7 @@ def build_model(builder: str, builder_kwargs: Optional[dict] = None,
     size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
     settings = None
     if niff is not None:
-        settings = dict(variant="split", mlp="big", mode="circular", convert_pointwise=True, niff_on_1x1=False)
+        settings = dict(NIFF_SETTINGS)
         unknown = set(niff) - set(settings)
         if unknown:
             raise BuilderError(f"unknown NIFF setting(s) {sorted(unknown)}; choose from {sorted(settings)}")

@@ -11,7 +11,9 @@ says how many kernels a row stands for.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,15 +69,31 @@ def _kernel_sample_long(kernels: Sequence[LayerKernels], label: str, n_channels:
     return pd.concat(frames, ignore_index=True)
 
 
+def file_labels(labels: Sequence[str]) -> dict[str, str]:
+    """A safe, distinct file-name part per label: labels are paths where folder names clash
+    (``lc/a/run``), and a path separator or other odd character in a file name would fail the
+    write (or land elsewhere). Runs of other characters become ``_``; clashes get ``-2``, ``-3``."""
+    out: dict[str, str] = {}
+    for label in labels:
+        base = re.sub(r"[^A-Za-z0-9._=+@-]+", "_", label).strip("._") or "checkpoint"
+        name, i = base, 2
+        while name in out.values():
+            name, i = f"{base}-{i}", i + 1
+        out[label] = name
+    return out
+
+
 def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, Figure, dict[str, pd.DataFrame]]]:
     """Yield ``(name, figure, tables it was drawn from)`` for every figure of the set.
 
-    Per-checkpoint figures get the checkpoint label as a suffix when there are several.
+    Per-checkpoint figures get the checkpoint label as a suffix when there are several (made
+    safe for file names by :func:`file_labels`).
     """
     multi = len(data.labels) > 1
+    safe = file_labels(data.labels)
 
     def name(base: str, label: str) -> str:
-        return f"{base}_{label}" if multi else base
+        return f"{base}_{safe[label]}" if multi else base
 
     untrained = data.untrained_mass_summary
     tables = {"mass_summary": data.mass_summary}
@@ -163,11 +181,14 @@ def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pd
                   progress: Optional[Callable[[str], None]] = None) -> list[Path]:
     """Write every figure in each format and every table as CSV under ``out``, as one unit.
 
-    Everything is written into a temporary folder beside ``out`` first and moved into place only
-    when all of it succeeded, with ``meta.json`` (toolkit version, checkpoints with labels and
-    weight hashes, parameters, the files written). A failure or interruption (Ctrl-C) before that
-    leaves ``out`` as it was. Files an earlier run listed in its ``meta.json`` and this run does not
-    write are removed; no other file in ``out`` is touched.
+    Everything is written into a temporary folder beside ``out`` first, with ``meta.json``
+    (toolkit version, checkpoints with labels and weight hashes, parameters, the files written);
+    only when all of it succeeded does that folder take the place of ``out``, in one rename
+    (an atomic exchange where the system has one). A failure or interruption (Ctrl-C) before
+    that leaves ``out`` as it was, and no half-written set is ever visible. Files in ``out`` that
+    an earlier run did not list in its ``meta.json`` (yours) are carried into the new folder
+    (hard links: not copied, not moved); what the earlier run listed and this one does not write
+    is gone with the old folder.
 
     Returns:
         The paths written (``meta.json`` included), sorted.
@@ -177,8 +198,11 @@ def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pd
         raise SelectionError(f"unknown figure format(s) {bad or formats}; choose from {', '.join(FORMATS)}")
     say = progress or (lambda msg: None)
     out = check_output_folder(out)
-    out.absolute().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.absolute().parent))
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))  # replace the folder the link points to, not the link
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
     try:
         written: set[Path] = set()
         for fig_name, fig, tables in iter_figures(data):
@@ -192,12 +216,68 @@ def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pd
         atomic_write(tmp / META_NAME, figures_manifest(
             [dict(label=label, path=data.sources.get(label), sha256=data.hashes.get(label)) for label in data.labels],
             dict(data.parameters, formats=list(formats)), names))
-        out.mkdir(exist_ok=True)
-        for stale in set(manifest_files(out)) - set(names):
-            (out / stale).unlink(missing_ok=True)
-        for name in names + [META_NAME]:  # the manifest last: it describes what is there
-            os.replace(tmp / name, out / name)
-        fsync_dir(out)
+        if out.is_dir():
+            listed = set(manifest_files(out)) | {META_NAME}
+            for entry in out.iterdir():
+                if entry.name not in listed and entry.name not in names:
+                    _link_into(entry, tmp / entry.name)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
+        _commit(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sorted(out / n for n in names + [META_NAME])
+
+
+def _umask() -> int:
+    from ..io import _umask as umask
+
+    return umask()
+
+
+def _link_into(src: Path, dst: Path) -> None:
+    """Carry a user's file (or folder) into the new set: hard links where possible."""
+    def link(a, b):
+        try:
+            os.link(a, b, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(a, b, follow_symlinks=False)
+
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        shutil.copytree(src, dst, symlinks=True, copy_function=link)
+    else:
+        link(src, dst)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Make the finished folder ``tmp`` the folder ``out``: one rename when ``out`` does not
+    exist (or is empty), else an atomic exchange (or, without one, two renames a moment apart);
+    the old folder ends up at ``tmp``, for the caller to delete."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.rename(tmp, out)  # replaces an empty folder too
+    elif not _exchange(tmp, out):
+        old = tmp.with_name(tmp.name + ".old")
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            os.rename(old, out)
+            raise
+        os.rename(old, tmp)
+    fsync_dir(out.absolute().parent)

@@ -59,7 +59,7 @@ class TrainConfig:
     kernel_stats: bool = True  # record kernel_stats.csv at init, every epoch (and every N steps)
     kernel_stats_every_steps: int = 0
     keep_epoch_checkpoints: bool = False  # also keep OUT/epoch_NNN/ after every epoch
-    overwrite: bool = False    # train afresh into an out folder that holds another run
+    overwrite: bool = False    # replace the run an out folder holds (its files are removed first)
 
     def validate(self) -> None:
         """Raise :class:`NiffError` on values no run can use."""
@@ -89,9 +89,20 @@ class TrainConfig:
             raise NiffError(f"mlp_lr_scale must be positive, got {self.mlp_lr_scale}")
         from ..models.registry import parse_name
 
-        if parse_name(self.model)[1] in ("baseline", "sep") and self.model_kwargs.get("mlp") is not None:
-            raise NiffError(f"{self.model} has no NIFF layers: an MLP setting would be recorded but "
-                            "never used; drop --mlp")
+        if parse_name(self.model)[1] in ("baseline", "sep"):
+            # Settings of NIFF layers would be recorded in config.json but never used.
+            unused = [option for option, used in (
+                ("--mlp", self.model_kwargs.get("mlp") is not None),
+                ("--mode", self.model_kwargs.get("mode", "circular") != "circular"),
+                ("--mlp-weight-decay", self.mlp_weight_decay is not None),
+                ("--mlp-lr-scale", self.mlp_lr_scale != 1.0),
+                ("--mlp-bias-decay", bool(self.mlp_bias_decay)),
+                ("niff_on_1x1", bool(self.model_kwargs.get("niff_on_1x1"))),
+            ) if used]
+            if unused:
+                setting = "an MLP setting" if unused[0].startswith("--mlp") else "a NIFF setting"
+                raise NiffError(f"{self.model} has no NIFF layers: {setting} would be recorded but never used; "
+                                f"drop {unused[0]}")
         if self.dtype not in DTYPES:
             raise NiffError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 

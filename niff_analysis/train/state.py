@@ -9,13 +9,14 @@ another run. The trainer writes it (:mod:`niff_analysis.train.trainer`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from ..analysis.stats import FILE_NAME as STATS_NAME
-from ..checkpoint import CONFIG_NAME, TRAIN_STATE_NAME
+from ..checkpoint import CONFIG_NAME, TRAIN_STATE_NAME, torch_load_reason
 from ..errors import NiffError
+from ..runs import DIVERGED_NAME, INIT_DIR, METRICS_NAME, STATS_NAME, TRAIN_CONFIG_NAME, read_diverged
 from .config import RECIPE_KEYS, TrainConfig
 
 STATE_NAME = TRAIN_STATE_NAME  # checkpoint.load_checkpoint reads it as a model too
@@ -33,7 +34,7 @@ def load_state(path: Path, cfg: TrainConfig) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign file, reported in one line
-        raise NiffError(f"--resume: cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
+        raise NiffError(f"--resume: cannot read {path}: {torch_load_reason(exc)}") from None
     if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step", "rows"} <= set(state):
         raise NiffError(f"--resume: {path} is not a niff-analysis training state")
     diff = recipe_diff(state, cfg)
@@ -56,15 +57,47 @@ def recipe_diff(state: dict, cfg: TrainConfig) -> str:
     return f"{k}={saved[k]!r}, this run has {k}={now.get(k)!r} ({len(diff)} setting(s) differ)"
 
 
+def saved_recipe_diff(out: Path, cfg: TrainConfig) -> str:
+    """How the recipe in ``out``'s ``train_config.json`` differs from ``cfg``'s ("" when it does
+    not, or when there is no readable file)."""
+    try:
+        saved = json.loads((out / TRAIN_CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return ""
+    return recipe_diff(dict(recipe=saved), cfg) if isinstance(saved, dict) else ""
+
+
+def unstarted(out: Path) -> bool:
+    """Whether ``out`` holds only the start of a run: no step was saved (no state, no metrics, no
+    checkpoint), so starting it again loses nothing (``init/``, ``train_config.json`` and the
+    step-0 kernel statistics are written again, identically for the same recipe)."""
+    return not any((out / n).is_file() for n in (STATE_NAME, CONFIG_NAME, METRICS_NAME, DIVERGED_NAME))
+
+
 def refuse_other_run(out: Path, cfg: TrainConfig) -> None:
     """A fresh run must not silently replace what an out folder holds.
+
+    A run of the same recipe that was stopped before its first saved state is no run to keep:
+    it starts again.
 
     Raises:
         NiffError: ``out`` holds a run's files (its state, config, metrics or kernel statistics).
     """
-    held = [n for n in (STATE_NAME, CONFIG_NAME, "metrics.csv", STATS_NAME) if (out / n).is_file()]
+    held = [n for n in (STATE_NAME, CONFIG_NAME, METRICS_NAME, STATS_NAME, TRAIN_CONFIG_NAME) if (out / n).is_file()]
+    if (out / INIT_DIR / CONFIG_NAME).is_file():
+        held.append(INIT_DIR)
     if not held:
         return
+    diverged = read_diverged(out)
+    if diverged is not None:
+        raise NiffError(f"--out {out} holds a run whose training diverged ({diverged.get('message', '')}); "
+                        "use --overwrite to train it again (e.g. with a lower --lr), or a new --out")
+    if unstarted(out):
+        diff = saved_recipe_diff(out, cfg)
+        if not diff:
+            return  # stopped before anything was saved: start it again
+        raise NiffError(f"--out {out} holds the start of another run (made with {diff}); use a new --out, or "
+                        "--overwrite to replace it")
     if (out / STATE_NAME).is_file():
         try:
             diff = recipe_diff(torch.load(out / STATE_NAME, map_location="cpu", weights_only=True), cfg)

@@ -259,11 +259,22 @@ def _wait(pending, label, echo) -> list[str]:
             s.result()
             echo(f"finished {label[id(j)]}")
         except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
-            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-            msg = f"{label[id(j)]} failed: {lines[-1] if lines else type(exc).__name__} (log: {s.paths.stderr})"
+            msg = f"{label[id(j)]} failed: {job_error(exc)} (log: {s.paths.stderr})"
             echo(msg)
             failures.append(msg)
     return failures
+
+
+def job_error(exc: BaseException) -> str:
+    """The one line a failed job's error says: submitit wraps it in the job's traceback between
+    dashed lines and log paths; this is the traceback's last line, without the module path of
+    the toolkit's own errors (whose messages read the same as in the CLI)."""
+    text = str(exc)
+    found = re.search(r"-{10,}\n(.*?)\n-{10,}", text, re.S)
+    lines = [ln.strip() for ln in (found.group(1) if found else text).splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    ours = re.match(r"^niff_analysis(?:\.\w+)*\.\w+: (.*)$", last)
+    return ours.group(1) if ours else last
 
 
 def _write_sweep_file(root: Path, base: TrainConfig, jobs: list[Job], seeds: Sequence[int]) -> None:

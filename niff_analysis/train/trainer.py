@@ -13,15 +13,19 @@ on CPU), so N processes train the same model as one process up to float rounding
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
@@ -30,18 +34,81 @@ from torch import nn
 
 from .. import __version__
 from ..analysis.stats import FILE_NAME as STATS_NAME
-from ..checkpoint import CONFIG_NAME, initial_model, resolve_device, save_checkpoint
+from ..checkpoint import CONFIG_NAME, check_model_fits, initial_model, resolve_device, save_checkpoint
 from ..errors import NiffError
-from ..io import atomic_write
+from ..io import atomic_write, write_failure
 from ..layers.niff import _NIFFBase
 from ..models import niff_layers
+from ..runs import DIVERGED_NAME, INIT_DIR, clear_run, holds_run, refuse_foreign, run_lock
 from .batches import evaluate, load_data, train_batches
 from .config import DTYPES, TrainConfig
 from .distributed import convert_batchnorm, dist_info, gather_objects, setup_distributed, state_fingerprint
 from .records import StatsRecorder, write_metrics
-from .state import STATE_FORMAT, STATE_NAME, load_state, refuse_other_run
+from .state import STATE_FORMAT, STATE_NAME, load_state, refuse_other_run, saved_recipe_diff, unstarted
 
-INIT_DIR = "init"  # checkpoint.load_initial looks for this folder
+
+class TrainingDiverged(NiffError):
+    """The loss (or the weights) became NaN or Inf: training stopped, the last finite state kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (SIGINT, SIGTERM) under :func:`stop_on_signals`.
+
+    Attributes:
+        signum: the signal.
+        saved: (epoch, step) of the state saved when it stopped, or None when it stopped at once.
+    """
+
+    def __init__(self, signum: int, saved: Optional[tuple[int, int]] = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.saved = signum, saved
+
+
+def saved_position(epoch: int, step: int) -> str:
+    """Where a saved state stands, for people: ``epoch`` epochs done and ``step`` steps into the next."""
+    return f"at step {step} of epoch {epoch + 1}" if step else (f"at the end of epoch {epoch}" if epoch
+                                                                  else "at the start")
+
+
+class _Stop:
+    """What :func:`stop_on_signals`' handler asked for: the pending signal, and whether the run
+    is inside its steps (where it can stop at the next step boundary with its state saved)."""
+
+    signum: Optional[int] = None
+    graceful: bool = False
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """While active, SIGINT and SIGTERM (what Ctrl-C, ``timeout``, ``kill`` and SLURM send) stop a
+    single-process training run at the next step boundary, with its state saved, by raising
+    :class:`Interrupted` (a ``KeyboardInterrupt``). A second signal, one outside the training
+    steps, and any signal under DDP stop at once. The previous handlers are restored afterwards;
+    outside the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked DataLoader worker: the training process decides
+            return
+        if _Stop.graceful and _Stop.signum is None:
+            _Stop.signum = signum
+            print(f"{signal.Signals(signum).name}: stopping after this step with the state saved "
+                  "(send it again to stop at once)", file=sys.stderr)
+            return
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _Stop.signum, _Stop.graceful = None, False
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -122,8 +189,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     Under torchrun (``WORLD_SIZE`` > 1) each process trains its slice of every global batch
     with DistributedDataParallel; only rank 0 writes files. ``cfg`` is not changed.
 
+    A non-finite loss (or weights) stops the run (:class:`TrainingDiverged`, ``diverged.json``
+    in ``cfg.out``); what was saved before stays. While it trains, ``cfg.out`` is locked
+    (:func:`~niff_analysis.runs.run_lock`).
+
     Raises:
-        NiffError: bad settings, unusable data (:class:`DataError`), an unusable resume state.
+        NiffError: bad settings, unusable data (:class:`DataError`), an unusable resume state,
+            a folder another process trains (:class:`~niff_analysis.runs.RunLockedError`), a
+            diverged run (:class:`TrainingDiverged`).
     """
     cfg.validate()
     threads = torch.get_num_threads()
@@ -133,7 +206,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if device.type == "cpu":
         keep_freed_memory()
     try:
-        return _train(cfg, resume, device)
+        # One process trains a run folder at a time: a second train or --resume is refused.
+        with run_lock(cfg.out) if dist_info()[0] == 0 else contextlib.nullcontext():
+            return _train(cfg, resume, device)
     finally:
         torch.set_num_threads(threads)  # a library call leaves the caller's setting alone
         if own_group and dist.is_initialized():
@@ -143,9 +218,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
     run = _Run(cfg, resume, device)
     run.restore()
-    run.start()
-    for epoch in range(run.start_epoch, run.cfg.epochs):
-        run.train_epoch(epoch)
+    _Stop.graceful = run.world == 1  # under DDP the ranks could not agree on the step to stop at
+    try:
+        run.start()
+        for epoch in range(run.start_epoch, run.cfg.epochs):
+            run.train_epoch(epoch)
+            if _Stop.signum is not None and epoch + 1 < run.cfg.epochs:  # the epoch end saved the state
+                raise Interrupted(_Stop.signum, (epoch + 1, 0))
+    finally:
+        _Stop.graceful = False
     return run.finish()
 
 
@@ -178,8 +259,10 @@ class _Run:
                             f"{cfg.batch_size}")
         self.total_steps = self.steps * cfg.epochs
         self.dtype = DTYPES[cfg.dtype]
+        check_model_fits(cfg.model, cfg.model_kwargs, copies=3, dtype=self.dtype)  # weights, gradients, momentum
         self.core = initial_model(cfg.model, cfg.model_kwargs, cfg.seed).to(device=device, dtype=self.dtype)
         _check_compile(cfg, self.core, device)
+        self.saved_at: Optional[tuple[int, int]] = None  # (epoch, step) of the last state on disk
         self.state = self._read_state(resume)
         self.kstats = self._start_records()
         self._build_optimizer()
@@ -187,10 +270,23 @@ class _Run:
     def _read_state(self, resume: bool) -> Optional[dict]:
         """The state to resume from (None for a fresh run); refusals come before any write."""
         if resume:
+            if self.cfg.overwrite:
+                raise NiffError("--resume continues a run and --overwrite replaces it: choose one")
             if not self.state_path.is_file():
+                if holds_run(self.out) and unstarted(self.out) \
+                        and not saved_recipe_diff(self.out, self.cfg):
+                    # Stopped before its first saved state: nothing to continue, so it starts again.
+                    if self.is_main:
+                        print(f"note: {self.out} holds no saved state yet; training starts from the beginning",
+                              file=sys.stderr)
+                    return None
                 raise NiffError(f"--resume: no {STATE_NAME} in {self.out}")
-            return load_state(self.state_path, self.cfg)
-        if not self.cfg.overwrite:
+            state = load_state(self.state_path, self.cfg)
+            self.saved_at = (int(state["epoch"]), int(state["step"]))
+            return state
+        if self.cfg.overwrite:
+            refuse_foreign(self.out)  # --overwrite replaces a run, never other files
+        else:
             refuse_other_run(self.out, self.cfg)
         return None
 
@@ -201,6 +297,9 @@ class _Run:
                                enabled=cfg.kernel_stats and self.is_main)
         if self.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            if cfg.overwrite:  # the previous run goes first: two runs never mix in one folder
+                clear_run(out)
+            (out / DIVERGED_NAME).unlink(missing_ok=True)  # a resumed run is trained again
             if state is None or not (out / INIT_DIR / CONFIG_NAME).is_file():
                 save_checkpoint(self.core, out / INIT_DIR, **_checkpoint_meta(cfg, 0))
         if state is not None:
@@ -255,6 +354,7 @@ class _Run:
 
     def save_state(self, epoch: int, step: int, sums: torch.Tensor) -> None:
         """Write ``train_state.pt`` at ``step`` of ``epoch`` (every rank calls this)."""
+        self._check_weights(epoch * self.steps + step - 1)  # never save a state that holds NaN
         if self.world > 1:  # the saved partial sums are global
             sums = sums.clone()
             dist.all_reduce(sums)
@@ -267,7 +367,41 @@ class _Run:
             if self.device.type == "cuda":
                 st["cuda_rng"] = torch.cuda.get_rng_state(self.device)
             state_path = self.state_path  # the write audit of the tests names the line below
-            atomic_write(state_path, lambda p: torch.save(st, p))
+            try:
+                atomic_write(state_path, lambda p: torch.save(st, p))
+            except RuntimeError as exc:  # torch reports a full disk as "unexpected pos …"
+                failure = write_failure(state_path, exc, kept=f"the previous {STATE_NAME} is kept")
+                if failure is exc:
+                    raise
+                raise failure from None
+        self.saved_at = (epoch, step)
+
+    def _check_weights(self, global_step: int) -> None:
+        """Stop with :class:`TrainingDiverged` when a weight or a BatchNorm statistic became
+        NaN/Inf by ``global_step``."""
+        tensors = {k: v for k, v in [*self.core.named_parameters(), *self.core.named_buffers()]
+                   if v.is_floating_point()}
+        flags = torch.stack([torch.isfinite(v.detach()).all() for v in tensors.values()])
+        if not bool(flags.all()):  # one device sync per check
+            first = list(tensors)[int((~flags).nonzero()[0])]
+            self._diverged(global_step, f"NaN/Inf appeared in the model (e.g. {first})")
+
+    def _diverged(self, global_step: int, what: str) -> NoReturn:
+        """Record where the run diverged (``diverged.json``) and stop it; nothing after the last
+        finite state is saved."""
+        epoch, batch = divmod(global_step, self.steps)
+        where = f"{what} at step {global_step + 1} (epoch {epoch + 1}, batch {batch + 1} of {self.steps})"
+        if self.saved_at is not None:
+            kept = f"its last finite state, {saved_position(*self.saved_at)}, stays in {self.state_path}"
+        else:
+            kept = f"no state was saved before it ({self.out / INIT_DIR} holds the initialisation)"
+        if self.is_main:
+            atomic_write(self.out / DIVERGED_NAME, json.dumps(dict(
+                message=where, step=global_step + 1, epoch=epoch + 1, batch=batch + 1,
+                last_state=None if self.saved_at is None else dict(epoch=self.saved_at[0], step=self.saved_at[1])),
+                indent=1) + "\n")
+        raise TrainingDiverged(f"training diverged: {where}; {kept}; change the recipe (e.g. a lower --lr) and "
+                               "train again with --overwrite")
 
     def train_epoch(self, epoch: int) -> None:
         """The steps of ``epoch`` (from the resumed step on), then :meth:`_end_epoch`."""
@@ -290,6 +424,11 @@ class _Run:
                 self.kstats.record(epoch * steps + i + 1)  # before the state save: a resume keeps it
             if cfg.save_every_steps and (i + 1) % cfg.save_every_steps == 0 and i + 1 < steps:
                 self.save_state(epoch, i + 1, sums)
+            if _Stop.signum is not None and i + 1 < steps:  # SIGINT/SIGTERM: stop here, state saved
+                if self.saved_at != (epoch, i + 1):
+                    self.save_state(epoch, i + 1, sums)
+                bar.close()
+                raise Interrupted(_Stop.signum, (epoch, i + 1))
         bar.close()
         self._end_epoch(epoch, sums, t0)
 
@@ -309,13 +448,17 @@ class _Run:
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        sums += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
+        value = loss.item()
+        if not math.isfinite(value):  # nothing after this step is saved: the last finite state stays
+            self._diverged(global_step, f"the loss is {value}")
+        sums += torch.tensor([value * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
                              dtype=torch.float64)
-        return loss.item()
+        return value
 
     def _end_epoch(self, epoch: int, sums: torch.Tensor, t0: float) -> None:
         """Evaluate, add the metrics row, record statistics, write files, save the state."""
         cfg, steps, rows = self.cfg, self.steps, self.rows
+        self._check_weights((epoch + 1) * steps - 1)  # before any metric of NaN weights is written
         stats = sums.clone()
         if self.world > 1:
             dist.all_reduce(stats)
