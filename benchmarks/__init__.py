@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-BENCHMARKS = ("layer", "train_step", "analysis", "cost", "kernel_stats", "startup", "erf")
+BENCHMARKS = ("layer", "train_step", "train_loop", "analysis", "cost", "kernel_stats", "startup", "erf", "precision")
 """Benchmark module names, in the order ``python -m benchmarks`` runs them."""
 
 

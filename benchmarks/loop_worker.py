@@ -1,0 +1,66 @@
+"""One process of ``benchmarks/train_loop.py``: time plain training steps, print JSON.
+
+Run as a script (``python benchmarks/loop_worker.py SPEC``), not imported: ``niff_analysis`` is
+whatever ``PYTHONPATH`` puts first, so the same worker times this checkout and an older tree.
+SPEC is JSON with ``models``, ``precisions`` ("fp32", "bf16"), ``batch``, ``steps`` (timed
+rounds), ``threads``, ``device`` and ``setting``: ``"plain"`` (a user's own loop: nothing is set
+up front) or ``"trainer"`` (glibc's freed memory kept before anything runs, as
+``niff-analyze train`` does). Every step is the trainer's: forward (under bf16 autocast for
+"bf16"), label-smoothed cross-entropy in float32, backward, SGD with momentum.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main(spec: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import niff_analysis
+    from niff_analysis.models import create_model
+
+    if spec["setting"] == "trainer":
+        from niff_analysis.train.trainer import keep_freed_memory  # both trees have it here
+
+        keep_freed_memory()
+    torch.set_num_threads(int(spec["threads"]))
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    x = torch.randn(spec["batch"], 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (spec["batch"],), device=device)
+    steps = {}
+    for name in spec["models"]:
+        model = create_model(name, num_classes=10, in_chans=3, stem="cifar").to(device).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        for precision in spec["precisions"]:
+            steps[f"{name}/{precision}"] = _step(model, opt, x, y, device, precision == "bf16", F, torch)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {k: [] for k in steps}
+    for rnd in range(1 + int(spec["steps"])):  # round 0 warms up (first-touch allocations, autotuning)
+        for key, step in steps.items():
+            sync()
+            t0 = time.perf_counter()
+            step()
+            sync()
+            if rnd:
+                times[key].append(time.perf_counter() - t0)
+    return dict(times=times, niff_analysis=niff_analysis.__file__, torch=torch.__version__,
+                threads=torch.get_num_threads())
+
+
+def _step(model, opt, x, y, device, bf16: bool, F, torch):
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        F.cross_entropy(logits.float(), y, label_smoothing=0.1).backward()
+        opt.step()
+    return step
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))

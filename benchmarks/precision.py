@@ -1,0 +1,108 @@
+"""Benchmark: does ``--precision bf16`` learn what float32 learns? (issue 30)
+
+Three one-epoch runs of ``resnet18_niff`` at ``--width 16`` on a Fashion-MNIST subset through
+``niff-analyze train`` (fresh processes, one after the other): float32 and bf16 from seed 0, and
+float32 from seed 1, which says how far two runs differ that should be equal in distribution.
+
+Tolerances, fixed before looking:
+
+* test accuracy: |bf16 − fp32| ≤ max(|fp32 seed 1 − fp32 seed 0|, 2 binomial standard errors
+  of the test subset, sqrt(p(1 − p)/n));
+* kernel statistics (the trainer's record after the epoch, per NIFF layer): for each statistic,
+  the median over layers of |bf16 − fp32| ≤ the median of |fp32 seed 1 − fp32 seed 0|. How far
+  the epoch moved each statistic (|after − before| of the float32 run) is printed beside them.
+
+The epoch times are one run each, not interleaved, on whatever else the machine is doing: the
+side-by-side speed of bf16 is ``train_loop``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from niff_analysis.train.precision import cpu_bf16_flags, cpu_model
+
+from . import show
+
+RUNS = (("fp32", 0), ("bf16", 0), ("fp32", 1))
+STATS = ("mass3_mean", "mass5_mean", "mass9_mean", "k50_median", "k90_median", "sigma_x_median",
+         "sigma_y_median", "gauss_ok")
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def _train(out: Path, precision: str, seed: int, device: torch.device, train_subset: int, test_subset: int,
+           data_dir: Optional[str]) -> float:
+    cmd = [sys.executable, "-m", "niff_analysis", "train", "--model", "resnet18_niff", "--width", "16",
+           "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "128", "--train-subset", str(train_subset),
+           "--test-subset", str(test_subset), "--seed", str(seed), "--precision", precision, "--device", str(device),
+           "--threads", str(torch.get_num_threads()), "--quiet", "--out", str(out)]
+    if data_dir:
+        cmd += ["--data-dir", data_dir]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"training failed: {res.stderr.strip()[-500:]}")
+    return time.perf_counter() - t0
+
+
+def run(quick: bool = False, device: torch.device = torch.device("cpu"), train_subset: Optional[int] = None,
+        test_subset: Optional[int] = None, data_dir: Optional[str] = None) -> pd.DataFrame:
+    """Train the three runs; print accuracy, kernel statistics and the verdicts; return the runs."""
+    import os
+
+    train_subset = train_subset or (256 if quick else 12800)
+    test_subset = test_subset or (128 if quick else 2000)
+    data_dir = data_dir or os.environ.get("FMNIST_DIR") or (FMNIST if Path(FMNIST).is_dir() else None)
+    if device.type == "cpu" and not cpu_bf16_flags():
+        print(f"\n== precision: skipped, this CPU ({cpu_model()}) has no native bf16")
+        return pd.DataFrame()
+    rows, stats = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision, seed in RUNS:
+            out = Path(tmp) / f"{precision}_seed{seed}"
+            wall = _train(out, precision, seed, device, train_subset, test_subset, data_dir)
+            m = pd.read_csv(out / "metrics.csv").iloc[-1]
+            used = json.loads((out / "train_config.json").read_text())["precision_used"]
+            rows.append(dict(precision=precision, used=used, seed=seed, test_acc=m["test_acc"],
+                             train_loss=m["train_loss"], epoch_s=m["seconds"], wall_s=wall))
+            k = pd.read_csv(out / "kernel_stats.csv")
+            stats[(precision, seed)] = {e: g.set_index(["layer", "stat"])["value"]
+                                        for e, g in k.groupby("epoch")}
+    frame = pd.DataFrame(rows)
+    print(f"\n# precision: resnet18_niff --width 16, 1 epoch, {train_subset} training / {test_subset} test "
+          f"images, batch 128, {device} ({cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+          f"{torch.get_num_threads()} threads")
+    show("precision: one epoch per run", frame, "{:.4g}")
+    acc = {(r.precision, r.seed): r.test_acc for r in frame.itertuples()}
+    d_bf16 = abs(acc[("bf16", 0)] - acc[("fp32", 0)])
+    d_seed = abs(acc[("fp32", 1)] - acc[("fp32", 0)])
+    p = acc[("fp32", 0)]
+    se = float(np.sqrt(p * (1 - p) / test_subset))
+    tol = max(d_seed, 2 * se)
+    print(f"  test accuracy: |bf16 - fp32| = {d_bf16:.4f}; |seed 1 - seed 0| = {d_seed:.4f}; 2 SE = {2 * se:.4f}; "
+          f"tolerance {tol:.4f}: {'within' if d_bf16 <= tol else 'OUTSIDE'}")
+    f0, b0, f1 = stats[("fp32", 0)], stats[("bf16", 0)], stats[("fp32", 1)]
+    last = max(f0)
+    table = []
+    for stat in STATS:
+        sel = lambda s: s[last].xs(stat, level="stat")  # noqa: E731 - per-layer values after the epoch
+        table.append(dict(stat=stat, bf16_vs_fp32=(sel(b0) - sel(f0)).abs().median(),
+                          seed1_vs_seed0=(sel(f1) - sel(f0)).abs().median(),
+                          moved_in_epoch=(sel(f0) - f0[min(f0)].xs(stat, level="stat")).abs().median(),
+                          fp32_value=sel(f0).median()))
+    kt = pd.DataFrame(table)
+    kt["within"] = kt["bf16_vs_fp32"] <= kt["seed1_vs_seed0"]
+    show(f"precision: kernel statistics after the epoch, median over {len(sel(f0))} NIFF layers of |difference|", kt,
+         "{:.3g}")
+    print(f"  kernel statistics within seed noise: {int(kt['within'].sum())} of {len(kt)}")
+    return frame

@@ -1,0 +1,163 @@
+"""Benchmark: ``resnet18_niff`` against ``resnet18`` in a plain training loop and as the trainer
+runs, in float32 and bf16, this checkout against the layer code of issue 30's start (issue 30).
+
+glibc's allocator settings are process-wide, so every setting runs in processes of its own
+(``benchmarks/loop_worker.py``), one after the other in rounds: each round starts one process
+per setting, which warms up and then times one step of each (model, precision) round-robin.
+Medians are over rounds; the spread is the range over rounds, of the times and of each ratio
+taken within a round. Settings:
+
+* ``plain``: a user's own loop, nothing set up; this checkout's NIFF layers keep glibc's freed
+  memory from their first forward pass on (``niff_analysis/layers/memory.py``), the old code
+  does not;
+* ``plain, opted out``: the same with ``NIFF_KEEP_FREED_MEMORY=0`` (glibc's defaults throughout);
+* ``trainer``: freed memory kept before anything runs, as ``niff-analyze train`` does.
+
+``main`` is the tree of :data:`REFERENCE_COMMIT` (the code the issue measured), extracted with
+``git archive`` into a temporary folder; without git history (e.g. a copied tree) its rows are
+left out and the table says so. Targets (issue 30): in the plain loop the NIFF step within 10 %
+of the trainer's setting, and float32 at least 1.3× faster than ``main``'s plain loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from niff_analysis.layers.memory import ENV_VAR
+from niff_analysis.train.precision import cpu_bf16_flags, cpu_model
+
+from . import show, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().with_name("loop_worker.py")
+# main before issue 30 (2026-12-06): the layer code whose plain-loop step the issue timed.
+REFERENCE_COMMIT = "df67acc621eafe2986466303e679d6468190f68a"
+MODELS = ("resnet18", "resnet18_niff")
+# (code, setting, extra environment)
+SETTINGS = (("this", "plain", {}), ("this", "plain, opted out", {ENV_VAR: "0"}), ("this", "trainer", {}),
+            ("main", "plain", {}), ("main", "trainer", {}))
+
+
+def reference_tree(dest: Path, commit: str = REFERENCE_COMMIT) -> Optional[Path]:
+    """``niff_analysis`` of ``commit`` extracted under ``dest`` (its bundled checkpoints left
+    out); None where this checkout has no git history."""
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "--", "niff_analysis",
+                                  ":(exclude)niff_analysis/checkpoints"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return dest
+
+
+def _worker(code_root: Path, env_extra: dict, spec: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    env.update(env_extra, PYTHONPATH=os.pathsep.join([str(code_root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               OMP_NUM_THREADS=str(spec["threads"]))
+    out = subprocess.run([sys.executable, str(WORKER), json.dumps(spec)], capture_output=True, text=True,
+                         env=env, cwd=tempfile.gettempdir(), timeout=3600)
+    if out.returncode:
+        raise RuntimeError(f"benchmark worker failed:\n{out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if not Path(result["niff_analysis"]).resolve().is_relative_to(code_root.resolve()):
+        raise RuntimeError(f"worker imported {result['niff_analysis']}, not the tree under {code_root}")
+    return result
+
+
+def run(quick: bool = False, device: torch.device = torch.device("cpu"), rounds: Optional[int] = None,
+        batch: Optional[int] = None, reference: bool = True) -> pd.DataFrame:
+    """Time both models per setting and precision; print the tables; return the per-setting rows."""
+    batch = batch or (16 if quick else 128)
+    rounds = rounds or (1 if quick else 3)
+    flags = cpu_bf16_flags()
+    precisions = ["fp32"] + (["bf16"] if (flags if device.type == "cpu" else
+                                          device.type == "cuda" and torch.cuda.is_bf16_supported()) else [])
+    spec = dict(models=list(MODELS), precisions=precisions, batch=batch, steps=1,
+                threads=torch.get_num_threads(), device=str(device))
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"this": ROOT, "main": reference_tree(Path(tmp)) if reference else None}
+        # The allocator settings concern the CPU only: on a GPU the plain loop is the one setting.
+        settings = [s for s in SETTINGS if trees[s[0]] is not None and (device.type == "cpu" or s[1] == "plain")]
+        samples: dict[tuple, list[dict]] = {(c, s): [] for c, s, _ in settings}
+        for _ in range(rounds):
+            for code, setting, env in settings:
+                res = _worker(trees[code], env, dict(spec, setting=setting.split(",")[0]))
+                samples[(code, setting)].append({k: v[0] for k, v in res["times"].items()})
+    print(f"\n# train_loop: {cpu_model()}; native bf16: {', '.join(flags) or 'none'}; device {device}; "
+          f"{spec['threads']} threads; batch {batch}; {rounds} round(s); one process per setting and round"
+          + ("" if trees["main"] is not None else "; main's tree unavailable (no git history): its rows left out"))
+    rows = []
+    for (code, setting), per_round in samples.items():
+        for precision in precisions:
+            t = {m: np.array([r[f"{m}/{precision}"] for r in per_round]) * 1e3 for m in MODELS}
+            ratio = t["resnet18_niff"] / t["resnet18"]
+            rows.append(dict(code="main" if code == "main" else "this", setting=setting, precision=precision,
+                             allocator=_allocator(code, setting, device),
+                             resnet18_ms=np.median(t["resnet18"]), resnet18_niff_ms=np.median(t["resnet18_niff"]),
+                             niff_spread_ms=f"{t['resnet18_niff'].min():.0f}-{t['resnet18_niff'].max():.0f}",
+                             niff_over_baseline=np.median(t["resnet18_niff"]) / np.median(t["resnet18"]),
+                             ratio_spread=f"{ratio.min():.2f}-{ratio.max():.2f}"))
+    frame = pd.DataFrame(rows)
+    show(f"train_loop: one training step (ms, median over rounds), batch {batch}, 32x32, CIFAR stem", frame)
+    _print_targets(samples, precisions, device)
+    return frame
+
+
+def _allocator(code: str, setting: str, device: torch.device) -> str:
+    if device.type != "cpu":
+        return "n/a"
+    if setting == "trainer":
+        return "freed memory kept"
+    if setting == "plain, opted out" or code == "main":
+        return "glibc defaults"
+    return "kept from the first NIFF forward"
+
+
+def _ratio(samples, a: tuple, b: tuple, key: str) -> Optional[tuple[float, float, float]]:
+    """median(a)/median(b) for ``key`` and the range of the per-round ratios; None if missing."""
+    if a not in samples or b not in samples:
+        return None
+    ta = np.array([r[key] for r in samples[a]])
+    tb = np.array([r[key] for r in samples[b]])
+    per_round = ta / tb
+    return float(np.median(ta) / np.median(tb)), float(per_round.min()), float(per_round.max())
+
+
+def _print_targets(samples, precisions, device) -> None:
+    checks = []
+    for p in precisions:
+        checks.append((f"NIFF {p}: plain loop / trainer's setting (this checkout)",
+                       _ratio(samples, ("this", "plain"), ("this", "trainer"), f"resnet18_niff/{p}"), 1.10, True))
+    checks.append(("NIFF fp32: main's plain loop / this plain loop (speed-up)",
+                   _ratio(samples, ("main", "plain"), ("this", "plain"), "resnet18_niff/fp32"), 1.3, False))
+    checks.append(("NIFF fp32: main / this, both with freed memory kept (the FFT path alone)",
+                   _ratio(samples, ("main", "trainer"), ("this", "trainer"), "resnet18_niff/fp32"), None, False))
+    checks.append(("NIFF fp32, opted out: main's plain loop / this (the FFT path, glibc defaults)",
+                   _ratio(samples, ("main", "plain"), ("this", "plain, opted out"), "resnet18_niff/fp32"), None, False))
+    if "bf16" in precisions:
+        for m in MODELS:
+            for setting in ("plain", "trainer"):
+                if ("this", setting) in samples:
+                    ta = np.array([r[f"{m}/fp32"] for r in samples[("this", setting)]])
+                    tb = np.array([r[f"{m}/bf16"] for r in samples[("this", setting)]])
+                    checks.append((f"{m} {setting}: fp32 / bf16 (this checkout)",
+                                   (float(np.median(ta) / np.median(tb)), float((ta / tb).min()),
+                                    float((ta / tb).max())), None, False))
+    print()
+    for label, r, target, lower in checks:
+        if r is None:
+            print(f"  {label}: not measured")
+            continue
+        goal = "" if target is None else (f" (target {'<=' if lower else '>='} {target}: "
+                                          f"{verdict(r[0], target, lower)})")
+        print(f"  {label}: {r[0]:.2f} [rounds {r[1]:.2f}-{r[2]:.2f}]{goal}")
