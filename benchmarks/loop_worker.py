@@ -1,12 +1,17 @@
-"""One process of ``benchmarks/train_loop.py``: time plain training steps, print JSON.
+"""One process of ``benchmarks/train_loop.py``: plain training steps, timed on request.
 
 Run as a script (``python benchmarks/loop_worker.py SPEC``), not imported: ``niff_analysis`` is
 whatever ``PYTHONPATH`` puts first, so the same worker times this checkout and an older tree.
-SPEC is JSON with ``models``, ``precisions`` ("fp32", "bf16"), ``batch``, ``steps`` (timed
-rounds), ``threads``, ``device`` and ``setting``: ``"plain"`` (a user's own loop: nothing is set
-up front) or ``"trainer"`` (glibc's freed memory kept before anything runs, as
-``niff-analyze train`` does). Every step is the trainer's: forward (under bf16 autocast for
-"bf16"), label-smoothed cross-entropy in float32, backward, SGD with momentum.
+SPEC is JSON with ``models``, ``precisions`` ("fp32", "bf16"), ``batch``, ``threads``, ``device``
+and ``setting``: ``"plain"`` (a user's own loop: nothing is set up front) or ``"trainer"``
+(glibc's freed memory kept before anything runs, as ``niff-analyze train`` does). Every step is
+the trainer's: forward (under bf16 autocast for "bf16"), label-smoothed cross-entropy in
+float32, backward, SGD with momentum.
+
+The worker builds the models, runs one warm-up step of each (model, precision) and prints a
+JSON line ``{"ready": [...keys], ...}``; then, for every key it reads on stdin, it runs one step
+and prints ``{"key": ..., "seconds": ...}``, until EOF. The parent sends one key at a time to one
+worker at a time, so the processes take turns like contenders of one process do.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 import time
 
 
-def main(spec: dict) -> dict:
+def main(spec: dict) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -39,17 +44,25 @@ def main(spec: dict) -> dict:
         for precision in spec["precisions"]:
             steps[f"{name}/{precision}"] = _step(model, opt, x, y, device, precision == "bf16", F, torch)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {k: [] for k in steps}
-    for rnd in range(1 + int(spec["steps"])):  # round 0 warms up (first-touch allocations, autotuning)
-        for key, step in steps.items():
-            sync()
-            t0 = time.perf_counter()
-            step()
-            sync()
-            if rnd:
-                times[key].append(time.perf_counter() - t0)
-    return dict(times=times, niff_analysis=niff_analysis.__file__, torch=torch.__version__,
-                threads=torch.get_num_threads())
+    for step in steps.values():  # warm-up: first-touch allocations, autotuning
+        step()
+    sync()
+    _emit(dict(ready=list(steps), niff_analysis=niff_analysis.__file__, torch=torch.__version__,
+               threads=torch.get_num_threads()))
+    while True:
+        line = sys.stdin.readline()  # readline, not iteration: no read-ahead past the request
+        if not line:
+            break
+        key = line.strip()
+        sync()
+        t0 = time.perf_counter()
+        steps[key]()
+        sync()
+        _emit(dict(key=key, seconds=time.perf_counter() - t0))
+
+
+def _emit(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
 
 
 def _step(model, opt, x, y, device, bf16: bool, F, torch):
@@ -63,4 +76,4 @@ def _step(model, opt, x, y, device, bf16: bool, F, torch):
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(json.loads(sys.argv[1]))))
+    main(json.loads(sys.argv[1]))

@@ -1,9 +1,11 @@
 """Benchmark: ``resnet18_niff`` against ``resnet18`` in a plain training loop and as the trainer
 runs, in float32 and bf16, this checkout against the layer code of issue 30's start (issue 30).
 
-glibc's allocator settings are process-wide, so every setting runs in processes of its own
-(``benchmarks/loop_worker.py``), one after the other in rounds: each round starts one process
-per setting, which warms up and then times one step of each (model, precision) round-robin.
+glibc's allocator settings are process-wide, so every setting runs in a process of its own
+(``benchmarks/loop_worker.py``). The processes start together, build their models and warm up;
+then they take turns: one step of one (model, precision) in one process at a time, every process
+and contender once per round, the order rotated from round to round. So the settings are timed
+side by side, as contenders in one process are, and a load that comes and goes hits all of them.
 Medians are over rounds; the spread is the range over rounds, of the times and of each ratio
 taken within a round. Settings:
 
@@ -15,8 +17,9 @@ taken within a round. Settings:
 
 ``main`` is the tree of :data:`REFERENCE_COMMIT` (the code the issue measured), extracted with
 ``git archive`` into a temporary folder; without git history (e.g. a copied tree) its rows are
-left out and the table says so. Targets (issue 30): in the plain loop the NIFF step within 10 %
-of the trainer's setting, and float32 at least 1.3× faster than ``main``'s plain loop.
+left out and the table says so. On a GPU only the plain loop runs (the allocator concerns the
+CPU). Targets (issue 30): in the plain loop the NIFF step within 10 % of the trainer's setting,
+and float32 at least 1.3× faster than ``main``'s plain loop.
 """
 
 from __future__ import annotations
@@ -60,41 +63,81 @@ def reference_tree(dest: Path, commit: str = REFERENCE_COMMIT) -> Optional[Path]
     return dest
 
 
-def _worker(code_root: Path, env_extra: dict, spec: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-    env.update(env_extra, PYTHONPATH=os.pathsep.join([str(code_root), *filter(None, [os.environ.get("PYTHONPATH")])]),
-               OMP_NUM_THREADS=str(spec["threads"]))
-    out = subprocess.run([sys.executable, str(WORKER), json.dumps(spec)], capture_output=True, text=True,
-                         env=env, cwd=tempfile.gettempdir(), timeout=3600)
-    if out.returncode:
-        raise RuntimeError(f"benchmark worker failed:\n{out.stderr[-2000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    if not Path(result["niff_analysis"]).resolve().is_relative_to(code_root.resolve()):
-        raise RuntimeError(f"worker imported {result['niff_analysis']}, not the tree under {code_root}")
-    return result
+class _Worker:
+    """One worker process (``loop_worker.py``) for one (code tree, setting)."""
+
+    def __init__(self, code_root: Path, env_extra: dict, spec: dict):
+        env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+        env.update(env_extra, OMP_NUM_THREADS=str(spec["threads"]),
+                   PYTHONPATH=os.pathsep.join([str(code_root), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        self.code_root = code_root
+        self.stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: warnings cannot fill it and block
+        self.proc = subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
+                                     cwd=tempfile.gettempdir())
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            raise RuntimeError(f"benchmark worker failed:\n{self.stderr.read()[-2000:]}")
+        return json.loads(line)
+
+    def ready(self) -> list[str]:
+        info = self._read()
+        if not Path(info["niff_analysis"]).resolve().is_relative_to(self.code_root.resolve()):
+            raise RuntimeError(f"worker imported {info['niff_analysis']}, not the tree under {self.code_root}")
+        return info["ready"]
+
+    def step(self, key: str) -> float:
+        self.proc.stdin.write(key + "\n")
+        self.proc.stdin.flush()
+        return self._read()["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.stderr.close()
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu"), rounds: Optional[int] = None,
         batch: Optional[int] = None, reference: bool = True) -> pd.DataFrame:
     """Time both models per setting and precision; print the tables; return the per-setting rows."""
     batch = batch or (16 if quick else 128)
-    rounds = rounds or (1 if quick else 3)
+    rounds = rounds or (1 if quick else 5)
     flags = cpu_bf16_flags()
     precisions = ["fp32"] + (["bf16"] if (flags if device.type == "cpu" else
                                           device.type == "cuda" and torch.cuda.is_bf16_supported()) else [])
-    spec = dict(models=list(MODELS), precisions=precisions, batch=batch, steps=1,
-                threads=torch.get_num_threads(), device=str(device))
+    spec = dict(models=list(MODELS), precisions=precisions, batch=batch, threads=torch.get_num_threads(),
+                device=str(device))
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this": ROOT, "main": reference_tree(Path(tmp)) if reference else None}
         # The allocator settings concern the CPU only: on a GPU the plain loop is the one setting.
         settings = [s for s in SETTINGS if trees[s[0]] is not None and (device.type == "cpu" or s[1] == "plain")]
-        samples: dict[tuple, list[dict]] = {(c, s): [] for c, s, _ in settings}
-        for _ in range(rounds):
+        workers = {}
+        try:
             for code, setting, env in settings:
-                res = _worker(trees[code], env, dict(spec, setting=setting.split(",")[0]))
-                samples[(code, setting)].append({k: v[0] for k, v in res["times"].items()})
+                workers[(code, setting)] = _Worker(trees[code], env, dict(spec, setting=setting.split(",")[0]))
+            keys = {name: w.ready() for name, w in workers.items()}
+            samples: dict[tuple, list[dict]] = {name: [] for name in workers}
+            order = [(name, key) for name in workers for key in keys[name]]
+            for r in range(rounds):
+                shift = r * len(order) // rounds  # rotate: nobody always goes first
+                times: dict[tuple, dict] = {name: {} for name in workers}
+                for name, key in order[shift:] + order[:shift]:
+                    times[name][key] = workers[name].step(key)
+                for name in workers:
+                    samples[name].append(times[name])
+        finally:
+            for w in workers.values():
+                w.close()
     print(f"\n# train_loop: {cpu_model()}; native bf16: {', '.join(flags) or 'none'}; device {device}; "
-          f"{spec['threads']} threads; batch {batch}; {rounds} round(s); one process per setting and round"
+          f"{spec['threads']} threads; batch {batch}; {rounds} round(s); one process per setting, taking turns"
           + ("" if trees["main"] is not None else "; main's tree unavailable (no git history): its rows left out"))
     rows = []
     for (code, setting), per_round in samples.items():
