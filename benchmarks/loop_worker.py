@@ -2,8 +2,8 @@
 
 Run as a script (``python benchmarks/loop_worker.py SPEC``), not imported: ``niff_analysis`` is
 whatever ``PYTHONPATH`` puts first, so the same worker times this checkout and an older tree.
-SPEC is JSON with ``models``, ``precisions`` ("fp32", "bf16"), ``batch``, ``threads``, ``device``
-and ``setting``: ``"plain"`` (a user's own loop: nothing is set up front) or ``"trainer"``
+SPEC is JSON with ``models``, ``precisions`` ("fp32", "bf16"), ``batch``, ``threads``, ``device``,
+optionally ``width`` (ResNets' base channels, 64 by default; the tests use 8) and ``setting``: ``"plain"`` (a user's own loop: nothing is set up front) or ``"trainer"``
 (glibc's freed memory kept before anything runs, as ``niff-analyze train`` does). Every step is
 the trainer's: forward (under bf16 autocast for "bf16"), label-smoothed cross-entropy in
 float32, backward, SGD with momentum.
@@ -39,7 +39,8 @@ def main(spec: dict) -> None:
     y = torch.randint(0, 10, (spec["batch"],), device=device)
     steps = {}
     for name in spec["models"]:
-        model = create_model(name, num_classes=10, in_chans=3, stem="cifar").to(device).train()
+        kw = dict(width=spec["width"]) if spec.get("width", 64) != 64 else {}  # the old tree has no width=
+        model = create_model(name, num_classes=10, in_chans=3, stem="cifar", **kw).to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         for precision in spec["precisions"]:
             steps[f"{name}/{precision}"] = _step(model, opt, x, y, device, precision == "bf16", F, torch)

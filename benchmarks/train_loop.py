@@ -106,15 +106,16 @@ class _Worker:
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu"), rounds: Optional[int] = None,
-        batch: Optional[int] = None, reference: bool = True) -> pd.DataFrame:
-    """Time both models per setting and precision; print the tables; return the per-setting rows."""
+        batch: Optional[int] = None, reference: bool = True, width: int = 64) -> pd.DataFrame:
+    """Time both models per setting and precision; print the tables; return the per-setting rows
+    (``width``: the ResNets' base channels, 64 as in the paper; tests use a narrow one)."""
     batch = batch or (16 if quick else 128)
     rounds = rounds or (1 if quick else 5)
     flags = cpu_bf16_flags()
     precisions = ["fp32"] + (["bf16"] if (flags if device.type == "cpu" else
                                           device.type == "cuda" and torch.cuda.is_bf16_supported()) else [])
     spec = dict(models=list(MODELS), precisions=precisions, batch=batch, threads=torch.get_num_threads(),
-                device=str(device))
+                device=str(device), width=width)
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this": ROOT, "main": reference_tree(Path(tmp)) if reference else None}
         # The allocator settings concern the CPU only: on a GPU the plain loop is the one setting.
