@@ -146,14 +146,18 @@ class _HermitianFilter(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, filt: torch.Tensor, size: Size) -> torch.Tensor:
         spec = _fft_call(torch.fft.rfft2, x)
         y = _fft_call(torch.fft.irfft2, spec * filt, s=size)
-        # The spectrum is kept only for the filter's gradient (absent for frozen filters).
-        ctx.save_for_backward(spec if ctx.needs_input_grad[1] else None, filt)
+        # The spectrum is kept only for the filter's gradient (absent for frozen filters); x too,
+        # to recompute it with a graph when a double backward needs one.
+        keep = ctx.needs_input_grad[1]
+        ctx.save_for_backward(x if keep else None, spec if keep else None, filt)
         ctx.size = size
         return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
-        spec, filt = ctx.saved_tensors
+        x, spec, filt = ctx.saved_tensors
+        if spec is not None and torch.is_grad_enabled():  # create_graph: the filter gradient's
+            spec = _fft_call(torch.fft.rfft2, x)  # dependence on x must be recorded too
         # norm="forward": the 1/(H·W) of irfft2's adjoint, applied inside the FFT as autograd does.
         g = _fft_call(torch.fft.rfft2, gy, norm="forward")
         gx = gf = None
@@ -163,7 +167,10 @@ class _HermitianFilter(torch.autograd.Function):
             if twice > 0:
                 gf[..., 1:1 + twice] *= 2
         if ctx.needs_input_grad[0]:
-            gx = _fft_call(torch.fft.irfft2, g.mul_(filt.conj()), s=ctx.size, norm="forward")
+            # In place unless a double backward records this pass (create_graph): the product above
+            # saved g for its own backward then.
+            prod = g * filt.conj() if torch.is_grad_enabled() else g.mul_(filt.conj())
+            gx = _fft_call(torch.fft.irfft2, prod, s=ctx.size, norm="forward")
         return gx, gf, None
 
 
