@@ -10,7 +10,7 @@ float32, backward, SGD with momentum.
 
 The worker builds the models, runs one warm-up step of each (model, precision) and prints a
 JSON line ``{"ready": [...keys], ...}``; then, for every key it reads on stdin, it runs one step
-and prints ``{"key": ..., "seconds": ...}``, until EOF. The parent sends one key at a time to one
+and prints ``{"key": ..., "seconds": ..., "cpu_seconds": ...}``, until EOF. The parent sends one key at a time to one
 worker at a time, so the processes take turns like contenders of one process do.
 """
 
@@ -56,10 +56,12 @@ def main(spec: dict) -> None:
             break
         key = line.strip()
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         steps[key]()
         sync()
-        _emit(dict(key=key, seconds=time.perf_counter() - t0))
+        # Wall time, and the CPU time of this process (all its threads, user + system: the page
+        # faults of fresh allocations are system time), which another process's load hardly moves.
+        _emit(dict(key=key, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0))
 
 
 def _emit(obj: dict) -> None:

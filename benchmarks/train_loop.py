@@ -90,10 +90,12 @@ class _Worker:
             raise RuntimeError(f"worker imported {info['niff_analysis']}, not the tree under {self.code_root}")
         return info["ready"]
 
-    def step(self, key: str) -> float:
+    def step(self, key: str) -> tuple[float, float]:
+        """One step of ``key``: (wall seconds, CPU seconds of the worker process)."""
         self.proc.stdin.write(key + "\n")
         self.proc.stdin.flush()
-        return self._read()["seconds"]
+        res = self._read()
+        return res["seconds"], res["cpu_seconds"]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -143,17 +145,23 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), rounds:
     rows = []
     for (code, setting), per_round in samples.items():
         for precision in precisions:
-            t = {m: np.array([r[f"{m}/{precision}"] for r in per_round]) * 1e3 for m in MODELS}
-            ratio = t["resnet18_niff"] / t["resnet18"]
-            rows.append(dict(code="main" if code == "main" else "this", setting=setting, precision=precision,
-                             allocator=_allocator(code, setting, device),
-                             resnet18_ms=np.median(t["resnet18"]), resnet18_niff_ms=np.median(t["resnet18_niff"]),
-                             niff_spread_ms=f"{t['resnet18_niff'].min():.0f}-{t['resnet18_niff'].max():.0f}",
-                             niff_over_baseline=np.median(t["resnet18_niff"]) / np.median(t["resnet18"]),
-                             ratio_spread=f"{ratio.min():.2f}-{ratio.max():.2f}"))
+            row = dict(code=code, setting=setting, precision=precision, allocator=_allocator(code, setting, device))
+            for clock, i in (("", 0), ("cpu_", 1)):
+                t = {m: np.array([r[f"{m}/{precision}"][i] for r in per_round]) * 1e3 for m in MODELS}
+                ratio = t["resnet18_niff"] / t["resnet18"]
+                row.update({f"resnet18_{clock}ms": np.median(t["resnet18"]),
+                            f"niff_{clock}ms": np.median(t["resnet18_niff"]),
+                            f"niff_{clock}range": f"{t['resnet18_niff'].min():.0f}-{t['resnet18_niff'].max():.0f}",
+                            f"niff/base_{clock}": np.median(t["resnet18_niff"]) / np.median(t["resnet18"]),
+                            f"niff/base_{clock}range": f"{ratio.min():.2f}-{ratio.max():.2f}"})
+            rows.append(row)
     frame = pd.DataFrame(rows)
-    show(f"train_loop: one training step (ms, median over rounds), batch {batch}, 32x32, CIFAR stem", frame)
-    _print_targets(samples, precisions, device)
+    show(f"train_loop: one training step, median over rounds (ms; cpu_: the worker's CPU time), batch {batch}, "
+         "32x32, CIFAR stem", frame)
+    # On a GPU the process's CPU time is launch overhead and waiting, not the step's work.
+    for clock, i in (("wall time", 0), ("CPU time", 1))[:2 if device.type == "cpu" else 1]:
+        _print_targets({k: [{c: v[i] for c, v in r.items()} for r in rs] for k, rs in samples.items()},
+                       precisions, clock)
     return frame
 
 
@@ -177,7 +185,7 @@ def _ratio(samples, a: tuple, b: tuple, key: str) -> Optional[tuple[float, float
     return float(np.median(ta) / np.median(tb)), float(per_round.min()), float(per_round.max())
 
 
-def _print_targets(samples, precisions, device) -> None:
+def _print_targets(samples, precisions, clock: str) -> None:
     checks = []
     for p in precisions:
         checks.append((f"NIFF {p}: plain loop / trainer's setting (this checkout)",
@@ -197,7 +205,7 @@ def _print_targets(samples, precisions, device) -> None:
                     checks.append((f"{m} {setting}: fp32 / bf16 (this checkout)",
                                    (float(np.median(ta) / np.median(tb)), float((ta / tb).min()),
                                     float((ta / tb).max())), None, False))
-    print()
+    print(f"\n  ({clock}; median ratio, and its range over rounds)")
     for label, r, target, lower in checks:
         if r is None:
             print(f"  {label}: not measured")
