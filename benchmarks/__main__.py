@@ -5,26 +5,17 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
-import platform
+import os
 import time
 
 import torch
 
 from niff_analysis.checkpoint import resolve_device
+from niff_analysis.layers.memory import ENV_VAR
+from niff_analysis.train.precision import cpu_bf16_flags, cpu_model
 from niff_analysis.train.trainer import keep_freed_memory
 
 from . import BENCHMARKS
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> int:
@@ -47,10 +38,13 @@ def main(argv=None) -> int:
             parser.error("--threads must be positive")
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)  # the toolkit's one rule: auto = cuda, then mps, then cpu
+    if args.default_malloc:
+        os.environ[ENV_VAR] = "0"  # the NIFF layers would otherwise set it on their first CPU forward
     kept = False if args.default_malloc else keep_freed_memory()
     names = args.names or list(BENCHMARKS)
     print(f"# {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__} | "
-          f"{_cpu_model()}, {torch.get_num_threads()} threads | device {device}"
+          f"{cpu_model()} (native bf16: {', '.join(cpu_bf16_flags()) or 'none'}), "
+          f"{torch.get_num_threads()} threads | device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + (" | quick" if args.quick else "")
           + (" | malloc: freed memory kept" if kept else " | malloc: glibc defaults"))

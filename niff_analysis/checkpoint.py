@@ -106,7 +106,7 @@ CONFIG_FIELDS = frozenset({
 #: The recipe a trained checkpoint records (train/trainer.py _checkpoint_meta).
 RECIPE_FIELDS = frozenset({
     "epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing", "augment", "schedule",
-    "optimizer", "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale"})
+    "optimizer", "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale", "precision"})
 LAYER_FIELDS = frozenset({"name", "kind", "in_channels", "out_channels", "fmap"})
 VERSION_FIELDS = frozenset({"niff_analysis", "torch"})
 

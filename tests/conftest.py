@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
+# FMNIST_DIR: where a machine without the Debian package keeps the data (benchmarks/gpu_check.sh).
+FMNIST = Path(os.environ.get("FMNIST_DIR") or "/usr/share/datasets/fashion-mnist")
 CLI = [sys.executable, "-m", "niff_analysis"]
+
+# tests/gpu/ needs a CUDA GPU: it is collected only where one is present (benchmarks/gpu_check.sh
+# runs it on a lent GPU machine); the CUDA code paths that can run on a CPU are tested on the CPU
+# (tests/test_precision.py).
+collect_ignore_glob = [] if torch.cuda.is_available() else ["gpu/*"]
 
 # The slow tier beside the modules marked slow as a whole (training, torchrun, notebooks, fresh
 # interpreters): tests that start processes, evaluate the bundled models on real images, build

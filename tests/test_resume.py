@@ -64,6 +64,18 @@ def test_resume_reads_states_without_the_newer_fields(tmp_path, reference_run):
     _assert_same_weights(out, reference_run["out"])
 
 
+def test_resume_reads_states_saved_before_the_precision_key(tmp_path, reference_run):
+    """A state whose recipe has no ``precision`` (saved before ``--precision`` existed) was made
+    in today's default and resumes a default run exactly."""
+    st = torch.load(_snapshot(reference_run, 1, 2), weights_only=True)
+    assert st["recipe"].pop("precision") == "auto"
+    out = tmp_path / "before"
+    out.mkdir()
+    torch.save(st, out / trainer.STATE_NAME)
+    trainer.train(tiny_config(out), resume=True)
+    _assert_same_weights(out, reference_run["out"])
+
+
 def test_resume_refuses_another_recipe_and_bad_states(tmp_path, reference_run):
     out = tmp_path / "run"
     out.mkdir()

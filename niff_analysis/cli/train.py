@@ -20,6 +20,7 @@ from ..layers import CONV_MODES
 from ..models.registry import STEMS, create_model, list_models
 from ..train import DATASETS, TrainConfig, train
 from ..train.config import DTYPES
+from ..train.precision import PRECISIONS
 from . import main
 from .common import device_option, non_negative_int, positive_int
 
@@ -75,6 +76,10 @@ def train_options(f):
         _recipe_option("--seed", type=int),
         device_option(),
         _recipe_option("--amp/--no-amp", help="Autocast on CUDA."),
+        _recipe_option("--precision", type=click.Choice(PRECISIONS),
+                       help="fp32: no autocast; bf16: bf16 autocast on a CPU with native bf16 (refused "
+                            "elsewhere) or a GPU, FFTs and frequency MLPs kept in float32; auto: fp32 on "
+                            "the CPU, the --amp setting on CUDA."),
         click.option("--compile", "compile_", is_flag=True, default=None,
                       help="torch.compile the model (CUDA; refused on CPU for NIFF models)."),
         click.option("--train-subset", type=int, callback=positive_int, help="Use the first N training images."),

@@ -14,6 +14,10 @@ Convolution modes (the paper's ablations): ``"circular"`` (default, Eq. 1), ``"l
 (input and spatial kernel zero-padded to 2H×2W, Appendix D) and ``"pad-zero"``,
 ``"pad-reflect"``, ``"pad-circular"`` (input padded by its own size to 2H×2W, filtered with a
 2H×2W filter, centre cropped, Appendix G).
+
+On the CPU the first forward pass of any NIFF layer sets glibc's allocator to keep freed memory
+(:mod:`niff_analysis.layers.memory`; ``NIFF_KEEP_FREED_MEMORY=0`` opts out): without it every
+training step page-faults its large FFT buffers in afresh.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import memory
 from .mlp import MLPSpec, build_mlp, resolve_mlp
 
 CONV_MODES = ("circular", "linear", "pad-zero", "pad-reflect", "pad-circular")
@@ -119,6 +124,54 @@ def _fft_call(fn, x: torch.Tensor, **kw) -> torch.Tensor:
             warnings.warn("FFT not available on MPS for this op; running it on the CPU", RuntimeWarning)
             _MPS_WARNED = True
         return fn(x.cpu(), **kw).to(x.device)
+
+
+class _HermitianFilter(torch.autograd.Function):
+    """``irfft2(rfft2(x) * filt, s)`` with a backward pass of two half-plane FFTs.
+
+    ``filt`` must be the rfft2 half-spectrum of a real kernel (Hermitian: every bin whose
+    mirror −f also lies in the half-plane holds conj(filt(−f))), which :meth:`_NIFFBase._half_filters`
+    guarantees. The map x ↦ y is then the circular convolution with that real kernel, whose
+    adjoint has the spectrum conj(filt): the input gradient is ``irfft2(rfft2(gy) * conj(filt))``.
+    Autograd's own backward of ``rfft2`` instead zero-fills a full (…, H, W) complex buffer and runs
+    a full complex inverse FFT on it, and its ``irfft2`` backward copies the spectrum once more.
+
+    The filter gradient is autograd's, bit for bit: ``rfft2(gy)/(H·W)`` times conj(rfft2(x)),
+    summed to the filter's shape, with the bins counted twice whose mirror lies outside the
+    half-plane (columns 1 … W − W//2 − 1). The input gradient equals autograd's up to rounding
+    (its relative difference was 1.4e-7 in float32; ``tests/test_layer_perf.py`` checks it).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, filt: torch.Tensor, size: Size) -> torch.Tensor:
+        spec = _fft_call(torch.fft.rfft2, x)
+        y = _fft_call(torch.fft.irfft2, spec * filt, s=size)
+        # The spectrum is kept only for the filter's gradient (absent for frozen filters); x too,
+        # to recompute it with a graph when a double backward needs one.
+        keep = ctx.needs_input_grad[1]
+        ctx.save_for_backward(x if keep else None, spec if keep else None, filt)
+        ctx.size = size
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, spec, filt = ctx.saved_tensors
+        if spec is not None and torch.is_grad_enabled():  # create_graph: the filter gradient's
+            spec = _fft_call(torch.fft.rfft2, x)  # dependence on x must be recorded too
+        # norm="forward": the 1/(H·W) of irfft2's adjoint, applied inside the FFT as autograd does.
+        g = _fft_call(torch.fft.rfft2, gy, norm="forward")
+        gx = gf = None
+        if ctx.needs_input_grad[1]:
+            gf = (g * spec.conj()).sum_to_size(filt.shape)
+            twice = ctx.size[-1] - g.shape[-1]  # bins 1 … W − (W//2 + 1) have their mirror outside
+            if twice > 0:
+                gf[..., 1:1 + twice] *= 2
+        if ctx.needs_input_grad[0]:
+            # In place unless a double backward records this pass (create_graph): the product above
+            # saved g for its own backward then.
+            prod = g * filt.conj() if torch.is_grad_enabled() else g.mul_(filt.conj())
+            gx = _fft_call(torch.fft.irfft2, prod, s=ctx.size, norm="forward")
+        return gx, gf, None
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -303,9 +356,16 @@ class _NIFFBase(nn.Module):
     def _multiply(self, spec: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _filter(self, xc: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
+        """The real map ``xc`` filtered: irfft2 of :meth:`_multiply` of its rfft2, at its size."""
+        spec = _fft_call(torch.fft.rfft2, xc)
+        return _fft_call(torch.fft.irfft2, self._multiply(spec, filt), s=xc.shape[-2:])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected a (N, C, H, W) input, got shape {tuple(x.shape)}")
+        if x.device.type == "cpu":
+            memory.ensure_freed_memory_kept()  # once per process; a flag check after that
         dtype = x.dtype
         h, w = x.shape[-2:]
         with torch.autocast(x.device.type, enabled=False):
@@ -318,9 +378,7 @@ class _NIFFBase(nn.Module):
                 if pad_mode == "reflect" and min(h, w) < 2:
                     pad_mode = "replicate"  # reflect needs at least two pixels
                 xc = F.pad(xc, (w // 2, w - w // 2, h // 2, h - h // 2), mode=pad_mode)
-            spec = _fft_call(torch.fft.rfft2, xc)
-            filt = self._filters_for_forward(h, w)
-            y = _fft_call(torch.fft.irfft2, self._multiply(spec, filt), s=xc.shape[-2:])
+            y = self._filter(xc, self._filters_for_forward(h, w))
             if self.mode == "linear":
                 y = y[..., :h, :w]
             elif self.mode.startswith("pad-"):
@@ -345,6 +403,10 @@ class DepthwiseNIFF(_NIFFBase):
 
     def _multiply(self, spec, filt):
         return spec * filt
+
+    def _filter(self, xc, filt):
+        # The Hermitian filters of every mode (the linear mode's come from a real kernel too).
+        return _HermitianFilter.apply(xc, filt, tuple(xc.shape[-2:]))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, mode={self.mode}, fmap={self.fmap}"
@@ -373,6 +435,11 @@ class SplitNIFF(DepthwiseNIFF):
     def _multiply(self, spec, filt):
         out = spec * filt
         return self.pointwise.mix_spectrum(out) if self.out_channels < self.in_channels else out
+
+    def _filter(self, xc, filt):
+        if self.out_channels < self.in_channels:  # the 1×1 mixes the spectrum: autograd's path
+            return _NIFFBase._filter(self, xc, filt)
+        return super()._filter(xc, filt)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, mode={self.mode}, fmap={self.fmap}"

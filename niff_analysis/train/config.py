@@ -15,7 +15,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Settings that change the trained weights; a resume must use the same values.
 RECIPE_KEYS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
                "weight_decay", "label_smoothing", "augment", "seed", "train_subset", "dtype",
-               "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale")
+               "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale", "precision")
 
 
 @dataclass
@@ -46,6 +46,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True          # bf16 (fp16 + GradScaler where bf16 is missing) autocast on CUDA only
+    # "auto": float32 on the CPU, the amp setting on CUDA; "fp32"; "bf16": bf16 autocast on a CPU
+    # with native bf16 or a GPU (FFTs and frequency MLPs stay float32). See train/precision.py.
+    precision: str = "auto"
     compile: bool = False
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
@@ -105,6 +108,12 @@ class TrainConfig:
                                 f"drop {unused[0]}")
         if self.dtype not in DTYPES:
             raise NiffError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        from .precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise NiffError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "bf16" and self.dtype != "float32":
+            raise NiffError(f"precision bf16 autocasts float32 parameters; this run has dtype {self.dtype}")
 
     def recipe(self) -> dict:
         """The settings that determine the weights (compared on ``--resume``), JSON-normalised."""

@@ -22,7 +22,8 @@ from .config import RECIPE_KEYS, TrainConfig
 STATE_NAME = TRAIN_STATE_NAME  # checkpoint.load_checkpoint reads it as a model too
 STATE_FORMAT = 2
 # What a state saved before a key existed was made with (the key's default behaviour).
-RECIPE_DEFAULTS = {"mlp_weight_decay": None, "mlp_lr_scale": 1.0, "mlp_bias_decay": False, "content_scale": 1.0}
+RECIPE_DEFAULTS = {"mlp_weight_decay": None, "mlp_lr_scale": 1.0, "mlp_bias_decay": False, "content_scale": 1.0,
+                   "precision": "auto"}
 
 
 def load_state(path: Path, cfg: TrainConfig) -> dict:

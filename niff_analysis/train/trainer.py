@@ -14,7 +14,6 @@ on CPU), so N processes train the same model as one process up to float rounding
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import math
@@ -37,11 +36,13 @@ from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..checkpoint import CONFIG_NAME, check_model_fits, initial_model, resolve_device, save_checkpoint
 from ..errors import NiffError
 from ..io import atomic_write, write_failure
+from ..layers.memory import ensure_freed_memory_kept, keep_freed_memory  # noqa: F401 - re-exported
 from ..layers.niff import _NIFFBase
 from ..models import niff_layers
 from ..runs import DIVERGED_NAME, INIT_DIR, clear_run, holds_run, refuse_foreign, run_lock
 from .batches import evaluate, load_data, train_batches
 from .config import DTYPES, TrainConfig
+from .precision import resolve_precision
 from .distributed import convert_batchnorm, dist_info, gather_objects, setup_distributed, state_fingerprint
 from .records import StatsRecorder, write_metrics
 from .state import STATE_FORMAT, STATE_NAME, load_state, refuse_other_run, saved_recipe_diff, unstarted
@@ -131,8 +132,9 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: Optional[dict] = None) -> dict:
-    """What every checkpoint of a run records (init/, epoch_NNN/ and the final one)."""
+def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: Optional[dict] = None, precision: str = "fp32") -> dict:
+    """What every checkpoint of a run records (init/, epoch_NNN/ and the final one); ``precision``
+    is the resolved one (:class:`~niff_analysis.train.precision.Precision`'s name)."""
     row = row or {}
     recipe = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, augment=cfg.augment,
@@ -143,6 +145,8 @@ def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: Optional[dict] = None) 
         recipe["mlp_bias_decay"] = True
     if cfg.content_scale != 1.0:
         recipe["content_scale"] = cfg.content_scale
+    if precision not in ("fp32", "fp64"):  # what the steps computed in, when not the parameters' dtype
+        recipe["precision"] = precision
     return dict(dataset=cfg.dataset, recipe=recipe, epochs=epochs, seed=cfg.seed,
                 test_acc=row.get("test_acc"), test_loss=row.get("test_loss"))
 
@@ -159,28 +163,6 @@ def _check_compile(cfg: TrainConfig, model: nn.Module, device: torch.device) -> 
 
 
 # --------------------------------------------------------------------------- training
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of handing it back to the OS.
-
-    A CPU training step allocates and frees many tensors of tens of MB. By default glibc
-    serves those with fresh ``mmap`` pages and unmaps them on free, so every step pays the
-    page faults again: measured here (2 cores, batch 128, 32×32, 10 resnet18_niff steps) the
-    run took 66 s with 41 s of system time before and 42 s after (benchmarks/README.md). The
-    setting is process-wide and only raises the resident memory that stays mapped (a few GB at
-    most).
-
-    Returns:
-        Whether the allocator was changed (False off glibc, e.g. macOS or Windows).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        # M_MMAP_MAX = -4: never serve a request with its own mmap; M_TRIM_THRESHOLD = -1:
-        # do not return the top of the heap unless 2 GB or more are free there.
-        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
-
-
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train per ``cfg``; returns the final metrics row.
 
@@ -204,7 +186,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         torch.set_num_threads(cfg.threads)
     device, own_group = setup_distributed(resolve_device(cfg.device))
     if device.type == "cpu":
-        keep_freed_memory()
+        ensure_freed_memory_kept()  # glibc keeps freed memory (NIFF_KEEP_FREED_MEMORY=0: not)
     try:
         # One process trains a run folder at a time: a second train or --resume is refused.
         with run_lock(cfg.out) if dist_info()[0] == 0 else contextlib.nullcontext():
@@ -250,6 +232,8 @@ class _Run:
             raise NiffError(f"batch size {cfg.batch_size} is not divisible by {self.world} processes")
         self.device, self.out = device, Path(cfg.out)
         self.state_path = self.out / STATE_NAME
+        # Before the data is read or anything written: a refused --precision costs nothing.
+        self.precision = resolve_precision(cfg.precision, cfg.amp, device, DTYPES[cfg.dtype])
         torch.manual_seed(cfg.seed)
         self.train_data, self.test_data, model_kwargs = load_data(cfg)
         self.cfg = cfg = dataclasses.replace(cfg, model_kwargs=model_kwargs)
@@ -301,7 +285,7 @@ class _Run:
                 clear_run(out)
             (out / DIVERGED_NAME).unlink(missing_ok=True)  # a resumed run is trained again
             if state is None or not (out / INIT_DIR / CONFIG_NAME).is_file():
-                save_checkpoint(self.core, out / INIT_DIR, **_checkpoint_meta(cfg, 0))
+                save_checkpoint(self.core, out / INIT_DIR, **_checkpoint_meta(cfg, 0, None, self.precision.name))
         if state is not None:
             kstats.keep_until(int(state.get("global_step", int(state["epoch"]) * self.steps + int(state["step"]))))
         kstats.record(0)  # before any step (a resumed run recomputes it only when its file lacks it)
@@ -313,10 +297,10 @@ class _Run:
         if self.world > 1 and cfg.sync_bn:
             self.core = self.kstats.model = convert_batchnorm(self.core, device)
         self.opt = torch.optim.SGD(param_groups(self.core, cfg), lr=cfg.lr, momentum=cfg.momentum)
-        self.use_amp = cfg.amp and device.type == "cuda" and self.dtype == torch.float32
-        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        # fp16 needs loss scaling against gradient underflow; bf16 (and no autocast) do not.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        # fp16 needs loss scaling against gradient underflow; bf16 (and no autocast) do not. The
+        # scaler is made for the run's device type, so its bookkeeping also runs on the CPU (tested).
+        self.scaler = torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cuda",
+                                           enabled=self.precision.loss_scaling)
         self.start_epoch, self.start_step, self.rows = 0, 0, []
         self.carried = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count of a resumed epoch
 
@@ -349,7 +333,7 @@ class _Run:
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
         if self.is_main:
             atomic_write(self.out / "train_config.json", json.dumps(
-                dict(asdict(cfg), world_size=self.world,
+                dict(asdict(cfg), world_size=self.world, precision_used=self.precision.name,
                      versions=dict(niff_analysis=__version__, torch=torch.__version__)), indent=2) + "\n")
 
     def save_state(self, epoch: int, step: int, sums: torch.Tensor) -> None:
@@ -438,7 +422,7 @@ class _Run:
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, global_step, self.total_steps) * g.get("lr_scale", 1.0)
         x, y = x.to(self.device, self.dtype, non_blocking=True), y.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+        with self.precision.context(self.device):
             logits = self.step_model(x)
         # Each rank averages over its slice; DDP then averages ranks → global mean.
         # Loss in float32 at least (autocast may give bf16/fp16 logits), float64 stays.
@@ -475,7 +459,7 @@ class _Run:
                   f"train_acc {rows[-1]['train_acc']:.4f} test_acc {test_acc:.4f}", file=sys.stderr)
             if cfg.keep_epoch_checkpoints:
                 save_checkpoint(self.core, self.out / f"epoch_{epoch + 1:03d}",
-                                **_checkpoint_meta(cfg, epoch + 1, rows[-1]))
+                                **_checkpoint_meta(cfg, epoch + 1, rows[-1], self.precision.name))
         self.save_state(epoch + 1, 0, torch.zeros(3, dtype=torch.float64))
 
     def finish(self) -> dict:
@@ -493,7 +477,8 @@ class _Run:
             if self.is_main and len(set(prints)) > 1:
                 print("warning: DDP replicas ended with different weights", file=sys.stderr)
         if self.is_main:
-            save_checkpoint(core, self.out, **_checkpoint_meta(cfg, cfg.epochs, final), world_size=world, **extra)
+            save_checkpoint(core, self.out, **_checkpoint_meta(cfg, cfg.epochs, final, self.precision.name),
+                            world_size=world, **extra)
         if world > 1:
             dist.barrier()
         return final
