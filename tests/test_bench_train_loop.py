@@ -4,6 +4,7 @@ gets its own allocator, and the old tree is really the old code."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from benchmarks import train_loop
 
@@ -17,8 +18,10 @@ def test_every_setting_and_precision_is_timed_and_main_is_the_old_tree(capsys):
     assert [(r.code, r.setting) for r in frame.itertuples()] == [x for x in settings for _ in precisions]
     for col in ("resnet18_ms", "niff_ms", "resnet18_cpu_ms", "niff_cpu_ms"):
         assert (frame[col] > 0).all(), col
-    # CPU time of a one-thread worker cannot exceed its wall time by more than timer resolution.
-    assert (frame["niff_cpu_ms"] <= frame["niff_ms"] * 1.05 + 5).all()
+    # A worker runs torch.get_num_threads() threads (OMP_NUM_THREADS), so its CPU time cannot exceed
+    # that many times its wall time by more than timer resolution (CI: 2 threads, CPU ~2x wall).
+    threads = torch.get_num_threads()
+    assert (frame["niff_cpu_ms"] <= frame["niff_ms"] * threads * 1.05 + 5).all()
     out = capsys.readouterr().out
     assert out.count("main's plain loop / this plain loop (speed-up)") == 2  # wall and CPU time
     assert "not measured" not in out
