@@ -1,4 +1,4 @@
-"""Side-by-side benchmarks of the speed claims (issue 7). Run ``python -m benchmarks --help``.
+"""Side-by-side benchmarks of the speed claims. Run ``python -m benchmarks --help``.
 
 Every benchmark times its contenders round-robin in one run (see
 :func:`niff_analysis.analysis.cost.time_interleaved`) and reports ratios, which stay meaningful

@@ -7,7 +7,7 @@
   scaled by its peak) and the same moment start. A full curve_fit loop would take minutes, so it
   runs on ``sample`` kernels per kernel size; its time for all kernels is extrapolated per size
   (mean seconds per kernel × kernels of that size). Results are compared on the sampled kernels
-  that both fits call successful. Target (issue 7): ≥ 20× faster.
+  that both fits call successful. Target: ≥ 20× faster.
 * **Pipeline.** ``niff-analyze describe``, ``mass``, ``pca`` and ``gaussian`` on a saved
   ``resnet50_niff`` checkpoint, in process (click's runner), each timed once. Target: ≤ 30 s in all.
 * **Solvers.** The compiled CPU solver (:mod:`niff_analysis.analysis.lm_cpu`, what
@@ -21,7 +21,7 @@
   each, and those the rules turn into failures (or the other way), with their statuses.
 * **Scale.** ``niff-analyze gaussian`` as a user runs it (a fresh process, start-up included) on
   the bundled baseline (1,048,640 spatial kernels) and on the bundled NIFF default (2,944), one
-  after the other. Target (issue 14): the baseline in ≤ 60 s on 2 cores. ``quick`` fits 2,000
+  after the other. Target: the baseline in ≤ 60 s on 2 cores. ``quick`` fits 2,000
   sampled kernels per layer instead (``--max-kernels``).
 """
 

@@ -2,7 +2,7 @@
 
 Times :func:`~niff_analysis.analysis.effective_receptive_fields` (one forward and one backward
 per stage over the batch) on the bundled NIFF and baseline checkpoints, round-robin.
-Target (issue 15): under a minute each on 2 CPU cores.
+Target: under a minute each on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 30): everything a lent GPU machine should tell us, in one call.
+# The GPU check: everything a lent GPU machine should tell us, in one call.
 #
 #   bash benchmarks/gpu_check.sh [--data DIR] [--out DIR] [--budget S] [--train-seconds S] [--cpu] [--dry-run]
 #

@@ -5,7 +5,7 @@ the Fashion-MNIST setting), times one training step at batch 128 and one record 
 :func:`~niff_analysis.analysis.stats.kernel_stats` (``extract_kernels`` → mass ratios,
 effective sizes, Gaussian fits; what the trainer does after every epoch), round-robin in one
 run, and reports the record's cost as a share of a Fashion-MNIST epoch (468 steps).
-Target (issue 12): under 2 % of an epoch on CPU.
+Target: under 2 % of an epoch on CPU.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Contenders, all with C filters as large as the H×W map except the 3×3 conv:
   CPU cores, so it runs on 1/8 of the batch and its time is scaled by the batch ratio
   (column ``fmap_conv_batch``).
 
-Targets (issue 7): ours ≤ 1.15× lower_bound, reference ≥ 2× ours, fmap_conv ≥ 10× ours.
+Targets: ours ≤ 1.15× lower_bound, reference ≥ 2× ours, fmap_conv ≥ 10× ours.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark: does ``--precision bf16`` learn what float32 learns? (issue 30)
+"""Benchmark: does ``--precision bf16`` learn what float32 learns?
 
 Four one-epoch runs of ``resnet18_niff`` at ``--width 16`` on a Fashion-MNIST subset through
 ``niff-analyze train`` (fresh processes, two at a time): float32 and bf16 from seed 0, and float32

@@ -14,7 +14,7 @@ from niff_analysis.analysis.sigma_validation import error_table, sigma_errors
 
 TITLES = {"moment": "Moment σ (deweighted adaptive moments: sigma_x_moment, sigma_y_moment)",
           "fit": "Levenberg–Marquardt fit (sigma_x, sigma_y of the successful fits; the `gaussian` command)",
-          "start": "The fit's start (moments of max(|k| − b₀, 0)², the moment σ before issue 26)"}
+          "start": "The fit's start (moments of max(|k| − b₀, 0)², the moment σ of earlier versions)"}
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> pd.DataFrame:

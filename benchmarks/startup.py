@@ -1,6 +1,6 @@
 """Benchmark 6: how fast the command line answers, next to ``python -c "import torch"``.
 
-Each contender is a fresh interpreter (``subprocess``), timed round-robin. Targets (issue 13):
+Each contender is a fresh interpreter (``subprocess``), timed round-robin. Targets:
 ``niff-analyze --help`` and ``--version`` within 0.5 s; ``models`` imports no torchvision.
 """
 

@@ -1,5 +1,5 @@
 """Benchmark: ``resnet18_niff`` against ``resnet18`` in a plain training loop and as the trainer
-runs, in float32 and bf16, this checkout against the layer code of issue 30's start (issue 30).
+runs, in float32 and bf16, this checkout against the layer code before the allocator setting and the FFT backward.
 
 glibc's allocator settings are process-wide, so every setting runs in a process of its own
 (``benchmarks/loop_worker.py``). The processes start together, build their models and warm up;
@@ -18,7 +18,7 @@ taken within a round. Settings:
 ``main`` is the tree of :data:`REFERENCE_COMMIT` (the code the issue measured), extracted with
 ``git archive`` into a temporary folder; without git history (e.g. a copied tree) its rows are
 left out and the table says so. On a GPU only the plain loop runs (the allocator concerns the
-CPU). Targets (issue 30): in the plain loop the NIFF step within 10 % of the trainer's setting,
+CPU). Targets: in the plain loop the NIFF step within 10 % of the trainer's setting,
 and float32 at least 1.3× faster than ``main``'s plain loop.
 """
 
@@ -43,7 +43,8 @@ from . import show, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("loop_worker.py")
-# main before issue 30 (2026-12-06): the layer code whose plain-loop step the issue timed.
+# main on 2026-12-06, before the allocator setting and the FFT backward: the layer code whose
+# plain-loop step was timed as the starting point.
 REFERENCE_COMMIT = "df67acc621eafe2986466303e679d6468190f68a"
 MODELS = ("resnet18", "resnet18_niff")
 # (code, setting, extra environment)

@@ -2,7 +2,7 @@
 
 CIFAR stem, 10 classes, batch 128 at 32×32 (``--quick``: batch 16), SGD with momentum,
 cross-entropy; forward, backward and optimizer step are timed together, the two models
-round-robin. Target (issue 7): NIFF step ≤ 0.75× the baseline's on CPU (≤ 1.3× on a GPU).
+round-robin. Target: NIFF step ≤ 0.75× the baseline's on CPU (≤ 1.3× on a GPU).
 
 A ``torch.profiler`` pass over one step of each model then says where the time goes, by
 operator category (FFT, convolution, MLP matmuls, normalisation, elementwise, ...).

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+# The one place the version is written: pyproject.toml reads it (dynamic = ["version"]), and
+# CHANGELOG.md names it.
 __version__ = "0.1.0"
 
 _LAZY = {"DepthwiseNIFF": "layers", "FreqPointwise": "layers", "FullNIFF": "layers", "SplitNIFF": "layers",

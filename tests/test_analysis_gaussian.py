@@ -115,6 +115,7 @@ def test_equals_curve_fit_on_synthetic_noisy_kernels():
     assert compare_with_scipy([layer(ks)], per_layer=10) >= 8
 
 
+@pytest.mark.slow  # a per-kernel scipy loop on learned kernels
 def test_equals_curve_fit_on_learned_kernels():
     lks = extract_kernels(None, layers=["layer1.0.conv1", "layer2.1.conv2", "layer3.1.conv1", "layer4.1.conv2"])
     # A slice of each layer keeps this fast; the fit of a kernel does not depend on its batch.
@@ -302,6 +303,7 @@ def test_compiled_cpu_solver_equals_the_batched_solver_on_the_bundled_checkpoint
     assert total == 2944 and same >= total - total // 500
 
 
+@pytest.mark.slow  # every fit of the bundled checkpoint, twice
 def test_give_up_rules_keep_every_successful_fit_of_the_bundled_checkpoint():
     """The early give-up (σ_minor < 0.3 px or σ_major > 3 sizes for 20 iterations) changes no
     successful fit of the bundled NIFF default against a solver that only stops at 0.1 px."""

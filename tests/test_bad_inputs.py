@@ -505,6 +505,7 @@ def test_bad_data_dir(dataset, make, case, message, tmp_path):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # data-loader worker processes
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_corrupt_image_in_imagefolder_is_one_line(tmp_path, workers):
     d = _imagefolder(tmp_path, "corrupt")
@@ -551,6 +552,7 @@ def _naive_mass(k: np.ndarray, s: int) -> float:
     return win / np.abs(k).sum()
 
 
+@pytest.mark.slow  # every analysis
 @pytest.mark.parametrize("case", list(_degenerate()))
 def test_degenerate_kernels_through_every_analysis(case):
     k = _degenerate()[case]
@@ -592,6 +594,7 @@ def test_degenerate_kernels_through_every_analysis(case):
     assert summary.sigma_x_mean.isna().all()
 
 
+@pytest.mark.slow  # every analysis
 def test_degenerate_mixed_layer_pca_matches_sklearn():
     k = _degenerate()
     mixed = torch.cat([k["zero"], k["single_pixel"], k["constant"], k["corner_pixel"]])
@@ -602,6 +605,7 @@ def test_degenerate_mixed_layer_pca_matches_sklearn():
     np.testing.assert_allclose(mine.T @ mine, ref.components_.T @ ref.components_, atol=1e-8)
 
 
+@pytest.mark.slow  # every figure
 def test_degenerate_kernels_through_every_plot(tmp_path, monkeypatch):
     import niff_analysis.plotting.report as report
 
@@ -637,6 +641,7 @@ def test_degenerate_kernels_through_every_plot(tmp_path, monkeypatch):
     assert (written[written.layer == "single_pixel"].size_90 == 1).all()
 
 
+@pytest.mark.slow  # every command
 def test_degenerate_checkpoint_through_the_cli(ck, tmp_path):
     """A checkpoint with all-zero (layer3.1.conv2) and single-pixel (layer3.1.conv1) kernels."""
     deg = ck["degenerate"]
@@ -691,6 +696,7 @@ def entry_runs(ck, tmp_path_factory):
     return out, {"corrupt_image": bad_image}
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize("case,message", [
     ("truncated", "error: {truncated}/model.safetensors: not a readable safetensors file"),
     ("pickle_code", "error: {pickle_code}: refusing to unpickle"),

@@ -6,6 +6,8 @@ import torch
 from niff_analysis.checkpoint import BUNDLED_DIR, DEFAULT_CHECKPOINT, load_checkpoint
 from niff_analysis.train import evaluate, load_fashion_mnist
 
+pytestmark = pytest.mark.slow  # the bundled models on real images: not in `make test-fast`
+
 BUNDLED = sorted(p for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file())
 
 

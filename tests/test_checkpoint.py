@@ -28,6 +28,7 @@ def _outputs(model, seed=0):
         return model.eval()(x)
 
 
+@pytest.mark.slow  # a training run
 def test_round_trip_directory_and_single_file(tmp_path, reference_run):
     trained = load_checkpoint(reference_run["out"])
     for target in (tmp_path / "ckpt", tmp_path / "one.safetensors"):
@@ -182,6 +183,7 @@ def test_import_reference_densenet_layer_with_fewer_outputs_than_inputs(tmp_path
     assert err < 1e-6, err.item()
 
 
+@pytest.mark.slow  # a training run
 def test_import_reference_rejects_mismatches(tmp_path, reference_checkpoint):
     path, theirs = reference_checkpoint
     with pytest.raises(CheckpointError, match=r"missing key\(s\)"):
@@ -194,6 +196,7 @@ def test_import_reference_rejects_mismatches(tmp_path, reference_checkpoint):
         import_reference_checkpoint(path, "resnet19_niff")
 
 
+@pytest.mark.slow  # a training run and the CLI
 def test_cli_import_reference_then_describe(tmp_path, reference_checkpoint):
     path, _ = reference_checkpoint
     out = tmp_path / "imported"

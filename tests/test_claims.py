@@ -154,6 +154,7 @@ def test_pool_seeds_is_the_mean_and_t_interval(toy):
             <= (pooled[pooled.stage == "8×8"].verdict == "not testable")).all()
 
 
+@pytest.mark.slow  # the claims on the bundled checkpoint
 def test_claims_command_on_the_bundled_checkpoint_with_its_initialisation(tmp_path):
     out = tmp_path / "claims.csv"
     res = CliRunner().invoke(main, ["claims", "--untrained", "-q", "-o", str(out)])
@@ -183,6 +184,7 @@ def test_claims_command_on_the_bundled_checkpoint_with_its_initialisation(tmp_pa
     pd.testing.assert_series_equal(mine.sort_index(), both.sort_index(), check_names=False)
 
 
+@pytest.mark.slow  # the claims of several checkpoints
 def test_claims_pool_checkpoints_of_one_recipe_over_seeds(tmp_path):
     """Three untrained models of one recipe (seeds 0, 1, 2) in a sweep layout: one pooled row per
     statistic, the mean and t-interval of the three runs' values."""

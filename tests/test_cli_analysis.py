@@ -283,6 +283,7 @@ def run_entry(*args, cwd=None):
     return subprocess.run([str(ENTRY), *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize("command,fmt", [("kernels", "npz"), ("mass", "csv"), ("pca", "table"),
                                          ("gaussian", "json")])
 def test_entry_point(command, fmt, tmp_path):
@@ -306,12 +307,14 @@ def test_entry_point(command, fmt, tmp_path):
     assert list(df.columns[:len(COLUMNS[command])]) == COLUMNS[command]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_entry_point_error():
     proc = run_entry("gaussian", "--layers", "no-such-layer")
     assert proc.returncode != 0 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "available layers" in proc.stderr
 
 
+@pytest.mark.slow  # several full analyses
 def test_one_label_rule_and_duplicates_analysed_once(tmp_path):
     """The analysis commands and the figures label same-name checkpoints alike (by path), and
     the same checkpoint given twice is analysed once."""

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FMNIST, load_weights, tiny_config
+from helpers import FMNIST, load_weights, tiny_config
 from niff_analysis.models import create_model
 from niff_analysis.train import trainer
 from niff_analysis.train.distributed import GlobalBatchNorm, convert_batchnorm, state_fingerprint

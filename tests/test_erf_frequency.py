@@ -154,6 +154,7 @@ def test_frequency_profile_of_a_constant_response_is_flat():
     assert idx.shape == (108,) and radius[1] == pytest.approx(1 / 6)
 
 
+@pytest.mark.slow  # the bundled models on real images
 def test_erf_command_on_the_bundled_checkpoints(tmp_path):
     res = CliRunner().invoke(main, ["erf", "niff_analysis/checkpoints", "--images", "4", "--untrained",
                                     "--format", "csv", "-q"])
@@ -272,6 +273,7 @@ def _anti_hermitian_pair(tmp_path):
     return original, save_checkpoint(model, tmp_path / "perturbed", **meta)
 
 
+@pytest.mark.slow  # a full forward pass of a model
 def test_an_anti_hermitian_perturbation_changes_no_output(tmp_path):
     """Adding an anti-Hermitian part to W changes no layer output and no result of any command
     (kernels, mass, frequency profile, PCA of the kernels, Gaussian fits, receptive fields, the

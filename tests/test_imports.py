@@ -32,6 +32,7 @@ def _same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow  # builds, saves and analyses a torchvision model
 def test_converted_torchvision_model_is_a_first_class_checkpoint(tmp_path):
     model = build_model("torchvision:resnet34", dict(num_classes=10), input_size=32, niff=dict(mlp="small"))
     assert len(niff_layers(model)) > 20
@@ -80,6 +81,7 @@ def test_a_user_factory_runs_only_when_named(tmp_path, monkeypatch):
     assert factories.CALLED == []
 
 
+@pytest.mark.slow  # builds ConvNeXt and a torchvision model
 def test_import_plain_convnext_and_a_converted_torchvision_state_dict(tmp_path):
     torch.save(torchvision.models.convnext_tiny(num_classes=10).state_dict(), tmp_path / "cnx.pth")
     res = _cli("import", tmp_path / "cnx.pth", "--model", "convnext_tiny", "--num-classes", 10,

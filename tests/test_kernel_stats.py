@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import load_weights, tiny_config
+from helpers import load_weights, tiny_config
 from niff_analysis.analysis import extract_kernels
 from niff_analysis.analysis.stats import MASS_STATS, SHARED_STATS, kernel_stats, read_kernel_stats
 from niff_analysis.checkpoint import load_checkpoint

@@ -4,7 +4,7 @@ Inputs are never written into or overwritten, runs that diverge or run concurren
 runs have a lifecycle (a lock while they train, a graceful stop on SIGINT and SIGTERM, a restart
 when nothing was saved yet), configs are read strictly, folders of runs say what they skip.
 Tests that train or start processes are marked slow; every training uses the tiny recipe of
-``conftest.tiny_config`` (32 images, batch 8).
+``helpers.tiny_config`` (32 images, batch 8).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import CLI, FMNIST, load_weights, run_cli
+from helpers import CLI, FMNIST, load_weights, run_cli
 from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, BUNDLED_DIR, read_config, save_checkpoint
 from niff_analysis.cli import main
 from niff_analysis.errors import CheckpointError
@@ -34,7 +34,7 @@ from niff_analysis.models import create_model
 from niff_analysis.runs import LOCK_NAME, RunLockedError, lock_holder, run_lock
 
 SMALL = "layer4.1.conv2"  # 2×2 at input 16, 4×4 at 32: every analysis of it is instant
-# The tiny recipe of conftest.tiny_config (the reference run), through the CLI.
+# The tiny recipe of helpers.tiny_config (the reference run), through the CLI.
 TINY = ["--model", "resnet18_niff", "--dataset", "fashion-mnist", "--data-dir", str(FMNIST), "--epochs", "2",
         "--batch-size", "8", "--train-subset", "32", "--test-subset", "16", "--seed", "0", "--threads", "1",
         "--device", "cpu", "--quiet"]

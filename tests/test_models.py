@@ -72,6 +72,7 @@ def test_registry_listing_and_wildcards():
         create_model("resnet19")
 
 
+@pytest.mark.slow  # every registered model
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_forward_backward(name):
     torch.manual_seed(0)

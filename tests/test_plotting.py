@@ -175,6 +175,7 @@ FAST = ["--layers", "layer3.1.conv2,layer4.1.conv1", "--max-kernels", "16", "--e
         "--cost-sizes", "4,8", "--no-timing", "--device", "cpu"]
 
 
+@pytest.mark.slow  # full figure sets
 def test_cli_writes_the_full_set_reproducibly(tmp_path):
     runs = []
     for name, fmt in (("a", "pdf,png"), ("b", "pdf")):  # the second run only to compare bytes
@@ -212,6 +213,7 @@ def test_cli_writes_the_full_set_reproducibly(tmp_path):
     pd.testing.assert_frame_equal(both[both.measure == "l1"].reset_index(drop=True), summary)
 
 
+@pytest.mark.slow  # full figure sets
 def test_cli_compares_niff_with_baseline(tmp_path, baseline_checkpoint):
     out = tmp_path / "cmp"
     res = CliRunner().invoke(main, ["figures", str(BUNDLED_DIR / "resnet18_niff_fmnist"),
@@ -231,6 +233,7 @@ def test_cli_compares_niff_with_baseline(tmp_path, baseline_checkpoint):
     np.testing.assert_allclose(base["mean"], 1.0)
 
 
+@pytest.mark.slow  # the figures command
 @pytest.mark.parametrize("args, message", [
     (["--format", "gif"], "unknown --format gif"),
     (["--layers", "nope*"], "no layer matches"),
@@ -246,6 +249,7 @@ def test_cli_bad_input_is_one_line(args, message, tmp_path):
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
+@pytest.mark.slow  # full figure sets
 def test_figures_are_written_as_a_unit(tmp_path, monkeypatch):
     """An interrupted run leaves the folder as it was; a later run replaces only what an earlier
     run's manifest lists; an unwritable target is refused before any analysis."""

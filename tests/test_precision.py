@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import load_weights, recorded_states, tiny_config
+from helpers import load_weights, recorded_states, tiny_config
 from niff_analysis.cli import main
 from niff_analysis.cli.train import sweep_cmd, train_cmd
 from niff_analysis.errors import NiffError

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import CLI, FMNIST, load_weights, run_cli, tiny_config
+from helpers import CLI, FMNIST, load_weights, run_cli, tiny_config
 from niff_analysis.errors import NiffError
 from niff_analysis.train import trainer
 

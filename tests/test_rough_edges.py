@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from click.testing import CliRunner
 
-from conftest import FMNIST, load_weights
+from helpers import FMNIST, load_weights
 from niff_analysis.cli import main
 
 TINY = ["--data-dir", str(FMNIST), "--epochs", "1", "--batch-size", "8", "--train-subset", "8",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from helpers import tiny_config
 from niff_analysis import create_model
 from niff_analysis.checkpoint import initial_model, load_checkpoint, save_checkpoint
 from niff_analysis.errors import NiffError

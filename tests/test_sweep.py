@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import FMNIST, load_weights
+from helpers import FMNIST, load_weights
 from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
 from niff_analysis.train.sweep import collect, compare_arms, final_table, parse_arm, parse_seeds, seed_summary

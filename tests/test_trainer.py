@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from conftest import load_weights, recorded_states, tiny_config
+from helpers import load_weights, recorded_states, tiny_config
 from niff_analysis.checkpoint import load_checkpoint
 from niff_analysis.cli import main
 from niff_analysis.errors import NiffError

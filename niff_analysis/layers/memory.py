@@ -1,4 +1,4 @@
-"""The glibc allocator setting that CPU training with NIFF layers needs (issue 30).
+"""The glibc allocator setting that CPU training with NIFF layers needs.
 
 A CPU training step allocates and frees many tensors of tens of MB. By default glibc serves
 each request above its mmap threshold (at most 32 MB) with fresh ``mmap`` pages and unmaps them

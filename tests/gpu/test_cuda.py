@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import load_weights, recorded_states, tiny_config
+from helpers import load_weights, recorded_states, tiny_config
 from niff_analysis.layers import CONV_MODES, DepthwiseNIFF, FullNIFF, SplitNIFF
 from niff_analysis.layers.niff import _NIFFBase
 from niff_analysis.models import create_model

@@ -1,0 +1,132 @@
+"""The README and docs/: links that resolve, nothing a user of the package cannot open, images
+that one command regenerates, and the README's Python examples run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *DOCS]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+CI_COMMAND = "make test"  # what .ci/run runs, and the README's second set-up command
+
+
+def _prose(page: Path) -> str:
+    """The page without its fenced code blocks (a link inside code is no link)."""
+    return FENCE.sub("", page.read_text(encoding="utf-8"))
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of the page's headings: lower case, punctuation dropped, spaces → '-'."""
+    headings = re.findall(r"^#+ (.+)$", _prose(page), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def _relative_links(page: Path) -> list[str]:
+    return [t for t in LINK.findall(_prose(page)) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    links = _relative_links(page)
+    if page.name == "README.md":
+        assert len(links) >= 10  # it links every page of docs/; an empty list would pass anything
+    for target in links:
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        assert file.is_file(), f"{page.name}: {target} is no file"
+        assert ROOT in file.parents, f"{page.name}: {target} leads out of the repository"
+        if anchor and file.suffix == ".md":
+            assert anchor in _anchors(file), f"{page.name}: {target}: no such heading in {file.name}"
+
+
+def test_anchor_rule_matches_github_on_known_headings():
+    page = ROOT / "docs" / "training.md"
+    assert "recipe-ablations-niff-analyze-sweep" in _anchors(page)  # "## Recipe ablations (`niff-analyze sweep`)"
+    assert "3-training" in _anchors(ROOT / "docs" / "design.md")  # "## 3. Training"
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_issue_numbers_or_files_outside_the_repository(page):
+    text = page.read_text(encoding="utf-8")
+    assert not re.search(r"\bissues? \d", text, re.I), page.name
+    assert "shared/" not in text and "SPEC.md" not in text, page.name
+
+
+def test_readme_is_a_users_page():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.encode("utf-8")) < 15_000
+    for section in ("## Installation", "## Set-up on a fresh machine", "## Quick start: the command line",
+                    "## Quick start: Python", "## Analysing your own model", "## The bundled checkpoints",
+                    "## Citing", "## Documentation"):
+        assert section in readme, section
+    # The two set-up commands are the Makefile's targets, and CI runs the second.
+    assert re.search(r"^make demo\s+#", readme, re.M) and re.search(r"^make test\s+#", readme, re.M)
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(rf"^{CI_COMMAND}$", ci, re.M)
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def test_bundled_card_numbers_are_the_checkpoints_own():
+    """The README's card copies accuracy and parameter count from each checkpoint's config.json."""
+    import json
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("resnet18_niff_fmnist", "resnet18_fmnist"):
+        cfg = json.loads((ROOT / "niff_analysis" / "checkpoints" / name / "config.json").read_text())
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}`"))
+        assert f"{cfg['num_params']:,}" in row
+        assert f"**{100 * cfg['test_acc']:.2f} %** (test loss {cfg['test_loss']:.4f})" in row
+
+
+def test_documentation_images_are_in_docs_images_and_made_by_one_target():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    made = set(re.search(r"^DOC_IMAGES := (.+)$", makefile, re.M).group(1).split())
+    shown = {t for p in PAGES for t in _relative_links(p) if t.endswith(".png")}
+    assert shown
+    for target in shown:
+        assert "images/" in target, target
+    names = {Path(t).name for t in shown}
+    # Every image the docs show is made by `make docs-images`, except the sweep's figure, which
+    # needs four training runs (docs/results.md gives its command).
+    assert names - made == {"mlp_decay_sweep.png"}
+    assert made <= {p.name for p in (ROOT / "docs" / "images").glob("*.png")}
+
+
+def test_generated_figures_are_not_tracked_and_the_tree_is_small():
+    assert "/figures/" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+    res = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True)
+    tracked = [f for f in res.stdout.decode().split("\0") if f]
+    assert tracked and not [f for f in tracked if f.startswith("figures/")]
+    size = sum((ROOT / f).stat().st_size for f in tracked if (ROOT / f).is_file())
+    assert size < 60 * 2**20, f"tracked files hold {size / 2**20:.1f} MiB"  # du's MB, as `du -c` counts
+    for png in (ROOT / "docs" / "images").glob("*.png"):
+        assert png.stat().st_size < 500_000, png.name
+
+
+@pytest.mark.slow  # loads the bundled checkpoint, converts two torchvision models in a fresh interpreter
+def test_readme_python_examples_run(tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, re.M | re.S)
+    assert len(blocks) == 2
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    out = []
+    for code in blocks:
+        res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600, env=env)
+        assert res.returncode == 0, res.stderr
+        out.append(res.stdout)
+    # The quick start prints the per-window summary and every NIFF layer's median k90.
+    assert "mean" in out[0] and "std" in out[0] and "Name: size_90" in out[0]
+    assert all(f"layer{i}." in out[0] for i in range(1, 5))
+    # The own-model example saves a checkpoint that every command takes.
+    assert (tmp_path / "r34" / "config.json").is_file() and (tmp_path / "r34" / "model.safetensors").is_file()
