@@ -167,3 +167,53 @@ def test_sweep_bad_arms_are_one_line(tmp_path):
                                         "--out", str(tmp_path / "s")])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output
         assert not (tmp_path / "s").exists()
+
+
+def test_a_second_sweep_on_the_same_study_is_refused(tmp_path):
+    """One sweep per study folder: the second gets one line naming the first, and trains nothing."""
+    from niff_analysis.runs import run_lock
+
+    study = tmp_path / "study"
+    with run_lock(study, command="niff-analyze sweep"):
+        res = CliRunner().invoke(main, ["sweep", *ARGS, "--arm", "spec", "--out", str(study)])
+    assert res.exit_code == 2, res.output
+    assert "is in use by niff-analyze sweep" in res.output and "Traceback" not in res.output
+    assert not (study / "spec").exists()
+
+
+def test_sigint_stops_a_sweep_job_with_its_state_saved_and_the_sweep_resumes_it(tmp_path, fmnist_dir):
+    """Ctrl-C reaches a local sweep's jobs: each stops after its step with the state saved (not at
+    its last periodic save), says so in one line, and the next run_job finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    code = ("import sys; from niff_analysis.train.config import TrainConfig; "
+            "from niff_analysis.train.sweep import run_job\n"
+            f"cfg = TrainConfig(out={str(out)!r}, data_dir={str(fmnist_dir)!r}, epochs=2, batch_size=8, "
+            "train_subset=32, test_subset=16, threads=1, device='cpu', progress=False)\n"
+            "try:\n    run_job(cfg)\nexcept Exception as e:\n    print(e, file=sys.stderr); sys.exit(3)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 240
+        while not (out / "train_config.json").is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, stderr
+    assert "interrupted by SIGINT: the state at step" in stderr and "the same sweep command resumes it" in stderr
+    st = torch.load(out / "train_state.pt", weights_only=True)
+    assert (st["epoch"], st["step"]) != (0, 0)  # saved by the signal: no periodic saves in this recipe
+    from niff_analysis.train.config import TrainConfig
+    from niff_analysis.train.sweep import is_finished, run_job
+
+    run_job(TrainConfig(out=str(out), data_dir=str(fmnist_dir), epochs=2, batch_size=8, train_subset=32,
+                        test_subset=16, threads=1, device="cpu", progress=False))
+    assert is_finished(out)

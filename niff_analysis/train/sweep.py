@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..analysis.stats import read_kernel_stats
 from ..checkpoint import CONFIG_NAME
 from ..errors import NiffError
 from ..io import atomic_write
+from ..runs import run_lock
 from .trainer import INIT_DIR, STATE_NAME, TrainConfig, train
 
 
@@ -105,10 +107,25 @@ def is_finished(folder: Path) -> bool:
 
 def run_job(cfg: TrainConfig) -> str:
     """Train one run of a study: skip it when finished, resume it when interrupted, train it
-    otherwise. Returns the run folder."""
+    otherwise. Returns the run folder.
+
+    SIGINT (Ctrl-C in the sweep's terminal reaches its jobs too) stops the run after the current
+    step with its state saved, as for ``niff-analyze train``; the job then fails with one line
+    saying so, and the same sweep command resumes it. (SIGTERM is left to submitit, which on a
+    cluster turns preemption into a requeue through :meth:`TrainJob.checkpoint`.)
+    """
+    from .trainer import Interrupted, saved_position, stop_on_signals
+
     folder = Path(cfg.out)
     if not is_finished(folder):
-        train(cfg, resume=(folder / STATE_NAME).is_file())
+        try:
+            with stop_on_signals((signal.SIGINT,)):
+                train(cfg, resume=(folder / STATE_NAME).is_file())
+        except Interrupted as exc:
+            kept = f"the state {saved_position(*exc.saved)} is saved" if exc.saved else \
+                "its last saved state is kept" if (folder / STATE_NAME).is_file() else "nothing was saved yet"
+            raise NiffError(f"interrupted by {signal.Signals(exc.signum).name}: {kept}; the same sweep "
+                            "command resumes it") from None
     return str(folder)
 
 
@@ -212,7 +229,13 @@ def run_sweep(base: TrainConfig, arms: Sequence[str], out: str, seeds: Optional[
     seeds = list(seeds) if seeds is not None else [base.seed]
     jobs = plan(base, arms, seeds, out)
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    # One sweep per study folder at a time: a second one would start the same runs' neighbours
+    # twice as many at once and race the first for the queue (each run has its own lock too).
+    with run_lock(root, command="niff-analyze sweep"):
+        return _run_sweep(base, jobs, seeds, root, executor, echo)
+
+
+def _run_sweep(base, jobs, seeds, root: Path, executor: Executor, echo) -> list[str]:
     _write_sweep_file(root, base, jobs, seeds)
     todo = [j for j in jobs if not is_finished(Path(j.cfg.out))]
     if not todo:

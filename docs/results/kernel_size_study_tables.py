@@ -1,0 +1,143 @@
+"""Print the tables of docs/results/kernel_size_study.md from the study's long-form CSV.
+
+    .venv/bin/python docs/results/kernel_size_study_tables.py docs/results/kernel_size_study.csv \
+        [--runs runs/kernel_size_study]
+
+The CSV is what ``niff-analyze sweep ... --table`` writes (docs/results/kernel_size_study.sh);
+``--runs`` adds each run's training seconds, read from its metrics.csv, and the white-noise and
+delta references on the study's maps. Every number is a mean
+over the seeds that finished, with its 95 % t-interval over seeds (no interval for one seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from niff_analysis.train.sweep import INIT_ARM, compare_arms, seed_summary
+
+STAGES = ["layer1", "layer2", "layer3", "layer4"]
+# The falsification pairs: the same recipe on content shown at half the size (same canvas, maps,
+# initial kernels). If the kernels are learned from the images, their size should about halve.
+PAIRS = [("content_scale=0.5", "spec"),
+         ("mlp_weight_decay=0.1_content_scale=0.5", "mlp_weight_decay=0.1")]
+
+
+def fmt(row: pd.Series, digits: int = 3) -> str:
+    if row["n_seeds"] > 1:
+        return f"{row['mean']:.{digits}f} [{row['lo']:.{digits}f}, {row['hi']:.{digits}f}]"
+    return f"{row['mean']:.{digits}f}"
+
+
+def arm_order(final: pd.DataFrame) -> list[str]:
+    arms = list(dict.fromkeys(final["arm"]))
+    first = [a for a in ("delta", "white noise", INIT_ARM) if a in arms]
+    return first + [a for a in arms if a not in first]
+
+
+def accuracy_table(final: pd.DataFrame, seconds: pd.DataFrame | None) -> str:
+    summ = seed_summary(final)
+    lines = ["| arm | seeds | test accuracy (%) | epochs | training seconds per run |",
+             "|---|---|---|---|---|"]
+    for arm in arm_order(final):
+        if arm in (INIT_ARM, "delta", "white noise"):
+            continue
+        r = summ[(summ["arm"] == arm) & (summ["stat"] == "test_acc")].iloc[0]
+        acc = r.copy()
+        for k in ("mean", "lo", "hi"):
+            acc[k] = 100 * r[k]
+        epochs = ", ".join(str(e) for e in sorted(final[final["arm"] == arm]["epoch"].unique()))
+        secs = ""
+        if seconds is not None and arm in seconds.index:
+            secs = ", ".join(f"{s:.0f}" for s in seconds.loc[[arm], "seconds"])
+        lines.append(f"| {arm} | {int(r['n_seeds'])} | {fmt(acc, 2)} | {epochs} | {secs} |")
+    return "\n".join(lines)
+
+
+def stage_table(final: pd.DataFrame, measure: str) -> str:
+    summ = seed_summary(final)
+    summ = summ[summ["measure"] == measure]
+    stats = [("mass1_mean", "centre pixel", 3), ("mass3_mean", "mass 3×3", 3),
+             ("mass9_mean", "mass 9×9", 3), ("k50_mean", "k50 (px)", 1), ("k90_mean", "k90 (px)", 1)]
+    lines = ["| arm | stage | seeds | " + " | ".join(s[1] for s in stats) + " |",
+             "|---|---|---|" + "---|" * len(stats)]
+    for arm in arm_order(final):
+        for stage in STAGES:
+            part = summ[(summ["arm"] == arm) & (summ["stage"] == stage)].set_index("stat")
+            if part.empty:
+                continue
+            cells = [fmt(part.loc[s], d) if s in part.index else "" for s, _, d in stats]
+            seeds = "–" if arm in ("delta", "white noise") else str(int(part["n_seeds"].iloc[0]))
+            lines.append(f"| {arm} | {stage} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def falsification_table(final: pd.DataFrame) -> str:
+    lines = ["| arm / reference | measure | stage | seeds | k50 ratio | k90 ratio |", "|---|---|---|---|---|---|"]
+    arms = set(final["arm"])
+    for arm, ref in PAIRS:
+        if arm not in arms or ref not in arms:
+            continue
+        cmp = compare_arms(final, arm, ref)
+        for measure in ("l1", "energy"):
+            for stage in STAGES:
+                part = cmp[(cmp["measure"] == measure) & (cmp["stage"] == stage)].set_index("stat")
+                if part.empty:
+                    continue
+                cells = []
+                for stat in ("k50_mean", "k90_mean"):
+                    r = part.loc[stat]
+                    cells.append(f"{r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]" if r["n_seeds"] > 1
+                                 else f"{r['ratio']:.2f}")
+                lines.append(f"| {arm} / {ref} | {measure} | {stage} | {int(part['n_seeds'].iloc[0])} | "
+                             + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reference_rows(root: Path) -> pd.DataFrame:
+    """White-noise and delta kernels on the study's maps, in the CSV's long form (seed -1), from the
+    first finished run's layers (every arm has the same maps)."""
+    from niff_analysis.analysis.kernels import extract_kernels
+    from niff_analysis.analysis.references import reference_layers
+    from niff_analysis.analysis.stats import stage_stats
+    from niff_analysis.checkpoint import load_checkpoint
+
+    folder = next(p.parent for p in sorted(root.glob("*/seed=*/model.safetensors")))
+    kernels = extract_kernels(load_checkpoint(folder))
+    frames = []
+    for kind, name in (("noise", "white noise"), ("delta", "delta")):
+        st = stage_stats(reference_layers(kernels, kind))
+        frames.append(st.assign(arm=name, seed=-1, epoch=0, test_acc=float("nan")))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_seconds(root: Path) -> pd.DataFrame:
+    rows = []
+    for metrics in sorted(root.glob("*/seed=*/metrics.csv")):
+        if not (metrics.parent / "model.safetensors").is_file():
+            continue  # not finished
+        m = pd.read_csv(metrics)
+        rows.append((metrics.parent.parent.name, int(metrics.parent.name.split("=")[1]), float(m["seconds"].sum())))
+    return pd.DataFrame(rows, columns=["arm", "seed", "seconds"]).sort_values(["arm", "seed"]).set_index("arm")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv")
+    ap.add_argument("--runs", type=Path, help="the study folder, for each run's training seconds")
+    args = ap.parse_args()
+    final = pd.read_csv(args.csv)
+    seconds = run_seconds(args.runs) if args.runs else None
+    if args.runs:  # the scale: what a kernel using the whole map, and a single pixel, give
+        final = pd.concat([reference_rows(args.runs)[final.columns], final], ignore_index=True)
+    print("## Accuracy\n\n" + accuracy_table(final, seconds))
+    for measure in ("l1", "energy"):
+        print(f"\n## Per stage, measure {measure}\n\n" + stage_table(final, measure))
+    print("\n## Falsification: content at half the size, per-seed ratio of kernel size\n\n"
+          + falsification_table(final))
+
+
+if __name__ == "__main__":
+    main()
