@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast venv data figures docs-images bench clean
+.PHONY: demo test test-fast lint-imports venv data figures docs-images bench clean
 
 # The package and what it imports (enough for `make demo`) ...
 $(STAMP): pyproject.toml
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-# ... and what only the tests use: pytest, scikit-learn, the notebook runner, and foolbox's
+# ... and what only the tests use: pytest, scikit-learn, the notebook runner, import-linter, and foolbox's
 # 20 real CIFAR-10 test images (the CIFAR-10 loader's fixture).
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test]'
@@ -34,11 +34,16 @@ demo: $(STAMP)
 	$(VENV)/bin/niff-analyze gaussian
 	$(VENV)/bin/niff-analyze figures --out out/figures
 
-test: $(TEST_STAMP) data
+# The import contracts of pyproject.toml: imports run downwards only.
+lint-imports: $(TEST_STAMP)
+	$(VENV)/bin/lint-imports
+
+# lint-imports first: a broken contract fails before the long test run.
+test: $(TEST_STAMP) data lint-imports
 	$(PY) -m pytest -q
 
 # The edit loop: everything but the tests marked slow (training, subprocesses, notebooks, ...).
-test-fast: $(TEST_STAMP) data
+test-fast: $(TEST_STAMP) data lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 # Every figure of the bundled checkpoints, side by side, into figures/ (generated, not in git).

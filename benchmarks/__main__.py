@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from niff_analysis.checkpoint import resolve_device
+from niff_analysis.device import resolve_device
 from niff_analysis.layers.memory import ENV_VAR
 from niff_analysis.train.precision import cpu_bf16_flags, cpu_model
 from niff_analysis.train.trainer import keep_freed_memory

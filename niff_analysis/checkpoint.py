@@ -20,7 +20,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError
@@ -28,10 +28,12 @@ from safetensors.torch import save
 from torch import nn
 
 from . import __version__
+from ._types import PathLike
+from .device import resolve_device
 from .errors import CheckpointError, NiffError
 from .io import atomic_write, file_sha256
 from .models import create_model, niff_layers
-from .runs import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, unfinished_reason
+from .runs import CONFIG_NAME, INIT_DIR, TRAIN_STATE_NAME, WEIGHTS_NAME, unfinished_reason
 
 FORMAT = "niff-analysis-checkpoint"
 FORMAT_VERSION = 1
@@ -109,8 +111,6 @@ RECIPE_FIELDS = frozenset({
     "optimizer", "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale", "precision"})
 LAYER_FIELDS = frozenset({"name", "kind", "in_channels", "out_channels", "fmap"})
 VERSION_FIELDS = frozenset({"niff_analysis", "torch"})
-
-PathLike = Union[str, os.PathLike]
 
 
 def layer_table(model: nn.Module) -> list[dict]:
@@ -461,29 +461,11 @@ def load_initial(path: Optional[PathLike] = None, device: str = "cpu") -> Option
         return None
     folder = path if path.is_dir() else path.parent
     for run in (folder, folder.parent):
-        if (run / "init" / CONFIG_NAME).is_file() and (run / "init").resolve() != folder.resolve():
-            return load_checkpoint(run / "init", device=device)
+        if (run / INIT_DIR / CONFIG_NAME).is_file() and (run / INIT_DIR).resolve() != folder.resolve():
+            return load_checkpoint(run / INIT_DIR, device=device)
     if cfg.get("seed") is None or "recipe" not in cfg:
         return None
     model = initial_model(cfg["architecture"], cfg["model_kwargs"], int(cfg["seed"]))
     model.niff_checkpoint = dict(cfg, path=f"{path} (initialisation rebuilt from seed {cfg['seed']})",
                                  sha256=None, epochs=0, test_acc=None, test_loss=None)
     return model.eval().to(resolve_device(device))
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → cuda, then mps, then cpu; otherwise the named device (checked to exist)."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise NiffError(f"unknown device {device!r}; choose auto, cpu, cuda or mps")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NiffError("device cuda requested but CUDA is not available")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise NiffError("device mps requested but MPS is not available")
-    return torch.device(device)
-

@@ -22,12 +22,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
+from ._types import PathLike
+
 try:  # POSIX; elsewhere directory_lock degrades to no locking
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
-
-PathLike = Union[str, os.PathLike]
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import pandas as pd
 from torch import nn
 
+from ._types import PathLike
 from .analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels, gaussian_fit,
                        gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, subsample, weight_pca)
 from .analysis.mass import massless_warning
@@ -33,7 +34,6 @@ from .checkpoint import (CONFIG_NAME, DEFAULT_CHECKPOINT, NonFiniteWeightsError,
 from .errors import CheckpointError, DataError, NiffError, SelectionError
 from .runs import TRAIN_STATE_NAME, WEIGHTS_NAME, holds_run, read_diverged, unfinished_reason
 
-PathLike = Union[str, os.PathLike]
 COST_SIZES = (7, 14, 28, 56, 112)
 SWEEP_FILE = "sweep.json"  # what marks a study folder (niff_analysis.train.sweep.SWEEP_FILE)
 TRAIN_CONFIG = "train_config.json"
@@ -606,7 +606,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     from .analysis.references import NOISE_KERNELS, NOISE_SEED, mass_scale
     from .analysis.schema import MEASURE
     from .analysis.uncertainty import RESAMPLES
-    from .analysis.erf import dataset_images, effective_receptive_fields, erf_area_ratios
+    from .analysis.erf import effective_receptive_fields, erf_area_ratios
+    from .data import dataset_images
     from .analysis.frequency import frequency_profile
     from .analysis.stats import FILE_NAME as STATS_NAME
     from .analysis.stats import read_kernel_stats

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable, Union
 
 from . import __version__
+from ._types import PathLike
 from .errors import NiffError
 from .io import atomic_write, directory_lock, file_sha256
 
-PathLike = Union[str, Path]
 META_NAME = "meta.json"
 META_FORMAT = "niff-analysis-meta"
 FIGURES_FORMAT = "niff-analysis-figures"

@@ -27,16 +27,15 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional
 
+from ._types import PathLike
 from .errors import NiffError
 
 try:  # POSIX; elsewhere the lock falls back to the PID check alone
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
-
-PathLike = Union[str, os.PathLike]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

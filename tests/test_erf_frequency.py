@@ -259,7 +259,7 @@ def _anti_hermitian_pair(tmp_path):
     (c_ch from 0.5 to 1.5 over the channels, added to the last bias of the imaginary MLP):
     A(f) = i·c = −conj(A(−f)), anti-Hermitian."""
     from niff_analysis.checkpoint import load_checkpoint, read_config, save_checkpoint
-    from niff_analysis.layers.niff import _NIFFBase
+    from niff_analysis.layers.niff import NIFFLayer
 
     meta = {k: v for k, v in read_config(DEFAULT_CHECKPOINT).items()
             if k in ("dataset", "epochs", "seed", "recipe", "test_acc")}
@@ -267,7 +267,7 @@ def _anti_hermitian_pair(tmp_path):
     original = save_checkpoint(model, tmp_path / "original", **meta)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, _NIFFBase):
+            if isinstance(m, NIFFLayer):
                 bias = m.imag[-1].bias
                 bias.add_(torch.linspace(0.5, 1.5, len(bias)))
     return original, save_checkpoint(model, tmp_path / "perturbed", **meta)
@@ -279,7 +279,7 @@ def test_an_anti_hermitian_perturbation_changes_no_output(tmp_path):
     (kernels, mass, frequency profile, PCA of the kernels, Gaussian fits, receptive fields, the
     weight PCA of the Hermitian part) beyond float rounding; only the raw weight PCA sees it."""
     from niff_analysis.checkpoint import load_checkpoint
-    from niff_analysis.layers.niff import _NIFFBase
+    from niff_analysis.layers.niff import NIFFLayer
 
     a, b = _anti_hermitian_pair(tmp_path)
     ma, mb = load_checkpoint(a), load_checkpoint(b)
@@ -287,7 +287,7 @@ def test_an_anti_hermitian_perturbation_changes_no_output(tmp_path):
     for key, m in (("a", ma), ("b", mb)):
         store = outs[key] = {}
         hooks = [mod.register_forward_hook(lambda _m, _i, o, n=n, s=store: s.__setitem__(n, o))
-                 for n, mod in m.named_modules() if isinstance(mod, _NIFFBase)]
+                 for n, mod in m.named_modules() if isinstance(mod, NIFFLayer)]
         x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             store["logits"] = m(x)

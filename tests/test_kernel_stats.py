@@ -19,7 +19,7 @@ from niff_analysis.analysis.stats import MASS_STATS, SHARED_STATS, kernel_stats,
 from niff_analysis.checkpoint import load_checkpoint
 from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
-from niff_analysis.layers.niff import _NIFFBase
+from niff_analysis.layers.niff import NIFFLayer
 from niff_analysis.models import create_model, niff_layers
 from niff_analysis.train import trainer
 
@@ -217,7 +217,7 @@ def test_mlp_groups_reach_the_optimizer(tmp_path, fmnist_dir):
     cfg = trainer.TrainConfig(mlp_weight_decay=0.05, mlp_lr_scale=0.1)
     groups = {g["name"]: g for g in trainer.param_groups(model, cfg)}
     assert set(groups) == {"decay", "no_decay", "mlp_decay", "mlp_no_decay"}
-    mlp = {id(p) for m in model.modules() if isinstance(m, _NIFFBase)
+    mlp = {id(p) for m in model.modules() if isinstance(m, NIFFLayer)
            for p in [*m.real.parameters(), *m.imag.parameters()]}
     assert {id(p) for p in groups["mlp_decay"]["params"] + groups["mlp_no_decay"]["params"]} == mlp
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))

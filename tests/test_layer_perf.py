@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from niff_analysis.layers import CONV_MODES, DepthwiseNIFF, FullNIFF, SplitNIFF, hermitian_half, memory
-from niff_analysis.layers.niff import _HermitianFilter, _NIFFBase
+from niff_analysis.layers.niff import NIFFLayer, _HermitianFilter
 
 
 def make(kind, mode="circular"):
@@ -105,7 +105,7 @@ def _outputs_and_grads(layer, x, autograd_path: bool):
     layer.zero_grad(set_to_none=True)
     xi = x.clone().requires_grad_(True)
     if autograd_path:
-        layer._filter = lambda xc, filt: _NIFFBase._filter(layer, xc, filt)
+        layer._filter = lambda xc, filt: NIFFLayer._filter(layer, xc, filt)
     try:
         y = layer(xi)
     finally:

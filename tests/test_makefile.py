@@ -26,3 +26,9 @@ def test_demo_installs_the_package_without_the_test_extras(tmp_path):
 def test_test_target_installs_the_test_extras_and_runs_pytest(tmp_path):
     cmds = dry_run("test", tmp_path)
     assert "'.[test]'" in cmds and "foolbox==3.3.4" in cmds and "-m pytest -q" in cmds
+
+
+def test_test_targets_check_the_import_contract_before_pytest(tmp_path):
+    for target in ("test", "test-fast"):
+        cmds = dry_run(target, tmp_path)
+        assert "bin/lint-imports" in cmds and cmds.index("bin/lint-imports") < cmds.index("-m pytest"), target

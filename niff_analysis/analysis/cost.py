@@ -37,21 +37,17 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .._types import Size, SizeLike, as_hw
 from ..layers import DepthwiseNIFF
 from ..layers.mlp import MLPSpec, resolve_mlp
 
-Size = Union[int, tuple[int, int]]
 
-
-def _hw(size: Size) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if h < 1 or w < 1:
-        raise ValueError(f"feature-map size must be positive, got {(h, w)}")
-    return h, w
+def _hw(size: SizeLike) -> Size:
+    return as_hw(size, "feature-map size")
 
 
 # --------------------------------------------------------------------------- FLOP formulas
-def fft_flops(size: Size, real: bool = True) -> float:
+def fft_flops(size: SizeLike, real: bool = True) -> float:
     """Real flops of one 2-D FFT of an H×W map: 5·N·log2(N), halved for ``real`` (rfft2/irfft2)."""
     h, w = _hw(size)
     n = h * w
@@ -59,18 +55,18 @@ def fft_flops(size: Size, real: bool = True) -> float:
     return full / 2 if real else full
 
 
-def product_flops(size: Size) -> float:
+def product_flops(size: SizeLike) -> float:
     """Complex elementwise product on the rfft half-spectrum: 6·H·(W//2 + 1)."""
     h, w = _hw(size)
     return 6.0 * h * (w // 2 + 1)
 
 
-def niff_flops(size: Size) -> float:
+def niff_flops(size: SizeLike) -> float:
     """One depthwise NIFF filter on one channel: rfft2 + product + irfft2."""
     return 2 * fft_flops(size, real=True) + product_flops(size)
 
 
-def mlp_flops(size: Size, channels: int, mlp: MLPSpec = "big") -> float:
+def mlp_flops(size: SizeLike, channels: int, mlp: MLPSpec = "big") -> float:
     """Both frequency MLPs (``real`` and ``imag``) on the H×W grid: 2·Σ in·out flops per point."""
     h, w = _hw(size)
     sizes = [2, *resolve_mlp(mlp).hidden, int(channels)]
@@ -78,7 +74,7 @@ def mlp_flops(size: Size, channels: int, mlp: MLPSpec = "big") -> float:
     return 2.0 * per_point * h * w
 
 
-def spatial_flops(size: Size, kernel: Optional[Size] = None) -> float:
+def spatial_flops(size: SizeLike, kernel: Optional[SizeLike] = None) -> float:
     """Depthwise spatial conv, "same" output: 2·H·W·kh·kw (kernel default: the map size)."""
     h, w = _hw(size)
     kh, kw = _hw(kernel) if kernel is not None else (h, w)

@@ -160,21 +160,3 @@ def erf_area_ratios(maps: dict[str, np.ndarray], thresholds: Sequence[float] = T
             rows.append({STAGE: name, PROTOCOL: protocol, THRESHOLD: t, "side": side,
                          "area_ratio": min(side, h) * min(side, w) / (h * w) if len(hit) else float("nan")})
     return pd.DataFrame(rows, columns=[STAGE, PROTOCOL, THRESHOLD, "side", "area_ratio"])
-
-
-def dataset_images(dataset: str, n: int, data_dir=None, image_size: int = 32) -> torch.Tensor:
-    """The first ``n`` normalised test images of a dataset (as the trainer feeds them).
-
-    Raises:
-        DataError: the dataset is not available.
-        SelectionError: it has fewer than ``n`` test images (never silently fewer).
-    """
-    from ..errors import SelectionError
-    from ..train.data import TensorDataset, load_dataset, normalise
-
-    data = load_dataset(dataset, data_dir, "test", image_size=image_size)
-    if n > len(data):
-        raise SelectionError(f"asked for {n} images, but the {dataset} test set has {len(data)}")
-    if isinstance(data, TensorDataset):
-        return normalise(data.images[:n], data.mean, data.std)
-    return torch.stack([data[i][0] for i in range(min(n, len(data)))])

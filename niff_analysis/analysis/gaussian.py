@@ -297,7 +297,7 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 
         sigma_ratio (σx/σy), iterations. Full/dense layers: channel = o·Cin + i.
     """
     if isinstance(device, str) and device == "auto":
-        from ..checkpoint import resolve_device
+        from ..device import resolve_device
 
         device = resolve_device("auto")
     kernels = list(kernels)

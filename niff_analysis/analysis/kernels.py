@@ -34,11 +34,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._types import PathLike, Size, SizeLike, as_hw
 from ..errors import NiffError, SelectionError
-from ..layers.niff import _NIFFBase, centred_to_kernel
+from ..layers.niff import NIFFLayer, centred_to_kernel
 from .schema import FMAP_H, FMAP_W, LAYER, STAGE, layer_columns
-
-Size = tuple[int, int]
 
 #: Module-name components that name a stage of a known architecture (ResNet ``layer2``,
 #: DenseNet ``denseblock3``, timm-style ``stages``/``stage2``/``block1``).
@@ -128,16 +127,17 @@ def _load(model_or_path, device: str) -> nn.Module:
     return load_checkpoint(model_or_path, device=device)
 
 
-def _input_size(model: nn.Module, input_size) -> Size:
+def _input_size(model: nn.Module, input_size: Optional[SizeLike]) -> Size:
     if input_size is None:
         cfg = getattr(model, "niff_config", None) or {}
         input_size = cfg.get("input_size")
     if input_size is None:
         raise NiffError("cannot record the feature-map sizes of this model's convolutions: "
                         "pass input_size=(H, W), the size it was trained at")
-    if isinstance(input_size, int):
-        return input_size, input_size
-    return int(input_size[0]), int(input_size[1])
+    try:
+        return as_hw(input_size, "input_size")
+    except ValueError as exc:
+        raise NiffError(str(exc)) from None
 
 
 def _conv_taps(conv: nn.Conv2d, fmap: Size) -> tuple[torch.Tensor, int]:
@@ -226,9 +226,9 @@ def _plain_convs(model: nn.Module, input_size) -> list[tuple[str, nn.Conv2d, Siz
             for r in conv_inventory(model, input_size) if r["analysed"]]
 
 
-def extract_kernels(model_or_path: Union[nn.Module, str, os.PathLike, None] = None,
+def extract_kernels(model_or_path: Union[nn.Module, PathLike, None] = None,
                     layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
-                    device: str = "cpu", input_size: Optional[Union[int, Size]] = None
+                    device: str = "cpu", input_size: Optional[SizeLike] = None
                     ) -> list[LayerKernels]:
     """Spatial kernels (and frequency responses) of every selected layer, in model order.
 
@@ -252,7 +252,7 @@ def extract_kernels(model_or_path: Union[nn.Module, str, os.PathLike, None] = No
     """
     model = _load(model_or_path, device)
     patterns = [layers] if isinstance(layers, str) else list(layers)
-    niff = [(n, m) for n, m in model.named_modules() if isinstance(m, _NIFFBase)]
+    niff = [(n, m) for n, m in model.named_modules() if isinstance(m, NIFFLayer)]
     entries: list[tuple[str, nn.Module, Optional[Size]]] = [(n, m, None) for n, m in niff]
     if include_conv or not niff:
         entries += [(n, m, f) for n, m, f in _plain_convs(model, input_size)]

@@ -26,7 +26,7 @@ from ..analysis.mass import massless_warning
 from ..analysis.pca import pca_warnings
 from ..analysis.schema import CHECKPOINT, FMAP_H, FMAP_W, LAYER, with_checkpoint
 from ..analysis.uncertainty import with_interval_text
-from ..checkpoint import resolve_device
+from ..device import resolve_device
 from ..errors import NiffError, SelectionError
 from ..io import check_writable, file_sha256
 from ..pipeline import Found, discover, load_checkpoints, refuse_output_in_inputs, select_kernels

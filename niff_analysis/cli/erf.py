@@ -46,7 +46,7 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
     the gradient, the mean over images, log10(1 + x)), whose sides come out larger. Columns:
     checkpoint, stage, protocol, threshold, side, area_ratio.
     """
-    from ..analysis.erf import dataset_images
+    from ..data import dataset_images
     from ..checkpoint import load_initial
 
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))

@@ -12,6 +12,7 @@ from typing import Optional
 
 import click
 
+from .._types import DEFAULT_INPUT_SIZE
 from ..checkpoint import save_checkpoint
 from ..imports import import_reference_checkpoint, import_state_dict
 from ..errors import NiffError
@@ -279,7 +280,7 @@ def _out_folder(out: str) -> None:
 def _out_apart_from_data(out: str, data_dir: Optional[str], dataset: str) -> None:
     """A run folder must not overlap the dataset it reads (``--overwrite`` would empty it)."""
     from ..pipeline import overlaps
-    from ..train.data import FASHION_MNIST_DEFAULT
+    from ..data import FASHION_MNIST_DEFAULT
 
     data = Path(data_dir) if data_dir else (FASHION_MNIST_DEFAULT if dataset == "fashion-mnist" else None)
     if data is not None and overlaps(Path(out), data):
@@ -331,7 +332,7 @@ def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input
         if stem:
             raise NiffError("--stem applies to registered models only")
         kwargs = dict(builder_kwargs={} if num_classes is None else dict(num_classes=num_classes),
-                      input_size=input_size or 224, in_chans=in_chans,
+                      input_size=input_size or DEFAULT_INPUT_SIZE, in_chans=in_chans,
                       niff=None if niff_variant is None else dict(variant=niff_variant, **_mlp_arg(mlp)))
         if mlp and niff_variant is None:
             raise NiffError("--mlp needs --niff for torchvision/factory models")

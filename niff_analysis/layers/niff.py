@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._types import Size, SizeLike, as_hw
 from . import memory
 from .mlp import MLPSpec, build_mlp, resolve_mlp
 
 CONV_MODES = ("circular", "linear", "pad-zero", "pad-reflect", "pad-circular")
-
-Size = tuple[int, int]
 
 
 # --------------------------------------------------------------------------- grids and FFTs
@@ -130,7 +129,7 @@ class _HermitianFilter(torch.autograd.Function):
     """``irfft2(rfft2(x) * filt, s)`` with a backward pass of two half-plane FFTs.
 
     ``filt`` must be the rfft2 half-spectrum of a real kernel (Hermitian: every bin whose
-    mirror −f also lies in the half-plane holds conj(filt(−f))), which :meth:`_NIFFBase._half_filters`
+    mirror −f also lies in the half-plane holds conj(filt(−f))), which :meth:`NIFFLayer._half_filters`
     guarantees. The map x ↦ y is then the circular convolution with that real kernel, whose
     adjoint has the spectrum conj(filt): the input gradient is ``irfft2(rfft2(gy) * conj(filt))``.
     Autograd's own backward of ``rfft2`` instead zero-fills a full (…, H, W) complex buffer and runs
@@ -238,8 +237,13 @@ class FreqPointwise(nn.Module):
 
 
 # --------------------------------------------------------------------------- NIFF base
-class _NIFFBase(nn.Module):
-    """Shared machinery: MLP pair, filter evaluation, padding modes, FFT round trip."""
+class NIFFLayer(nn.Module):
+    """The base of every NIFF filter layer (:class:`DepthwiseNIFF`, :class:`SplitNIFF`,
+    :class:`FullNIFF`): the MLP pair, filter evaluation, padding modes and the FFT round trip.
+
+    ``isinstance(m, NIFFLayer)`` is how the rest of the toolkit finds the layers whose filters
+    are learned in the frequency domain (:class:`FreqPointwise` is not one: it has no filter).
+    """
 
     kind = "base"
 
@@ -262,22 +266,17 @@ class _NIFFBase(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # ---- filter evaluation -------------------------------------------------------------
-    def filter_size(self, size: Optional[Size] = None) -> Size:
+    def filter_size(self, size: Optional[SizeLike] = None) -> Size:
         """Grid size of the learned filter for a feature map of ``size`` (default: ``fmap``)."""
         h, w = self._size(size)
         return (2 * h, 2 * w) if self.mode.startswith("pad-") else (h, w)
 
-    def _size(self, size: Optional[Size]) -> Size:
+    def _size(self, size: Optional[SizeLike]) -> Size:
         if size is None:
             if self.fmap is None:
                 raise ValueError("this layer has no recorded feature-map size; pass size=(H, W)")
             size = self.fmap
-        if isinstance(size, int):
-            size = (size, size)
-        h, w = int(size[0]), int(size[1])
-        if h < 1 or w < 1:
-            raise ValueError(f"feature-map size must be positive, got {(h, w)}")
-        return h, w
+        return as_hw(size, "feature-map size")
 
     def _mlp_response(self, h: int, w: int) -> torch.Tensor:
         """Raw MLP output on the h×w grid: complex (n_filters, h, w), centred."""
@@ -288,7 +287,7 @@ class _NIFFBase(nn.Module):
         im = self.imag(grid).to(cdt).T.reshape(-1, h, w)
         return torch.complex(re, im)
 
-    def frequency_response(self, size: Optional[Size] = None) -> torch.Tensor:
+    def frequency_response(self, size: Optional[SizeLike] = None) -> torch.Tensor:
         """The learned filters W as the MLPs give them: complex, centred (DC at H//2, W//2).
 
         ``size`` is the feature-map size (default: the recorded ``fmap``); for the padding modes
@@ -297,7 +296,7 @@ class _NIFFBase(nn.Module):
         with torch.autocast(self.real[0].weight.device.type, enabled=False):
             return self._shape_filters(self._mlp_response(*self.filter_size(size)))
 
-    def spatial_kernels(self, size: Optional[Size] = None) -> torch.Tensor:
+    def spatial_kernels(self, size: Optional[SizeLike] = None) -> torch.Tensor:
         """Real, centred spatial kernels k = fftshift(real(ifft2(ifftshift(W)))) (SPEC §4)."""
         return centred_to_kernel(self.frequency_response(size))
 
@@ -386,7 +385,7 @@ class _NIFFBase(nn.Module):
         return y.to(dtype)
 
 
-class DepthwiseNIFF(_NIFFBase):
+class DepthwiseNIFF(NIFFLayer):
     """Depthwise NIFF: FFT → multiply channel c by its own W_c → inverse FFT. No bias.
 
     Args:
@@ -438,14 +437,14 @@ class SplitNIFF(DepthwiseNIFF):
 
     def _filter(self, xc, filt):
         if self.out_channels < self.in_channels:  # the 1×1 mixes the spectrum: autograd's path
-            return _NIFFBase._filter(self, xc, filt)
+            return NIFFLayer._filter(self, xc, filt)
         return super()._filter(xc, filt)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, mode={self.mode}, fmap={self.fmap}"
 
 
-class FullNIFF(_NIFFBase):
+class FullNIFF(NIFFLayer):
     """Full NIFF ("NIFF 2D conv", Eq. 3–5): y_o = F⁻¹(Σ_i F(x_i) ⊙ W_{o,i}).
 
     One MLP pair outputs Cin·Cout complex values per frequency (output o, input i at index
@@ -467,4 +466,3 @@ class FullNIFF(_NIFFBase):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, mode={self.mode}, fmap={self.fmap}"
-

@@ -18,10 +18,11 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from typing import Optional, Union
+from typing import Optional
 
 from torch import nn
 
+from .._types import DEFAULT_INPUT_SIZE, SizeLike, input_hw
 from ..errors import NiffError
 from ..layers.mlp import resolve_mlp
 
@@ -106,7 +107,7 @@ def _user_package(module: str) -> bool:
 
 
 def build_model(builder: str, builder_kwargs: Optional[dict] = None,
-                input_size: Union[int, tuple[int, int]] = 224, in_chans: Optional[int] = None,
+                input_size: SizeLike = DEFAULT_INPUT_SIZE, in_chans: Optional[int] = None,
                 niff: Optional[dict] = None, factory: Optional[str] = None) -> nn.Module:
     """Build (and optionally convert) a CNN, recording how, so that it can be saved and reloaded.
 
@@ -133,7 +134,10 @@ def build_model(builder: str, builder_kwargs: Optional[dict] = None,
         raise BuilderError(f"{builder}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): {exc}") from None
     if not isinstance(model, nn.Module):
         raise BuilderError(f"{builder} returned {type(model).__name__}, not an nn.Module")
-    size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
+    try:
+        size = list(input_hw(input_size))
+    except ValueError as exc:
+        raise BuilderError(str(exc)) from None
     settings = None
     if niff is not None:
         settings = dict(NIFF_SETTINGS)
@@ -154,7 +158,7 @@ def rebuild(architecture: str, model_kwargs: dict, factory: Optional[str] = None
     """The model a checkpoint config describes (registry name or builder)."""
     if is_builder(architecture):
         kw = dict(model_kwargs)
-        return build_model(architecture, kw.get("builder_kwargs"), kw.get("input_size", 224),
+        return build_model(architecture, kw.get("builder_kwargs"), kw.get("input_size", DEFAULT_INPUT_SIZE),
                            kw.get("in_chans"), kw.get("niff"), factory=factory)
     from .registry import create_model
 

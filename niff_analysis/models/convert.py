@@ -17,16 +17,15 @@ Every decision lands in a :class:`ConversionReport`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
 
+from .._types import DEFAULT_INPUT_SIZE, SizeLike, as_hw
 from ..errors import NiffError
 from ..layers import DepthwiseNIFF, FreqPointwise, FullNIFF, SplitNIFF
 from ..layers.mlp import MLPSpec
-
-Size = Union[int, tuple[int, int]]
 
 
 class ConversionError(NiffError, ValueError):
@@ -47,12 +46,6 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _as_hw(size: Size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    return int(size[0]), int(size[1])
-
-
 def _first_conv_channels(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -60,9 +53,12 @@ def _first_conv_channels(model: nn.Module) -> int:
     raise ConversionError("model has no nn.Conv2d; nothing to convert")
 
 
-def record_shapes(model: nn.Module, input_size: Size, in_chans: Optional[int] = None) -> dict:
+def record_shapes(model: nn.Module, input_size: SizeLike, in_chans: Optional[int] = None) -> dict:
     """One dry forward; returns {module name: (input shape, output shape)} for Conv2d/Linear."""
-    h, w = _as_hw(input_size)
+    try:
+        h, w = as_hw(input_size, "input size")
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
     in_chans = in_chans or _first_conv_channels(model)
     shapes: dict[str, tuple] = {}
     hooks = []
@@ -157,7 +153,7 @@ def _pointwise_from(m: nn.Module) -> FreqPointwise:
     return new.to(m.weight.device)
 
 
-def to_niff(model: nn.Module, input_size: Size = 224, variant: str = "split",
+def to_niff(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, variant: str = "split",
             mlp: MLPSpec = "big", mode: str = "circular", in_chans: Optional[int] = None,
             convert_pointwise: bool = True, niff_on_1x1: bool = False) -> nn.Module:
     """Replace a CNN's convolutions by NIFF layers in place and return the model.
@@ -214,7 +210,7 @@ def to_niff(model: nn.Module, input_size: Size = 224, variant: str = "split",
     return model
 
 
-def to_separated(model: nn.Module, input_size: Size = 224, in_chans: Optional[int] = None) -> nn.Module:
+def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, in_chans: Optional[int] = None) -> nn.Module:
     """The paper's "separated conv" baseline: every stride-1 dense k×k conv → spatial depthwise
     k×k + 1×1, both bias-free (same padding and dilation as the original)."""
     shapes = record_shapes(model, input_size, in_chans)
@@ -241,9 +237,9 @@ def to_separated(model: nn.Module, input_size: Size = 224, in_chans: Optional[in
 
 def niff_layers(model: nn.Module, include_pointwise: bool = False) -> list[tuple[str, nn.Module]]:
     """(name, layer) of every NIFF layer in ``model`` (filters only unless ``include_pointwise``)."""
-    from ..layers.niff import _NIFFBase
+    from ..layers.niff import NIFFLayer
 
-    types = (_NIFFBase, FreqPointwise) if include_pointwise else (_NIFFBase,)
+    types = (NIFFLayer, FreqPointwise) if include_pointwise else (NIFFLayer,)
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
     # A split layer's own 1×1 is part of that layer, not a layer of its own.
     inner = {f"{n}.pointwise" for n, m in found if isinstance(m, SplitNIFF)}

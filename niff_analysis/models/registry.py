@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-from typing import Optional, Union
+from typing import Optional
 
 from torch import nn
 
+from .._types import SizeLike, input_hw
 from ..errors import NiffError
 from ..layers.mlp import MLPSpec, resolve_mlp
 from .convert import record_shapes, to_niff, to_separated
@@ -112,7 +113,7 @@ def _resnet_of_width(arch: str, width: int, num_classes: int) -> nn.Module:
 
 
 def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
-                 input_size: Optional[Union[int, tuple[int, int]]] = None, stem: str = "imagenet",
+                 input_size: Optional[SizeLike] = None, stem: str = "imagenet",
                  mlp: Optional[MLPSpec] = None, mode: str = "circular", niff_on_1x1: bool = False,
                  width: int = 64) -> nn.Module:
     """Build a registered model.
@@ -139,8 +140,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
     for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if int(value) < 1:
             raise ValueError(f"{label} must be a positive integer, got {value}")
-    if input_size is None:
-        input_size = 32 if stem == "cifar" else 224
+    size = input_hw(input_size, stem)
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive integer, got {width!r}")
     if width != 64 and not arch.startswith("resnet"):
@@ -156,14 +156,13 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
         mlp = "tiny" if variant == "niff_full" else ("cifar" if stem == "cifar" else default_mlp)
     mlp_cfg = resolve_mlp(mlp)
     if variant == "sep":
-        to_separated(model, input_size, in_chans=in_chans)
+        to_separated(model, size, in_chans=in_chans)
     elif variant.startswith("niff"):
-        to_niff(model, input_size, variant="full" if variant == "niff_full" else "split",
+        to_niff(model, size, variant="full" if variant == "niff_full" else "split",
                 mlp=mlp_cfg, mode=mode, in_chans=in_chans, niff_on_1x1=niff_on_1x1)
     else:
-        record_shapes(model, input_size, in_chans)  # validates the input size
-    size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
-    model.niff_config = dict(name=name, num_classes=num_classes, in_chans=in_chans, input_size=size,
+        record_shapes(model, size, in_chans)  # validates the input size
+    model.niff_config = dict(name=name, num_classes=num_classes, in_chans=in_chans, input_size=list(size),
                              stem=stem, mlp=mlp_cfg.to_dict(), mode=mode)
     if niff_on_1x1:
         model.niff_config["niff_on_1x1"] = True

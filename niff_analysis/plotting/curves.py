@@ -18,7 +18,7 @@ from matplotlib.patches import Patch
 
 from .panels import models_of, of_model, panels, require, ret
 from .style import (METHOD_COLORS, MODEL_LINESTYLES, layer_colors, new_figure,
-                    ordered_unique, stage_color, stage_of, style)
+                    ordered_unique, palette_stage, stage_color, style)
 
 
 def _stage_legend(a, stages: dict, models: Sequence, overlay: bool, untrained: bool, scale: bool = False) -> None:
@@ -107,7 +107,7 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
                 ls = MODEL_LINESTYLES[m_i % len(MODEL_LINESTYLES)] if overlay else "-"
                 ref = None if untrained is None else of_model(of_measure(untrained, measure), model)
                 st_col = part["stage"] if "stage" in part.columns else [None] * len(part)
-                stage_by_name = dict(zip(part[group], (stage_of(n, s) for n, s in zip(part[group], st_col))))
+                stage_by_name = dict(zip(part[group], (palette_stage(n, s) for n, s in zip(part[group], st_col))))
                 noise = None if scale is None or scale.empty else of_model(of_measure(scale, measure), model)
                 for st in ordered_unique(stage_by_name.values()):
                     members = [n for n, s in stage_by_name.items() if s == st]
@@ -256,7 +256,7 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
             x = np.arange(len(part))
             for axis, marker, dx in (("x", "o", -0.12), ("y", "s", 0.12)):
                 for i, row in part.iterrows():
-                    c = stage_color(stage_of(row["layer"], row.get("stage")))
+                    c = stage_color(palette_stage(row["layer"], row.get("stage")))
                     if quartiles:
                         mid = row[f"sigma_{axis}_median"]
                         err = [[mid - row[f"sigma_{axis}_q25"]], [row[f"sigma_{axis}_q75"] - mid]]

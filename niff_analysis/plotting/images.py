@@ -21,7 +21,7 @@ from matplotlib.textpath import TextPath
 from ..analysis.kernels import sample_channels
 from ..errors import SelectionError
 from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, layer_colors, new_figure, ordered_unique,
-                    stage_color, stage_of, style)
+                    palette_stage, stage_color, style)
 
 Cell = tuple[np.ndarray, str]  # image, caption under it (None: an empty slot)
 
@@ -94,7 +94,7 @@ def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]
     for r, (label, stage, cells) in enumerate(rows):
         y0 = y_off + r * (1 + gap + cap)
         if label:
-            color = stage_color(stage_of(label, stage))
+            color = stage_color(palette_stage(label, stage))
             ax.add_patch(Rectangle((-0.1, y0), 0.05, 1, color=color, lw=0))
             ax.text(-0.16, y0 + 0.5, label, ha="right", va="center", fontsize=6, color=color)
         for c, item in enumerate(cells):

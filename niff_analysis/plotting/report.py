@@ -17,12 +17,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .._types import PathLike
 from ..analysis import LayerKernels, PCAResult
 from ..analysis.kernels import sample_channels
 from ..analysis.schema import CHECKPOINT
@@ -38,8 +39,6 @@ from .training import plot_kernel_history
 
 FORMATS = ("pdf", "png", "svg")
 ZOOM = 9
-
-PathLike = Union[str, os.PathLike]
 
 
 def _components_long(result: PCAResult, label: str) -> pd.DataFrame:

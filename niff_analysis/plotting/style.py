@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..analysis.kernels import stage_of
 from ..io import atomic_write
 
 # Okabe & Ito (2008), the standard colour-blind-safe qualitative palette. Yellow comes last:
@@ -89,11 +90,13 @@ def stage_color(stage: Optional[str]) -> str:
     return OKABE_ITO[stage_index(stage) % len(OKABE_ITO)]
 
 
-def stage_of(layer: str, stage: Optional[str] = None) -> str:
-    """A layer's stage: the given one, else the first component of its dotted name."""
+def palette_stage(layer: str, stage: Optional[str] = None) -> str:
+    """The group a layer is coloured by: its recorded stage; else the stage its name gives
+    (:func:`~niff_analysis.analysis.kernels.stage_of`, the one rule); else, for a name without
+    any stage, the first component of its dotted name (layers of one module share a colour)."""
     if stage is not None and stage == stage and str(stage) not in ("", "None"):  # drops NaN
         return str(stage)
-    return str(layer).split(".")[0]
+    return stage_of(str(layer)) or str(layer).split(".")[0]
 
 
 def layer_colors(layers: Sequence[str], stages: Optional[Sequence[Optional[str]]] = None) -> dict[str, str]:
@@ -102,9 +105,9 @@ def layer_colors(layers: Sequence[str], stages: Optional[Sequence[Optional[str]]
     stages = list(stages) if stages is not None else [None] * len(layers)
     seen: dict[str, list[str]] = {}
     for layer, st in zip(layers, stages):
-        seen.setdefault(stage_of(layer, st), [])
-        if layer not in seen[stage_of(layer, st)]:
-            seen[stage_of(layer, st)].append(layer)
+        seen.setdefault(palette_stage(layer, st), [])
+        if layer not in seen[palette_stage(layer, st)]:
+            seen[palette_stage(layer, st)].append(layer)
     out = {}
     for st, members in seen.items():
         base = np.array(mcolors.to_rgb(stage_color(st)))

@@ -14,7 +14,7 @@ from matplotlib.lines import Line2D
 
 from ..errors import SelectionError
 from .panels import models_of, of_model, panels, require, ret
-from .style import OKABE_ITO, layer_colors, ordered_unique, stage_of, style
+from .style import OKABE_ITO, layer_colors, ordered_unique, palette_stage, style
 
 
 # --------------------------------------------------------------------------- during training
@@ -114,7 +114,7 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mas
     h = history.copy()
     if "measure" in h.columns:  # one measure's mass statistics (and the measure-free ones)
         h = h[h["measure"].isin([measure, "any"])]
-    h["stage"] = [stage_of(layer, st) for layer, st in zip(h["layer"], h.get("stage", [None] * len(h)))]
+    h["stage"] = [palette_stage(layer, st) for layer, st in zip(h["layer"], h.get("stage", [None] * len(h)))]
     arms = ordered_unique(h["arm"])
     stages = ordered_unique(h["stage"])
     colors = {arm: OKABE_ITO[(i + 1) % len(OKABE_ITO)] for i, arm in enumerate(arms)}

@@ -16,8 +16,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .._types import input_hw
+from ..data import SeededImageFolder, TensorDataset, augment_batch, load_dataset, normalise
 from .config import TrainConfig
-from .data import SeededImageFolder, TensorDataset, augment_batch, load_dataset, normalise
 from .distributed import dist_info
 
 
@@ -107,8 +108,8 @@ def load_data(cfg: TrainConfig) -> tuple:
     ``test_subset`` samples) and ``cfg.model_kwargs`` with what the data decides filled in
     (classes, channels, stem, input size); ``cfg`` itself is not changed."""
     kw = cfg.model_kwargs
-    size = kw.get("input_size") or (32 if kw.get("stem") == "cifar" else 224)
-    size = tuple(size) if isinstance(size, (list, tuple)) else int(size)
+    h, w = input_hw(kw.get("input_size") or None, kw.get("stem"))
+    size = h if h == w else (h, w)  # as the ImageFolder transforms take it
     train_data, test_data = (load_dataset(cfg.dataset, cfg.data_dir, split, image_size=size, seed=cfg.seed,
                                           content_scale=cfg.content_scale) for split in ("train", "test"))
     train_data, test_data = first_samples(train_data, cfg.train_subset), first_samples(test_data, cfg.test_subset)
@@ -120,5 +121,5 @@ def load_data(cfg: TrainConfig) -> tuple:
         kwargs.setdefault("input_size", list(train_data.images.shape[-2:]))
     else:
         kwargs.setdefault("in_chans", 3)
-        kwargs.setdefault("input_size", [size, size] if isinstance(size, int) else list(size))
+        kwargs.setdefault("input_size", [h, w])
     return train_data, test_data, kwargs

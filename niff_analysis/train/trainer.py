@@ -33,11 +33,12 @@ from torch import nn
 
 from .. import __version__
 from ..analysis.stats import FILE_NAME as STATS_NAME
-from ..checkpoint import CONFIG_NAME, check_model_fits, initial_model, resolve_device, save_checkpoint
+from ..checkpoint import CONFIG_NAME, check_model_fits, initial_model, save_checkpoint
+from ..device import resolve_device
 from ..errors import NiffError
 from ..io import atomic_write, write_failure
 from ..layers.memory import ensure_freed_memory_kept, keep_freed_memory  # noqa: F401 - re-exported
-from ..layers.niff import _NIFFBase
+from ..layers.niff import NIFFLayer
 from ..models import niff_layers
 from ..runs import DIVERGED_NAME, INIT_DIR, clear_run, holds_run, refuse_foreign, run_lock
 from .batches import evaluate, load_data, train_batches
@@ -117,7 +118,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     of the frequency MLPs form groups of their own, with ``mlp_weight_decay`` on their weights
     (and on their biases with ``mlp_bias_decay``) and the lr scaled by ``mlp_lr_scale``
     (``lr_scale`` in each group)."""
-    mlp = {id(p) for m in model.modules() if isinstance(m, _NIFFBase)
+    mlp = {id(p) for m in model.modules() if isinstance(m, NIFFLayer)
            for p in list(m.real.parameters()) + list(m.imag.parameters())}
     mlp_wd = cfg.weight_decay if cfg.mlp_weight_decay is None else cfg.mlp_weight_decay
     spec = [(False, True, cfg.weight_decay, 1.0), (False, False, 0.0, 1.0),

@@ -12,7 +12,7 @@ import torch
 
 from helpers import load_weights, recorded_states, tiny_config
 from niff_analysis.layers import CONV_MODES, DepthwiseNIFF, FullNIFF, SplitNIFF
-from niff_analysis.layers.niff import _NIFFBase
+from niff_analysis.layers.niff import NIFFLayer
 from niff_analysis.models import create_model
 from niff_analysis.train import precision as prec, trainer
 
@@ -63,7 +63,7 @@ def test_hermitian_filter_on_cuda_equals_autograds_path(size):
         layer.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
         if autograd_path:
-            layer._filter = lambda xc, filt: _NIFFBase._filter(layer, xc, filt)
+            layer._filter = lambda xc, filt: NIFFLayer._filter(layer, xc, filt)
         y = layer(xi)
         layer.__dict__.pop("_filter", None)
         y.square().sum().backward()
