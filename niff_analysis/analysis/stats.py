@@ -87,7 +87,9 @@ def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional
         kernels: layers from :func:`~niff_analysis.analysis.extract_kernels`.
         gaussian_max_kernels: fit at most this many kernels per layer (evenly spaced); ``None``
             fits all.
-        device: where the Gaussian fits run.
+        device: deprecated and ignored: the Gaussian fits run on the CPU whatever the device
+            (:func:`~niff_analysis.analysis.gaussian.gaussian_fit`); the trainer still passes
+            its training device.
         mass: measure → :func:`~niff_analysis.analysis.kernel_mass` of ``kernels`` under it, for
             the measures the caller has already computed (the costly part).
         measures: the measures to record (both by default).
@@ -116,7 +118,7 @@ def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional
                 vals[f"k{q}_mean"] = float(sz[f"size_{q}"].mean())
                 vals[f"k{q}_median"] = float(sz[f"size_{q}"].median())
             rows[lk.name] += [(lk.name, lk.stage, measure, k, vals[k]) for k in MASS_STATS]
-    fits = gaussian_fit(subsample(kernels, gaussian_max_kernels), device=device)
+    fits = gaussian_fit(subsample(kernels, gaussian_max_kernels))
     for lk in kernels:
         vals = {}
         f = fits[fits["layer"] == lk.name]

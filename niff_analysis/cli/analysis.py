@@ -430,7 +430,7 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
         t0 = time.perf_counter()
         fits = gaussian_fit(lks, device=run.device, max_iter=max_iter, progress=not quiet)
         run.log(f"{label}: {len(fits)} Gaussian fits, {int(fits['success'].sum())} ok, "
-                f"in {time.perf_counter() - t0:.1f} s on {run.device}")
+                f"in {time.perf_counter() - t0:.1f} s on the CPU")
         frames.append(with_checkpoint(fits, label))
     fits = pd.concat(frames, ignore_index=True)
     df = fits if fmt != "table" and view == "fits" else gaussian_summary(fits, resamples)

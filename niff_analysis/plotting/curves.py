@@ -237,7 +237,7 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
         ax: axes, one per model.
         fig: figure to add panels to.
     """
-    from ..analysis.gaussian import MOMENT_RESOLVED
+    from ..analysis.gauss2d import MOMENT_RESOLVED
 
     quartiles = {"sigma_x_median", "sigma_x_q25", "sigma_x_q75"} <= set(summary.columns)
     cols = ["layer"] + ([f"sigma_{a}_{s}" for a in "xy" for s in ("median", "q25", "q75")] if quartiles
