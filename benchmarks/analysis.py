@@ -3,18 +3,19 @@
 * **Gaussian fits.** :func:`niff_analysis.analysis.gaussian_fit` (Levenberg–Marquardt, compiled
   on the CPU; timed on its second call in the process, the first, which loads the compiled code,
   is printed beside it) over every NIFF kernel against a per-kernel ``scipy.optimize.curve_fit``
-  loop with the same model function (:func:`~niff_analysis.analysis.gaussian.gaussian_model`), the same data (|k|
+  loop with the same model function (:func:`~niff_analysis.analysis.gauss2d.gaussian_model`), the same data (|k|
   scaled by its peak) and the same moment start. A full curve_fit loop would take minutes, so it
   runs on ``sample`` kernels per kernel size; its time for all kernels is extrapolated per size
   (mean seconds per kernel × kernels of that size). Results are compared on the sampled kernels
   that both fits call successful. Target: ≥ 20× faster.
 * **Pipeline.** ``niff-analyze describe``, ``mass``, ``pca`` and ``gaussian`` on a saved
   ``resnet50_niff`` checkpoint, in process (click's runner), each timed once. Target: ≤ 30 s in all.
-* **Solvers.** The compiled CPU solver (:mod:`niff_analysis.analysis.lm_cpu`, what
-  ``gaussian_fit`` runs on the CPU) against the batched torch solver
-  (:func:`niff_analysis.analysis.lm.levenberg_marquardt`, what it runs on CUDA and MPS, and ran on
-  the CPU before) on the same seeded sample of the bundled baseline's kernels per map size, one
-  thread each, one after the other: seconds, the ratio, and how many statuses agree.
+* **Solvers.** The compiled solver (:mod:`niff_analysis.analysis.lm`, the only one
+  ``gaussian_fit`` runs) against the batched torch iteration it replaced, now the tests' reference
+  solver (``tests/lm_reference.py``, loaded from this source tree), on the same seeded sample of
+  the bundled baseline's kernels per map size, one thread each, one after the other: seconds, the
+  ratio, and how many statuses agree. It says what the compiled solver gains and that it still
+  gives the reference's fits; the reference is not a product path.
 * **Give-up rules.** The compiled solver with the early give-up rules (what ``gaussian_fit``
   runs) against the same solver without them, on every kernel of both bundled checkpoints
   (``quick``: a seeded sample per map size): seconds and iterations of each, the fits ok in
@@ -27,10 +28,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -38,7 +41,7 @@ import torch
 
 from niff_analysis.analysis import extract_kernels, gaussian_fit
 from niff_analysis.analysis.gaussian import fit_status
-from niff_analysis.analysis.lm import _derived, gaussian_model, moment_init, pixel_coords
+from niff_analysis.analysis.gauss2d import derived, gaussian_model, moment_init, pixel_coords
 from niff_analysis.models import create_model
 
 from . import show, verdict
@@ -88,7 +91,7 @@ def gaussian_vs_curve_fit(model: torch.nn.Module, sample: int) -> pd.DataFrame:
         per_kernel = (time.perf_counter() - t0) / len(pick)
         both = (status == "ok") & ours.success.to_numpy()[pick]
         if both.any():
-            d = _derived(torch.as_tensor(params[both]))
+            d = derived(torch.as_tensor(params[both]))
             rel = np.maximum(np.abs(d["sigma_x"].numpy() / ours.sigma_x.to_numpy()[pick][both] - 1),
                              np.abs(d["sigma_y"].numpy() / ours.sigma_y.to_numpy()[pick][both] - 1))
         else:
@@ -153,10 +156,21 @@ def _fit_data(flat: torch.Tensor) -> torch.Tensor:
     return (mag / peak)[peak[:, 0] > 0]
 
 
+def _reference_solver() -> ModuleType:
+    """The tests' reference solver, ``tests/lm_reference.py`` of this source tree."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "lm_reference.py"
+    spec = importlib.util.spec_from_file_location("lm_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def solvers(quick: bool = False, sample: int = 4096) -> pd.DataFrame:
-    """Compiled CPU solver vs batched torch solver on ``sample`` baseline kernels per map size."""
+    """Compiled solver vs the batched torch reference on ``sample`` baseline kernels per map size."""
     from niff_analysis.analysis import gaussian as g
     from niff_analysis.checkpoint import BUNDLED_DIR
+
+    ref = _reference_solver()
 
     sample = 512 if quick else sample
     layers = extract_kernels(BUNDLED_DIR / "resnet18_fmnist", include_conv=True)
@@ -170,12 +184,12 @@ def solvers(quick: bool = False, sample: int = 4096) -> pd.DataFrame:
             flat = flat[torch.as_tensor(rng.choice(len(flat), min(sample, len(flat)), replace=False))]
             mag = _fit_data(flat)
             h, w = size
-            g._solve_cpu(mag[:2], h, w, 200)  # compiled code loaded before timing
+            g._solve(mag[:2], h, w, 200)  # compiled code loaded before timing
             t0 = time.perf_counter()
-            pn, sn, _ = g._solve_cpu(mag, h, w, 200, threads=1)
+            pn, sn, _ = g._solve(mag, h, w, 200, threads=1)
             compiled_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            pt, st, _ = g._solve(mag, h, w, 200, batch=min(8192, (1 << 17) // (h * w)))
+            pt, st, _ = ref.solve(mag, h, w, 200, batch=min(8192, (1 << 17) // (h * w)))
             torch_s = time.perf_counter() - t0
             a, b = g.fit_status(pt, h, w, st), g.fit_status(pn, h, w, sn)
             ok = (a == "ok") & (b == "ok")
@@ -191,7 +205,7 @@ def solvers(quick: bool = False, sample: int = 4096) -> pd.DataFrame:
 def give_up_rules(quick: bool = False, sample: int = 2000) -> pd.DataFrame:
     """What the early give-up rules cost and save on the bundled checkpoints' kernels."""
     from niff_analysis.analysis import gaussian as g
-    from niff_analysis.analysis.lm_cpu import levenberg_marquardt_cpu
+    from niff_analysis.analysis.lm import levenberg_marquardt
     from niff_analysis.checkpoint import BUNDLED_DIR
 
     rng = np.random.default_rng(0)
@@ -207,13 +221,13 @@ def give_up_rules(quick: bool = False, sample: int = 2000) -> pd.DataFrame:
             h, w = size
             x, y = pixel_coords(h, w, dtype=torch.float64)
             start = moment_init(mag, x, y).numpy()
-            g._solve_cpu(mag[:2], h, w, 200)  # compiled code loaded before timing
+            g._solve(mag[:2], h, w, 200)  # compiled code loaded before timing
             t0 = time.perf_counter()
-            pr, sr, ir = g._solve_cpu(mag, h, w, 200, threads=threads)
+            pr, sr, ir = g._solve(mag, h, w, 200, threads=threads)
             rules_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            pn, sn, i_n = levenberg_marquardt_cpu(mag.numpy(), x.numpy(), y.numpy(), start, h, w, max_iter=200,
-                                                  give_up=None, threads=threads)
+            pn, sn, i_n = levenberg_marquardt(mag.numpy(), x.numpy(), y.numpy(), start, h, w, max_iter=200,
+                                              give_up=None, threads=threads)
             none_s = time.perf_counter() - t0
             a, b = g.fit_status(pr, h, w, sr), g.fit_status(pn, h, w, sn)
             lost = (a != "ok") & (b == "ok")
@@ -250,7 +264,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample:
         print(f"  total {total:.1f} s (target <= 30 s: {verdict(total, 30)})")
         frame.attrs["pipeline_s"] = total
         sol = solvers(quick)
-        show("analysis: compiled CPU solver vs batched torch solver, bundled baseline's kernels "
+        show("analysis: compiled solver vs the tests' batched torch reference, bundled baseline's kernels "
              "(seeded sample per size, one thread each)", sol)
         print(f"  all sizes: torch {sol.torch_s.sum():.1f} s, compiled {sol.compiled_s.sum():.1f} s: "
               f"{sol.torch_s.sum() / sol.compiled_s.sum():.1f}x")

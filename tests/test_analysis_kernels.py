@@ -133,7 +133,7 @@ def test_include_conv_and_baseline(baseline_checkpoint):
     torch.testing.assert_close(lks[0].kernels[:, :, 15:18, 15:18], w.flip(-1, -2))
     assert lks[0].kernels.abs().sum() == pytest.approx(w.abs().sum().item(), rel=1e-5)
     niff = extract_kernels(None, layers="conv1", include_conv=True)
-    assert [(lk.name, lk.kind, lk.stage) for lk in niff] == [("conv1", "conv", None)]
+    assert [(lk.name, lk.kind, lk.stage) for lk in niff] == [("conv1", "conv", "conv1")]  # the stem: its own stage
 
 
 def test_errors():

@@ -80,8 +80,11 @@ def test_commands_and_formats(command, fmt):
 def test_mass_views_and_quiet():
     summ = pd.read_csv(io.StringIO(invoke("mass", "--layers", SMALL, "--format", "csv", "--view", "summary",
                                           "-q").stdout))
-    assert summ.window.tolist() == [1, 3, 4] and (summ.n == 512).all()
-    assert summ["mean"].iloc[-1] == 1.0
+    # the 4×4 kernels' windows, then 5 and 9 (windows every layer reports), which cover all of it
+    assert summ.window.tolist() == [1, 3, 4, 5, 9] and (summ.n == 512).all()
+    assert summ.beyond_kernel.tolist() == [False, False, False, True, True]
+    assert (summ["mean"].iloc[2:] == 1.0).all() and (summ["std"].iloc[2:] == 0).all()
+    assert (summ[["delta", "noise", "init"]].iloc[2:] == 1.0).all().all()  # so are the references'
     res = invoke("mass", "--layers", SMALL, "--format", "csv", "--view", "sizes", "--quiet")
     sizes = pd.read_csv(io.StringIO(res.stdout))
     assert list(sizes.columns[-3:]) == ["size_50", "size_90", "size_95"] and len(sizes) == 512
@@ -176,7 +179,7 @@ def test_mass_summary_carries_interval_and_scale():
     summ = pd.read_csv(io.StringIO(invoke("mass", "--layers", "layer4.*", "--measure", "both", "--view", "summary",
                                           "--format", "csv", "-q").stdout))
     assert list(summ.columns) == ["checkpoint", "measure", "layer", "stage", "fmap_h", "fmap_w", "window", "mean",
-                                  "mean_lo", "mean_hi", "std", "n", "delta", "noise", "init"]
+                                  "mean_lo", "mean_hi", "std", "n", "beyond_kernel", "delta", "noise", "init"]
     assert set(summ.measure) == {"l1", "energy"} and (summ.delta == 1.0).all()
     inner = summ[summ.window < 4]
     assert ((inner.mean_lo < inner["mean"]) & (inner["mean"] < inner.mean_hi)).all()
@@ -191,7 +194,7 @@ def test_mass_summary_carries_interval_and_scale():
     assert got == pytest.approx(step0, rel=1e-9)
     table = invoke("mass", "--layers", SMALL, "--view", "summary", "-q").stdout
     assert table.splitlines()[0].split() == ["checkpoint", "measure", "layer", "stage", "fmap_h", "fmap_w", "window",
-                                             "mean", "n", "delta", "noise", "init"]
+                                             "mean", "n", "beyond_kernel", "delta", "noise", "init"]
     assert "[" in table.splitlines()[1]
     per_layer = invoke("mass", "--layers", SMALL, "--measure", "energy", "-q").stdout
     assert per_layer.splitlines()[1].split()[1] == "energy" and "mass_w1" in per_layer
@@ -242,8 +245,9 @@ def test_several_checkpoints_and_folders(tmp_path, baseline_checkpoint):
     assert res.exit_code == 0, res.stderr
     df = pd.read_csv(io.StringIO(res.stdout))
     assert df.columns[0] == "checkpoint"
-    assert df.checkpoint.tolist() == ["resnet18_fmnist"] * 3 + ["resnet18_niff_fmnist"] * 3
-    assert df.n.tolist() == [512 * 512] * 3 + [512] * 3  # baseline: one kernel per (out, in) pair
+    # windows 1, 3, 4 of the 4×4 kernels and 5, 9 beyond them
+    assert df.checkpoint.tolist() == ["resnet18_fmnist"] * 5 + ["resnet18_niff_fmnist"] * 5
+    assert df.n.tolist() == [512 * 512] * 5 + [512] * 5  # baseline: one kernel per (out, in) pair
     res = invoke("pca", str(DEFAULT_CHECKPOINT), str(folder / DEFAULT_CHECKPOINT.name), "--layers", SMALL,
                  "--format", "csv")
     labels = set(pd.read_csv(io.StringIO(res.stdout)).checkpoint)

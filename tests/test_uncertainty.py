@@ -135,7 +135,8 @@ def test_delta_and_mass_scale():
     scale = mass_scale(layers, "energy", init=init)
     assert list(scale.columns) == ["layer", "window", "delta", "noise", "init"]
     assert (scale["delta"] == 1.0).all() and (scale["init"] == 1.0).all()
-    assert scale.groupby("layer", sort=False).size().tolist() == [9, 3]  # windows 1…15, 16; 1, 3, 4
+    # windows 1…15, 16; 1, 3, 4 and 5, 9 (reported for every layer; they cover the 4×4 kernel)
+    assert scale.groupby("layer", sort=False).size().tolist() == [9, 5]
     ref = reference_layers(layers, "noise")
     assert [r.name for r in ref] == ["a", "b"] and ref[0].fmap == (16, 16)
     noise = mass_summary(kernel_mass(ref[:1], "energy"))

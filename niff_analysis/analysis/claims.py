@@ -256,7 +256,8 @@ def paper_claims(kernels: Sequence[LayerKernels], init: Optional[Sequence[LayerK
         init: the same layers at initialisation (the ``init`` column; NaN without).
         measures: the measures of the mass and size statistics (σ rows are measure ``any``).
         resamples: bootstrap resamples of the intervals (0: none).
-        device: where the Gaussian fits run.
+        device: deprecated and ignored: the Gaussian fits run on the CPU whatever the device
+            (:func:`~niff_analysis.analysis.gaussian.gaussian_fit`).
         fits: :func:`~niff_analysis.analysis.gaussian_fit` of ``kernels`` if the caller has it
             (otherwise at most :data:`GAUSS_MAX_KERNELS` evenly spaced kernels per layer are fitted).
 
@@ -265,14 +266,14 @@ def paper_claims(kernels: Sequence[LayerKernels], init: Optional[Sequence[LayerK
     """
     kernels = list(kernels)
     if fits is None:
-        fits = gaussian_fit(subsample(kernels, GAUSS_MAX_KERNELS), device=device)
+        fits = gaussian_fit(subsample(kernels, GAUSS_MAX_KERNELS))
     table = pd.DataFrame(_rows(kernels, measures, resamples, fits), columns=COLUMNS[:8])
     key = ["claim", "stage", "measure", "statistic"]
     refs = {kind: _rows(reference_layers(kernels, kind), measures, 0, None) for kind in ("delta", "noise")}
     if init is not None:
         names = {lk.name for lk in kernels}
         init = [lk for lk in init if lk.name in names]
-        refs["init"] = _rows(init, measures, 0, gaussian_fit(subsample(init, GAUSS_MAX_KERNELS), device=device))
+        refs["init"] = _rows(init, measures, 0, gaussian_fit(subsample(init, GAUSS_MAX_KERNELS)))
     for kind in ("delta", "noise", "init"):
         ref = pd.DataFrame(refs.get(kind, []), columns=COLUMNS[:8])[key + ["value"]].rename(columns={"value": kind})
         table = table.merge(ref, on=key, how="left")

@@ -6,7 +6,7 @@ The paper gives no protocol; this module defines one.
 relative to the kernel origin: x = column − W//2 (right positive), y = row − H//2 (down
 positive), sampled at pixel centres. Plain least squares over all pixels.
 
-**Model function** (:func:`gaussian_model`, 7 parameters)::
+**Model function** (:func:`.gauss2d.gaussian_model`, 7 parameters)::
 
     f(x, y) = A · exp(−½ · Q) + b,   Q = (l11·dx + l21·dy)² + (l22·dy)²,
     dx = x − x0, dy = y − y0,  l11 = exp(u), l22 = exp(v)
@@ -27,7 +27,7 @@ covariance (for an exact Gaussian, squaring halves the covariance) plus 1/12 px�
 variance); A₀ = max|k| − b₀.
 
 **Solver.** Levenberg–Marquardt with Marquardt's diagonal scaling and Nielsen's gain-ratio
-update of λ (float64; float32 on MPS), with the analytic Jacobian; each kernel is scaled by its
+update of λ (float64), with the analytic Jacobian; each kernel is scaled by its
 maximum |k| first. A step is accepted if it lowers the cost. With MINPACK's default tolerances
 (``ftol`` = ``xtol`` = 1.5e-8, those of ``scipy.optimize.curve_fit``) a fit has converged when an
 accepted step lowers the cost by less than ``ftol`` relative or changes the parameters by less
@@ -36,10 +36,11 @@ than ``xtol`` relative, when the RMS residual falls below 1e-8 of the peak, or w
 0.1 px, or below 0.3 px for 20 iterations in a row (a peak squeezing between the samples while
 its amplitude grows without bound); σ_major above 20 kernel sizes, or above 3 for 20 iterations
 (amplitude and offset cancelling into a slope); or a centre more than a kernel size off the
-grid. Such fits are then judged by the failure rules below. On the CPU the same iteration runs
-compiled (numba, :mod:`.lm_cpu`), one fit at a time in each of one thread per core; elsewhere
-the fits are batched in torch (:func:`.lm.levenberg_marquardt`). The two agree fit by fit up to
-rounding (tested).
+grid. Such fits are then judged by the failure rules below. The iteration runs compiled
+(numba, :mod:`.lm`), one fit at a time in each of one thread per core, always on the CPU (the
+kernels are CPU tensors wherever the model ran); its settings and the give-up rule's thresholds
+are in :mod:`.gauss2d`. The tests keep the batched torch iteration it was written from as a
+reference (``tests/lm_reference.py``) and check that the two agree fit by fit up to rounding.
 
 **Failure** is data (``success`` False, a reason in ``status``), never an exception:
 ``"zero kernel"``, ``"non-finite kernel"``, ``"constant kernel"`` and ``"too few pixels"`` (fewer
@@ -57,7 +58,7 @@ use successful fits only.
 ``sigma_y_moment``, the widths of its peak by deweighted adaptive moments (Bernstein & Jarvis
 2002, "Shapes and shears, stars and smears", §3): the weighted second moments of |k| − b₀ (b₀ the
 median of |k|, the lower middle value for an even count) under an elliptical Gaussian window centred on the peak, whose covariance M is
-the current estimate plus 1 px² (:data:`MOMENT_WINDOW_FLOOR`). A Gaussian of covariance Σ seen
+the current estimate plus 1 px² (:data:`.gauss2d.MOMENT_WINDOW_FLOOR`). A Gaussian of covariance Σ seen
 through that window has covariance C = (Σ⁻¹ + M⁻¹)⁻¹, so each step sets Σ = (C⁻¹ − M⁻¹)⁻¹ and
 the centre likewise, starting at the brightest pixel with Σ = 1 px², until Σ changes by less
 than 0.1 % and the centre by less than 0.01 px (at most 40 steps, half steps after 15): on a
@@ -89,7 +90,6 @@ from the same start wherever both fits succeed.
 from __future__ import annotations
 
 import sys
-from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -98,23 +98,11 @@ import torch
 
 from .kernels import LayerKernels
 from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
-from .lm import (N_PARAMS, _derived, levenberg_marquardt, model_values,
-                 moment_init, pixel_coords, precision)
+from . import gauss2d
+from .gauss2d import (MAX_ITER, MIN_SIGMA, MOMENT_CENTRE_TOL, MOMENT_DAMP_AFTER, MOMENT_MAX_ITER, MOMENT_TOL,
+                      MOMENT_WINDOW_FLOOR, N_PARAMS, derived, model_values, moment_init, pixel_coords)
 from .uncertainty import add_intervals
 
-MIN_SIGMA = 0.4
-# A fit is given up (see _hopeless) when its σ_minor falls below HARD_SIGMA px or its σ_major
-# exceeds HARD_WIDTH kernel sizes, or when it stays below GIVE_UP_SIGMA px or above
-# GIVE_UP_WIDTH kernel sizes for GIVE_UP_PATIENCE iterations in a row.
-HARD_SIGMA, HARD_WIDTH = 0.1, 20.0
-GIVE_UP_SIGMA, GIVE_UP_WIDTH, GIVE_UP_PATIENCE = 0.3, 3.0, 20
-# Moment σ (adaptive_moments): the window's covariance is the current estimate plus this many
-# px² (a window never narrower than about a pixel); at most this many iterations, until σ²
-# changes by less than this share and the centre by less than this many px; half steps after
-# this many iterations.
-MOMENT_WINDOW_FLOOR, MOMENT_MAX_ITER, MOMENT_TOL, MOMENT_CENTRE_TOL, MOMENT_DAMP_AFTER = 1.0, 40, 1e-3, 1e-2, 15
-#: Below this σ (px) the moment σ cannot pin a peak down (docs/gaussian_validation.md).
-MOMENT_RESOLVED = 0.75
 COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",
            "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success", "status",
            "sigma_ratio", "iterations", "sigma_x_moment", "sigma_y_moment", "censored"]
@@ -123,7 +111,7 @@ COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",
 def fit_status(params, h: int, w: int, converged=None) -> np.ndarray:
     """Judge fitted parameters (B, 7) of h×w kernels: "ok" or the failure reason (docstring)."""
     p = torch.as_tensor(params, dtype=torch.float64).reshape(-1, N_PARAMS).cpu()
-    d = {k: v.numpy() for k, v in _derived(p).items()}
+    d = {k: v.numpy() for k, v in derived(p).items()}
     x0, y0, amp = p[:, 1].numpy(), p[:, 2].numpy(), p[:, 0].numpy()
     st = np.array(["ok"] * len(p), dtype=object)
     with np.errstate(invalid="ignore"):
@@ -140,80 +128,50 @@ def fit_status(params, h: int, w: int, converged=None) -> np.ndarray:
     return st
 
 
-def _hopeless(p: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fits that have left the meaningful regime and would only creep on, as (stop now, stop
-    once it has lasted GIVE_UP_PATIENCE iterations): a peak squeezing between the samples
-    (σ_minor small, amplitude growing without bound), amplitude and offset cancelling into a
-    slope (σ_major large), or a centre more than a kernel size off the grid. Such fits end as
-    failures ("undersampled", "too wide", "centre outside"). They cut the solver's iterations
-    3.19× on the bundled baseline at the price of 67 of its 416,534 successful fits, paths that
-    left the grid and came back; on the NIFF default they change none (``python -m benchmarks
-    analysis``, benchmarks/README.md)."""
-    # σ² along the principal axes is 1 / the eigenvalues of P (cheaper than _derived: this runs
-    # every solver iteration).
-    (pxx, pxy, pyy), _ = precision(p)
-    half, rad = 0.5 * (pxx + pyy), torch.hypot(0.5 * (pxx - pyy), pxy)
-    p_max, p_min, size = half + rad, half - rad, max(h, w)
-    now = ((p_max * HARD_SIGMA ** 2 > 1) | (p_min * (HARD_WIDTH * size) ** 2 < 1)
-           | (p[:, 1].abs() > w) | (p[:, 2].abs() > h))
-    soon = (p_max * GIVE_UP_SIGMA ** 2 > 1) | (p_min * (GIVE_UP_WIDTH * size) ** 2 < 1)
-    return now, soon
-
-
-def _solve(data: torch.Tensor, h: int, w: int, max_iter: int, batch: int | None,
-           on_done=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _solve(data: torch.Tensor, h: int, w: int, max_iter: int = MAX_ITER, threads: int = 1,
+           on_done=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit h×w kernels' peak-scaled magnitudes ``data`` (B, h·w) from their moment start with the
-    batched torch solver (CUDA, MPS, and the CPU reference): (params, stopped, iterations) as
-    :func:`levenberg_marquardt` returns them."""
-    x, y = pixel_coords(h, w, device=data.device, dtype=data.dtype)
-    return levenberg_marquardt(data, x, y, moment_init(data, x, y), max_iter=max_iter,
-                               give_up=partial(_hopeless, h=h, w=w), patience=GIVE_UP_PATIENCE,
-                               batch=batch, on_done=on_done)
-
-
-def _solve_cpu(data: torch.Tensor, h: int, w: int, max_iter: int, threads: int = 1,
-               on_done=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_solve` with the compiled per-fit solver (:mod:`.lm_cpu`), float64 on the CPU."""
-    from .lm_cpu import levenberg_marquardt_cpu
+    compiled solver (:func:`.lm.levenberg_marquardt`, float64 on the CPU) and the give-up rule
+    as :mod:`.gauss2d` holds it at the call: (params (B, 7), stopped (B,), iterations (B,))."""
+    from .lm import levenberg_marquardt
 
     x, y = pixel_coords(h, w, dtype=torch.float64)
     data = data.to(torch.float64)
-    rules = (HARD_SIGMA, HARD_WIDTH, GIVE_UP_SIGMA, GIVE_UP_WIDTH)
-    return levenberg_marquardt_cpu(data.numpy(), x.numpy(), y.numpy(), moment_init(data, x, y).numpy(),
-                                   h, w, max_iter=max_iter, give_up=rules, patience=GIVE_UP_PATIENCE,
-                                   threads=threads, on_done=on_done)
+    rules, patience = gauss2d.give_up_rule()
+    return levenberg_marquardt(data.numpy(), x.numpy(), y.numpy(), moment_init(data, x, y).numpy(),
+                               h, w, max_iter=max_iter, give_up=rules, patience=patience,
+                               threads=threads, on_done=on_done)
 
 
 def adaptive_moments(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                      threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Deweighted adaptive second moments of the peak of each row of magnitudes ``mag`` (B, N)
     on pixel coordinates ``x``, ``y`` (N,): the moment σ of the module docstring (compiled,
-    :func:`.lm_cpu.adaptive_moments_cpu`).
+    :func:`.lm.deweighted_moments`; settings in :mod:`.gauss2d`).
 
     Returns:
         (covariance (B, 3): Σxx, Σyy, Σxy; centre (B, 2): x0, y0; settled (B,) bool;
         iterations (B,) int). NaN where a window holds no mass above the background; rows that
         did not settle within the iterations keep their last values.
     """
-    from .lm_cpu import adaptive_moments_cpu
+    from .lm import deweighted_moments
 
     mag = mag.to(torch.float64)
     d = mag - mag.median(dim=1, keepdim=True).values  # above the background b₀
     peak = mag.argmax(dim=1)
     start = torch.stack([x.to(torch.float64)[peak], y.to(torch.float64)[peak]], dim=1)
-    out, settled, iters = adaptive_moments_cpu(d.numpy(), x.numpy(), y.numpy(), start.numpy(),
-                                               MOMENT_WINDOW_FLOOR, MOMENT_MAX_ITER, MOMENT_TOL,
-                                               MOMENT_CENTRE_TOL, MOMENT_DAMP_AFTER, threads)
+    out, settled, iters = deweighted_moments(d.numpy(), x.numpy(), y.numpy(), start.numpy(),
+                                             MOMENT_WINDOW_FLOOR, MOMENT_MAX_ITER, MOMENT_TOL,
+                                             MOMENT_CENTRE_TOL, MOMENT_DAMP_AFTER, threads)
     return out[:, :3], out[:, 3:], settled, iters
 
 
-def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
-                  chunk_pixels: int = 1 << 20, bar=None) -> pd.DataFrame:
-    """Fit every kernel of a (N, H, W) stack; one row per kernel (without layer columns)."""
+def fit_gaussians(kernels: torch.Tensor, max_iter: int = MAX_ITER, chunk_pixels: int = 1 << 20,
+                  bar=None) -> pd.DataFrame:
+    """Fit every kernel of a (N, H, W) stack, on the CPU; one row per kernel (without layer
+    columns)."""
     n, h, w = kernels.shape
-    dev = torch.device(device)
-    dtype = torch.float32 if dev.type == "mps" else torch.float64
-    mag_all = kernels.detach().abs().to(torch.float64).reshape(n, h * w)
+    mag_all = kernels.detach().cpu().abs().to(torch.float64).reshape(n, h * w)
     res = {c: np.full(n, np.nan) for c in ["sigma_x", "sigma_y", "sigma_major", "sigma_minor",
                                            "theta", "x0", "y0", "amplitude", "offset", "r2",
                                            "sigma_x_moment", "sigma_y_moment"]}
@@ -249,27 +207,23 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
         """Write the fits of kernels ``idx`` (their scaled magnitudes ``data``; params, stopped,
         iterations) into the results."""
         p, conv, it = (torch.as_tensor(v) for v in (p, conv, it))
-        data, scale = data.to(p), peak[idx].to(p)[:, None]
-        x, y = pixel_coords(h, w, device=p.device, dtype=p.dtype)
+        scale = peak[idx].to(p)[:, None]
+        x, y = pixel_coords(h, w, dtype=p.dtype)
         f = model_values(p, x, y)
         ss_res = ((f - data) ** 2).sum(1)
         ss_tot = ((data - data.mean(1, keepdim=True)) ** 2).sum(1)
-        vals = dict(_derived(p), x0=p[:, 1], y0=p[:, 2], amplitude=p[:, 0] * scale[:, 0],
+        vals = dict(derived(p), x0=p[:, 1], y0=p[:, 2], amplitude=p[:, 0] * scale[:, 0],
                     offset=p[:, 6] * scale[:, 0], r2=1 - ss_res / ss_tot)
         for k, v in vals.items():
-            res[k][idx] = v.double().cpu().numpy()
-        iters[idx] = it.cpu().numpy()
+            res[k][idx] = v.double().numpy()
+        iters[idx] = it.numpy()
         status[idx] = fit_status(p, h, w, conv)
 
     on_done = None if bar is None else bar.update
     for start in range(0, len(todo), step):
         idx = todo[start:start + step]
-        if dev.type == "cpu":
-            data = mag_all[idx] / peak[idx, None]
-            keep(idx, data, *_solve_cpu(data, h, w, max_iter, torch.get_num_threads(), on_done))
-        else:
-            data = (mag_all[idx] / peak[idx, None]).to(dev, dtype)
-            keep(idx, data, *_solve(data, h, w, max_iter, None, on_done))
+        data = mag_all[idx] / peak[idx, None]
+        keep(idx, data, *_solve(data, h, w, max_iter, torch.get_num_threads(), on_done))
     out = pd.DataFrame(res)
     out["success"] = status == "ok"
     out["status"] = status
@@ -280,14 +234,18 @@ def fit_gaussians(kernels: torch.Tensor, device="cpu", max_iter: int = 200,
     return out
 
 
-def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 200,
+def gaussian_fit(kernels: Sequence[LayerKernels], device: object = None, max_iter: int = MAX_ITER,
                  progress: bool = False) -> pd.DataFrame:
     """Fit a 2-D Gaussian to |k| of every kernel of every layer (protocol: module docstring).
 
+    The fits always run compiled on the CPU, on every core (torch's thread count).
+
     Args:
         kernels: layers from :func:`extract_kernels`.
-        device: where the fits run (``cpu``: compiled, on every core; ``cuda``, ``mps`` or a
-            torch device: batched in torch).
+        device: deprecated and ignored: the fits run on the CPU whatever it says (the kernels
+            are CPU tensors wherever the model ran; the device a model runs on is chosen where
+            the kernels are extracted). Accepted so that callers passing their device keep
+            working.
         max_iter: Levenberg–Marquardt iterations at most.
         progress: show a progress bar (stderr) over the kernels being fitted.
 
@@ -296,10 +254,6 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 
         sigma_major, sigma_minor, theta, x0, y0, amplitude, offset, r2, success, status,
         sigma_ratio (σx/σy), iterations. Full/dense layers: channel = o·Cin + i.
     """
-    if isinstance(device, str) and device == "auto":
-        from ..device import resolve_device
-
-        device = resolve_device("auto")
     kernels = list(kernels)
     fits: dict[int, pd.DataFrame] = {}
     # Layers with the same kernel size are fitted as one batch: fewer, larger solver runs.
@@ -312,7 +266,7 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device="cpu", max_iter: int = 
                file=sys.stderr, disable=not progress, leave=False)
     for idx in by_size.values():
         stacked = torch.cat([kernels[i].flat for i in idx])
-        df = fit_gaussians(stacked, device=device, max_iter=max_iter, bar=bar)
+        df = fit_gaussians(stacked, max_iter=max_iter, bar=bar)
         start = 0
         for i in idx:
             n = kernels[i].flat.shape[0]
@@ -345,7 +299,7 @@ def gaussian_summary(gauss_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame
     """Per layer: over successful fits the mean/std, median and quartiles of σx, σy and the
     mean/std, median and geometric mean of σx/σy, their count n_ok; the count of censored kernels
     (fits undersampled: σ below 0.4 px, sharper than the samples resolve) n_censored; the median
-    moment σx, σy over every kernel that has one (below :data:`MOMENT_RESOLVED` px it only says
+    moment σx, σy over every kernel that has one (below :data:`.gauss2d.MOMENT_RESOLVED` px it only says
     "sharper than about a pixel"); and the count n of kernels. Keeps a leading ``checkpoint``
     column when the input has one.
 

@@ -52,8 +52,9 @@ class LayerKernels:
         name: module name (what ``model.get_submodule`` takes).
         kind: ``"depthwise"``, ``"split"``, ``"full"`` (NIFF) or ``"conv"`` (plain convolution).
         fmap: (H, W) of the feature map the layer runs at.
-        stage: the first dotted component of ``name`` that names a stage (e.g. ``"layer1"``),
-            or ``None`` where the architecture's naming gives none.
+        stage: the first dotted component of ``name`` that names a stage (e.g. ``"layer1"``);
+            where the architecture's naming gives none, :func:`extract_kernels` gives the first
+            component of ``name`` (:func:`layer_stage`); ``None`` only where set so by hand.
         kernels: real, centred float32 CPU tensor, (C, H, W) or (Cout, Cin, H, W).
         response: the centred complex frequency response of the same shape (NIFF layers only),
             or ``None`` for plain convolutions.
@@ -115,6 +116,14 @@ def stage_of(name: str) -> Optional[str]:
             # ``stages.2`` (timm) names the stage by its index.
             return f"{part}.{parts[i + 1]}" if part == "stages" and i + 1 < len(parts) else part
     return None
+
+
+def layer_stage(name: str) -> str:
+    """The stage of a layer as every output names it: the one its name gives (:func:`stage_of`),
+    else the first component of its dotted name (a stem ``conv1`` is a stage of its own; an
+    ``nn.Sequential``'s ``0``, ``2``, … are its blocks), the rule the figures colour by
+    (:func:`niff_analysis.plotting.style.stage_of`), so no table has an empty stage."""
+    return stage_of(name) or name.split(".")[0]
 
 
 def _load(model_or_path, device: str) -> nn.Module:
@@ -275,7 +284,7 @@ def extract_kernels(model_or_path: Union[nn.Module, PathLike, None] = None,
                 resp = mod.frequency_response()  # one batched MLP evaluation on the recorded grid
                 kern = centred_to_kernel(resp)
             out.append(LayerKernels(name=name, kind=mod.kind, fmap=tuple(int(s) for s in mod.fmap),
-                                    stage=stage_of(name), kernels=kern.float().cpu().contiguous(),
+                                    stage=layer_stage(name), kernels=kern.float().cpu().contiguous(),
                                     response=resp.to(torch.complex64).cpu().contiguous(),
                                     in_channels=mod.in_channels, out_channels=mod.out_channels,
                                     extra=dict(mode=mod.mode)))
@@ -284,7 +293,7 @@ def extract_kernels(model_or_path: Union[nn.Module, PathLike, None] = None,
             depthwise = mod.groups == mod.in_channels == mod.out_channels
             if depthwise:
                 kern = kern[:, 0]
-            out.append(LayerKernels(name=name, kind="conv", fmap=fmap, stage=stage_of(name),
+            out.append(LayerKernels(name=name, kind="conv", fmap=fmap, stage=layer_stage(name),
                                     kernels=kern.contiguous(), response=None,
                                     in_channels=mod.in_channels, out_channels=mod.out_channels,
                                     extra=dict(kernel_size=tuple(mod.kernel_size), dilation=tuple(mod.dilation),

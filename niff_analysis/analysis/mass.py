@@ -94,17 +94,31 @@ def kernel_mass(kernels: Sequence[LayerKernels], measure: str = "l1") -> pd.Data
     return out
 
 
-def mass_summary(mass_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame:
+#: Windows every layer of :func:`mass_summary` has a row at, whatever its kernel's size: those of
+#: :func:`mass_table` (``mass_w1`` … ``mass_w9``) and of the statistics recorded in training.
+REPORTED_WINDOWS = (1, 3, 5, 9)
+BEYOND_KERNEL = "beyond_kernel"  #: :func:`mass_summary`'s column marking windows larger than the kernel
+
+
+def mass_summary(mass_df: pd.DataFrame, resamples: int = 0,
+                 windows: Sequence[int] = REPORTED_WINDOWS) -> pd.DataFrame:
     """Per layer and window: mean and std of the mass ratio over kernels, and their count n.
 
     NaN ratios (all-zero kernels) are left out of mean, std and n. Keeps the leading
     ``checkpoint`` and ``measure`` columns when the input has them.
+
+    Every layer has a row at each of ``windows``, so that e.g. ``query("window == 9")`` gives
+    every layer, as the CLI's table does: a window larger than a layer's kernel (9 on a 4×4 or
+    8×8 kernel) covers all of it, so its row repeats the whole-kernel row (mean 1, std 0 over
+    the kernels with mass) and has ``beyond_kernel`` True. Rows of the windows a kernel has
+    (1, 3, 5, … and its full size) have it False.
 
     Args:
         mass_df: :func:`kernel_mass` output.
         resamples: with a positive count, ``mean_lo`` and ``mean_hi`` give the mean's seeded
             percentile-bootstrap 95 % interval over kernels
             (:func:`~niff_analysis.analysis.uncertainty.bootstrap_interval`; the CLI uses 1,000).
+        windows: windows reported for every layer (``()``: only those its kernels have).
     """
     by = keys(mass_df, LAYER_COLUMNS, WINDOW)
     g = mass_df.groupby(by, sort=False, dropna=False)["mass_ratio"]
@@ -112,7 +126,20 @@ def mass_summary(mass_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame:
     out["n"] = out["n"].astype(int)
     if resamples:
         out = add_intervals(out, mass_df, by, {"mean": ("mass_ratio", "mean")}, resamples)
-    return out
+    out[BEYOND_KERNEL] = False
+    layer = [c for c in by if c != WINDOW]
+    if not len(out) or not windows:
+        return out
+    # The last window of a layer is its whole kernel (windows increase within a layer).
+    whole = out.groupby(layer, sort=False, dropna=False).tail(1)
+    extra = [whole[whole[WINDOW] < w].assign(**{WINDOW: w, BEYOND_KERNEL: True}) for w in sorted(set(windows))]
+    extra = [e for e in extra if len(e)]
+    if not extra:
+        return out
+    out = pd.concat([out, *extra], ignore_index=True)
+    order = out.groupby(layer, sort=False, dropna=False).ngroup()
+    return (out.assign(_layer=order).sort_values(["_layer", WINDOW], kind="stable")
+            .drop(columns="_layer").reset_index(drop=True))
 
 
 def effective_sizes(mass_df: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.9, 0.95)

@@ -52,7 +52,7 @@ def sigma_errors(sigmas: Sequence[float] = SIGMAS, offsets: Sequence[float] = OF
         p90_abs_error (relative, not %), share_ok.
     """
     from .gaussian import fit_gaussians
-    from .lm import _moments, pixel_coords
+    from .gauss2d import pixel_coords, start_moments
 
     cells, stacks = [], []
     for i, (s, o, z) in enumerate((s, o, z) for z in noises for s in sigmas for o in offsets):
@@ -62,7 +62,7 @@ def sigma_errors(sigmas: Sequence[float] = SIGMAS, offsets: Sequence[float] = OF
     kernels = torch.cat(stacks)
     fits = fit_gaussians(kernels)
     mag = kernels.abs().reshape(len(kernels), -1)
-    *_, cxx, cyy, _ = _moments(mag / mag.max(1, keepdim=True).values, *pixel_coords(size, size))
+    *_, cxx, cyy, _ = start_moments(mag / mag.max(1, keepdim=True).values, *pixel_coords(size, size))
     fits["sigma_x_start"], fits["sigma_y_start"] = cxx.sqrt().numpy(), cyy.sqrt().numpy()
     rows, start = [], 0
     for s, o, z, k in cells:

@@ -58,6 +58,8 @@ MASS_STATS = (["mass1_mean"] + [f"mass{s}_{a}" for s in WINDOWS for a in ("mean"
 SHARED_STATS = ["sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "sigma_ratio_median", "gauss_ok",
                 "gauss_n", "n_kernels"]
 STATS = MASS_STATS + SHARED_STATS
+#: Statistics that count kernels: :func:`history_table` shows them as integers.
+COUNT_STATS = ("gauss_n", "n_kernels")
 ANY = "any"  #: the measure of a statistic that does not depend on one
 COLUMNS = [LAYER, STAGE, MEASURE, "stat", "value"]
 HISTORY_COLUMNS = [EPOCH, STEP] + COLUMNS
@@ -87,7 +89,9 @@ def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional
         kernels: layers from :func:`~niff_analysis.analysis.extract_kernels`.
         gaussian_max_kernels: fit at most this many kernels per layer (evenly spaced); ``None``
             fits all.
-        device: where the Gaussian fits run.
+        device: deprecated and ignored: the Gaussian fits run on the CPU whatever the device
+            (:func:`~niff_analysis.analysis.gaussian.gaussian_fit`); the trainer still passes
+            its training device.
         mass: measure → :func:`~niff_analysis.analysis.kernel_mass` of ``kernels`` under it, for
             the measures the caller has already computed (the costly part).
         measures: the measures to record (both by default).
@@ -116,7 +120,7 @@ def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional
                 vals[f"k{q}_mean"] = float(sz[f"size_{q}"].mean())
                 vals[f"k{q}_median"] = float(sz[f"size_{q}"].median())
             rows[lk.name] += [(lk.name, lk.stage, measure, k, vals[k]) for k in MASS_STATS]
-    fits = gaussian_fit(subsample(kernels, gaussian_max_kernels), device=device)
+    fits = gaussian_fit(subsample(kernels, gaussian_max_kernels))
     for lk in kernels:
         vals = {}
         f = fits[fits["layer"] == lk.name]
@@ -193,7 +197,8 @@ def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
 
 def history_table(history: pd.DataFrame, stats: Sequence[str] = STATS, measure: str = "l1") -> pd.DataFrame:
     """The long history as a table for people: one row per (checkpoint, measure, epoch, step,
-    layer), one column per statistic in ``stats`` (in that order).
+    layer), one column per statistic in ``stats`` (in that order); the counts
+    (:data:`COUNT_STATS`) as integers.
 
     Args:
         history: :func:`read_kernel_stats` rows (with a leading ``checkpoint`` column, maybe).
@@ -221,6 +226,12 @@ def history_table(history: pd.DataFrame, stats: Sequence[str] = STATS, measure: 
         frames.append(out)
     out = pd.concat(frames, ignore_index=True)
     out.columns.name = None
+    for col in [c for s in COUNT_STATS for c in (s, f"{s}_lo", f"{s}_hi") if c in out.columns]:
+        # The long form holds every value as a float; a count reads 64, not 64.0 (a mean over
+        # seeds that is no whole number stays a float).
+        known = out[col].dropna()
+        if (known == known.round()).all():
+            out[col] = out[col].round().astype("Int64")
     return out
 
 

@@ -299,8 +299,10 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
     mean's seeded percentile-bootstrap 95 % interval over kernels, --bootstrap) and the same
     mean for reference kernels on the layer's map: delta (a single pixel: 1), noise (512 i.i.d.
     white-noise kernels, seed 0; expected s²/(H·W)) and init (the initialisation: the run's
-    init/ or the model rebuilt from its seed; empty when unknown). The per-layer table gives
-    the intervals of its means as 'value [lo, hi]'.
+    init/ or the model rebuilt from its seed; empty when unknown). Every layer of the summary
+    has rows at windows 1, 3, 5 and 9: one larger than the layer's kernel covers all of it and
+    repeats the whole-kernel row (beyond_kernel=true). The per-layer table gives the intervals
+    of its means as 'value [lo, hi]'.
     """
     from ..analysis.references import mass_scale
 
@@ -430,7 +432,7 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
         t0 = time.perf_counter()
         fits = gaussian_fit(lks, device=run.device, max_iter=max_iter, progress=not quiet)
         run.log(f"{label}: {len(fits)} Gaussian fits, {int(fits['success'].sum())} ok, "
-                f"in {time.perf_counter() - t0:.1f} s on {run.device}")
+                f"in {time.perf_counter() - t0:.1f} s on the CPU")
         frames.append(with_checkpoint(fits, label))
     fits = pd.concat(frames, ignore_index=True)
     df = fits if fmt != "table" and view == "fits" else gaussian_summary(fits, resamples)

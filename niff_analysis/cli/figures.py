@@ -34,7 +34,11 @@ def _sizes(value: str) -> list[int]:
 
 @main.command("figures")
 @click.argument("checkpoints", nargs=-1)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--output", "-o", "out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Output directory (required).")
+# The old spelling, kept for Makefiles and scripts; hidden so that help shows the one the other
+# commands use.
+@click.option("--out", "out_old", type=click.Path(file_okay=False), hidden=True)
 @click.option("--layers", default="*", show_default=True,
               help="fnmatch glob on layer names (comma-separated for several).")
 @device_option()
@@ -56,7 +60,7 @@ def _sizes(value: str) -> list[int]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages (the file list still prints).")
 @strict_option()
 @click.pass_context
-def figures_cmd(ctx, checkpoints, out, layers, device, formats, max_kernels, cost_sizes, no_timing,
+def figures_cmd(ctx, checkpoints, out, out_old, layers, device, formats, max_kernels, cost_sizes, no_timing,
                 erf_images, data_dir, measure, erf_protocol, quiet) -> None:
     """Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were drawn from.
 
@@ -64,6 +68,12 @@ def figures_cmd(ctx, checkpoints, out, layers, device, formats, max_kernels, cos
     checkpoint without NIFF layers, such as a plain baseline, is analysed through its k×k
     convolutions). Prints the paths written, one per line.
     """
+    if out is not None and out_old is not None and out != out_old:
+        raise click.UsageError(f"-o/--output {out} and --out {out_old} disagree; give one (--out is the old name)")
+    spelled = "--output" if out is not None else "--out"  # errors name the option as it was typed
+    out = out if out is not None else out_old
+    if out is None:
+        raise click.UsageError("Missing option '-o' / '--output' (the output directory).")
     fmts = _csv_list(formats.lower(), "--format")
     bad = [f for f in fmts if f not in FORMATS]
     if bad:
@@ -76,7 +86,7 @@ def figures_cmd(ctx, checkpoints, out, layers, device, formats, max_kernels, cos
 
     check_output_folder(out)  # before any analysis: a bad target fails in a second, not after minutes
     found = discover(list(checkpoints) or [None])
-    refuse_output_in_inputs(out, found.inputs, "--out")
+    refuse_output_in_inputs(out, found.inputs, spelled)
     data = analyse(checkpoints, layers=_csv_list(layers, "--layers"), device=device,
                    max_kernels=max_kernels, cost_sizes=_sizes(cost_sizes),
                    measure_cost=not no_timing, progress=progress, factory=current_factory(),

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
 
 from ..analysis.kernels import conv_inventory
@@ -101,6 +102,21 @@ def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) 
     return info
 
 
+def _epochs_line(stats: dict, every: bool) -> str:
+    """The kernel statistics of :func:`describe_target` in one line: their count and first and
+    last epoch (and the spacing, where regular), or with ``every`` each epoch."""
+    epochs = stats["epochs"]
+    text = f"{stats['records']} records"
+    if every:
+        return f"{text} at epochs {', '.join(f'{e:g}' for e in epochs)} (niff-analyze history)"
+    if epochs:
+        text += f", epoch {epochs[0]:g} to {epochs[-1]:g}"
+        gaps = np.diff(epochs)
+        if len(gaps) > 1 and np.allclose(gaps, gaps[0], rtol=0, atol=1e-3) and gaps[0] > 0:
+            text += f", every {gaps[0]:g}"
+    return f"{text} (niff-analyze history; --all-epochs lists them)"
+
+
 @main.command("describe")
 @click.argument("target", required=False)
 @click.option("--num-classes", type=int, callback=positive_int, help="Classifier outputs.")
@@ -108,8 +124,11 @@ def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) 
 @click.option("--input-size", type=int, callback=positive_int, help="Input height = width.")
 @click.option("--stem", type=click.Choice(STEMS), help="Stem variant.")
 @format_option(choices=("table", "json"))
+@click.option("--all-epochs", is_flag=True,
+              help="Table: list every epoch at which kernel statistics were recorded (by default their "
+                   "count, first and last; json always lists them).")
 @factory_option()
-def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
+def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt, all_epochs) -> None:
     """Structure of TARGET: a registered model name or a checkpoint (default: bundled).
 
     TARGET may also name a bundled checkpoint (resnet18_niff_fmnist, resnet18_fmnist) from any
@@ -129,9 +148,7 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt) -> None:
     if "recipe" in info:
         click.echo(f"{'recipe':>12}: {json.dumps(info['recipe'])}")
     if "kernel_stats" in info:
-        ks = info["kernel_stats"]
-        click.echo(f"{'kernel_stats':>12}: {ks['records']} records at epochs {ks['epochs']} "
-                   "(niff-analyze history)")
+        click.echo(f"{'kernel_stats':>12}: {_epochs_line(info['kernel_stats'], all_epochs)}")
     fmap = lambda f: "x".join(map(str, f)) if f else "-"  # noqa: E731
     if info["layers"]:
         df = pd.DataFrame(info["layers"])

@@ -97,7 +97,7 @@ def train_options(f):
         _recipe_option("--kernel-stats-every-steps", type=int, help="Also record kernel statistics every N steps."),
         click.option("--keep-epoch-checkpoints", is_flag=True, default=None,
                       help="Also keep OUT/epoch_NNN/ after every epoch."),
-        click.option("--quiet", is_flag=True, default=None, help="No progress bar."),
+        click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bar."),
     ]):
         f = deco(f)
     return f
@@ -316,8 +316,9 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
 @click.option("--niff", "niff_variant", type=click.Choice(["split", "full"]),
               help="torchvision/factory models: the weights are of the model converted to NIFF this way.")
 @click.option("--overwrite", is_flag=True, help="Replace the checkpoint or run that OUT holds.")
+@click.option("--quiet", "-q", is_flag=True, help="No confirmation line on stdout (errors still print).")
 def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input_size, stem, mlp,
-               niff_variant, overwrite) -> None:
+               niff_variant, overwrite, quiet) -> None:
     """Import the weights of a model trained elsewhere (PATH: .pt/.pth/.bin/.safetensors state dict).
 
     Registered models (NIFF or plain, e.g. resnet18_niff, convnext_tiny), any torchvision
@@ -349,7 +350,8 @@ def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input
     meta = model.niff_checkpoint
     _write_imported(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
                     source_sha256=meta["sha256"])
-    click.echo(f"imported {path} as {model_name} ({meta['imported_from']}); checkpoint in {out}")
+    if not quiet:
+        click.echo(f"imported {path} as {model_name} ({meta['imported_from']}); checkpoint in {out}")
 
 
 def _import_target(path: str, out: str, overwrite: bool) -> None:

@@ -57,6 +57,14 @@ NOISE_STYLE = "-."  # dash-dot: the white-noise reference curves
 MEASURE_LABELS = {"l1": "kernel mass ratio (Eq. 6, |k|)", "energy": "kernel mass ratio (energy, k²)"}
 
 
+def _kernel_windows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the windows a kernel has: a curve ends at the whole kernel (the rows
+    :func:`~niff_analysis.analysis.mass_summary` adds for larger windows would only repeat it)."""
+    if "beyond_kernel" not in summary.columns:
+        return summary
+    return summary[~summary["beyond_kernel"].astype(bool)]
+
+
 def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None,
                     group: str = "layer", overlay: bool = False,
                     references: Sequence[int] = (3, 9),
@@ -103,9 +111,9 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
         for r, measure in enumerate(measures):
             for m_i, model in enumerate(models):
                 a = axes[r * per_row + (0 if overlay else m_i)]
-                part = of_model(of_measure(summary, measure), model)
+                part = _kernel_windows(of_model(of_measure(summary, measure), model))
                 ls = MODEL_LINESTYLES[m_i % len(MODEL_LINESTYLES)] if overlay else "-"
-                ref = None if untrained is None else of_model(of_measure(untrained, measure), model)
+                ref = None if untrained is None else _kernel_windows(of_model(of_measure(untrained, measure), model))
                 st_col = part["stage"] if "stage" in part.columns else [None] * len(part)
                 stage_by_name = dict(zip(part[group], (palette_stage(n, s) for n, s in zip(part[group], st_col))))
                 noise = None if scale is None or scale.empty else of_model(of_measure(scale, measure), model)
@@ -128,6 +136,7 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
                     if noise is not None and group in noise.columns and (noise[group] == members[0]).any():
                         # One curve per stage: the noise reference depends only on the map size.
                         n_d = noise[noise[group] == members[0]].sort_values("window")
+                        n_d = n_d[n_d["window"].isin(part.loc[part[group] == members[0], "window"])]
                         a.plot(n_d["window"].to_numpy(float), n_d["noise"].to_numpy(float), color=color,
                                ls=NOISE_STYLE, lw=0.8, alpha=0.9, label=f"_{st} white noise")
                     if several:
@@ -237,7 +246,7 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
         ax: axes, one per model.
         fig: figure to add panels to.
     """
-    from ..analysis.gaussian import MOMENT_RESOLVED
+    from ..analysis.gauss2d import MOMENT_RESOLVED
 
     quartiles = {"sigma_x_median", "sigma_x_q25", "sigma_x_q75"} <= set(summary.columns)
     cols = ["layer"] + ([f"sigma_{a}_{s}" for a in "xy" for s in ("median", "q25", "q75")] if quartiles
