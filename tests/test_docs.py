@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *DOCS]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
@@ -90,7 +90,8 @@ def test_bundled_card_numbers_are_the_checkpoints_own():
 
 def test_documentation_images_are_in_docs_images_and_made_by_one_target():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    made = set(re.search(r"^DOC_IMAGES := (.+)$", makefile, re.M).group(1).split())
+    made = {name for var in ("DOC_IMAGES", "STUDY_IMAGES")
+            for name in re.search(rf"^{var} := (.+)$", makefile, re.M).group(1).split()}
     shown = {t for p in PAGES for t in _relative_links(p) if t.endswith(".png")}
     assert shown
     for target in shown:

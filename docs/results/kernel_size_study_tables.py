@@ -1,7 +1,7 @@
 """Print the tables of docs/results/kernel_size_study.md from the study's long-form CSV.
 
     .venv/bin/python docs/results/kernel_size_study_tables.py docs/results/kernel_size_study.csv \
-        [--runs runs/kernel_size_study]
+        [--runs runs/kernel_size_study] [--figure docs/images/kernel_size_study.png]
 
 The CSV is what ``niff-analyze sweep ... --table`` writes (docs/results/kernel_size_study.sh);
 ``--runs`` adds each run's training seconds, read from its metrics.csv, and the white-noise and
@@ -127,8 +127,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv")
     ap.add_argument("--runs", type=Path, help="the study folder, for each run's training seconds")
+    ap.add_argument("--figure", type=Path, help="also draw the per-stage statistics of every arm (a PNG)")
     args = ap.parse_args()
     final = pd.read_csv(args.csv)
+    if args.figure:
+        from niff_analysis.plotting import plot_study
+        from niff_analysis.plotting.style import save_figure
+
+        save_figure(plot_study(seed_summary(final))[0], args.figure.with_suffix(""), ("png",))
     seconds = run_seconds(args.runs) if args.runs else None
     if args.runs:  # the scale: what a kernel using the whole map, and a single pixel, give
         final = pd.concat([reference_rows(args.runs)[final.columns], final], ignore_index=True)
