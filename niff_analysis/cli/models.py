@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import os
@@ -45,8 +46,6 @@ def models_cmd(pattern: str, fmt: str) -> None:
 
     Columns: name, architecture, variant (baseline, sep, niff, niff_full).
     """
-    import fnmatch
-
     names = sorted(n for n in MODELS if fnmatch.fnmatchcase(n, pattern))
     if not names:
         raise click.UsageError(f"no model matches {pattern!r}; try 'niff-analyze models'")
