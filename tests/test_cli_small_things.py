@@ -179,3 +179,40 @@ def test_the_bundled_stem_conv_has_a_stage_in_the_cli():
     res = invoke("mass", "--layers", "conv1,layer1.0.conv1", "--include-conv", "--format", "csv", "-q")
     assert res.exit_code == 0, res.output
     assert pd.read_csv(io.StringIO(res.stdout))["stage"].notna().all()
+
+
+# --------------------------------------------------------------------------- models, without torch
+def test_the_command_lines_static_lists_equal_their_sources():
+    """The names the options and `models` list without importing torch (niff_analysis.cli.common)
+    are those of the modules that define them."""
+    import inspect
+
+    from niff_analysis.analysis.erf import PROTOCOLS
+    from niff_analysis.cli import common
+    from niff_analysis.layers import CONV_MODES
+    from niff_analysis.models import create_model, list_models, parse_name
+    from niff_analysis.models.registry import STEMS
+    from niff_analysis.pipeline import COST_SIZES
+    from niff_analysis.plotting.report import FORMATS
+    from niff_analysis.train import DATASETS
+    from niff_analysis.train.precision import PRECISIONS
+
+    assert common.MODELS == {n: parse_name(n) for n in list_models()}
+    assert common.STEMS == STEMS and common.CONV_MODES == CONV_MODES and common.DATASETS == DATASETS
+    assert common.MODE_DEFAULT == inspect.signature(create_model).parameters["mode"].default
+    assert common.PRECISIONS == PRECISIONS and common.FIGURE_FORMATS == FORMATS
+    assert common.COST_SIZES == COST_SIZES and common.ERF_PROTOCOLS == PROTOCOLS
+
+
+def test_models_in_every_format_as_a_dataframe_renders():
+    from niff_analysis.cli.common import render_frame
+    from niff_analysis.models import list_models, parse_name
+
+    names = list_models("resnet*")
+    expect = pd.DataFrame([dict(name=n, architecture=parse_name(n)[0], variant=parse_name(n)[1]) for n in names])
+    for fmt in ("table", "csv", "json"):
+        res = invoke("models", "resnet*", "--format", fmt)
+        assert res.exit_code == 0 and res.stdout == render_frame(expect, fmt), fmt
+    assert pd.read_csv(io.StringIO(invoke("models", "--format", "csv").stdout))["name"].tolist() == list_models()
+    res = invoke("models", "vgg*")
+    assert res.exit_code == 2 and "no model matches 'vgg*'" in res.output

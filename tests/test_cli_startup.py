@@ -1,5 +1,6 @@
-"""The command line starts without torch: ``--help`` and ``--version`` import no heavy module,
-``models`` imports no torchvision, and the summaries ``--help`` shows are the commands' own."""
+"""The command line starts without torch: ``import niff_analysis.cli``, ``--help``, every
+command's ``--help``, ``--version`` and ``models`` import no heavy module (torch, torchvision,
+pandas, matplotlib, scipy, numba), and the summaries ``--help`` shows are the commands' own."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from niff_analysis.cli import COMMANDS, main
 
 pytestmark = pytest.mark.slow  # fresh interpreters: not in `make test-fast`
 
-PROBE = """
+HEAVY = ("torch", "torchvision", "pandas", "matplotlib", "scipy", "numba")
+PROBE = "HEAVY = " + repr(HEAVY) + """
 import sys
 from niff_analysis.cli import main
 try:
     main([{args}], prog_name="niff-analyze")
 except SystemExit:
     pass
-print("LOADED", *sorted(m for m in ("torch", "torchvision", "pandas", "matplotlib") if m in sys.modules))
+print("LOADED", *sorted(m for m in HEAVY if m in sys.modules))
 """
 
 
@@ -35,11 +37,27 @@ def _loaded(*args: str) -> list[str]:
 def test_help_and_version_import_nothing_heavy():
     assert _loaded("--help") == []
     assert _loaded("--version") == []
-    assert _loaded("mass", "--help") != []  # a command's own help loads its module (and torch)
 
 
-def test_models_needs_no_torchvision():
-    assert "torchvision" not in _loaded("models")
+def test_every_commands_help_imports_nothing_heavy():
+    """A command's module is imported for its --help; the engine it runs is imported only when
+    it runs (the options' choices come from niff_analysis.cli.common, checked against their
+    sources in tests/test_cli_small_things.py)."""
+    for name in COMMANDS:
+        assert _loaded(name, "--help") == [], name
+
+
+def test_models_imports_nothing_heavy_and_the_cli_module_neither():
+    assert _loaded("models") == []
+    assert _loaded("models", "resnet*", "--format", "json") == []
+    code = f"import sys, niff_analysis.cli; print('LOADED', *[m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.split() == ["LOADED"]
+
+
+def test_a_command_that_runs_still_imports_its_engine():
+    """The probe can see a heavy import: running a command (not its help) loads torch."""
+    assert "torch" in _loaded("describe", "resnet18")
 
 
 def test_every_command_resolves_and_its_summary_is_its_docstring():

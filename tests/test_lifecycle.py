@@ -178,7 +178,7 @@ def test_02_overwrite_never_deletes_files_no_run_wrote(tiny_ck, state_dict_file,
 
 
 def test_02_a_failed_import_puts_the_previous_run_back(tiny_ck, state_dict_file, tmp_path, monkeypatch):
-    import niff_analysis.cli.train as cli_train
+    import niff_analysis.checkpoint as checkpoint  # what `import` saves with, looked up when it runs
 
     out = copy_ck(tiny_ck, tmp_path / "out")
     before = snapshot(out)
@@ -186,7 +186,7 @@ def test_02_a_failed_import_puts_the_previous_run_back(tiny_ck, state_dict_file,
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
-    monkeypatch.setattr(cli_train, "save_checkpoint", disk_full)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", disk_full)
     res = invoke("import", state_dict_file, *IMPORT, "--out", out, "--overwrite")
     one_error(res, "disk full", "No space left on device (injected)", code=1)
     assert snapshot(out) == before

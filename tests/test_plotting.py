@@ -80,8 +80,9 @@ def test_mass_curves_draw_the_table_not_a_recomputation(real):
     fig, ax = plot_mass_ratio(summary)
     lines = [ln for ln in ax.get_lines() if ln.get_label() in set(summary["layer"])]
     assert len(lines) == summary["layer"].nunique()
+    assert summary["beyond_kernel"].any()  # rows for windows larger than a kernel: a table's, not a curve's
     for ln in lines:
-        d = summary[summary["layer"] == ln.get_label()].sort_values("window")
+        d = summary[(summary["layer"] == ln.get_label()) & ~summary["beyond_kernel"]].sort_values("window")
         np.testing.assert_allclose(ln.get_xdata(), d["window"])
         np.testing.assert_allclose(ln.get_ydata(), d["mean"])
     # reference lines at 3×3 and 9×9
@@ -509,10 +510,12 @@ def test_mass_ratio_one_row_per_measure_with_the_noise_and_delta_scale(real):
         assert len(noise) == len(stages)  # one white-noise curve per stage (map size)
         for ln in noise:
             layer = summary[summary.stage == ln.get_label()[1:].split(" ")[0]].layer.iloc[0]
-            d = scale[(scale.measure == measure) & (scale.layer == layer)].sort_values("window")
+            own = summary[(summary.layer == layer) & ~summary.beyond_kernel].window  # the curve ends at the kernel
+            d = scale[(scale.measure == measure) & (scale.layer == layer) & scale.window.isin(own)].sort_values("window")
             np.testing.assert_allclose(ln.get_ydata(), d["noise"])
         curves = [ln for ln in a.get_lines() if ln.get_label() == "layer4.1.conv2"]
-        want = summary[(summary.measure == measure) & (summary.layer == "layer4.1.conv2")].sort_values("window")
+        want = summary[(summary.measure == measure) & (summary.layer == "layer4.1.conv2")
+                       & ~summary.beyond_kernel].sort_values("window")
         np.testing.assert_allclose(curves[0].get_ydata(), want["mean"])
         assert any(ln.get_ydata()[0] == 1.0 and ln.get_ydata()[-1] == 1.0 and ln.get_linestyle() == "-"
                    and tuple(ln.get_xdata()) == (0, 1) for ln in a.get_lines())  # the delta line

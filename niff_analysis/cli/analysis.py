@@ -14,26 +14,22 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import click
-import numpy as np
-import pandas as pd
 
-from ..analysis import (effective_sizes, frequency_profile, gaussian_fit, gaussian_summary, kernel_mass, kernel_table, mass_summary, mass_table,
-                        pca_eigenkernels, pca_summary, weight_pca)
-from ..analysis.mass import massless_warning
-from ..analysis.pca import pca_warnings
-from ..analysis.schema import CHECKPOINT, FMAP_H, FMAP_W, LAYER, with_checkpoint
-from ..analysis.uncertainty import with_interval_text
-from ..device import resolve_device
 from ..errors import NiffError, SelectionError
 from ..io import check_writable, file_sha256
-from ..pipeline import Found, discover, load_checkpoints, refuse_output_in_inputs, select_kernels
 from ..provenance import META_NAME, write_output
 from . import main
 from .common import (MEASURES, bootstrap_option, current_factory, device_option, factory_option, measure_option,
                      positive_int, render_frame, strict_option)
+
+if TYPE_CHECKING:
+    from ..pipeline import Found
+
+# The engine (torch, pandas) is imported where a command runs, not here: every --help starts
+# without it.
 
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".txt": "table", ".npz": "npz"}
 
@@ -50,6 +46,8 @@ class Run:
 
     def __init__(self, command: str, checkpoints, layers: str, include_conv: bool, device: str,
                  quiet: bool, params: dict, output: Optional[str] = None):
+        from ..device import resolve_device
+
         self.command, self.checkpoints, self.include_conv, self.quiet = command, checkpoints, include_conv, quiet
         # --layers 'a,b' (comma list) as in figures
         self.layers = [p.strip() for p in layers.split(",") if p.strip()] or ["*"]
@@ -73,6 +71,8 @@ class Run:
     def found(self, runs_in_progress: bool = False) -> Found:
         """The checkpoints of the command line, found once; what was skipped is warned about, and
         an ``--output`` inside any input is refused here, before any work."""
+        from ..pipeline import discover, refuse_output_in_inputs
+
         if self._found is None:
             self._found = discover(tuple(self.checkpoints), runs_in_progress=runs_in_progress)
             if self.output:
@@ -91,6 +91,8 @@ class Run:
 
     def checkpoints_loaded(self, found=None):
         """Each checkpoint (:func:`~niff_analysis.pipeline.load_checkpoints`), its provenance kept."""
+        from ..pipeline import load_checkpoints
+
         n = 0
         for ck in load_checkpoints(device=str(self.device), factory=current_factory(),
                                    found=found or self.found(), strict=self.strict, skip=self.skip):
@@ -106,6 +108,8 @@ class Run:
     def kernels(self, niff_only: Optional[str] = None) -> list[tuple[str, list]]:
         """(label, kernels) of every checkpoint (:func:`~niff_analysis.pipeline.select_kernels`)."""
         from tqdm import tqdm
+
+        from ..pipeline import select_kernels
 
         max_kernels = click.get_current_context().meta.get("niff_max_kernels")
         if max_kernels:
@@ -175,7 +179,9 @@ def _output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed:
     return chosen
 
 
-def _write_npz(run: Run, output: str, arrays: dict[str, np.ndarray]) -> None:
+def _write_npz(run: Run, output: str, arrays: dict) -> None:
+    import numpy as np
+
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, **arrays)
@@ -245,6 +251,11 @@ def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qui
     checkpoints). Other formats list the layers: kind, feature map, kernel shape, count and
     mean L1 norm.
     """
+    import pandas as pd
+
+    from ..analysis import frequency_profile, kernel_table
+    from ..analysis.schema import with_checkpoint
+
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json", "npz"))
     run = Run("kernels", checkpoints, layers, include_conv, device, quiet, dict(responses=responses), output)
     results = run.kernels()
@@ -304,7 +315,14 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
     repeats the whole-kernel row (beyond_kernel=true). The per-layer table gives the intervals
     of its means as 'value [lo, hi]'.
     """
+    import numpy as np
+    import pandas as pd
+
+    from ..analysis import effective_sizes, kernel_mass, mass_summary, mass_table
+    from ..analysis.mass import massless_warning
     from ..analysis.references import mass_scale
+    from ..analysis.schema import CHECKPOINT, FMAP_H, FMAP_W, LAYER, with_checkpoint
+    from ..analysis.uncertainty import with_interval_text
 
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("mass", checkpoints, layers, include_conv, device, quiet,
@@ -368,6 +386,12 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
     --weights (Appendix B.3) decomposes the raw MLP output W by default, as the authors did;
     --response hermitian decomposes the filter that acts instead.
     """
+    import pandas as pd
+
+    from ..analysis import pca_eigenkernels, pca_summary, weight_pca
+    from ..analysis.pca import pca_warnings
+    from ..analysis.schema import with_checkpoint
+
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json", "npz"))
     if response != "raw" and not weights:
         raise click.UsageError("--response applies to --weights only")
@@ -424,6 +448,12 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
     percentile-bootstrap 95 % interval over kernels (<stat>_lo, <stat>_hi; --bootstrap). Fits do
     not depend on --measure: they fit |k|.
     """
+    import pandas as pd
+
+    from ..analysis import gaussian_fit, gaussian_summary
+    from ..analysis.schema import with_checkpoint
+    from ..analysis.uncertainty import with_interval_text
+
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("gaussian", checkpoints, layers, include_conv, device, quiet,
               dict(view=view, max_iter=max_iter, bootstrap=resamples), output)
@@ -481,8 +511,11 @@ def history_cmd(ctx, checkpoints, layers, stat_names, measure, per_seed, fmt, ou
     """
     import fnmatch
 
+    import pandas as pd
+
+    from ..analysis.schema import CHECKPOINT, LAYER, with_checkpoint
     from ..analysis.stats import ANY, STATS, history_table
-    from ..analysis.uncertainty import seed_interval
+    from ..analysis.uncertainty import seed_interval, with_interval_text
     from ..pipeline import load_histories, seed_groups
 
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))

@@ -5,13 +5,8 @@ from __future__ import annotations
 import time
 
 import click
-import pandas as pd
 
-from ..analysis.claims import paper_claims, pool_seeds
-from ..analysis.schema import with_checkpoint
-from ..analysis.uncertainty import with_interval_text
 from ..errors import NiffError
-from ..pipeline import initial_kernels, seed_groups, select_kernels
 from . import main
 from .analysis import Run, _measures, _output_format
 from .common import bootstrap_option, measure_option, render_frame, result_options
@@ -50,6 +45,13 @@ def claims_cmd(ctx, checkpoints, measure, resamples, untrained, per_seed, fmt, o
     keeps each run's rows too. Columns: checkpoint, claim, stage, layers, measure, statistic,
     value, lo, hi, delta, noise, init, criterion, verdict (+ n_seeds).
     """
+    import pandas as pd
+
+    from ..analysis.claims import paper_claims, pool_seeds
+    from ..analysis.schema import with_checkpoint
+    from ..analysis.uncertainty import with_interval_text
+    from ..pipeline import initial_kernels, seed_groups, select_kernels
+
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     run = Run("claims", checkpoints, "*", False, device, quiet,
               dict(untrained=untrained, measure=measure, bootstrap=resamples, per_seed=per_seed), output)

@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMATS = ("table", "csv", "json")
 MEASURES = ("l1", "energy")  # niff_analysis.analysis.mass.MEASURES, without importing torch
 BOOTSTRAP = 1000  # niff_analysis.analysis.uncertainty.RESAMPLES (tests/test_uncertainty.py checks)
+
+# What the options and `niff-analyze models` list, written out so that the command line and every
+# --help start without importing torch, pandas or matplotlib (the modules that define them do);
+# tests/test_cli_small_things.py checks each against its source.
+#: niff_analysis.models.list_models(), each with its parse_name() (architecture, variant).
+MODELS = {f"{arch}{sfx}": (arch, sfx.lstrip("_") or "baseline")
+          for arch, sfxs in [("convnext_tiny", ("", "_niff")),
+                             ("densenet121", ("", "_niff", "_niff_full", "_sep")),
+                             ("mobilenet_v2", ("", "_niff")), ("mobilenet_v3_small", ("", "_niff")),
+                             ("resnet101", ("", "_niff", "_niff_full", "_sep")),
+                             ("resnet18", ("", "_niff", "_niff_full", "_sep")),
+                             ("resnet50", ("", "_niff", "_niff_full", "_sep"))]
+          for sfx in sfxs}
+STEMS = ("imagenet", "cifar")  #: niff_analysis.models.registry.STEMS
+CONV_MODES = ("circular", "linear", "pad-zero", "pad-reflect", "pad-circular")  #: niff_analysis.layers.CONV_MODES
+MODE_DEFAULT = "circular"  #: create_model's default mode
+DATASETS = ("fashion-mnist", "cifar10", "imagefolder")  #: niff_analysis.train.DATASETS
+PRECISIONS = ("auto", "fp32", "bf16")  #: niff_analysis.train.precision.PRECISIONS
+FIGURE_FORMATS = ("pdf", "png", "svg")  #: niff_analysis.plotting.report.FORMATS
+COST_SIZES = (7, 14, 28, 56, 112)  #: niff_analysis.pipeline.COST_SIZES
+ERF_PROTOCOLS = ("luo", "replknet")  #: niff_analysis.analysis.erf.PROTOCOLS
 
 
 def measure_option(both: bool = True, default: str = "l1", what: str = ""):
@@ -89,6 +112,8 @@ def non_negative_int(ctx, param, value):
 
 def render_frame(df: pd.DataFrame, fmt: str) -> str:
     """A DataFrame as table text, CSV, or a JSON array of row objects."""
+    import pandas as pd
+
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt == "json":

@@ -5,14 +5,11 @@ from __future__ import annotations
 import time
 
 import click
-import pandas as pd
 
-from ..analysis import effective_receptive_fields, erf_area_ratios
-from ..analysis.erf import PROTOCOL, PROTOCOLS
-from ..analysis.schema import CHECKPOINT, STAGE, THRESHOLD, with_checkpoint
 from ..errors import NiffError, SelectionError
 from . import main
 from .analysis import Run, _output_format
+from .common import ERF_PROTOCOLS as PROTOCOLS
 from .common import positive_int, render_frame, result_options
 
 
@@ -46,7 +43,12 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
     the gradient, the mean over images, log10(1 + x)), whose sides come out larger. Columns:
     checkpoint, stage, protocol, threshold, side, area_ratio.
     """
+    import pandas as pd
+
+    from ..analysis import effective_receptive_fields, erf_area_ratios
+    from ..analysis.erf import PROTOCOL
     from ..data import dataset_images
+    from ..analysis.schema import CHECKPOINT, STAGE, THRESHOLD, with_checkpoint
     from ..checkpoint import load_initial
 
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))

@@ -7,9 +7,9 @@ import time
 import click
 
 from ..errors import SelectionError
-from ..pipeline import COST_SIZES, analyse, discover, refuse_output_in_inputs
-from ..plotting.report import FORMATS, check_output_folder, write_figures
 from . import main
+from .common import COST_SIZES
+from .common import FIGURE_FORMATS as FORMATS
 from .common import current_factory, device_option, factory_option, measure_option, positive_int, strict_option
 
 
@@ -68,6 +68,9 @@ def figures_cmd(ctx, checkpoints, out, out_old, layers, device, formats, max_ker
     checkpoint without NIFF layers, such as a plain baseline, is analysed through its k×k
     convolutions). Prints the paths written, one per line.
     """
+    from ..pipeline import analyse, discover, refuse_output_in_inputs
+    from ..plotting.report import check_output_folder, write_figures
+
     if out is not None and out_old is not None and out != out_old:
         raise click.UsageError(f"-o/--output {out} and --out {out_old} disagree; give one (--out is the old name)")
     spelled = "--output" if out is not None else "--out"  # errors name the option as it was typed

@@ -2,39 +2,55 @@
 
 from __future__ import annotations
 
+import csv
+import fnmatch
+import io
 import json
 import os
 from pathlib import Path
 
 import click
-import numpy as np
-import pandas as pd
 
-from ..analysis.kernels import conv_inventory
-from ..analysis.stats import FILE_NAME as STATS_NAME
-from ..analysis.stats import read_kernel_stats
-from ..checkpoint import NonFiniteWeightsError, bundled_checkpoints, layer_table, load_checkpoint
 from ..errors import NiffError
-from ..models import create_model, list_models, parse_name
-from ..models.registry import STEMS, UnknownModelError
 from ..runs import INIT_DIR, TRAIN_STATE_NAME, run_status, unfinished_reason
 from . import main
-from .common import current_factory, factory_option, format_option, positive_int, render_frame
+from .common import FORMATS, MODELS, STEMS, current_factory, factory_option, format_option, positive_int, render_frame
+
+# torch, pandas and the registry are imported where a command runs: `models` lists the names of
+# common.MODELS (checked against the registry by the tests) and starts in a fraction of a second.
+
+
+def _render_rows(rows: list[dict], fmt: str) -> str:
+    """Rows of strings as :func:`.common.render_frame` prints a DataFrame of them (the table
+    right-aligned as pandas aligns text), without importing pandas."""
+    if fmt == "json":
+        return json.dumps(rows, indent=1) + "\n"
+    cols = list(rows[0])
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    lines = [" ".join(c.rjust(widths[c]) for c in cols)]
+    lines += [" ".join(str(r[c]).rjust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 @main.command("models")
 @click.argument("pattern", default="*")
-@format_option(choices=("table", "json"))
+@format_option(choices=FORMATS)
 def models_cmd(pattern: str, fmt: str) -> None:
-    """List registered models (PATTERN: fnmatch wildcard, e.g. 'resnet*_niff')."""
-    names = list_models(pattern)
+    """List registered models (PATTERN: fnmatch wildcard, e.g. 'resnet*_niff').
+
+    Columns: name, architecture, variant (baseline, sep, niff, niff_full).
+    """
+    names = sorted(n for n in MODELS if fnmatch.fnmatchcase(n, pattern))
     if not names:
         raise click.UsageError(f"no model matches {pattern!r}; try 'niff-analyze models'")
-    rows = [dict(name=n, architecture=parse_name(n)[0], variant=parse_name(n)[1]) for n in names]
-    if fmt == "json":
-        click.echo(json.dumps(rows, indent=1))
-    else:
-        click.echo(render_frame(pd.DataFrame(rows), "table"), nl=False)
+    rows = [dict(name=n, architecture=MODELS[n][0], variant=MODELS[n][1]) for n in names]
+    click.echo(_render_rows(rows, fmt), nl=False)
 
 
 def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) -> dict:
@@ -44,6 +60,13 @@ def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) 
     last saved state, and a checkpoint whose weights hold NaN/Inf is described all the same;
     ``warn`` receives a line saying so (and one for a kernel_stats.csv that cannot be read).
     """
+    from ..analysis.kernels import conv_inventory
+    from ..analysis.stats import FILE_NAME as STATS_NAME
+    from ..analysis.stats import read_kernel_stats
+    from ..checkpoint import NonFiniteWeightsError, bundled_checkpoints, layer_table, load_checkpoint
+    from ..models import create_model
+    from ..models.registry import UnknownModelError
+
     warn = warn or (lambda msg: None)
     if target is None or os.path.lexists(target) or target.endswith((".safetensors", ".pt", ".pth")) \
             or "/" in target or target in bundled_checkpoints():
@@ -111,8 +134,8 @@ def _epochs_line(stats: dict, every: bool) -> str:
         return f"{text} at epochs {', '.join(f'{e:g}' for e in epochs)} (niff-analyze history)"
     if epochs:
         text += f", epoch {epochs[0]:g} to {epochs[-1]:g}"
-        gaps = np.diff(epochs)
-        if len(gaps) > 1 and np.allclose(gaps, gaps[0], rtol=0, atol=1e-3) and gaps[0] > 0:
+        gaps = [b - a for a, b in zip(epochs, epochs[1:])]
+        if len(gaps) > 1 and gaps[0] > 0 and all(abs(g - gaps[0]) <= 1e-3 for g in gaps):
             text += f", every {gaps[0]:g}"
     return f"{text} (niff-analyze history; --all-epochs lists them)"
 
@@ -135,6 +158,8 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt, all_epoch
     folder, or a run without its final checkpoint (its last saved state is described, with a
     warning). --num-classes, --in-chans, --input-size and --stem apply to model names only.
     """
+    import pandas as pd
+
     info = describe_target(target, num_classes, in_chans, input_size, stem,
                            warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     if fmt == "json":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import signal
 import sys
@@ -12,24 +11,20 @@ from typing import Optional
 
 import click
 
-from .._types import DEFAULT_INPUT_SIZE
-from ..checkpoint import save_checkpoint
-from ..imports import import_reference_checkpoint, import_state_dict
+from .._types import DEFAULT_INPUT_SIZE  # no torch
 from ..errors import NiffError
 from ..io import atomic_write
-from ..layers import CONV_MODES
-from ..models.registry import STEMS, create_model, list_models
-from ..train import DATASETS, TrainConfig, train
-from ..train.config import DTYPES
-from ..train.precision import PRECISIONS
+from ..train.config import DTYPES, TrainConfig  # the recipe, without torch
 from . import main
+from .common import CONV_MODES, DATASETS, MODELS, PRECISIONS, STEMS
+from .common import MODE_DEFAULT as _MODE_DEFAULT  # --mode is always recorded in model_kwargs: the models' default
 from .common import device_option, non_negative_int, positive_int
+
+# torch, the models and the trainer are imported where a command runs: --help starts without them.
 
 # TrainConfig's own defaults: the options of its fields default to None, so only what the user
 # gave reaches TrainConfig, and --help shows these.
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-# --mode is always recorded in model_kwargs (the recipe a resume compares): the models' default.
-_MODE_DEFAULT = inspect.signature(create_model).parameters["mode"].default
 
 
 def _recipe_option(*decls: str, help: Optional[str] = None, **kwargs):
@@ -47,7 +42,7 @@ def _recipe_option(*decls: str, help: Optional[str] = None, **kwargs):
 def train_options(f):
     """The options every training command shares (recipe, model, data, machine)."""
     for deco in reversed([
-        click.option("--model", "model_name", required=True, type=click.Choice(list_models()),
+        click.option("--model", "model_name", required=True, type=click.Choice(sorted(MODELS)),
                       help="Registered model name."),
         _recipe_option("--dataset", type=click.Choice(DATASETS)),
         click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to "
@@ -146,6 +141,7 @@ def train_cmd(out, resume, overwrite, **opts) -> None:
     SIGINT (Ctrl-C) and SIGTERM (kill, timeout, SLURM) stop it after the current step with its
     state saved (exit 130 or 143); --resume then continues it exactly.
     """
+    from ..train import train
     from ..train.trainer import stop_on_signals
 
     if resume and overwrite:
@@ -326,7 +322,9 @@ def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input
     checkpoint of the authors' NIFF code (GeJulia/NIFF) is recognised by its keys; its MLP sizes are
     read from its tensors. Pickles are read with weights_only=True.
     """
+    from ..imports import import_state_dict
     from ..models.build import is_builder
+    from ..models.registry import list_models
 
     _import_target(path, out, overwrite)
     if is_builder(model_name):
@@ -382,6 +380,7 @@ def _import_target(path: str, out: str, overwrite: bool) -> None:
 def _write_imported(model, out: str, **metadata) -> None:
     """Save an imported model; into a folder under its lock, the previous run moved aside first
     (restored if the save fails), so an import never mixes with what the folder held."""
+    from ..checkpoint import save_checkpoint
     from ..runs import discard, move_aside, restore, run_lock
 
     if out.endswith(".safetensors"):
@@ -403,7 +402,7 @@ def _mlp_arg(mlp) -> dict:
 
 @main.command("import-reference", hidden=True)
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--model", "model_name", required=True, type=click.Choice(list_models()),
+@click.option("--model", "model_name", required=True, type=click.Choice(sorted(MODELS)),
               help="Our registered model matching the checkpoint's architecture.")
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint directory (or .safetensors) to write.")
 @click.option("--key", default="model", show_default=True, help="Dict entry holding the state dict.")
@@ -415,6 +414,8 @@ def _mlp_arg(mlp) -> dict:
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:
     """Convert a checkpoint of the authors' public NIFF code (PATH: .pt/.pth) to our format
     (kept for old scripts; `import` does this and more)."""
+    from ..imports import import_reference_checkpoint
+
     _import_target(path, out, overwrite=False)
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_reference_checkpoint(path, model_name, key=key, **kwargs)

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from ..errors import NiffError
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: The dtypes a run may train in, by torch's names (``getattr(torch, name)``); names, not torch
+#: dtypes, so that the recipe (and the command line's options built from it) imports no torch.
+DTYPES = ("float32", "float64")
 # Settings that change the trained weights; a resume must use the same values.
 RECIPE_KEYS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
                "weight_decay", "label_smoothing", "augment", "seed", "train_subset", "dtype",

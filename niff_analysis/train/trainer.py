@@ -42,7 +42,7 @@ from ..layers.niff import NIFFLayer
 from ..models import niff_layers
 from ..runs import DIVERGED_NAME, INIT_DIR, clear_run, holds_run, refuse_foreign, run_lock
 from .batches import evaluate, load_data, train_batches
-from .config import DTYPES, TrainConfig
+from .config import TrainConfig
 from .precision import resolve_precision
 from .distributed import convert_batchnorm, dist_info, gather_objects, setup_distributed, state_fingerprint
 from .records import StatsRecorder, write_metrics
@@ -234,7 +234,7 @@ class _Run:
         self.device, self.out = device, Path(cfg.out)
         self.state_path = self.out / STATE_NAME
         # Before the data is read or anything written: a refused --precision costs nothing.
-        self.precision = resolve_precision(cfg.precision, cfg.amp, device, DTYPES[cfg.dtype])
+        self.precision = resolve_precision(cfg.precision, cfg.amp, device, getattr(torch, cfg.dtype))
         torch.manual_seed(cfg.seed)
         self.train_data, self.test_data, model_kwargs = load_data(cfg)
         self.cfg = cfg = dataclasses.replace(cfg, model_kwargs=model_kwargs)
@@ -243,7 +243,7 @@ class _Run:
             raise NiffError(f"training set has {len(self.train_data)} images, fewer than one batch of "
                             f"{cfg.batch_size}")
         self.total_steps = self.steps * cfg.epochs
-        self.dtype = DTYPES[cfg.dtype]
+        self.dtype = getattr(torch, cfg.dtype)
         check_model_fits(cfg.model, cfg.model_kwargs, copies=3, dtype=self.dtype)  # weights, gradients, momentum
         self.core = initial_model(cfg.model, cfg.model_kwargs, cfg.seed).to(device=device, dtype=self.dtype)
         _check_compile(cfg, self.core, device)
