@@ -159,7 +159,7 @@ def test_a_factory_model_has_a_stage_in_every_output(tmp_path):
     from niff_analysis.analysis import extract_kernels
     from niff_analysis.checkpoint import load_checkpoint, save_checkpoint
     from niff_analysis.models.build import build_model
-    from niff_analysis.plotting.style import stage_of as figure_stage
+    from niff_analysis.plotting.style import palette_stage as figure_stage
 
     name = "factories:tiny_cnn"
     path = save_checkpoint(build_model(name, dict(width=4), input_size=16, factory=name), tmp_path / "mine")

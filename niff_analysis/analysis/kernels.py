@@ -122,7 +122,7 @@ def layer_stage(name: str) -> str:
     """The stage of a layer as every output names it: the one its name gives (:func:`stage_of`),
     else the first component of its dotted name (a stem ``conv1`` is a stage of its own; an
     ``nn.Sequential``'s ``0``, ``2``, … are its blocks), the rule the figures colour by
-    (:func:`niff_analysis.plotting.style.stage_of`), so no table has an empty stage."""
+    (:func:`niff_analysis.plotting.style.palette_stage`), so no table has an empty stage."""
     return stage_of(name) or name.split(".")[0]
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..analysis.kernels import stage_of
+from ..analysis.kernels import layer_stage
 from ..io import atomic_write
 
 # Okabe & Ito (2008), the standard colour-blind-safe qualitative palette. Yellow comes last:
@@ -91,12 +91,12 @@ def stage_color(stage: Optional[str]) -> str:
 
 
 def palette_stage(layer: str, stage: Optional[str] = None) -> str:
-    """The group a layer is coloured by: its recorded stage; else the stage its name gives
-    (:func:`~niff_analysis.analysis.kernels.stage_of`, the one rule); else, for a name without
-    any stage, the first component of its dotted name (layers of one module share a colour)."""
+    """The group a layer is coloured by: its recorded stage; else the one every table gives it
+    (:func:`~niff_analysis.analysis.kernels.layer_stage`: the stage its name gives, else the first
+    component of its dotted name, so layers of one module share a colour)."""
     if stage is not None and stage == stage and str(stage) not in ("", "None"):  # drops NaN
         return str(stage)
-    return stage_of(str(layer)) or str(layer).split(".")[0]
+    return layer_stage(str(layer))
 
 
 def layer_colors(layers: Sequence[str], stages: Optional[Sequence[Optional[str]]] = None) -> dict[str, str]:
