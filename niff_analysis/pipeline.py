@@ -29,8 +29,8 @@ from .analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels
 from .analysis.mass import massless_warning
 from .analysis.pca import pca_warnings
 from .analysis.schema import with_checkpoint
-from .checkpoint import (CONFIG_NAME, DEFAULT_CHECKPOINT, NonFiniteWeightsError, check_readable_path,
-                         load_checkpoint, load_initial, resolve_checkpoint)
+from .checkpoint import (CONFIG_NAME, DEFAULT_CHECKPOINT, Checkpoint, CheckpointConfig, NonFiniteWeightsError,
+                         check_readable_path, load_checkpoint, resolve_checkpoint)
 from .errors import CheckpointError, DataError, NiffError, SelectionError
 from .runs import TRAIN_STATE_NAME, WEIGHTS_NAME, holds_run, read_diverged, unfinished_reason
 
@@ -216,34 +216,39 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
 
 
 @dataclass
-class Checkpoint:
+class Loaded:
     """A loaded checkpoint under its label.
 
     Attributes:
         label: its name in every table (:func:`find_checkpoints`).
         path: as given (``None``: the bundled default).
-        model: the model, with ``niff_checkpoint`` (its config and provenance) attached.
+        model: the model, with ``niff_checkpoint`` (its
+            :class:`~niff_analysis.checkpoint.CheckpointConfig`) attached.
+        checkpoint: the :class:`~niff_analysis.checkpoint.Checkpoint` it was loaded from (its
+            initialisation and test images); ``None`` for a model that is no checkpoint's own
+            (an initialisation).
     """
 
     label: str
     path: Optional[Path]
     model: nn.Module
+    checkpoint: Optional[Checkpoint] = None
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> CheckpointConfig:
         return self.model.niff_checkpoint
 
     def provenance(self) -> dict:
         """label, resolved path, weights hash and architecture: what ``meta.json`` records."""
-        return dict(label=self.label, path=self.meta["path"], sha256=self.meta.get("sha256"),
-                    architecture=self.meta.get("architecture"))
+        return dict(label=self.label, path=self.meta.path, sha256=self.meta.sha256,
+                    architecture=self.meta.architecture)
 
 
 def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str = "cpu",
                      factory: Optional[str] = None,
                      found: Optional[Union[Found, list[tuple[str, Optional[Path]]]]] = None,
                      strict: bool = False, skip: Optional[Callable[[str, NiffError], None]] = None
-                     ) -> Iterator[Checkpoint]:
+                     ) -> Iterator[Loaded]:
     """Load each checkpoint :func:`discover` finds in ``checkpoints``, in order.
 
     Args:
@@ -266,13 +271,14 @@ def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str
         found = Found(checkpoints=list(found))
     for label, path in found.checkpoints:
         try:
-            model = load_checkpoint(path, device=str(device), factory=factory)
+            source = Checkpoint.open(path, factory=factory)
+            model = source.model(device=str(device))
         except NiffError as exc:
             if not found.tolerates(path, strict):
                 raise
             (skip or (lambda *a: None))(label, exc)
             continue
-        yield Checkpoint(label, path, model)
+        yield Loaded(label, path, model, source)
 
 
 @dataclass
@@ -287,7 +293,7 @@ class Selection:
         notes: informational messages (e.g. a baseline analysed through its plain convolutions).
     """
 
-    checkpoint: Checkpoint
+    checkpoint: Loaded
     kernels: list[LayerKernels]
     total: int
     seconds: float
@@ -304,7 +310,7 @@ class Selection:
         return f"{self.label}: {len(self.kernels)} layers, {n} kernels{sampled} ({self.seconds:.1f} s to extract)"
 
 
-def select_kernels(ck: Checkpoint, layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
+def select_kernels(ck: Loaded, layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
                    max_kernels: Optional[int] = None, niff_only: Optional[str] = None) -> Selection:
     """Extract a checkpoint's kernels (:func:`~niff_analysis.analysis.extract_kernels`) and sample
     layers with more than ``max_kernels`` of them (:func:`~niff_analysis.analysis.subsample`).
@@ -338,27 +344,22 @@ def select_kernels(ck: Checkpoint, layers: Union[str, Sequence[str]] = "*", incl
     return Selection(ck, lks, total, time.perf_counter() - t0, notes)
 
 
-def initial_kernels(ck: Checkpoint, kernels: Sequence[LayerKernels], layers: Union[str, Sequence[str]] = "*",
+def initial_kernels(ck: Loaded, kernels: Sequence[LayerKernels], layers: Union[str, Sequence[str]] = "*",
                     max_kernels: Optional[int] = None, device: str = "cpu") -> Optional[list[LayerKernels]]:
     """The initialisation's kernels of the layers in ``kernels`` (``ck``'s selection), selected
-    and sampled the same way (:func:`~niff_analysis.checkpoint.load_initial`: the run's ``init/``
-    or the model rebuilt from the recorded seed); ``None`` when no initialisation is known.
-
-    A weights file inside a checkpoint folder (its ``model.safetensors``, a run's
-    ``train_state.pt``) stands for the folder; a file whose run records no initialisation has none.
+    and sampled the same way (:meth:`~niff_analysis.checkpoint.Checkpoint.initial`: the run's
+    ``init/`` or the model rebuilt from the recorded seed); ``None`` when no initialisation is
+    known, or it cannot be loaded.
     """
-    path = ck.path
-    if path is not None and Path(path).is_file() and (Path(path).parent / CONFIG_NAME).is_file():
-        path = Path(path).parent
     try:
-        init = load_initial(path, device=device)
-    except NiffError:  # e.g. a training state of a run without config.json yet: no reference, no error
+        init = (ck.checkpoint or Checkpoint.open(ck.path)).initial(device=device)
+    except NiffError:  # e.g. a broken init/: no reference, no error (the analysis goes on without)
         return None
     if init is None:
         return None
     names = {lk.name for lk in kernels}
     plain = any(lk.kind == "conv" for lk in kernels)
-    sel = select_kernels(Checkpoint(ck.label, ck.path, init), layers=layers, include_conv=plain,
+    sel = select_kernels(Loaded(ck.label, ck.path, init), layers=layers, include_conv=plain,
                          max_kernels=max_kernels)
     return [lk for lk in sel.kernels if lk.name in names]
 
@@ -607,7 +608,6 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     from .analysis.schema import MEASURE
     from .analysis.uncertainty import RESAMPLES
     from .analysis.erf import effective_receptive_fields, erf_area_ratios
-    from .data import dataset_images
     from .analysis.frequency import frequency_profile
     from .analysis.stats import FILE_NAME as STATS_NAME
     from .analysis.stats import read_kernel_stats
@@ -642,7 +642,7 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             continue
         lks = data.kernels[label] = sel.kernels
         data.labels.append(label)
-        data.sources[label], data.hashes[label] = ck.meta["path"], ck.meta.get("sha256")
+        data.sources[label], data.hashes[label] = ck.meta.path, ck.meta.sha256
         has_niff = any(lk.response is not None for lk in lks)
         say(f"{label}: mass ratio, effective sizes ({', '.join(measures)})")
         for measure_i in measures:
@@ -663,24 +663,20 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         t["gsum"].append(with_checkpoint(gaussian_summary(g), label))
         if has_niff:
             t["freq"].append(with_checkpoint(frequency_profile(lks), label))
-        init, init_lks = load_initial(ck.path, device=device), None
+        init, init_lks = ck.checkpoint.initial(device=device), None
         if init is not None:
             say(f"{label}: mass ratio at initialisation")
-            init_lks = select_kernels(Checkpoint(label, ck.path, init), layers=layers,
+            init_lks = select_kernels(Loaded(label, ck.path, init), layers=layers,
                                       include_conv=not has_niff, max_kernels=max_kernels).kernels
             for measure_i in measures:
                 t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks, measure_i)), label))
             if has_niff:
                 t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))
         if erf_images:
-            name = ck.meta.get("dataset")
-            size = (ck.meta.get("model_kwargs") or {}).get("input_size") or 224
+            key = (ck.meta.dataset, ck.meta.input_size)
             try:
-                if name is None:
-                    raise DataError("the checkpoint records no dataset")
-                key = (name, int(size[0] if isinstance(size, list) else size))
                 if key not in images:
-                    images[key] = dataset_images(name, erf_images, data_dir, image_size=key[1])
+                    images[key] = ck.checkpoint.images(erf_images, data_dir)
             except (DataError, SelectionError) as exc:
                 data.notes.append(f"{label}: receptive fields skipped ({exc}; see --erf-images)")
                 say(data.notes[-1])

@@ -65,7 +65,7 @@ def claims_cmd(ctx, checkpoints, measure, resamples, untrained, per_seed, fmt, o
             run.provenance.pop()
             run.skip(ck.label, exc)
             continue
-        trained[ck.label] = ck.meta.get("epochs")
+        trained[ck.label] = ck.meta.epochs
         init = initial_kernels(ck, kernels, device=str(run.device))
         if init is None:
             run.warn(f"{ck.label}: no initialisation known (not trained by this toolkit): no init column"

@@ -46,9 +46,6 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
     the gradient, the mean over images, log10(1 + x)), whose sides come out larger. Columns:
     checkpoint, stage, protocol, threshold, side, area_ratio.
     """
-    from ..data import dataset_images
-    from ..checkpoint import load_initial
-
     fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
     try:
         ts = [float(t) for t in thresholds.split(",") if t.strip()]
@@ -62,21 +59,19 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
                    protocol=protocol), output)
     frames, images = [], {}
     for ck in run.checkpoints_loaded():
-        label, path, model, meta = ck.label, ck.path, ck.model, ck.meta
-        name = dataset or meta.get("dataset")
+        label, model, meta = ck.label, ck.model, ck.meta
+        name = dataset or meta.dataset
         if name is None:
             raise NiffError(f"{label}: the checkpoint records no dataset; pass --dataset")
-        size = (meta.get("model_kwargs") or {}).get("input_size") or 224
-        key = (name, str(data_dir), str(size))
+        key = (name, str(data_dir), meta.input_size)
         if key not in images:
             try:
-                images[key] = dataset_images(name, n_images, data_dir,
-                                             image_size=size[0] if isinstance(size, list) else int(size))
+                images[key] = ck.checkpoint.images(n_images, data_dir, dataset=name)
             except SelectionError as exc:
                 raise SelectionError(f"--images: {exc}") from None
         todo = [(label, model)]
         if untrained:
-            init = load_initial(path, device=str(run.device))
+            init = ck.checkpoint.initial(device=str(run.device))
             if init is None:
                 run.warn(f"{label}: no initialisation known (not trained by this toolkit); --untrained skipped")
             else:

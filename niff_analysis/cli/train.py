@@ -347,9 +347,9 @@ def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input
         kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_state_dict(path, model_name, key=key, factory=factory, **kwargs)
     meta = model.niff_checkpoint
-    _write_imported(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
-                    source_sha256=meta["sha256"])
-    click.echo(f"imported {path} as {model_name} ({meta['imported_from']}); checkpoint in {out}")
+    _write_imported(model, out, imported_from=meta.provenance["imported_from"], source_file=Path(path).name,
+                    source_sha256=meta.sha256)
+    click.echo(f"imported {path} as {model_name} ({meta.provenance['imported_from']}); checkpoint in {out}")
 
 
 def _import_target(path: str, out: str, overwrite: bool) -> None:
@@ -417,6 +417,6 @@ def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, inpu
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_reference_checkpoint(path, model_name, key=key, **kwargs)
     meta = model.niff_checkpoint
-    _write_imported(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
-                    source_sha256=meta["sha256"])
+    _write_imported(model, out, imported_from=meta.provenance["imported_from"], source_file=Path(path).name,
+                    source_sha256=meta.sha256)
     click.echo(f"imported {path} as {model_name}; checkpoint in {out}")
