@@ -12,7 +12,7 @@ from typing import Optional
 
 import click
 
-from .._types import DEFAULT_INPUT_SIZE
+from .._types import CIFAR_INPUT_SIZE, DEFAULT_INPUT_SIZE
 from ..checkpoint import save_checkpoint
 from ..imports import import_reference_checkpoint, import_state_dict
 from ..errors import NiffError
@@ -309,7 +309,7 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
 @click.option("--factory", metavar="MODULE:FN", help="Allow this user factory to run (must equal --model).")
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: the model's (1000).")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option("--input-size", type=int, callback=positive_int, help="Default: 224 (32 for --stem cifar).")
+@click.option("--input-size", type=int, callback=positive_int, help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
 @click.option("--stem", type=click.Choice(STEMS), help="Registered models: default imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's, or read from the "
                             "authors' tensors).")
@@ -407,7 +407,7 @@ def _mlp_arg(mlp) -> dict:
 @click.option("--key", default="model", show_default=True, help="Dict entry holding the state dict.")
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: 1000.")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option("--input-size", type=int, callback=positive_int, help="Default: 224 (32 for --stem cifar).")
+@click.option("--input-size", type=int, callback=positive_int, help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
 @click.option("--stem", type=click.Choice(STEMS), help="Default: imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's).")
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:
