@@ -8,6 +8,11 @@ are imported by :func:`import_reference_checkpoint`; pickles are only ever read 
 arguments), the feature-map size of every NIFF layer, and the training provenance (dataset,
 recipe, seed, final test accuracy, versions). Training state for ``--resume`` lives apart, in
 ``train_state.pt``.
+
+A config is read and validated once into a :class:`CheckpointConfig` (the checkpoint's typed
+identity); a :class:`Checkpoint` is a checkpoint on disk with that config, whose
+:meth:`~Checkpoint.model`, :meth:`~Checkpoint.initial` and :meth:`~Checkpoint.images` give the
+model, the model its training started from and test images as the model saw them.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -28,11 +35,11 @@ from safetensors.torch import save
 from torch import nn
 
 from . import __version__
-from ._types import PathLike
+from ._types import PathLike, Size, as_hw
 from .device import resolve_device
-from .errors import CheckpointError, NiffError
+from .errors import CheckpointError, DataError, NiffError
 from .io import atomic_write, file_sha256
-from .models import create_model, niff_layers
+from .models import ModelConfig, create_model, niff_layers
 from .runs import CONFIG_NAME, INIT_DIR, TRAIN_STATE_NAME, WEIGHTS_NAME, unfinished_reason
 
 FORMAT = "niff-analysis-checkpoint"
@@ -113,6 +120,139 @@ LAYER_FIELDS = frozenset({"name", "kind", "in_channels", "out_channels", "fmap"}
 VERSION_FIELDS = frozenset({"niff_analysis", "torch"})
 
 
+#: The provenance fields a config may record (where its weights and their run come from).
+PROVENANCE_FIELDS = ("versions", "weights_sha256", "world_size", "replica_sha256", "imported_from", "source_file",
+                     "source_sha256", "note", "step", "training_state")
+
+
+def _fmap(value) -> Optional[Size]:
+    try:
+        return as_hw(value) if value is not None else None
+    except ValueError:
+        return None  # a malformed entry: loading the weights names the layer (load_checkpoint)
+
+
+# --------------------------------------------------------------------------- the identity
+@dataclass(frozen=True, eq=False)
+class CheckpointConfig(Mapping):
+    """A checkpoint's identity: the model it holds, what it was trained on and how, and where it
+    comes from; read and validated once (:meth:`read`, :meth:`parse`).
+
+    Every model this module loads carries one as ``model.niff_checkpoint``. As a read-only
+    mapping it is the config as recorded plus ``path`` and ``sha256`` (the dict earlier
+    versions attached), so ``model.niff_checkpoint["test_acc"]`` reads as it always did.
+
+    Attributes:
+        model: how the model is built (:class:`~niff_analysis.models.ModelConfig`); its
+            :attr:`architecture`, :attr:`model_kwargs`, :attr:`input_size` (always (H, W)),
+            :attr:`in_chans`, :attr:`stem`, :attr:`mlp` and :attr:`mode` are shortcuts here.
+        dataset: the dataset it was trained on (``None``: not recorded).
+        seed: the training run's seed.
+        epochs: epochs trained (0: an initialisation).
+        recipe: the training recipe (:data:`RECIPE_FIELDS`).
+        fmaps: layer name → the feature-map (H, W) each NIFF layer runs at, as recorded.
+        test_acc, test_loss: the final test metrics.
+        path: where it was read from (or how it was made).
+        sha256: the hash of its weights file (``None``: not read from a file).
+        record: the config as recorded, with any entry a loader adds (``step``,
+            ``training_state``, …).
+    """
+
+    model: ModelConfig
+    dataset: Optional[str] = None
+    seed: Optional[int] = None
+    epochs: Optional[int] = None
+    recipe: Optional[dict] = None
+    fmaps: dict = field(default_factory=dict)
+    test_acc: Optional[float] = None
+    test_loss: Optional[float] = None
+    path: Optional[str] = None
+    sha256: Optional[str] = None
+    record: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def read(cls, path: PathLike) -> "CheckpointConfig":
+        """The validated config of a checkpoint folder or single-file checkpoint (:func:`read_config`)."""
+        return cls.of(read_config(path), path=str(path))
+
+    @classmethod
+    def parse(cls, cfg: Any, source, path: Optional[str] = None, sha256: Optional[str] = None) -> "CheckpointConfig":
+        """A config dict (as ``config.json`` holds it), validated (:func:`validate_config`).
+
+        Raises:
+            CheckpointError: starting with ``source``, naming the field.
+        """
+        return cls.of(validate_config(cfg, source), path=path, sha256=sha256)
+
+    @classmethod
+    def of(cls, record: dict, path: Optional[str] = None, sha256: Optional[str] = None) -> "CheckpointConfig":
+        """The typed view of a record this toolkit made (not validated: :meth:`parse` a file's)."""
+        record = dict(record)
+        path = record.pop("path", path)
+        sha256 = record.pop("sha256", sha256)
+        seed, epochs = record.get("seed"), record.get("epochs")
+        return cls(model=ModelConfig(record["architecture"], record.get("model_kwargs") or {}),
+                   dataset=record.get("dataset"), seed=None if seed is None else int(seed),
+                   epochs=None if epochs is None else int(epochs), recipe=record.get("recipe"),
+                   fmaps={d["name"]: _fmap(d.get("fmap")) for d in record.get("layers") or []
+                          if isinstance(d, dict) and "name" in d},
+                   test_acc=record.get("test_acc"), test_loss=record.get("test_loss"),
+                   path=None if path is None else str(path), sha256=sha256, record=record)
+
+    def replace(self, **changes) -> "CheckpointConfig":
+        """The same identity with some recorded fields (or ``path``, ``sha256``) changed."""
+        return CheckpointConfig.of({**self.record, "path": self.path, "sha256": self.sha256, **changes})
+
+    # ---- the model's, for short ---------------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        return self.model.architecture
+
+    @property
+    def model_kwargs(self) -> dict:
+        return self.model.kwargs
+
+    @property
+    def input_size(self) -> Size:
+        return self.model.input_size
+
+    @property
+    def in_chans(self) -> Optional[int]:
+        return self.model.in_chans
+
+    @property
+    def stem(self) -> Optional[str]:
+        return self.model.stem
+
+    @property
+    def mlp(self) -> Optional[dict]:
+        return self.model.mlp
+
+    @property
+    def mode(self) -> Optional[str]:
+        return self.model.mode
+
+    @property
+    def provenance(self) -> dict:
+        """Where the checkpoint comes from: ``path``, ``sha256`` and the recorded
+        :data:`PROVENANCE_FIELDS`."""
+        return dict(path=self.path, sha256=self.sha256,
+                    **{k: self.record[k] for k in PROVENANCE_FIELDS if k in self.record})
+
+    # ---- the mapping earlier versions attached ------------------------------------------
+    def _as_dict(self) -> dict:
+        return {**self.record, "path": self.path, "sha256": self.sha256}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._as_dict())
+
+    def __len__(self) -> int:
+        return len(self._as_dict())
+
+
 def layer_table(model: nn.Module) -> list[dict]:
     """Per NIFF layer (filters and pointwise): name, kind, channels and feature-map size."""
     return [dict(name=n, kind=m.kind, in_channels=m.in_channels, out_channels=m.out_channels,
@@ -122,15 +262,14 @@ def layer_table(model: nn.Module) -> list[dict]:
 
 def model_config(model: nn.Module) -> dict:
     """The part of a checkpoint config that rebuilds ``model``."""
-    cfg = getattr(model, "niff_config", None)
+    cfg = ModelConfig.of(model)
     if cfg is None:
         raise CheckpointError("the model records no way to rebuild it: build it with create_model(NAME) "
                               "or, for any other CNN, build_model('torchvision:NAME' or "
                               "'package.module:function', builder_kwargs, input_size=..., niff={...}) "
                               "instead of calling to_niff() on a model yourself")
-    kw = {k: v for k, v in cfg.items() if k != "name"}
-    return dict(format=FORMAT, format_version=FORMAT_VERSION, architecture=cfg["name"],
-                model_kwargs=kw, num_params=sum(p.numel() for p in model.parameters()),
+    return dict(format=FORMAT, format_version=FORMAT_VERSION, architecture=cfg.architecture,
+                model_kwargs=dict(cfg.kwargs), num_params=sum(p.numel() for p in model.parameters()),
                 layers=layer_table(model))
 
 
@@ -175,7 +314,8 @@ def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
 
 
 def read_config(path: PathLike) -> dict:
-    """The config of a checkpoint directory or single-file checkpoint, validated."""
+    """The config of a checkpoint directory or single-file checkpoint, validated
+    (:func:`validate_config`; :meth:`CheckpointConfig.read` gives it typed)."""
     path = Path(path)
     if path.is_dir():
         cfg_path = path / CONFIG_NAME
@@ -195,12 +335,27 @@ def read_config(path: PathLike) -> dict:
             raise CheckpointError(f"{path}: corrupt niff_config metadata ({exc})") from None
     else:
         raise CheckpointError(f"{path}: not a checkpoint directory or .safetensors file")
+    return validate_config(cfg, path)
+
+
+def validate_config(cfg: Any, source) -> dict:
+    """Refuse a config that this version cannot read as a checkpoint's identity: not a
+    niff-analysis config, no architecture or model arguments, an unknown field
+    (:func:`check_config_fields`), or a field of the wrong type; the message names the field.
+
+    Returns:
+        ``cfg`` itself.
+
+    Raises:
+        CheckpointError: starting with ``source``.
+    """
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: config is not a {FORMAT} config")
+        raise CheckpointError(f"{source}: config is not a {FORMAT} config")
     if "architecture" not in cfg or not isinstance(cfg.get("model_kwargs"), dict):
-        raise CheckpointError(f"{path}: config lacks architecture/model_kwargs")
-    check_config_fields(cfg, path)
-    _check_kwarg_types(cfg["model_kwargs"], path)
+        raise CheckpointError(f"{source}: config lacks architecture/model_kwargs")
+    check_config_fields(cfg, source)
+    _check_kwarg_types(cfg["model_kwargs"], source)
+    _check_identity_types(cfg, source)
     return cfg
 
 
@@ -264,6 +419,17 @@ def _check_kwarg_types(kwargs: dict, path) -> None:
                               f"got {size!r}")
 
 
+def _check_identity_types(cfg: dict, source) -> None:
+    """Name the identity field of a hand-edited config whose type is wrong."""
+    for key, types, what in (("architecture", str, "a string"), ("dataset", str, "a string"),
+                             ("seed", int, "an integer"), ("epochs", int, "an integer"),
+                             ("recipe", dict, "an object"), ("test_acc", (int, float), "a number"),
+                             ("test_loss", (int, float), "a number"), ("layers", list, "a list")):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            raise CheckpointError(f"{source}: config field {key} must be {what}, got {value!r}")
+
+
 def _check_finite(state: dict, path) -> None:
     bad = non_finite_tensors(state)
     if bad:
@@ -313,43 +479,185 @@ def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu",
             the analyses refuse them.
 
     Returns:
-        The model in eval mode; ``model.niff_checkpoint`` holds the config plus ``path`` and
-        ``sha256`` of the weights.
+        The model in eval mode; ``model.niff_checkpoint`` is its :class:`CheckpointConfig` (the
+        config plus ``path`` and ``sha256`` of the weights).
 
     Raises:
         CheckpointError: missing, corrupt, foreign, inconsistent or non-finite checkpoints.
     """
-    path = resolve_checkpoint(path) if path is not None else DEFAULT_CHECKPOINT
-    check_readable_path(path)
-    if path.is_file() and path.name == WEIGHTS_NAME and (path.parent / CONFIG_NAME).is_file():
-        path = path.parent  # the weights file of a checkpoint folder stands for the folder
-    if path.is_file() and path.name == TRAIN_STATE_NAME:
-        return _load_training_state(path, device, factory, allow_non_finite)
-    if path.is_dir() and unfinished_reason(path):
-        raise CheckpointError(unfinished_reason(path))
-    if path.is_file() and path.name.endswith(PICKLE_SUFFIXES):
-        raise CheckpointError(f"{path}: a PyTorch .pt/.pth file carries no niff-analysis config; import "
-                              "it with `niff-analyze import PATH --model NAME --out DIR` "
-                              "(niff_analysis.imports.import_state_dict)")
-    cfg = read_config(path)
-    weights = path / WEIGHTS_NAME if path.is_dir() else path
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: {WEIGHTS_NAME} is missing")
-    state, _ = _read_safetensors(weights)
-    model = _rebuild(path, cfg["architecture"], cfg["model_kwargs"], factory)
-    load_state_into(model, state, path, allow_non_finite)
-    recorded = {d["name"]: d.get("fmap") for d in cfg.get("layers", [])}
-    for d in layer_table(model):
-        if d["name"] in recorded and recorded[d["name"]] != d["fmap"]:
-            raise CheckpointError(f"{path}: layer {d['name']} runs at {d['fmap']} but the checkpoint "
-                                  f"records {recorded[d['name']]}")
-    sha = file_sha256(weights)
-    if cfg.get("weights_sha256") not in (None, sha):
-        raise CheckpointError(f"{path}: {WEIGHTS_NAME} does not match the hash its config records "
-                              "(an interrupted save, or files from two checkpoints)")
-    model.niff_checkpoint = dict(cfg, path=str(path), sha256=sha)
-    model.eval()
-    return model.to(resolve_device(device))
+    return Checkpoint.open(path, factory=factory).model(device, allow_non_finite=allow_non_finite)
+
+
+class Checkpoint:
+    """A checkpoint on disk with its identity, read and validated once (:meth:`open`): the model
+    it holds (:meth:`model`), the model its training started from (:meth:`initial`) and test
+    images as that model saw them (:meth:`images`).
+
+    Attributes:
+        path: the checkpoint: a folder, a single ``.safetensors`` file or a trainer's
+            ``train_state.pt`` (the weights file inside a folder stands for the folder).
+        config: its :class:`CheckpointConfig` (for a training state: what its recipe records;
+            the model's own, :meth:`model`, adds its layers).
+        factory: the user factory you allow to build its model.
+    """
+
+    def __init__(self, path: Path, config: CheckpointConfig, factory: Optional[str] = None,
+                 training_state: Optional[dict] = None):
+        self.path, self.config, self.factory = Path(path), config, factory
+        self._state = training_state  # a train_state.pt's contents, read once by open()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, architecture={self.config.architecture!r})"
+
+    @property
+    def is_training_state(self) -> bool:
+        """A trainer's ``train_state.pt`` (a run's last saved state), not a checkpoint."""
+        return self._state is not None
+
+    @classmethod
+    def open(cls, path: Optional[PathLike] = None, factory: Optional[str] = None) -> "Checkpoint":
+        """Find a checkpoint and read its config (its weights are read by :meth:`model`).
+
+        Args:
+            path: as :func:`load_checkpoint` takes it (``None``: the bundled default).
+            factory: the user factory you allow to build its model.
+
+        Raises:
+            CheckpointError: missing, unreadable, foreign or unfinished (a run without its final
+                checkpoint), a config this version cannot read, or no weights.
+        """
+        path = resolve_checkpoint(path) if path is not None else DEFAULT_CHECKPOINT
+        check_readable_path(path)
+        if path.is_file() and path.name == WEIGHTS_NAME and (path.parent / CONFIG_NAME).is_file():
+            path = path.parent  # the weights file of a checkpoint folder stands for the folder
+        if path.is_file() and path.name == TRAIN_STATE_NAME:
+            return cls._open_training_state(path, factory)
+        if path.is_dir() and unfinished_reason(path):
+            raise CheckpointError(unfinished_reason(path))
+        if path.is_file() and path.name.endswith(PICKLE_SUFFIXES):
+            raise CheckpointError(f"{path}: a PyTorch .pt/.pth file carries no niff-analysis config; import "
+                                  "it with `niff-analyze import PATH --model NAME --out DIR` "
+                                  "(niff_analysis.imports.import_state_dict)")
+        config = CheckpointConfig.read(path)
+        weights = path / WEIGHTS_NAME if path.is_dir() else path
+        if not weights.is_file():
+            raise CheckpointError(f"{path}: {WEIGHTS_NAME} is missing")
+        return cls(path, config.replace(sha256=file_sha256(weights)), factory)
+
+    @classmethod
+    def _open_training_state(cls, path: Path, factory: Optional[str]) -> "Checkpoint":
+        """A trainer's ``train_state.pt`` (weights and recipe; weights_only)."""
+        try:
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+                warnings.simplefilter("ignore")
+                st = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - corrupt or foreign file, one line
+            raise CheckpointError(f"{path}: cannot read the training state ({torch_load_reason(exc)})") from None
+        recipe = st.get("recipe") if isinstance(st, dict) else None
+        if not isinstance(recipe, dict) or "model" not in recipe or not isinstance(st.get("model"), dict):
+            raise CheckpointError(f"{path}: not a niff-analysis training state with a recorded recipe")
+        config = CheckpointConfig.of(dict(format=FORMAT, format_version=FORMAT_VERSION, architecture=recipe["model"],
+                                          model_kwargs=recipe.get("model_kwargs") or {},
+                                          **cls._training_state_meta(st)),
+                                     path=str(path), sha256=file_sha256(path))
+        return cls(path, config, factory, training_state=st)
+
+    @staticmethod
+    def _training_state_meta(st: dict) -> dict:
+        recipe = st["recipe"]
+        return dict(dataset=recipe.get("dataset"), seed=recipe.get("seed"), epochs=int(st.get("epoch", 0)),
+                    step=int(st.get("step", 0)), training_state=True)
+
+    def model(self, device: str = "cpu", allow_non_finite: bool = False) -> nn.Module:
+        """The model, rebuilt and its weights loaded (:func:`load_checkpoint`).
+
+        Args:
+            device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
+            allow_non_finite: load weights holding NaN/Inf too.
+
+        Returns:
+            The model in eval mode; ``model.niff_checkpoint`` is its :class:`CheckpointConfig`.
+
+        Raises:
+            CheckpointError: corrupt weights, weights that do not fit the model, a layer that
+                runs at another size than recorded, a hash that does not match, non-finite
+                weights, or a model that cannot be rebuilt.
+        """
+        path, cfg = self.path, self.config
+        if self._state is not None:
+            model = _rebuild(path, cfg.architecture, cfg.model_kwargs, self.factory)
+            load_state_into(model, self._state["model"], path, allow_non_finite)
+            meta = dict(model_config(model), **self._training_state_meta(self._state))
+            model.niff_checkpoint = CheckpointConfig.of(meta, path=cfg.path, sha256=cfg.sha256)
+            model.eval()
+            return model.to(resolve_device(device))
+        state, _ = _read_safetensors(path / WEIGHTS_NAME if path.is_dir() else path)
+        model = _rebuild(path, cfg.architecture, cfg.model_kwargs, self.factory)
+        load_state_into(model, state, path, allow_non_finite)
+        recorded = {d["name"]: d.get("fmap") for d in cfg.record.get("layers", [])}
+        for d in layer_table(model):
+            if d["name"] in recorded and recorded[d["name"]] != d["fmap"]:
+                raise CheckpointError(f"{path}: layer {d['name']} runs at {d['fmap']} but the checkpoint "
+                                      f"records {recorded[d['name']]}")
+        if cfg.record.get("weights_sha256") not in (None, cfg.sha256):
+            raise CheckpointError(f"{path}: {WEIGHTS_NAME} does not match the hash its config records "
+                                  "(an interrupted save, or files from two checkpoints)")
+        model.niff_checkpoint = cfg
+        model.eval()
+        return model.to(resolve_device(device))
+
+    def initial(self, device: str = "cpu") -> Optional[nn.Module]:
+        """The untrained model this checkpoint's training run started from, or ``None`` if unknown.
+
+        The run folder's ``init/`` checkpoint when there is one (also for ``epoch_NNN/``
+        checkpoints inside a run folder, and for the training state of a run that has its
+        final checkpoint); otherwise the model rebuilt from the architecture, keyword
+        arguments and seed that a checkpoint of the trainer records (the trainer builds its
+        model the same way, :func:`initial_model`). ``None`` for an initialisation itself, for
+        checkpoints that record no training run (imported, or saved by hand) and for the
+        training state of a run without its final checkpoint yet.
+
+        Raises:
+            CheckpointError: the run's ``init/`` checkpoint cannot be loaded.
+        """
+        if self.is_training_state:
+            beside = self.path.parent
+            return Checkpoint.open(beside).initial(device) if (beside / CONFIG_NAME).is_file() else None
+        cfg = self.config
+        if not cfg.epochs:
+            return None
+        folder = self.path if self.path.is_dir() else self.path.parent
+        for run in (folder, folder.parent):
+            init = run / INIT_DIR
+            if (init / CONFIG_NAME).is_file() and init.resolve() != folder.resolve():
+                return load_checkpoint(init, device=device)
+        if cfg.seed is None or "recipe" not in cfg.record:
+            return None
+        model = initial_model(cfg.architecture, cfg.model_kwargs, cfg.seed)
+        model.niff_checkpoint = cfg.replace(path=f"{self.path} (initialisation rebuilt from seed {cfg.seed})",
+                                            sha256=None, epochs=0, test_acc=None, test_loss=None)
+        return model.eval().to(resolve_device(device))
+
+    def images(self, n: int, data_dir: Optional[PathLike] = None, dataset: Optional[str] = None) -> torch.Tensor:
+        """The first ``n`` test images of the dataset the model was trained on (or ``dataset``),
+        normalised as the trainer fed them, at the size the model runs at
+        (:func:`~niff_analysis.data.dataset_images`): what its receptive fields are measured on.
+
+        Args:
+            n: how many.
+            data_dir: the dataset's folder (Fashion-MNIST: the Debian package's by default).
+            dataset: another dataset than the recorded one.
+
+        Raises:
+            DataError: no dataset recorded (and none given), or it is not available.
+            SelectionError: the test set has fewer than ``n`` images.
+        """
+        from .data import dataset_images
+
+        name = dataset or self.config.dataset
+        if name is None:
+            raise DataError("the checkpoint records no dataset")
+        return dataset_images(name, n, data_dir, image_size=self.config.input_size[0])
 
 
 def _rebuild(source, architecture: str, model_kwargs: dict, factory: Optional[str]) -> nn.Module:
@@ -362,27 +670,6 @@ def _rebuild(source, architecture: str, model_kwargs: dict, factory: Optional[st
         raise CheckpointError(f"{source}: {exc}") from None
     except (TypeError, ValueError, NiffError) as exc:
         raise CheckpointError(f"{source}: cannot rebuild {architecture!r}: {exc}") from None
-
-
-def _load_training_state(path: Path, device: str, factory: Optional[str], allow_non_finite: bool = False) -> nn.Module:
-    """The model inside a trainer's ``train_state.pt`` (weights and recipe; weights_only)."""
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
-            warnings.simplefilter("ignore")
-            st = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file, one line
-        raise CheckpointError(f"{path}: cannot read the training state ({torch_load_reason(exc)})") from None
-    recipe = st.get("recipe") if isinstance(st, dict) else None
-    if not isinstance(recipe, dict) or "model" not in recipe or not isinstance(st.get("model"), dict):
-        raise CheckpointError(f"{path}: not a niff-analysis training state with a recorded recipe")
-    model = _rebuild(path, recipe["model"], recipe.get("model_kwargs") or {}, factory)
-    load_state_into(model, st["model"], path, allow_non_finite)
-    model.niff_checkpoint = dict(model_config(model), path=str(path), sha256=file_sha256(path),
-                                 dataset=recipe.get("dataset"), seed=recipe.get("seed"),
-                                 epochs=int(st.get("epoch", 0)), step=int(st.get("step", 0)),
-                                 training_state=True)
-    model.eval()
-    return model.to(resolve_device(device))
 
 
 def initial_model(architecture: str, model_kwargs: dict, seed: int) -> nn.Module:
@@ -447,25 +734,6 @@ def check_model_fits(architecture: str, model_kwargs: dict, copies: int = 1,
 
 
 def load_initial(path: Optional[PathLike] = None, device: str = "cpu") -> Optional[nn.Module]:
-    """The untrained model a trained checkpoint's run started from, or ``None`` if unknown.
-
-    The run folder's ``init/`` checkpoint when there is one (also for ``epoch_NNN/`` checkpoints
-    inside a run folder); otherwise the model rebuilt from the architecture, keyword arguments
-    and seed that a checkpoint of the trainer records (the trainer builds its model the same
-    way, :func:`initial_model`). ``None`` for an initialisation itself and for checkpoints
-    that record no training run (imported, or saved by hand).
-    """
-    path = resolve_checkpoint(path) if path is not None else DEFAULT_CHECKPOINT
-    cfg = read_config(path)
-    if not cfg.get("epochs"):
-        return None
-    folder = path if path.is_dir() else path.parent
-    for run in (folder, folder.parent):
-        if (run / INIT_DIR / CONFIG_NAME).is_file() and (run / INIT_DIR).resolve() != folder.resolve():
-            return load_checkpoint(run / INIT_DIR, device=device)
-    if cfg.get("seed") is None or "recipe" not in cfg:
-        return None
-    model = initial_model(cfg["architecture"], cfg["model_kwargs"], int(cfg["seed"]))
-    model.niff_checkpoint = dict(cfg, path=f"{path} (initialisation rebuilt from seed {cfg['seed']})",
-                                 sha256=None, epochs=0, test_acc=None, test_loss=None)
-    return model.eval().to(resolve_device(device))
+    """The untrained model a trained checkpoint's run started from, or ``None`` if unknown
+    (:meth:`Checkpoint.initial`)."""
+    return Checkpoint.open(path).initial(device)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._types import CIFAR_INPUT_SIZE, DEFAULT_INPUT_SIZE
 from .errors import DataError, SelectionError
 
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
@@ -303,7 +304,7 @@ def _image_folder(folder: Path):
                         "(expected one sub-folder per class holding images)") from None
 
 
-def load_imagefolder(root, split: str = "train", image_size: int = 224, seed: int = 0):
+def load_imagefolder(root, split: str = "train", image_size: int = DEFAULT_INPUT_SIZE, seed: int = 0):
     """``root/train`` or ``root/val`` with the standard ImageNet transforms.
 
     Training: random-resized crop + horizontal flip, seeded per sample (see
@@ -340,7 +341,7 @@ def load_imagefolder(root, split: str = "train", image_size: int = 224, seed: in
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 
 
-def load_dataset(name: str, root, split: str, image_size: int = 224, seed: int = 0,
+def load_dataset(name: str, root, split: str, image_size: int = DEFAULT_INPUT_SIZE, seed: int = 0,
                  content_scale: float = 1.0):
     """Dispatch on dataset name; returns a :class:`TensorDataset` or an ImageFolder dataset.
 
@@ -362,7 +363,7 @@ def load_dataset(name: str, root, split: str, image_size: int = 224, seed: int =
     raise DataError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
 
 
-def dataset_images(dataset: str, n: int, data_dir=None, image_size: int = 32) -> torch.Tensor:
+def dataset_images(dataset: str, n: int, data_dir=None, image_size: int = CIFAR_INPUT_SIZE) -> torch.Tensor:
     """The first ``n`` normalised test images of a dataset (as the trainer feeds them).
 
     Raises:

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checkpoint import PathLike, _rebuild, load_state_into, model_config, torch_load_reason
+from ._types import PathLike
+from .checkpoint import CheckpointConfig, _rebuild, load_state_into, model_config, torch_load_reason
 from .errors import CheckpointError
 from .io import file_sha256
 
@@ -234,8 +235,9 @@ def _from_reference_state(path: Path, theirs: dict, architecture: str, model_kwa
     state = {ours: theirs[src].reshape(own[ours].shape).to(own[ours].dtype) for ours, src in mapping.items()}
     _reference_to_ours(model, state)
     load_state_into(model, state, path)
-    model.niff_checkpoint = dict(model_config(model), path=str(path), sha256=file_sha256(path),
-                                 imported_from="GeJulia/NIFF reference checkpoint")
+    model.niff_checkpoint = CheckpointConfig.of(
+        dict(model_config(model), imported_from="GeJulia/NIFF reference checkpoint"),
+        path=str(path), sha256=file_sha256(path))
     model.eval()
     return model
 
@@ -274,7 +276,7 @@ def import_state_dict(path: PathLike, architecture: str, key: Optional[str] = No
                "the plain model name or no --niff")
         raise CheckpointError(f"{path}: {hint}; use {fix}")
     load_state_into(model, state, path)
-    model.niff_checkpoint = dict(model_config(model), path=str(path), sha256=file_sha256(path),
-                                 imported_from=f"state dict ({path.name})")
+    model.niff_checkpoint = CheckpointConfig.of(dict(model_config(model), imported_from=f"state dict ({path.name})"),
+                                                path=str(path), sha256=file_sha256(path))
     model.eval()
     return model

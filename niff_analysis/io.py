@@ -20,9 +20,10 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Union
 
-from ._types import PathLike
+if TYPE_CHECKING:  # this module imports nothing of the package: it runs alone (tests/test_atomic_writes.py)
+    from ._types import PathLike
 
 try:  # POSIX; elsewhere directory_lock degrades to no locking
     import fcntl

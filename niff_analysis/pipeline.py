@@ -1,12 +1,16 @@
 """Checkpoints → labelled, loaded kernels → analyses → provenance: the one path that every
 analysis command, ``figures`` and the notebooks take.
 
+* :func:`run` is that path: ``run(checkpoints, analyses)`` finds, loads and selects, computes
+  each :class:`Analysis` on every checkpoint and combines the results (the commands' analyses
+  are in :mod:`niff_analysis.tables`);
 * :func:`find_checkpoints` turns command-line arguments into ``(label, path)`` pairs by one
   rule (folders of checkpoints expand, the same resolved path counts once, clashing names fall
   back to the paths given);
 * :func:`load_checkpoints` loads them, each with its provenance;
 * :func:`select_kernels` extracts and samples a checkpoint's kernels and says what it chose;
-* :func:`analyse` runs every analysis the figures need (``plotting.report`` only draws);
+* :func:`analyse` runs every analysis the figures need through :func:`run` (``plotting.report``
+  only draws);
 * :mod:`niff_analysis.provenance` writes a result with its ``meta.json`` entry.
 
 Nothing here prints: what a user should be told comes back as notes and warnings.
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import pandas as pd
+import torch
 from torch import nn
 
 from ._types import PathLike
@@ -29,9 +34,10 @@ from .analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels
 from .analysis.mass import massless_warning
 from .analysis.pca import pca_warnings
 from .analysis.schema import with_checkpoint
-from .checkpoint import (CONFIG_NAME, DEFAULT_CHECKPOINT, NonFiniteWeightsError, check_readable_path,
-                         load_checkpoint, load_initial, resolve_checkpoint)
+from .checkpoint import (CONFIG_NAME, DEFAULT_CHECKPOINT, Checkpoint, CheckpointConfig, NonFiniteWeightsError,
+                         check_readable_path, load_checkpoint, resolve_checkpoint)
 from .errors import CheckpointError, DataError, NiffError, SelectionError
+from .io import file_sha256
 from .runs import TRAIN_STATE_NAME, WEIGHTS_NAME, holds_run, read_diverged, unfinished_reason
 
 COST_SIZES = (7, 14, 28, 56, 112)
@@ -216,34 +222,39 @@ def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str,
 
 
 @dataclass
-class Checkpoint:
+class Loaded:
     """A loaded checkpoint under its label.
 
     Attributes:
         label: its name in every table (:func:`find_checkpoints`).
         path: as given (``None``: the bundled default).
-        model: the model, with ``niff_checkpoint`` (its config and provenance) attached.
+        model: the model, with ``niff_checkpoint`` (its
+            :class:`~niff_analysis.checkpoint.CheckpointConfig`) attached.
+        checkpoint: the :class:`~niff_analysis.checkpoint.Checkpoint` it was loaded from (its
+            initialisation and test images); ``None`` for a model that is no checkpoint's own
+            (an initialisation).
     """
 
     label: str
     path: Optional[Path]
     model: nn.Module
+    checkpoint: Optional[Checkpoint] = None
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> CheckpointConfig:
         return self.model.niff_checkpoint
 
     def provenance(self) -> dict:
         """label, resolved path, weights hash and architecture: what ``meta.json`` records."""
-        return dict(label=self.label, path=self.meta["path"], sha256=self.meta.get("sha256"),
-                    architecture=self.meta.get("architecture"))
+        return dict(label=self.label, path=self.meta.path, sha256=self.meta.sha256,
+                    architecture=self.meta.architecture)
 
 
 def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str = "cpu",
                      factory: Optional[str] = None,
                      found: Optional[Union[Found, list[tuple[str, Optional[Path]]]]] = None,
                      strict: bool = False, skip: Optional[Callable[[str, NiffError], None]] = None
-                     ) -> Iterator[Checkpoint]:
+                     ) -> Iterator[Loaded]:
     """Load each checkpoint :func:`discover` finds in ``checkpoints``, in order.
 
     Args:
@@ -266,13 +277,14 @@ def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str
         found = Found(checkpoints=list(found))
     for label, path in found.checkpoints:
         try:
-            model = load_checkpoint(path, device=str(device), factory=factory)
+            source = Checkpoint.open(path, factory=factory)
+            model = source.model(device=str(device))
         except NiffError as exc:
             if not found.tolerates(path, strict):
                 raise
             (skip or (lambda *a: None))(label, exc)
             continue
-        yield Checkpoint(label, path, model)
+        yield Loaded(label, path, model, source)
 
 
 @dataclass
@@ -287,7 +299,7 @@ class Selection:
         notes: informational messages (e.g. a baseline analysed through its plain convolutions).
     """
 
-    checkpoint: Checkpoint
+    checkpoint: Loaded
     kernels: list[LayerKernels]
     total: int
     seconds: float
@@ -304,7 +316,7 @@ class Selection:
         return f"{self.label}: {len(self.kernels)} layers, {n} kernels{sampled} ({self.seconds:.1f} s to extract)"
 
 
-def select_kernels(ck: Checkpoint, layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
+def select_kernels(ck: Loaded, layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
                    max_kernels: Optional[int] = None, niff_only: Optional[str] = None) -> Selection:
     """Extract a checkpoint's kernels (:func:`~niff_analysis.analysis.extract_kernels`) and sample
     layers with more than ``max_kernels`` of them (:func:`~niff_analysis.analysis.subsample`).
@@ -338,27 +350,22 @@ def select_kernels(ck: Checkpoint, layers: Union[str, Sequence[str]] = "*", incl
     return Selection(ck, lks, total, time.perf_counter() - t0, notes)
 
 
-def initial_kernels(ck: Checkpoint, kernels: Sequence[LayerKernels], layers: Union[str, Sequence[str]] = "*",
+def initial_kernels(ck: Loaded, kernels: Sequence[LayerKernels], layers: Union[str, Sequence[str]] = "*",
                     max_kernels: Optional[int] = None, device: str = "cpu") -> Optional[list[LayerKernels]]:
     """The initialisation's kernels of the layers in ``kernels`` (``ck``'s selection), selected
-    and sampled the same way (:func:`~niff_analysis.checkpoint.load_initial`: the run's ``init/``
-    or the model rebuilt from the recorded seed); ``None`` when no initialisation is known.
-
-    A weights file inside a checkpoint folder (its ``model.safetensors``, a run's
-    ``train_state.pt``) stands for the folder; a file whose run records no initialisation has none.
+    and sampled the same way (:meth:`~niff_analysis.checkpoint.Checkpoint.initial`: the run's
+    ``init/`` or the model rebuilt from the recorded seed); ``None`` when no initialisation is
+    known, or it cannot be loaded.
     """
-    path = ck.path
-    if path is not None and Path(path).is_file() and (Path(path).parent / CONFIG_NAME).is_file():
-        path = Path(path).parent
     try:
-        init = load_initial(path, device=device)
-    except NiffError:  # e.g. a training state of a run without config.json yet: no reference, no error
+        init = (ck.checkpoint or Checkpoint.open(ck.path)).initial(device=device)
+    except NiffError:  # e.g. a broken init/: no reference, no error (the analysis goes on without)
         return None
     if init is None:
         return None
     names = {lk.name for lk in kernels}
     plain = any(lk.kind == "conv" for lk in kernels)
-    sel = select_kernels(Checkpoint(ck.label, ck.path, init), layers=layers, include_conv=plain,
+    sel = select_kernels(Loaded(ck.label, ck.path, init), layers=layers, include_conv=plain,
                          max_kernels=max_kernels)
     return [lk for lk in sel.kernels if lk.name in names]
 
@@ -498,6 +505,215 @@ def load_histories(checkpoints: Sequence[Optional[PathLike]] = (), strict: bool 
     return out
 
 
+# --------------------------------------------------------------------------- the one runner
+@dataclass
+class Item:
+    """One checkpoint as an :class:`Analysis` sees it (:func:`run`).
+
+    Attributes:
+        label: its name in every table.
+        path: as given (``None``: the bundled default).
+        loaded: the loaded checkpoint (``None`` for an analysis of recorded statistics).
+        kernels: its selected kernels (for an analysis that needs kernels).
+        history: the kernel statistics its run recorded, and ``stats_file`` the file (for an
+            analysis of recorded statistics).
+        device: where its model runs.
+        layers, max_kernels: how its kernels were selected (its initialisation's are selected
+            the same way, :meth:`initial_kernels`).
+        log, warn: where an analysis says what it did, and what a user must know.
+    """
+
+    label: str
+    path: Optional[Path]
+    loaded: Optional[Loaded] = None
+    kernels: Optional[list[LayerKernels]] = None
+    history: Optional[pd.DataFrame] = None
+    stats_file: Optional[Path] = None
+    device: Union[str, torch.device] = "cpu"
+    layers: Union[str, Sequence[str]] = "*"
+    max_kernels: Optional[int] = None
+    log: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+    warn: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+    _initial: Optional[list] = field(default=None, repr=False)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    @property
+    def meta(self) -> CheckpointConfig:
+        return self.loaded.meta
+
+    @property
+    def checkpoint(self) -> Optional[Checkpoint]:
+        return self.loaded.checkpoint
+
+    def initial_kernels(self) -> Optional[list[LayerKernels]]:
+        """The initialisation's kernels of the selected layers (:func:`initial_kernels`), or
+        ``None`` when no initialisation is known; computed once."""
+        if self._initial is None:
+            self._initial = [initial_kernels(self.loaded, self.kernels, layers=self.layers,
+                                             max_kernels=self.max_kernels, device=str(self.device))]
+        return self._initial[0]
+
+
+class Analysis:
+    """What :func:`run` computes: :meth:`compute` once per checkpoint, in order, then
+    :meth:`combine` over all of them.
+
+    Attributes:
+        needs: ``"kernels"`` (the selected kernels of the loaded model), ``"model"`` (the loaded
+            model) or ``"history"`` (the kernel statistics a run recorded; runs without their
+            final checkpoint count).
+        niff_only: the name of an analysis that needs NIFF layers: selecting a plain
+            convolution is then an error.
+    """
+
+    needs = "kernels"
+    niff_only: Optional[str] = None
+
+    def compute(self, item: Item):
+        """The result of one checkpoint."""
+        raise NotImplementedError
+
+    def combine(self, results: "Results"):
+        """The result of the whole run (default: label → each checkpoint's result)."""
+        return results.of(self)
+
+
+@dataclass
+class Results:
+    """What :func:`run` computed.
+
+    Attributes:
+        found: the checkpoints found (:func:`discover`).
+        labels: the checkpoints analysed, in order (without those skipped).
+        provenance: label, path, weights hash (and architecture) of each, for ``meta.json``.
+        skipped: the labels of the checkpoints skipped.
+        per_checkpoint: per analysis (in the order given), label → its result.
+        combined: per analysis, :meth:`Analysis.combine`'s result.
+        log, warn: where :meth:`Analysis.combine` says what it did, and what a user must know.
+    """
+
+    found: Found
+    labels: list[str] = field(default_factory=list)
+    provenance: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    per_checkpoint: list[dict] = field(default_factory=list)
+    combined: list = field(default_factory=list)
+    analyses: list = field(default_factory=list, repr=False)
+    log: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+    warn: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+
+    def of(self, analysis: Analysis) -> dict:
+        """label → the result of ``analysis`` for that checkpoint."""
+        return self.per_checkpoint[self._index(analysis)]
+
+    def __getitem__(self, analysis: Analysis):
+        """The combined result of ``analysis``."""
+        return self.combined[self._index(analysis)]
+
+    def _index(self, analysis: Analysis) -> int:
+        return next(i for i, a in enumerate(self.analyses) if a is analysis)
+
+
+def run(checkpoints: Sequence[Optional[PathLike]] = (), analyses: Union[Analysis, Sequence[Analysis]] = (), *,
+        layers: Union[str, Sequence[str]] = "*", include_conv: bool = False, max_kernels: Optional[int] = None,
+        device: Union[str, torch.device] = "cpu", factory: Optional[str] = None, strict: bool = False, found: Optional[Found] = None,
+        log: Optional[Callable[[str], None]] = None, warn: Optional[Callable[[str], None]] = None,
+        skip: Optional[Callable[[str, NiffError], None]] = None, log_selection: bool = True,
+        announce: Optional[Callable[[str], None]] = None,
+        wrap: Optional[Callable[[Iterator, int], Iterator]] = None) -> Results:
+    """The one path from command-line arguments to results: find the checkpoints
+    (:func:`discover`), load each (:func:`load_checkpoints`), select its kernels
+    (:func:`select_kernels`), run every analysis on it, then combine each analysis's results.
+    The figure set (:func:`analyse`) and every analysis command take it.
+
+    Of a folder of checkpoints, one that cannot be loaded or whose kernels cannot be selected
+    is skipped (``skip`` is told; ``strict``: the error stops the run); one named directly
+    always stops it.
+
+    Args:
+        checkpoints: paths as a user gives them (none: the bundled default).
+        analyses: what to compute (one, or several computed on each checkpoint in turn).
+        layers, include_conv, max_kernels: the kernel selection (:func:`select_kernels`).
+        device: where the models are loaded.
+        factory: the user factory you allow to build a checkpoint's model.
+        strict: stop at the first checkpoint of a folder that cannot be analysed.
+        found: :func:`discover`'s answer for ``checkpoints`` (``runs_in_progress=True`` for an
+            analysis of recorded statistics), if the caller has it.
+        log: receives what was done (the selection's notes and summary with ``log_selection``).
+        warn: receives what a user must know (skipped checkpoints, through ``skip``'s default).
+        skip: called with (label, error) for each checkpoint skipped (default: a warning).
+        announce: called with each checkpoint's label before its kernels are selected.
+        wrap: wraps the iteration over the checkpoints (e.g. a progress bar), given their number.
+
+    Returns:
+        The :class:`Results`; without any checkpoint analysed its ``labels`` are empty (the
+        caller says why).
+
+    Raises:
+        NiffError: a checkpoint named directly cannot be analysed (or any, with ``strict``), or
+            an analysis fails.
+    """
+    analyses = [analyses] if isinstance(analyses, Analysis) else list(analyses)
+    say, warn = log or (lambda msg: None), warn or (lambda msg: None)
+    history = any(a.needs == "history" for a in analyses)
+    if found is None:
+        found = discover(tuple(checkpoints), runs_in_progress=history)
+    res = Results(found, per_checkpoint=[{} for _ in analyses], analyses=analyses, log=say, warn=warn)
+
+    def skipped(label: str, exc: NiffError) -> None:
+        res.skipped.append(label)
+        (skip or (lambda lab, e: warn(f"skipped {lab}: {e}")))(label, exc)
+
+    kw = dict(device=device, layers=layers, max_kernels=max_kernels, log=say, warn=warn)
+    if history:
+        items = ((Item(label, path, history=df, stats_file=path, **kw), dict(label=label, path=str(path),
+                                                                             sha256=file_sha256(path)))
+                 for label, path, df in load_histories(strict=strict, warn=warn, found=found))
+    else:
+        items = _loaded_items(found, analyses, kw, include_conv, factory, strict, skipped, log_selection, announce)
+    if wrap is not None:
+        items = wrap(items, len(found.checkpoints))
+    for item, provenance in items:
+        res.labels.append(item.label)
+        res.provenance.append(provenance)
+        for i, analysis in enumerate(analyses):
+            res.per_checkpoint[i][item.label] = analysis.compute(item)
+    if res.labels:
+        res.combined = [a.combine(res) for a in analyses]
+    return res
+
+
+def _loaded_items(found: Found, analyses: list[Analysis], kw: dict, include_conv: bool, factory: Optional[str],
+                  strict: bool, skipped: Callable[[str, NiffError], None], log_selection: bool,
+                  announce: Optional[Callable[[str], None]]) -> Iterator[tuple[Item, dict]]:
+    """(item, provenance) of each checkpoint that loads and whose kernels can be selected."""
+    needs_kernels = any(a.needs == "kernels" for a in analyses)
+    niff_only = next((a.niff_only for a in analyses if a.niff_only), None)
+    say = kw["log"]
+    for ck in load_checkpoints(device=str(kw["device"]), factory=factory, found=found, strict=strict, skip=skipped):
+        item = Item(ck.label, ck.path, ck, **kw)
+        if needs_kernels:
+            if announce is not None:
+                announce(ck.label)
+            try:
+                sel = select_kernels(ck, layers=kw["layers"], include_conv=include_conv,
+                                     max_kernels=kw["max_kernels"], niff_only=niff_only)
+            except NiffError as exc:
+                if not found.tolerates(ck.path, strict):
+                    raise
+                skipped(ck.label, exc)
+                continue
+            if log_selection:
+                for note in sel.notes:
+                    say(f"note: {note}")
+                say(sel.summary(kw["max_kernels"]))
+            item.kernels = sel.kernels
+        yield item, ck.provenance()
+
+
 # --------------------------------------------------------------------------- the figure set
 @dataclass
 class FigureData:
@@ -607,7 +823,6 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     from .analysis.schema import MEASURE
     from .analysis.uncertainty import RESAMPLES
     from .analysis.erf import effective_receptive_fields, erf_area_ratios
-    from .data import dataset_images
     from .analysis.frequency import frequency_profile
     from .analysis.stats import FILE_NAME as STATS_NAME
     from .analysis.stats import read_kernel_stats
@@ -630,78 +845,72 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         data.notes.append(f"skipped {label}: {exc}")
         say(data.notes[-1])
 
-    for ck in load_checkpoints(device=device, factory=factory, found=found, strict=strict, skip=skip):
-        label = ck.label
-        say(f"{label}: kernels")
-        try:
-            sel = select_kernels(ck, layers=layers, max_kernels=max_kernels)
-        except NiffError as exc:
-            if not found.tolerates(ck.path, strict):
-                raise
-            skip(label, exc)
-            continue
-        lks = data.kernels[label] = sel.kernels
-        data.labels.append(label)
-        data.sources[label], data.hashes[label] = ck.meta["path"], ck.meta.get("sha256")
-        has_niff = any(lk.response is not None for lk in lks)
-        say(f"{label}: mass ratio, effective sizes ({', '.join(measures)})")
-        for measure_i in measures:
-            m = kernel_mass(lks, measure_i)
-            if measure_i == measures[0]:
-                data.notes += [f"{label}: {w}" for w in filter(None, [massless_warning(m)])]
-            t["mass"].append(with_checkpoint(mass_summary(m, RESAMPLES), label))
-            t["sizes"].append(with_checkpoint(effective_sizes(m), label))
-        say(f"{label}: PCA")
-        data.eigenkernels[label] = _tagged_pca(pca_eigenkernels(lks, n_components=n_components), label)
-        data.notes += [f"{label}: {w}" for w in pca_warnings(data.eigenkernels[label].table, n_components)]
-        if has_niff:
-            data.weight_pca[label] = _tagged_pca(
-                weight_pca([lk for lk in lks if lk.response is not None], n_components=n_components), label)
-        say(f"{label}: Gaussian fits")
-        g = gaussian_fit(lks, device=device)
-        t["gauss"].append(with_checkpoint(g, label))
-        t["gsum"].append(with_checkpoint(gaussian_summary(g), label))
-        if has_niff:
-            t["freq"].append(with_checkpoint(frequency_profile(lks), label))
-        init, init_lks = load_initial(ck.path, device=device), None
-        if init is not None:
-            say(f"{label}: mass ratio at initialisation")
-            init_lks = select_kernels(Checkpoint(label, ck.path, init), layers=layers,
-                                      include_conv=not has_niff, max_kernels=max_kernels).kernels
+    class FigureTables(Analysis):
+        """Every table of the figures, one checkpoint at a time (collected in ``data``)."""
+
+        def compute(self, item: Item) -> None:
+            ck, label = item.loaded, item.label
+            lks = data.kernels[label] = item.kernels
+            data.labels.append(label)
+            data.sources[label], data.hashes[label] = ck.meta.path, ck.meta.sha256
+            has_niff = any(lk.response is not None for lk in lks)
+            say(f"{label}: mass ratio, effective sizes ({', '.join(measures)})")
             for measure_i in measures:
-                t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks, measure_i)), label))
+                m = kernel_mass(lks, measure_i)
+                if measure_i == measures[0]:
+                    data.notes += [f"{label}: {w}" for w in filter(None, [massless_warning(m)])]
+                t["mass"].append(with_checkpoint(mass_summary(m, RESAMPLES), label))
+                t["sizes"].append(with_checkpoint(effective_sizes(m), label))
+            say(f"{label}: PCA")
+            data.eigenkernels[label] = _tagged_pca(pca_eigenkernels(lks, n_components=n_components), label)
+            data.notes += [f"{label}: {w}" for w in pca_warnings(data.eigenkernels[label].table, n_components)]
             if has_niff:
-                t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))
-        if erf_images:
-            name = ck.meta.get("dataset")
-            size = (ck.meta.get("model_kwargs") or {}).get("input_size") or 224
-            try:
-                if name is None:
-                    raise DataError("the checkpoint records no dataset")
-                key = (name, int(size[0] if isinstance(size, list) else size))
-                if key not in images:
-                    images[key] = dataset_images(name, erf_images, data_dir, image_size=key[1])
-            except (DataError, SelectionError) as exc:
-                data.notes.append(f"{label}: receptive fields skipped ({exc}; see --erf-images)")
-                say(data.notes[-1])
-            else:
-                say(f"{label}: effective receptive fields ({len(images[key])} images)")
-                for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
-                    data.erf_maps[lab] = effective_receptive_fields(model, images[key], protocol=erf_protocol)
-                    t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab], protocol=erf_protocol),
-                                                    lab))
-        say(f"{label}: the scale (delta, white noise, initialisation)")
-        for measure_i in measures:
-            scale = mass_scale(lks, measure_i, init_lks)
-            scale.insert(0, MEASURE, measure_i)
-            t["scale"].append(with_checkpoint(scale, label))
-        stats_file = Path(data.sources[label]) / STATS_NAME
-        if stats_file.is_file():
-            try:
-                t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))
-            except (ValueError, OSError, pd.errors.ParserError) as exc:  # an extra: the figures go on
-                data.notes.append(f"{label}: kernel statistics left out ({' '.join(str(exc).split())})")
-                say(data.notes[-1])
+                data.weight_pca[label] = _tagged_pca(
+                    weight_pca([lk for lk in lks if lk.response is not None], n_components=n_components), label)
+            say(f"{label}: Gaussian fits")
+            g = gaussian_fit(lks, device=device)
+            t["gauss"].append(with_checkpoint(g, label))
+            t["gsum"].append(with_checkpoint(gaussian_summary(g), label))
+            if has_niff:
+                t["freq"].append(with_checkpoint(frequency_profile(lks), label))
+            init, init_lks = ck.checkpoint.initial(device=device), None
+            if init is not None:
+                say(f"{label}: mass ratio at initialisation")
+                init_lks = select_kernels(Loaded(label, ck.path, init), layers=layers,
+                                          include_conv=not has_niff, max_kernels=max_kernels).kernels
+                for measure_i in measures:
+                    t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks, measure_i)), label))
+                if has_niff:
+                    t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))
+            if erf_images:
+                key = (ck.meta.dataset, ck.meta.input_size)
+                try:
+                    if key not in images:
+                        images[key] = ck.checkpoint.images(erf_images, data_dir)
+                except (DataError, SelectionError) as exc:
+                    data.notes.append(f"{label}: receptive fields skipped ({exc}; see --erf-images)")
+                    say(data.notes[-1])
+                else:
+                    say(f"{label}: effective receptive fields ({len(images[key])} images)")
+                    for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
+                        data.erf_maps[lab] = effective_receptive_fields(model, images[key], protocol=erf_protocol)
+                        t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab], protocol=erf_protocol),
+                                                        lab))
+            say(f"{label}: the scale (delta, white noise, initialisation)")
+            for measure_i in measures:
+                scale = mass_scale(lks, measure_i, init_lks)
+                scale.insert(0, MEASURE, measure_i)
+                t["scale"].append(with_checkpoint(scale, label))
+            stats_file = Path(data.sources[label]) / STATS_NAME
+            if stats_file.is_file():
+                try:
+                    t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))
+                except (ValueError, OSError, pd.errors.ParserError) as exc:  # an extra: the figures go on
+                    data.notes.append(f"{label}: kernel statistics left out ({' '.join(str(exc).split())})")
+                    say(data.notes[-1])
+
+    run(analyses=FigureTables(), found=found, layers=layers, max_kernels=max_kernels, device=device, factory=factory,
+        strict=strict, skip=skip, log_selection=False, announce=lambda label: say(f"{label}: kernels"))
     if not data.labels:
         raise NiffError("no checkpoint could be analysed: " + "; ".join(data.notes[-3:]))
     if cost_sizes:

@@ -37,6 +37,7 @@ from torch import nn
 from .._types import PathLike, Size, SizeLike, as_hw
 from ..errors import NiffError, SelectionError
 from ..layers.niff import NIFFLayer, centred_to_kernel
+from ..models.config import ModelConfig
 from .schema import FMAP_H, FMAP_W, LAYER, STAGE, layer_columns
 
 #: Module-name components that name a stage of a known architecture (ResNet ``layer2``,
@@ -138,9 +139,9 @@ def _load(model_or_path, device: str) -> nn.Module:
 
 def _input_size(model: nn.Module, input_size: Optional[SizeLike]) -> Size:
     if input_size is None:
-        cfg = getattr(model, "niff_config", None) or {}
-        input_size = cfg.get("input_size")
-    if input_size is None:
+        cfg = ModelConfig.of(model)
+        if cfg is not None:
+            return cfg.input_size
         raise NiffError("cannot record the feature-map sizes of this model's convolutions: "
                         "pass input_size=(H, W), the size it was trained at")
     try:
@@ -193,7 +194,8 @@ def conv_inventory(model: nn.Module, input_size=None) -> list[dict]:
     analysable = any(tuple(m.stride) == (1, 1) and max(m.kernel_size) > 1 for _, m in convs)
     shapes = {}
     if any(max(m.kernel_size) > 1 for _, m in convs):  # one dry forward gives every map size
-        in_chans = (getattr(model, "niff_config", None) or {}).get("in_chans")
+        cfg = ModelConfig.of(model)
+        in_chans = cfg.in_chans if cfg is not None else None
         try:
             shapes = record_shapes(model, _input_size(model, input_size), in_chans)
         except NiffError:
@@ -249,7 +251,7 @@ def extract_kernels(model_or_path: Union[nn.Module, PathLike, None] = None,
         device: where a checkpoint is loaded and its MLPs run (``auto``, ``cpu``, ``cuda``,
             ``mps``); a model passed in is evaluated where it lives.
         input_size: input H×W for recording plain convs' feature maps (default: the size the
-            model was built for, ``model.niff_config["input_size"]``).
+            model was built for, ``model.niff_config.input_size``).
 
     Returns:
         One :class:`LayerKernels` per layer, tensors on the CPU.

@@ -138,3 +138,138 @@ def result_options(table_help: str = "table: for people; csv/json: the long form
             f = d(f)
         return f
     return deco
+
+
+# --------------------------------------------------------------------------- one command's I/O
+SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".txt": "table", ".npz": "npz"}
+
+
+def output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed: tuple[str, ...]) -> str:
+    """The format of a command's result: ``--format``, or with ``--output`` its suffix (which
+    ``--format``, if given, must agree with); an ``--output`` that cannot be written is refused
+    here, before any work."""
+    from pathlib import Path
+
+    from ..errors import NiffError
+    from ..io import check_writable
+
+    if not output:
+        return fmt
+    parent = Path(output).parent
+    if parent.exists() and not parent.is_dir():
+        raise NiffError(f"--output {output}: {parent} exists and is not a directory")
+    if Path(output).is_dir():
+        raise NiffError(f"--output {output}: is a directory; name a file in it")
+    suffix = Path(output).suffix.lower()
+    if suffix not in SUFFIX_FORMATS or SUFFIX_FORMATS[suffix] not in allowed:
+        ok = ", ".join(s for s, f in SUFFIX_FORMATS.items() if f in allowed)
+        raise click.UsageError(f"cannot tell the format of --output {output}; use a suffix of {ok}")
+    chosen = SUFFIX_FORMATS[suffix]
+    if ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE and fmt != chosen:
+        raise click.UsageError(f"--format {fmt} disagrees with the suffix of --output {output}")
+    try:  # before any analysis: an unwritable target fails in a second, not after minutes
+        check_writable(parent)
+    except OSError as exc:
+        raise NiffError(f"--output {output}: cannot write there ({exc.strerror or exc})") from None
+    return chosen
+
+
+class Command:
+    """One analysis command around :func:`~niff_analysis.pipeline.run`: its logs on stderr
+    (``--quiet`` silences them), its warnings (always printed), the checkpoints of its command
+    line found once (an ``--output`` inside any input refused before any work), and its result
+    printed or written to ``--output`` with the provenance of what it read.
+
+    Args:
+        name: the command (recorded in ``meta.json``).
+        checkpoints: the CHECKPOINT arguments.
+        params: the command's settings (recorded in ``meta.json``, with ``layers``,
+            ``include_conv``, ``device`` and ``--max-kernels``).
+        layers: the ``--layers`` comma list of fnmatch patterns.
+    """
+
+    def __init__(self, name: str, checkpoints, params: dict, output: Optional[str] = None, quiet: bool = False,
+                 device: str = "cpu", layers: str = "*", include_conv: bool = False):
+        from ..device import resolve_device
+
+        self.name, self.checkpoints, self.output, self.quiet = name, checkpoints, output, quiet
+        self.layers = [p.strip() for p in layers.split(",") if p.strip()] or ["*"]
+        self.include_conv = include_conv
+        self.device = resolve_device(device)
+        self.params = dict(params, layers=layers, include_conv=include_conv, device=device)
+        meta = click.get_current_context().meta
+        self.strict = bool(meta.get("niff_strict"))
+        self.max_kernels = meta.get("niff_max_kernels")
+        self.provenance: list[dict] = []
+        self._found = None
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(msg, err=True)
+
+    def warn(self, msg: str) -> None:
+        """A warning: printed even with ``--quiet`` (results that hold NaN are never silent)."""
+        click.echo(f"warning: {msg}", err=True)
+
+    def found(self, runs_in_progress: bool = False):
+        """The checkpoints of the command line (:func:`~niff_analysis.pipeline.discover`), found
+        once; what was skipped is warned about, and an ``--output`` inside any input is refused."""
+        from ..pipeline import discover, refuse_output_in_inputs
+
+        if self._found is None:
+            self._found = discover(tuple(self.checkpoints), runs_in_progress=runs_in_progress)
+            if self.output:
+                refuse_output_in_inputs(self.output, self._found.inputs)
+            for line in self._found.skipped_lines():
+                self.warn(line)
+        return self._found
+
+    def run(self, analysis, progress: bool = False, log_selection: bool = True):
+        """:func:`~niff_analysis.pipeline.run` of ``analysis`` on the command's checkpoints
+        (``progress``: a progress bar over several checkpoints; ``log_selection``: log which
+        kernels were selected); the provenance of what it read is kept for :meth:`finish`.
+
+        Raises:
+            NiffError: no checkpoint could be analysed.
+        """
+        from ..errors import NiffError
+        from ..pipeline import run
+
+        if self.max_kernels and analysis.needs == "kernels":
+            self.params["max_kernels"] = self.max_kernels
+        found = self.found(runs_in_progress=analysis.needs == "history")
+        res = run(analyses=analysis, found=found, layers=self.layers, include_conv=self.include_conv,
+                  max_kernels=self.max_kernels, device=self.device, factory=current_factory(), strict=self.strict,
+                  log=self.log, warn=self.warn, log_selection=log_selection, wrap=self._bar if progress else None)
+        self.provenance = res.provenance
+        if not res.labels:
+            raise NiffError(f"no checkpoint could be analysed (skipped: {', '.join(res.skipped)})")
+        return res[analysis]
+
+    def _bar(self, items, n: int):
+        import sys
+
+        from tqdm import tqdm
+
+        return tqdm(items, desc="checkpoints", unit="ckpt", file=sys.stderr, disable=self.quiet or n < 2, leave=False)
+
+    def finish(self, content, rows: int) -> None:
+        """Print ``content`` (text), or write it (text, or a function writing the file) to
+        ``--output`` with its meta.json entry."""
+        from ..provenance import META_NAME, write_output
+
+        if not self.output:
+            click.echo(content, nl=False)
+            return
+        path = write_output(self.output, content, self.name, self.params, self.provenance, rows)
+        self.log(f"wrote {path} and {path.parent / META_NAME}")
+
+    def write_npz(self, arrays: dict) -> None:
+        """Write ``arrays`` to ``--output`` as one .npz file (with its meta.json entry)."""
+        import numpy as np
+
+        def save(tmp) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+                np.savez(f, **arrays)
+
+        self.finish(save, len(arrays))

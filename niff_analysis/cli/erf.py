@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from ..errors import NiffError, SelectionError
 from . import main
-from .analysis import Run, _output_format
 from .common import ERF_PROTOCOLS as PROTOCOLS
-from .common import positive_int, render_frame, result_options
+from .common import Command, output_format, positive_int, render_frame, result_options
 
 
 @main.command("erf")
@@ -43,15 +40,9 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
     the gradient, the mean over images, log10(1 + x)), whose sides come out larger. Columns:
     checkpoint, stage, protocol, threshold, side, area_ratio.
     """
-    import pandas as pd
+    from ..tables import Erf
 
-    from ..analysis import effective_receptive_fields, erf_area_ratios
-    from ..analysis.erf import PROTOCOL
-    from ..data import dataset_images
-    from ..analysis.schema import CHECKPOINT, STAGE, THRESHOLD, with_checkpoint
-    from ..checkpoint import load_initial
-
-    fmt = _output_format(ctx, fmt, output, ("table", "csv", "json"))
+    fmt = output_format(ctx, fmt, output, ("table", "csv", "json"))
     try:
         ts = [float(t) for t in thresholds.split(",") if t.strip()]
     except ValueError:
@@ -59,42 +50,8 @@ def erf_cmd(ctx, checkpoints, layers, n_images, dataset, data_dir, thresholds, u
     if not ts or any(not 0 < t <= 100 for t in ts):
         raise SelectionError(f"--thresholds must lie in (0, 100], got {thresholds!r}")
     pattern = None if layers is None else [p.strip() for p in layers.split(",") if p.strip()]
-    run = Run("erf", checkpoints, "*", False, device, quiet,
-              dict(layers=layers, images=n_images, dataset=dataset, thresholds=ts, untrained=untrained,
-                   protocol=protocol), output)
-    frames, images = [], {}
-    for ck in run.checkpoints_loaded():
-        label, path, model, meta = ck.label, ck.path, ck.model, ck.meta
-        name = dataset or meta.get("dataset")
-        if name is None:
-            raise NiffError(f"{label}: the checkpoint records no dataset; pass --dataset")
-        size = (meta.get("model_kwargs") or {}).get("input_size") or 224
-        key = (name, str(data_dir), str(size))
-        if key not in images:
-            try:
-                images[key] = dataset_images(name, n_images, data_dir,
-                                             image_size=size[0] if isinstance(size, list) else int(size))
-            except SelectionError as exc:
-                raise SelectionError(f"--images: {exc}") from None
-        todo = [(label, model)]
-        if untrained:
-            init = load_initial(path, device=str(run.device))
-            if init is None:
-                run.warn(f"{label}: no initialisation known (not trained by this toolkit); --untrained skipped")
-            else:
-                todo.append((f"{label}@init", init))
-        for lab, m in todo:
-            t0 = time.perf_counter()
-            try:
-                maps = effective_receptive_fields(m, images[key], layers=pattern, protocol=protocol)
-            except NiffError as exc:
-                raise type(exc)(f"{label}: {exc}") from None
-            run.log(f"{lab}: ERF ({protocol} protocol) of {len(maps)} stages from {len(images[key])} images in "
-                    f"{time.perf_counter() - t0:.1f} s")
-            frames.append(with_checkpoint(erf_area_ratios(maps, ts, protocol=protocol), lab))
-    df = pd.concat(frames, ignore_index=True)
-    if fmt == "table":
-        df = df.pivot_table(index=[CHECKPOINT, STAGE, PROTOCOL], columns=THRESHOLD, values="side",
-                            sort=False).reset_index()
-        df.columns = [f"side_{c:g}%" if isinstance(c, float) else c for c in df.columns]
-    run.finish(render_frame(df, fmt), output, len(df))
+    cmd = Command("erf", checkpoints, dict(layers=layers, images=n_images, dataset=dataset, thresholds=ts,
+                                           untrained=untrained, protocol=protocol), output, quiet, device)
+    df = cmd.run(Erf(layers=pattern, images=n_images, dataset=dataset, data_dir=data_dir, thresholds=ts,
+                     untrained=untrained, protocol=protocol, table=fmt == "table"))
+    cmd.finish(render_frame(df, fmt), len(df))

@@ -88,12 +88,12 @@ def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) 
             warn(f"{exc} (training diverged?); described all the same")
             model = load_checkpoint(path, factory=current_factory(), allow_non_finite=True)
         meta = model.niff_checkpoint
-        info = dict(architecture=meta["architecture"], source="checkpoint", path=meta["path"],
-                    sha256=meta["sha256"], model_kwargs=meta["model_kwargs"])
+        info = dict(architecture=meta.architecture, source="checkpoint", path=meta.path,
+                    sha256=meta.sha256, model_kwargs=meta.model_kwargs)
         for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
-            if key in meta:
-                info[key] = meta[key]
-        folder = Path(meta["path"])
+            if key in meta.record:  # what the checkpoint records, as it records it
+                info[key] = meta.record[key]
+        folder = Path(meta.path)
         stats_file = (folder if folder.is_dir() else folder.parent) / STATS_NAME
         if folder.name == INIT_DIR:  # the run's statistics sit beside its init/
             stats_file = folder.parent / STATS_NAME
@@ -113,7 +113,7 @@ def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) 
         except UnknownModelError as exc:
             names = ", ".join(bundled_checkpoints())
             raise UnknownModelError(f"{exc} (or a bundled checkpoint: {names})" if names else str(exc)) from None
-        info = dict(architecture=target, source="registry", model_kwargs=model.niff_config)
+        info = dict(architecture=target, source="registry", model_kwargs=dict(model.niff_config))
     info["num_params"] = int(sum(p.numel() for p in model.parameters()))
     info["layers"] = layer_table(model)
     # Plain convs: analysed by every command when the model has no NIFF layers, else with

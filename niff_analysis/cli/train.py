@@ -11,7 +11,7 @@ from typing import Optional
 
 import click
 
-from .._types import DEFAULT_INPUT_SIZE  # no torch
+from .._types import CIFAR_INPUT_SIZE, DEFAULT_INPUT_SIZE  # no torch
 from ..errors import NiffError
 from ..io import atomic_write
 from ..train.config import DTYPES, TrainConfig  # the recipe, without torch
@@ -305,7 +305,7 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
 @click.option("--factory", metavar="MODULE:FN", help="Allow this user factory to run (must equal --model).")
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: the model's (1000).")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option("--input-size", type=int, callback=positive_int, help="Default: 224 (32 for --stem cifar).")
+@click.option("--input-size", type=int, callback=positive_int, help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
 @click.option("--stem", type=click.Choice(STEMS), help="Registered models: default imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's, or read from the "
                             "authors' tensors).")
@@ -346,10 +346,10 @@ def import_cmd(path, model_name, out, key, factory, num_classes, in_chans, input
         kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_state_dict(path, model_name, key=key, factory=factory, **kwargs)
     meta = model.niff_checkpoint
-    _write_imported(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
-                    source_sha256=meta["sha256"])
+    _write_imported(model, out, imported_from=meta.provenance["imported_from"], source_file=Path(path).name,
+                    source_sha256=meta.sha256)
     if not quiet:
-        click.echo(f"imported {path} as {model_name} ({meta['imported_from']}); checkpoint in {out}")
+        click.echo(f"imported {path} as {model_name} ({meta.provenance['imported_from']}); checkpoint in {out}")
 
 
 def _import_target(path: str, out: str, overwrite: bool) -> None:
@@ -408,7 +408,7 @@ def _mlp_arg(mlp) -> dict:
 @click.option("--key", default="model", show_default=True, help="Dict entry holding the state dict.")
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: 1000.")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option("--input-size", type=int, callback=positive_int, help="Default: 224 (32 for --stem cifar).")
+@click.option("--input-size", type=int, callback=positive_int, help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
 @click.option("--stem", type=click.Choice(STEMS), help="Default: imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's).")
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:
@@ -420,6 +420,6 @@ def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, inpu
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_reference_checkpoint(path, model_name, key=key, **kwargs)
     meta = model.niff_checkpoint
-    _write_imported(model, out, imported_from=meta["imported_from"], source_file=Path(path).name,
-                    source_sha256=meta["sha256"])
+    _write_imported(model, out, imported_from=meta.provenance["imported_from"], source_file=Path(path).name,
+                    source_sha256=meta.sha256)
     click.echo(f"imported {path} as {model_name}; checkpoint in {out}")

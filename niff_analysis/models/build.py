@@ -25,6 +25,7 @@ from torch import nn
 from .._types import DEFAULT_INPUT_SIZE, SizeLike, input_hw
 from ..errors import NiffError
 from ..layers.mlp import resolve_mlp
+from .config import ModelConfig, is_builder
 
 TORCHVISION = "torchvision:"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -40,12 +41,6 @@ NOT_FACTORIES = frozenset({
 
 class BuilderError(NiffError, ValueError):
     """A builder name that cannot (or may not) be called."""
-
-
-def is_builder(name: str) -> bool:
-    """Whether ``name`` names a builder (``torchvision:NAME`` or ``module:function``), not a
-    registered model."""
-    return ":" in str(name)
 
 
 def _torchvision_builder(name: str):
@@ -122,7 +117,8 @@ def build_model(builder: str, builder_kwargs: Optional[dict] = None,
         factory: the user factory the caller agrees to run (must equal ``builder`` for one).
 
     Returns:
-        The model; ``model.niff_config`` holds the arguments that rebuild it.
+        The model; ``model.niff_config`` (a :class:`~niff_analysis.models.ModelConfig`) holds the
+        arguments that rebuild it.
     """
     from .convert import record_shapes, to_niff
 
@@ -149,8 +145,8 @@ def build_model(builder: str, builder_kwargs: Optional[dict] = None,
         to_niff(model, size, in_chans=in_chans, **settings)
     else:
         record_shapes(model, size, in_chans)  # validates the input size
-    model.niff_config = dict(name=builder, builder_kwargs=kwargs, input_size=size, in_chans=in_chans,
-                             niff=settings)
+    model.niff_config = ModelConfig(builder, dict(builder_kwargs=kwargs, input_size=size, in_chans=in_chans,
+                                                  niff=settings))
     return model
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from .._types import SizeLike, input_hw
 from ..errors import NiffError
 from ..layers.mlp import MLPSpec, resolve_mlp
+from .config import ModelConfig
 from .convert import record_shapes, to_niff, to_separated
 
 # arch -> (default ImageNet MLP preset, variant suffixes the paper has). The torchvision builder
@@ -132,7 +133,8 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
             16× cheaper model for controlled studies). Only ResNets take another value.
 
     Returns:
-        The model, with ``model.niff_config`` holding the keyword arguments that rebuild it.
+        The model, with ``model.niff_config`` (a :class:`~niff_analysis.models.ModelConfig`)
+        holding the keyword arguments that rebuild it.
     """
     arch, variant = parse_name(name)
     if stem not in STEMS:
@@ -162,10 +164,11 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
                 mlp=mlp_cfg, mode=mode, in_chans=in_chans, niff_on_1x1=niff_on_1x1)
     else:
         record_shapes(model, size, in_chans)  # validates the input size
-    model.niff_config = dict(name=name, num_classes=num_classes, in_chans=in_chans, input_size=list(size),
-                             stem=stem, mlp=mlp_cfg.to_dict(), mode=mode)
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, input_size=list(size), stem=stem,
+                  mlp=mlp_cfg.to_dict(), mode=mode)
     if niff_on_1x1:
-        model.niff_config["niff_on_1x1"] = True
+        kwargs["niff_on_1x1"] = True
     if width != 64:  # recorded only when set, so checkpoints of the paper's width stay as they were
-        model.niff_config["width"] = width
+        kwargs["width"] = width
+    model.niff_config = ModelConfig(name, kwargs)
     return model

@@ -379,10 +379,10 @@ def final_table(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame
     def rows(folder: Path, arm: str, seed: int) -> pd.DataFrame:
         model = load_checkpoint(folder)
         st = stage_stats(extract_kernels(model))
-        st.insert(0, "epoch", int(model.niff_checkpoint.get("epochs") or 0))
+        st.insert(0, "epoch", int(model.niff_checkpoint.epochs or 0))
         st.insert(0, "seed", seed)
         st.insert(0, "arm", arm)
-        acc = model.niff_checkpoint.get("test_acc")
+        acc = model.niff_checkpoint.test_acc
         st["test_acc"] = math.nan if acc is None else float(acc)
         return st
 

@@ -1,0 +1,91 @@
+"""pipeline.run: the one path from checkpoints to results that the figures and every analysis
+command take (finding, loading, selecting, computing, combining, skipping)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from niff_analysis.analysis import extract_kernels, kernel_mass
+from niff_analysis.analysis.schema import with_checkpoint
+from niff_analysis.checkpoint import BUNDLED_DIR, DEFAULT_CHECKPOINT, load_checkpoint
+from niff_analysis.errors import CheckpointError, NiffError
+from niff_analysis.io import file_sha256
+from niff_analysis.pipeline import Analysis, run
+from niff_analysis.tables import Mass
+
+
+class Count(Analysis):
+    """How many kernels each checkpoint's selection holds, and in which order they came."""
+
+    def __init__(self, needs="kernels"):
+        self.needs, self.seen = needs, []
+
+    def compute(self, item):
+        self.seen.append(item.label)
+        return None if item.kernels is None else sum(lk.flat.shape[0] for lk in item.kernels)
+
+
+def test_every_checkpoint_of_a_folder_in_order_with_its_provenance():
+    count = Count()
+    res = run([BUNDLED_DIR], count, max_kernels=8)
+    labels = ["resnet18_fmnist", "resnet18_niff_fmnist"]
+    assert res.labels == labels and count.seen == labels and res.skipped == []
+    for label in labels:  # what the runner selected is what the library selects directly
+        lks = extract_kernels(load_checkpoint(BUNDLED_DIR / label))
+        assert res[count][label] == sum(min(lk.flat.shape[0], 8) for lk in lks)
+    assert [p["sha256"] for p in res.provenance] == [file_sha256(BUNDLED_DIR / n / "model.safetensors")
+                                                     for n in labels]
+
+
+def test_analyses_run_in_turn_and_combine_sees_them_all():
+    class Total(Count):
+        def combine(self, results):
+            return sum(results.of(self).values())
+
+    a, b, model_only = Count(), Total(), Count(needs="model")
+    res = run([DEFAULT_CHECKPOINT], [a, b, model_only], layers="layer4.*")
+    label = DEFAULT_CHECKPOINT.name
+    assert res[a] == {label: res[b]} and res[b] > 0
+    assert res[model_only] == {label: res[a][label]}  # kernels are selected once, for whoever needs them
+
+
+def test_a_table_equals_the_library_computed_directly():
+    mass = Mass(view="ratios", measure="energy")
+    df, note = run([DEFAULT_CHECKPOINT], mass, layers=["layer4.*"])[mass]
+    lks = extract_kernels(load_checkpoint(DEFAULT_CHECKPOINT), layers=["layer4.*"])
+    expected = with_checkpoint(kernel_mass(lks, "energy"), DEFAULT_CHECKPOINT.name)
+    pd.testing.assert_frame_equal(df, expected)
+    assert note == "" and len(df) > 0
+
+
+def test_a_broken_checkpoint_of_a_folder_is_skipped_unless_strict(tmp_path):
+    folder = tmp_path / "runs"
+    shutil.copytree(DEFAULT_CHECKPOINT, folder / "good")
+    shutil.copytree(DEFAULT_CHECKPOINT, folder / "broken")
+    (folder / "broken" / "model.safetensors").write_bytes(b"not weights")
+    warnings, count = [], Count()
+    res = run([folder], count, warn=warnings.append, max_kernels=2)
+    assert res.labels == ["good"] and res.skipped == ["broken"] and count.seen == ["good"]
+    assert len(warnings) == 1 and warnings[0].startswith("skipped broken: ") and "safetensors" in warnings[0]
+    with pytest.raises(CheckpointError, match="broken"):
+        run([folder], Count(), strict=True)
+    with pytest.raises(CheckpointError, match="broken"):  # named directly: always an error
+        run([folder / "broken"], Count())
+
+
+def test_no_checkpoint_left_is_an_empty_result_and_an_analysis_error_stops_the_run(tmp_path):
+    (tmp_path / "only").mkdir()
+    shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / "only" / "a")
+    (tmp_path / "only" / "a" / "config.json").write_text("{")
+    res = run([tmp_path / "only"], Count(), warn=lambda msg: None)
+    assert res.labels == [] and res.skipped == ["a"] and res.combined == []
+
+    class Fails(Analysis):
+        def compute(self, item):
+            raise NiffError(f"{item.label}: cannot")
+
+    with pytest.raises(NiffError, match="cannot"):
+        run([DEFAULT_CHECKPOINT], Fails(), layers="layer4.1.*")
