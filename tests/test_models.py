@@ -11,7 +11,7 @@ from torch import nn
 
 from niff_analysis import create_model, list_models, to_niff, to_separated
 from niff_analysis.cli import main
-from niff_analysis.layers import DepthwiseNIFF, FreqPointwise, FullNIFF, SplitNIFF
+from niff_analysis.layers import DepthwiseNIFF, FreqPointwise, FullNIFF
 from niff_analysis.models import ConversionError, UnknownModelError, niff_layers
 
 

@@ -18,4 +18,4 @@ __all__ = ["LayerKernels", "PCAResult", "capped_layers", "effective_receptive_fi
            "erf_area_ratios", "extract_kernels", "frequency_profile", "gaussian_fit", "gaussian_model",
            "gaussian_summary", "kernel_mass", "kernel_stats", "kernel_table", "mass_ratios", "mass_summary",
            "mass_table", "massless_kernels", "paper_claims", "pca_eigenkernels", "pca_summary", "read_kernel_stats",
-           "sample_channels", "stage_of", "subsample", "weight_pca", "window_sizes"]
+           "conv_inventory", "sample_channels", "stage_of", "subsample", "weight_pca", "window_sizes"]

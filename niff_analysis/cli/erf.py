@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import NiffError, SelectionError
+from ..errors import SelectionError
 from . import main
 from .common import ERF_PROTOCOLS as PROTOCOLS
 from .common import Command, output_format, positive_int, render_frame, result_options
