@@ -171,12 +171,12 @@ class CheckpointConfig(Mapping):
     record: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def read(cls, path: PathLike) -> "CheckpointConfig":
+    def read(cls, path: PathLike) -> CheckpointConfig:
         """The validated config of a checkpoint folder or single-file checkpoint (:func:`read_config`)."""
         return cls.of(read_config(path), path=str(path))
 
     @classmethod
-    def parse(cls, cfg: Any, source, path: Optional[str] = None, sha256: Optional[str] = None) -> "CheckpointConfig":
+    def parse(cls, cfg: Any, source, path: Optional[str] = None, sha256: Optional[str] = None) -> CheckpointConfig:
         """A config dict (as ``config.json`` holds it), validated (:func:`validate_config`).
 
         Raises:
@@ -185,7 +185,7 @@ class CheckpointConfig(Mapping):
         return cls.of(validate_config(cfg, source), path=path, sha256=sha256)
 
     @classmethod
-    def of(cls, record: dict, path: Optional[str] = None, sha256: Optional[str] = None) -> "CheckpointConfig":
+    def of(cls, record: dict, path: Optional[str] = None, sha256: Optional[str] = None) -> CheckpointConfig:
         """The typed view of a record this toolkit made (not validated: :meth:`parse` a file's)."""
         record = dict(record)
         path = record.pop("path", path)
@@ -199,7 +199,7 @@ class CheckpointConfig(Mapping):
                    test_acc=record.get("test_acc"), test_loss=record.get("test_loss"),
                    path=None if path is None else str(path), sha256=sha256, record=record)
 
-    def replace(self, **changes) -> "CheckpointConfig":
+    def replace(self, **changes) -> CheckpointConfig:
         """The same identity with some recorded fields (or ``path``, ``sha256``) changed."""
         return CheckpointConfig.of({**self.record, "path": self.path, "sha256": self.sha256, **changes})
 
@@ -515,7 +515,7 @@ class Checkpoint:
         return self._state is not None
 
     @classmethod
-    def open(cls, path: Optional[PathLike] = None, factory: Optional[str] = None) -> "Checkpoint":
+    def open(cls, path: Optional[PathLike] = None, factory: Optional[str] = None) -> Checkpoint:
         """Find a checkpoint and read its config (its weights are read by :meth:`model`).
 
         Args:
@@ -545,7 +545,7 @@ class Checkpoint:
         return cls(path, config.replace(sha256=file_sha256(weights)), factory)
 
     @classmethod
-    def _open_training_state(cls, path: Path, factory: Optional[str]) -> "Checkpoint":
+    def _open_training_state(cls, path: Path, factory: Optional[str]) -> Checkpoint:
         """A trainer's ``train_state.pt`` (weights and recipe; weights_only)."""
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols on stderr

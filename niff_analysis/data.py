@@ -54,7 +54,7 @@ class TensorDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: Optional[int]) -> "TensorDataset":
+    def subset(self, n: Optional[int]) -> TensorDataset:
         if n is None or n >= len(self):
             return self
         return TensorDataset(self.images[:n], self.labels[:n], self.mean, self.std, self.classes)

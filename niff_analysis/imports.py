@@ -18,6 +18,7 @@ from .checkpoint import CheckpointConfig, _rebuild, load_state_into, model_confi
 from .errors import CheckpointError
 from .io import file_sha256
 
+
 def read_torch_pickle(path: PathLike):
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.
 

@@ -370,7 +370,8 @@ def test_compiled_solver_equals_the_reference_solver_on_many_baseline_and_oblong
     oblong grids (h ≠ w, which a swapped axis or size would break). Successful fits are the same fits (parameters to
     1e-9), iteration counts and statuses agree but for at most 1 in 500 (rounding in a flat
     valley)."""
-    from niff_analysis.analysis import gaussian as g, subsample
+    from niff_analysis.analysis import gaussian as g
+    from niff_analysis.analysis import subsample
     from niff_analysis.checkpoint import BUNDLED_DIR
 
     batches = {}

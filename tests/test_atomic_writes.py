@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 matplotlib.use("Agg")
 
-import niff_analysis.pipeline as pipeline  # noqa: E402
 import niff_analysis.io as nio  # noqa: E402
+import niff_analysis.pipeline as pipeline  # noqa: E402
 from niff_analysis.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from niff_analysis.cli import main  # noqa: E402
 from niff_analysis.io import atomic_write, file_sha256  # noqa: E402

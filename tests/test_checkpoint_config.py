@@ -9,8 +9,15 @@ import json
 import pytest
 import torch
 
-from niff_analysis.checkpoint import (DEFAULT_CHECKPOINT, Checkpoint, CheckpointConfig, initial_model,
-                                      load_checkpoint, load_initial, save_checkpoint)
+from niff_analysis.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    Checkpoint,
+    CheckpointConfig,
+    initial_model,
+    load_checkpoint,
+    load_initial,
+    save_checkpoint,
+)
 from niff_analysis.data import load_fashion_mnist
 from niff_analysis.errors import CheckpointError, DataError
 from niff_analysis.io import file_sha256

@@ -73,8 +73,8 @@ def test_import_is_quiet_with_q_and_train_takes_q(tmp_path):
 
 # --------------------------------------------------------------------------- describe
 def test_describe_summarises_the_recorded_epochs():
-    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
     from niff_analysis.analysis.stats import read_kernel_stats
+    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
 
     epochs = sorted(read_kernel_stats(DEFAULT_CHECKPOINT)["epoch"].unique())
     assert len(epochs) == 61 and epochs[-1] == 15  # 4 records per epoch for 15 epochs, and init

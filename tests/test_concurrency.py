@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import io
 import json
 import multiprocessing
@@ -12,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from niff_analysis.cli import main
-from niff_analysis.provenance import META_NAME, record_output
 from niff_analysis.io import atomic_write, file_sha256
+from niff_analysis.provenance import META_NAME, record_output
 
 pytestmark = pytest.mark.slow  # parallel processes: not in `make test-fast`
 

@@ -15,8 +15,7 @@ from click.testing import CliRunner
 from scipy.signal import convolve2d
 from torch import nn
 
-from niff_analysis.analysis import (effective_receptive_fields, erf_area_ratios, extract_kernels,
-                                    frequency_profile)
+from niff_analysis.analysis import effective_receptive_fields, erf_area_ratios, extract_kernels, frequency_profile
 from niff_analysis.analysis.frequency import radial_bins
 from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
 from niff_analysis.cli import main

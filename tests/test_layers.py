@@ -5,9 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from niff_analysis.layers import (CONV_MODES, DepthwiseNIFF, FreqPointwise, FullNIFF, SplitNIFF,
-                                  centred_frequencies, centred_to_kernel, frequency_grid,
-                                  kernel_to_centred, resolve_mlp)
+from niff_analysis.layers import (
+    CONV_MODES,
+    DepthwiseNIFF,
+    FreqPointwise,
+    FullNIFF,
+    SplitNIFF,
+    centred_frequencies,
+    centred_to_kernel,
+    frequency_grid,
+    kernel_to_centred,
+    resolve_mlp,
+)
 
 SIZES = [(8, 8), (7, 7), (6, 9), (9, 4)]  # even, odd, and non-square both ways
 

@@ -5,7 +5,6 @@ the full set."""
 from __future__ import annotations
 
 import json
-
 import warnings
 from pathlib import Path
 
@@ -18,18 +17,40 @@ import torch
 from click.testing import CliRunner
 from matplotlib.text import Text
 
-from niff_analysis.analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian_summary,
-                                    kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
+from niff_analysis.analysis import (
+    effective_sizes,
+    extract_kernels,
+    gaussian_fit,
+    gaussian_summary,
+    kernel_mass,
+    mass_summary,
+    pca_eigenkernels,
+    subsample,
+    weight_pca,
+)
 from niff_analysis.analysis.cost import cost_table
 from niff_analysis.checkpoint import BUNDLED_DIR
 from niff_analysis.cli import main
 from niff_analysis.errors import SelectionError
-from niff_analysis.plotting import (OKABE_ITO, centre_crop, layer_colors, plot_cost,
-                                    plot_effective_size, plot_eigenkernels, plot_erf, plot_frequency,
-                                    plot_kernel_magnitude, plot_mass_ratio, plot_raw_kernels, plot_sigma,
-                                    plot_weight_pca, sample_channels, save_figure, signed_norm,
-                                    stage_color)
-from niff_analysis.analysis import subsample
+from niff_analysis.plotting import (
+    OKABE_ITO,
+    centre_crop,
+    layer_colors,
+    plot_cost,
+    plot_effective_size,
+    plot_eigenkernels,
+    plot_erf,
+    plot_frequency,
+    plot_kernel_magnitude,
+    plot_mass_ratio,
+    plot_raw_kernels,
+    plot_sigma,
+    plot_weight_pca,
+    sample_channels,
+    save_figure,
+    signed_norm,
+    stage_color,
+)
 
 LAYERS = ["layer2.1.conv1", "layer3.1.conv2", "layer4.1.*"]
 

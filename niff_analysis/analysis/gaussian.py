@@ -96,11 +96,23 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import gauss2d
+from .gauss2d import (
+    MAX_ITER,
+    MIN_SIGMA,
+    MOMENT_CENTRE_TOL,
+    MOMENT_DAMP_AFTER,
+    MOMENT_MAX_ITER,
+    MOMENT_TOL,
+    MOMENT_WINDOW_FLOOR,
+    N_PARAMS,
+    derived,
+    model_values,
+    moment_init,
+    pixel_coords,
+)
 from .kernels import LayerKernels
 from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
-from . import gauss2d
-from .gauss2d import (MAX_ITER, MIN_SIGMA, MOMENT_CENTRE_TOL, MOMENT_DAMP_AFTER, MOMENT_MAX_ITER, MOMENT_TOL,
-                      MOMENT_WINDOW_FLOOR, N_PARAMS, derived, model_values, moment_init, pixel_coords)
 from .uncertainty import add_intervals
 
 COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",

@@ -16,9 +16,8 @@ from ..errors import NiffError
 from ..io import atomic_write
 from ..train.config import DTYPES, TrainConfig  # the recipe, without torch
 from . import main
-from .common import CONV_MODES, DATASETS, MODELS, PRECISIONS, STEMS
+from .common import CONV_MODES, DATASETS, MODELS, PRECISIONS, STEMS, device_option, non_negative_int, positive_int
 from .common import MODE_DEFAULT as _MODE_DEFAULT  # --mode is always recorded in model_kwargs: the models' default
-from .common import device_option, non_negative_int, positive_int
 
 # torch, the models and the trainer are imported where a command runs: --help starts without them.
 
@@ -275,8 +274,8 @@ def _out_folder(out: str) -> None:
 
 def _out_apart_from_data(out: str, data_dir: Optional[str], dataset: str) -> None:
     """A run folder must not overlap the dataset it reads (``--overwrite`` would empty it)."""
-    from ..pipeline import overlaps
     from ..data import FASHION_MNIST_DEFAULT
+    from ..pipeline import overlaps
 
     data = Path(data_dir) if data_dir else (FASHION_MNIST_DEFAULT if dataset == "fashion-mnist" else None)
     if data is not None and overlaps(Path(out), data):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
+import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
-import matplotlib.colors as mcolors
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
@@ -20,8 +20,16 @@ from matplotlib.textpath import TextPath
 
 from ..analysis.kernels import sample_channels
 from ..errors import SelectionError
-from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, layer_colors, new_figure, ordered_unique,
-                    palette_stage, stage_color, style)
+from .style import (
+    CMAP_MAGNITUDE,
+    CMAP_SIGNED,
+    layer_colors,
+    new_figure,
+    ordered_unique,
+    palette_stage,
+    stage_color,
+    style,
+)
 
 Cell = tuple[np.ndarray, str]  # image, caption under it (None: an empty slot)
 
