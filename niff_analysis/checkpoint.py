@@ -307,10 +307,10 @@ def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    return tensors, meta
+    return state, meta
 
 
 def read_config(path: PathLike) -> dict:
@@ -588,7 +588,8 @@ class Checkpoint:
             model = _rebuild(path, cfg.architecture, cfg.model_kwargs, self.factory)
             load_state_into(model, self._state["model"], path, allow_non_finite)
             meta = dict(model_config(model), **self._training_state_meta(self._state))
-            model.niff_checkpoint = CheckpointConfig.of(meta, path=cfg.path, sha256=cfg.sha256)
+            labelled = CheckpointConfig.of(meta, path=cfg.path, sha256=cfg.sha256)
+            model.niff_checkpoint = labelled  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
             model.eval()
             return model.to(resolve_device(device))
         state, _ = _read_safetensors(path / WEIGHTS_NAME if path.is_dir() else path)
@@ -602,7 +603,7 @@ class Checkpoint:
         if cfg.record.get("weights_sha256") not in (None, cfg.sha256):
             raise CheckpointError(f"{path}: {WEIGHTS_NAME} does not match the hash its config records "
                                   "(an interrupted save, or files from two checkpoints)")
-        model.niff_checkpoint = cfg
+        model.niff_checkpoint = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
         model.eval()
         return model.to(resolve_device(device))
 
@@ -634,8 +635,9 @@ class Checkpoint:
         if cfg.seed is None or "recipe" not in cfg.record:
             return None
         model = initial_model(cfg.architecture, cfg.model_kwargs, cfg.seed)
-        model.niff_checkpoint = cfg.replace(path=f"{self.path} (initialisation rebuilt from seed {cfg.seed})",
-                                            sha256=None, epochs=0, test_acc=None, test_loss=None)
+        rebuilt = cfg.replace(path=f"{self.path} (initialisation rebuilt from seed {cfg.seed})",
+                              sha256=None, epochs=0, test_acc=None, test_loss=None)
+        model.niff_checkpoint = rebuilt  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
         return model.eval().to(resolve_device(device))
 
     def images(self, n: int, data_dir: Optional[PathLike] = None, dataset: Optional[str] = None) -> torch.Tensor:
