@@ -284,7 +284,8 @@ def save_checkpoint(model: nn.Module, path: PathLike, **metadata) -> Path:
     config = model_config(model)
     config.update(metadata)
     config["versions"] = dict(niff_analysis=__version__, torch=torch.__version__)
-    check_config_fields(json.loads(json.dumps(config, default=str)), "save_checkpoint")  # never write what cannot be read
+    # never write what cannot be read
+    check_config_fields(json.loads(json.dumps(config, default=str)), "save_checkpoint")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
         atomic_write(path, save(tensors, metadata={"niff_config": json.dumps(config)}))

@@ -638,7 +638,8 @@ class Results:
 
 def run(checkpoints: Sequence[Optional[PathLike]] = (), analyses: Union[Analysis, Sequence[Analysis]] = (), *,
         layers: Union[str, Sequence[str]] = "*", include_conv: bool = False, max_kernels: Optional[int] = None,
-        device: Union[str, torch.device] = "cpu", factory: Optional[str] = None, strict: bool = False, found: Optional[Found] = None,
+        device: Union[str, torch.device] = "cpu", factory: Optional[str] = None, strict: bool = False,
+        found: Optional[Found] = None,
         log: Optional[Callable[[str], None]] = None, warn: Optional[Callable[[str], None]] = None,
         skip: Optional[Callable[[str, NiffError], None]] = None, log_selection: bool = True,
         announce: Optional[Callable[[str], None]] = None,

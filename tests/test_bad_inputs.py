@@ -531,7 +531,8 @@ def test_corrupt_image_in_imagefolder_is_one_line(tmp_path, workers):
         data[index]
     # CLI: a DataLoader worker re-raises it with the worker's traceback in the message; the
     # user still sees one line naming the file, and no traceback.
-    line = assert_error(invoke(*TRAIN, "--workers", workers, "--dataset", "imagefolder", "--data-dir", d, "--out", tmp_path / "run"),
+    line = assert_error(invoke(*TRAIN, "--workers", workers, "--dataset", "imagefolder", "--data-dir", d,
+                               "--out", tmp_path / "run"),
                         f"cannot read image {bad}")
     assert "File \"" not in line and "worker.py" not in line
     assert not (tmp_path / "run" / "model.safetensors").exists()

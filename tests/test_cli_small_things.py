@@ -131,7 +131,8 @@ def test_mass_summary_reports_every_layer_at_the_windows_the_cli_shows():
         np.testing.assert_allclose(cli[cli.window == w].set_index("layer")["mean"].loc[api.index], api, rtol=1e-9)
     # Only the windows a kernel has when asked for them; the whole-kernel row is then the last.
     own = mass_summary(mass, windows=())
-    assert not own.beyond_kernel.any() and (own.groupby("layer").window.max() == own.groupby("layer").fmap_h.max()).all()
+    assert not own.beyond_kernel.any()
+    assert (own.groupby("layer").window.max() == own.groupby("layer").fmap_h.max()).all()
     pd.testing.assert_frame_equal(summ[~summ.beyond_kernel].reset_index(drop=True), own)
 
 

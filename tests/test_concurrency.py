@@ -37,7 +37,7 @@ def test_two_analyses_into_one_folder_at_once(tmp_path):
         res = CliRunner().invoke(main, [*args, "--layers", LAYERS, "--format", "csv", "-q"])
         assert res.exit_code == 0, res.stderr
         expected[name] = pd.read_csv(io.StringIO(res.stdout))
-    for name, p in procs.items():
+    for p in procs.values():
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0 and stdout == "" and stderr == "", stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv", META_NAME]  # no temp files

@@ -451,8 +451,8 @@ def test_09_a_misspelled_mlp_key_in_a_training_state_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------ 10: figures as a unit
-FIG = ["--layers", "layer3.1.conv2", "--max-kernels", "8", "--erf-images", "0", "--cost-sizes", "none", "--format", "png",
-       "-q"]
+FIG = ["--layers", "layer3.1.conv2", "--max-kernels", "8", "--erf-images", "0", "--cost-sizes", "none",
+       "--format", "png", "-q"]
 
 
 def test_10_figures_of_checkpoints_with_the_same_folder_name(tiny_ck, tmp_path, monkeypatch):

@@ -532,7 +532,8 @@ def test_mass_ratio_one_row_per_measure_with_the_noise_and_delta_scale(real):
         for ln in noise:
             layer = summary[summary.stage == ln.get_label()[1:].split(" ")[0]].layer.iloc[0]
             own = summary[(summary.layer == layer) & ~summary.beyond_kernel].window  # the curve ends at the kernel
-            d = scale[(scale.measure == measure) & (scale.layer == layer) & scale.window.isin(own)].sort_values("window")
+            d = scale[(scale.measure == measure) & (scale.layer == layer)
+                      & scale.window.isin(own)].sort_values("window")
             np.testing.assert_allclose(ln.get_ydata(), d["noise"])
         curves = [ln for ln in a.get_lines() if ln.get_label() == "layer4.1.conv2"]
         want = summary[(summary.measure == measure) & (summary.layer == "layer4.1.conv2")

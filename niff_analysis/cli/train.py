@@ -304,7 +304,8 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
 @click.option("--factory", metavar="MODULE:FN", help="Allow this user factory to run (must equal --model).")
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: the model's (1000).")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option("--input-size", type=int, callback=positive_int, help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
+@click.option("--input-size", type=int, callback=positive_int,
+              help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
 @click.option("--stem", type=click.Choice(STEMS), help="Registered models: default imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's, or read from the "
                             "authors' tensors).")
@@ -407,7 +408,8 @@ def _mlp_arg(mlp) -> dict:
 @click.option("--key", default="model", show_default=True, help="Dict entry holding the state dict.")
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: 1000.")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option("--input-size", type=int, callback=positive_int, help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
+@click.option("--input-size", type=int, callback=positive_int,
+              help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
 @click.option("--stem", type=click.Choice(STEMS), help="Default: imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's).")
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:

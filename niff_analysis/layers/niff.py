@@ -120,7 +120,8 @@ def _fft_call(fn, x: torch.Tensor, **kw) -> torch.Tensor:
         return fn(x, **kw)
     except (RuntimeError, NotImplementedError):  # pragma: no cover - needs an MPS device
         if not _MPS_WARNED:
-            warnings.warn("FFT not available on MPS for this op; running it on the CPU", RuntimeWarning)
+            # No stacklevel: the caller is torch's module machinery, so this line is the useful place.
+            warnings.warn("FFT not available on MPS for this op; running it on the CPU", RuntimeWarning)  # noqa: B028
             _MPS_WARNED = True
         return fn(x.cpu(), **kw).to(x.device)
 

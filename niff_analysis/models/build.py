@@ -30,7 +30,8 @@ from .config import ModelConfig, is_builder
 TORCHVISION = "torchvision:"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: The settings of :func:`~niff_analysis.models.to_niff` a builder's ``niff`` dict takes, with defaults.
-NIFF_SETTINGS: dict[str, Any] = dict(variant="split", mlp="big", mode="circular", convert_pointwise=True, niff_on_1x1=False)
+NIFF_SETTINGS: dict[str, Any] = dict(variant="split", mlp="big", mode="circular", convert_pointwise=True,
+                                     niff_on_1x1=False)
 #: Packages whose callables are never a model factory: they run commands, load code or files, or
 #: are this toolkit and its infrastructure (the Python standard library is refused as a whole).
 NOT_FACTORIES = frozenset({

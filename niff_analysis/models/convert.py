@@ -214,7 +214,8 @@ def to_niff(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, variant
     return model
 
 
-def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, in_chans: Optional[int] = None) -> nn.Module:
+def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE,
+                 in_chans: Optional[int] = None) -> nn.Module:
     """The paper's "separated conv" baseline: every stride-1 dense k×k conv → spatial depthwise
     k×k + 1×1, both bias-free (same padding and dilation as the original)."""
     shapes = record_shapes(model, input_size, in_chans)

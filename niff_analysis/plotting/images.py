@@ -342,7 +342,7 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
         a = grid[0, -1]
         if ratios is not None and not ratios.empty:
             r = ratios[ratios["threshold"] == threshold]
-            for k, lab in enumerate(labels):
+            for lab in labels:
                 d = r[r["checkpoint"] == lab]
                 a.plot(range(len(d)), d["side"], marker="o", ms=3, lw=1, label=lab,
                        ls="--" if lab.endswith("@init") else "-")
