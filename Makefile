@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast lint-imports venv data figures docs-images bench clean
+.PHONY: demo test test-fast lint lint-imports venv data figures docs-images bench clean
 
 # The package and what it imports (enough for `make demo`) ...
 $(STAMP): pyproject.toml
@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-# ... and what only the tests use: pytest, scikit-learn, the notebook runner, import-linter, and foolbox's
-# 20 real CIFAR-10 test images (the CIFAR-10 loader's fixture).
+# ... and what only the tests use: pytest, scikit-learn, the notebook runner, import-linter, ruff, mypy,
+# and foolbox's 20 real CIFAR-10 test images (the CIFAR-10 loader's fixture).
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps foolbox==3.3.4
@@ -38,8 +38,15 @@ demo: $(STAMP)
 lint-imports: $(TEST_STAMP)
 	$(VENV)/bin/lint-imports
 
-# lint-imports first: a broken contract fails before the long test run.
-test: $(TEST_STAMP) data lint-imports
+# The static checks (pyproject.toml configures each): the import contracts, ruff's linter on the code,
+# tests and benchmarks, and mypy on the files its [tool.mypy] section names.
+LINT_PATHS := niff_analysis tests benchmarks docs/results
+lint: $(TEST_STAMP) lint-imports
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+# lint first: a broken contract, a lint finding or a type error fails before the long test run.
+test: $(TEST_STAMP) data lint
 	$(PY) -m pytest -q
 
 # The edit loop: everything but the tests marked slow (training, subprocesses, notebooks, ...).
@@ -68,4 +75,4 @@ bench: venv
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -40,8 +40,8 @@ import pandas as pd
 import torch
 
 from niff_analysis.analysis import extract_kernels, gaussian_fit
-from niff_analysis.analysis.gaussian import fit_status
 from niff_analysis.analysis.gauss2d import derived, gaussian_model, moment_init, pixel_coords
+from niff_analysis.analysis.gaussian import fit_status
 from niff_analysis.models import create_model
 
 from . import show, verdict

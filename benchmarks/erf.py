@@ -12,8 +12,8 @@ import torch
 
 from niff_analysis.analysis import effective_receptive_fields
 from niff_analysis.analysis.cost import median_ms, time_interleaved
-from niff_analysis.data import dataset_images
 from niff_analysis.checkpoint import BUNDLED_DIR, load_checkpoint
+from niff_analysis.data import dataset_images
 
 from . import show, verdict
 

@@ -3,7 +3,8 @@
 Run as a script (``python benchmarks/loop_worker.py SPEC``), not imported: ``niff_analysis`` is
 whatever ``PYTHONPATH`` puts first, so the same worker times this checkout and an older tree.
 SPEC is JSON with ``models``, ``precisions`` ("fp32", "bf16"), ``batch``, ``threads``, ``device``,
-optionally ``width`` (ResNets' base channels, 64 by default; the tests use 8) and ``setting``: ``"plain"`` (a user's own loop: nothing is set up front) or ``"trainer"``
+optionally ``width`` (ResNets' base channels, 64 by default; the tests use 8) and ``setting``:
+``"plain"`` (a user's own loop: nothing is set up front) or ``"trainer"``
 (glibc's freed memory kept before anything runs, as ``niff-analyze train`` does). Every step is
 the trainer's: forward (under bf16 autocast for "bf16"), label-smoothed cross-entropy in
 float32, backward, SGD with momentum.

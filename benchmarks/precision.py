@@ -88,7 +88,8 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), train_s
                                         for e, g in k.groupby("epoch")}
     frame = pd.DataFrame(rows)
     print(f"\n# precision: resnet18_niff --width 16, 1 epoch, {train_subset} training / {test_subset} test "
-          f"images, batch 128, {device} ({cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+          f"images, batch 128, {device} "
+          f"({cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
           f"{torch.get_num_threads()} threads")
     show("precision: one epoch per run", frame, "{:.4g}")
     acc = {(r.precision, r.seed): r.test_acc for r in frame.itertuples()}
@@ -103,7 +104,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), train_s
     first, last = min(f0), max(f0)
     table = []
     for stat in STATS:
-        at = lambda run, epoch: run[epoch].xs(stat, level="stat")  # noqa: E731 - per-layer values
+        at = lambda run, epoch: run[epoch].xs(stat, level="stat")  # noqa: E731, B023 - per-layer values, this stat
         change0 = at(f0, last) - at(f0, first)
         noise = [((at(stats[("fp32", s)], last) - at(stats[("fp32", s)], first)) - change0).abs().median()
                  for s in NOISE_SEEDS]

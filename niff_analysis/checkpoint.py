@@ -171,12 +171,12 @@ class CheckpointConfig(Mapping):
     record: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def read(cls, path: PathLike) -> "CheckpointConfig":
+    def read(cls, path: PathLike) -> CheckpointConfig:
         """The validated config of a checkpoint folder or single-file checkpoint (:func:`read_config`)."""
         return cls.of(read_config(path), path=str(path))
 
     @classmethod
-    def parse(cls, cfg: Any, source, path: Optional[str] = None, sha256: Optional[str] = None) -> "CheckpointConfig":
+    def parse(cls, cfg: Any, source, path: Optional[str] = None, sha256: Optional[str] = None) -> CheckpointConfig:
         """A config dict (as ``config.json`` holds it), validated (:func:`validate_config`).
 
         Raises:
@@ -185,7 +185,7 @@ class CheckpointConfig(Mapping):
         return cls.of(validate_config(cfg, source), path=path, sha256=sha256)
 
     @classmethod
-    def of(cls, record: dict, path: Optional[str] = None, sha256: Optional[str] = None) -> "CheckpointConfig":
+    def of(cls, record: dict, path: Optional[str] = None, sha256: Optional[str] = None) -> CheckpointConfig:
         """The typed view of a record this toolkit made (not validated: :meth:`parse` a file's)."""
         record = dict(record)
         path = record.pop("path", path)
@@ -199,7 +199,7 @@ class CheckpointConfig(Mapping):
                    test_acc=record.get("test_acc"), test_loss=record.get("test_loss"),
                    path=None if path is None else str(path), sha256=sha256, record=record)
 
-    def replace(self, **changes) -> "CheckpointConfig":
+    def replace(self, **changes) -> CheckpointConfig:
         """The same identity with some recorded fields (or ``path``, ``sha256``) changed."""
         return CheckpointConfig.of({**self.record, "path": self.path, "sha256": self.sha256, **changes})
 
@@ -284,7 +284,8 @@ def save_checkpoint(model: nn.Module, path: PathLike, **metadata) -> Path:
     config = model_config(model)
     config.update(metadata)
     config["versions"] = dict(niff_analysis=__version__, torch=torch.__version__)
-    check_config_fields(json.loads(json.dumps(config, default=str)), "save_checkpoint")  # never write what cannot be read
+    # never write what cannot be read
+    check_config_fields(json.loads(json.dumps(config, default=str)), "save_checkpoint")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
         atomic_write(path, save(tensors, metadata={"niff_config": json.dumps(config)}))
@@ -307,10 +308,10 @@ def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    return tensors, meta
+    return state, meta
 
 
 def read_config(path: PathLike) -> dict:
@@ -515,7 +516,7 @@ class Checkpoint:
         return self._state is not None
 
     @classmethod
-    def open(cls, path: Optional[PathLike] = None, factory: Optional[str] = None) -> "Checkpoint":
+    def open(cls, path: Optional[PathLike] = None, factory: Optional[str] = None) -> Checkpoint:
         """Find a checkpoint and read its config (its weights are read by :meth:`model`).
 
         Args:
@@ -545,7 +546,7 @@ class Checkpoint:
         return cls(path, config.replace(sha256=file_sha256(weights)), factory)
 
     @classmethod
-    def _open_training_state(cls, path: Path, factory: Optional[str]) -> "Checkpoint":
+    def _open_training_state(cls, path: Path, factory: Optional[str]) -> Checkpoint:
         """A trainer's ``train_state.pt`` (weights and recipe; weights_only)."""
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
@@ -588,7 +589,8 @@ class Checkpoint:
             model = _rebuild(path, cfg.architecture, cfg.model_kwargs, self.factory)
             load_state_into(model, self._state["model"], path, allow_non_finite)
             meta = dict(model_config(model), **self._training_state_meta(self._state))
-            model.niff_checkpoint = CheckpointConfig.of(meta, path=cfg.path, sha256=cfg.sha256)
+            labelled = CheckpointConfig.of(meta, path=cfg.path, sha256=cfg.sha256)
+            model.niff_checkpoint = labelled  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
             model.eval()
             return model.to(resolve_device(device))
         state, _ = _read_safetensors(path / WEIGHTS_NAME if path.is_dir() else path)
@@ -602,7 +604,7 @@ class Checkpoint:
         if cfg.record.get("weights_sha256") not in (None, cfg.sha256):
             raise CheckpointError(f"{path}: {WEIGHTS_NAME} does not match the hash its config records "
                                   "(an interrupted save, or files from two checkpoints)")
-        model.niff_checkpoint = cfg
+        model.niff_checkpoint = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
         model.eval()
         return model.to(resolve_device(device))
 
@@ -634,8 +636,9 @@ class Checkpoint:
         if cfg.seed is None or "recipe" not in cfg.record:
             return None
         model = initial_model(cfg.architecture, cfg.model_kwargs, cfg.seed)
-        model.niff_checkpoint = cfg.replace(path=f"{self.path} (initialisation rebuilt from seed {cfg.seed})",
-                                            sha256=None, epochs=0, test_acc=None, test_loss=None)
+        rebuilt = cfg.replace(path=f"{self.path} (initialisation rebuilt from seed {cfg.seed})",
+                              sha256=None, epochs=0, test_acc=None, test_loss=None)
+        model.niff_checkpoint = rebuilt  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
         return model.eval().to(resolve_device(device))
 
     def images(self, n: int, data_dir: Optional[PathLike] = None, dataset: Optional[str] = None) -> torch.Tensor:

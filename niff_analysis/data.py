@@ -54,7 +54,7 @@ class TensorDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: Optional[int]) -> "TensorDataset":
+    def subset(self, n: Optional[int]) -> TensorDataset:
         if n is None or n >= len(self):
             return self
         return TensorDataset(self.images[:n], self.labels[:n], self.mean, self.std, self.classes)
@@ -144,7 +144,8 @@ def _cifar_members(root: Path) -> dict[str, bytes]:
     if root.is_file():
         try:
             with tarfile.open(root, "r:*") as tar:
-                return {Path(m.name).name: tar.extractfile(m).read()
+                # extractfile returns None only for members that are not regular files (isfile filters them)
+                return {Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
                         for m in tar.getmembers() if m.isfile() and Path(m.name).name in wanted}
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataError(f"cannot read CIFAR-10 archive {root}: {' '.join(str(exc).split())} (expected the official "

@@ -18,6 +18,7 @@ from .checkpoint import CheckpointConfig, _rebuild, load_state_into, model_confi
 from .errors import CheckpointError
 from .io import file_sha256
 
+
 def read_torch_pickle(path: PathLike):
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.
 
@@ -235,9 +236,9 @@ def _from_reference_state(path: Path, theirs: dict, architecture: str, model_kwa
     state = {ours: theirs[src].reshape(own[ours].shape).to(own[ours].dtype) for ours, src in mapping.items()}
     _reference_to_ours(model, state)
     load_state_into(model, state, path)
-    model.niff_checkpoint = CheckpointConfig.of(
-        dict(model_config(model), imported_from="GeJulia/NIFF reference checkpoint"),
-        path=str(path), sha256=file_sha256(path))
+    labelled = CheckpointConfig.of(dict(model_config(model), imported_from="GeJulia/NIFF reference checkpoint"),
+                                   path=str(path), sha256=file_sha256(path))
+    model.niff_checkpoint = labelled  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     model.eval()
     return model
 
@@ -276,7 +277,8 @@ def import_state_dict(path: PathLike, architecture: str, key: Optional[str] = No
                "the plain model name or no --niff")
         raise CheckpointError(f"{path}: {hint}; use {fix}")
     load_state_into(model, state, path)
-    model.niff_checkpoint = CheckpointConfig.of(dict(model_config(model), imported_from=f"state dict ({path.name})"),
-                                                path=str(path), sha256=file_sha256(path))
+    labelled = CheckpointConfig.of(dict(model_config(model), imported_from=f"state dict ({path.name})"),
+                                   path=str(path), sha256=file_sha256(path))
+    model.niff_checkpoint = labelled  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     model.eval()
     return model

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # this module imports nothing of the package: it runs alone (
 try:  # POSIX; elsewhere directory_lock degrades to no locking
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # a missing module, tested with `fcntl is None` where used
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,11 +78,11 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # name the file the user asked for, not our temporary one
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(tmp_name)
     try:
         yield tmp
         _fsync(tmp)  # before the chmod: a umask may leave the final mode read-only

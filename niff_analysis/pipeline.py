@@ -29,13 +29,32 @@ import torch
 from torch import nn
 
 from ._types import PathLike
-from .analysis import (LayerKernels, PCAResult, effective_sizes, extract_kernels, gaussian_fit,
-                       gaussian_summary, kernel_mass, mass_summary, pca_eigenkernels, subsample, weight_pca)
+from .analysis import (
+    LayerKernels,
+    PCAResult,
+    effective_sizes,
+    extract_kernels,
+    gaussian_fit,
+    gaussian_summary,
+    kernel_mass,
+    mass_summary,
+    pca_eigenkernels,
+    subsample,
+    weight_pca,
+)
 from .analysis.mass import massless_warning
 from .analysis.pca import pca_warnings
 from .analysis.schema import with_checkpoint
-from .checkpoint import (CONFIG_NAME, DEFAULT_CHECKPOINT, Checkpoint, CheckpointConfig, NonFiniteWeightsError,
-                         check_readable_path, load_checkpoint, resolve_checkpoint)
+from .checkpoint import (
+    CONFIG_NAME,
+    DEFAULT_CHECKPOINT,
+    Checkpoint,
+    CheckpointConfig,
+    NonFiniteWeightsError,
+    check_readable_path,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from .errors import CheckpointError, DataError, NiffError, SelectionError
 from .io import file_sha256
 from .runs import TRAIN_STATE_NAME, WEIGHTS_NAME, holds_run, read_diverged, unfinished_reason
@@ -576,7 +595,7 @@ class Analysis:
         """The result of one checkpoint."""
         raise NotImplementedError
 
-    def combine(self, results: "Results"):
+    def combine(self, results: Results):
         """The result of the whole run (default: label → each checkpoint's result)."""
         return results.of(self)
 
@@ -619,7 +638,8 @@ class Results:
 
 def run(checkpoints: Sequence[Optional[PathLike]] = (), analyses: Union[Analysis, Sequence[Analysis]] = (), *,
         layers: Union[str, Sequence[str]] = "*", include_conv: bool = False, max_kernels: Optional[int] = None,
-        device: Union[str, torch.device] = "cpu", factory: Optional[str] = None, strict: bool = False, found: Optional[Found] = None,
+        device: Union[str, torch.device] = "cpu", factory: Optional[str] = None, strict: bool = False,
+        found: Optional[Found] = None,
         log: Optional[Callable[[str], None]] = None, warn: Optional[Callable[[str], None]] = None,
         skip: Optional[Callable[[str, NiffError], None]] = None, log_selection: bool = True,
         announce: Optional[Callable[[str], None]] = None,
@@ -818,14 +838,14 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
         NiffError: a checkpoint named directly cannot be analysed, or none can.
     """
     from .analysis.cost import cost_table
+    from .analysis.erf import effective_receptive_fields, erf_area_ratios
+    from .analysis.frequency import frequency_profile
     from .analysis.mass import MEASURES, check_measure
     from .analysis.references import NOISE_KERNELS, NOISE_SEED, mass_scale
     from .analysis.schema import MEASURE
-    from .analysis.uncertainty import RESAMPLES
-    from .analysis.erf import effective_receptive_fields, erf_area_ratios
-    from .analysis.frequency import frequency_profile
     from .analysis.stats import FILE_NAME as STATS_NAME
     from .analysis.stats import read_kernel_stats
+    from .analysis.uncertainty import RESAMPLES
 
     say = progress or (lambda msg: None)
     data = FigureData(labels=[], kernels={}, mass_summary=pd.DataFrame(), effective_sizes=pd.DataFrame(),

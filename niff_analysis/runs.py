@@ -35,7 +35,7 @@ from .errors import NiffError
 try:  # POSIX; elsewhere the lock falls back to the PID check alone
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # a missing module, tested with `fcntl is None` where used
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -297,9 +297,9 @@ def _acquire(folder: Path, command: str) -> int:
                         started=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
             if os.environ.get("SLURM_JOB_ID"):
                 mine["job"] = os.environ["SLURM_JOB_ID"]
-            mine = json.dumps(mine)
+            line = json.dumps(mine)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, (mine + "\n").encode(), 0)
+            os.pwrite(fd, (line + "\n").encode(), 0)
             os.fsync(fd)
             return fd
         except BaseException:

@@ -24,9 +24,21 @@ import numpy as np
 import pandas as pd
 
 from ._types import PathLike
-from .analysis import (effective_receptive_fields, effective_sizes, erf_area_ratios, frequency_profile, gaussian_fit,
-                       gaussian_summary, kernel_mass, kernel_table, mass_summary, mass_table, pca_eigenkernels,
-                       pca_summary, weight_pca)
+from .analysis import (
+    effective_receptive_fields,
+    effective_sizes,
+    erf_area_ratios,
+    frequency_profile,
+    gaussian_fit,
+    gaussian_summary,
+    kernel_mass,
+    kernel_table,
+    mass_summary,
+    mass_table,
+    pca_eigenkernels,
+    pca_summary,
+    weight_pca,
+)
 from .analysis.claims import paper_claims, pool_seeds
 from .analysis.erf import PROTOCOL
 from .analysis.mass import MEASURES, massless_warning

@@ -27,8 +27,8 @@ _SIGNS = torch.tensor([1.0, 1, 1, -1, -1, -1, 1])  # signs of the rows evaluate_
 
 
 def _jacobian(parts, extra_rows: int = 0) -> torch.Tensor:
-    """Analytic Jacobian (B, 7, N) from :func:`~niff_analysis.analysis.gauss2d.model_parts`' intermediates, written row by row
-    into one buffer (contiguous rows for the J·Jᵀ products; no stacking copy), with rows 3-5
+    """Analytic Jacobian (B, 7, N) from :func:`~niff_analysis.analysis.gauss2d.model_parts`' intermediates,
+    written row by row into one buffer (contiguous rows for the J·Jᵀ products; no stacking copy), with rows 3-5
     negated (−∂f/∂u, −∂f/∂l21, −∂f/∂v: three passes fewer; the solver flips its step's signs,
     :data:`_SIGNS`, which is exact). With ``extra_rows`` the buffer has that many more rows,
     left for the caller to fill."""

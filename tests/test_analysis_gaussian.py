@@ -33,7 +33,7 @@ def layer(kern, name="l"):
 def test_axis_aligned_sigmas_recovered():
     cases = [(32, 32, 1.5, 3.0, 0.0, 0.0), (16, 16, 2.5, 1.2, 0.7, -1.3), (9, 13, 1.0, 2.0, -0.4, 0.2)]
     kern = [gaussian_image(h, w, sx, sy, x0=x0, y0=y0, amp=2.0, offset=0.1) for h, w, sx, sy, x0, y0 in cases]
-    for (h, w, sx, sy, x0, y0), k in zip(cases, kern):
+    for (_h, _w, sx, sy, x0, y0), k in zip(cases, kern):
         df = gaussian_fit([layer(k[None])])
         row = df.iloc[0]
         assert row.success and row.status == "ok"
@@ -186,7 +186,8 @@ def test_give_up_rule_is_its_definition_in_sigmas():
     # Every outcome is exercised: stop now, stop soon only, go on; σ small and large alike.
     assert min(now_ref.mean(), (soon_ref & ~now_ref).mean(), (~soon_ref & ~now_ref).mean()) > 0.1
     assert (minor < gauss2d.HARD_SIGMA).any() and (major > gauss2d.HARD_WIDTH * size).any()
-    assert ((major > gauss2d.GIVE_UP_WIDTH * size) & ~now_ref).any() and ((minor < gauss2d.GIVE_UP_SIGMA) & ~now_ref).any()
+    assert ((major > gauss2d.GIVE_UP_WIDTH * size) & ~now_ref).any()
+    assert ((minor < gauss2d.GIVE_UP_SIGMA) & ~now_ref).any()
 
 
 def test_degenerate_kernels_never_raise():
@@ -370,7 +371,8 @@ def test_compiled_solver_equals_the_reference_solver_on_many_baseline_and_oblong
     oblong grids (h ≠ w, which a swapped axis or size would break). Successful fits are the same fits (parameters to
     1e-9), iteration counts and statuses agree but for at most 1 in 500 (rounding in a flat
     valley)."""
-    from niff_analysis.analysis import gaussian as g, subsample
+    from niff_analysis.analysis import gaussian as g
+    from niff_analysis.analysis import subsample
     from niff_analysis.checkpoint import BUNDLED_DIR
 
     batches = {}

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from niff_analysis.analysis import (LayerKernels, effective_sizes, extract_kernels, kernel_mass,
-                                    mass_ratios, mass_summary, window_sizes)
+from niff_analysis.analysis import (
+    LayerKernels,
+    effective_sizes,
+    extract_kernels,
+    kernel_mass,
+    mass_ratios,
+    mass_summary,
+    window_sizes,
+)
 
 SIZES = [(1, 1), (2, 2), (4, 4), (5, 5), (7, 7), (8, 8), (9, 9), (8, 16), (7, 12), (16, 5), (3, 10)]
 

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 matplotlib.use("Agg")
 
-import niff_analysis.pipeline as pipeline  # noqa: E402
 import niff_analysis.io as nio  # noqa: E402
+import niff_analysis.pipeline as pipeline  # noqa: E402
 from niff_analysis.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from niff_analysis.cli import main  # noqa: E402
 from niff_analysis.io import atomic_write, file_sha256  # noqa: E402
@@ -207,7 +207,8 @@ def test_checkpoint_save_failure_keeps_the_previous_checkpoint(tmp_path, monkeyp
         before = {p.name: p.read_bytes() for p in ([path] if path.is_file() else path.iterdir())}
         with monkeypatch.context() as mp:
             real = Path.write_bytes
-            mp.setattr(Path, "write_bytes", lambda self, data: (real(self, data[: len(data) // 2]),
+            # the lambda runs within this iteration (the context undoes the patch)
+            mp.setattr(Path, "write_bytes", lambda self, data: (real(self, data[: len(data) // 2]),  # noqa: B023
                                                                  _raise(errno.ENOSPC))[1])
             with pytest.raises(OSError, match="injected"):
                 save_checkpoint(new, path, note="new")

@@ -8,8 +8,8 @@ Most CLI cases run in-process through CliRunner; a few run the installed ``niff-
 
 from __future__ import annotations
 
-import io
 import hashlib
+import io
 import json
 import os
 import re
@@ -29,20 +29,34 @@ from sklearn.decomposition import PCA
 
 matplotlib.use("Agg")
 
-from niff_analysis.analysis import (LayerKernels, effective_sizes, extract_kernels,  # noqa: E402
-                                    gaussian_fit, gaussian_summary, kernel_mass, mass_summary,
-                                    pca_eigenkernels, weight_pca)
+from niff_analysis.analysis import (  # noqa: E402
+    LayerKernels,
+    effective_sizes,
+    extract_kernels,
+    gaussian_fit,
+    gaussian_summary,
+    kernel_mass,
+    mass_summary,
+    pca_eigenkernels,
+    subsample,  # noqa: E402
+    weight_pca,
+)
 from niff_analysis.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from niff_analysis.imports import import_reference_checkpoint, read_torch_pickle  # noqa: E402
 from niff_analysis.cli import main  # noqa: E402
 from niff_analysis.errors import CheckpointError, DataError, NiffError, SelectionError  # noqa: E402
+from niff_analysis.imports import import_reference_checkpoint, read_torch_pickle  # noqa: E402
 from niff_analysis.layers.niff import centred_to_kernel  # noqa: E402
 from niff_analysis.models import create_model  # noqa: E402
-from niff_analysis.plotting import (plot_effective_size, plot_eigenkernels,  # noqa: E402
-                                    plot_kernel_magnitude, plot_mass_ratio, plot_raw_kernels,
-                                    plot_sigma, plot_weight_pca)
-from niff_analysis.analysis import subsample  # noqa: E402
 from niff_analysis.pipeline import FigureData  # noqa: E402
+from niff_analysis.plotting import (  # noqa: E402
+    plot_effective_size,
+    plot_eigenkernels,
+    plot_kernel_magnitude,
+    plot_mass_ratio,
+    plot_raw_kernels,
+    plot_sigma,
+    plot_weight_pca,
+)
 from niff_analysis.plotting.report import write_figures  # noqa: E402
 from niff_analysis.train import TrainConfig, train  # noqa: E402
 from niff_analysis.train.data import load_dataset  # noqa: E402
@@ -517,7 +531,8 @@ def test_corrupt_image_in_imagefolder_is_one_line(tmp_path, workers):
         data[index]
     # CLI: a DataLoader worker re-raises it with the worker's traceback in the message; the
     # user still sees one line naming the file, and no traceback.
-    line = assert_error(invoke(*TRAIN, "--workers", workers, "--dataset", "imagefolder", "--data-dir", d, "--out", tmp_path / "run"),
+    line = assert_error(invoke(*TRAIN, "--workers", workers, "--dataset", "imagefolder", "--data-dir", d,
+                               "--out", tmp_path / "run"),
                         f"cannot read image {bad}")
     assert "File \"" not in line and "worker.py" not in line
     assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -15,9 +15,9 @@ import torchvision
 from click.testing import CliRunner
 
 from niff_analysis.checkpoint import load_checkpoint, read_config, save_checkpoint
-from niff_analysis.imports import import_reference_checkpoint, read_torch_pickle, reference_key_map
 from niff_analysis.cli import main
 from niff_analysis.errors import CheckpointError
+from niff_analysis.imports import import_reference_checkpoint, read_torch_pickle, reference_key_map
 from niff_analysis.models import create_model
 
 

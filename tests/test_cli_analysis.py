@@ -323,8 +323,7 @@ def test_one_label_rule_and_duplicates_analysed_once(tmp_path):
     """The analysis commands and the figures label same-name checkpoints alike (by path), and
     the same checkpoint given twice is analysed once."""
     from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
-    from niff_analysis.pipeline import find_checkpoints
-    from niff_analysis.pipeline import analyse
+    from niff_analysis.pipeline import analyse, find_checkpoints
 
     for d in ("a", "b"):
         shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / d / "x")

@@ -73,8 +73,8 @@ def test_import_is_quiet_with_q_and_train_takes_q(tmp_path):
 
 # --------------------------------------------------------------------------- describe
 def test_describe_summarises_the_recorded_epochs():
-    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
     from niff_analysis.analysis.stats import read_kernel_stats
+    from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
 
     epochs = sorted(read_kernel_stats(DEFAULT_CHECKPOINT)["epoch"].unique())
     assert len(epochs) == 61 and epochs[-1] == 15  # 4 records per epoch for 15 epochs, and init
@@ -131,7 +131,8 @@ def test_mass_summary_reports_every_layer_at_the_windows_the_cli_shows():
         np.testing.assert_allclose(cli[cli.window == w].set_index("layer")["mean"].loc[api.index], api, rtol=1e-9)
     # Only the windows a kernel has when asked for them; the whole-kernel row is then the last.
     own = mass_summary(mass, windows=())
-    assert not own.beyond_kernel.any() and (own.groupby("layer").window.max() == own.groupby("layer").fmap_h.max()).all()
+    assert not own.beyond_kernel.any()
+    assert (own.groupby("layer").window.max() == own.groupby("layer").fmap_h.max()).all()
     pd.testing.assert_frame_equal(summ[~summ.beyond_kernel].reset_index(drop=True), own)
 
 

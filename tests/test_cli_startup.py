@@ -4,11 +4,11 @@ pandas, matplotlib, scipy, numba), and the summaries ``--help`` shows are the co
 
 from __future__ import annotations
 
-import pytest
 import subprocess
 import sys
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from niff_analysis.cli import COMMANDS, main

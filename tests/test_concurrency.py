@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import io
 import json
 import multiprocessing
@@ -12,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from niff_analysis.cli import main
-from niff_analysis.provenance import META_NAME, record_output
 from niff_analysis.io import atomic_write, file_sha256
+from niff_analysis.provenance import META_NAME, record_output
 
 pytestmark = pytest.mark.slow  # parallel processes: not in `make test-fast`
 
@@ -37,7 +37,7 @@ def test_two_analyses_into_one_folder_at_once(tmp_path):
         res = CliRunner().invoke(main, [*args, "--layers", LAYERS, "--format", "csv", "-q"])
         assert res.exit_code == 0, res.stderr
         expected[name] = pd.read_csv(io.StringIO(res.stdout))
-    for name, p in procs.items():
+    for p in procs.values():
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0 and stdout == "" and stderr == "", stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv", META_NAME]  # no temp files

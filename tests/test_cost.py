@@ -10,9 +10,17 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from niff_analysis.analysis.cost import (circular_same_conv, cost_table, fft_flops, median_ms,
-                                         mlp_flops, niff_flops, product_flops, spatial_flops,
-                                         time_interleaved)
+from niff_analysis.analysis.cost import (
+    circular_same_conv,
+    cost_table,
+    fft_flops,
+    median_ms,
+    mlp_flops,
+    niff_flops,
+    product_flops,
+    spatial_flops,
+    time_interleaved,
+)
 from niff_analysis.layers import DepthwiseNIFF, frequency_grid
 
 

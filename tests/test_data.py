@@ -19,8 +19,14 @@ from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from niff_analysis.cli import main
 from niff_analysis.errors import DataError
-from niff_analysis.train.data import (CIFAR10_CLASSES, augment_batch, load_cifar10, load_dataset,
-                                      load_fashion_mnist, load_imagefolder)
+from niff_analysis.train.data import (
+    CIFAR10_CLASSES,
+    augment_batch,
+    load_cifar10,
+    load_dataset,
+    load_fashion_mnist,
+    load_imagefolder,
+)
 
 IDX = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}

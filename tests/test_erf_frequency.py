@@ -15,8 +15,7 @@ from click.testing import CliRunner
 from scipy.signal import convolve2d
 from torch import nn
 
-from niff_analysis.analysis import (effective_receptive_fields, erf_area_ratios, extract_kernels,
-                                    frequency_profile)
+from niff_analysis.analysis import effective_receptive_fields, erf_area_ratios, extract_kernels, frequency_profile
 from niff_analysis.analysis.frequency import radial_bins
 from niff_analysis.checkpoint import DEFAULT_CHECKPOINT
 from niff_analysis.cli import main
@@ -172,7 +171,8 @@ def test_erf_command_on_the_bundled_checkpoints(tmp_path):
     assert res.exit_code == 0, res.output
     rep = pd.read_csv(out)
     assert set(rep["protocol"]) == {"replknet"} and len(rep) == 16
-    assert json.loads((tmp_path / "meta.json").read_text())["outputs"]["erf.csv"]["parameters"]["protocol"] == "replknet"
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["outputs"]["erf.csv"]["parameters"]["protocol"] == "replknet"
     # The logarithm spreads the map: no stage's 50 % side is smaller than luo's on the same images.
     luo = df[(df["checkpoint"] == "resnet18_niff_fmnist") & (df["threshold"] == 50)]["side"].to_numpy()
     assert (rep[rep["threshold"] == 50]["side"].to_numpy() >= luo).all()

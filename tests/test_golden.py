@@ -96,7 +96,8 @@ def by_hand() -> pd.DataFrame:
             n, h, w = a.shape
             total = a.sum(axis=(1, 2))
 
-            def inside(s):  # mass inside the centred s×s window (clipped to the kernel)
+            # mass inside the centred s×s window (clipped to the kernel); this layer's arrays bound now
+            def inside(s, a=a, h=h, w=w, total=total):
                 if s >= max(h, w):  # covers the whole kernel (an even size is the full window)
                     return total
                 r = (s - 1) // 2

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 
 

@@ -23,7 +23,6 @@ from niff_analysis.layers.niff import NIFFLayer
 from niff_analysis.models import create_model, niff_layers
 from niff_analysis.train import trainer
 
-
 pytestmark = pytest.mark.slow  # training runs with kernel statistics: not in `make test-fast`
 
 def _cli_csv(*args) -> pd.DataFrame:

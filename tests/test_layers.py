@@ -5,9 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from niff_analysis.layers import (CONV_MODES, DepthwiseNIFF, FreqPointwise, FullNIFF, SplitNIFF,
-                                  centred_frequencies, centred_to_kernel, frequency_grid,
-                                  kernel_to_centred, resolve_mlp)
+from niff_analysis.layers import (
+    CONV_MODES,
+    DepthwiseNIFF,
+    FreqPointwise,
+    FullNIFF,
+    SplitNIFF,
+    centred_frequencies,
+    centred_to_kernel,
+    frequency_grid,
+    kernel_to_centred,
+    resolve_mlp,
+)
 
 SIZES = [(8, 8), (7, 7), (6, 9), (9, 4)]  # even, odd, and non-square both ways
 
@@ -121,12 +130,15 @@ def test_coordinates_are_centred_integers_and_recomputed_per_size():
 def test_constant_unit_response_is_identity():
     layer = DepthwiseNIFF(4, mlp="cifar")
     with torch.no_grad():  # W = 1 + 0j everywhere: last layer outputs its bias only
-        layer.real[-1].weight.zero_(); layer.real[-1].bias.fill_(1.0)
-        layer.imag[-1].weight.zero_(); layer.imag[-1].bias.zero_()
+        layer.real[-1].weight.zero_()
+        layer.real[-1].bias.fill_(1.0)
+        layer.imag[-1].weight.zero_()
+        layer.imag[-1].bias.zero_()
     x = torch.randn(2, 4, 7, 10)
     assert torch.allclose(layer(x), x, atol=1e-5)
     k = layer.spatial_kernels((7, 10))
-    delta = torch.zeros(7, 10); delta[7 // 2, 10 // 2] = 1
+    delta = torch.zeros(7, 10)
+    delta[7 // 2, 10 // 2] = 1
     assert torch.allclose(k, delta.expand_as(k), atol=1e-6)
 
 
@@ -194,7 +206,8 @@ def test_frequency_pointwise_equals_spatial_1x1_in_both_domains():
     pw_s = FreqPointwise(6, 4, groups=2)
     pw_f = FreqPointwise(6, 4, groups=2, domain="frequency")
     with torch.no_grad():
-        pw_s.weight.copy_(conv.weight); pw_f.weight.copy_(conv.weight)
+        pw_s.weight.copy_(conv.weight)
+        pw_f.weight.copy_(conv.weight)
     x = torch.randn(2, 6, 7, 10)
     assert torch.allclose(pw_s(x), conv(x), atol=1e-6)
     assert torch.allclose(pw_f(x), conv(x), atol=1e-5)

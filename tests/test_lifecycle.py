@@ -27,7 +27,7 @@ import torch
 from click.testing import CliRunner
 
 from helpers import CLI, FMNIST, load_weights, run_cli
-from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, BUNDLED_DIR, read_config, save_checkpoint
+from niff_analysis.checkpoint import BUNDLED_DIR, DEFAULT_CHECKPOINT, read_config, save_checkpoint
 from niff_analysis.cli import main
 from niff_analysis.errors import CheckpointError
 from niff_analysis.models import create_model
@@ -224,8 +224,9 @@ def test_03_a_diverging_run_stops_keeps_its_last_finite_state_and_stays_readable
 
 def test_03_describe_and_history_open_a_checkpoint_with_nan_weights(tiny_ck, tmp_path):
     """A diverged run written before this check (a final checkpoint of NaN weights)."""
-    from safetensors.torch import load_file, save_file
     import hashlib
+
+    from safetensors.torch import load_file, save_file
 
     ck = copy_ck(tiny_ck, tmp_path / "nan")
     state = load_file(str(ck / "model.safetensors"))
@@ -450,8 +451,8 @@ def test_09_a_misspelled_mlp_key_in_a_training_state_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------ 10: figures as a unit
-FIG = ["--layers", "layer3.1.conv2", "--max-kernels", "8", "--erf-images", "0", "--cost-sizes", "none", "--format", "png",
-       "-q"]
+FIG = ["--layers", "layer3.1.conv2", "--max-kernels", "8", "--erf-images", "0", "--cost-sizes", "none",
+       "--format", "png", "-q"]
 
 
 def test_10_figures_of_checkpoints_with_the_same_folder_name(tiny_ck, tmp_path, monkeypatch):

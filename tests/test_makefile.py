@@ -28,6 +28,16 @@ def test_test_target_installs_the_test_extras_and_runs_pytest(tmp_path):
     assert "'.[test]'" in cmds and "foolbox==3.3.4" in cmds and "-m pytest -q" in cmds
 
 
+def test_test_runs_ruff_and_mypy_before_pytest(tmp_path):
+    cmds = dry_run("test", tmp_path)
+    pytest_at = cmds.index("-m pytest")
+    for tool in ("bin/ruff check niff_analysis tests benchmarks", "bin/mypy"):
+        assert tool in cmds and cmds.index(tool) < pytest_at, tool
+    # The linters come with the test extras, pinned, so a fresh CI machine installs them.
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"ruff==' in pyproject and '"mypy==' in pyproject
+
+
 def test_test_targets_check_the_import_contract_before_pytest(tmp_path):
     for target in ("test", "test-fast"):
         cmds = dry_run(target, tmp_path)

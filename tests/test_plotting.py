@@ -5,7 +5,6 @@ the full set."""
 from __future__ import annotations
 
 import json
-
 import warnings
 from pathlib import Path
 
@@ -18,18 +17,40 @@ import torch
 from click.testing import CliRunner
 from matplotlib.text import Text
 
-from niff_analysis.analysis import (effective_sizes, extract_kernels, gaussian_fit, gaussian_summary,
-                                    kernel_mass, mass_summary, pca_eigenkernels, weight_pca)
+from niff_analysis.analysis import (
+    effective_sizes,
+    extract_kernels,
+    gaussian_fit,
+    gaussian_summary,
+    kernel_mass,
+    mass_summary,
+    pca_eigenkernels,
+    subsample,
+    weight_pca,
+)
 from niff_analysis.analysis.cost import cost_table
 from niff_analysis.checkpoint import BUNDLED_DIR
 from niff_analysis.cli import main
 from niff_analysis.errors import SelectionError
-from niff_analysis.plotting import (OKABE_ITO, centre_crop, layer_colors, plot_cost,
-                                    plot_effective_size, plot_eigenkernels, plot_erf, plot_frequency,
-                                    plot_kernel_magnitude, plot_mass_ratio, plot_raw_kernels, plot_sigma,
-                                    plot_weight_pca, sample_channels, save_figure, signed_norm,
-                                    stage_color)
-from niff_analysis.analysis import subsample
+from niff_analysis.plotting import (
+    OKABE_ITO,
+    centre_crop,
+    layer_colors,
+    plot_cost,
+    plot_effective_size,
+    plot_eigenkernels,
+    plot_erf,
+    plot_frequency,
+    plot_kernel_magnitude,
+    plot_mass_ratio,
+    plot_raw_kernels,
+    plot_sigma,
+    plot_weight_pca,
+    sample_channels,
+    save_figure,
+    signed_norm,
+    stage_color,
+)
 
 LAYERS = ["layer2.1.conv1", "layer3.1.conv2", "layer4.1.*"]
 
@@ -511,7 +532,8 @@ def test_mass_ratio_one_row_per_measure_with_the_noise_and_delta_scale(real):
         for ln in noise:
             layer = summary[summary.stage == ln.get_label()[1:].split(" ")[0]].layer.iloc[0]
             own = summary[(summary.layer == layer) & ~summary.beyond_kernel].window  # the curve ends at the kernel
-            d = scale[(scale.measure == measure) & (scale.layer == layer) & scale.window.isin(own)].sort_values("window")
+            d = scale[(scale.measure == measure) & (scale.layer == layer)
+                      & scale.window.isin(own)].sort_values("window")
             np.testing.assert_allclose(ln.get_ydata(), d["noise"])
         curves = [ln for ln in a.get_lines() if ln.get_label() == "layer4.1.conv2"]
         want = summary[(summary.measure == measure) & (summary.layer == "layer4.1.conv2")

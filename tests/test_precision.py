@@ -15,7 +15,8 @@ from helpers import load_weights, recorded_states, tiny_config
 from niff_analysis.cli import main
 from niff_analysis.cli.train import sweep_cmd, train_cmd
 from niff_analysis.errors import NiffError
-from niff_analysis.train import TrainConfig, precision as prec, trainer
+from niff_analysis.train import TrainConfig, trainer
+from niff_analysis.train import precision as prec
 from niff_analysis.train.state import recipe_diff
 
 X86 = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx512f avx512bw avx512_bf16 avx512_vnni\n"

@@ -17,7 +17,6 @@ from helpers import CLI, FMNIST, load_weights, run_cli, tiny_config
 from niff_analysis.errors import NiffError
 from niff_analysis.train import trainer
 
-
 pytestmark = pytest.mark.slow  # training runs, killed and resumed: not in `make test-fast`
 
 def _assert_same_weights(a, b):

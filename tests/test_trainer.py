@@ -19,11 +19,10 @@ from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
 from niff_analysis.models import create_model
 from niff_analysis.train import TrainConfig, evaluate, load_fashion_mnist, train
-from niff_analysis.train.data import TensorDataset, normalise
-from niff_analysis.train.data import load_imagefolder
-from niff_analysis.train.batches import first_samples as _first, train_batches as _train_batches
+from niff_analysis.train.batches import first_samples as _first
+from niff_analysis.train.batches import train_batches as _train_batches
+from niff_analysis.train.data import TensorDataset, load_imagefolder, normalise
 from test_data import _cifar_batch, image_tree  # noqa: F401  (fixture)
-
 
 pytestmark = pytest.mark.slow  # training runs: not in `make test-fast`
 

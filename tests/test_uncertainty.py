@@ -12,10 +12,21 @@ import torch
 from scipy import stats
 
 from niff_analysis.analysis import LayerKernels, kernel_mass, mass_summary
-from niff_analysis.analysis.references import (NOISE_KERNELS, delta_kernels, expected_noise_ratio, mass_scale,
-                                               reference_layers, white_noise_kernels)
-from niff_analysis.analysis.uncertainty import (RESAMPLES, add_intervals, bootstrap_interval, seed_interval,
-                                                with_interval_text)
+from niff_analysis.analysis.references import (
+    NOISE_KERNELS,
+    delta_kernels,
+    expected_noise_ratio,
+    mass_scale,
+    reference_layers,
+    white_noise_kernels,
+)
+from niff_analysis.analysis.uncertainty import (
+    RESAMPLES,
+    add_intervals,
+    bootstrap_interval,
+    seed_interval,
+    with_interval_text,
+)
 
 B = 20_000  # enough resamples that both Monte-Carlo intervals sit within a few % of their width
 

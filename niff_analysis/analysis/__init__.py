@@ -6,11 +6,10 @@ tidy pandas DataFrame (identifier columns first), shared by notebooks, the CLI a
 from .claims import paper_claims
 from .erf import effective_receptive_fields, erf_area_ratios
 from .frequency import frequency_profile
+from .gauss2d import gaussian_model
 from .gaussian import gaussian_fit, gaussian_summary
 from .kernels import LayerKernels, conv_inventory, extract_kernels, kernel_table, sample_channels, stage_of, subsample
-from .gauss2d import gaussian_model
-from .mass import (effective_sizes, kernel_mass, mass_ratios, mass_summary, mass_table, massless_kernels,
-                   window_sizes)
+from .mass import effective_sizes, kernel_mass, mass_ratios, mass_summary, mass_table, massless_kernels, window_sizes
 from .pca import PCAResult, capped_layers, pca_eigenkernels, pca_summary, weight_pca
 from .stats import kernel_stats, read_kernel_stats
 

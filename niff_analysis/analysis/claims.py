@@ -282,7 +282,7 @@ def paper_claims(kernels: Sequence[LayerKernels], init: Optional[Sequence[LayerK
     table["criterion"] = table["statistic"].map(lambda s: CRITERIA[s].text)
     table["verdict"] = [
         verdict(r.statistic, r.value, r.lo, r.hi,
-                CRITERIA[r.statistic].window is None or support[r.stage] > CRITERIA[r.statistic].window)
+                (window := CRITERIA[r.statistic].window) is None or support[r.stage] > window)
         for r in table.itertuples()]
     return table[COLUMNS]
 

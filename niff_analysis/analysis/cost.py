@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Hashable, Mapping, Optional, Sequence, Union
+from typing import Callable, Hashable, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from .._types import Size, SizeLike, as_hw
 from ..layers import DepthwiseNIFF
 from ..layers.mlp import MLPSpec, resolve_mlp
+
+_Key = TypeVar("_Key", bound=Hashable)  # time_interleaved's result is keyed as its input
 
 
 def _hw(size: SizeLike) -> Size:
@@ -88,9 +90,9 @@ def synchronize(device: Union[str, torch.device, None] = None) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(fns: Mapping[Hashable, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+def time_interleaved(fns: Mapping[_Key, Callable[[], object]], repeats: int = 5, warmup: int = 1,
                      device: Union[str, torch.device, None] = None,
-                     max_seconds: Optional[float] = None) -> dict[Hashable, list[float]]:
+                     max_seconds: Optional[float] = None) -> dict[_Key, list[float]]:
     """Time several callables round-robin (one call of each per round).
 
     Args:
@@ -109,7 +111,7 @@ def time_interleaved(fns: Mapping[Hashable, Callable[[], object]], repeats: int 
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[Hashable, list[float]] = {name: [] for name in fns}
+    times: dict[_Key, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             if max_seconds is not None and sum(times[name]) > max_seconds:
@@ -212,7 +214,7 @@ def _measure(sizes: Sequence[int], channels: int, batch: int, repeats: int, mlp:
              max_seconds: Optional[float]) -> dict[tuple[str, int], list[float]]:
     """Seconds per call of every contender at every size, all interleaved round-robin."""
     gen = torch.Generator().manual_seed(0)
-    fns = {}
+    fns: dict[tuple[str, int], Callable[..., object]] = {}  # zero-argument: defaults bind the tensors
     for s in sizes:
         x = torch.randn(batch, channels, s, s, generator=gen).to(device)
         layer = DepthwiseNIFF(channels, mlp=mlp).to(device).eval()

@@ -32,7 +32,8 @@ maximum |k| first. A step is accepted if it lowers the cost. With MINPACK's defa
 (``ftol`` = ``xtol`` = 1.5e-8, those of ``scipy.optimize.curve_fit``) a fit has converged when an
 accepted step lowers the cost by less than ``ftol`` relative or changes the parameters by less
 than ``xtol`` relative, when the RMS residual falls below 1e-8 of the peak, or when λ exceeds
-1e10 (no step lowers the cost any more). The solver gives up early on a fit that has left the meaningful regime: σ_minor below
+1e10 (no step lowers the cost any more). The solver gives up early on a fit that has left the
+meaningful regime: σ_minor below
 0.1 px, or below 0.3 px for 20 iterations in a row (a peak squeezing between the samples while
 its amplitude grows without bound); σ_major above 20 kernel sizes, or above 3 for 20 iterations
 (amplitude and offset cancelling into a slope); or a centre more than a kernel size off the
@@ -57,7 +58,8 @@ use successful fits only.
 **Moment σ and censoring.** Next to the fit, every kernel with mass gets ``sigma_x_moment`` and
 ``sigma_y_moment``, the widths of its peak by deweighted adaptive moments (Bernstein & Jarvis
 2002, "Shapes and shears, stars and smears", §3): the weighted second moments of |k| − b₀ (b₀ the
-median of |k|, the lower middle value for an even count) under an elliptical Gaussian window centred on the peak, whose covariance M is
+median of |k|, the lower middle value for an even count) under an elliptical Gaussian window
+centred on the peak, whose covariance M is
 the current estimate plus 1 px² (:data:`.gauss2d.MOMENT_WINDOW_FLOOR`). A Gaussian of covariance Σ seen
 through that window has covariance C = (Σ⁻¹ + M⁻¹)⁻¹, so each step sets Σ = (C⁻¹ − M⁻¹)⁻¹ and
 the centre likewise, starting at the brightest pixel with Σ = 1 px², until Σ changes by less
@@ -76,7 +78,8 @@ read a few % low, the fit's too. Below 0.75 px the samples cannot pin a peak dow
 fit, which knows the shape, recovers 0.5 px within 10 % where it succeeds, but under noise it
 fails on most such kernels). The moment σ is NaN where no window holds mass above the
 background or the steps do not settle: on the bundled baseline for 1 % of the kernels of its
-4×4 layers, whose 3×3 taps fill the grid and have no peak (README). A kernel whose fit is ``"undersampled"`` is reported as ``censored`` (σ < 0.4 px: sharper
+4×4 layers, whose 3×3 taps fill the grid and have no peak (README). A kernel whose fit is
+``"undersampled"`` is reported as ``censored`` (σ < 0.4 px: sharper
 than the samples resolve), not left out: :func:`gaussian_summary` counts it (``n_censored``) next
 to ``n_ok`` and ``n``, and gives the median and quartiles of the successful fits with the mean and
 std.
@@ -96,11 +99,23 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import gauss2d
+from .gauss2d import (
+    MAX_ITER,
+    MIN_SIGMA,
+    MOMENT_CENTRE_TOL,
+    MOMENT_DAMP_AFTER,
+    MOMENT_MAX_ITER,
+    MOMENT_TOL,
+    MOMENT_WINDOW_FLOOR,
+    N_PARAMS,
+    derived,
+    model_values,
+    moment_init,
+    pixel_coords,
+)
 from .kernels import LayerKernels
 from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
-from . import gauss2d
-from .gauss2d import (MAX_ITER, MIN_SIGMA, MOMENT_CENTRE_TOL, MOMENT_DAMP_AFTER, MOMENT_MAX_ITER, MOMENT_TOL,
-                      MOMENT_WINDOW_FLOOR, N_PARAMS, derived, model_values, moment_init, pixel_coords)
 from .uncertainty import add_intervals
 
 COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",

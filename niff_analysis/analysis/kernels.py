@@ -27,7 +27,7 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, cast
 
 import numpy as np
 import pandas as pd
@@ -233,7 +233,8 @@ def _hw(pair) -> str:
 
 def _plain_convs(model: nn.Module, input_size) -> list[tuple[str, nn.Conv2d, Size]]:
     """(name, conv, fmap) of every plain conv the analyses can take (:func:`conv_inventory`)."""
-    return [(r["name"], model.get_submodule(r["name"]), tuple(r["fmap"]))
+    # conv_inventory lists nn.Conv2d modules only, and an analysed one with its (H, W)
+    return [(r["name"], cast(nn.Conv2d, model.get_submodule(r["name"])), cast(Size, tuple(r["fmap"])))
             for r in conv_inventory(model, input_size) if r["analysed"]]
 
 
@@ -264,7 +265,7 @@ def extract_kernels(model_or_path: Union[nn.Module, PathLike, None] = None,
     model = _load(model_or_path, device)
     patterns = [layers] if isinstance(layers, str) else list(layers)
     niff = [(n, m) for n, m in model.named_modules() if isinstance(m, NIFFLayer)]
-    entries: list[tuple[str, nn.Module, Optional[Size]]] = [(n, m, None) for n, m in niff]
+    entries: list[tuple[str, Union[NIFFLayer, nn.Conv2d], Optional[Size]]] = [(n, m, None) for n, m in niff]
     if include_conv or not niff:
         entries += [(n, m, f) for n, m, f in _plain_convs(model, input_size)]
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -278,19 +279,20 @@ def extract_kernels(model_or_path: Union[nn.Module, PathLike, None] = None,
 
     out = []
     for name, mod, fmap in chosen:
-        if fmap is None:  # NIFF layer
+        if isinstance(mod, NIFFLayer):  # the entries without a map size (a plain conv has one)
             if mod.fmap is None:
                 raise NiffError(f"layer {name} has no recorded feature-map size "
                                 "(convert the model with to_niff or set layer.fmap)")
             with torch.no_grad():
                 resp = mod.frequency_response()  # one batched MLP evaluation on the recorded grid
                 kern = centred_to_kernel(resp)
-            out.append(LayerKernels(name=name, kind=mod.kind, fmap=tuple(int(s) for s in mod.fmap),
+            out.append(LayerKernels(name=name, kind=mod.kind, fmap=cast(Size, tuple(int(s) for s in mod.fmap)),
                                     stage=layer_stage(name), kernels=kern.float().cpu().contiguous(),
                                     response=resp.to(torch.complex64).cpu().contiguous(),
                                     in_channels=mod.in_channels, out_channels=mod.out_channels,
                                     extra=dict(mode=mod.mode)))
         else:
+            assert fmap is not None  # _plain_convs gives every conv its map size
             kern, dropped = _conv_taps(mod, fmap)
             depthwise = mod.groups == mod.in_channels == mod.out_channels
             if depthwise:

@@ -160,6 +160,7 @@ def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6, response:
     frames, comps, means = [], {}, {}
     for lk in kernels:
         h, w = lk.size
+        assert lk.response is not None  # refused above: every layer here has a response
         resp = lk.response.to(torch.complex128)
         if response == "hermitian":
             resp = hermitian_part(resp)

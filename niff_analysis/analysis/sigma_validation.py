@@ -51,8 +51,8 @@ def sigma_errors(sigmas: Sequence[float] = SIGMAS, offsets: Sequence[float] = OF
         One row per (sigma, offset, noise, method): n (estimates), median_error,
         p90_abs_error (relative, not %), share_ok.
     """
-    from .gaussian import fit_gaussians
     from .gauss2d import pixel_coords, start_moments
+    from .gaussian import fit_gaussians
 
     cells, stacks = [], []
     for i, (s, o, z) in enumerate((s, o, z) for z in noises for s in sigmas for o in offsets):

@@ -44,10 +44,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from ..runs import STATS_NAME
 from .gaussian import gaussian_fit
 from .kernels import LayerKernels, subsample
 from .mass import MEASURES, check_measure, effective_sizes, kernel_mass, mass_summary
-from ..runs import STATS_NAME
 from .schema import CHECKPOINT, EPOCH, LAYER, MEASURE, STAGE, STEP, keys
 
 WINDOWS = (3, 5, 9)

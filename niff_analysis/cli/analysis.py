@@ -16,8 +16,17 @@ from typing import Callable
 import click
 
 from . import main
-from .common import (Command, bootstrap_option, device_option, factory_option, measure_option, output_format,
-                     positive_int, render_frame, strict_option)
+from .common import (
+    Command,
+    bootstrap_option,
+    device_option,
+    factory_option,
+    measure_option,
+    output_format,
+    positive_int,
+    render_frame,
+    strict_option,
+)
 
 
 # --------------------------------------------------------------------------- options

@@ -8,9 +8,16 @@ import click
 
 from ..errors import SelectionError
 from . import main
-from .common import COST_SIZES
+from .common import (
+    COST_SIZES,
+    current_factory,
+    device_option,
+    factory_option,
+    measure_option,
+    positive_int,
+    strict_option,
+)
 from .common import FIGURE_FORMATS as FORMATS
-from .common import current_factory, device_option, factory_option, measure_option, positive_int, strict_option
 
 
 def _csv_list(value: str, what: str) -> list[str]:

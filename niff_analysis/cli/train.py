@@ -16,9 +16,8 @@ from ..errors import NiffError
 from ..io import atomic_write
 from ..train.config import DTYPES, TrainConfig  # the recipe, without torch
 from . import main
-from .common import CONV_MODES, DATASETS, MODELS, PRECISIONS, STEMS
+from .common import CONV_MODES, DATASETS, MODELS, PRECISIONS, STEMS, device_option, non_negative_int, positive_int
 from .common import MODE_DEFAULT as _MODE_DEFAULT  # --mode is always recorded in model_kwargs: the models' default
-from .common import device_option, non_negative_int, positive_int
 
 # torch, the models and the trainer are imported where a command runs: --help starts without them.
 
@@ -275,8 +274,8 @@ def _out_folder(out: str) -> None:
 
 def _out_apart_from_data(out: str, data_dir: Optional[str], dataset: str) -> None:
     """A run folder must not overlap the dataset it reads (``--overwrite`` would empty it)."""
-    from ..pipeline import overlaps
     from ..data import FASHION_MNIST_DEFAULT
+    from ..pipeline import overlaps
 
     data = Path(data_dir) if data_dir else (FASHION_MNIST_DEFAULT if dataset == "fashion-mnist" else None)
     if data is not None and overlaps(Path(out), data):
@@ -305,7 +304,8 @@ def _model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
 @click.option("--factory", metavar="MODULE:FN", help="Allow this user factory to run (must equal --model).")
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: the model's (1000).")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option("--input-size", type=int, callback=positive_int, help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
+@click.option("--input-size", type=int, callback=positive_int,
+              help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
 @click.option("--stem", type=click.Choice(STEMS), help="Registered models: default imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's, or read from the "
                             "authors' tensors).")
@@ -408,7 +408,8 @@ def _mlp_arg(mlp) -> dict:
 @click.option("--key", default="model", show_default=True, help="Dict entry holding the state dict.")
 @click.option("--num-classes", type=int, callback=positive_int, help="Default: 1000.")
 @click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option("--input-size", type=int, callback=positive_int, help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
+@click.option("--input-size", type=int, callback=positive_int,
+              help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).")
 @click.option("--stem", type=click.Choice(STEMS), help="Default: imagenet.")
 @click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's).")
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:

@@ -23,7 +23,7 @@ training step page-faults its large FFT buffers in afresh.
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +120,8 @@ def _fft_call(fn, x: torch.Tensor, **kw) -> torch.Tensor:
         return fn(x, **kw)
     except (RuntimeError, NotImplementedError):  # pragma: no cover - needs an MPS device
         if not _MPS_WARNED:
-            warnings.warn("FFT not available on MPS for this op; running it on the CPU", RuntimeWarning)
+            # No stacklevel: the caller is torch's module machinery, so this line is the useful place.
+            warnings.warn("FFT not available on MPS for this op; running it on the CPU", RuntimeWarning)  # noqa: B028
             _MPS_WARNED = True
         return fn(x.cpu(), **kw).to(x.device)
 
@@ -246,6 +247,9 @@ class NIFFLayer(nn.Module):
     """
 
     kind = "base"
+    # Set by every subclass (declared here so code holding a NIFFLayer can read them).
+    in_channels: int
+    out_channels: int
 
     def __init__(self, n_filters: int, mlp: MLPSpec, mode: str):
         super().__init__()
@@ -278,9 +282,13 @@ class NIFFLayer(nn.Module):
             size = self.fmap
         return as_hw(size, "feature-map size")
 
+    def _mlp_weight(self) -> torch.Tensor:
+        """The first MLP layer's weight: the device and dtype the filters are evaluated in."""
+        return cast(nn.Linear, self.real[0]).weight  # build_mlp starts with a Linear
+
     def _mlp_response(self, h: int, w: int) -> torch.Tensor:
         """Raw MLP output on the h×w grid: complex (n_filters, h, w), centred."""
-        p = self.real[0].weight
+        p = self._mlp_weight()
         grid = frequency_grid(h, w, device=p.device, dtype=p.dtype)
         cdt = _compute_dtype(p.dtype)
         re = self.real(grid).to(cdt).T.reshape(-1, h, w)
@@ -293,7 +301,7 @@ class NIFFLayer(nn.Module):
         ``size`` is the feature-map size (default: the recorded ``fmap``); for the padding modes
         the filter lives on the padded 2H×2W grid. Shape (C, H, W) or (Cout, Cin, H, W).
         """
-        with torch.autocast(self.real[0].weight.device.type, enabled=False):
+        with torch.autocast(self._mlp_weight().device.type, enabled=False):
             return self._shape_filters(self._mlp_response(*self.filter_size(size)))
 
     def spatial_kernels(self, size: Optional[SizeLike] = None) -> torch.Tensor:
@@ -315,7 +323,7 @@ class NIFFLayer(nn.Module):
         # Same values as hermitian_half(ifftshift(W)), bit for bit, without its roll/flip
         # copies: the shift and the negation f → −f are permutations of grid points, applied
         # as index gathers along the points axis of the MLP output.
-        p = self.real[0].weight
+        p = self._mlp_weight()
         grid = frequency_grid(fh, fw, device=p.device, dtype=p.dtype)
         pos, neg = _half_plane_indices(fh, fw, p.device)
         cdt = _compute_dtype(p.dtype)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from torch import nn
 
@@ -30,7 +30,8 @@ from .config import ModelConfig, is_builder
 TORCHVISION = "torchvision:"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: The settings of :func:`~niff_analysis.models.to_niff` a builder's ``niff`` dict takes, with defaults.
-NIFF_SETTINGS = dict(variant="split", mlp="big", mode="circular", convert_pointwise=True, niff_on_1x1=False)
+NIFF_SETTINGS: dict[str, Any] = dict(variant="split", mlp="big", mode="circular", convert_pointwise=True,
+                                     niff_on_1x1=False)
 #: Packages whose callables are never a model factory: they run commands, load code or files, or
 #: are this toolkit and its infrastructure (the Python standard library is refused as a whole).
 NOT_FACTORIES = frozenset({
@@ -134,7 +135,7 @@ def build_model(builder: str, builder_kwargs: Optional[dict] = None,
         size = list(input_hw(input_size))
     except ValueError as exc:
         raise BuilderError(str(exc)) from None
-    settings = None
+    settings: Optional[dict[str, Any]] = None
     if niff is not None:
         settings = dict(NIFF_SETTINGS)
         unknown = set(niff) - set(settings)
@@ -145,8 +146,8 @@ def build_model(builder: str, builder_kwargs: Optional[dict] = None,
         to_niff(model, size, in_chans=in_chans, **settings)
     else:
         record_shapes(model, size, in_chans)  # validates the input size
-    model.niff_config = ModelConfig(builder, dict(builder_kwargs=kwargs, input_size=size, in_chans=in_chans,
-                                                  niff=settings))
+    built = ModelConfig(builder, dict(builder_kwargs=kwargs, input_size=size, in_chans=in_chans, niff=settings))
+    model.niff_config = built  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     return model
 
 

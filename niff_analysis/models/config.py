@@ -48,7 +48,7 @@ class ModelConfig(Mapping):
         object.__setattr__(self, "kwargs", copy.deepcopy(dict(self.kwargs)))
 
     @classmethod
-    def of(cls, model: nn.Module) -> Optional["ModelConfig"]:
+    def of(cls, model: nn.Module) -> Optional[ModelConfig]:
         """The config a model was built from (``model.niff_config``), or ``None`` if it records
         none. A plain dict there (a model built by hand the way earlier versions did) is read
         as one."""

@@ -17,14 +17,14 @@ Every decision lands in a :class:`ConversionReport`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from .._types import DEFAULT_INPUT_SIZE, SizeLike, as_hw
 from ..errors import NiffError
-from ..layers import DepthwiseNIFF, FreqPointwise, FullNIFF, SplitNIFF
+from ..layers import DepthwiseNIFF, FreqPointwise, FullNIFF, NIFFLayer, SplitNIFF
 from ..layers.mlp import MLPSpec
 
 
@@ -109,9 +109,10 @@ def _describe(m: nn.Module) -> str:
 
 
 def _plan(model: nn.Module, shapes: dict, niff_on_1x1: bool = False
-          ) -> list[tuple[str, nn.Module, str, Optional[str]]]:
-    """(name, module, action, reason-if-kept) for every Conv2d/Linear the dry forward reached."""
-    plan = []
+          ) -> list[tuple[str, Union[nn.Conv2d, nn.Linear], str, Optional[str]]]:
+    """(name, module, action, reason-if-kept) for every Conv2d/Linear the dry forward reached
+    (an nn.Linear only with the action ``"pointwise_cl"``)."""
+    plan: list[tuple[str, Union[nn.Conv2d, nn.Linear], str, Optional[str]]] = []
     for name, m in model.named_modules():
         if name not in shapes:
             continue
@@ -139,7 +140,7 @@ def _plan(model: nn.Module, shapes: dict, niff_on_1x1: bool = False
     return plan
 
 
-def _pointwise_from(m: nn.Module) -> FreqPointwise:
+def _pointwise_from(m: Union[nn.Conv2d, nn.Linear]) -> FreqPointwise:
     """A FreqPointwise with ``m``'s weights: channels-last for an nn.Linear (ConvNeXt's
     pointwise linears), channels-first for a 1×1 nn.Conv2d."""
     if isinstance(m, nn.Linear):
@@ -185,17 +186,20 @@ def to_niff(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, variant
         if action == "keep" or (action.startswith("pointwise") and not convert_pointwise):
             report.kept.append(dict(name=name, old=_describe(m), reason=reason or "pointwise kept"))
             continue
+        new: Union[NIFFLayer, FreqPointwise]
         if action in ("pointwise", "pointwise_cl"):
             new = _pointwise_from(m)
-        elif action == "depthwise":
-            new = DepthwiseNIFF(m.in_channels, mlp=mlp, mode=mode)
-        elif variant == "full" and m.groups == 1:
-            new = FullNIFF(m.in_channels, m.out_channels, mlp=mlp, mode=mode)
-        elif variant == "full":
-            report.kept.append(dict(name=name, old=_describe(m), reason="grouped conv has no full NIFF"))
-            continue
         else:
-            new = SplitNIFF(m.in_channels, m.out_channels, mlp=mlp, mode=mode, groups=m.groups)
+            assert isinstance(m, nn.Conv2d)  # _plan gives an nn.Linear only as "pointwise_cl"
+            if action == "depthwise":
+                new = DepthwiseNIFF(m.in_channels, mlp=mlp, mode=mode)
+            elif variant == "full" and m.groups == 1:
+                new = FullNIFF(m.in_channels, m.out_channels, mlp=mlp, mode=mode)
+            elif variant == "full":
+                report.kept.append(dict(name=name, old=_describe(m), reason="grouped conv has no full NIFF"))
+                continue
+            else:
+                new = SplitNIFF(m.in_channels, m.out_channels, mlp=mlp, mode=mode, groups=m.groups)
         new = new.to(next(m.parameters()).device)
         new.fmap, new.layer_name = fmap, name
         if isinstance(new, SplitNIFF):
@@ -206,23 +210,27 @@ def to_niff(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, variant
     if not report.replaced:
         raise ConversionError("no convolution could be converted (every conv is strided, "
                               "size-changing or on a 1x1 map)")
-    model.niff_conversion = report
+    model.niff_conversion = report  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     return model
 
 
-def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, in_chans: Optional[int] = None) -> nn.Module:
+def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE,
+                 in_chans: Optional[int] = None) -> nn.Module:
     """The paper's "separated conv" baseline: every stride-1 dense k×k conv → spatial depthwise
     k×k + 1×1, both bias-free (same padding and dilation as the original)."""
     shapes = record_shapes(model, input_size, in_chans)
     report = ConversionReport()
     for name, m, action, reason in _plan(model, shapes):
-        if action != "dense" or m.groups != 1:
+        # (an action "dense" is always an nn.Conv2d: the isinstance only tells the type checker)
+        if action != "dense" or not isinstance(m, nn.Conv2d) or m.groups != 1:
             if isinstance(m, nn.Conv2d):
                 report.kept.append(dict(name=name, old=_describe(m), reason=reason or action))
             continue
         new = nn.Sequential(
-            nn.Conv2d(m.in_channels, m.in_channels, m.kernel_size, padding=m.padding,
-                      dilation=m.dilation, groups=m.in_channels, bias=False,
+            # torch types a Conv2d's kernel_size/padding/dilation as tuple[int, ...] but its constructor
+            # as tuple[int, int]: the same conv's own values, passed back.
+            nn.Conv2d(m.in_channels, m.in_channels, m.kernel_size, padding=m.padding,  # type: ignore[arg-type]
+                      dilation=m.dilation, groups=m.in_channels, bias=False,  # type: ignore[arg-type]
                       padding_mode=m.padding_mode),
             nn.Conv2d(m.in_channels, m.out_channels, 1, bias=False),
         ).to(m.weight.device)
@@ -231,14 +239,13 @@ def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, in
                                     kind="separated", fmap=list(shapes[name][0][-2:])))
     if not report.replaced:
         raise ConversionError("no stride-1 dense convolution to separate")
-    model.niff_conversion = report
+    model.niff_conversion = report  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     return model
 
 
-def niff_layers(model: nn.Module, include_pointwise: bool = False) -> list[tuple[str, nn.Module]]:
+def niff_layers(model: nn.Module, include_pointwise: bool = False
+                ) -> list[tuple[str, Union[NIFFLayer, FreqPointwise]]]:
     """(name, layer) of every NIFF layer in ``model`` (filters only unless ``include_pointwise``)."""
-    from ..layers.niff import NIFFLayer
-
     types = (NIFFLayer, FreqPointwise) if include_pointwise else (NIFFLayer,)
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
     # A split layer's own 1×1 is part of that layer, not a layer of its own.

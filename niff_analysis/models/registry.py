@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-from typing import Optional
+from typing import Any, Optional
 
 from torch import nn
 
@@ -55,15 +55,18 @@ def parse_name(name: str) -> tuple[str, str]:
 
 
 def _swap_conv(old: nn.Conv2d, **changes) -> nn.Conv2d:
-    kw = dict(in_channels=old.in_channels, out_channels=old.out_channels,
+    kw: dict[str, Any] = dict(in_channels=old.in_channels, out_channels=old.out_channels,
               kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
               bias=old.bias is not None)
     kw.update(changes)
     return nn.Conv2d(**kw)
 
 
-def _adapt_stem(arch: str, model: nn.Module, in_chans: int, stem: str) -> None:
-    """Set input channels and, for ``stem="cifar"``, a stride-1 stem without max-pool (SPEC §3)."""
+def _adapt_stem(arch: str, model: Any, in_chans: int, stem: str) -> None:
+    """Set input channels and, for ``stem="cifar"``, a stride-1 stem without max-pool (SPEC §3).
+
+    ``model`` is a torchvision model (typed ``Any``: its stem's attributes differ per architecture).
+    """
     cifar = stem == "cifar"
     if arch.startswith("resnet"):
         model.conv1 = (_swap_conv(model.conv1, in_channels=in_chans, kernel_size=3, stride=1, padding=1)

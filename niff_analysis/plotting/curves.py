@@ -17,8 +17,16 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from .panels import models_of, of_model, panels, require, ret
-from .style import (METHOD_COLORS, MODEL_LINESTYLES, layer_colors, new_figure,
-                    ordered_unique, palette_stage, stage_color, style)
+from .style import (
+    METHOD_COLORS,
+    MODEL_LINESTYLES,
+    layer_colors,
+    new_figure,
+    ordered_unique,
+    palette_stage,
+    stage_color,
+    style,
+)
 
 
 def _stage_legend(a, stages: dict, models: Sequence, overlay: bool, untrained: bool, scale: bool = False) -> None:

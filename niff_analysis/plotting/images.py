@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
+import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
-import matplotlib.colors as mcolors
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
@@ -20,8 +20,16 @@ from matplotlib.textpath import TextPath
 
 from ..analysis.kernels import sample_channels
 from ..errors import SelectionError
-from .style import (CMAP_MAGNITUDE, CMAP_SIGNED, layer_colors, new_figure, ordered_unique,
-                    palette_stage, stage_color, style)
+from .style import (
+    CMAP_MAGNITUDE,
+    CMAP_SIGNED,
+    layer_colors,
+    new_figure,
+    ordered_unique,
+    palette_stage,
+    stage_color,
+    style,
+)
 
 Cell = tuple[np.ndarray, str]  # image, caption under it (None: an empty slot)
 
@@ -334,7 +342,7 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
         a = grid[0, -1]
         if ratios is not None and not ratios.empty:
             r = ratios[ratios["threshold"] == threshold]
-            for k, lab in enumerate(labels):
+            for lab in labels:
                 d = r[r["checkpoint"] == lab]
                 a.plot(range(len(d)), d["side"], marker="o", ms=3, lw=1, label=lab,
                        ls="--" if lab.endswith("@init") else "-")

@@ -32,8 +32,15 @@ from ..io import atomic_write, fsync_dir
 from ..pipeline import FigureData
 from ..provenance import META_NAME, figures_manifest, manifest_files
 from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
-from .images import (plot_eigenkernels, plot_erf, plot_frequency, plot_kernel_magnitude, plot_raw_kernels,
-                     plot_weight_pca, weight_response_name)
+from .images import (
+    plot_eigenkernels,
+    plot_erf,
+    plot_frequency,
+    plot_kernel_magnitude,
+    plot_raw_kernels,
+    plot_weight_pca,
+    weight_response_name,
+)
 from .style import save_figure
 from .training import plot_kernel_history
 

@@ -16,7 +16,6 @@ from ..errors import SelectionError
 from .panels import models_of, of_model, panels, require, ret
 from .style import OKABE_ITO, layer_colors, ordered_unique, palette_stage, style
 
-
 # --------------------------------------------------------------------------- during training
 HISTORY_LABELS = {"mass3_mean": "mass ratio at 3×3", "mass5_mean": "mass ratio at 5×5",
                   "mass9_mean": "mass ratio at 9×9", "k50_mean": "mean k50 (px)",

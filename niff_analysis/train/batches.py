@@ -22,7 +22,6 @@ from .config import TrainConfig
 from .distributed import dist_info
 
 
-
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of epoch ``epoch``'s data order and augmentation."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)

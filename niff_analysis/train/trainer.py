@@ -43,8 +43,8 @@ from ..models import niff_layers
 from ..runs import DIVERGED_NAME, INIT_DIR, clear_run, holds_run, refuse_foreign, run_lock
 from .batches import evaluate, load_data, train_batches
 from .config import TrainConfig
-from .precision import resolve_precision
 from .distributed import convert_batchnorm, dist_info, gather_objects, setup_distributed, state_fingerprint
+from .precision import resolve_precision
 from .records import StatsRecorder, write_metrics
 from .state import STATE_FORMAT, STATE_NAME, load_state, refuse_other_run, saved_recipe_diff, unstarted
 

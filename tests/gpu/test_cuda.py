@@ -14,7 +14,8 @@ from helpers import load_weights, recorded_states, tiny_config
 from niff_analysis.layers import CONV_MODES, DepthwiseNIFF, FullNIFF, SplitNIFF
 from niff_analysis.layers.niff import NIFFLayer
 from niff_analysis.models import create_model
-from niff_analysis.train import precision as prec, trainer
+from niff_analysis.train import precision as prec
+from niff_analysis.train import trainer
 
 CUDA = torch.device("cuda")
 
