@@ -38,11 +38,12 @@ demo: $(STAMP)
 lint-imports: $(TEST_STAMP)
 	$(VENV)/bin/lint-imports
 
-# The static checks (pyproject.toml configures each): the import contracts, ruff's linter on the code,
-# tests and benchmarks, and mypy on the files its [tool.mypy] section names.
+# The static checks (pyproject.toml configures each): the import contracts, ruff's linter and its
+# formatter (--check: `ruff format` applies it) on the code, tests and benchmarks, and mypy on the files its [tool.mypy] section names.
 LINT_PATHS := niff_analysis tests benchmarks docs/results
 lint: $(TEST_STAMP) lint-imports
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
 # lint first: a broken contract, a lint finding or a type error fails before the long test run.

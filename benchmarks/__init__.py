@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import pandas as pd
 
-BENCHMARKS = ("layer", "train_step", "train_loop", "analysis", "cost", "kernel_stats", "startup", "erf", "precision",
-              "sigma_accuracy")
+BENCHMARKS = (
+    "layer",
+    "train_step",
+    "train_loop",
+    "analysis",
+    "cost",
+    "kernel_stats",
+    "startup",
+    "erf",
+    "precision",
+    "sigma_accuracy",
+)
 """Benchmark module names, in the order ``python -m benchmarks`` runs them."""
 
 

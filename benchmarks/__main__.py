@@ -20,15 +20,20 @@ from . import BENCHMARKS
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}"
+    )
     parser.add_argument("--quick", action="store_true", help="small batches, few repeats (smoke run)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice, all cores)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="keep glibc's default allocator settings (by default the suite runs "
-                             "with the trainer's keep_freed_memory(), as training does)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice, all cores)"
+    )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default allocator settings (by default the suite runs "
+        "with the trainer's keep_freed_memory(), as training does)",
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
@@ -42,12 +47,14 @@ def main(argv=None) -> int:
         os.environ[ENV_VAR] = "0"  # the NIFF layers would otherwise set it on their first CPU forward
     kept = False if args.default_malloc else keep_freed_memory()
     names = args.names or list(BENCHMARKS)
-    print(f"# {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__} | "
-          f"{cpu_model()} (native bf16: {', '.join(cpu_bf16_flags()) or 'none'}), "
-          f"{torch.get_num_threads()} threads | device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + (" | quick" if args.quick else "")
-          + (" | malloc: freed memory kept" if kept else " | malloc: glibc defaults"))
+    print(
+        f"# {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__} | "
+        f"{cpu_model()} (native bf16: {', '.join(cpu_bf16_flags()) or 'none'}), "
+        f"{torch.get_num_threads()} threads | device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + (" | quick" if args.quick else "")
+        + (" | malloc: freed memory kept" if kept else " | malloc: glibc defaults")
+    )
     start = time.perf_counter()
     for name in names:
         t0 = time.perf_counter()

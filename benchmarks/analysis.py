@@ -92,17 +92,27 @@ def gaussian_vs_curve_fit(model: torch.nn.Module, sample: int) -> pd.DataFrame:
         both = (status == "ok") & ours.success.to_numpy()[pick]
         if both.any():
             d = derived(torch.as_tensor(params[both]))
-            rel = np.maximum(np.abs(d["sigma_x"].numpy() / ours.sigma_x.to_numpy()[pick][both] - 1),
-                             np.abs(d["sigma_y"].numpy() / ours.sigma_y.to_numpy()[pick][both] - 1))
+            rel = np.maximum(
+                np.abs(d["sigma_x"].numpy() / ours.sigma_x.to_numpy()[pick][both] - 1),
+                np.abs(d["sigma_y"].numpy() / ours.sigma_y.to_numpy()[pick][both] - 1),
+            )
         else:
             rel = np.array([np.nan])
-        rows.append(dict(size=f"{size[0]}x{size[1]}", kernels=len(flat), sampled=len(pick),
-                         curve_fit_ms_per_kernel=1e3 * per_kernel,
-                         curve_fit_est_s=per_kernel * len(flat),
-                         ok_ours=float(ours.success.mean()), ok_curve_fit=float((status == "ok").mean()),
-                         status_agree=float((status == ours.status.to_numpy()[pick]).mean()),
-                         both_ok=int(both.sum()), sigma_rel_diff_median=float(np.median(rel)),
-                         sigma_rel_diff_max=float(np.max(rel))))
+        rows.append(
+            dict(
+                size=f"{size[0]}x{size[1]}",
+                kernels=len(flat),
+                sampled=len(pick),
+                curve_fit_ms_per_kernel=1e3 * per_kernel,
+                curve_fit_est_s=per_kernel * len(flat),
+                ok_ours=float(ours.success.mean()),
+                ok_curve_fit=float((status == "ok").mean()),
+                status_agree=float((status == ours.status.to_numpy()[pick]).mean()),
+                both_ok=int(both.sum()),
+                sigma_rel_diff_median=float(np.median(rel)),
+                sigma_rel_diff_max=float(np.max(rel)),
+            )
+        )
     frame = pd.DataFrame(rows)
     frame.attrs["ours_s"] = ours_s
     frame.attrs["first_s"] = first_s
@@ -125,8 +135,7 @@ def pipeline(model: torch.nn.Module) -> pd.DataFrame:
             res = CliRunner().invoke(main, args)
             seconds = time.perf_counter() - t0
             err = "" if res.exit_code == 0 else (res.output.strip().splitlines() or [repr(res.exception)])[-1]
-            rows.append(dict(command=f"niff-analyze {cmd}", seconds=seconds, exit_code=res.exit_code,
-                             error=err[:80]))
+            rows.append(dict(command=f"niff-analyze {cmd}", seconds=seconds, exit_code=res.exit_code, error=err[:80]))
     return pd.DataFrame(rows)
 
 
@@ -193,10 +202,18 @@ def solvers(quick: bool = False, sample: int = 4096) -> pd.DataFrame:
             torch_s = time.perf_counter() - t0
             a, b = g.fit_status(pt, h, w, st), g.fit_status(pn, h, w, sn)
             ok = (a == "ok") & (b == "ok")
-            rows.append(dict(size=f"{h}x{w}", kernels=len(mag), torch_s=torch_s, compiled_s=compiled_s,
-                             speedup=torch_s / compiled_s, same_status=float(np.mean(a == b)),
-                             ok=int(ok.sum()),
-                             max_param_diff=float(np.abs(pt.numpy() - pn)[ok].max()) if ok.any() else 0.0))
+            rows.append(
+                dict(
+                    size=f"{h}x{w}",
+                    kernels=len(mag),
+                    torch_s=torch_s,
+                    compiled_s=compiled_s,
+                    speedup=torch_s / compiled_s,
+                    same_status=float(np.mean(a == b)),
+                    ok=int(ok.sum()),
+                    max_param_diff=float(np.abs(pt.numpy() - pn)[ok].max()) if ok.any() else 0.0,
+                )
+            )
     finally:
         torch.set_num_threads(before)
     return pd.DataFrame(rows)
@@ -226,24 +243,39 @@ def give_up_rules(quick: bool = False, sample: int = 2000) -> pd.DataFrame:
             pr, sr, ir = g._solve(mag, h, w, 200, threads=threads)
             rules_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            pn, sn, i_n = levenberg_marquardt(mag.numpy(), x.numpy(), y.numpy(), start, h, w, max_iter=200,
-                                              give_up=None, threads=threads)
+            pn, sn, i_n = levenberg_marquardt(
+                mag.numpy(), x.numpy(), y.numpy(), start, h, w, max_iter=200, give_up=None, threads=threads
+            )
             none_s = time.perf_counter() - t0
             a, b = g.fit_status(pr, h, w, sr), g.fit_status(pn, h, w, sn)
             lost = (a != "ok") & (b == "ok")
             both = (a == "ok") & (b == "ok")
-            rows.append(dict(checkpoint=name, size=f"{h}x{w}", kernels=len(mag), rules_s=rules_s,
-                             none_s=none_s, iter_rules=int(ir.sum()), iter_none=int(i_n.sum()),
-                             ok_rules=int((a == "ok").sum()), ok_none=int((b == "ok").sum()),
-                             lost=int(lost.sum()), gained=int(((a == "ok") & (b != "ok")).sum()),
-                             lost_as=", ".join(f"{k} {v}" for k, v in
-                                               pd.Series(a[lost]).value_counts().items()),
-                             max_param_diff=float(np.abs(pr - pn)[both].max()) if both.any() else 0.0))
+            rows.append(
+                dict(
+                    checkpoint=name,
+                    size=f"{h}x{w}",
+                    kernels=len(mag),
+                    rules_s=rules_s,
+                    none_s=none_s,
+                    iter_rules=int(ir.sum()),
+                    iter_none=int(i_n.sum()),
+                    ok_rules=int((a == "ok").sum()),
+                    ok_none=int((b == "ok").sum()),
+                    lost=int(lost.sum()),
+                    gained=int(((a == "ok") & (b != "ok")).sum()),
+                    lost_as=", ".join(f"{k} {v}" for k, v in pd.Series(a[lost]).value_counts().items()),
+                    max_param_diff=float(np.abs(pr - pn)[both].max()) if both.any() else 0.0,
+                )
+            )
     return pd.DataFrame(rows)
 
 
-def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample: int | None = None,
-        with_pipeline: bool = True) -> pd.DataFrame:
+def run(
+    quick: bool = False,
+    device: torch.device = torch.device("cpu"),
+    sample: int | None = None,
+    with_pipeline: bool = True,
+) -> pd.DataFrame:
     """Both parts; returns the Gaussian comparison table (the pipeline table is printed)."""
     sample = sample or (4 if quick else 24)
     torch.manual_seed(0)
@@ -251,12 +283,17 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample:
     frame = gaussian_vs_curve_fit(model, sample)
     ours_s = frame.attrs["ours_s"]
     est_s = float(frame.curve_fit_est_s.sum())
-    show(f"analysis: Gaussian fits of all {int(frame.kernels.sum())} NIFF kernels of {MODEL} "
-         f"(curve_fit on {sample} sampled kernels per size, extrapolated)", frame)
+    show(
+        f"analysis: Gaussian fits of all {int(frame.kernels.sum())} NIFF kernels of {MODEL} "
+        f"(curve_fit on {sample} sampled kernels per size, extrapolated)",
+        frame,
+    )
     speedup = est_s / ours_s
-    print(f"  gaussian_fit {ours_s:.2f} s ({frame.attrs['first_s']:.2f} s for the process's first "
-          f"call, which loads the compiled solver), curve_fit loop (est.) {est_s:.1f} s: "
-          f"{speedup:.1f}x (target >= 20: {verdict(speedup, 20, False)})")
+    print(
+        f"  gaussian_fit {ours_s:.2f} s ({frame.attrs['first_s']:.2f} s for the process's first "
+        f"call, which loads the compiled solver), curve_fit loop (est.) {est_s:.1f} s: "
+        f"{speedup:.1f}x (target >= 20: {verdict(speedup, 20, False)})"
+    )
     if with_pipeline:
         pipe = pipeline(model)
         total = float(pipe.seconds.sum())
@@ -264,23 +301,35 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), sample:
         print(f"  total {total:.1f} s (target <= 30 s: {verdict(total, 30)})")
         frame.attrs["pipeline_s"] = total
         sol = solvers(quick)
-        show("analysis: compiled solver vs the tests' batched torch reference, bundled baseline's kernels "
-             "(seeded sample per size, one thread each)", sol)
-        print(f"  all sizes: torch {sol.torch_s.sum():.1f} s, compiled {sol.compiled_s.sum():.1f} s: "
-              f"{sol.torch_s.sum() / sol.compiled_s.sum():.1f}x")
+        show(
+            "analysis: compiled solver vs the tests' batched torch reference, bundled baseline's kernels "
+            "(seeded sample per size, one thread each)",
+            sol,
+        )
+        print(
+            f"  all sizes: torch {sol.torch_s.sum():.1f} s, compiled {sol.compiled_s.sum():.1f} s: "
+            f"{sol.torch_s.sum() / sol.compiled_s.sum():.1f}x"
+        )
         rules = give_up_rules(quick)
-        show("analysis: the solver's early give-up rules against none, bundled checkpoints' kernels "
-             "(compiled, all threads)", rules)
+        show(
+            "analysis: the solver's early give-up rules against none, bundled checkpoints' kernels "
+            "(compiled, all threads)",
+            rules,
+        )
         for name, part in rules.groupby("checkpoint", sort=False):
-            print(f"  {name}: {part.iter_none.sum() / part.iter_rules.sum():.2f}x fewer iterations, "
-                  f"{part.none_s.sum() / part.rules_s.sum():.2f}x less time; {part.lost.sum()} of "
-                  f"{part.ok_none.sum()} fits ok without the rules fail with them, "
-                  f"{part.gained.sum()} the other way")
+            print(
+                f"  {name}: {part.iter_none.sum() / part.iter_rules.sum():.2f}x fewer iterations, "
+                f"{part.none_s.sum() / part.rules_s.sum():.2f}x less time; {part.lost.sum()} of "
+                f"{part.ok_none.sum()} fits ok without the rules fail with them, "
+                f"{part.gained.sum()} the other way"
+            )
         big = scale(quick)
         show("analysis: niff-analyze gaussian on the bundled checkpoints (fresh process each)", big)
         base_s = float(big.seconds.iloc[0])
-        print(f"  baseline {base_s:.1f} s, {base_s / float(big.seconds.iloc[1]):.1f}x the NIFF default "
-              f"(target <= 60 s{' on all kernels' if not quick else ''}: {verdict(base_s, 60)})")
+        print(
+            f"  baseline {base_s:.1f} s, {base_s / float(big.seconds.iloc[1]):.1f}x the NIFF default "
+            f"(target <= 60 s{' on all kernels' if not quick else ''}: {verdict(base_s, 60)})"
+        )
         frame.attrs["baseline_gaussian_s"] = base_s
     frame.attrs["speedup"] = speedup
     return frame

@@ -18,15 +18,23 @@ from . import show
 SIZES = (7, 14, 28, 56, 112)
 
 
-def run(quick: bool = False, device: torch.device = torch.device("cpu"), batch: int = 8,
-        channels: int = 64) -> pd.DataFrame:
+def run(
+    quick: bool = False, device: torch.device = torch.device("cpu"), batch: int = 8, channels: int = 64
+) -> pd.DataFrame:
     """The cost table with time ratios added."""
     sizes = SIZES[:-1] if quick else SIZES
-    frame = cost_table(sizes, channels=channels, batch=batch, measure=True,
-                       repeats=3 if quick else 5, device=device,
-                       max_seconds=1.0 if quick else 5.0)
+    frame = cost_table(
+        sizes,
+        channels=channels,
+        batch=batch,
+        measure=True,
+        repeats=3 if quick else 5,
+        device=device,
+        max_seconds=1.0 if quick else 5.0,
+    )
     frame["spatial_over_niff_ms"] = frame.spatial_ms / frame.niff_ms
     frame["niff_over_conv3x3_ms"] = frame.niff_ms / frame.conv3x3_ms
-    show(f"cost: depthwise, batch {batch}, {channels} channels, forward on {device} "
-         "(FLOPs per call; times in ms)", frame)
+    show(
+        f"cost: depthwise, batch {batch}, {channels} channels, forward on {device} (FLOPs per call; times in ms)", frame
+    )
     return frame

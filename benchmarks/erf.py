@@ -21,12 +21,26 @@ from . import show, verdict
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> pd.DataFrame:
     n = 8 if quick else 50
     images = dataset_images("fashion-mnist", n)
-    models = {name: load_checkpoint(BUNDLED_DIR / name, device=str(device))
-              for name in ("resnet18_niff_fmnist", "resnet18_fmnist")}
-    times = time_interleaved({k: (lambda m=m: effective_receptive_fields(m, images)) for k, m in models.items()},
-                             repeats=1 if quick else 3, warmup=1, device=device)
-    rows = [dict(checkpoint=k, images=n, median_s=median_ms(v) / 1e3, target="< 60 s",
-                 verdict=verdict(median_ms(v) / 1e3, 60.0)) for k, v in times.items()]
+    models = {
+        name: load_checkpoint(BUNDLED_DIR / name, device=str(device))
+        for name in ("resnet18_niff_fmnist", "resnet18_fmnist")
+    }
+    times = time_interleaved(
+        {k: (lambda m=m: effective_receptive_fields(m, images)) for k, m in models.items()},
+        repeats=1 if quick else 3,
+        warmup=1,
+        device=device,
+    )
+    rows = [
+        dict(
+            checkpoint=k,
+            images=n,
+            median_s=median_ms(v) / 1e3,
+            target="< 60 s",
+            verdict=verdict(median_ms(v) / 1e3, 60.0),
+        )
+        for k, v in times.items()
+    ]
     df = pd.DataFrame(rows)
     show(f"Effective receptive fields, {n} Fashion-MNIST test images, 4 stages", df)
     return df

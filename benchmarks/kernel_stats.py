@@ -48,11 +48,23 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> pd.D
         step_ms, stats_ms = median_ms(t["step"]), median_ms(t["stats"])
         epoch_ms = step_ms * STEPS_PER_EPOCH * (128 / batch)
         share = stats_ms / epoch_ms
-        rows.append(dict(model=name, kernels=int(record().query("stat == 'n_kernels'")["value"].sum()),
-                         step_ms=step_ms, stats_ms=stats_ms, epoch_s_est=epoch_ms / 1e3,
-                         stats_share_of_epoch=share, target="< 0.02",
-                         verdict=verdict(share, 0.02)))
+        rows.append(
+            dict(
+                model=name,
+                kernels=int(record().query("stat == 'n_kernels'")["value"].sum()),
+                step_ms=step_ms,
+                stats_ms=stats_ms,
+                epoch_s_est=epoch_ms / 1e3,
+                stats_share_of_epoch=share,
+                target="< 0.02",
+                verdict=verdict(share, 0.02),
+            )
+        )
     df = pd.DataFrame(rows)
-    show(f"Kernel statistics per record vs one Fashion-MNIST epoch ({STEPS_PER_EPOCH} steps at batch 128"
-         + (f", estimated from batch {batch}" if batch != 128 else "") + ")", df)
+    show(
+        f"Kernel statistics per record vs one Fashion-MNIST epoch ({STEPS_PER_EPOCH} steps at batch 128"
+        + (f", estimated from batch {batch}" if batch != 128 else "")
+        + ")",
+        df,
+    )
     return df

@@ -76,9 +76,13 @@ def contenders(channels: int, size: int, device: torch.device) -> dict[str, nn.M
     ours = DepthwiseNIFF(channels, mlp="big")
     ref = ReferenceNIFF(channels, ours.mlp_config)
     ref.load_state_dict({k: v for k, v in ours.state_dict().items() if k.startswith(("real.", "imag."))})
-    layers = dict(ours=ours, reference=ref, lower_bound=GlobalFilter(channels, size),
-                  conv3x3=nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-                  fmap_conv=FmapConv(channels, size))
+    layers = dict(
+        ours=ours,
+        reference=ref,
+        lower_bound=GlobalFilter(channels, size),
+        conv3x3=nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+        fmap_conv=FmapConv(channels, size),
+    )
     return {k: m.to(device).train() for k, m in layers.items()}
 
 
@@ -88,11 +92,13 @@ def _step(layer: nn.Module, x: torch.Tensor):
             p.grad = None
         x.grad = None
         layer(x).sum().backward()
+
     return fn
 
 
-def run(quick: bool = False, device: torch.device = torch.device("cpu"),
-        repeats: int | None = None, configs=CONFIGS) -> pd.DataFrame:
+def run(
+    quick: bool = False, device: torch.device = torch.device("cpu"), repeats: int | None = None, configs=CONFIGS
+) -> pd.DataFrame:
     """Time all contenders per configuration; return one row per configuration (ms and ratios)."""
     repeats = repeats or (3 if quick else 7)
     rows = []
@@ -106,25 +112,32 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"),
             err = (layers["ours"](x) - layers["reference"](x)).abs().max().item()
         fmap_batch = max(1, batch // FMAP_DIVISOR)
         x_small = x[:fmap_batch].detach().clone().requires_grad_(True)
-        fns = {name: _step(layer, x_small if name == "fmap_conv" else x)
-               for name, layer in layers.items()}
-        times = time_interleaved(fns, repeats=repeats, warmup=1, device=device,
-                                 max_seconds=2.0 if quick else 10.0)
+        fns = {name: _step(layer, x_small if name == "fmap_conv" else x) for name, layer in layers.items()}
+        times = time_interleaved(fns, repeats=repeats, warmup=1, device=device, max_seconds=2.0 if quick else 10.0)
         ms = {name: median_ms(t) for name, t in times.items()}
         ms["fmap_conv"] *= batch / fmap_batch
-        rows.append(dict(batch=batch, channels=channels, size=size,
-                         **{f"{k}_ms": v for k, v in ms.items()}, fmap_conv_batch=fmap_batch,
-                         ours_over_lower_bound=ms["ours"] / ms["lower_bound"],
-                         reference_over_ours=ms["reference"] / ms["ours"],
-                         fmap_conv_over_ours=ms["fmap_conv"] / ms["ours"],
-                         ours_over_conv3x3=ms["ours"] / ms["conv3x3"],
-                         max_abs_diff_vs_reference=err))
+        rows.append(
+            dict(
+                batch=batch,
+                channels=channels,
+                size=size,
+                **{f"{k}_ms": v for k, v in ms.items()},
+                fmap_conv_batch=fmap_batch,
+                ours_over_lower_bound=ms["ours"] / ms["lower_bound"],
+                reference_over_ours=ms["reference"] / ms["ours"],
+                fmap_conv_over_ours=ms["fmap_conv"] / ms["ours"],
+                ours_over_conv3x3=ms["ours"] / ms["conv3x3"],
+                max_abs_diff_vs_reference=err,
+            )
+        )
     frame = pd.DataFrame(rows)
     show(f"layer: depthwise filter, forward+backward on {device}", frame)
     for r in frame.itertuples():
         cfg = f"({r.batch}, {r.channels}, {r.size})"
-        print(f"  {cfg}: ours/lower_bound {r.ours_over_lower_bound:.2f} (target <= 1.15: "
-              f"{verdict(r.ours_over_lower_bound, 1.15)}); reference/ours {r.reference_over_ours:.2f} "
-              f"(>= 2: {verdict(r.reference_over_ours, 2, False)}); fmap_conv/ours "
-              f"{r.fmap_conv_over_ours:.1f} (>= 10: {verdict(r.fmap_conv_over_ours, 10, False)})")
+        print(
+            f"  {cfg}: ours/lower_bound {r.ours_over_lower_bound:.2f} (target <= 1.15: "
+            f"{verdict(r.ours_over_lower_bound, 1.15)}); reference/ours {r.reference_over_ours:.2f} "
+            f"(>= 2: {verdict(r.reference_over_ours, 2, False)}); fmap_conv/ours "
+            f"{r.fmap_conv_over_ours:.1f} (>= 10: {verdict(r.fmap_conv_over_ours, 10, False)})"
+        )
     return frame

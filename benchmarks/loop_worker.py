@@ -49,8 +49,14 @@ def main(spec: dict) -> None:
     for step in steps.values():  # warm-up: first-touch allocations, autotuning
         step()
     sync()
-    _emit(dict(ready=list(steps), niff_analysis=niff_analysis.__file__, torch=torch.__version__,
-               threads=torch.get_num_threads()))
+    _emit(
+        dict(
+            ready=list(steps),
+            niff_analysis=niff_analysis.__file__,
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+        )
+    )
     while True:
         line = sys.stdin.readline()  # readline, not iteration: no read-ahead past the request
         if not line:
@@ -76,6 +82,7 @@ def _step(model, opt, x, y, device, bf16: bool, F, torch):
             logits = model(x)
         F.cross_entropy(logits.float(), y, label_smoothing=0.1).backward()
         opt.step()
+
     return step
 
 

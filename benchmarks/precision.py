@@ -42,17 +42,59 @@ from . import show
 
 RUNS = (("fp32", 0), ("bf16", 0), ("fp32", 1), ("fp32", 2))
 NOISE_SEEDS = (1, 2)
-STATS = ("mass3_mean", "mass5_mean", "mass9_mean", "k50_median", "k90_median", "sigma_x_median",
-         "sigma_y_median", "gauss_ok")
+STATS = (
+    "mass3_mean",
+    "mass5_mean",
+    "mass9_mean",
+    "k50_median",
+    "k90_median",
+    "sigma_x_median",
+    "sigma_y_median",
+    "gauss_ok",
+)
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def _train(out: Path, precision: str, seed: int, device: torch.device, train_subset: int, test_subset: int,
-           data_dir: Optional[str]) -> float:
-    cmd = [sys.executable, "-m", "niff_analysis", "train", "--model", "resnet18_niff", "--width", "16",
-           "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "128", "--train-subset", str(train_subset),
-           "--test-subset", str(test_subset), "--seed", str(seed), "--precision", precision, "--device", str(device),
-           "--threads", str(torch.get_num_threads()), "--quiet", "--out", str(out)]
+def _train(
+    out: Path,
+    precision: str,
+    seed: int,
+    device: torch.device,
+    train_subset: int,
+    test_subset: int,
+    data_dir: Optional[str],
+) -> float:
+    cmd = [
+        sys.executable,
+        "-m",
+        "niff_analysis",
+        "train",
+        "--model",
+        "resnet18_niff",
+        "--width",
+        "16",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--train-subset",
+        str(train_subset),
+        "--test-subset",
+        str(test_subset),
+        "--seed",
+        str(seed),
+        "--precision",
+        precision,
+        "--device",
+        str(device),
+        "--threads",
+        str(torch.get_num_threads()),
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     if data_dir:
         cmd += ["--data-dir", data_dir]
     t0 = time.perf_counter()
@@ -62,8 +104,13 @@ def _train(out: Path, precision: str, seed: int, device: torch.device, train_sub
     return time.perf_counter() - t0
 
 
-def run(quick: bool = False, device: torch.device = torch.device("cpu"), train_subset: Optional[int] = None,
-        test_subset: Optional[int] = None, data_dir: Optional[str] = None) -> pd.DataFrame:
+def run(
+    quick: bool = False,
+    device: torch.device = torch.device("cpu"),
+    train_subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
+    data_dir: Optional[str] = None,
+) -> pd.DataFrame:
     """Train the three runs; print accuracy, kernel statistics and the verdicts; return the runs."""
     import os
 
@@ -76,21 +123,32 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), train_s
     rows, stats = [], {}
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
         outs = {r: Path(tmp) / f"{r[0]}_seed{r[1]}" for r in RUNS}
-        walls = dict(zip(RUNS, pool.map(lambda r: _train(outs[r], *r, device, train_subset, test_subset, data_dir),
-                                        RUNS)))
+        walls = dict(
+            zip(RUNS, pool.map(lambda r: _train(outs[r], *r, device, train_subset, test_subset, data_dir), RUNS))
+        )
         for (precision, seed), out in outs.items():
             m = pd.read_csv(out / "metrics.csv").iloc[-1]
             used = json.loads((out / "train_config.json").read_text())["precision_used"]
-            rows.append(dict(precision=precision, used=used, seed=seed, test_acc=m["test_acc"],
-                             train_loss=m["train_loss"], epoch_s=m["seconds"], wall_s=walls[(precision, seed)]))
+            rows.append(
+                dict(
+                    precision=precision,
+                    used=used,
+                    seed=seed,
+                    test_acc=m["test_acc"],
+                    train_loss=m["train_loss"],
+                    epoch_s=m["seconds"],
+                    wall_s=walls[(precision, seed)],
+                )
+            )
             k = pd.read_csv(out / "kernel_stats.csv")
-            stats[(precision, seed)] = {e: g.set_index(["layer", "stat"])["value"]
-                                        for e, g in k.groupby("epoch")}
+            stats[(precision, seed)] = {e: g.set_index(["layer", "stat"])["value"] for e, g in k.groupby("epoch")}
     frame = pd.DataFrame(rows)
-    print(f"\n# precision: resnet18_niff --width 16, 1 epoch, {train_subset} training / {test_subset} test "
-          f"images, batch 128, {device} "
-          f"({cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n# precision: resnet18_niff --width 16, 1 epoch, {train_subset} training / {test_subset} test "
+        f"images, batch 128, {device} "
+        f"({cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+        f"{torch.get_num_threads()} threads"
+    )
     show("precision: one epoch per run", frame, "{:.4g}")
     acc = {(r.precision, r.seed): r.test_acc for r in frame.itertuples()}
     d_bf16 = abs(acc[("bf16", 0)] - acc[("fp32", 0)])
@@ -98,23 +156,37 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), train_s
     p = acc[("fp32", 0)]
     se = float(np.sqrt(p * (1 - p) / test_subset))
     tol = max(d_seed, 2 * se)
-    print(f"  test accuracy: |bf16 - fp32| = {d_bf16:.4f}; seed noise (largest |seed s - seed 0|) = {d_seed:.4f}; "
-          f"2 SE = {2 * se:.4f}; tolerance {tol:.4f}: {'within' if d_bf16 <= tol else 'OUTSIDE'}")
+    print(
+        f"  test accuracy: |bf16 - fp32| = {d_bf16:.4f}; seed noise (largest |seed s - seed 0|) = {d_seed:.4f}; "
+        f"2 SE = {2 * se:.4f}; tolerance {tol:.4f}: {'within' if d_bf16 <= tol else 'OUTSIDE'}"
+    )
     f0, b0 = stats[("fp32", 0)], stats[("bf16", 0)]
     first, last = min(f0), max(f0)
     table = []
     for stat in STATS:
         at = lambda run, epoch: run[epoch].xs(stat, level="stat")  # noqa: E731, B023 - per-layer values, this stat
         change0 = at(f0, last) - at(f0, first)
-        noise = [((at(stats[("fp32", s)], last) - at(stats[("fp32", s)], first)) - change0).abs().median()
-                 for s in NOISE_SEEDS]
-        table.append(dict(stat=stat, fp32_value=at(f0, last).median(), moved_in_epoch=change0.abs().median(),
-                          bf16_vs_fp32=(at(b0, last) - at(f0, last)).abs().median(),
-                          **{f"seed{s}_noise": n for s, n in zip(NOISE_SEEDS, noise)}, seed_noise=max(noise)))
+        noise = [
+            ((at(stats[("fp32", s)], last) - at(stats[("fp32", s)], first)) - change0).abs().median()
+            for s in NOISE_SEEDS
+        ]
+        table.append(
+            dict(
+                stat=stat,
+                fp32_value=at(f0, last).median(),
+                moved_in_epoch=change0.abs().median(),
+                bf16_vs_fp32=(at(b0, last) - at(f0, last)).abs().median(),
+                **{f"seed{s}_noise": n for s, n in zip(NOISE_SEEDS, noise)},
+                seed_noise=max(noise),
+            )
+        )
         n_layers = len(change0)
     kt = pd.DataFrame(table)
     kt["within"] = kt["bf16_vs_fp32"] <= kt["seed_noise"]
-    show(f"precision: kernel statistics after the epoch, median over {n_layers} NIFF layers (|differences|)", kt,
-         "{:.3g}")
+    show(
+        f"precision: kernel statistics after the epoch, median over {n_layers} NIFF layers (|differences|)",
+        kt,
+        "{:.3g}",
+    )
     print(f"  kernel statistics within seed noise: {int(kt['within'].sum())} of {len(kt)}")
     return frame

@@ -12,16 +12,20 @@ import torch
 
 from niff_analysis.analysis.sigma_validation import error_table, sigma_errors
 
-TITLES = {"moment": "Moment σ (deweighted adaptive moments: sigma_x_moment, sigma_y_moment)",
-          "fit": "Levenberg–Marquardt fit (sigma_x, sigma_y of the successful fits; the `gaussian` command)",
-          "start": "The fit's start (moments of max(|k| − b₀, 0)², the moment σ of earlier versions)"}
+TITLES = {
+    "moment": "Moment σ (deweighted adaptive moments: sigma_x_moment, sigma_y_moment)",
+    "fit": "Levenberg–Marquardt fit (sigma_x, sigma_y of the successful fits; the `gaussian` command)",
+    "start": "The fit's start (moments of max(|k| − b₀, 0)², the moment σ of earlier versions)",
+}
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> pd.DataFrame:
     repeats = 4 if quick else 20
     errors = sigma_errors(repeats=repeats)
-    print(f"\n== σ recovery on synthetic 32×32 Gaussians, {repeats} noisy draws per cell (seed 0); "
-          "cells: median relative error % (90th percentile of |error| %)")
+    print(
+        f"\n== σ recovery on synthetic 32×32 Gaussians, {repeats} noisy draws per cell (seed 0); "
+        "cells: median relative error % (90th percentile of |error| %)"
+    )
     for method, title in TITLES.items():
         print(f"\n### {title}\n")
         print(error_table(errors, method))

@@ -36,10 +36,16 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> pd.D
     for name in CONTENDERS:
         ms = median_ms(times[name])
         target = TARGET_S.get(name)
-        rows.append(dict(command=name, median_ms=ms, min_ms=min(times[name]) * 1e3,
-                         vs_import_torch=ms / torch_ms,
-                         target="-" if target is None else f"<= {target * 1e3:.0f} ms",
-                         verdict="-" if target is None else verdict(ms / 1e3, target)))
+        rows.append(
+            dict(
+                command=name,
+                median_ms=ms,
+                min_ms=min(times[name]) * 1e3,
+                vs_import_torch=ms / torch_ms,
+                target="-" if target is None else f"<= {target * 1e3:.0f} ms",
+                verdict="-" if target is None else verdict(ms / 1e3, target),
+            )
+        )
     df = pd.DataFrame(rows)
     show("Start-up: fresh interpreter per call, round-robin", df)
     return df

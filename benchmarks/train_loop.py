@@ -48,16 +48,24 @@ WORKER = Path(__file__).resolve().with_name("loop_worker.py")
 REFERENCE_COMMIT = "df67acc621eafe2986466303e679d6468190f68a"
 MODELS = ("resnet18", "resnet18_niff")
 # (code, setting, extra environment)
-SETTINGS = (("this", "plain", {}), ("this", "plain, opted out", {ENV_VAR: "0"}), ("this", "trainer", {}),
-            ("main", "plain", {}), ("main", "trainer", {}))
+SETTINGS = (
+    ("this", "plain", {}),
+    ("this", "plain, opted out", {ENV_VAR: "0"}),
+    ("this", "trainer", {}),
+    ("main", "plain", {}),
+    ("main", "trainer", {}),
+)
 
 
 def reference_tree(dest: Path, commit: str = REFERENCE_COMMIT) -> Optional[Path]:
     """``niff_analysis`` of ``commit`` extracted under ``dest`` (its bundled checkpoints left
     out); None where this checkout has no git history."""
     try:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "--", "niff_analysis",
-                                  ":(exclude)niff_analysis/checkpoints"], capture_output=True, check=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "--", "niff_analysis", ":(exclude)niff_analysis/checkpoints"],
+            capture_output=True,
+            check=True,
+        )
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -69,13 +77,22 @@ class _Worker:
 
     def __init__(self, code_root: Path, env_extra: dict, spec: dict):
         env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-        env.update(env_extra, OMP_NUM_THREADS=str(spec["threads"]),
-                   PYTHONPATH=os.pathsep.join([str(code_root), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        env.update(
+            env_extra,
+            OMP_NUM_THREADS=str(spec["threads"]),
+            PYTHONPATH=os.pathsep.join([str(code_root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        )
         self.code_root = code_root
         self.stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: warnings cannot fill it and block
-        self.proc = subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
-                                     cwd=tempfile.gettempdir())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=env,
+            cwd=tempfile.gettempdir(),
+        )
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -108,17 +125,32 @@ class _Worker:
         self.stderr.close()
 
 
-def run(quick: bool = False, device: torch.device = torch.device("cpu"), rounds: Optional[int] = None,
-        batch: Optional[int] = None, reference: bool = True, width: int = 64) -> pd.DataFrame:
+def run(
+    quick: bool = False,
+    device: torch.device = torch.device("cpu"),
+    rounds: Optional[int] = None,
+    batch: Optional[int] = None,
+    reference: bool = True,
+    width: int = 64,
+) -> pd.DataFrame:
     """Time both models per setting and precision; print the tables; return the per-setting rows
     (``width``: the ResNets' base channels, 64 as in the paper; tests use a narrow one)."""
     batch = batch or (16 if quick else 128)
     rounds = rounds or (1 if quick else 5)
     flags = cpu_bf16_flags()
-    precisions = ["fp32"] + (["bf16"] if (flags if device.type == "cpu" else
-                                          device.type == "cuda" and torch.cuda.is_bf16_supported()) else [])
-    spec = dict(models=list(MODELS), precisions=precisions, batch=batch, threads=torch.get_num_threads(),
-                device=str(device), width=width)
+    precisions = ["fp32"] + (
+        ["bf16"]
+        if (flags if device.type == "cpu" else device.type == "cuda" and torch.cuda.is_bf16_supported())
+        else []
+    )
+    spec = dict(
+        models=list(MODELS),
+        precisions=precisions,
+        batch=batch,
+        threads=torch.get_num_threads(),
+        device=str(device),
+        width=width,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this": ROOT, "main": reference_tree(Path(tmp)) if reference else None}
         # The allocator settings concern the CPU only: on a GPU the plain loop is the one setting.
@@ -140,9 +172,11 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), rounds:
         finally:
             for w in workers.values():
                 w.close()
-    print(f"\n# train_loop: {cpu_model()}; native bf16: {', '.join(flags) or 'none'}; device {device}; "
-          f"{spec['threads']} threads; batch {batch}; {rounds} round(s); one process per setting, taking turns"
-          + ("" if trees["main"] is not None else "; main's tree unavailable (no git history): its rows left out"))
+    print(
+        f"\n# train_loop: {cpu_model()}; native bf16: {', '.join(flags) or 'none'}; device {device}; "
+        f"{spec['threads']} threads; batch {batch}; {rounds} round(s); one process per setting, taking turns"
+        + ("" if trees["main"] is not None else "; main's tree unavailable (no git history): its rows left out")
+    )
     rows = []
     for (code, setting), per_round in samples.items():
         for precision in precisions:
@@ -150,19 +184,27 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), rounds:
             for clock, i in (("", 0), ("cpu_", 1)):
                 t = {m: np.array([r[f"{m}/{precision}"][i] for r in per_round]) * 1e3 for m in MODELS}
                 ratio = t["resnet18_niff"] / t["resnet18"]
-                row.update({f"resnet18_{clock}ms": np.median(t["resnet18"]),
-                            f"niff_{clock}ms": np.median(t["resnet18_niff"]),
-                            f"niff_{clock}range": f"{t['resnet18_niff'].min():.0f}-{t['resnet18_niff'].max():.0f}",
-                            f"niff/base_{clock}": np.median(t["resnet18_niff"]) / np.median(t["resnet18"]),
-                            f"niff/base_{clock}range": f"{ratio.min():.2f}-{ratio.max():.2f}"})
+                row.update(
+                    {
+                        f"resnet18_{clock}ms": np.median(t["resnet18"]),
+                        f"niff_{clock}ms": np.median(t["resnet18_niff"]),
+                        f"niff_{clock}range": f"{t['resnet18_niff'].min():.0f}-{t['resnet18_niff'].max():.0f}",
+                        f"niff/base_{clock}": np.median(t["resnet18_niff"]) / np.median(t["resnet18"]),
+                        f"niff/base_{clock}range": f"{ratio.min():.2f}-{ratio.max():.2f}",
+                    }
+                )
             rows.append(row)
     frame = pd.DataFrame(rows)
-    show(f"train_loop: one training step, median over rounds (ms; cpu_: the worker's CPU time), batch {batch}, "
-         "32x32, CIFAR stem", frame)
+    show(
+        f"train_loop: one training step, median over rounds (ms; cpu_: the worker's CPU time), batch {batch}, "
+        "32x32, CIFAR stem",
+        frame,
+    )
     # On a GPU the process's CPU time is launch overhead and waiting, not the step's work.
-    for clock, i in (("wall time", 0), ("CPU time", 1))[:2 if device.type == "cpu" else 1]:
-        _print_targets({k: [{c: v[i] for c, v in r.items()} for r in rs] for k, rs in samples.items()},
-                       precisions, clock)
+    for clock, i in (("wall time", 0), ("CPU time", 1))[: 2 if device.type == "cpu" else 1]:
+        _print_targets(
+            {k: [{c: v[i] for c, v in r.items()} for r in rs] for k, rs in samples.items()}, precisions, clock
+        )
     return frame
 
 
@@ -189,28 +231,58 @@ def _ratio(samples, a: tuple, b: tuple, key: str) -> Optional[tuple[float, float
 def _print_targets(samples, precisions, clock: str) -> None:
     checks = []
     for p in precisions:
-        checks.append((f"NIFF {p}: plain loop / trainer's setting (this checkout)",
-                       _ratio(samples, ("this", "plain"), ("this", "trainer"), f"resnet18_niff/{p}"), 1.10, True))
-    checks.append(("NIFF fp32: main's plain loop / this plain loop (speed-up)",
-                   _ratio(samples, ("main", "plain"), ("this", "plain"), "resnet18_niff/fp32"), 1.3, False))
-    checks.append(("NIFF fp32: main / this, both with freed memory kept (the FFT path alone)",
-                   _ratio(samples, ("main", "trainer"), ("this", "trainer"), "resnet18_niff/fp32"), None, False))
-    checks.append(("NIFF fp32, opted out: main's plain loop / this (the FFT path, glibc defaults)",
-                   _ratio(samples, ("main", "plain"), ("this", "plain, opted out"), "resnet18_niff/fp32"), None, False))
+        checks.append(
+            (
+                f"NIFF {p}: plain loop / trainer's setting (this checkout)",
+                _ratio(samples, ("this", "plain"), ("this", "trainer"), f"resnet18_niff/{p}"),
+                1.10,
+                True,
+            )
+        )
+    checks.append(
+        (
+            "NIFF fp32: main's plain loop / this plain loop (speed-up)",
+            _ratio(samples, ("main", "plain"), ("this", "plain"), "resnet18_niff/fp32"),
+            1.3,
+            False,
+        )
+    )
+    checks.append(
+        (
+            "NIFF fp32: main / this, both with freed memory kept (the FFT path alone)",
+            _ratio(samples, ("main", "trainer"), ("this", "trainer"), "resnet18_niff/fp32"),
+            None,
+            False,
+        )
+    )
+    checks.append(
+        (
+            "NIFF fp32, opted out: main's plain loop / this (the FFT path, glibc defaults)",
+            _ratio(samples, ("main", "plain"), ("this", "plain, opted out"), "resnet18_niff/fp32"),
+            None,
+            False,
+        )
+    )
     if "bf16" in precisions:
         for m in MODELS:
             for setting in ("plain", "trainer"):
                 if ("this", setting) in samples:
                     ta = np.array([r[f"{m}/fp32"] for r in samples[("this", setting)]])
                     tb = np.array([r[f"{m}/bf16"] for r in samples[("this", setting)]])
-                    checks.append((f"{m} {setting}: fp32 / bf16 (this checkout)",
-                                   (float(np.median(ta) / np.median(tb)), float((ta / tb).min()),
-                                    float((ta / tb).max())), None, False))
+                    checks.append(
+                        (
+                            f"{m} {setting}: fp32 / bf16 (this checkout)",
+                            (float(np.median(ta) / np.median(tb)), float((ta / tb).min()), float((ta / tb).max())),
+                            None,
+                            False,
+                        )
+                    )
     print(f"\n  ({clock}; median ratio, and its range over rounds)")
     for label, r, target, lower in checks:
         if r is None:
             print(f"  {label}: not measured")
             continue
-        goal = "" if target is None else (f" (target {'<=' if lower else '>='} {target}: "
-                                          f"{verdict(r[0], target, lower)})")
+        goal = (
+            "" if target is None else (f" (target {'<=' if lower else '>='} {target}: {verdict(r[0], target, lower)})")
+        )
         print(f"  {label}: {r[0]:.2f} [rounds {r[1]:.2f}-{r[2]:.2f}]{goal}")

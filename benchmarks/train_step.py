@@ -27,8 +27,10 @@ CATEGORIES = (
     ("matmul (MLP, fc)", ("addmm", "aten::mm", "aten::bmm", "matmul", "linear")),
     ("batch norm", ("batch_norm",)),
     ("activation", ("relu", "silu", "threshold")),
-    ("copy / layout", ("copy_", "clone", "contiguous", "cat", "roll", "flip", "index", "scatter",
-                       "fill_", "zero_", "empty")),
+    (
+        "copy / layout",
+        ("copy_", "clone", "contiguous", "cat", "roll", "flip", "index", "scatter", "fill_", "zero_", "empty"),
+    ),
     ("elementwise / reduce", ("mul", "add", "sum", "div", "sub", "complex", "real", "conj")),
     ("optimizer", ("_foreach", "sgd")),
 )
@@ -42,6 +44,7 @@ def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
+
     return step
 
 
@@ -64,19 +67,25 @@ def profile_step(step, device: torch.device) -> tuple[pd.Series, str]:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         step()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12,
-                                      max_name_column_width=40)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40)
     return categorise(prof, device_time=device.type == "cuda"), table
 
 
-def run(quick: bool = False, device: torch.device = torch.device("cpu"),
-        repeats: int | None = None, batch: int | None = None, profile_steps: bool = True) -> pd.DataFrame:
+def run(
+    quick: bool = False,
+    device: torch.device = torch.device("cpu"),
+    repeats: int | None = None,
+    batch: int | None = None,
+    profile_steps: bool = True,
+) -> pd.DataFrame:
     """Time a training step of both models; print ratio, verdict and the profile breakdown."""
     batch = batch or (16 if quick else 128)
     repeats = repeats or (2 if quick else 3)
     torch.manual_seed(0)
-    models = {name: create_model(name, num_classes=10, in_chans=3, stem="cifar").to(device).train()
-              for name in ("resnet18", "resnet18_niff")}
+    models = {
+        name: create_model(name, num_classes=10, in_chans=3, stem="cifar").to(device).train()
+        for name in ("resnet18", "resnet18_niff")
+    }
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     steps = {name: _step_fn(m, x, y) for name, m in models.items()}
@@ -84,9 +93,19 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"),
     ms = {name: median_ms(t) for name, t in times.items()}
     ratio = ms["resnet18_niff"] / ms["resnet18"]
     target = 1.3 if device.type == "cuda" else 0.75
-    frame = pd.DataFrame([dict(device=str(device), batch=batch, resnet18_ms=ms["resnet18"],
-                               resnet18_niff_ms=ms["resnet18_niff"], niff_over_baseline=ratio,
-                               target=target, verdict=verdict(ratio, target))])
+    frame = pd.DataFrame(
+        [
+            dict(
+                device=str(device),
+                batch=batch,
+                resnet18_ms=ms["resnet18"],
+                resnet18_niff_ms=ms["resnet18_niff"],
+                niff_over_baseline=ratio,
+                target=target,
+                verdict=verdict(ratio, target),
+            )
+        ]
+    )
     show("train_step: resnet18_niff vs resnet18, CIFAR stem, 32x32, one SGD step", frame)
     if profile_steps:
         cats = {}
@@ -95,7 +114,10 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"),
             print(f"\n-- profile of one {name} step (top operators by self CPU time)\n{table}")
         breakdown = pd.DataFrame(cats).fillna(0.0)
         breakdown["niff_minus_baseline"] = breakdown["resnet18_niff"] - breakdown["resnet18"]
-        show(f"train_step: self {'CUDA' if device.type == 'cuda' else 'CPU'} ms per operator "
-             "category (one profiled step)",
-             breakdown.reset_index(names="category"), "{:.1f}")
+        show(
+            f"train_step: self {'CUDA' if device.type == 'cuda' else 'CPU'} ms per operator "
+            "category (one profiled step)",
+            breakdown.reset_index(names="category"),
+            "{:.1f}",
+        )
     return frame

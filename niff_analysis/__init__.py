@@ -12,9 +12,17 @@ import importlib
 # CHANGELOG.md names it.
 __version__ = "0.1.0"
 
-_LAZY = {"DepthwiseNIFF": "layers", "FreqPointwise": "layers", "FullNIFF": "layers", "SplitNIFF": "layers",
-         "create_model": "models", "list_models": "models", "to_niff": "models", "to_separated": "models",
-         "build_model": "models"}
+_LAZY = {
+    "DepthwiseNIFF": "layers",
+    "FreqPointwise": "layers",
+    "FullNIFF": "layers",
+    "SplitNIFF": "layers",
+    "create_model": "models",
+    "list_models": "models",
+    "to_niff": "models",
+    "to_separated": "models",
+    "build_model": "models",
+}
 
 __all__ = ["__version__", *_LAZY]
 

@@ -96,8 +96,11 @@ def torch_load_reason(exc: BaseException) -> str:
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
     if found:
         return " ".join(found.group(1).split()).rstrip(".")
-    if isinstance(exc, (KeyError, EOFError, UnicodeDecodeError)) or "invalid load key" in text \
-            or "could not find" in text.lower():
+    if (
+        isinstance(exc, (KeyError, EOFError, UnicodeDecodeError))
+        or "invalid load key" in text
+        or "could not find" in text.lower()
+    ):
         return "not a file torch.save wrote (no pickle or zip archive in it)"
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
     sentence = re.split(r"(?<=[.!?])\s", first)[0]
@@ -108,21 +111,66 @@ def torch_load_reason(exc: BaseException) -> str:
 #: Every field a checkpoint config may hold (what save_checkpoint, the trainer and the importers
 #: write); a config with any other field is refused, so a misspelled key never passes silently.
 #: ``note`` is free text for people.
-CONFIG_FIELDS = frozenset({
-    "format", "format_version", "architecture", "model_kwargs", "num_params", "layers", "versions",
-    "weights_sha256", "dataset", "recipe", "epochs", "seed", "test_acc", "test_loss", "world_size",
-    "replica_sha256", "imported_from", "source_file", "source_sha256", "note"})
+CONFIG_FIELDS = frozenset(
+    {
+        "format",
+        "format_version",
+        "architecture",
+        "model_kwargs",
+        "num_params",
+        "layers",
+        "versions",
+        "weights_sha256",
+        "dataset",
+        "recipe",
+        "epochs",
+        "seed",
+        "test_acc",
+        "test_loss",
+        "world_size",
+        "replica_sha256",
+        "imported_from",
+        "source_file",
+        "source_sha256",
+        "note",
+    }
+)
 #: The recipe a trained checkpoint records (train/trainer.py _checkpoint_meta).
-RECIPE_FIELDS = frozenset({
-    "epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing", "augment", "schedule",
-    "optimizer", "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale", "precision"})
+RECIPE_FIELDS = frozenset(
+    {
+        "epochs",
+        "batch_size",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "label_smoothing",
+        "augment",
+        "schedule",
+        "optimizer",
+        "mlp_weight_decay",
+        "mlp_lr_scale",
+        "mlp_bias_decay",
+        "content_scale",
+        "precision",
+    }
+)
 LAYER_FIELDS = frozenset({"name", "kind", "in_channels", "out_channels", "fmap"})
 VERSION_FIELDS = frozenset({"niff_analysis", "torch"})
 
 
 #: The provenance fields a config may record (where its weights and their run come from).
-PROVENANCE_FIELDS = ("versions", "weights_sha256", "world_size", "replica_sha256", "imported_from", "source_file",
-                     "source_sha256", "note", "step", "training_state")
+PROVENANCE_FIELDS = (
+    "versions",
+    "weights_sha256",
+    "world_size",
+    "replica_sha256",
+    "imported_from",
+    "source_file",
+    "source_sha256",
+    "note",
+    "step",
+    "training_state",
+)
 
 
 def _fmap(value) -> Optional[Size]:
@@ -191,13 +239,23 @@ class CheckpointConfig(Mapping):
         path = record.pop("path", path)
         sha256 = record.pop("sha256", sha256)
         seed, epochs = record.get("seed"), record.get("epochs")
-        return cls(model=ModelConfig(record["architecture"], record.get("model_kwargs") or {}),
-                   dataset=record.get("dataset"), seed=None if seed is None else int(seed),
-                   epochs=None if epochs is None else int(epochs), recipe=record.get("recipe"),
-                   fmaps={d["name"]: _fmap(d.get("fmap")) for d in record.get("layers") or []
-                          if isinstance(d, dict) and "name" in d},
-                   test_acc=record.get("test_acc"), test_loss=record.get("test_loss"),
-                   path=None if path is None else str(path), sha256=sha256, record=record)
+        return cls(
+            model=ModelConfig(record["architecture"], record.get("model_kwargs") or {}),
+            dataset=record.get("dataset"),
+            seed=None if seed is None else int(seed),
+            epochs=None if epochs is None else int(epochs),
+            recipe=record.get("recipe"),
+            fmaps={
+                d["name"]: _fmap(d.get("fmap"))
+                for d in record.get("layers") or []
+                if isinstance(d, dict) and "name" in d
+            },
+            test_acc=record.get("test_acc"),
+            test_loss=record.get("test_loss"),
+            path=None if path is None else str(path),
+            sha256=sha256,
+            record=record,
+        )
 
     def replace(self, **changes) -> CheckpointConfig:
         """The same identity with some recorded fields (or ``path``, ``sha256``) changed."""
@@ -236,8 +294,9 @@ class CheckpointConfig(Mapping):
     def provenance(self) -> dict:
         """Where the checkpoint comes from: ``path``, ``sha256`` and the recorded
         :data:`PROVENANCE_FIELDS`."""
-        return dict(path=self.path, sha256=self.sha256,
-                    **{k: self.record[k] for k in PROVENANCE_FIELDS if k in self.record})
+        return dict(
+            path=self.path, sha256=self.sha256, **{k: self.record[k] for k in PROVENANCE_FIELDS if k in self.record}
+        )
 
     # ---- the mapping earlier versions attached ------------------------------------------
     def _as_dict(self) -> dict:
@@ -255,22 +314,36 @@ class CheckpointConfig(Mapping):
 
 def layer_table(model: nn.Module) -> list[dict]:
     """Per NIFF layer (filters and pointwise): name, kind, channels and feature-map size."""
-    return [dict(name=n, kind=m.kind, in_channels=m.in_channels, out_channels=m.out_channels,
-                 fmap=list(m.fmap) if m.fmap is not None else None)
-            for n, m in niff_layers(model, include_pointwise=True)]
+    return [
+        dict(
+            name=n,
+            kind=m.kind,
+            in_channels=m.in_channels,
+            out_channels=m.out_channels,
+            fmap=list(m.fmap) if m.fmap is not None else None,
+        )
+        for n, m in niff_layers(model, include_pointwise=True)
+    ]
 
 
 def model_config(model: nn.Module) -> dict:
     """The part of a checkpoint config that rebuilds ``model``."""
     cfg = ModelConfig.of(model)
     if cfg is None:
-        raise CheckpointError("the model records no way to rebuild it: build it with create_model(NAME) "
-                              "or, for any other CNN, build_model('torchvision:NAME' or "
-                              "'package.module:function', builder_kwargs, input_size=..., niff={...}) "
-                              "instead of calling to_niff() on a model yourself")
-    return dict(format=FORMAT, format_version=FORMAT_VERSION, architecture=cfg.architecture,
-                model_kwargs=dict(cfg.kwargs), num_params=sum(p.numel() for p in model.parameters()),
-                layers=layer_table(model))
+        raise CheckpointError(
+            "the model records no way to rebuild it: build it with create_model(NAME) "
+            "or, for any other CNN, build_model('torchvision:NAME' or "
+            "'package.module:function', builder_kwargs, input_size=..., niff={...}) "
+            "instead of calling to_niff() on a model yourself"
+        )
+    return dict(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        architecture=cfg.architecture,
+        model_kwargs=dict(cfg.kwargs),
+        num_params=sum(p.numel() for p in model.parameters()),
+        layers=layer_table(model),
+    )
 
 
 def save_checkpoint(model: nn.Module, path: PathLike, **metadata) -> Path:
@@ -372,16 +445,20 @@ def check_config_fields(cfg: dict, source) -> None:
     if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(f"{source}: config field format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{source}: config format_version {version} is newer than this niff-analysis "
-                              f"({__version__}) reads ({FORMAT_VERSION}): upgrade niff-analysis")
+        raise CheckpointError(
+            f"{source}: config format_version {version} is newer than this niff-analysis "
+            f"({__version__}) reads ({FORMAT_VERSION}): upgrade niff-analysis"
+        )
 
     def unknown(d, allowed, prefix: str) -> None:
         if not isinstance(d, dict):
             return
         extra = sorted(set(d) - set(allowed))
         if extra:
-            raise CheckpointError(f"{source}: config field {prefix}{extra[0]} is unknown (a misspelled key?); "
-                                  f"{prefix.rstrip('.') or 'the config'} takes {', '.join(sorted(allowed))}")
+            raise CheckpointError(
+                f"{source}: config field {prefix}{extra[0]} is unknown (a misspelled key?); "
+                f"{prefix.rstrip('.') or 'the config'} takes {', '.join(sorted(allowed))}"
+            )
 
     unknown(cfg, CONFIG_FIELDS, "")
     unknown(cfg.get("recipe"), RECIPE_FIELDS, "recipe.")
@@ -407,6 +484,7 @@ def check_config_fields(cfg: dict, source) -> None:
 
 def _check_kwarg_types(kwargs: dict, path) -> None:
     """Name the field of a hand-edited config whose type is wrong (not a confusing later error)."""
+
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
 
@@ -414,18 +492,26 @@ def _check_kwarg_types(kwargs: dict, path) -> None:
         if key in kwargs and kwargs[key] is not None and not is_int(kwargs[key]):
             raise CheckpointError(f"{path}: config field model_kwargs.{key} must be an integer, got {kwargs[key]!r}")
     size = kwargs.get("input_size")
-    if size is not None and not (is_int(size) or (isinstance(size, list) and len(size) == 2
-                                                  and all(is_int(v) for v in size))):
-        raise CheckpointError(f"{path}: config field model_kwargs.input_size must be an integer or [H, W], "
-                              f"got {size!r}")
+    if size is not None and not (
+        is_int(size) or (isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size))
+    ):
+        raise CheckpointError(
+            f"{path}: config field model_kwargs.input_size must be an integer or [H, W], got {size!r}"
+        )
 
 
 def _check_identity_types(cfg: dict, source) -> None:
     """Name the identity field of a hand-edited config whose type is wrong."""
-    for key, types, what in (("architecture", str, "a string"), ("dataset", str, "a string"),
-                             ("seed", int, "an integer"), ("epochs", int, "an integer"),
-                             ("recipe", dict, "an object"), ("test_acc", (int, float), "a number"),
-                             ("test_loss", (int, float), "a number"), ("layers", list, "a list")):
+    for key, types, what in (
+        ("architecture", str, "a string"),
+        ("dataset", str, "a string"),
+        ("seed", int, "an integer"),
+        ("epochs", int, "an integer"),
+        ("recipe", dict, "an object"),
+        ("test_acc", (int, float), "a number"),
+        ("test_loss", (int, float), "a number"),
+        ("layers", list, "a list"),
+    ):
         value = cfg.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
             raise CheckpointError(f"{source}: config field {key} must be {what}, got {value!r}")
@@ -455,16 +541,19 @@ def load_state_into(model: nn.Module, state: dict, source, allow_non_finite: boo
                 parts.append(f"{len(keys)} {label} key(s) (e.g. {keys[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} wrong-shaped key(s) (e.g. {k}: checkpoint "
-                         f"{tuple(state[k].shape)}, model {tuple(own[k].shape)})")
+            parts.append(
+                f"{len(wrong)} wrong-shaped key(s) (e.g. {k}: checkpoint "
+                f"{tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+            )
         raise CheckpointError(f"{source}: state dict does not match the model: {'; '.join(parts)}")
     if not allow_non_finite:
         _check_finite(state, source)
     model.load_state_dict(state)
 
 
-def load_checkpoint(path: Optional[PathLike] = None, device: str = "cpu",
-                    factory: Optional[str] = None, allow_non_finite: bool = False) -> nn.Module:
+def load_checkpoint(
+    path: Optional[PathLike] = None, device: str = "cpu", factory: Optional[str] = None, allow_non_finite: bool = False
+) -> nn.Module:
     """Rebuild the exact model of a checkpoint with no other information.
 
     Args:
@@ -502,8 +591,9 @@ class Checkpoint:
         factory: the user factory you allow to build its model.
     """
 
-    def __init__(self, path: Path, config: CheckpointConfig, factory: Optional[str] = None,
-                 training_state: Optional[dict] = None):
+    def __init__(
+        self, path: Path, config: CheckpointConfig, factory: Optional[str] = None, training_state: Optional[dict] = None
+    ):
         self.path, self.config, self.factory = Path(path), config, factory
         self._state = training_state  # a train_state.pt's contents, read once by open()
 
@@ -536,9 +626,11 @@ class Checkpoint:
         if path.is_dir() and unfinished_reason(path):
             raise CheckpointError(unfinished_reason(path))
         if path.is_file() and path.name.endswith(PICKLE_SUFFIXES):
-            raise CheckpointError(f"{path}: a PyTorch .pt/.pth file carries no niff-analysis config; import "
-                                  "it with `niff-analyze import PATH --model NAME --out DIR` "
-                                  "(niff_analysis.imports.import_state_dict)")
+            raise CheckpointError(
+                f"{path}: a PyTorch .pt/.pth file carries no niff-analysis config; import "
+                "it with `niff-analyze import PATH --model NAME --out DIR` "
+                "(niff_analysis.imports.import_state_dict)"
+            )
         config = CheckpointConfig.read(path)
         weights = path / WEIGHTS_NAME if path.is_dir() else path
         if not weights.is_file():
@@ -557,17 +649,29 @@ class Checkpoint:
         recipe = st.get("recipe") if isinstance(st, dict) else None
         if not isinstance(recipe, dict) or "model" not in recipe or not isinstance(st.get("model"), dict):
             raise CheckpointError(f"{path}: not a niff-analysis training state with a recorded recipe")
-        config = CheckpointConfig.of(dict(format=FORMAT, format_version=FORMAT_VERSION, architecture=recipe["model"],
-                                          model_kwargs=recipe.get("model_kwargs") or {},
-                                          **cls._training_state_meta(st)),
-                                     path=str(path), sha256=file_sha256(path))
+        config = CheckpointConfig.of(
+            dict(
+                format=FORMAT,
+                format_version=FORMAT_VERSION,
+                architecture=recipe["model"],
+                model_kwargs=recipe.get("model_kwargs") or {},
+                **cls._training_state_meta(st),
+            ),
+            path=str(path),
+            sha256=file_sha256(path),
+        )
         return cls(path, config, factory, training_state=st)
 
     @staticmethod
     def _training_state_meta(st: dict) -> dict:
         recipe = st["recipe"]
-        return dict(dataset=recipe.get("dataset"), seed=recipe.get("seed"), epochs=int(st.get("epoch", 0)),
-                    step=int(st.get("step", 0)), training_state=True)
+        return dict(
+            dataset=recipe.get("dataset"),
+            seed=recipe.get("seed"),
+            epochs=int(st.get("epoch", 0)),
+            step=int(st.get("step", 0)),
+            training_state=True,
+        )
 
     def model(self, device: str = "cpu", allow_non_finite: bool = False) -> nn.Module:
         """The model, rebuilt and its weights loaded (:func:`load_checkpoint`).
@@ -599,11 +703,14 @@ class Checkpoint:
         recorded = {d["name"]: d.get("fmap") for d in cfg.record.get("layers", [])}
         for d in layer_table(model):
             if d["name"] in recorded and recorded[d["name"]] != d["fmap"]:
-                raise CheckpointError(f"{path}: layer {d['name']} runs at {d['fmap']} but the checkpoint "
-                                      f"records {recorded[d['name']]}")
+                raise CheckpointError(
+                    f"{path}: layer {d['name']} runs at {d['fmap']} but the checkpoint records {recorded[d['name']]}"
+                )
         if cfg.record.get("weights_sha256") not in (None, cfg.sha256):
-            raise CheckpointError(f"{path}: {WEIGHTS_NAME} does not match the hash its config records "
-                                  "(an interrupted save, or files from two checkpoints)")
+            raise CheckpointError(
+                f"{path}: {WEIGHTS_NAME} does not match the hash its config records "
+                "(an interrupted save, or files from two checkpoints)"
+            )
         model.niff_checkpoint = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
         model.eval()
         return model.to(resolve_device(device))
@@ -636,8 +743,13 @@ class Checkpoint:
         if cfg.seed is None or "recipe" not in cfg.record:
             return None
         model = initial_model(cfg.architecture, cfg.model_kwargs, cfg.seed)
-        rebuilt = cfg.replace(path=f"{self.path} (initialisation rebuilt from seed {cfg.seed})",
-                              sha256=None, epochs=0, test_acc=None, test_loss=None)
+        rebuilt = cfg.replace(
+            path=f"{self.path} (initialisation rebuilt from seed {cfg.seed})",
+            sha256=None,
+            epochs=0,
+            test_acc=None,
+            test_loss=None,
+        )
         model.niff_checkpoint = rebuilt  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
         return model.eval().to(resolve_device(device))
 
@@ -706,8 +818,7 @@ def available_memory() -> Optional[int]:
     return min(found) if found else None
 
 
-def check_model_fits(architecture: str, model_kwargs: dict, copies: int = 1,
-                     dtype: torch.dtype = torch.float32) -> int:
+def check_model_fits(architecture: str, model_kwargs: dict, copies: int = 1, dtype: torch.dtype = torch.float32) -> int:
     """Refuse a registered model whose parameters alone cannot fit in memory, before building it.
 
     The model is built on PyTorch's ``meta`` device (shapes only, no memory, no random numbers
@@ -729,10 +840,12 @@ def check_model_fits(architecture: str, model_kwargs: dict, copies: int = 1,
     need = n * copies * torch.empty((), dtype=dtype).element_size()
     free = available_memory()
     if free is not None and need > free:
-        raise NiffError(f"{architecture} with these settings has {n / 1e9:.3g} G parameters: {need / 1e9:.3g} GB "
-                        f"({copies} cop{'y' if copies == 1 else 'ies'} in {str(dtype).replace('torch.', '')}), "
-                        f"more than the {free / 1e9:.3g} GB of memory available here; choose smaller --mlp "
-                        "sizes (or --width)")
+        raise NiffError(
+            f"{architecture} with these settings has {n / 1e9:.3g} G parameters: {need / 1e9:.3g} GB "
+            f"({copies} cop{'y' if copies == 1 else 'ies'} in {str(dtype).replace('torch.', '')}), "
+            f"more than the {free / 1e9:.3g} GB of memory available here; choose smaller --mlp "
+            "sizes (or --width)"
+        )
     return n
 
 

@@ -32,10 +32,19 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                   "truck")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Per-channel statistics of the training sets (computed from the data, SPEC §3 normalisation).
 FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -70,7 +79,7 @@ def _read_idx(path: Path) -> np.ndarray:
         zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
         if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
             raise ValueError("not an unsigned-byte idx file")
-        dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+        dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         if data.size != int(np.prod(dims)):
             raise ValueError(f"expected {int(np.prod(dims))} values, found {data.size}")
@@ -79,8 +88,9 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"cannot read idx file {path}: {' '.join(str(exc).split())}") from None
 
 
-def load_fashion_mnist(root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to: int = 32,
-                       content_scale: float = 1.0) -> TensorDataset:
+def load_fashion_mnist(
+    root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to: int = 32, content_scale: float = 1.0
+) -> TensorDataset:
     """Fashion-MNIST from a folder holding the official idx ``.gz`` files.
 
     Args:
@@ -98,28 +108,35 @@ def load_fashion_mnist(root=FASHION_MNIST_DEFAULT, split: str = "train", pad_to:
     if split not in FASHION_MNIST_FILES:
         raise DataError(f"unknown split {split!r}; choose train or test")
     if not root.is_dir():
-        raise DataError(f"Fashion-MNIST folder {root} does not exist (expected a folder with the four "
-                        "idx .gz files; apt-get install dataset-fashion-mnist)")
+        raise DataError(
+            f"Fashion-MNIST folder {root} does not exist (expected a folder with the four "
+            "idx .gz files; apt-get install dataset-fashion-mnist)"
+        )
     img_name, lbl_name = FASHION_MNIST_FILES[split]
     missing = [n for n in (img_name, lbl_name) if not (root / n).is_file()]
     if missing:
-        raise DataError(f"Fashion-MNIST folder {root} lacks {', '.join(missing)} "
-                        f"(expected the four idx .gz files; apt-get install dataset-fashion-mnist)")
+        raise DataError(
+            f"Fashion-MNIST folder {root} lacks {', '.join(missing)} "
+            f"(expected the four idx .gz files; apt-get install dataset-fashion-mnist)"
+        )
     images = _read_idx(root / img_name)
     labels = _read_idx(root / lbl_name)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"Fashion-MNIST {split} files in {root} disagree: images {images.shape}, "
-                        f"labels {labels.shape} (expected (N, H, W) images and N labels)")
+        raise DataError(
+            f"Fashion-MNIST {split} files in {root} disagree: images {images.shape}, "
+            f"labels {labels.shape} (expected (N, H, W) images and N labels)"
+        )
     if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise DataError(f"Fashion-MNIST labels in {root / lbl_name} go up to {labels.max()} "
-                        f"(expected 0..{len(FASHION_MNIST_CLASSES) - 1})")
+        raise DataError(
+            f"Fashion-MNIST labels in {root / lbl_name} go up to {labels.max()} "
+            f"(expected 0..{len(FASHION_MNIST_CLASSES) - 1})"
+        )
     x = scale_content(torch.from_numpy(images.copy()).unsqueeze(1), content_scale)
     ph, pw = pad_to - x.shape[-2], pad_to - x.shape[-1]
     if ph > 0 or pw > 0:
         ph, pw = max(ph, 0), max(pw, 0)
         x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)), *FASHION_MNIST_STATS,
-                         FASHION_MNIST_CLASSES)
+    return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)), *FASHION_MNIST_STATS, FASHION_MNIST_CLASSES)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -128,9 +145,15 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     The official batches are pickles; a hostile file could otherwise run code on load.
     """
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -145,16 +168,23 @@ def _cifar_members(root: Path) -> dict[str, bytes]:
         try:
             with tarfile.open(root, "r:*") as tar:
                 # extractfile returns None only for members that are not regular files (isfile filters them)
-                return {Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
-                        for m in tar.getmembers() if m.isfile() and Path(m.name).name in wanted}
+                return {
+                    Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                    for m in tar.getmembers()
+                    if m.isfile() and Path(m.name).name in wanted
+                }
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"cannot read CIFAR-10 archive {root}: {' '.join(str(exc).split())} (expected the official "
-                            "cifar-10-python.tar.gz or a cifar-10-batches-py folder)") from None
+            raise DataError(
+                f"cannot read CIFAR-10 archive {root}: {' '.join(str(exc).split())} (expected the official "
+                "cifar-10-python.tar.gz or a cifar-10-batches-py folder)"
+            ) from None
     if root.is_dir() and (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
     if not root.is_dir():
-        raise DataError(f"CIFAR-10 path {root} does not exist (expected a cifar-10-batches-py folder "
-                        "or the cifar-10-python.tar.gz archive)")
+        raise DataError(
+            f"CIFAR-10 path {root} does not exist (expected a cifar-10-batches-py folder "
+            "or the cifar-10-python.tar.gz archive)"
+        )
     return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file() and p.name in wanted}
 
 
@@ -193,12 +223,16 @@ def load_cifar10(root, split: str = "train", content_scale: float = 1.0) -> Tens
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     found = [n for n in names if n in members]
     if not found:
-        raise DataError(f"CIFAR-10 at {root} has no {' / '.join(names)} "
-                        "(expected the official cifar-10-batches-py pickle files)")
+        raise DataError(
+            f"CIFAR-10 at {root} has no {' / '.join(names)} (expected the official cifar-10-batches-py pickle files)"
+        )
     parts = [_parse_cifar_batch(members[n], f"{n} in {root}") for n in found]
-    return TensorDataset(scale_content(torch.from_numpy(np.concatenate([p[0] for p in parts])), content_scale),
-                         torch.from_numpy(np.concatenate([p[1] for p in parts])),
-                         *CIFAR10_STATS, CIFAR10_CLASSES)
+    return TensorDataset(
+        scale_content(torch.from_numpy(np.concatenate([p[0] for p in parts])), content_scale),
+        torch.from_numpy(np.concatenate([p[1] for p in parts])),
+        *CIFAR10_STATS,
+        CIFAR10_CLASSES,
+    )
 
 
 def scale_content(images: torch.Tensor, scale: float) -> torch.Tensor:
@@ -225,10 +259,11 @@ def scale_content(images: torch.Tensor, scale: float) -> torch.Tensor:
     sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
     out = torch.zeros_like(images)
     for i in range(0, n, 4096):  # in chunks: the float copy of 60,000 images would take 245 MB
-        small = F.interpolate(images[i:i + 4096].float(), size=(sh, sw), mode="bilinear",
-                              align_corners=False, antialias=True)
+        small = F.interpolate(
+            images[i : i + 4096].float(), size=(sh, sw), mode="bilinear", align_corners=False, antialias=True
+        )
         top, left = (h - sh) // 2, (w - sw) // 2
-        out[i:i + 4096, :, top:top + sh, left:left + sw] = small.round().clamp_(0, 255).to(torch.uint8)
+        out[i : i + 4096, :, top : top + sh, left : left + sw] = small.round().clamp_(0, 255).to(torch.uint8)
     return out
 
 
@@ -301,8 +336,9 @@ def _image_folder(folder: Path):
     try:
         return tvd.ImageFolder(str(folder), loader=_read_image)
     except (FileNotFoundError, RuntimeError, OSError) as exc:
-        raise DataError(f"ImageFolder {folder}: {' '.join(str(exc).split())} "
-                        "(expected one sub-folder per class holding images)") from None
+        raise DataError(
+            f"ImageFolder {folder}: {' '.join(str(exc).split())} (expected one sub-folder per class holding images)"
+        ) from None
 
 
 def load_imagefolder(root, split: str = "train", image_size: int = DEFAULT_INPUT_SIZE, seed: int = 0):
@@ -319,31 +355,35 @@ def load_imagefolder(root, split: str = "train", image_size: int = DEFAULT_INPUT
 
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"ImageFolder root {root} does not exist (expected train/ and val/ with one "
-                        "sub-folder per class)")
+        raise DataError(
+            f"ImageFolder root {root} does not exist (expected train/ and val/ with one sub-folder per class)"
+        )
     missing = [n for n in ("train", "val") if not (root / n).is_dir()]
     if missing:
-        raise DataError(f"ImageFolder root {root} has no {' and '.join(m + '/' for m in missing)} "
-                        "folder (expected train/ and val/ with one sub-folder per class)")
+        raise DataError(
+            f"ImageFolder root {root} has no {' and '.join(m + '/' for m in missing)} "
+            "folder (expected train/ and val/ with one sub-folder per class)"
+        )
     folder = _image_folder(root / ("train" if split == "train" else "val"))
     other = sorted(p.name for p in (root / ("val" if split == "train" else "train")).iterdir() if p.is_dir())
     if other != list(folder.classes):
-        raise DataError(f"ImageFolder {root}: train/ and val/ have different class folders "
-                        f"({len(folder.classes)} vs {len(other)})")
+        raise DataError(
+            f"ImageFolder {root}: train/ and val/ have different class folders ({len(folder.classes)} vs {len(other)})"
+        )
     norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     if split == "train":
         tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
         return SeededImageFolder(folder, tf, seed)
-    folder.transform = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size),
-                                  T.ToTensor(), norm])
+    folder.transform = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
     return folder
 
 
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 
 
-def load_dataset(name: str, root, split: str, image_size: int = DEFAULT_INPUT_SIZE, seed: int = 0,
-                 content_scale: float = 1.0):
+def load_dataset(
+    name: str, root, split: str, image_size: int = DEFAULT_INPUT_SIZE, seed: int = 0, content_scale: float = 1.0
+):
     """Dispatch on dataset name; returns a :class:`TensorDataset` or an ImageFolder dataset.
 
     ``image_size`` and ``seed`` only concern ImageFolder trees, ``content_scale``

@@ -39,10 +39,14 @@ def read_torch_pickle(path: PathLike):
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours its message
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         if found:
-            raise CheckpointError(f"{path}: refusing to unpickle {found.group(1)}: the file holds code, "
-                                  "not only tensors (read with torch.load(weights_only=True))") from None
-        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True) "
-                              f"({torch_load_reason(exc)}); only tensors and plain containers are loaded") from None
+            raise CheckpointError(
+                f"{path}: refusing to unpickle {found.group(1)}: the file holds code, "
+                "not only tensors (read with torch.load(weights_only=True))"
+            ) from None
+        raise CheckpointError(
+            f"{path}: cannot be read with torch.load(weights_only=True) "
+            f"({torch_load_reason(exc)}); only tensors and plain containers are loaded"
+        ) from None
 
 
 def reference_key_map(model: nn.Module) -> dict[str, str]:
@@ -152,10 +156,15 @@ def read_state_dict(path: PathLike, key: Optional[str] = None) -> dict[str, torc
         state = next((obj[k] for k in STATE_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
         if state is None:
             found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
-            raise CheckpointError(f"{path}: no state dict found (looked for a bare one and under "
-                                  f"{', '.join(STATE_KEYS)}; found {found}); name it with --key")
-    return {k[len("module."):] if k.startswith("module.") else k: v
-            for k, v in state.items() if isinstance(v, torch.Tensor)}
+            raise CheckpointError(
+                f"{path}: no state dict found (looked for a bare one and under "
+                f"{', '.join(STATE_KEYS)}; found {found}); name it with --key"
+            )
+    return {
+        k[len("module.") :] if k.startswith("module.") else k: v
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+    }
 
 
 def is_reference_state(state: dict) -> bool:
@@ -187,8 +196,7 @@ def _reference_fit(model: nn.Module, theirs: dict) -> tuple[dict, list, list, li
     return mapping, missing, unexpected, wrong
 
 
-def import_reference_checkpoint(path: PathLike, architecture: str, key: str = "model",
-                                **model_kwargs) -> nn.Module:
+def import_reference_checkpoint(path: PathLike, architecture: str, key: str = "model", **model_kwargs) -> nn.Module:
     """Load a checkpoint of the authors' public code into our model of the same architecture.
 
     Their MLP sizes are read from the tensor shapes unless ``mlp`` is given, and NIFF on 1×1
@@ -227,24 +235,35 @@ def _from_reference_state(path: Path, theirs: dict, architecture: str, model_kwa
         if not any(fit[1:]):
             model, (mapping, missing, unexpected, wrong) = retry, fit
     if missing or unexpected or wrong:
-        parts = [f"{len(v)} {label} (e.g. {v[0]})" for label, v in
-                 (("missing key(s)", missing), ("unexpected key(s)", unexpected),
-                  ("wrong-sized tensor(s)", wrong)) if v]
-        raise CheckpointError(f"{path}: not a reference checkpoint of {architecture} with these "
-                              f"settings: {'; '.join(parts)}")
+        parts = [
+            f"{len(v)} {label} (e.g. {v[0]})"
+            for label, v in (
+                ("missing key(s)", missing),
+                ("unexpected key(s)", unexpected),
+                ("wrong-sized tensor(s)", wrong),
+            )
+            if v
+        ]
+        raise CheckpointError(
+            f"{path}: not a reference checkpoint of {architecture} with these settings: {'; '.join(parts)}"
+        )
     own = model.state_dict()
     state = {ours: theirs[src].reshape(own[ours].shape).to(own[ours].dtype) for ours, src in mapping.items()}
     _reference_to_ours(model, state)
     load_state_into(model, state, path)
-    labelled = CheckpointConfig.of(dict(model_config(model), imported_from="GeJulia/NIFF reference checkpoint"),
-                                   path=str(path), sha256=file_sha256(path))
+    labelled = CheckpointConfig.of(
+        dict(model_config(model), imported_from="GeJulia/NIFF reference checkpoint"),
+        path=str(path),
+        sha256=file_sha256(path),
+    )
     model.niff_checkpoint = labelled  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     model.eval()
     return model
 
 
-def import_state_dict(path: PathLike, architecture: str, key: Optional[str] = None,
-                      factory: Optional[str] = None, **model_kwargs) -> nn.Module:
+def import_state_dict(
+    path: PathLike, architecture: str, key: Optional[str] = None, factory: Optional[str] = None, **model_kwargs
+) -> nn.Module:
     """Load a state dict saved by anyone into the model it belongs to.
 
     Args:
@@ -271,14 +290,21 @@ def import_state_dict(path: PathLike, architecture: str, key: Optional[str] = No
     model = _rebuild(path, architecture, model_kwargs, factory)
     has_mlps = any(".real." in k for k in state)
     if has_mlps != any(".real." in k for k in model.state_dict()):
-        hint = ("the weights are of a NIFF model, the model built is not" if has_mlps else
-                "the model built is a NIFF model, the weights are not")
-        fix = ("--niff split|full (torchvision/factory) or a *_niff name" if has_mlps else
-               "the plain model name or no --niff")
+        hint = (
+            "the weights are of a NIFF model, the model built is not"
+            if has_mlps
+            else "the model built is a NIFF model, the weights are not"
+        )
+        fix = (
+            "--niff split|full (torchvision/factory) or a *_niff name"
+            if has_mlps
+            else "the plain model name or no --niff"
+        )
         raise CheckpointError(f"{path}: {hint}; use {fix}")
     load_state_into(model, state, path)
-    labelled = CheckpointConfig.of(dict(model_config(model), imported_from=f"state dict ({path.name})"),
-                                   path=str(path), sha256=file_sha256(path))
+    labelled = CheckpointConfig.of(
+        dict(model_config(model), imported_from=f"state dict ({path.name})"), path=str(path), sha256=file_sha256(path)
+    )
     model.niff_checkpoint = labelled  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     model.eval()
     return model

@@ -105,8 +105,10 @@ def refuse_output_in_inputs(output: PathLike, inputs: Sequence[PathLike], option
             continue
         out_r, in_r = _real(output), _real(i)
         how = "is" if out_r == in_r else ("lies inside" if in_r in out_r.parents else "holds")
-        raise NiffError(f"{option} {output} {how} {i}, an input of this command; a command never writes into "
-                        "its inputs: write it elsewhere")
+        raise NiffError(
+            f"{option} {output} {how} {i}, an input of this command; a command never writes into "
+            "its inputs: write it elsewhere"
+        )
 
 
 @dataclass
@@ -138,12 +140,14 @@ class Found:
 def _why_not_a_checkpoint(folder: Path) -> str:
     reason = unfinished_reason(folder)
     if reason:
-        return reason[len(f"{folder}: "):] if reason.startswith(f"{folder}: ") else reason
+        return reason[len(f"{folder}: ") :] if reason.startswith(f"{folder}: ") else reason
     for pattern in ("*", "*/*", "*/*/*"):  # a folder of runs, or a sweep (OUT/<arm>/seed=<n>/)
         inner = sorted(c for c in folder.glob(pattern) if c.is_dir() and ((c / CONFIG_NAME).is_file() or holds_run(c)))
         if inner:
-            return (f"a folder of checkpoints or runs ({len(inner)}, e.g. {inner[0].relative_to(folder)}); name it "
-                    "to analyse them")
+            return (
+                f"a folder of checkpoints or runs ({len(inner)}, e.g. {inner[0].relative_to(folder)}); name it "
+                "to analyse them"
+            )
     return f"not a checkpoint (no {CONFIG_NAME})"
 
 
@@ -203,8 +207,11 @@ def discover(args: Sequence[Optional[PathLike]] = (), runs_in_progress: bool = F
                 for c in sorted(p.iterdir()):
                     if c.name.startswith("."):
                         continue
-                    if (c.is_dir() and (c / CONFIG_NAME).is_file()) or (c.is_file() and c.suffix == ".safetensors") \
-                            or (runs_in_progress and c.is_dir() and holds_run(c)):
+                    if (
+                        (c.is_dir() and (c / CONFIG_NAME).is_file())
+                        or (c.is_file() and c.suffix == ".safetensors")
+                        or (runs_in_progress and c.is_dir() and holds_run(c))
+                    ):
                         found.append(c)
                     elif c.is_dir():
                         result.skipped.append((c, _why_not_a_checkpoint(c)))
@@ -265,15 +272,17 @@ class Loaded:
 
     def provenance(self) -> dict:
         """label, resolved path, weights hash and architecture: what ``meta.json`` records."""
-        return dict(label=self.label, path=self.meta.path, sha256=self.meta.sha256,
-                    architecture=self.meta.architecture)
+        return dict(label=self.label, path=self.meta.path, sha256=self.meta.sha256, architecture=self.meta.architecture)
 
 
-def load_checkpoints(checkpoints: Sequence[Optional[PathLike]] = (), device: str = "cpu",
-                     factory: Optional[str] = None,
-                     found: Optional[Union[Found, list[tuple[str, Optional[Path]]]]] = None,
-                     strict: bool = False, skip: Optional[Callable[[str, NiffError], None]] = None
-                     ) -> Iterator[Loaded]:
+def load_checkpoints(
+    checkpoints: Sequence[Optional[PathLike]] = (),
+    device: str = "cpu",
+    factory: Optional[str] = None,
+    found: Optional[Union[Found, list[tuple[str, Optional[Path]]]]] = None,
+    strict: bool = False,
+    skip: Optional[Callable[[str, NiffError], None]] = None,
+) -> Iterator[Loaded]:
     """Load each checkpoint :func:`discover` finds in ``checkpoints``, in order.
 
     Args:
@@ -335,8 +344,13 @@ class Selection:
         return f"{self.label}: {len(self.kernels)} layers, {n} kernels{sampled} ({self.seconds:.1f} s to extract)"
 
 
-def select_kernels(ck: Loaded, layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
-                   max_kernels: Optional[int] = None, niff_only: Optional[str] = None) -> Selection:
+def select_kernels(
+    ck: Loaded,
+    layers: Union[str, Sequence[str]] = "*",
+    include_conv: bool = False,
+    max_kernels: Optional[int] = None,
+    niff_only: Optional[str] = None,
+) -> Selection:
     """Extract a checkpoint's kernels (:func:`~niff_analysis.analysis.extract_kernels`) and sample
     layers with more than ``max_kernels`` of them (:func:`~niff_analysis.analysis.subsample`).
 
@@ -361,16 +375,22 @@ def select_kernels(ck: Loaded, layers: Union[str, Sequence[str]] = "*", include_
     if niff_only and plain:
         verb = "is a plain convolution" if len(plain) == 1 else "are plain convolutions"
         what = "it has no NIFF layers" if len(plain) == len(lks) else f"{', '.join(plain)} {verb}"
-        raise SelectionError(f"{ck.label}: {niff_only} needs NIFF layers, but {what} "
-                             f"(selected: {', '.join(lk.name for lk in lks)})")
+        raise SelectionError(
+            f"{ck.label}: {niff_only} needs NIFF layers, but {what} (selected: {', '.join(lk.name for lk in lks)})"
+        )
     notes = []
     if lks and len(plain) == len(lks) and not include_conv:
         notes.append(f"{ck.label} has no NIFF layers; analysing its plain convolutions")
     return Selection(ck, lks, total, time.perf_counter() - t0, notes)
 
 
-def initial_kernels(ck: Loaded, kernels: Sequence[LayerKernels], layers: Union[str, Sequence[str]] = "*",
-                    max_kernels: Optional[int] = None, device: str = "cpu") -> Optional[list[LayerKernels]]:
+def initial_kernels(
+    ck: Loaded,
+    kernels: Sequence[LayerKernels],
+    layers: Union[str, Sequence[str]] = "*",
+    max_kernels: Optional[int] = None,
+    device: str = "cpu",
+) -> Optional[list[LayerKernels]]:
     """The initialisation's kernels of the layers in ``kernels`` (``ck``'s selection), selected
     and sampled the same way (:meth:`~niff_analysis.checkpoint.Checkpoint.initial`: the run's
     ``init/`` or the model rebuilt from the recorded seed); ``None`` when no initialisation is
@@ -384,8 +404,7 @@ def initial_kernels(ck: Loaded, kernels: Sequence[LayerKernels], layers: Union[s
         return None
     names = {lk.name for lk in kernels}
     plain = any(lk.kind == "conv" for lk in kernels)
-    sel = select_kernels(Loaded(ck.label, ck.path, init), layers=layers, include_conv=plain,
-                         max_kernels=max_kernels)
+    sel = select_kernels(Loaded(ck.label, ck.path, init), layers=layers, include_conv=plain, max_kernels=max_kernels)
     return [lk for lk in sel.kernels if lk.name in names]
 
 
@@ -442,8 +461,9 @@ def _group_label(members: list[tuple[str, Optional[Path]]]) -> str:
     return "+".join(label for label, _ in members)
 
 
-def seed_groups(found: Sequence[tuple[str, Optional[Path]]],
-                trained: Optional[dict[str, object]] = None) -> list[SeedGroup]:
+def seed_groups(
+    found: Sequence[tuple[str, Optional[Path]]], trained: Optional[dict[str, object]] = None
+) -> list[SeedGroup]:
     """The checkpoints among ``found`` (``(label, path)``, :func:`find_checkpoints`) that share a
     recipe and differ in their seed: one group per recipe with at least two distinct seeds.
 
@@ -468,9 +488,12 @@ def seed_groups(found: Sequence[tuple[str, Optional[Path]]],
     return groups
 
 
-def load_histories(checkpoints: Sequence[Optional[PathLike]] = (), strict: bool = False,
-                   warn: Optional[Callable[[str], None]] = None, found: Optional[Found] = None
-                   ) -> list[tuple[str, Path, pd.DataFrame]]:
+def load_histories(
+    checkpoints: Sequence[Optional[PathLike]] = (),
+    strict: bool = False,
+    warn: Optional[Callable[[str], None]] = None,
+    found: Optional[Found] = None,
+) -> list[tuple[str, Path, pd.DataFrame]]:
     """(label, file, table) of the kernel statistics (``kernel_stats.csv``) each checkpoint, or
     run without its final checkpoint yet (in progress, interrupted, diverged), carries
     (:func:`~niff_analysis.analysis.stats.read_kernel_stats`).
@@ -499,8 +522,10 @@ def load_histories(checkpoints: Sequence[Optional[PathLike]] = (), strict: bool 
             if folder.is_dir() and not (folder / CONFIG_NAME).is_file():  # a run without its checkpoint
                 diverged = read_diverged(folder)
                 if diverged is not None:
-                    warn(f"{label}: training diverged ({diverged.get('message', '')}); these are the "
-                         "statistics it recorded before")
+                    warn(
+                        f"{label}: training diverged ({diverged.get('message', '')}); these are the "
+                        "statistics it recorded before"
+                    )
             else:
                 try:
                     load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
@@ -508,8 +533,10 @@ def load_histories(checkpoints: Sequence[Optional[PathLike]] = (), strict: bool 
                     warn(f"{exc} (training diverged?); showing the statistics it recorded")
             stats_file = (folder if folder.is_dir() else folder.parent) / FILE_NAME
             if not stats_file.is_file():
-                raise NiffError(f"{label}: no {FILE_NAME} (trained before kernel statistics were "
-                                "recorded, or with --no-kernel-stats)")
+                raise NiffError(
+                    f"{label}: no {FILE_NAME} (trained before kernel statistics were "
+                    "recorded, or with --no-kernel-stats)"
+                )
             try:
                 out.append((label, stats_file, read_kernel_stats(stats_file)))
             except (ValueError, OSError, pd.errors.ParserError) as exc:
@@ -571,8 +598,11 @@ class Item:
         """The initialisation's kernels of the selected layers (:func:`initial_kernels`), or
         ``None`` when no initialisation is known; computed once."""
         if self._initial is None:
-            self._initial = [initial_kernels(self.loaded, self.kernels, layers=self.layers,
-                                             max_kernels=self.max_kernels, device=str(self.device))]
+            self._initial = [
+                initial_kernels(
+                    self.loaded, self.kernels, layers=self.layers, max_kernels=self.max_kernels, device=str(self.device)
+                )
+            ]
         return self._initial[0]
 
 
@@ -636,14 +666,24 @@ class Results:
         return next(i for i, a in enumerate(self.analyses) if a is analysis)
 
 
-def run(checkpoints: Sequence[Optional[PathLike]] = (), analyses: Union[Analysis, Sequence[Analysis]] = (), *,
-        layers: Union[str, Sequence[str]] = "*", include_conv: bool = False, max_kernels: Optional[int] = None,
-        device: Union[str, torch.device] = "cpu", factory: Optional[str] = None, strict: bool = False,
-        found: Optional[Found] = None,
-        log: Optional[Callable[[str], None]] = None, warn: Optional[Callable[[str], None]] = None,
-        skip: Optional[Callable[[str, NiffError], None]] = None, log_selection: bool = True,
-        announce: Optional[Callable[[str], None]] = None,
-        wrap: Optional[Callable[[Iterator, int], Iterator]] = None) -> Results:
+def run(
+    checkpoints: Sequence[Optional[PathLike]] = (),
+    analyses: Union[Analysis, Sequence[Analysis]] = (),
+    *,
+    layers: Union[str, Sequence[str]] = "*",
+    include_conv: bool = False,
+    max_kernels: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+    factory: Optional[str] = None,
+    strict: bool = False,
+    found: Optional[Found] = None,
+    log: Optional[Callable[[str], None]] = None,
+    warn: Optional[Callable[[str], None]] = None,
+    skip: Optional[Callable[[str, NiffError], None]] = None,
+    log_selection: bool = True,
+    announce: Optional[Callable[[str], None]] = None,
+    wrap: Optional[Callable[[Iterator, int], Iterator]] = None,
+) -> Results:
     """The one path from command-line arguments to results: find the checkpoints
     (:func:`discover`), load each (:func:`load_checkpoints`), select its kernels
     (:func:`select_kernels`), run every analysis on it, then combine each analysis's results.
@@ -689,9 +729,13 @@ def run(checkpoints: Sequence[Optional[PathLike]] = (), analyses: Union[Analysis
 
     kw = dict(device=device, layers=layers, max_kernels=max_kernels, log=say, warn=warn)
     if history:
-        items = ((Item(label, path, history=df, stats_file=path, **kw), dict(label=label, path=str(path),
-                                                                             sha256=file_sha256(path)))
-                 for label, path, df in load_histories(strict=strict, warn=warn, found=found))
+        items = (
+            (
+                Item(label, path, history=df, stats_file=path, **kw),
+                dict(label=label, path=str(path), sha256=file_sha256(path)),
+            )
+            for label, path, df in load_histories(strict=strict, warn=warn, found=found)
+        )
     else:
         items = _loaded_items(found, analyses, kw, include_conv, factory, strict, skipped, log_selection, announce)
     if wrap is not None:
@@ -706,9 +750,17 @@ def run(checkpoints: Sequence[Optional[PathLike]] = (), analyses: Union[Analysis
     return res
 
 
-def _loaded_items(found: Found, analyses: list[Analysis], kw: dict, include_conv: bool, factory: Optional[str],
-                  strict: bool, skipped: Callable[[str, NiffError], None], log_selection: bool,
-                  announce: Optional[Callable[[str], None]]) -> Iterator[tuple[Item, dict]]:
+def _loaded_items(
+    found: Found,
+    analyses: list[Analysis],
+    kw: dict,
+    include_conv: bool,
+    factory: Optional[str],
+    strict: bool,
+    skipped: Callable[[str, NiffError], None],
+    log_selection: bool,
+    announce: Optional[Callable[[str], None]],
+) -> Iterator[tuple[Item, dict]]:
     """(item, provenance) of each checkpoint that loads and whose kernels can be selected."""
     needs_kernels = any(a.needs == "kernels" for a in analyses)
     niff_only = next((a.niff_only for a in analyses if a.niff_only), None)
@@ -719,8 +771,13 @@ def _loaded_items(found: Found, analyses: list[Analysis], kw: dict, include_conv
             if announce is not None:
                 announce(ck.label)
             try:
-                sel = select_kernels(ck, layers=kw["layers"], include_conv=include_conv,
-                                     max_kernels=kw["max_kernels"], niff_only=niff_only)
+                sel = select_kernels(
+                    ck,
+                    layers=kw["layers"],
+                    include_conv=include_conv,
+                    max_kernels=kw["max_kernels"],
+                    niff_only=niff_only,
+                )
             except NiffError as exc:
                 if not found.tolerates(ck.path, strict):
                     raise
@@ -804,12 +861,23 @@ def _tagged_pca(result: PCAResult, label: str) -> PCAResult:
     return result
 
 
-def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[str, Sequence[str]] = "*",
-            device: str = "cpu", max_kernels: Optional[int] = 1024, n_components: int = 6,
-            cost_sizes: Sequence[int] = COST_SIZES, measure_cost: bool = True,
-            progress: Optional[Callable[[str], None]] = None, factory: Optional[str] = None,
-            erf_images: int = 50, data_dir: Optional[PathLike] = None, measure: str = "l1",
-            erf_protocol: str = "luo", strict: bool = False, found: Optional[Found] = None) -> FigureData:
+def analyse(
+    checkpoints: Sequence[Optional[PathLike]] = (None,),
+    layers: Union[str, Sequence[str]] = "*",
+    device: str = "cpu",
+    max_kernels: Optional[int] = 1024,
+    n_components: int = 6,
+    cost_sizes: Sequence[int] = COST_SIZES,
+    measure_cost: bool = True,
+    progress: Optional[Callable[[str], None]] = None,
+    factory: Optional[str] = None,
+    erf_images: int = 50,
+    data_dir: Optional[PathLike] = None,
+    measure: str = "l1",
+    erf_protocol: str = "luo",
+    strict: bool = False,
+    found: Optional[Found] = None,
+) -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 
     Args:
@@ -848,13 +916,29 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
     from .analysis.uncertainty import RESAMPLES
 
     say = progress or (lambda msg: None)
-    data = FigureData(labels=[], kernels={}, mass_summary=pd.DataFrame(), effective_sizes=pd.DataFrame(),
-                      gaussian=pd.DataFrame(), gaussian_summary=pd.DataFrame(), eigenkernels={},
-                      weight_pca={}, cost=pd.DataFrame(),
-                      parameters=dict(layers=layers, max_kernels=max_kernels, n_components=n_components,
-                                      cost_sizes=list(cost_sizes), measure_cost=measure_cost, measure=measure,
-                                      bootstrap=RESAMPLES, noise_kernels=NOISE_KERNELS, noise_seed=NOISE_SEED,
-                                      erf_protocol=erf_protocol))
+    data = FigureData(
+        labels=[],
+        kernels={},
+        mass_summary=pd.DataFrame(),
+        effective_sizes=pd.DataFrame(),
+        gaussian=pd.DataFrame(),
+        gaussian_summary=pd.DataFrame(),
+        eigenkernels={},
+        weight_pca={},
+        cost=pd.DataFrame(),
+        parameters=dict(
+            layers=layers,
+            max_kernels=max_kernels,
+            n_components=n_components,
+            cost_sizes=list(cost_sizes),
+            measure_cost=measure_cost,
+            measure=measure,
+            bootstrap=RESAMPLES,
+            noise_kernels=NOISE_KERNELS,
+            noise_seed=NOISE_SEED,
+            erf_protocol=erf_protocol,
+        ),
+    )
     t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf", "scale")}
     measures = list(MEASURES) if measure == "both" else [check_measure(measure)]
     images: dict = {}
@@ -886,7 +970,8 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             data.notes += [f"{label}: {w}" for w in pca_warnings(data.eigenkernels[label].table, n_components)]
             if has_niff:
                 data.weight_pca[label] = _tagged_pca(
-                    weight_pca([lk for lk in lks if lk.response is not None], n_components=n_components), label)
+                    weight_pca([lk for lk in lks if lk.response is not None], n_components=n_components), label
+                )
             say(f"{label}: Gaussian fits")
             g = gaussian_fit(lks, device=device)
             t["gauss"].append(with_checkpoint(g, label))
@@ -896,8 +981,9 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
             init, init_lks = ck.checkpoint.initial(device=device), None
             if init is not None:
                 say(f"{label}: mass ratio at initialisation")
-                init_lks = select_kernels(Loaded(label, ck.path, init), layers=layers,
-                                          include_conv=not has_niff, max_kernels=max_kernels).kernels
+                init_lks = select_kernels(
+                    Loaded(label, ck.path, init), layers=layers, include_conv=not has_niff, max_kernels=max_kernels
+                ).kernels
                 for measure_i in measures:
                     t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks, measure_i)), label))
                 if has_niff:
@@ -914,8 +1000,9 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                     say(f"{label}: effective receptive fields ({len(images[key])} images)")
                     for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
                         data.erf_maps[lab] = effective_receptive_fields(model, images[key], protocol=erf_protocol)
-                        t["erf"].append(with_checkpoint(erf_area_ratios(data.erf_maps[lab], protocol=erf_protocol),
-                                                        lab))
+                        t["erf"].append(
+                            with_checkpoint(erf_area_ratios(data.erf_maps[lab], protocol=erf_protocol), lab)
+                        )
             say(f"{label}: the scale (delta, white noise, initialisation)")
             for measure_i in measures:
                 scale = mass_scale(lks, measure_i, init_lks)
@@ -929,14 +1016,25 @@ def analyse(checkpoints: Sequence[Optional[PathLike]] = (None,), layers: Union[s
                     data.notes.append(f"{label}: kernel statistics left out ({' '.join(str(exc).split())})")
                     say(data.notes[-1])
 
-    run(analyses=FigureTables(), found=found, layers=layers, max_kernels=max_kernels, device=device, factory=factory,
-        strict=strict, skip=skip, log_selection=False, announce=lambda label: say(f"{label}: kernels"))
+    run(
+        analyses=FigureTables(),
+        found=found,
+        layers=layers,
+        max_kernels=max_kernels,
+        device=device,
+        factory=factory,
+        strict=strict,
+        skip=skip,
+        log_selection=False,
+        announce=lambda label: say(f"{label}: kernels"),
+    )
     if not data.labels:
         raise NiffError("no checkpoint could be analysed: " + "; ".join(data.notes[-3:]))
     if cost_sizes:
         say("cost: FLOPs" + (" and timings" if measure_cost else ""))
-        data.cost = cost_table(sizes=tuple(cost_sizes), channels=64, batch=8, measure=measure_cost,
-                               repeats=5, max_seconds=0.5)
+        data.cost = cost_table(
+            sizes=tuple(cost_sizes), channels=64, batch=8, measure=measure_cost, repeats=5, max_seconds=0.5
+        )
     data.mass_summary, data.effective_sizes = _concat(t["mass"]), _concat(t["sizes"])
     data.gaussian, data.gaussian_summary = _concat(t["gauss"]), _concat(t["gsum"])
     data.untrained_mass_summary, data.history = _concat(t["untrained"]), _concat(t["history"])

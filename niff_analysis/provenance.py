@@ -44,10 +44,8 @@ def read_meta(meta_path: Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         meta = None
-    if (not isinstance(meta, dict) or meta.get("format") != META_FORMAT
-            or not isinstance(meta.get("outputs"), dict)):
-        raise NiffError(f"{meta_path} exists and is not a niff-analysis metadata file; "
-                        "choose another output folder")
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT or not isinstance(meta.get("outputs"), dict):
+        raise NiffError(f"{meta_path} exists and is not a niff-analysis metadata file; choose another output folder")
     return meta
 
 
@@ -65,8 +63,14 @@ def record_output(output: PathLike, entry: dict) -> None:
         atomic_write(meta_path, json.dumps(meta, indent=1, default=str) + "\n")
 
 
-def write_output(output: PathLike, content: Union[str, bytes, Callable[[Path], None]], command: str,
-                 parameters: dict, checkpoints: list[dict], rows: int) -> Path:
+def write_output(
+    output: PathLike,
+    content: Union[str, bytes, Callable[[Path], None]],
+    command: str,
+    parameters: dict,
+    checkpoints: list[dict],
+    rows: int,
+) -> Path:
     """Write one result file atomically and record its provenance in ``meta.json`` beside it.
 
     Args:
@@ -80,13 +84,19 @@ def write_output(output: PathLike, content: Union[str, bytes, Callable[[Path], N
     path = Path(output)
     read_meta(path.parent / META_NAME)  # refuse before writing anything
     atomic_write(path, content)
-    record_output(path, dict(
-        command=command, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        versions=_versions(), parameters=parameters,
-        checkpoints=checkpoints, rows=rows, sha256=file_sha256(path)))
+    record_output(
+        path,
+        dict(
+            command=command,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            versions=_versions(),
+            parameters=parameters,
+            checkpoints=checkpoints,
+            rows=rows,
+            sha256=file_sha256(path),
+        ),
+    )
     return path
-
-
 
 
 def manifest_files(out: Path) -> list[str]:
@@ -103,5 +113,12 @@ def manifest_files(out: Path) -> list[str]:
 def figures_manifest(checkpoints: list[dict], parameters: dict, files: list[str]) -> str:
     """The text of a figure set's ``meta.json``: versions, the checkpoints (label, path,
     sha256), the parameters and the files written (which :func:`manifest_files` reads back)."""
-    return json.dumps(dict(format=FIGURES_FORMAT, versions=_versions(), checkpoints=checkpoints,
-                           parameters=parameters, files=files), indent=1) + "\n"
+    return (
+        json.dumps(
+            dict(
+                format=FIGURES_FORMAT, versions=_versions(), checkpoints=checkpoints, parameters=parameters, files=files
+            ),
+            indent=1,
+        )
+        + "\n"
+    )

@@ -48,8 +48,16 @@ LOCK_NAME = "train.lock"
 DIVERGED_NAME = "diverged.json"
 _EPOCH_DIR = re.compile(r"^epoch_\d{3,}$")
 _ASIDE_PREFIX = ".overwritten."
-RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, TRAIN_STATE_NAME, TRAIN_CONFIG_NAME, METRICS_NAME, STATS_NAME,
-             LOCK_NAME, DIVERGED_NAME)
+RUN_FILES = (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    TRAIN_STATE_NAME,
+    TRAIN_CONFIG_NAME,
+    METRICS_NAME,
+    STATS_NAME,
+    LOCK_NAME,
+    DIVERGED_NAME,
+)
 
 
 class RunLockedError(NiffError):
@@ -61,15 +69,21 @@ def is_run_entry(name: str) -> bool:
     """Whether an entry of a run folder was written by a run (and ``--overwrite`` may remove it):
     the run's files, ``init/``, ``epoch_NNN/``, and the hidden temporary files of interrupted
     writes and overwrites."""
-    return (name in RUN_FILES or name == INIT_DIR or bool(_EPOCH_DIR.match(name))
-            or (name.startswith(".") and name.endswith(".tmp")) or name.startswith(_ASIDE_PREFIX))
+    return (
+        name in RUN_FILES
+        or name == INIT_DIR
+        or bool(_EPOCH_DIR.match(name))
+        or (name.startswith(".") and name.endswith(".tmp"))
+        or name.startswith(_ASIDE_PREFIX)
+    )
 
 
 def holds_run(folder: PathLike) -> bool:
     """Whether ``folder`` holds the files of a training run or a checkpoint (finished or not)."""
     folder = Path(folder)
-    return folder.is_dir() and (any((folder / n).is_file() for n in RUN_FILES if n != LOCK_NAME)
-                                or (folder / INIT_DIR / CONFIG_NAME).is_file())
+    return folder.is_dir() and (
+        any((folder / n).is_file() for n in RUN_FILES if n != LOCK_NAME) or (folder / INIT_DIR / CONFIG_NAME).is_file()
+    )
 
 
 def foreign_entries(folder: PathLike) -> list[str]:
@@ -89,8 +103,10 @@ def refuse_foreign(folder: PathLike, option: str = "--out") -> None:
     foreign = foreign_entries(folder)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise NiffError(f"{option} {folder} holds files that are not a run's ({shown}); --overwrite replaces "
-                        "only a run: move them, or choose another folder")
+        raise NiffError(
+            f"{option} {folder} holds files that are not a run's ({shown}); --overwrite replaces "
+            "only a run: move them, or choose another folder"
+        )
 
 
 def clear_run(folder: PathLike, keep: tuple[str, ...] = (LOCK_NAME,)) -> int:
@@ -116,8 +132,11 @@ def move_aside(folder: PathLike, keep: tuple[str, ...] = (LOCK_NAME,)) -> Option
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    entries = [p for p in folder.iterdir() if is_run_entry(p.name) and p.name not in keep
-               and not p.name.startswith(_ASIDE_PREFIX)]
+    entries = [
+        p
+        for p in folder.iterdir()
+        if is_run_entry(p.name) and p.name not in keep and not p.name.startswith(_ASIDE_PREFIX)
+    ]
     if not entries:
         return None
     aside = folder / f"{_ASIDE_PREFIX}{uuid.uuid4().hex[:8]}"
@@ -174,10 +193,14 @@ def unfinished_reason(folder: PathLike) -> Optional[str]:
         return None
     state = folder / TRAIN_STATE_NAME
     if state.is_file():
-        return (f"{folder}: the run has no final checkpoint ({run_status(folder)}); its last saved state is "
-                f"{state}: analyse that file, or finish the run with `niff-analyze train ... --resume`")
-    return (f"{folder}: the run has no final checkpoint and no saved state yet ({run_status(folder)}; {state} "
-            f"does not exist); its initialisation is {folder / INIT_DIR}")
+        return (
+            f"{folder}: the run has no final checkpoint ({run_status(folder)}); its last saved state is "
+            f"{state}: analyse that file, or finish the run with `niff-analyze train ... --resume`"
+        )
+    return (
+        f"{folder}: the run has no final checkpoint and no saved state yet ({run_status(folder)}; {state} "
+        f"does not exist); its initialisation is {folder / INIT_DIR}"
+    )
 
 
 # --------------------------------------------------------------------------- the lock
@@ -210,8 +233,10 @@ def _read_info(fd: int) -> Optional[dict]:
 def _holder_text(info: dict) -> str:
     if not info:
         return "a process whose lock file cannot be read"
-    return (f"{info.get('command', 'a process')}, process {info.get('pid', '?')} on {info.get('host', '?')}"
-            f" since {info.get('started', '?')}")
+    return (
+        f"{info.get('command', 'a process')}, process {info.get('pid', '?')} on {info.get('host', '?')}"
+        f" since {info.get('started', '?')}"
+    )
 
 
 def _try_flock(fd: int, exclusive: bool = True) -> Optional[bool]:
@@ -247,8 +272,10 @@ def locked_message(folder: Path, info: dict) -> str:
     """The one line that refuses a folder whose lock ``info`` (the lock file's content) holds."""
     path = folder / LOCK_NAME
     if info and info.get("host") not in (None, _host()):
-        return (f"{folder} is in use by {_holder_text(info)} (another host: whether it still runs cannot be "
-                f"checked from here); if it does not, delete {path}")
+        return (
+            f"{folder} is in use by {_holder_text(info)} (another host: whether it still runs cannot be "
+            f"checked from here); if it does not, delete {path}"
+        )
     return f"{folder} is in use by {_holder_text(info)}; wait for it to finish, or stop it first"
 
 
@@ -293,8 +320,12 @@ def _acquire(folder: Path, command: str) -> int:
             info = _read_info(fd)
             if info is not None and not _is_stale(info, flocked):
                 raise RunLockedError(locked_message(folder, info))
-            mine = dict(pid=os.getpid(), host=_host(), command=command,
-                        started=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+            mine = dict(
+                pid=os.getpid(),
+                host=_host(),
+                command=command,
+                started=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            )
             if os.environ.get("SLURM_JOB_ID"):
                 mine["job"] = os.environ["SLURM_JOB_ID"]
             line = json.dumps(mine)

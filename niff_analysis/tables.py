@@ -91,8 +91,9 @@ class Kernels(Analysis):
                         arrays[_key(label, lk.name, several) + "@imag"] = lk.response.imag.numpy()
             return arrays
         if self.view == "radial":
-            df = pd.concat([with_checkpoint(frequency_profile(lks), label) for label, lks in per.items()],
-                           ignore_index=True)
+            df = pd.concat(
+                [with_checkpoint(frequency_profile(lks), label) for label, lks in per.items()], ignore_index=True
+            )
             if df.empty:
                 raise SelectionError("--view radial needs NIFF layers (frequency responses); none selected")
             return df.round(4) if self.table else df
@@ -129,8 +130,11 @@ class Mass(Analysis):
         note = ""
         if self.view == "summary":
             df = mass_summary(mass, self.resamples)
-            df = df.merge(pd.concat([s for _, scales in per for s in scales], ignore_index=True),
-                          on=[CHECKPOINT, "measure", LAYER, "window"], how="left")
+            df = df.merge(
+                pd.concat([s for _, scales in per for s in scales], ignore_index=True),
+                on=[CHECKPOINT, "measure", LAYER, "window"],
+                how="left",
+            )
             if "init" not in df.columns:
                 df["init"] = np.nan
             if self.table:
@@ -138,8 +142,10 @@ class Mass(Analysis):
         elif self.table:
             df = mass_table(mass, self.resamples)
             if (df[[FMAP_H, FMAP_W]].max(axis=1) < 9).any():
-                note = ("(mass_wS of a layer whose kernels are smaller than S×S is that of the whole kernel, "
-                        "1.0: the window covers all of it)\n")
+                note = (
+                    "(mass_wS of a layer whose kernels are smaller than S×S is that of the whole kernel, "
+                    "1.0: the window covers all of it)\n"
+                )
             df = with_interval_text(df, digits=3)
         elif self.view == "sizes":
             df = effective_sizes(mass)
@@ -153,17 +159,31 @@ class Pca(Analysis):
     (``response`` ``"raw"`` or ``"hermitian"``; NIFF layers only); with ``arrays`` the components
     (``<layer>@real``/``@imag`` for the weights)."""
 
-    def __init__(self, components: int = 6, weights: bool = False, response: str = "raw", arrays: bool = False,
-                 table: bool = False):
-        self.components, self.weights, self.response, self.arrays, self.table = \
-            components, weights, response, arrays, table
+    def __init__(
+        self,
+        components: int = 6,
+        weights: bool = False,
+        response: str = "raw",
+        arrays: bool = False,
+        table: bool = False,
+    ):
+        self.components, self.weights, self.response, self.arrays, self.table = (
+            components,
+            weights,
+            response,
+            arrays,
+            table,
+        )
         self.niff_only = "weight PCA (--weights)" if weights else None
 
     def compute(self, item: Item):
         label, lks = item.label, item.kernels
         t0 = time.perf_counter()
-        res = weight_pca(lks, self.components, response=self.response) if self.weights \
+        res = (
+            weight_pca(lks, self.components, response=self.response)
+            if self.weights
             else pca_eigenkernels(lks, self.components)
+        )
         item.log(f"{label}: PCA of {len(lks)} layers in {time.perf_counter() - t0:.2f} s")
         for w in pca_warnings(res.table, self.components):
             item.warn(f"{label}: {w}")
@@ -183,24 +203,44 @@ class Pca(Analysis):
 
 
 #: The columns of ``gaussian``'s table for people (each with its interval where it has one).
-GAUSSIAN_TABLE = ["checkpoint", "layer", "fmap_h", "fmap_w", "sigma_x_median", "sigma_y_median", "sigma_ratio_mean",
-                  "sigma_ratio_median", "sigma_x_moment_median", "sigma_y_moment_median", "n_ok", "n_censored", "n"]
+GAUSSIAN_TABLE = [
+    "checkpoint",
+    "layer",
+    "fmap_h",
+    "fmap_w",
+    "sigma_x_median",
+    "sigma_y_median",
+    "sigma_ratio_mean",
+    "sigma_ratio_median",
+    "sigma_x_moment_median",
+    "sigma_y_moment_median",
+    "n_ok",
+    "n_censored",
+    "n",
+]
 
 
 class Gaussian(Analysis):
     """``gaussian``: a 2-D Gaussian fit to |k| of every kernel (``view="fits"``) or their
     per-layer summary (``"summary"``; the table for people always shows the summary)."""
 
-    def __init__(self, view: str = "fits", max_iter: int = 200, resamples: int = RESAMPLES, progress: bool = False,
-                 table: bool = False):
-        self.view, self.max_iter, self.resamples, self.progress, self.table = \
-            view, max_iter, resamples, progress, table
+    def __init__(
+        self,
+        view: str = "fits",
+        max_iter: int = 200,
+        resamples: int = RESAMPLES,
+        progress: bool = False,
+        table: bool = False,
+    ):
+        self.view, self.max_iter, self.resamples, self.progress, self.table = view, max_iter, resamples, progress, table
 
     def compute(self, item: Item) -> pd.DataFrame:
         t0 = time.perf_counter()
         fits = gaussian_fit(item.kernels, max_iter=self.max_iter, progress=self.progress)  # always on the CPU
-        item.log(f"{item.label}: {len(fits)} Gaussian fits, {int(fits['success'].sum())} ok, "
-                 f"in {time.perf_counter() - t0:.1f} s on the CPU")
+        item.log(
+            f"{item.label}: {len(fits)} Gaussian fits, {int(fits['success'].sum())} ok, "
+            f"in {time.perf_counter() - t0:.1f} s on the CPU"
+        )
         return with_checkpoint(fits, item.label)
 
     def combine(self, results: Results) -> pd.DataFrame:
@@ -223,23 +263,38 @@ class History(Analysis):
 
     needs = "history"
 
-    def __init__(self, stats: Optional[Sequence[str]] = None, measure: str = "l1", per_seed: bool = False,
-                 layers_text: str = "*", stats_text: Optional[str] = None, table: bool = False):
+    def __init__(
+        self,
+        stats: Optional[Sequence[str]] = None,
+        measure: str = "l1",
+        per_seed: bool = False,
+        layers_text: str = "*",
+        stats_text: Optional[str] = None,
+        table: bool = False,
+    ):
         wanted = list(stats) if stats is not None else list(STATS)
         unknown = [s for s in wanted if s not in STATS]
         if unknown or not wanted:
-            raise SelectionError(f"--stats: unknown statistic {unknown[0] if unknown else stats_text!r}; "
-                                 f"choose from {', '.join(STATS)}")
-        self.stats, self.measure, self.per_seed, self.layers_text, self.table = \
-            wanted, measure, per_seed, layers_text, table
+            raise SelectionError(
+                f"--stats: unknown statistic {unknown[0] if unknown else stats_text!r}; choose from {', '.join(STATS)}"
+            )
+        self.stats, self.measure, self.per_seed, self.layers_text, self.table = (
+            wanted,
+            measure,
+            per_seed,
+            layers_text,
+            table,
+        )
 
     def compute(self, item: Item) -> tuple[pd.DataFrame, PathLike]:
         df, label, patterns = item.history, item.label, item.layers
         patterns = [patterns] if isinstance(patterns, str) else patterns
         in_layers = df[LAYER].map(lambda n: any(fnmatch.fnmatchcase(n, p) for p in patterns))
         if not in_layers.any():
-            raise SelectionError(f"{label}: no layer matches {self.layers_text!r}; available layers: "
-                                 f"{', '.join(dict.fromkeys(df[LAYER]))}")
+            raise SelectionError(
+                f"{label}: no layer matches {self.layers_text!r}; available layers: "
+                f"{', '.join(dict.fromkeys(df[LAYER]))}"
+            )
         measures = measures_of(self.measure)
         for m in measures:
             if not (df["measure"] == m).any():
@@ -264,8 +319,9 @@ class History(Analysis):
             results.log(f"{g.label}: mean over {len(g.members)} runs (seeds {', '.join(map(str, g.seeds))})")
         df = pd.concat(out, ignore_index=True)
         if df.empty:
-            raise SelectionError(f"no statistic {', '.join(self.stats)} under measure {self.measure} in "
-                                 f"{', '.join(frames)}")
+            raise SelectionError(
+                f"no statistic {', '.join(self.stats)} under measure {self.measure} in {', '.join(frames)}"
+            )
         if groups:
             df["n_seeds"] = df["n_seeds"].fillna(1).astype(int)
         if self.table:
@@ -284,9 +340,17 @@ class Erf(Analysis):
 
     needs = "model"
 
-    def __init__(self, layers: Optional[Sequence[str]] = None, images: int = 50, dataset: Optional[str] = None,
-                 data_dir: Optional[PathLike] = None, thresholds: Sequence[float] = (20, 30, 50, 99),
-                 untrained: bool = False, protocol: str = "luo", table: bool = False):
+    def __init__(
+        self,
+        layers: Optional[Sequence[str]] = None,
+        images: int = 50,
+        dataset: Optional[str] = None,
+        data_dir: Optional[PathLike] = None,
+        thresholds: Sequence[float] = (20, 30, 50, 99),
+        untrained: bool = False,
+        protocol: str = "luo",
+        table: bool = False,
+    ):
         self.layers, self.n_images, self.dataset, self.data_dir = layers, images, dataset, data_dir
         self.thresholds, self.untrained, self.protocol, self.table = list(thresholds), untrained, protocol, table
         self._images: dict = {}  # the test images of each dataset and size, loaded once per run
@@ -317,16 +381,19 @@ class Erf(Analysis):
                 maps = effective_receptive_fields(m, images, layers=self.layers, protocol=self.protocol)
             except NiffError as exc:
                 raise type(exc)(f"{label}: {exc}") from None
-            item.log(f"{lab}: ERF ({self.protocol} protocol) of {len(maps)} stages from {len(images)} images in "
-                     f"{time.perf_counter() - t0:.1f} s")
+            item.log(
+                f"{lab}: ERF ({self.protocol} protocol) of {len(maps)} stages from {len(images)} images in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
             frames.append(with_checkpoint(erf_area_ratios(maps, self.thresholds, protocol=self.protocol), lab))
         return frames
 
     def combine(self, results: Results) -> pd.DataFrame:
         df = pd.concat([f for frames in results.of(self).values() for f in frames], ignore_index=True)
         if self.table:
-            df = df.pivot_table(index=[CHECKPOINT, STAGE, PROTOCOL], columns=THRESHOLD, values="side",
-                                sort=False).reset_index()
+            df = df.pivot_table(
+                index=[CHECKPOINT, STAGE, PROTOCOL], columns=THRESHOLD, values="side", sort=False
+            ).reset_index()
             df.columns = [f"side_{c:g}%" if isinstance(c, float) else c for c in df.columns]
         return df
 
@@ -338,24 +405,38 @@ class Claims(Analysis):
     their seed pooled (``per_seed`` keeps each run); ``untrained`` adds each initialisation as a
     checkpoint of its own."""
 
-    def __init__(self, measure: str = "both", resamples: int = RESAMPLES, untrained: bool = False,
-                 per_seed: bool = False, table: bool = False):
-        self.measure, self.resamples, self.untrained, self.per_seed, self.table = \
-            measure, resamples, untrained, per_seed, table
+    def __init__(
+        self,
+        measure: str = "both",
+        resamples: int = RESAMPLES,
+        untrained: bool = False,
+        per_seed: bool = False,
+        table: bool = False,
+    ):
+        self.measure, self.resamples, self.untrained, self.per_seed, self.table = (
+            measure,
+            resamples,
+            untrained,
+            per_seed,
+            table,
+        )
 
     def compute(self, item: Item) -> tuple[Optional[int], dict[str, pd.DataFrame]]:
         init = item.initial_kernels()
         if init is None:
-            item.warn(f"{item.label}: no initialisation known (not trained by this toolkit): no init column"
-                      + ("; --untrained skipped" if self.untrained else ""))
+            item.warn(
+                f"{item.label}: no initialisation known (not trained by this toolkit): no init column"
+                + ("; --untrained skipped" if self.untrained else "")
+            )
         todo = [(item.label, item.kernels, init)]
         if self.untrained and init is not None:
             todo.append((f"{item.label}@init", init, None))
         tables = {}
         for label, lks, ref in todo:
             t0 = time.perf_counter()
-            tables[label] = paper_claims(lks, init=ref, measures=measures_of(self.measure), resamples=self.resamples,
-                                         device=str(item.device))
+            tables[label] = paper_claims(
+                lks, init=ref, measures=measures_of(self.measure), resamples=self.resamples, device=str(item.device)
+            )
             item.log(f"{label}: {len(tables[label])} claim rows in {time.perf_counter() - t0:.1f} s")
         return item.meta.epochs, tables
 
@@ -365,8 +446,11 @@ class Claims(Analysis):
         trained = {label: epochs for label, (epochs, _) in per.items()}
         groups = seed_groups([(label, path) for label, path in results.found.checkpoints if label in trained], trained)
         grouped = {m for g in groups for m in g.members}
-        frames = [with_checkpoint(t, label) for label, t in tables.items()
-                  if self.per_seed or label.removesuffix("@init") not in grouped]
+        frames = [
+            with_checkpoint(t, label)
+            for label, t in tables.items()
+            if self.per_seed or label.removesuffix("@init") not in grouped
+        ]
         for g in groups:
             frames.append(with_checkpoint(pool_seeds([tables[m] for m in g.members]), g.label))
             results.log(f"{g.label}: mean over {len(g.members)} runs (seeds {', '.join(map(str, g.seeds))})")

@@ -63,5 +63,11 @@ def baseline_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_chans=1, stem="cifar")
-    return save_checkpoint(model, tmp_path_factory.mktemp("baseline") / "resnet18_fmnist",
-                           dataset="fashion-mnist", epochs=0, seed=0, test_acc=None)
+    return save_checkpoint(
+        model,
+        tmp_path_factory.mktemp("baseline") / "resnet18_fmnist",
+        dataset="fashion-mnist",
+        epochs=0,
+        seed=0,
+        test_acc=None,
+    )

@@ -27,9 +27,21 @@ def tiny_config(out, **changes):
     images, batch 8, 2 epochs (8 steps), resumable state every 2 steps."""
     from niff_analysis.train import TrainConfig
 
-    kw = dict(model="resnet18_niff", dataset="fashion-mnist", data_dir=str(FMNIST), out=str(out),
-              epochs=2, batch_size=8, train_subset=32, test_subset=16, seed=0, threads=1,
-              device="cpu", progress=False, save_every_steps=2)
+    kw = dict(
+        model="resnet18_niff",
+        dataset="fashion-mnist",
+        data_dir=str(FMNIST),
+        out=str(out),
+        epochs=2,
+        batch_size=8,
+        train_subset=32,
+        test_subset=16,
+        seed=0,
+        threads=1,
+        device="cpu",
+        progress=False,
+        save_every_steps=2,
+    )
     kw.update(changes)
     return TrainConfig(**kw)
 
@@ -44,8 +56,7 @@ def load_weights(path) -> dict:
 def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
     """``niff-analyze ARGS`` in a fresh interpreter (one thread)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env, **kw)
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
 @contextlib.contextmanager

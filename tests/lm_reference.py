@@ -34,15 +34,15 @@ def _jacobian(parts, extra_rows: int = 0) -> torch.Tensor:
     left for the caller to fill."""
     e, ae, s, t, dx, dy, l11, l21, l22 = parts
     jac = torch.empty((e.shape[0], N_PARAMS + extra_rows, e.shape[1]), dtype=e.dtype, device=e.device)
-    jac[:, 0] = e                                            # ∂f/∂A
+    jac[:, 0] = e  # ∂f/∂A
     q = ae * s  # df/dQ = −A·e/2, so each column below is a product with A·e
-    torch.mul(q, l11, out=jac[:, 1])                         # ∂f/∂x0 = A·e·s·l11
+    torch.mul(q, l11, out=jac[:, 1])  # ∂f/∂x0 = A·e·s·l11
     rl = (ae * t).mul_(l22)
-    torch.addcmul(rl, q, l21, out=jac[:, 2])                 # ∂f/∂y0 = A·e·(s·l21 + t·l22)
-    torch.mul(jac[:, 1], dx, out=jac[:, 3])                  # −∂f/∂u = A·e·s·dx·l11
-    torch.mul(q, dy, out=jac[:, 4])                          # −∂f/∂l21 = A·e·s·dy
-    torch.mul(rl, dy, out=jac[:, 5])                         # −∂f/∂v = A·e·t·dy·l22
-    jac[:, 6] = 1                                            # ∂f/∂b
+    torch.addcmul(rl, q, l21, out=jac[:, 2])  # ∂f/∂y0 = A·e·(s·l21 + t·l22)
+    torch.mul(jac[:, 1], dx, out=jac[:, 3])  # −∂f/∂u = A·e·s·dx·l11
+    torch.mul(q, dy, out=jac[:, 4])  # −∂f/∂l21 = A·e·s·dy
+    torch.mul(rl, dy, out=jac[:, 5])  # −∂f/∂v = A·e·t·dy·l22
+    jac[:, 6] = 1  # ∂f/∂b
     return jac
 
 
@@ -69,10 +69,20 @@ def evaluate_direct(p: torch.Tensor, data: torch.Tensor, x: torch.Tensor, y: tor
     return _gram(aug), 0.5 * torch.linalg.vector_norm(r, dim=1).square()
 
 
-def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0: torch.Tensor,
-                        max_iter: int = gauss2d.MAX_ITER, ftol: float = gauss2d.FTOL, xtol: float = gauss2d.XTOL,
-                        give_up=None, patience: int = 1, batch: int | None = None,
-                        on_done=None, evaluate=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def levenberg_marquardt(
+    data: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    p0: torch.Tensor,
+    max_iter: int = gauss2d.MAX_ITER,
+    ftol: float = gauss2d.FTOL,
+    xtol: float = gauss2d.XTOL,
+    give_up=None,
+    patience: int = 1,
+    batch: int | None = None,
+    on_done=None,
+    evaluate=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched LM fit of :func:`~niff_analysis.analysis.gauss2d.gaussian_model` to ``data`` (B, N).
 
     The fits iterate together in a working set of at most ``batch`` rows. Finished fits are
@@ -103,7 +113,7 @@ def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0
         return p, done, iters
     batch = bsz if batch is None else max(1, min(int(batch), bsz))
     tiny = torch.finfo(data.dtype).tiny
-    perfect_cost = 0.5 * data.shape[1] * gauss2d.PERFECT_RMS ** 2
+    perfect_cost = 0.5 * data.shape[1] * gauss2d.PERFECT_RMS**2
     queued = 0  # fits [0, queued) have entered the working set
     signs = _SIGNS.to(data)
     evaluate = evaluate or (lambda params, d: evaluate_direct(params, d, x, y))
@@ -115,12 +125,21 @@ def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0
         rows = torch.arange(queued, queued + k, device=dev)
         queued += k
         # Copies: refilling finished rows writes into these, and must not reach the caller's.
-        pa, da = p0[queued - k:queued].clone(), data[queued - k:queued].clone()
+        pa, da = p0[queued - k : queued].clone(), data[queued - k : queued].clone()
         gram, cost = evaluate(pa, da)
         la = torch.full((k,), gauss2d.LAMBDA_START, dtype=data.dtype, device=dev)
-        return [rows, pa, da, la, torch.full_like(la, 2.0), torch.zeros(k, dtype=torch.long, device=dev),
-                gram, cost, torch.ones(k, dtype=torch.bool, device=dev),
-                torch.zeros(k, dtype=torch.long, device=dev)]
+        return [
+            rows,
+            pa,
+            da,
+            la,
+            torch.full_like(la, 2.0),
+            torch.zeros(k, dtype=torch.long, device=dev),
+            gram,
+            cost,
+            torch.ones(k, dtype=torch.bool, device=dev),
+            torch.zeros(k, dtype=torch.long, device=dev),
+        ]
 
     state = start(batch)
     while True:
@@ -166,7 +185,7 @@ def levenberg_marquardt(data: torch.Tensor, x: torch.Tensor, y: torch.Tensor, p0
         free = len(live) - n_live
         if queued < bsz and free * 16 >= len(live):
             # Start queued fits in the finished ones' rows (writes only those rows).
-            slots = (~live).nonzero()[:, 0][:bsz - queued]
+            slots = (~live).nonzero()[:, 0][: bsz - queued]
             for v, new in zip(state, start(len(slots))):
                 v[slots] = new
         elif queued == bsz and free * 4 >= len(live):
@@ -181,8 +200,9 @@ def _clamp_(p: torch.Tensor) -> torch.Tensor:
     return p
 
 
-def give_up(p: torch.Tensor, h: int, w: int, rules: tuple[float, float, float, float]
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def give_up(
+    p: torch.Tensor, h: int, w: int, rules: tuple[float, float, float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The give-up rule (:func:`niff_analysis.analysis.lm.give_up`) for parameters (B, 7) of h×w
     kernels at once, with thresholds ``rules`` = (hard σ, hard width, σ, width): (stop now, stop
     once it has lasted the patience)."""
@@ -190,20 +210,30 @@ def give_up(p: torch.Tensor, h: int, w: int, rules: tuple[float, float, float, f
     (pxx, pxy, pyy), _ = precision(p)
     half, rad = 0.5 * (pxx + pyy), torch.hypot(0.5 * (pxx - pyy), pxy)
     p_max, p_min, size = half + rad, half - rad, max(h, w)
-    now = ((p_max * hard_sigma ** 2 > 1) | (p_min * (hard_width * size) ** 2 < 1)
-           | (p[:, 1].abs() > w) | (p[:, 2].abs() > h))
-    soon = (p_max * soft_sigma ** 2 > 1) | (p_min * (soft_width * size) ** 2 < 1)
+    now = (
+        (p_max * hard_sigma**2 > 1) | (p_min * (hard_width * size) ** 2 < 1) | (p[:, 1].abs() > w) | (p[:, 2].abs() > h)
+    )
+    soon = (p_max * soft_sigma**2 > 1) | (p_min * (soft_width * size) ** 2 < 1)
     return now, soon
 
 
-def solve(data: torch.Tensor, h: int, w: int, max_iter: int = gauss2d.MAX_ITER, batch: int | None = None,
-          on_done=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def solve(
+    data: torch.Tensor, h: int, w: int, max_iter: int = gauss2d.MAX_ITER, batch: int | None = None, on_done=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the product's ``gaussian._solve`` does, with this solver: fit h×w kernels'
     peak-scaled magnitudes ``data`` (B, h·w) from their moment start with the give-up rule as
     :mod:`~niff_analysis.analysis.gauss2d` holds it now; (params, stopped, iterations) as
     :func:`levenberg_marquardt` returns them."""
     x, y = pixel_coords(h, w, device=data.device, dtype=data.dtype)
     rules, patience = gauss2d.give_up_rule()
-    return levenberg_marquardt(data, x, y, moment_init(data, x, y), max_iter=max_iter,
-                               give_up=partial(give_up, h=h, w=w, rules=rules), patience=patience,
-                               batch=batch, on_done=on_done)
+    return levenberg_marquardt(
+        data,
+        x,
+        y,
+        moment_init(data, x, y),
+        max_iter=max_iter,
+        give_up=partial(give_up, h=h, w=w, rules=rules),
+        patience=patience,
+        batch=batch,
+        on_done=on_done,
+    )

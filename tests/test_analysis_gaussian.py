@@ -22,7 +22,7 @@ def gaussian_image(h, w, sx, sy, theta=0.0, x0=0.0, y0=0.0, amp=1.0, offset=0.0)
     c, s = math.cos(theta), math.sin(theta)
     a = c * dx + s * dy
     b = -s * dx + c * dy
-    return amp * np.exp(-0.5 * (a ** 2 / sx ** 2 + b ** 2 / sy ** 2)) + offset
+    return amp * np.exp(-0.5 * (a**2 / sx**2 + b**2 / sy**2)) + offset
 
 
 def layer(kern, name="l"):
@@ -57,18 +57,23 @@ def test_rotated_gaussian(theta):
     assert row.theta == pytest.approx(theta, abs=1e-5)
     # σx, σy: standard deviations of the fitted covariance along the image axes.
     c, s = math.cos(theta), math.sin(theta)
-    assert row.sigma_x == pytest.approx(math.sqrt(s_major ** 2 * c * c + s_minor ** 2 * s * s), rel=1e-5)
-    assert row.sigma_y == pytest.approx(math.sqrt(s_major ** 2 * s * s + s_minor ** 2 * c * c), rel=1e-5)
+    assert row.sigma_x == pytest.approx(math.sqrt(s_major**2 * c * c + s_minor**2 * s * s), rel=1e-5)
+    assert row.sigma_y == pytest.approx(math.sqrt(s_major**2 * s * s + s_minor**2 * c * c), rel=1e-5)
     assert row.sigma_ratio == pytest.approx(row.sigma_x / row.sigma_y)
 
 
 def test_batched_fit_matches_one_at_a_time_and_negative_kernels():
     rng = np.random.default_rng(0)
-    ks = np.stack([gaussian_image(15, 15, *rng.uniform(0.8, 3, 2), theta=rng.uniform(-1.5, 1.5))
-                   * rng.choice([-1, 1]) + 0.01 * rng.normal(size=(15, 15)) for _ in range(12)])
+    ks = np.stack(
+        [
+            gaussian_image(15, 15, *rng.uniform(0.8, 3, 2), theta=rng.uniform(-1.5, 1.5)) * rng.choice([-1, 1])
+            + 0.01 * rng.normal(size=(15, 15))
+            for _ in range(12)
+        ]
+    )
     batch = gaussian_fit([layer(ks)])
     for i in range(0, 12, 4):
-        single = gaussian_fit([layer(ks[i:i + 1])]).iloc[0]
+        single = gaussian_fit([layer(ks[i : i + 1])]).iloc[0]
         assert single.sigma_x == pytest.approx(batch.sigma_x[i], rel=1e-6)
     assert batch.success.all()  # |k|: a negative blob is fitted like a positive one
 
@@ -109,9 +114,20 @@ def compare_with_scipy(lks, per_layer):
 
 def test_equals_curve_fit_on_synthetic_noisy_kernels():
     rng = np.random.default_rng(5)
-    ks = np.stack([gaussian_image(16, 16, *rng.uniform(0.6, 3, 2), theta=rng.uniform(-1.5, 1.5),
-                                  x0=rng.uniform(-1, 1), y0=rng.uniform(-1, 1))
-                   + 0.05 * rng.normal(size=(16, 16)) for _ in range(10)])
+    ks = np.stack(
+        [
+            gaussian_image(
+                16,
+                16,
+                *rng.uniform(0.6, 3, 2),
+                theta=rng.uniform(-1.5, 1.5),
+                x0=rng.uniform(-1, 1),
+                y0=rng.uniform(-1, 1),
+            )
+            + 0.05 * rng.normal(size=(16, 16))
+            for _ in range(10)
+        ]
+    )
     assert compare_with_scipy([layer(ks)], per_layer=10) >= 8
 
 
@@ -119,13 +135,13 @@ def test_equals_curve_fit_on_synthetic_noisy_kernels():
 def test_equals_curve_fit_on_learned_kernels():
     lks = extract_kernels(None, layers=["layer1.0.conv1", "layer2.1.conv2", "layer3.1.conv1", "layer4.1.conv2"])
     # A slice of each layer keeps this fast; the fit of a kernel does not depend on its batch.
-    subsets = [LayerKernels(lk.name, lk.kind, lk.fmap, lk.stage, lk.kernels[:n])
-               for lk, n in zip(lks, (4, 10, 16, 24))]
+    subsets = [LayerKernels(lk.name, lk.kind, lk.fmap, lk.stage, lk.kernels[:n]) for lk, n in zip(lks, (4, 10, 16, 24))]
     assert compare_with_scipy(subsets, per_layer=5) >= 12
 
 
-_PARAMS = torch.tensor([[1.3, 0.2, -0.4, 0.1, 0.3, -0.2, 0.05], [0.7, -1.0, 0.5, -0.5, -0.2, 0.4, -0.1]],
-                       dtype=torch.float64)
+_PARAMS = torch.tensor(
+    [[1.3, 0.2, -0.4, 0.1, 0.3, -0.2, 0.05], [0.7, -1.0, 0.5, -0.5, -0.2, 0.4, -0.1]], dtype=torch.float64
+)
 
 
 def test_analytic_jacobian_equals_autograd():
@@ -165,21 +181,37 @@ def test_give_up_rule_is_its_definition_in_sigmas():
 
     rng = np.random.default_rng(7)
     h, w = 8, 12
-    p = np.column_stack([np.ones(4000), rng.uniform(-1.2 * w, 1.2 * w, 4000), rng.uniform(-1.2 * h, 1.2 * h, 4000),
-                         rng.uniform(-4.5, 2.5, 4000), rng.uniform(-1, 1, 4000), rng.uniform(-4.5, 2.5, 4000),
-                         np.zeros(4000)])
+    p = np.column_stack(
+        [
+            np.ones(4000),
+            rng.uniform(-1.2 * w, 1.2 * w, 4000),
+            rng.uniform(-1.2 * h, 1.2 * h, 4000),
+            rng.uniform(-4.5, 2.5, 4000),
+            rng.uniform(-1, 1, 4000),
+            rng.uniform(-4.5, 2.5, 4000),
+            np.zeros(4000),
+        ]
+    )
     rules, _ = gauss2d.give_up_rule()
     d = derived(torch.as_tensor(p))
     minor, major = d["sigma_minor"].numpy(), d["sigma_major"].numpy()
     size = max(h, w)
-    now_ref = ((minor < gauss2d.HARD_SIGMA) | (major > gauss2d.HARD_WIDTH * size)
-               | (np.abs(p[:, 1]) > w) | (np.abs(p[:, 2]) > h))
+    now_ref = (
+        (minor < gauss2d.HARD_SIGMA)
+        | (major > gauss2d.HARD_WIDTH * size)
+        | (np.abs(p[:, 1]) > w)
+        | (np.abs(p[:, 2]) > h)
+    )
     soon_ref = (minor < gauss2d.GIVE_UP_SIGMA) | (major > gauss2d.GIVE_UP_WIDTH * size)
     got = np.array([give_up(row, h, w, *rules) for row in p])
     # Far from a threshold both formulations must agree; within 1e-9 relative they may round apart.
     clear = np.ones(len(p), bool)
-    for v, t in [(minor, gauss2d.HARD_SIGMA), (minor, gauss2d.GIVE_UP_SIGMA), (major, gauss2d.HARD_WIDTH * size),
-                 (major, gauss2d.GIVE_UP_WIDTH * size)]:
+    for v, t in [
+        (minor, gauss2d.HARD_SIGMA),
+        (minor, gauss2d.GIVE_UP_SIGMA),
+        (major, gauss2d.HARD_WIDTH * size),
+        (major, gauss2d.GIVE_UP_WIDTH * size),
+    ]:
         clear &= np.abs(v / t - 1) > 1e-9
     assert clear.sum() > 3990
     assert np.array_equal(got[clear, 0], now_ref[clear]) and np.array_equal(got[clear, 1], soon_ref[clear])
@@ -192,12 +224,12 @@ def test_give_up_rule_is_its_definition_in_sigmas():
 
 def test_degenerate_kernels_never_raise():
     k = np.zeros((7, 9, 9))
-    k[1] = 0.5                       # constant
-    k[2, 4, 4] = 1.0                 # single pixel
-    k[3, 0, 0] = 1.0                 # single pixel in the corner
-    k[4] = np.nan                    # broken
+    k[1] = 0.5  # constant
+    k[2, 4, 4] = 1.0  # single pixel
+    k[3, 0, 0] = 1.0  # single pixel in the corner
+    k[4] = np.nan  # broken
     k[5] = gaussian_image(9, 9, 40.0, 40.0)  # flatter than the kernel is wide
-    k[6] = gaussian_image(9, 9, 1.5, 1.0)    # a good one beside them
+    k[6] = gaussian_image(9, 9, 1.5, 1.0)  # a good one beside them
     df = gaussian_fit([layer(k)])
     status = df.status.tolist()
     assert status[0] == "zero kernel" and status[1] == "constant kernel" and status[4] == "non-finite kernel"
@@ -233,9 +265,24 @@ def test_columns_on_bundled_layer():
     lk = extract_kernels(None, layers="layer4.1.conv1")[0]
     lk.kernels = lk.kernels[:96]  # a slice keeps it fast
     df = gaussian_fit([lk])
-    assert list(df.columns[:16]) == ["layer", "stage", "fmap_h", "fmap_w", "channel", "sigma_x", "sigma_y",
-                                     "sigma_major", "sigma_minor", "theta", "x0", "y0", "amplitude",
-                                     "offset", "r2", "success"]
+    assert list(df.columns[:16]) == [
+        "layer",
+        "stage",
+        "fmap_h",
+        "fmap_w",
+        "channel",
+        "sigma_x",
+        "sigma_y",
+        "sigma_major",
+        "sigma_minor",
+        "theta",
+        "x0",
+        "y0",
+        "amplitude",
+        "offset",
+        "r2",
+        "success",
+    ]
     assert len(df) == 96 and df.channel.tolist() == list(range(96))
     assert df[df.success].sigma_minor.min() >= 0.4
 
@@ -258,8 +305,10 @@ def test_moment_sigmas_recover_known_gaussians_and_never_fail():
     h = w = 33
     x, y = pixel_coords(h, w)
     cases = [(1.0, 1.5, 0, 0), (2.0, 1.2, 2, -1), (3.0, 3.0, -3, 4), (4.5, 2.5, 1, 1), (0.25, 0.25, 0, 0)]
-    ks = [(torch.exp(-0.5 * (((x - x0) / sx) ** 2 + ((y - y0) / sy) ** 2)) + 0.05).reshape(h, w)
-          for sx, sy, x0, y0 in cases]
+    ks = [
+        (torch.exp(-0.5 * (((x - x0) / sx) ** 2 + ((y - y0) / sy) ** 2)) + 0.05).reshape(h, w)
+        for sx, sy, x0, y0 in cases
+    ]
     lk = LayerKernels(name="t", kind="conv", fmap=(h, w), stage=None, kernels=torch.stack(ks).float())
     df = gaussian_fit([lk])
     for (sx, sy, _, _), (_, row) in zip(cases[:-1], df.iloc[:-1].iterrows()):
@@ -278,9 +327,19 @@ def test_moment_sigmas_recover_known_gaussians_and_never_fail():
 def _noisy_kernels(n, size=8, seed=0):
     """n noisy Gaussian blobs of random widths (some sharper than a pixel), as a (n, size, size) stack."""
     rng = np.random.default_rng(seed)
-    out = [gaussian_image(size, size, rng.uniform(0.2, 3), rng.uniform(0.2, 3), rng.uniform(-1, 1),
-                          rng.uniform(-1, 1), rng.uniform(-1, 1)) + 0.05 * rng.standard_normal((size, size))
-           for _ in range(n)]
+    out = [
+        gaussian_image(
+            size,
+            size,
+            rng.uniform(0.2, 3),
+            rng.uniform(0.2, 3),
+            rng.uniform(-1, 1),
+            rng.uniform(-1, 1),
+            rng.uniform(-1, 1),
+        )
+        + 0.05 * rng.standard_normal((size, size))
+        for _ in range(n)
+    ]
     return torch.as_tensor(np.stack(out))
 
 
@@ -338,8 +397,7 @@ def test_compiled_solver_equals_the_reference_solver_fit_by_fit():
         from niff_analysis.analysis import lm
 
         mp.setattr(lm, "PIECE_PIXELS", 64 * 7)  # pieces of 7 fits, taken by two threads
-        two = levenberg_marquardt(mag.numpy(), x.numpy(), y.numpy(), p0, 8, 8, threads=2,
-                                  on_done=done.append)
+        two = levenberg_marquardt(mag.numpy(), x.numpy(), y.numpy(), p0, 8, 8, threads=2, on_done=done.append)
     assert sum(done) == 300 and len(done) > 1
     for a, b in zip(one, two):
         assert np.array_equal(a, b)
@@ -380,8 +438,19 @@ def test_compiled_solver_equals_the_reference_solver_on_many_baseline_and_oblong
         batches.setdefault(lk.size, []).append(lk.flat)
     rng = np.random.default_rng(3)
     for h, w in [(5, 9), (12, 7)]:
-        blobs = [gaussian_image(h, w, rng.uniform(0.2, 3), rng.uniform(0.2, 3), rng.uniform(-1, 1), rng.uniform(-2, 2),
-                                rng.uniform(-2, 2)) + 0.05 * rng.standard_normal((h, w)) for _ in range(300)]
+        blobs = [
+            gaussian_image(
+                h,
+                w,
+                rng.uniform(0.2, 3),
+                rng.uniform(0.2, 3),
+                rng.uniform(-1, 1),
+                rng.uniform(-2, 2),
+                rng.uniform(-2, 2),
+            )
+            + 0.05 * rng.standard_normal((h, w))
+            for _ in range(300)
+        ]
         noise = list(rng.standard_normal((200, h, w)))  # no peak: fits that wander off the grid
         batches[(h, w)] = [torch.as_tensor(np.stack(blobs + noise))]
     same = total = same_it = 0
@@ -412,7 +481,7 @@ def test_give_up_rules_keep_every_successful_fit_of_the_bundled_checkpoint():
     layers = [lk for lk in extract_kernels(load_checkpoint(DEFAULT_CHECKPOINT)) if lk.size == (4, 4)]
     fast = gaussian_fit(layers)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gauss2d, "GIVE_UP_PATIENCE", 10 ** 6)
+        mp.setattr(gauss2d, "GIVE_UP_PATIENCE", 10**6)
         mp.setattr(gauss2d, "HARD_WIDTH", float("inf"))
         slow = gaussian_fit(layers)
     assert fast.success.sum() > 100
@@ -450,8 +519,11 @@ def _moments_reference(mag, x, y, floor=1.0, max_iter=40, tol=1e-3, centre_tol=1
         new_c = np.clip(new_c, [x.min() - 0.5, y.min() - 0.5], [x.max() + 0.5, y.max() + 0.5])
         if it > damp_after:
             new, new_c = (new + cov) / 2, (new_c + c) / 2
-        settled = ok and np.abs(new - cov).max() <= tol * max(new[0, 0], new[1, 1], 1e-2) and \
-            np.abs(new_c - c).max() <= centre_tol
+        settled = (
+            ok
+            and np.abs(new - cov).max() <= tol * max(new[0, 0], new[1, 1], 1e-2)
+            and np.abs(new_c - c).max() <= centre_tol
+        )
         cov, c = new, new_c
         if settled:
             return np.array([cov[0, 0], cov[1, 1], cov[0, 1]]), True
@@ -512,8 +584,9 @@ def test_sigma_validation_cells():
     far off under noise, as issue 26 measured."""
     from niff_analysis.analysis.sigma_validation import error_table, sigma_errors
 
-    e = sigma_errors(sigmas=(0.5, 0.75, 1.0, 2.0, 4.0), offsets=(0.0, 0.4, 0.5), noises=(0.0, 0.02, 0.05),
-                     repeats=8, seed=1)
+    e = sigma_errors(
+        sigmas=(0.5, 0.75, 1.0, 2.0, 4.0), offsets=(0.0, 0.4, 0.5), noises=(0.0, 0.02, 0.05), repeats=8, seed=1
+    )
     assert len(e) == 5 * 3 * 3 * 3 and set(e["method"]) == {"moment", "fit", "start"}
     moment, fit, start = (e[(e["method"] == m) & (e["sigma"] >= 0.75)] for m in ("moment", "fit", "start"))
     assert (moment["share_ok"] == 1).all()

@@ -20,10 +20,15 @@ def bundled():
 
 def small_cnn(variant="split", size=(12, 10)):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(),
-                          nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Conv2d(6, 3, 3, padding=1))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 3, 3, padding=1),
+    )
     return to_niff(model, input_size=size, variant=variant, mlp="cifar", in_chans=2)
 
 
@@ -56,8 +61,10 @@ def test_path_and_default_agree(bundled):
 
 
 def test_selection(bundled):
-    assert [lk.name for lk in extract_kernels(bundled, layers=["layer3.0*", "layer4.0*"])] == \
-        ["layer3.0.conv2", "layer4.0.conv2"]
+    assert [lk.name for lk in extract_kernels(bundled, layers=["layer3.0*", "layer4.0*"])] == [
+        "layer3.0.conv2",
+        "layer4.0.conv2",
+    ]
     with pytest.raises(SelectionError) as err:
         extract_kernels(bundled, layers="nothing*")
     msg = str(err.value)
@@ -68,7 +75,10 @@ def test_non_square_and_full_niff():
     split = small_cnn("split")
     lks = extract_kernels(split)
     assert [(lk.name, lk.kind, lk.fmap) for lk in lks] == [
-        ("0", "split", (12, 10)), ("2", "depthwise", (12, 10)), ("6", "split", (6, 5))]
+        ("0", "split", (12, 10)),
+        ("2", "depthwise", (12, 10)),
+        ("6", "split", (6, 5)),
+    ]
     assert lks[0].kernels.shape == (2, 12, 10) and lks[2].kernels.shape == (6, 6, 5)
     full = small_cnn("full")
     lks = extract_kernels(full)
@@ -94,18 +104,26 @@ DROPPED_TAPS = {(9, 9): {}, (10, 8): {"1": 5}, (7, 12): {"1": 10}}
 @pytest.mark.parametrize("h,w", [(9, 9), (10, 8), (7, 12)])
 def test_plain_conv_embedding_acts_like_conv2d(h, w):
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(5, 5, 5, padding=4, dilation=2),
-                          nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.Conv2d(5, 2, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1),
+        nn.Conv2d(5, 5, 5, padding=4, dilation=2),
+        nn.Conv2d(5, 5, 3, padding=1, groups=5),
+        nn.Conv2d(5, 2, 1),
+    )
     lks = extract_kernels(model, input_size=(h, w))
-    assert [(lk.name, lk.kind, lk.fmap) for lk in lks] == [("0", "conv", (h, w)), ("1", "conv", (h, w)),
-                                                           ("2", "conv", (h, w))]
+    assert [(lk.name, lk.kind, lk.fmap) for lk in lks] == [
+        ("0", "conv", (h, w)),
+        ("1", "conv", (h, w)),
+        ("2", "conv", (h, w)),
+    ]
     assert lks[0].kernels.shape == (5, 3, h, w) and lks[2].kernels.shape == (5, h, w)
     assert all(lk.response is None for lk in lks)
     for lk in lks:
         conv = model.get_submodule(lk.name)
         reach = max(conv.padding)  # size-preserving: padding = dilation·(k−1)/2
-        kern = lk.kernels if lk.kernels.dim() == 4 else torch.diag_embed(
-            lk.kernels.permute(1, 2, 0)).permute(2, 3, 0, 1)  # depthwise → diagonal (C, C, H, W)
+        kern = (
+            lk.kernels if lk.kernels.dim() == 4 else torch.diag_embed(lk.kernels.permute(1, 2, 0)).permute(2, 3, 0, 1)
+        )  # depthwise → diagonal (C, C, H, W)
         fits = reach <= min(h // 2, (h - 1) - h // 2, w // 2, (w - 1) - w // 2)
         assert lk.extra["dropped_taps"] == DROPPED_TAPS[(h, w)].get(lk.name, 0)
         assert (lk.extra["dropped_taps"] == 0) == fits
@@ -114,8 +132,7 @@ def test_plain_conv_embedding_acts_like_conv2d(h, w):
             continue
         # Zero input near the border: zero-padded and circular convolution then agree exactly.
         x = torch.zeros(2, conv.in_channels, h, w)
-        x[..., reach:h - reach, reach:w - reach] = torch.randn(2, conv.in_channels, h - 2 * reach,
-                                                               w - 2 * reach)
+        x[..., reach : h - reach, reach : w - reach] = torch.randn(2, conv.in_channels, h - 2 * reach, w - 2 * reach)
         expected = F.conv2d(x, conv.weight.detach(), None, 1, conv.padding, conv.dilation, conv.groups)
         torch.testing.assert_close(circular_apply(kern, x), expected, rtol=1e-4, atol=1e-5)
 
@@ -126,8 +143,10 @@ def test_include_conv_and_baseline(baseline_checkpoint):
     base = load_checkpoint(baseline_checkpoint)
     lks = extract_kernels(base, layers="layer[14].0.conv*")
     assert [(lk.name, lk.fmap, tuple(lk.kernels.shape)) for lk in lks] == [
-        ("layer1.0.conv1", (32, 32), (64, 64, 32, 32)), ("layer1.0.conv2", (32, 32), (64, 64, 32, 32)),
-        ("layer4.0.conv2", (4, 4), (512, 512, 4, 4))]  # layer4.0.conv1 is strided: not a stride-1 conv
+        ("layer1.0.conv1", (32, 32), (64, 64, 32, 32)),
+        ("layer1.0.conv2", (32, 32), (64, 64, 32, 32)),
+        ("layer4.0.conv2", (4, 4), (512, 512, 4, 4)),
+    ]  # layer4.0.conv1 is strided: not a stride-1 conv
     w = base.get_submodule("layer1.0.conv1").weight.detach()
     # Cross-correlation weights become a convolution kernel: flipped about the centre.
     torch.testing.assert_close(lks[0].kernels[:, :, 15:18, 15:18], w.flip(-1, -2))

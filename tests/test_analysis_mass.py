@@ -26,7 +26,7 @@ def naive_ratios(k: np.ndarray) -> tuple[list[int], list[float]]:
     windows, ratios, s = [], [], 1
     while True:
         r = (s - 1) // 2
-        win = a[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]
+        win = a[max(cy - r, 0) : cy + r + 1, max(cx - r, 0) : cx + r + 1]
         full = win.size == a.size
         windows.append(min(s, max(h, w)) if full else s)
         ratios.append(win.sum() / total)
@@ -37,8 +37,9 @@ def naive_ratios(k: np.ndarray) -> tuple[list[int], list[float]]:
 
 def layer(kern, name="l", stage=None, fmap=None):
     kern = torch.as_tensor(kern, dtype=torch.float32)
-    return LayerKernels(name=name, kind="depthwise", fmap=fmap or tuple(kern.shape[-2:]), stage=stage,
-                        kernels=kern, response=None)
+    return LayerKernels(
+        name=name, kind="depthwise", fmap=fmap or tuple(kern.shape[-2:]), stage=stage, kernels=kern, response=None
+    )
 
 
 @pytest.mark.parametrize("h,w", SIZES)
@@ -83,7 +84,7 @@ def test_windows_odd_centred_and_full_last():
 def test_gaussian_kernel_analytic_curve(n, sx, sy):
     # A sampled separable Gaussian: the mass in a square window is the product of 1-D sums.
     idx = np.arange(n) - n // 2
-    gx, gy = np.exp(-idx ** 2 / (2 * sx ** 2)), np.exp(-idx ** 2 / (2 * sy ** 2))
+    gx, gy = np.exp(-(idx**2) / (2 * sx**2)), np.exp(-(idx**2) / (2 * sy**2))
     k = np.outer(gy, gx)
     windows, ratios = mass_ratios(torch.from_numpy(k)[None])
     for s, r in zip(windows, ratios[0]):
@@ -133,9 +134,10 @@ def test_long_form_columns_and_full_layer_channels():
 
 def test_summary_and_sizes_against_pandas_by_hand():
     rng = np.random.default_rng(1)
-    layers = [layer(rng.normal(size=(6, 9, 9)) * np.exp(-np.add.outer(*[np.arange(9) ** 2] * 2) / 20),
-                    name="a", stage="s1"),
-              layer(rng.normal(size=(4, 8, 8)), name="b", stage=None)]
+    layers = [
+        layer(rng.normal(size=(6, 9, 9)) * np.exp(-np.add.outer(*[np.arange(9) ** 2] * 2) / 20), name="a", stage="s1"),
+        layer(rng.normal(size=(4, 8, 8)), name="b", stage=None),
+    ]
     df = kernel_mass(layers)
     summ = mass_summary(df)
     for (name, win), grp in df.groupby(["layer", "window"]):

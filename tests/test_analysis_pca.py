@@ -17,8 +17,9 @@ def bundled_kernels():
 
 def layer(kern, name="l", response=None):
     kern = torch.as_tensor(kern, dtype=torch.float32)
-    return LayerKernels(name=name, kind="depthwise", fmap=tuple(kern.shape[-2:]), stage="s",
-                        kernels=kern, response=response)
+    return LayerKernels(
+        name=name, kind="depthwise", fmap=tuple(kern.shape[-2:]), stage="s", kernels=kern, response=response
+    )
 
 
 def assert_matches_sklearn(x: np.ndarray, comps: np.ndarray, ratio: np.ndarray, var: np.ndarray):
@@ -54,8 +55,9 @@ def test_equals_sklearn_full_up_to_sign(n, h, w, k):
     assert res.components["l"].shape == (min(k, n, h * w), h, w)
     t = res.table
     x = torch.as_tensor(kern, dtype=torch.float32).double().numpy().reshape(n, -1)
-    assert_matches_sklearn(x, res.components["l"], t.explained_variance_ratio.to_numpy(),
-                           t.explained_variance.to_numpy())
+    assert_matches_sklearn(
+        x, res.components["l"], t.explained_variance_ratio.to_numpy(), t.explained_variance.to_numpy()
+    )
     np.testing.assert_allclose(t.cumulative_variance_ratio, np.cumsum(t.explained_variance_ratio))
     np.testing.assert_allclose(res.means["l"], x.mean(0).reshape(h, w))
 
@@ -64,15 +66,15 @@ def test_bundled_layers_equal_sklearn_and_are_deterministic(bundled_kernels):
     chosen = [lk for lk in bundled_kernels if lk.name in ("layer1.0.conv1", "layer3.1.conv2", "layer4.1.conv2")]
     a = pca_eigenkernels(chosen)
     b = pca_eigenkernels(chosen)
-    assert list(a.table.columns[:6]) == ["layer", "stage", "fmap_h", "fmap_w", "component",
-                                         "explained_variance_ratio"]
+    assert list(a.table.columns[:6]) == ["layer", "stage", "fmap_h", "fmap_w", "component", "explained_variance_ratio"]
     for lk in chosen:
         assert np.array_equal(a.components[lk.name], b.components[lk.name])  # bit for bit
         t = a.table[a.table.layer == lk.name]
         assert t.component.tolist() == list(range(6))
         x = lk.flat.reshape(len(lk.flat), -1).double().numpy()
-        assert_matches_sklearn(x, a.components[lk.name], t.explained_variance_ratio.to_numpy(),
-                               t.explained_variance.to_numpy())
+        assert_matches_sklearn(
+            x, a.components[lk.name], t.explained_variance_ratio.to_numpy(), t.explained_variance.to_numpy()
+        )
 
 
 def test_sign_rule():
@@ -105,8 +107,12 @@ def test_weight_pca_parts_and_errors(bundled_kernels):
         for part, values in (("real", lk.response.real), ("imag", lk.response.imag)):
             t = res.table[(res.table.layer == lk.name) & (res.table.part == part)]
             x = values.reshape(len(values), -1).double().numpy()
-            assert_matches_sklearn(x, res.components[(lk.name, part)],
-                                   t.explained_variance_ratio.to_numpy(), t.explained_variance.to_numpy())
+            assert_matches_sklearn(
+                x,
+                res.components[(lk.name, part)],
+                t.explained_variance_ratio.to_numpy(),
+                t.explained_variance.to_numpy(),
+            )
     plain = layer(np.ones((3, 5, 5)), "conv1")
     with pytest.raises(SelectionError, match="conv1 is a plain convolution.*layer2.1.conv1"):
         weight_pca([plain, chosen[0]])
@@ -128,10 +134,15 @@ def test_weight_pca_of_the_hermitian_part(bundled_kernels):
         for part, values in (("real", wh.real), ("imag", wh.imag)):
             t = res.table[(res.table.layer == lk.name) & (res.table.part == part)]
             comps = res.components[(lk.name, part)]
-            assert_matches_sklearn(values.reshape(len(values), -1), comps,
-                                   t.explained_variance_ratio.to_numpy(), t.explained_variance.to_numpy())
-            mirrored = np.fft.fftshift(np.fft.ifftshift(comps, axes=(1, 2))[:, (-np.arange(h)) % h][
-                :, :, (-np.arange(w)) % w], axes=(1, 2))
+            assert_matches_sklearn(
+                values.reshape(len(values), -1),
+                comps,
+                t.explained_variance_ratio.to_numpy(),
+                t.explained_variance.to_numpy(),
+            )
+            mirrored = np.fft.fftshift(
+                np.fft.ifftshift(comps, axes=(1, 2))[:, (-np.arange(h)) % h][:, :, (-np.arange(w)) % w], axes=(1, 2)
+            )
             np.testing.assert_allclose(mirrored, comps if part == "real" else -comps, atol=1e-8)
     with pytest.raises(SelectionError, match="response must be one of raw, hermitian"):
         weight_pca(chosen, response="acting")

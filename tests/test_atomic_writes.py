@@ -78,16 +78,23 @@ class WriteMonitor:
 
     def direct_writes(self) -> list[str]:
         mine = [(kind, p) for kind, p in self.events if self.root in p.parents]
-        bad = [f"opened for writing: {p}" for kind, p in mine if kind == "write"
-               and not (p.name.startswith(".") and p.name.endswith(".tmp"))
-               and not p.name.startswith(".niff-write-test.")  # figures' writability probe, removed
-               and p.name != "train.lock"  # a run folder's lock: held open while writing, then removed
-               and not any(q.name.endswith(".partial") for q in p.parents)]
+        bad = [
+            f"opened for writing: {p}"
+            for kind, p in mine
+            if kind == "write"
+            and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+            and not p.name.startswith(".niff-write-test.")  # figures' writability probe, removed
+            and p.name != "train.lock"  # a run folder's lock: held open while writing, then removed
+            and not any(q.name.endswith(".partial") for q in p.parents)
+        ]
         renamed = {p for kind, p in mine if kind == "rename"}
         after = {p for p in self.root.rglob("*") if p.is_file()}
         # A file inside a folder renamed into place as a whole (a figure set) was renamed with it.
-        bad += [f"appeared without a rename: {p}" for p in sorted(after - self.before - renamed)
-                if not renamed & set(p.parents)]
+        bad += [
+            f"appeared without a rename: {p}"
+            for p in sorted(after - self.before - renamed)
+            if not renamed & set(p.parents)
+        ]
         return bad
 
 
@@ -108,16 +115,34 @@ def test_the_monitor_catches_direct_writes(tmp_path):
     assert mon.direct_writes() == [f"appeared without a rename: {tmp_path / 'f.txt'}"]
 
 
-@pytest.mark.parametrize("args", [
-    ["mass", "--layers", SMALL, "-q", "-o", "{d}/m.csv"],
-    ["kernels", "--layers", SMALL, "-q", "--responses", "-o", "{d}/k.npz"],
-    ["pca", "--layers", SMALL, "-q", "-o", "{d}/p.npz"],
-    ["gaussian", "--layers", SMALL, "-q", "--view", "summary", "-o", "{d}/g.json"],
-    ["history", "-q", "-o", "{d}/h.txt"],
-    ["claims", "-q", "-o", "{d}/c.csv"],
-    ["figures", "--layers", SMALL, "--max-kernels", "16", "--erf-images", "0", "--cost-sizes", "none",
-     "--format", "png,svg", "-q", "--out", "{d}/figs"],
-], ids=lambda a: a[0])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mass", "--layers", SMALL, "-q", "-o", "{d}/m.csv"],
+        ["kernels", "--layers", SMALL, "-q", "--responses", "-o", "{d}/k.npz"],
+        ["pca", "--layers", SMALL, "-q", "-o", "{d}/p.npz"],
+        ["gaussian", "--layers", SMALL, "-q", "--view", "summary", "-o", "{d}/g.json"],
+        ["history", "-q", "-o", "{d}/h.txt"],
+        ["claims", "-q", "-o", "{d}/c.csv"],
+        [
+            "figures",
+            "--layers",
+            SMALL,
+            "--max-kernels",
+            "16",
+            "--erf-images",
+            "0",
+            "--cost-sizes",
+            "none",
+            "--format",
+            "png,svg",
+            "-q",
+            "--out",
+            "{d}/figs",
+        ],
+    ],
+    ids=lambda a: a[0],
+)
 def test_commands_write_only_through_atomic_renames(tmp_path, args):
     with WriteMonitor(tmp_path) as mon:
         res = CliRunner().invoke(main, [a.format(d=tmp_path) for a in args])
@@ -133,9 +158,25 @@ def test_checkpoints_and_imports_write_only_through_atomic_renames(tmp_path):
     with WriteMonitor(tmp_path / "out") as mon:
         save_checkpoint(model, tmp_path / "out" / "ckpt")
         save_checkpoint(model, tmp_path / "out" / "single.safetensors")
-        res = CliRunner().invoke(main, ["import", str(tmp_path / "sd.pt"), "--model", "resnet18_niff",
-                                        "--num-classes", "10", "--in-chans", "1", "--stem", "cifar",
-                                        "--input-size", "16", "--out", str(tmp_path / "out" / "imp")])
+        res = CliRunner().invoke(
+            main,
+            [
+                "import",
+                str(tmp_path / "sd.pt"),
+                "--model",
+                "resnet18_niff",
+                "--num-classes",
+                "10",
+                "--in-chans",
+                "1",
+                "--stem",
+                "cifar",
+                "--input-size",
+                "16",
+                "--out",
+                str(tmp_path / "out" / "imp"),
+            ],
+        )
     assert res.exit_code == 0, res.output
     assert mon.direct_writes() == []
 
@@ -152,6 +193,7 @@ def half_then_fail(monkeypatch):
             hits.append(Path(self))
             real(self, data[: len(data) // 2], *args, **kwargs)
             raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
         return write
 
     monkeypatch.setattr(Path, "write_bytes", partial(Path.write_bytes))
@@ -169,10 +211,12 @@ def test_failure_mid_write_keeps_the_previous_file(tmp_path, kind, half_then_fai
     target = tmp_path / "out.dat"
     data = {"bytes": b"N" * 10_000, "text": "N" * 10_000}.get(kind)
     if kind == "callable":
+
         def data(tmp):  # e.g. torch.save / np.savez into the temporary path
             with open(tmp, "wb") as f:
                 f.write(b"N" * 5_000)
             raise OSError(errno.ENOSPC, "injected")
+
     # No previous file: nothing at all is left.
     with pytest.raises(OSError):
         atomic_write(target, data)
@@ -208,8 +252,14 @@ def test_checkpoint_save_failure_keeps_the_previous_checkpoint(tmp_path, monkeyp
         with monkeypatch.context() as mp:
             real = Path.write_bytes
             # the lambda runs within this iteration (the context undoes the patch)
-            mp.setattr(Path, "write_bytes", lambda self, data: (real(self, data[: len(data) // 2]),  # noqa: B023
-                                                                 _raise(errno.ENOSPC))[1])
+            mp.setattr(
+                Path,
+                "write_bytes",
+                lambda self, data: (
+                    real(self, data[: len(data) // 2]),  # noqa: B023
+                    _raise(errno.ENOSPC),
+                )[1],
+            )
             with pytest.raises(OSError, match="injected"):
                 save_checkpoint(new, path, note="new")
         after = {p.name: p.read_bytes() for p in ([path] if path.is_file() else path.iterdir())}
@@ -298,8 +348,9 @@ def test_figure_failure_keeps_previous_figure(tmp_path, half_then_fail):
 def test_content_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(nio.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
-                                                     real_fsync(fd))[1])
+    monkeypatch.setattr(
+        nio.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1]
+    )
     monkeypatch.setattr(nio.os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b))[1])
     atomic_write(tmp_path / "x.txt", "hello")
     kinds = [e[0] for e in events]

@@ -63,13 +63,38 @@ from niff_analysis.train.data import load_dataset  # noqa: E402
 
 ENTRY = Path(sys.executable).parent / "niff-analyze"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-FMNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+FMNIST_FILES = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+]
 SMALL = "layer4.1.conv2"  # 2×2 at input 16: every command on it is instant
 # A tiny training run: it fails on its bad input long before any step would run.
-TRAIN = ["train", "--model", "resnet18", "--stem", "cifar", "--input-size", "16", "--epochs", "1",
-         "--batch-size", "2", "--train-subset", "4", "--test-subset", "2", "--workers", "0",
-         "--device", "cpu", "--threads", "1", "--quiet"]
+TRAIN = [
+    "train",
+    "--model",
+    "resnet18",
+    "--stem",
+    "cifar",
+    "--input-size",
+    "16",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--train-subset",
+    "4",
+    "--test-subset",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -281,11 +306,17 @@ def test_overflowing_weights_are_refused_not_printed_as_nan(ck, tmp_path):
     model = load_checkpoint(ck["overflow"])  # every weight is finite …
     with pytest.raises(NiffError, match=r"layer layer1\.0\.conv1: 64 of 64 kernels contain NaN or Inf"):
         extract_kernels(model, layers="layer1.0.conv1")  # … but the kernels are not
-    for command, extra in (("mass", ["--format", "csv"]), ("kernels", ["--format", "csv"]), ("pca", []),
-                           ("gaussian", ["--format", "json"]),
-                           ("figures", ["--out", tmp_path / "figs", "--cost-sizes", "none"])):
-        line = assert_error(invoke(command, ck["overflow"], "--layers", "layer1.*", "-q", *extra),
-                            "overflow: layer layer1.0.conv1: 64 of 64 kernels contain NaN or Inf")
+    for command, extra in (
+        ("mass", ["--format", "csv"]),
+        ("kernels", ["--format", "csv"]),
+        ("pca", []),
+        ("gaussian", ["--format", "json"]),
+        ("figures", ["--out", tmp_path / "figs", "--cost-sizes", "none"]),
+    ):
+        line = assert_error(
+            invoke(command, ck["overflow"], "--layers", "layer1.*", "-q", *extra),
+            "overflow: layer layer1.0.conv1: 64 of 64 kernels contain NaN or Inf",
+        )
         assert "nan" not in line.lower().replace("nan or inf", "")
     assert not (tmp_path / "figs").exists()
 
@@ -309,8 +340,9 @@ def test_pickled_code_never_runs(ck, tmp_path):
         read_torch_pickle(hostile)
     with pytest.raises(CheckpointError, match="weights_only=True"):
         import_reference_checkpoint(hostile, "resnet18_niff")
-    assert_error(invoke("import", hostile, "--model", "resnet18_niff", "--out", tmp_path / "imp"),
-                 "refusing to unpickle")
+    assert_error(
+        invoke("import", hostile, "--model", "resnet18_niff", "--out", tmp_path / "imp"), "refusing to unpickle"
+    )
     assert not (tmp_path / "imp").exists()
     # As a --resume state of a training run.
     run = tmp_path / "run"
@@ -323,8 +355,11 @@ def test_pickled_code_never_runs(ck, tmp_path):
     shutil.copy(hostile, cifar / "data_batch_1")
     with pytest.raises(DataError, match="malformed"):
         load_dataset("cifar10", cifar, "train")
-    assert_error(invoke(*TRAIN, "--dataset", "cifar10", "--data-dir", cifar, "--out", tmp_path / "o"),
-                 "CIFAR-10 file data_batch_1", "malformed")
+    assert_error(
+        invoke(*TRAIN, "--dataset", "cifar10", "--data-dir", cifar, "--out", tmp_path / "o"),
+        "CIFAR-10 file data_batch_1",
+        "malformed",
+    )
     assert not marker.exists()
     # The payload is real: unpickled without weights_only, the same kind of file runs its code.
     proof = tmp_path / "proof.pt"
@@ -334,15 +369,18 @@ def test_pickled_code_never_runs(ck, tmp_path):
 
 
 # ------------------------------------------------------------------------------ selections, options
-@pytest.mark.parametrize("args,message", [
-    (["mass", "--layers", "nothing*"], "good: no layer matches 'nothing*'; available layers: layer1.0.conv1"),
-    (["pca", "--layers", "conv1"], "no layer matches 'conv1'"),
-    (["figures", "--layers", "nothing*", "--cost-sizes", "none"], "good: no layer matches 'nothing*'"),
-    (["figures", "--layers", ",", "--cost-sizes", "none"], "--layers is empty"),
-    (["figures", "--format", "gif"], "unknown --format gif; choose from pdf, png, svg"),
-    (["figures", "--cost-sizes", "a,b"], "--cost-sizes takes comma-separated integers or 'none'"),
-    (["figures", "--cost-sizes", "1"], "--cost-sizes must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["mass", "--layers", "nothing*"], "good: no layer matches 'nothing*'; available layers: layer1.0.conv1"),
+        (["pca", "--layers", "conv1"], "no layer matches 'conv1'"),
+        (["figures", "--layers", "nothing*", "--cost-sizes", "none"], "good: no layer matches 'nothing*'"),
+        (["figures", "--layers", ",", "--cost-sizes", "none"], "--layers is empty"),
+        (["figures", "--format", "gif"], "unknown --format gif; choose from pdf, png, svg"),
+        (["figures", "--cost-sizes", "a,b"], "--cost-sizes takes comma-separated integers or 'none'"),
+        (["figures", "--cost-sizes", "1"], "--cost-sizes must be at least 2"),
+    ],
+)
 def test_bad_selection_on_checkpoint_is_one_line(ck, args, message, tmp_path):
     if args[0] == "figures":
         args = [*args, "--out", tmp_path / "figs"]
@@ -350,26 +388,36 @@ def test_bad_selection_on_checkpoint_is_one_line(ck, args, message, tmp_path):
     assert not (tmp_path / "figs").exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["describe", "resnet9000"], "unknown model 'resnet9000'; available: convnext_tiny"),
-    (["describe", "resnet18_niff", "--input-size", "8"],
-     "input size 8x8 is too small for the model's downsampling: layer3.0.conv1"),
-    (["describe", "resnet18_niff", "--stem", "imagenet", "--input-size", "16"], "too small"),
-    ([*TRAIN, "--input-size", "4", "--out", "{tmp}/o", "--data-dir", str(FMNIST)], "input size 4x4 is too small"),
-    ([*TRAIN, "--workers", "-1", "--out", "{tmp}/o"], "workers must be zero or positive, got -1"),
-    ([*TRAIN, "--save-every-steps", "-1", "--out", "{tmp}/o"], "save_every_steps must be zero or positive"),
-    ([*TRAIN, "--lr", "-1", "--out", "{tmp}/o"], "lr must be positive, got -1.0"),
-    ([*TRAIN, "--mlp-lr-scale", "0", "--out", "{tmp}/o"], "mlp_lr_scale must be positive, got 0.0"),
-    ([*TRAIN, "--mlp-weight-decay", "-1", "--out", "{tmp}/o"], "mlp_weight_decay and momentum must be"),
-    ([*TRAIN, "--kernel-stats-every-steps", "-2", "--out", "{tmp}/o"],
-     "kernel_stats_every_steps must be zero or positive, got -2"),
-    ([*TRAIN, "--mlp", "0", "--out", "{tmp}/o"], "MLP hidden sizes must be positive, got [0]"),
-    ([*TRAIN, "--mlp", "1,x", "--out", "{tmp}/o"], "--mlp: expected a preset name or sizes like 16,64"),
-    ([*TRAIN, "--mlp", "gigantic", "--out", "{tmp}/o"], "unknown MLP preset 'gigantic'"),
-    ([*TRAIN, "--out", "{tmp}/o", "--resume"], "--resume: no train_state.pt in"),
-    ([*TRAIN, "--out", "{tmp}/file"], "--out {tmp}/file: exists and is not a directory"),
-    (["mass", "-q", "-o", "{tmp}/file/x.csv"], "--output {tmp}/file/x.csv: {tmp}/file exists and is not a directory"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["describe", "resnet9000"], "unknown model 'resnet9000'; available: convnext_tiny"),
+        (
+            ["describe", "resnet18_niff", "--input-size", "8"],
+            "input size 8x8 is too small for the model's downsampling: layer3.0.conv1",
+        ),
+        (["describe", "resnet18_niff", "--stem", "imagenet", "--input-size", "16"], "too small"),
+        ([*TRAIN, "--input-size", "4", "--out", "{tmp}/o", "--data-dir", str(FMNIST)], "input size 4x4 is too small"),
+        ([*TRAIN, "--workers", "-1", "--out", "{tmp}/o"], "workers must be zero or positive, got -1"),
+        ([*TRAIN, "--save-every-steps", "-1", "--out", "{tmp}/o"], "save_every_steps must be zero or positive"),
+        ([*TRAIN, "--lr", "-1", "--out", "{tmp}/o"], "lr must be positive, got -1.0"),
+        ([*TRAIN, "--mlp-lr-scale", "0", "--out", "{tmp}/o"], "mlp_lr_scale must be positive, got 0.0"),
+        ([*TRAIN, "--mlp-weight-decay", "-1", "--out", "{tmp}/o"], "mlp_weight_decay and momentum must be"),
+        (
+            [*TRAIN, "--kernel-stats-every-steps", "-2", "--out", "{tmp}/o"],
+            "kernel_stats_every_steps must be zero or positive, got -2",
+        ),
+        ([*TRAIN, "--mlp", "0", "--out", "{tmp}/o"], "MLP hidden sizes must be positive, got [0]"),
+        ([*TRAIN, "--mlp", "1,x", "--out", "{tmp}/o"], "--mlp: expected a preset name or sizes like 16,64"),
+        ([*TRAIN, "--mlp", "gigantic", "--out", "{tmp}/o"], "unknown MLP preset 'gigantic'"),
+        ([*TRAIN, "--out", "{tmp}/o", "--resume"], "--resume: no train_state.pt in"),
+        ([*TRAIN, "--out", "{tmp}/file"], "--out {tmp}/file: exists and is not a directory"),
+        (
+            ["mass", "-q", "-o", "{tmp}/file/x.csv"],
+            "--output {tmp}/file/x.csv: {tmp}/file exists and is not a directory",
+        ),
+    ],
+)
 def test_bad_parameters_are_one_line(args, message, tmp_path):
     (tmp_path / "file").write_text("a file, not a folder\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -378,36 +426,42 @@ def test_bad_parameters_are_one_line(args, message, tmp_path):
     assert (tmp_path / "file").read_text() == "a file, not a folder\n"
 
 
-@pytest.mark.parametrize("args,option,message", [
-    (["pca", "--components", "0"], "'--components'", "must be a positive integer, got 0"),
-    (["pca", "-k", "-3"], "'--components'", "must be a positive integer, got -3"),
-    (["pca", "-k", "many"], "'--components'", "'many' is not a valid integer"),
-    (["gaussian", "--max-iter", "0"], "'--max-iter'", "must be a positive integer, got 0"),
-    (["figures", "--out", "x", "--max-kernels", "0"], "'--max-kernels'", "got 0"),
-    (["describe", "resnet18_niff", "--input-size", "0"], "'--input-size'", "got 0"),
-    (["describe", "resnet18_niff", "--num-classes", "-1"], "'--num-classes'", "got -1"),
-    (["import-reference", "x.pt", "--model", "resnet18_niff", "--out", "o", "--in-chans", "0"],
-     "'--in-chans'", "got 0"),
-    (["train", "--model", "resnet18", "--out", "o", "--epochs", "-1"], "'--epochs'", "got -1"),
-    (["train", "--model", "resnet18", "--out", "o", "--batch-size", "-1"], "'--batch-size'", "got -1"),
-    (["train", "--model", "resnet18", "--out", "o", "--train-subset", "0"], "'--train-subset'", "got 0"),
-    (["train", "--model", "resnet18", "--out", "o", "--test-subset", "-5"], "'--test-subset'", "got -5"),
-    (["train", "--model", "resnet18", "--out", "o", "--threads", "0"], "'--threads'", "got 0"),
-    (["train", "--model", "resnet9000", "--out", "o"], "'--model'", "'resnet9000' is not one of"),
-    (["train", "--model", "resnet18", "--out", "o", "--dataset", "mnist"], "'--dataset'", "'mnist' is not one of"),
-    (["train", "--model", "resnet18", "--out", "o", "--mode", "wrap"], "'--mode'", "'wrap' is not one of"),
-    (["train", "--model", "resnet18", "--out", "o", "--dtype", "float16"], "'--dtype'", "is not one of"),
-    (["train", "--model", "resnet18"], "'--out'", "Missing option"),
-    (["mass", "--device", "tpu"], "'--device'", "'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
-    (["mass", "--view", "bogus"], "'--view'", "'bogus' is not one of 'ratios', 'summary', 'sizes'"),
-    (["mass", "--format", "xml"], "'--format'", "'xml' is not one of 'table', 'csv', 'json'"),
-    (["mass", "-o", "x.xlsx"], "--output", "use a suffix of .csv, .json, .txt"),
-    (["mass", "--format", "csv", "-o", "x.json"], "--format csv", "disagrees with the suffix"),
-    (["describe", "resnet18", "--stem", "weird"], "'--stem'", "'weird' is not one of 'imagenet', 'cifar'"),
-    (["models", "zzz*"], "zzz*", "no model matches"),
-    (["mass", "--bogus"], "'--bogus'", "No such option"),
-    (["frobnicate"], "'frobnicate'", "No such command"),
-])
+@pytest.mark.parametrize(
+    "args,option,message",
+    [
+        (["pca", "--components", "0"], "'--components'", "must be a positive integer, got 0"),
+        (["pca", "-k", "-3"], "'--components'", "must be a positive integer, got -3"),
+        (["pca", "-k", "many"], "'--components'", "'many' is not a valid integer"),
+        (["gaussian", "--max-iter", "0"], "'--max-iter'", "must be a positive integer, got 0"),
+        (["figures", "--out", "x", "--max-kernels", "0"], "'--max-kernels'", "got 0"),
+        (["describe", "resnet18_niff", "--input-size", "0"], "'--input-size'", "got 0"),
+        (["describe", "resnet18_niff", "--num-classes", "-1"], "'--num-classes'", "got -1"),
+        (
+            ["import-reference", "x.pt", "--model", "resnet18_niff", "--out", "o", "--in-chans", "0"],
+            "'--in-chans'",
+            "got 0",
+        ),
+        (["train", "--model", "resnet18", "--out", "o", "--epochs", "-1"], "'--epochs'", "got -1"),
+        (["train", "--model", "resnet18", "--out", "o", "--batch-size", "-1"], "'--batch-size'", "got -1"),
+        (["train", "--model", "resnet18", "--out", "o", "--train-subset", "0"], "'--train-subset'", "got 0"),
+        (["train", "--model", "resnet18", "--out", "o", "--test-subset", "-5"], "'--test-subset'", "got -5"),
+        (["train", "--model", "resnet18", "--out", "o", "--threads", "0"], "'--threads'", "got 0"),
+        (["train", "--model", "resnet9000", "--out", "o"], "'--model'", "'resnet9000' is not one of"),
+        (["train", "--model", "resnet18", "--out", "o", "--dataset", "mnist"], "'--dataset'", "'mnist' is not one of"),
+        (["train", "--model", "resnet18", "--out", "o", "--mode", "wrap"], "'--mode'", "'wrap' is not one of"),
+        (["train", "--model", "resnet18", "--out", "o", "--dtype", "float16"], "'--dtype'", "is not one of"),
+        (["train", "--model", "resnet18"], "'--out'", "Missing option"),
+        (["mass", "--device", "tpu"], "'--device'", "'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
+        (["mass", "--view", "bogus"], "'--view'", "'bogus' is not one of 'ratios', 'summary', 'sizes'"),
+        (["mass", "--format", "xml"], "'--format'", "'xml' is not one of 'table', 'csv', 'json'"),
+        (["mass", "-o", "x.xlsx"], "--output", "use a suffix of .csv, .json, .txt"),
+        (["mass", "--format", "csv", "-o", "x.json"], "--format csv", "disagrees with the suffix"),
+        (["describe", "resnet18", "--stem", "weird"], "'--stem'", "'weird' is not one of 'imagenet', 'cifar'"),
+        (["models", "zzz*"], "zzz*", "no model matches"),
+        (["mass", "--bogus"], "'--bogus'", "No such option"),
+        (["frobnicate"], "'frobnicate'", "No such command"),
+    ],
+)
 def test_bad_options_are_short_usage_errors(args, option, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_usage_error(invoke(*args), option, message)
@@ -433,11 +487,12 @@ def test_bad_values_through_the_api(tmp_path):
             weight_pca(lks, n_components=bad)
         with pytest.raises(SelectionError, match=f"max_kernels must be a positive integer, got {bad}"):
             subsample(lks, bad)
-    for field, value, message in (("epochs", -1, "epochs must be zero or positive, got -1"),
-                                  ("batch_size", -1, "batch_size must be a positive integer, got -1"),
-                                  ("workers", -1, "workers must be zero or positive")):
-        cfg = TrainConfig(model="resnet18", out=str(tmp_path / "o"), device="cpu", progress=False,
-                          **{field: value})
+    for field, value, message in (
+        ("epochs", -1, "epochs must be zero or positive, got -1"),
+        ("batch_size", -1, "batch_size must be a positive integer, got -1"),
+        ("workers", -1, "workers must be zero or positive"),
+    ):
+        cfg = TrainConfig(model="resnet18", out=str(tmp_path / "o"), device="cpu", progress=False, **{field: value})
         with pytest.raises(NiffError, match=message):
             train(cfg)
     assert not (tmp_path / "o").exists()
@@ -507,8 +562,7 @@ DATA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dataset,make,case,message", DATA_CASES,
-                         ids=[f"{d}-{c}" for d, _, c, _ in DATA_CASES])
+@pytest.mark.parametrize("dataset,make,case,message", DATA_CASES, ids=[f"{d}-{c}" for d, _, c, _ in DATA_CASES])
 def test_bad_data_dir(dataset, make, case, message, tmp_path):
     d = make(tmp_path, case)
     message = message.format(d=d)
@@ -531,10 +585,11 @@ def test_corrupt_image_in_imagefolder_is_one_line(tmp_path, workers):
         data[index]
     # CLI: a DataLoader worker re-raises it with the worker's traceback in the message; the
     # user still sees one line naming the file, and no traceback.
-    line = assert_error(invoke(*TRAIN, "--workers", workers, "--dataset", "imagefolder", "--data-dir", d,
-                               "--out", tmp_path / "run"),
-                        f"cannot read image {bad}")
-    assert "File \"" not in line and "worker.py" not in line
+    line = assert_error(
+        invoke(*TRAIN, "--workers", workers, "--dataset", "imagefolder", "--data-dir", d, "--out", tmp_path / "run"),
+        f"cannot read image {bad}",
+    )
+    assert 'File "' not in line and "worker.py" not in line
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
@@ -544,8 +599,9 @@ def _layer(name: str, kernels: torch.Tensor) -> LayerKernels:
     k = kernels.float()
     resp = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(k, dim=(-2, -1))), dim=(-2, -1))
     assert torch.allclose(centred_to_kernel(resp).float(), k, atol=1e-6)
-    return LayerKernels(name, "depthwise", tuple(k.shape[-2:]), "layer1", k, resp.to(torch.complex64),
-                        k.shape[0], k.shape[0])
+    return LayerKernels(
+        name, "depthwise", tuple(k.shape[-2:]), "layer1", k, resp.to(torch.complex64), k.shape[0], k.shape[0]
+    )
 
 
 def _degenerate() -> dict[str, torch.Tensor]:
@@ -554,16 +610,22 @@ def _degenerate() -> dict[str, torch.Tensor]:
     delta[:, n // 2, n // 2] = 1.5
     corner = torch.zeros(4, n, n)
     corner[:, 0, 0] = 1.0
-    return {"zero": torch.zeros(4, n, n), "single_pixel": delta, "corner_pixel": corner,
-            "constant": torch.full((4, n, n), 0.25), "grid_1x1": torch.ones(3, 1, 1) * 2.0,
-            "zero_1x1": torch.zeros(3, 1, 1), "grid_2x2": torch.arange(4.0).reshape(2, 2).repeat(3, 1, 1)}
+    return {
+        "zero": torch.zeros(4, n, n),
+        "single_pixel": delta,
+        "corner_pixel": corner,
+        "constant": torch.full((4, n, n), 0.25),
+        "grid_1x1": torch.ones(3, 1, 1) * 2.0,
+        "zero_1x1": torch.zeros(3, 1, 1),
+        "grid_2x2": torch.arange(4.0).reshape(2, 2).repeat(3, 1, 1),
+    }
 
 
 def _naive_mass(k: np.ndarray, s: int) -> float:
     """Share of |k| in the centred s×s window by plain slicing (independent of mass_ratios)."""
     h, w = k.shape
     r = s // 2
-    win = np.abs(k[max(h // 2 - r, 0):h // 2 + r + 1, max(w // 2 - r, 0):w // 2 + r + 1]).sum()
+    win = np.abs(k[max(h // 2 - r, 0) : h // 2 + r + 1, max(w // 2 - r, 0) : w // 2 + r + 1]).sum()
     return win / np.abs(k).sum()
 
 
@@ -598,9 +660,15 @@ def test_degenerate_kernels_through_every_analysis(case):
     # Gaussian fits: one flagged row per kernel, never an exception.
     fits = gaussian_fit([lk])
     assert len(fits) == k.shape[0] and not fits.success.any()
-    expected = {"zero": {"zero kernel"}, "single_pixel": {"undersampled"},
-                "corner_pixel": {"undersampled", "centre outside"}, "constant": {"constant kernel"},
-                "grid_1x1": {"constant kernel"}, "zero_1x1": {"zero kernel"}, "grid_2x2": {"too few pixels"}}
+    expected = {
+        "zero": {"zero kernel"},
+        "single_pixel": {"undersampled"},
+        "corner_pixel": {"undersampled", "centre outside"},
+        "constant": {"constant kernel"},
+        "grid_1x1": {"constant kernel"},
+        "zero_1x1": {"zero kernel"},
+        "grid_2x2": {"too few pixels"},
+    }
     assert set(fits.status) <= expected[case]
     if case in ("constant", "grid_1x1"):
         assert (fits.amplitude == 0).all() and fits.offset.to_numpy() == pytest.approx(float(k.flatten()[0]))
@@ -632,21 +700,48 @@ def test_degenerate_kernels_through_every_plot(tmp_path, monkeypatch):
     pca, wpca = pca_eigenkernels(lks), weight_pca(lks)
     # The whole figure set and its tables, drawn from them; every plotting function must run.
     called = set()
-    for fn in (plot_mass_ratio, plot_effective_size, plot_sigma, plot_eigenkernels, plot_weight_pca,
-               plot_raw_kernels, plot_kernel_magnitude):
-        monkeypatch.setattr(report, fn.__name__,
-                            lambda *a, _fn=fn, **k: (called.add(_fn.__name__), _fn(*a, **k))[1])
+    for fn in (
+        plot_mass_ratio,
+        plot_effective_size,
+        plot_sigma,
+        plot_eigenkernels,
+        plot_weight_pca,
+        plot_raw_kernels,
+        plot_kernel_magnitude,
+    ):
+        monkeypatch.setattr(report, fn.__name__, lambda *a, _fn=fn, **k: (called.add(_fn.__name__), _fn(*a, **k))[1])
     tag = lambda df: df.assign(checkpoint="deg")[["checkpoint", *df.columns]]  # noqa: E731
     pca.table, wpca.table = tag(pca.table), tag(wpca.table)
-    data = FigureData(labels=["deg"], kernels={"deg": lks}, mass_summary=tag(summ),
-                      effective_sizes=tag(sizes), gaussian=tag(fits), gaussian_summary=tag(gsum),
-                      eigenkernels={"deg": pca}, weight_pca={"deg": wpca}, cost=pd.DataFrame())
+    data = FigureData(
+        labels=["deg"],
+        kernels={"deg": lks},
+        mass_summary=tag(summ),
+        effective_sizes=tag(sizes),
+        gaussian=tag(fits),
+        gaussian_summary=tag(gsum),
+        eigenkernels={"deg": pca},
+        weight_pca={"deg": wpca},
+        cost=pd.DataFrame(),
+    )
     paths = write_figures(data, tmp_path / "figs", formats=("png",))
-    assert called == {"plot_mass_ratio", "plot_effective_size", "plot_sigma", "plot_eigenkernels",
-                      "plot_weight_pca", "plot_raw_kernels", "plot_kernel_magnitude"}
+    assert called == {
+        "plot_mass_ratio",
+        "plot_effective_size",
+        "plot_sigma",
+        "plot_eigenkernels",
+        "plot_weight_pca",
+        "plot_raw_kernels",
+        "plot_kernel_magnitude",
+    }
     names = {p.name for p in paths}
-    assert {"mass_ratio.png", "gaussian_sigma.png", "weight_pca.png", "raw_kernels.png",
-            "mass_summary.csv", "gaussian_fits.csv"} <= names
+    assert {
+        "mass_ratio.png",
+        "gaussian_sigma.png",
+        "weight_pca.png",
+        "raw_kernels.png",
+        "mass_summary.csv",
+        "gaussian_fits.csv",
+    } <= names
     assert all(p.stat().st_size > 0 for p in paths)
     # The tables hold the flags: zero kernels fail as "zero kernel", their sizes are NaN.
     written = pd.read_csv(tmp_path / "figs" / "gaussian_fits.csv")
@@ -669,20 +764,35 @@ def test_degenerate_checkpoint_through_the_cli(ck, tmp_path):
     df = pd.read_csv(io.StringIO(res.stdout))
     assert df[df.layer == "layer3.1.conv2"].mass_ratio.isna().all()
     assert (df[df.layer == "layer3.1.conv1"].mass_ratio == 1).all()
-    assert res.stderr == ("warning: degenerate: 256 all-zero kernel(s) have no mass; their mass ratios "
-                          "and sizes are NaN: layer3.1.conv2 (256 of 256)\n")
+    assert res.stderr == (
+        "warning: degenerate: 256 all-zero kernel(s) have no mass; their mass ratios "
+        "and sizes are NaN: layer3.1.conv2 (256 of 256)\n"
+    )
     # pca: warned, NaN ratios; gaussian: flagged rows; figures: written.
     res = invoke("pca", deg, "--layers", "layer3.1.*", "--format", "csv", "--quiet")
-    assert res.exit_code == 0 and "warning: degenerate: no variance (all kernels identical) in " \
-        "layer3.1.conv1, layer3.1.conv2" in res.stderr
+    assert (
+        res.exit_code == 0
+        and "warning: degenerate: no variance (all kernels identical) in layer3.1.conv1, layer3.1.conv2" in res.stderr
+    )
     assert pd.read_csv(io.StringIO(res.stdout)).explained_variance_ratio.isna().all()
     res = invoke("gaussian", deg, "--layers", "layer3.1.*", "--format", "csv", "--quiet")
     assert res.exit_code == 0 and res.stderr == ""
     fits = pd.read_csv(io.StringIO(res.stdout))
     assert set(fits[fits.layer == "layer3.1.conv2"].status) == {"zero kernel"}
     assert set(fits[fits.layer == "layer3.1.conv1"].status) == {"undersampled"} and not fits.success.any()
-    res = invoke("figures", deg, "--layers", "layer3.1.*", "--out", tmp_path / "figs", "--format", "png",
-                 "--cost-sizes", "none", "--quiet")
+    res = invoke(
+        "figures",
+        deg,
+        "--layers",
+        "layer3.1.*",
+        "--out",
+        tmp_path / "figs",
+        "--format",
+        "png",
+        "--cost-sizes",
+        "none",
+        "--quiet",
+    )
     assert res.exit_code == 0 and res.exception is None, res.stderr
     assert (tmp_path / "figs" / "mass_ratio.png").stat().st_size > 0
 
@@ -697,13 +807,26 @@ def entry_runs(ck, tmp_path_factory):
     cases = {
         "truncated": ["mass", ck["truncated"], "--layers", SMALL],
         "pickle_code": ["import", ck["pickle_code"], "--model", "resnet18_niff", "--out", tmp / "imp"],
-        "corrupt_image": [*TRAIN, "--workers", "1", "--dataset", "imagefolder", "--data-dir", bad_image.parents[2],
-                          "--out", tmp / "run"],
+        "corrupt_image": [
+            *TRAIN,
+            "--workers",
+            "1",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            bad_image.parents[2],
+            "--out",
+            tmp / "run",
+        ],
     }
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("NIFF_DEBUG", None)
-    procs = {k: subprocess.Popen([str(ENTRY), *map(str, a)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=env, cwd=tmp) for k, a in cases.items()}
+    procs = {
+        k: subprocess.Popen(
+            [str(ENTRY), *map(str, a)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp
+        )
+        for k, a in cases.items()
+    }
     out = {}
     for k, p in procs.items():
         stdout, stderr = p.communicate(timeout=300)
@@ -712,11 +835,14 @@ def entry_runs(ck, tmp_path_factory):
 
 
 @pytest.mark.slow  # fresh interpreters
-@pytest.mark.parametrize("case,message", [
-    ("truncated", "error: {truncated}/model.safetensors: not a readable safetensors file"),
-    ("pickle_code", "error: {pickle_code}: refusing to unpickle"),
-    ("corrupt_image", "error: cannot read image {corrupt_image}: not an image format PIL can decode"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("truncated", "error: {truncated}/model.safetensors: not a readable safetensors file"),
+        ("pickle_code", "error: {pickle_code}: refusing to unpickle"),
+        ("corrupt_image", "error: cannot read image {corrupt_image}: not an image format PIL can decode"),
+    ],
+)
 def test_entry_point_prints_no_traceback(entry_runs, ck, case, message):
     runs, paths = entry_runs
     code, stdout, stderr = runs[case]

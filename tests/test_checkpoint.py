@@ -22,8 +22,12 @@ from niff_analysis.models import create_model
 
 
 def _outputs(model, seed=0):
-    x = torch.randn(2, model.niff_config["in_chans"], *model.niff_config["input_size"],
-                    generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        2,
+        model.niff_config["in_chans"],
+        *model.niff_config["input_size"],
+        generator=torch.Generator().manual_seed(seed),
+    )
     with torch.no_grad():
         return model.eval()(x)
 
@@ -85,8 +89,11 @@ def _their_split_forward(x, sd, prefix, n, act=F.silu):
         while f"{prefix}.0.mlp_{kind}.layer_mpl{k}.weight" in sd:
             if k > 1:
                 h = act(h)
-            h = F.conv2d(h, sd[f"{prefix}.0.mlp_{kind}.layer_mpl{k}.weight"].to(x.dtype),
-                         sd[f"{prefix}.0.mlp_{kind}.layer_mpl{k}.bias"].to(x.dtype))
+            h = F.conv2d(
+                h,
+                sd[f"{prefix}.0.mlp_{kind}.layer_mpl{k}.weight"].to(x.dtype),
+                sd[f"{prefix}.0.mlp_{kind}.layer_mpl{k}.bias"].to(x.dtype),
+            )
             k += 1
         return h
 
@@ -111,8 +118,9 @@ def _their_resnet18_state(num_classes=10) -> dict:
             sizes = [2, 16, 128, 32, cin]
             for kind in ("real", "imag"):
                 for j in range(4):
-                    sd[f"{m[1]}.0.mlp_{kind}.layer_mpl{j + 1}.weight"] = \
+                    sd[f"{m[1]}.0.mlp_{kind}.layer_mpl{j + 1}.weight"] = (
                         torch.randn(sizes[j + 1], sizes[j], 1, 1, generator=g) * 0.3
+                    )
                     sd[f"{m[1]}.0.mlp_{kind}.layer_mpl{j + 1}.bias"] = torch.randn(sizes[j + 1], generator=g) * 0.1
             sd[f"{m[1]}.1.mlp.weight"] = torch.randn(cout, cin, generator=g) * 0.1
         elif k.endswith("num_batches_tracked"):
@@ -129,8 +137,14 @@ def reference_checkpoint(tmp_path_factory):
     theirs = _their_resnet18_state()
     path = tmp_path_factory.mktemp("ref") / "checkpoint-best.pth"
     # Their training script (ConvNeXt's) saves model/optimizer/epoch/args; DDP adds `module.`.
-    torch.save({"model": {f"module.{k}": v for k, v in theirs.items()}, "epoch": 299,
-                "args": argparse.Namespace(model="resnet18", lr=4e-3)}, path)
+    torch.save(
+        {
+            "model": {f"module.{k}": v for k, v in theirs.items()},
+            "epoch": 299,
+            "args": argparse.Namespace(model="resnet18", lr=4e-3),
+        },
+        path,
+    )
     return path, theirs
 
 
@@ -138,16 +152,23 @@ def test_import_reference_resnet18_matches_their_forward(reference_checkpoint):
     path, theirs = reference_checkpoint
     model = import_reference_checkpoint(path, "resnet18_niff", num_classes=10).double()
     ours = model.state_dict()
-    for key in ("conv1.weight", "layer2.0.conv1.weight", "layer2.0.downsample.0.weight", "fc.weight",
-                "layer3.1.bn2.running_var", "layer4.1.bn1.num_batches_tracked"):
+    for key in (
+        "conv1.weight",
+        "layer2.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "fc.weight",
+        "layer3.1.bn2.running_var",
+        "layer4.1.bn1.num_batches_tracked",
+    ):
         assert torch.equal(ours[key], theirs[key].to(ours[key].dtype)), key
     # Every NIFF layer of the model computes exactly what their layer computes: even maps
     # (layer1, 56×56) and odd maps (layer4, 7×7: half-integer grid folded into the bias).
     for name, size in (("layer1.0.conv1", 56), ("layer3.1.conv2", 14), ("layer4.1.conv2", 7)):
         layer = model.get_submodule(name)
         assert tuple(layer.fmap) == (size, size)
-        x = torch.randn(2, layer.in_channels, size, size, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(size))
+        x = torch.randn(
+            2, layer.in_channels, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(size)
+        )
         expected = _their_split_forward(x, {k: v.double() for k, v in theirs.items()}, name, size)
         # Float32 weights: the folded odd-size biases are rounded to float32 (~1e-7 relative);
         # without the grid fold and channel rolls the layers differ by O(1).
@@ -169,7 +190,7 @@ def test_import_reference_densenet_layer_with_fewer_outputs_than_inputs(tmp_path
         if ".mlp_" in their_key and their_key.endswith("weight"):
             shape = (*t.shape, 1, 1)  # their MLP layers are 1×1 convolutions
         elif their_key.endswith(".mlp.weight"):
-            shape = t.shape[:2]       # their channel mixing is an nn.Linear
+            shape = t.shape[:2]  # their channel mixing is an nn.Linear
         theirs[their_key] = t.clone() if not t.is_floating_point() else torch.randn(shape, generator=g) * 0.3
     path = tmp_path / "densenet.pt"
     torch.save(theirs, path)  # a bare state dict works too
@@ -201,16 +222,17 @@ def test_cli_import_reference_then_describe(tmp_path, reference_checkpoint):
     path, _ = reference_checkpoint
     out = tmp_path / "imported"
     runner = CliRunner()
-    res = runner.invoke(main, ["import-reference", str(path), "--model", "resnet18_niff",
-                               "--num-classes", "10", "--out", str(out)])
+    res = runner.invoke(
+        main, ["import-reference", str(path), "--model", "resnet18_niff", "--num-classes", "10", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     model = load_checkpoint(out)
-    assert torch.equal(_outputs(model), _outputs(import_reference_checkpoint(path, "resnet18_niff",
-                                                                             num_classes=10)))
+    assert torch.equal(_outputs(model), _outputs(import_reference_checkpoint(path, "resnet18_niff", num_classes=10)))
     info = json.loads(runner.invoke(main, ["describe", str(out), "--format", "json"]).stdout)
     assert info["architecture"] == "resnet18_niff" and info["model_kwargs"]["num_classes"] == 10
-    bad = runner.invoke(main, ["import-reference", str(tmp_path / "none.pt"), "--model", "resnet18_niff",
-                               "--out", str(tmp_path / "x")])
+    bad = runner.invoke(
+        main, ["import-reference", str(tmp_path / "none.pt"), "--model", "resnet18_niff", "--out", str(tmp_path / "x")]
+    )
     assert bad.exit_code != 0 and len(bad.stderr.strip().splitlines()) == 1
     assert bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
 

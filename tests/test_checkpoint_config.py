@@ -114,8 +114,9 @@ def test_model_config_reads_registry_and_builder_models_alike():
     torch.manual_seed(0)
     rebuilt = cfg.build()
     torch.manual_seed(0)
-    assert _same_weights(rebuilt, create_model("resnet18_niff", num_classes=10, in_chans=1, stem="cifar",
-                                               input_size=(16, 24)))
+    assert _same_weights(
+        rebuilt, create_model("resnet18_niff", num_classes=10, in_chans=1, stem="cifar", input_size=(16, 24))
+    )
     tv = build_model("torchvision:resnet18", dict(num_classes=7), input_size=32, niff=dict(mlp="small"))
     tcfg = tv.niff_config
     assert tcfg.is_builder

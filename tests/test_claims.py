@@ -24,7 +24,7 @@ def _gaussians(n: int, size: int, sx: float, sy: float, seed: int = 0) -> torch.
     """n centred 2-D Gaussians (σx, σy) on a size×size grid, amplitudes 1…2."""
     c = size // 2
     y, x = torch.meshgrid(torch.arange(size) - c, torch.arange(size) - c, indexing="ij")
-    g = torch.exp(-(x.double() ** 2) / (2 * sx ** 2) - (y.double() ** 2) / (2 * sy ** 2))
+    g = torch.exp(-(x.double() ** 2) / (2 * sx**2) - (y.double() ** 2) / (2 * sy**2))
     amp = 1 + torch.rand(n, 1, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return (amp * g).float()
 
@@ -57,8 +57,10 @@ def toy():
     second = [_layer("layer2.0", "layer2", delta)]
     wide = [_layer("layer3.0", "layer3", _gaussians(16, 8, 3.0, 1.2))]  # elongated, larger than 3×3
     kernels = small + second + wide
-    init = [_layer(lk.name, lk.stage, torch.randn(lk.kernels.shape, generator=torch.Generator().manual_seed(5)))
-            for lk in kernels]
+    init = [
+        _layer(lk.name, lk.stage, torch.randn(lk.kernels.shape, generator=torch.Generator().manual_seed(5)))
+        for lk in kernels
+    ]
     return kernels, paper_claims(kernels, init=init, resamples=300)
 
 
@@ -114,9 +116,8 @@ def test_plain_3x3_kernels_are_not_testable_where_they_cannot_exceed_the_window(
     for name, size in (("layer1.0.conv1", 32), ("layer2.0.conv2", 16), ("layer4.0.conv2", 4)):
         k = torch.zeros(20, size, size)
         c = size // 2
-        k[:, c - 1:c + 2, c - 1:c + 2] = torch.randn(20, 3, 3, generator=rng)
-        layers.append(_layer(name, name.split(".")[0], k, kind="conv", extra=dict(kernel_size=(3, 3),
-                                                                                  dilation=(1, 1))))
+        k[:, c - 1 : c + 2, c - 1 : c + 2] = torch.randn(20, 3, 3, generator=rng)
+        layers.append(_layer(name, name.split(".")[0], k, kind="conv", extra=dict(kernel_size=(3, 3), dilation=(1, 1))))
     t = paper_claims(layers, resamples=0)
     sized = t[t.measure != "any"]
     assert (sized.verdict == "not testable").all(), sized[["stage", "statistic", "verdict"]]
@@ -150,8 +151,10 @@ def test_pool_seeds_is_the_mean_and_t_interval(toy):
     lo, hi = stats.t.interval(0.95, 2, loc=v.mean(), scale=stats.sem(v))
     assert r.value == pytest.approx(v.mean()) and (r.lo, r.hi) == pytest.approx((lo, hi)) and r.n_seeds == 3
     assert r.verdict == verdict(MASS9, r.value, r.lo, r.hi)
-    assert (pooled[pooled.stage == "8×8"].statistic.isin([MASS9, MASS11, K90])
-            <= (pooled[pooled.stage == "8×8"].verdict == "not testable")).all()
+    assert (
+        pooled[pooled.stage == "8×8"].statistic.isin([MASS9, MASS11, K90])
+        <= (pooled[pooled.stage == "8×8"].verdict == "not testable")
+    ).all()
 
 
 @pytest.mark.slow  # the claims on the bundled checkpoint
@@ -196,11 +199,25 @@ def test_claims_pool_checkpoints_of_one_recipe_over_seeds(tmp_path):
     for seed in range(3):
         folder = arm / f"seed={seed}"
         save_checkpoint(initial_model("resnet18_niff", kwargs, seed), folder, dataset="fashion-mnist", seed=seed)
-        (folder / "train_config.json").write_text(json.dumps(dict(model="resnet18_niff", model_kwargs=kwargs,
-                                                                  dataset="fashion-mnist", epochs=1, seed=seed)))
+        (folder / "train_config.json").write_text(
+            json.dumps(dict(model="resnet18_niff", model_kwargs=kwargs, dataset="fashion-mnist", epochs=1, seed=seed))
+        )
     (tmp_path / "study" / "sweep.json").write_text(json.dumps(dict(arms={"spec": {}}, seeds=[0, 1, 2])))
-    res = CliRunner().invoke(main, ["claims", str(tmp_path / "study"), "--per-seed", "--bootstrap", "0",
-                                    "--measure", "l1", "--format", "csv", "-q"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "claims",
+            str(tmp_path / "study"),
+            "--per-seed",
+            "--bootstrap",
+            "0",
+            "--measure",
+            "l1",
+            "--format",
+            "csv",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(io.StringIO(res.stdout))
     runs = [f"spec/seed={s}" for s in range(3)]
@@ -208,13 +225,13 @@ def test_claims_pool_checkpoints_of_one_recipe_over_seeds(tmp_path):
     pooled = df[df.checkpoint == "spec"].set_index(["stage", "measure", "statistic"])
     assert (pooled.n_seeds == 3).all()
     key = ("32×32", "l1", MASS9)
-    v = np.array([df[(df.checkpoint == r)].set_index(["stage", "measure", "statistic"]).loc[key, "value"]
-                  for r in runs])
+    v = np.array(
+        [df[(df.checkpoint == r)].set_index(["stage", "measure", "statistic"]).loc[key, "value"] for r in runs]
+    )
     lo, hi = stats.t.interval(0.95, 2, loc=v.mean(), scale=stats.sem(v))
     assert pooled.loc[key, "value"] == pytest.approx(v.mean()) and pooled.loc[key, "lo"] == pytest.approx(lo)
     assert pooled.loc[key, "hi"] == pytest.approx(hi) and len(set(v)) == 3
     # without --per-seed only the pooled rows are shown
-    res = CliRunner().invoke(main, ["claims", str(arm), "--bootstrap", "0", "--measure", "l1", "--format",
-                                    "csv", "-q"])
+    res = CliRunner().invoke(main, ["claims", str(arm), "--bootstrap", "0", "--measure", "l1", "--format", "csv", "-q"])
     assert set(pd.read_csv(io.StringIO(res.stdout)).checkpoint) == {"spec"}
     shutil.rmtree(tmp_path / "study")

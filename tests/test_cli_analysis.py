@@ -25,8 +25,25 @@ COLUMNS = {
     "kernels": ["checkpoint", "layer", "stage", "kind", "fmap_h", "fmap_w"],
     "mass": ["checkpoint", "measure", "layer", "stage", "fmap_h", "fmap_w", "channel", "window", "mass_ratio"],
     "pca": ["checkpoint", "layer", "stage", "fmap_h", "fmap_w", "component", "explained_variance_ratio"],
-    "gaussian": ["checkpoint", "layer", "stage", "fmap_h", "fmap_w", "channel", "sigma_x", "sigma_y",
-                 "sigma_major", "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success"],
+    "gaussian": [
+        "checkpoint",
+        "layer",
+        "stage",
+        "fmap_h",
+        "fmap_w",
+        "channel",
+        "sigma_x",
+        "sigma_y",
+        "sigma_major",
+        "sigma_minor",
+        "theta",
+        "x0",
+        "y0",
+        "amplitude",
+        "offset",
+        "r2",
+        "success",
+    ],
 }
 
 
@@ -66,7 +83,7 @@ def test_commands_and_formats(command, fmt):
     else:
         assert SMALL in out and "resnet18_niff_fmnist" in out
         return
-    assert list(df.columns[:len(COLUMNS[command])]) == COLUMNS[command]
+    assert list(df.columns[: len(COLUMNS[command])]) == COLUMNS[command]
     assert set(df.checkpoint) == {"resnet18_niff_fmnist"} and set(df.layer) == {SMALL}
     if command == "mass":
         assert len(df) == 512 * 3 and set(df.window) == {1, 3, 4}
@@ -78,8 +95,9 @@ def test_commands_and_formats(command, fmt):
 
 
 def test_mass_views_and_quiet():
-    summ = pd.read_csv(io.StringIO(invoke("mass", "--layers", SMALL, "--format", "csv", "--view", "summary",
-                                          "-q").stdout))
+    summ = pd.read_csv(
+        io.StringIO(invoke("mass", "--layers", SMALL, "--format", "csv", "--view", "summary", "-q").stdout)
+    )
     # the 4×4 kernels' windows, then 5 and 9 (windows every layer reports), which cover all of it
     assert summ.window.tolist() == [1, 3, 4, 5, 9] and (summ.n == 512).all()
     assert summ.beyond_kernel.tolist() == [False, False, False, True, True]
@@ -96,8 +114,9 @@ def test_pca_components_and_weights():
     assert df.groupby("layer").component.max().eq(2).all() and df.layer.nunique() == 3
     w = pd.read_csv(io.StringIO(invoke("pca", "--layers", SMALL, "--weights", "--format", "csv").stdout))
     assert sorted(set(w.part)) == ["imag", "real"] and len(w) == 12 and set(w.response) == {"raw"}
-    h = pd.read_csv(io.StringIO(invoke("pca", "--layers", SMALL, "--weights", "--response", "hermitian",
-                                       "--format", "csv").stdout))
+    h = pd.read_csv(
+        io.StringIO(invoke("pca", "--layers", SMALL, "--weights", "--response", "hermitian", "--format", "csv").stdout)
+    )
     assert set(h.response) == {"hermitian"} and len(h) == 12
     res = invoke("pca", "--layers", SMALL, "--response", "hermitian")
     assert res.exit_code == 2 and "--response applies to --weights only" in res.output
@@ -114,8 +133,11 @@ def test_pca_components_beyond_the_rank_are_capped_with_a_warning_and_no_empty_c
     assert "NaN" not in res.stdout and "nan" not in res.stdout
     header = res.stdout.splitlines()[0].split()
     assert [c for c in header if c.startswith("evr_")][-2:] == ["evr_15", "evr_total"]
-    long = pd.read_csv(io.StringIO(invoke("pca", "--layers", f"{SMALL},layer1.0.conv1", "-k", "10000",
-                                          "--format", "csv", "--quiet").stdout))
+    long = pd.read_csv(
+        io.StringIO(
+            invoke("pca", "--layers", f"{SMALL},layer1.0.conv1", "-k", "10000", "--format", "csv", "--quiet").stdout
+        )
+    )
     assert long.groupby("layer").size().to_dict() == {SMALL: 16, "layer1.0.conv1": 64}
     assert long.explained_variance_ratio.notna().all()
     quiet = invoke("pca", "--layers", SMALL, "-k", "6", "--quiet")
@@ -123,8 +145,9 @@ def test_pca_components_beyond_the_rank_are_capped_with_a_warning_and_no_empty_c
 
 
 def test_gaussian_summary_view():
-    df = pd.read_json(io.StringIO(invoke("gaussian", "--layers", SMALL, "--format", "json", "--view",
-                                         "summary").stdout))
+    df = pd.read_json(
+        io.StringIO(invoke("gaussian", "--layers", SMALL, "--format", "json", "--view", "summary").stdout)
+    )
     assert {"sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std", "n_ok"} <= set(df.columns)
     fits = pd.read_csv(io.StringIO(invoke("gaussian", "--layers", SMALL, "--format", "csv", "-q").stdout))
     ok = fits[fits.success]
@@ -133,15 +156,31 @@ def test_gaussian_summary_view():
     assert row.sigma_ratio_mean == pytest.approx(ok.sigma_ratio.mean(), rel=1e-9)
     assert row.sigma_ratio_median == pytest.approx(ok.sigma_ratio.median(), rel=1e-9)
     assert row.sigma_ratio_gmean == pytest.approx(np.exp(np.log(ok.sigma_ratio).mean()), rel=1e-9)
-    for stat in ("sigma_x_mean", "sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "sigma_ratio_median",
-                 "sigma_ratio_gmean", "sigma_x_moment_median"):
+    for stat in (
+        "sigma_x_mean",
+        "sigma_x_median",
+        "sigma_y_median",
+        "sigma_ratio_mean",
+        "sigma_ratio_median",
+        "sigma_ratio_gmean",
+        "sigma_x_moment_median",
+    ):
         assert row[f"{stat}_lo"] < row[stat] < row[f"{stat}_hi"], stat
     from niff_analysis.analysis.uncertainty import bootstrap_interval
+
     assert (row.sigma_x_median_lo, row.sigma_x_median_hi) == pytest.approx(bootstrap_interval(ok.sigma_x, "median"))
     table = invoke("gaussian", "--layers", SMALL, "-q").stdout
     assert "sigma_ratio_median" in table and f"{row.sigma_x_median:.3g} [{row.sigma_x_median_lo:.3g}, " in table
-    assert "sigma_x_median_lo" not in pd.read_json(io.StringIO(invoke(
-        "gaussian", "--layers", SMALL, "--format", "json", "--view", "summary", "--bootstrap", "0").stdout)).columns
+    assert (
+        "sigma_x_median_lo"
+        not in pd.read_json(
+            io.StringIO(
+                invoke(
+                    "gaussian", "--layers", SMALL, "--format", "json", "--view", "summary", "--bootstrap", "0"
+                ).stdout
+            )
+        ).columns
+    )
 
 
 def test_mass_energy_equals_an_independent_k2_computation_on_the_exported_kernels(tmp_path):
@@ -158,14 +197,14 @@ def test_mass_energy_equals_an_independent_k2_computation_on_the_exported_kernel
             k = arrays[layer].astype(np.float64)
             k = k.reshape(-1, *k.shape[-2:])
             n, h, w = k.shape
-            e = k ** 2
+            e = k**2
             cy, cx = h // 2, w // 2
             expect = []
             for c in range(n):
                 total, s = e[c].sum(), 1
                 while True:
                     r = (s - 1) // 2
-                    win = e[c, max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]
+                    win = e[c, max(cy - r, 0) : cy + r + 1, max(cx - r, 0) : cx + r + 1]
                     expect.append((c, s if win.size < h * w else max(h, w), win.sum() / total))
                     if win.size == h * w:
                         break
@@ -176,10 +215,31 @@ def test_mass_energy_equals_an_independent_k2_computation_on_the_exported_kernel
 
 
 def test_mass_summary_carries_interval_and_scale():
-    summ = pd.read_csv(io.StringIO(invoke("mass", "--layers", "layer4.*", "--measure", "both", "--view", "summary",
-                                          "--format", "csv", "-q").stdout))
-    assert list(summ.columns) == ["checkpoint", "measure", "layer", "stage", "fmap_h", "fmap_w", "window", "mean",
-                                  "mean_lo", "mean_hi", "std", "n", "beyond_kernel", "delta", "noise", "init"]
+    summ = pd.read_csv(
+        io.StringIO(
+            invoke(
+                "mass", "--layers", "layer4.*", "--measure", "both", "--view", "summary", "--format", "csv", "-q"
+            ).stdout
+        )
+    )
+    assert list(summ.columns) == [
+        "checkpoint",
+        "measure",
+        "layer",
+        "stage",
+        "fmap_h",
+        "fmap_w",
+        "window",
+        "mean",
+        "mean_lo",
+        "mean_hi",
+        "std",
+        "n",
+        "beyond_kernel",
+        "delta",
+        "noise",
+        "init",
+    ]
     assert set(summ.measure) == {"l1", "energy"} and (summ.delta == 1.0).all()
     inner = summ[summ.window < 4]
     assert ((inner.mean_lo < inner["mean"]) & (inner["mean"] < inner.mean_hi)).all()
@@ -188,13 +248,27 @@ def test_mass_summary_carries_interval_and_scale():
         assert summ[summ.window == s].noise.sub(s * s / 16).abs().max() < 0.03
     # the initialisation is the bundled run's, rebuilt from its seed: as the history's step 0
     from niff_analysis.analysis.stats import read_kernel_stats
+
     hist = read_kernel_stats(DEFAULT_CHECKPOINT)
     step0 = hist[(hist.step == 0) & (hist.stat == "mass3_mean") & (hist.layer == SMALL)].value.iloc[0]
     got = summ[(summ.layer == SMALL) & (summ.window == 3) & (summ.measure == "l1")].init.iloc[0]
     assert got == pytest.approx(step0, rel=1e-9)
     table = invoke("mass", "--layers", SMALL, "--view", "summary", "-q").stdout
-    assert table.splitlines()[0].split() == ["checkpoint", "measure", "layer", "stage", "fmap_h", "fmap_w", "window",
-                                             "mean", "n", "beyond_kernel", "delta", "noise", "init"]
+    assert table.splitlines()[0].split() == [
+        "checkpoint",
+        "measure",
+        "layer",
+        "stage",
+        "fmap_h",
+        "fmap_w",
+        "window",
+        "mean",
+        "n",
+        "beyond_kernel",
+        "delta",
+        "noise",
+        "init",
+    ]
     assert "[" in table.splitlines()[1]
     per_layer = invoke("mass", "--layers", SMALL, "--measure", "energy", "-q").stdout
     assert per_layer.splitlines()[1].split()[1] == "energy" and "mass_w1" in per_layer
@@ -211,7 +285,8 @@ def test_output_files_and_meta(tmp_path):
     assert res.exit_code == 0, res.stderr
     with np.load(out.parent / "kernels.npz") as arrays:
         assert sorted(arrays.files) == sorted(
-            [f"layer4.{b}.conv{c}{s}" for b, c in [(0, 2), (1, 1), (1, 2)] for s in ("", "@real", "@imag")])
+            [f"layer4.{b}.conv{c}{s}" for b, c in [(0, 2), (1, 1), (1, 2)] for s in ("", "@real", "@imag")]
+        )
         assert arrays["layer4.1.conv2"].shape == (512, 4, 4)
     invoke("pca", "--layers", SMALL, "-o", str(out.parent / "pca.npz"))
     with np.load(out.parent / "pca.npz") as arrays:
@@ -248,8 +323,9 @@ def test_several_checkpoints_and_folders(tmp_path, baseline_checkpoint):
     # windows 1, 3, 4 of the 4×4 kernels and 5, 9 beyond them
     assert df.checkpoint.tolist() == ["resnet18_fmnist"] * 5 + ["resnet18_niff_fmnist"] * 5
     assert df.n.tolist() == [512 * 512] * 5 + [512] * 5  # baseline: one kernel per (out, in) pair
-    res = invoke("pca", str(DEFAULT_CHECKPOINT), str(folder / DEFAULT_CHECKPOINT.name), "--layers", SMALL,
-                 "--format", "csv")
+    res = invoke(
+        "pca", str(DEFAULT_CHECKPOINT), str(folder / DEFAULT_CHECKPOINT.name), "--layers", SMALL, "--format", "csv"
+    )
     labels = set(pd.read_csv(io.StringIO(res.stdout)).checkpoint)
     assert len(labels) == 2  # same folder names: labelled by full path
 
@@ -266,11 +342,14 @@ def test_baseline_uses_plain_convs_but_weight_pca_needs_niff(baseline_checkpoint
     assert len(lines) == 1 and "no NIFF layers" in lines[0] and "conv1" in lines[0], res.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ("mass", "--layers", "nothing*"),
-    ("gaussian", "/no/such/checkpoint"),
-    ("kernels", str(DEFAULT_CHECKPOINT.parent.parent)),  # a folder holding no checkpoint
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("mass", "--layers", "nothing*"),
+        ("gaussian", "/no/such/checkpoint"),
+        ("kernels", str(DEFAULT_CHECKPOINT.parent.parent)),  # a folder holding no checkpoint
+    ],
+)
 def test_errors_are_one_line(args):
     res = invoke(*args)
     assert res.exit_code != 0
@@ -288,8 +367,7 @@ def run_entry(*args, cwd=None):
 
 
 @pytest.mark.slow  # fresh interpreters
-@pytest.mark.parametrize("command,fmt", [("kernels", "npz"), ("mass", "csv"), ("pca", "table"),
-                                         ("gaussian", "json")])
+@pytest.mark.parametrize("command,fmt", [("kernels", "npz"), ("mass", "csv"), ("pca", "table"), ("gaussian", "json")])
 def test_entry_point(command, fmt, tmp_path):
     # Every command and every format once (startup dominates: CliRunner covers the full matrix).
     if fmt == "npz":
@@ -308,7 +386,7 @@ def test_entry_point(command, fmt, tmp_path):
     else:
         assert SMALL in proc.stdout and "evr_0" in proc.stdout
         return
-    assert list(df.columns[:len(COLUMNS[command])]) == COLUMNS[command]
+    assert list(df.columns[: len(COLUMNS[command])]) == COLUMNS[command]
 
 
 @pytest.mark.slow  # a fresh interpreter

@@ -58,8 +58,20 @@ def test_import_is_quiet_with_q_and_train_takes_q(tmp_path):
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_chans=1, stem="cifar", input_size=16)
     torch.save(model.state_dict(), tmp_path / "sd.pt")
-    args = ["import", tmp_path / "sd.pt", "--model", "resnet18", "--num-classes", "10", "--in-chans", "1",
-            "--stem", "cifar", "--input-size", "16"]
+    args = [
+        "import",
+        tmp_path / "sd.pt",
+        "--model",
+        "resnet18",
+        "--num-classes",
+        "10",
+        "--in-chans",
+        "1",
+        "--stem",
+        "cifar",
+        "--input-size",
+        "16",
+    ]
     loud = invoke(*args, "--out", tmp_path / "loud")
     assert loud.exit_code == 0 and "checkpoint in" in loud.stdout
     quiet = invoke(*args, "--out", tmp_path / "quiet", "-q")
@@ -104,8 +116,17 @@ def test_history_prints_counts_as_integers():
 def test_a_mean_count_over_seeds_that_is_no_whole_number_stays_a_float():
     from niff_analysis.analysis.stats import history_table
 
-    long = pd.DataFrame({"epoch": [1.0, 1.0], "step": [10, 10], "layer": ["a", "b"], "stage": ["s", "s"],
-                         "measure": ["any", "any"], "stat": ["gauss_n", "gauss_n"], "value": [63.5, 64.0]})
+    long = pd.DataFrame(
+        {
+            "epoch": [1.0, 1.0],
+            "step": [10, 10],
+            "layer": ["a", "b"],
+            "stage": ["s", "s"],
+            "measure": ["any", "any"],
+            "stat": ["gauss_n", "gauss_n"],
+            "value": [63.5, 64.0],
+        }
+    )
     assert history_table(long, ["gauss_n"])["gauss_n"].tolist() == [63.5, 64.0]
 
 
@@ -122,8 +143,9 @@ def test_mass_summary_reports_every_layer_at_the_windows_the_cli_shows():
     assert len(small) == 6 and (small["mean"] == 1.0).all() and (small["std"] == 0).all() and small.beyond_kernel.all()
     assert not at9[at9["fmap_h"] >= 9].beyond_kernel.any()
     table = mass_table(mass)
-    cli = pd.read_csv(io.StringIO(invoke("mass", "--view", "summary", "--format", "csv", "--bootstrap", "0",
-                                         "-q").stdout))
+    cli = pd.read_csv(
+        io.StringIO(invoke("mass", "--view", "summary", "--format", "csv", "--bootstrap", "0", "-q").stdout)
+    )
     for w in (1, 3, 5, 9):
         api = summ[summ.window == w].set_index("layer")["mean"]
         assert len(api) == 13
@@ -149,8 +171,12 @@ def test_mass_curves_end_at_the_whole_kernel():
     summ = mass_summary(kernel_mass(extract_kernels(None, layers="layer[34].0.conv2")))
     assert summ.beyond_kernel.any()
     fig, axes = plot_mass_ratio(summ)
-    ends = {line.get_label(): max(line.get_xdata()) for a in np.ravel(axes) for line in a.get_lines()
-            if line.get_label() in ("layer3.0.conv2", "layer4.0.conv2")}
+    ends = {
+        line.get_label(): max(line.get_xdata())
+        for a in np.ravel(axes)
+        for line in a.get_lines()
+        if line.get_label() in ("layer3.0.conv2", "layer4.0.conv2")
+    }
     plt.close(fig)
     assert ends == {"layer3.0.conv2": 8, "layer4.0.conv2": 4}
 

@@ -16,7 +16,10 @@ from niff_analysis.cli import COMMANDS, main
 pytestmark = pytest.mark.slow  # fresh interpreters: not in `make test-fast`
 
 HEAVY = ("torch", "torchvision", "pandas", "matplotlib", "scipy", "numba")
-PROBE = "HEAVY = " + repr(HEAVY) + """
+PROBE = (
+    "HEAVY = "
+    + repr(HEAVY)
+    + """
 import sys
 from niff_analysis.cli import main
 try:
@@ -25,6 +28,7 @@ except SystemExit:
     pass
 print("LOADED", *sorted(m for m in HEAVY if m in sys.modules))
 """
+)
 
 
 def _loaded(*args: str) -> list[str]:

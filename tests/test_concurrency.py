@@ -28,9 +28,16 @@ def test_two_analyses_into_one_folder_at_once(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     commands = {"a.csv": ["mass", "--view", "summary"], "b.csv": ["gaussian"]}
-    procs = {name: subprocess.Popen([str(ENTRY), *args, "--layers", LAYERS, "-o", str(out / name), "-q"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for name, args in commands.items()}
+    procs = {
+        name: subprocess.Popen(
+            [str(ENTRY), *args, "--layers", LAYERS, "-o", str(out / name), "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name, args in commands.items()
+    }
     # Meanwhile, the same analyses in this process: what each file must hold.
     expected = {}
     for name, args in commands.items():
@@ -104,8 +111,9 @@ def test_meta_json_that_is_not_ours_is_refused_before_writing(tmp_path):
     (tmp_path / META_NAME).write_text('{"something": "else"}\n')
     res = CliRunner().invoke(main, ["mass", "--layers", "layer4.1.conv2", "-q", "-o", str(tmp_path / "a.csv")])
     assert res.exit_code == 2
-    assert res.stderr == (f"error: {tmp_path / META_NAME} exists and is not a niff-analysis metadata file; "
-                          "choose another output folder\n")
+    assert res.stderr == (
+        f"error: {tmp_path / META_NAME} exists and is not a niff-analysis metadata file; choose another output folder\n"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [META_NAME]
     assert (tmp_path / META_NAME).read_text() == '{"something": "else"}\n'
 

@@ -128,7 +128,7 @@ def test_cost_table_without_measuring_times_nothing_and_is_nan(monkeypatch):
     assert (df["niff_calls"] == 0).all() and (df["threads"] == torch.get_num_threads()).all()
     row = df[df["size"] == 56].iloc[0]
     assert row.niff_flops == 64 * (5 * 56 * 56 * math.log2(56 * 56) + 6 * 56 * 29)
-    assert row.spatial_flops == 64 * 2 * 56 ** 4
+    assert row.spatial_flops == 64 * 2 * 56**4
     assert row.conv3x3_flops == 64 * 2 * 9 * 56 * 56
     assert row.niff_train_flops == row.niff_flops + row.mlp_flops
     # Fig. 8's point: the spatial/NIFF FLOP ratio grows with the map size.

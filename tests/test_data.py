@@ -28,8 +28,10 @@ from niff_analysis.train.data import (
     load_imagefolder,
 )
 
-IDX = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+IDX = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -72,15 +74,22 @@ def test_fashion_mnist_folder_written_from_real_images(fmnist_dir, tmp_path):
         load_fashion_mnist(folder, "train")
 
 
-@pytest.mark.parametrize("corrupt,match", [
-    (lambda d: (d / IDX["test"][0]).write_bytes(b"\x1f\x8b garbage"), "cannot read idx file"),
-    (lambda d: (d / IDX["test"][0]).write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + b"\x00" * 12)),
-     "not an unsigned-byte idx file"),
-    (lambda d: (d / IDX["test"][0]).write_bytes(gzip.decompress((d / IDX["test"][0]).read_bytes())[:-5]),
-     "cannot read idx file"),
-    (lambda d: (d / IDX["test"][1]).write_bytes(_idx_bytes(np.zeros(3, np.uint8))), "disagree"),
-    (lambda d: (d / IDX["test"][1]).write_bytes(_idx_bytes(np.full(5, 11, np.uint8))), "labels .* go up to 11"),
-])
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda d: (d / IDX["test"][0]).write_bytes(b"\x1f\x8b garbage"), "cannot read idx file"),
+        (
+            lambda d: (d / IDX["test"][0]).write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + b"\x00" * 12)),
+            "not an unsigned-byte idx file",
+        ),
+        (
+            lambda d: (d / IDX["test"][0]).write_bytes(gzip.decompress((d / IDX["test"][0]).read_bytes())[:-5]),
+            "cannot read idx file",
+        ),
+        (lambda d: (d / IDX["test"][1]).write_bytes(_idx_bytes(np.zeros(3, np.uint8))), "disagree"),
+        (lambda d: (d / IDX["test"][1]).write_bytes(_idx_bytes(np.full(5, 11, np.uint8))), "labels .* go up to 11"),
+    ],
+)
 def test_malformed_fashion_mnist_is_a_one_line_error(tmp_path, corrupt, match):
     folder = _write_idx_folder(tmp_path / "fm", np.zeros((5, 28, 28), np.uint8), np.arange(5, dtype=np.uint8))
     corrupt(folder)
@@ -99,8 +108,15 @@ def _cifar_batch(items) -> bytes:
     """The official python-pickle batch format: dict of bytes keys, (N, 3072) uint8 R|G|B planes."""
     arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p, _ in items]
     data = np.stack([a.transpose(2, 0, 1).reshape(-1) for a in arrays])
-    return pickle.dumps({b"batch_label": b"testing batch", b"labels": [lbl for _, lbl in items],
-                         b"data": data, b"filenames": [p.name.encode() for p, _ in items]}, protocol=2)
+    return pickle.dumps(
+        {
+            b"batch_label": b"testing batch",
+            b"labels": [lbl for _, lbl in items],
+            b"data": data,
+            b"filenames": [p.name.encode() for p, _ in items],
+        },
+        protocol=2,
+    )
 
 
 @pytest.fixture
@@ -114,8 +130,7 @@ def cifar_dir(tmp_path, cifar_pngs):
 
 
 def _pixels(items):
-    return torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
-                        for p, _ in items])
+    return torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p, _ in items])
 
 
 def test_cifar10_folder_and_archive(cifar_dir, cifar_pngs, tmp_path):
@@ -139,8 +154,7 @@ def test_cifar10_errors(cifar_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="has no data_batch_1"):
         load_cifar10(tmp_path / "empty", "train")
-    (cifar_dir / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8),
-                                                         b"labels": [0, 1]}))
+    (cifar_dir / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
     with pytest.raises(DataError, match=r"expected uint8 \(N, 3072\)"):
         load_cifar10(cifar_dir, "test")
     (tmp_path / "bad.tar.gz").write_bytes(b"not an archive")
@@ -234,17 +248,23 @@ def test_augment_batch_is_pad_crop_flip(fmnist_dir):
     flip = torch.rand(16, generator=gen) < 0.5
     padded = F.pad(x, (4, 4, 4, 4))
     for i in range(16):
-        crop = padded[i, :, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        crop = padded[i, :, oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
         assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
     assert 0 < flip.sum() < 16
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--dataset", "cifar10"], "cifar10 needs --data-dir"),
-    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "CIFAR-10 path /nonexistent/cifar does not exist"),
-    (["--dataset", "imagefolder", "--data-dir", "/nonexistent/in100"], "ImageFolder root /nonexistent/in100"),
-    (["--data-dir", "/nonexistent/fm"], "Fashion-MNIST folder /nonexistent/fm does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--dataset", "cifar10"], "cifar10 needs --data-dir"),
+        (
+            ["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"],
+            "CIFAR-10 path /nonexistent/cifar does not exist",
+        ),
+        (["--dataset", "imagefolder", "--data-dir", "/nonexistent/in100"], "ImageFolder root /nonexistent/in100"),
+        (["--data-dir", "/nonexistent/fm"], "Fashion-MNIST folder /nonexistent/fm does not exist"),
+    ],
+)
 def test_cli_bad_data_dir_is_one_line(tmp_path, args, expected):
     res = CliRunner().invoke(main, ["train", "--model", "resnet18", "--out", str(tmp_path / "o"), *args])
     assert res.exit_code == 2

@@ -34,12 +34,38 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, fmnist_dir):
     trainer.train(tiny_config(single, **SETTINGS))
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "niff_analysis", "train", "--model", "resnet18_niff", "--data-dir", str(FMNIST),
-           "--epochs", "1", "--batch-size", "4", "--train-subset", "8", "--test-subset", "4",
-           "--dtype", "float64", "--threads", "1", "--device", "cpu", "--quiet", "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "niff_analysis",
+        "train",
+        "--model",
+        "resnet18_niff",
+        "--data-dir",
+        str(FMNIST),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--train-subset",
+        "8",
+        "--test-subset",
+        "4",
+        "--dtype",
+        "float64",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stderr[-3000:]
 
     config = json.loads((out / "config.json").read_text())
@@ -62,6 +88,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, fmnist_dir):
     assert rows[0] == rows_one[0] and len(rows) == len(rows_one) == 2
     # Rank 0 alone records the kernel statistics; they are those of the single process's run.
     from niff_analysis.analysis import read_kernel_stats
+
     ks, ks_one = read_kernel_stats(out), read_kernel_stats(single)
     assert list(ks["step"]) == list(ks_one["step"]) and list(ks["stat"]) == list(ks_one["stat"])
     assert ((ks["value"] - ks_one["value"]).abs().fillna(0) < 1e-6).all()

@@ -64,9 +64,16 @@ def test_no_issue_numbers_or_files_outside_the_repository(page):
 def test_readme_is_a_users_page():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.encode("utf-8")) < 15_000
-    for section in ("## Installation", "## Set-up on a fresh machine", "## Quick start: the command line",
-                    "## Quick start: Python", "## Analysing your own model", "## The bundled checkpoints",
-                    "## Citing", "## Documentation"):
+    for section in (
+        "## Installation",
+        "## Set-up on a fresh machine",
+        "## Quick start: the command line",
+        "## Quick start: Python",
+        "## Analysing your own model",
+        "## The bundled checkpoints",
+        "## Citing",
+        "## Documentation",
+    ):
         assert section in readme, section
     # The two set-up commands are the Makefile's targets, and CI runs the second.
     assert re.search(r"^make demo\s+#", readme, re.M) and re.search(r"^make test\s+#", readme, re.M)
@@ -90,8 +97,11 @@ def test_bundled_card_numbers_are_the_checkpoints_own():
 
 def test_documentation_images_are_in_docs_images_and_made_by_one_target():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    made = {name for var in ("DOC_IMAGES", "STUDY_IMAGES")
-            for name in re.search(rf"^{var} := (.+)$", makefile, re.M).group(1).split()}
+    made = {
+        name
+        for var in ("DOC_IMAGES", "STUDY_IMAGES")
+        for name in re.search(rf"^{var} := (.+)$", makefile, re.M).group(1).split()
+    }
     shown = {t for p in PAGES for t in _relative_links(p) if t.endswith(".png")}
     assert shown
     for target in shown:
@@ -122,8 +132,9 @@ def test_readme_python_examples_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     out = []
     for code in blocks:
-        res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=600, env=env)
+        res = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+        )
         assert res.returncode == 0, res.stderr
         out.append(res.stdout)
     # The quick start prints the per-window summary and every NIFF layer's median k90.

@@ -40,7 +40,7 @@ def test_stacked_box_convs_have_the_binomial_erf():
         expected = convolve2d(expected, box)
         full = np.zeros((15, 15))
         r = k  # support radius
-        full[7 - r:7 + r + 1, 7 - r:7 + r + 1] = expected
+        full[7 - r : 7 + r + 1, 7 - r : 7 + r + 1] = expected
         np.testing.assert_allclose(maps[f"layer{k}"] / len(images), full, atol=1e-12)
     ratios = erf_area_ratios(maps, thresholds=(100,))
     assert list(ratios["side"]) == [3.0, 5.0, 7.0]
@@ -65,7 +65,10 @@ def _side(m, t):
     h, w = m.shape
     for s in list(range(1, max(h, w) + 1, 2)) + [max(h, w)]:
         r = (s - 1) // 2
-        if m[max(0, h // 2 - r):h // 2 + r + 1, max(0, w // 2 - r):w // 2 + r + 1].sum() >= t / 100 * m.sum() - 1e-12:
+        if (
+            m[max(0, h // 2 - r) : h // 2 + r + 1, max(0, w // 2 - r) : w // 2 + r + 1].sum()
+            >= t / 100 * m.sum() - 1e-12
+        ):
             return float(s)
     return float("nan")
 
@@ -87,8 +90,9 @@ def test_both_protocols_on_one_conv_by_hand():
     rep = np.log10(1 + rep / len(x))
     masks = np.array([(w * img[None, :, 3:6, 3:6]).sum((1, 2, 3)) + b > 0 for img in x])
     assert 0 < masks.sum() < masks.size and len({tuple(m) for m in masks}) > 1  # relu on the output matters
-    maps = {p: effective_receptive_fields(model, images, batch_size=3, protocol=p)["layer1"]
-            for p in ("luo", "replknet")}
+    maps = {
+        p: effective_receptive_fields(model, images, batch_size=3, protocol=p)["layer1"] for p in ("luo", "replknet")
+    }
     np.testing.assert_allclose(maps["luo"], luo, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(maps["replknet"], rep, rtol=1e-12, atol=1e-12)
     assert not np.allclose(maps["replknet"] / maps["replknet"].max(), luo / luo.max())
@@ -115,7 +119,7 @@ def test_replknet_protocol_of_two_stacked_box_filters():
     box = np.full((3, 3), 1 / 9)
     for k, kernel in ((1, box), (2, convolve2d(box, box))):
         expected = np.zeros((11, 11))
-        expected[5 - k:5 + k + 1, 5 - k:5 + k + 1] = np.log10(1 + kernel)
+        expected[5 - k : 5 + k + 1, 5 - k : 5 + k + 1] = np.log10(1 + kernel)
         np.testing.assert_allclose(maps[f"layer{k}"], expected, rtol=1e-12, atol=1e-15)
 
 
@@ -155,17 +159,22 @@ def test_frequency_profile_of_a_constant_response_is_flat():
 
 @pytest.mark.slow  # the bundled models on real images
 def test_erf_command_on_the_bundled_checkpoints(tmp_path):
-    res = CliRunner().invoke(main, ["erf", "niff_analysis/checkpoints", "--images", "4", "--untrained",
-                                    "--format", "csv", "-q"])
+    res = CliRunner().invoke(
+        main, ["erf", "niff_analysis/checkpoints", "--images", "4", "--untrained", "--format", "csv", "-q"]
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(io.StringIO(res.stdout))
     assert list(df.columns) == ["checkpoint", "stage", "protocol", "threshold", "side", "area_ratio"]
     assert set(df["protocol"]) == {"luo"}
-    assert set(df["checkpoint"]) == {"resnet18_fmnist", "resnet18_fmnist@init", "resnet18_niff_fmnist",
-                                     "resnet18_niff_fmnist@init"}
+    assert set(df["checkpoint"]) == {
+        "resnet18_fmnist",
+        "resnet18_fmnist@init",
+        "resnet18_niff_fmnist",
+        "resnet18_niff_fmnist@init",
+    }
     for _, g in df.groupby(["checkpoint", "stage"]):
         assert g.sort_values("threshold")["side"].is_monotonic_increasing
-    assert np.allclose(df["area_ratio"], df["side"] ** 2 / 32 ** 2)
+    assert np.allclose(df["area_ratio"], df["side"] ** 2 / 32**2)
     out = tmp_path / "erf.csv"
     res = CliRunner().invoke(main, ["erf", "--images", "4", "--protocol", "replknet", "-q", "-o", str(out)])
     assert res.exit_code == 0, res.output
@@ -203,14 +212,18 @@ def test_hermitian_part_on_the_centred_grid(size):
 
     h, w = size
     g = torch.Generator().manual_seed(h * 10 + w)
-    W = torch.complex(torch.randn(3, h, w, generator=g, dtype=torch.float64),
-                      torch.randn(3, h, w, generator=g, dtype=torch.float64))
+    W = torch.complex(
+        torch.randn(3, h, w, generator=g, dtype=torch.float64), torch.randn(3, h, w, generator=g, dtype=torch.float64)
+    )
     Wh = hermitian_part(W)
     fy, fx = centred_frequencies(h).long().tolist(), centred_frequencies(w).long().tolist()
 
     def at(a, i, j):  # the value at frequency (−fy[i], −fx[j]), found by its integer frequency
-        return a[:, next(r for r in range(h) if (fy[r] + fy[i]) % h == 0),
-                 next(c for c in range(w) if (fx[c] + fx[j]) % w == 0)]
+        return a[
+            :,
+            next(r for r in range(h) if (fy[r] + fy[i]) % h == 0),
+            next(c for c in range(w) if (fx[c] + fx[j]) % w == 0),
+        ]
 
     for i in range(h):
         for j in range(w):
@@ -247,8 +260,9 @@ def test_frequency_profile_equals_an_independent_radial_profile_of_fft_k(tmp_pat
             per_channel = spec[:, step == b].mean(1)
             expected.append([b / (max(h, w) / 2), per_channel.mean(), *np.percentile(per_channel, [25, 75])])
             expected_raw.append(raw[:, step == b].mean(1).mean())
-        np.testing.assert_allclose(d[["radius", "mean", "q25", "q75"]].to_numpy(), np.array(expected),
-                                   rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(
+            d[["radius", "mean", "q25", "q75"]].to_numpy(), np.array(expected), rtol=1e-6, atol=1e-9
+        )
         assert (d["n_channels"] == c).all()
         raw_differs.append(np.abs(np.array(expected_raw) - d["mean"].to_numpy()).max())
     assert min(raw_differs) > 1e-3  # the raw |W| reads otherwise in every layer
@@ -261,8 +275,11 @@ def _anti_hermitian_pair(tmp_path):
     from niff_analysis.checkpoint import load_checkpoint, read_config, save_checkpoint
     from niff_analysis.layers.niff import NIFFLayer
 
-    meta = {k: v for k, v in read_config(DEFAULT_CHECKPOINT).items()
-            if k in ("dataset", "epochs", "seed", "recipe", "test_acc")}
+    meta = {
+        k: v
+        for k, v in read_config(DEFAULT_CHECKPOINT).items()
+        if k in ("dataset", "epochs", "seed", "recipe", "test_acc")
+    }
     model = load_checkpoint(None)
     original = save_checkpoint(model, tmp_path / "original", **meta)
     with torch.no_grad():
@@ -286,8 +303,11 @@ def test_an_anti_hermitian_perturbation_changes_no_output(tmp_path):
     outs = {}
     for key, m in (("a", ma), ("b", mb)):
         store = outs[key] = {}
-        hooks = [mod.register_forward_hook(lambda _m, _i, o, n=n, s=store: s.__setitem__(n, o))
-                 for n, mod in m.named_modules() if isinstance(mod, NIFFLayer)]
+        hooks = [
+            mod.register_forward_hook(lambda _m, _i, o, n=n, s=store: s.__setitem__(n, o))
+            for n, mod in m.named_modules()
+            if isinstance(mod, NIFFLayer)
+        ]
         x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             store["logits"] = m(x)
@@ -297,8 +317,9 @@ def test_an_anti_hermitian_perturbation_changes_no_output(tmp_path):
     for n, y in outs["a"].items():
         torch.testing.assert_close(outs["b"][n], y, rtol=1e-4, atol=1e-5 * float(y.abs().max()))
     # The raw W does change: by i·c_ch at every frequency of channel ch.
-    (wa,), (wb,) = ([mod.frequency_response() for n, mod in m.named_modules() if n == "layer1.0.conv1"]
-                    for m in (ma, mb))
+    (wa,), (wb,) = (
+        [mod.frequency_response() for n, mod in m.named_modules() if n == "layer1.0.conv1"] for m in (ma, mb)
+    )
     shift = 1j * torch.linspace(0.5, 1.5, len(wa))[:, None, None].expand_as(wa)
     torch.testing.assert_close((wb - wa).detach(), shift.to(wa.dtype), rtol=0, atol=1e-5)
     calls = iter(range(100))
@@ -320,8 +341,10 @@ def test_an_anti_hermitian_perturbation_changes_no_output(tmp_path):
         (("kernels", "--view", "radial"), ["mean", "q25", "q75"]),
         (("pca", "--layers", some), ["explained_variance_ratio"]),
         (("pca", "--layers", some, "--weights", "--response", "hermitian"), ["explained_variance_ratio"]),
-        (("gaussian", "--layers", "layer2.1.conv2,layer4.1.conv1"), ["sigma_x", "sigma_y", "sigma_x_moment",
-                                                                   "sigma_y_moment"]),
+        (
+            ("gaussian", "--layers", "layer2.1.conv2,layer4.1.conv1"),
+            ["sigma_x", "sigma_y", "sigma_x_moment", "sigma_y_moment"],
+        ),
         (("erf", "--images", "4"), ["side", "area_ratio"]),
     ]:
         da, db = run(a, *args), run(b, *args)
@@ -330,8 +353,9 @@ def test_an_anti_hermitian_perturbation_changes_no_output(tmp_path):
         if "success" in da.columns:  # failed fits sit in flat valleys where rounding moves them far
             assert da["success"].equals(db["success"]) and da["success"].sum() > 200
             da, db = da[da["success"]], db[db["success"]]
-        np.testing.assert_allclose(db[value_cols].to_numpy(float), da[value_cols].to_numpy(float),
-                                   rtol=1e-4, atol=1e-6, err_msg=str(args))
+        np.testing.assert_allclose(
+            db[value_cols].to_numpy(float), da[value_cols].to_numpy(float), rtol=1e-4, atol=1e-6, err_msg=str(args)
+        )
     # The components of the kernel PCA agree too (the first three, well separated).
     ca = run(a, "pca", "--layers", some, "--components", "3", suffix="npz")
     cb = run(b, "pca", "--layers", some, "--components", "3", suffix="npz")

@@ -32,8 +32,10 @@ REGENERATE_ENV = "NIFF_REGENERATE_GOLDEN"
 REGENERATE = f"{REGENERATE_ENV}=1 python -m pytest tests/test_golden.py"
 # What the file is made from: two runs of the CLI on the bundled default (no CHECKPOINT), on the
 # CPU, without bootstrap intervals (they do not change the means).
-COMMANDS = ["niff-analyze mass --measure both --view summary --bootstrap 0 --format csv --device cpu -q",
-            "niff-analyze mass --measure both --view sizes --format csv --device cpu -q"]
+COMMANDS = [
+    "niff-analyze mass --measure both --view summary --bootstrap 0 --format csv --device cpu -q",
+    "niff-analyze mass --measure both --view sizes --format csv --device cpu -q",
+]
 WINDOWS = (1, 3, 5, 7, 9)
 KEYS = ["measure", "layer", "stage", "fmap_h", "fmap_w"]
 COLUMNS = [*KEYS, "kernels", *(f"mass_w{s}" for s in WINDOWS), "size_50", "size_90"]
@@ -92,7 +94,7 @@ def by_hand() -> pd.DataFrame:
     for measure in ("l1", "energy"):
         for lk in extract_kernels(load_checkpoint()):
             k = lk.flat.double().numpy()
-            a = np.abs(k) if measure == "l1" else k ** 2
+            a = np.abs(k) if measure == "l1" else k**2
             n, h, w = a.shape
             total = a.sum(axis=(1, 2))
 
@@ -101,7 +103,7 @@ def by_hand() -> pd.DataFrame:
                 if s >= max(h, w):  # covers the whole kernel (an even size is the full window)
                     return total
                 r = (s - 1) // 2
-                return a[:, max(h // 2 - r, 0):h // 2 + r + 1, max(w // 2 - r, 0):w // 2 + r + 1].sum(axis=(1, 2))
+                return a[:, max(h // 2 - r, 0) : h // 2 + r + 1, max(w // 2 - r, 0) : w // 2 + r + 1].sum(axis=(1, 2))
 
             # Windows: the odd sizes below the kernel's size, then the whole kernel.
             windows = [s for s in range(1, max(h, w), 2)] + [max(h, w)]
@@ -117,9 +119,12 @@ def by_hand() -> pd.DataFrame:
 
 
 def _compare(got: pd.DataFrame, want: pd.DataFrame) -> None:
-    pd.testing.assert_frame_equal(got[KEYS + ["kernels"]].reset_index(drop=True),
-                                  want[KEYS + ["kernels"]].reset_index(drop=True), check_dtype=False)
-    numeric = COLUMNS[len(KEYS) + 1:]
+    pd.testing.assert_frame_equal(
+        got[KEYS + ["kernels"]].reset_index(drop=True),
+        want[KEYS + ["kernels"]].reset_index(drop=True),
+        check_dtype=False,
+    )
+    numeric = COLUMNS[len(KEYS) + 1 :]
     np.testing.assert_allclose(got[numeric].to_numpy(float), want[numeric].to_numpy(float), rtol=0, atol=ATOL)
 
 

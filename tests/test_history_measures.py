@@ -74,8 +74,9 @@ def test_history_pools_runs_of_one_recipe_over_seeds(tmp_path):
         assert r["value"] == pytest.approx(v.mean()) and (r["lo"], r["hi"]) == pytest.approx((lo, hi))
     both = _csv("history", *runs, "--stats", "mass9_mean", "--layers", "layer1.0.conv1", "--per-seed")
     assert list(dict.fromkeys(both["checkpoint"])) == ["seed=0", "seed=1", "seed=2", "arm"]
-    res = CliRunner().invoke(main, ["history", *map(str, runs), "--stats", "mass9_mean", "--layers",
-                                    "layer1.0.conv1", "-q"])
+    res = CliRunner().invoke(
+        main, ["history", *map(str, runs), "--stats", "mass9_mean", "--layers", "layer1.0.conv1", "-q"]
+    )
     first = res.stdout.splitlines()[1]
     assert first.split()[:2] == ["arm", "l1"] and "[" in first  # mean [lo, hi]
     # another recipe is not pooled with them
@@ -97,6 +98,9 @@ def test_a_study_folder_stands_for_its_finished_runs(tmp_path):
                 shutil.copy(DEFAULT_CHECKPOINT / "config.json", folder / "config.json")
     (root / "sweep.json").write_text(json.dumps(dict(arms={"spec": {}, "mlp_weight_decay=0.1": {}}, seeds=[0, 1])))
     found = find_checkpoints([root])
-    assert [label for label, _ in found] == ["spec/seed=0", "mlp_weight_decay=0.1/seed=0",
-                                             "mlp_weight_decay=0.1/seed=1"]
+    assert [label for label, _ in found] == [
+        "spec/seed=0",
+        "mlp_weight_decay=0.1/seed=0",
+        "mlp_weight_decay=0.1/seed=1",
+    ]
     assert found[0][1] == root / "spec" / "seed=0"

@@ -45,8 +45,21 @@ def test_converted_torchvision_model_is_a_first_class_checkpoint(tmp_path):
     res = _cli("mass", path, "--layers", "layer3.5.*", "--format", "csv", "-q")
     assert res.exit_code == 0, res.output
     assert set(pd.read_csv(io.StringIO(res.stdout))["layer"]) == {"layer3.5.conv1", "layer3.5.conv2"}
-    res = _cli("figures", path, "--out", tmp_path / "figs", "--layers", "layer3.0.conv2", "--max-kernels", "8",
-               "--cost-sizes", "none", "--format", "png", "-q")
+    res = _cli(
+        "figures",
+        path,
+        "--out",
+        tmp_path / "figs",
+        "--layers",
+        "layer3.0.conv2",
+        "--max-kernels",
+        "8",
+        "--cost-sizes",
+        "none",
+        "--format",
+        "png",
+        "-q",
+    )
     assert res.exit_code == 0, res.output and (tmp_path / "figs" / "mass_ratio.png").is_file()
     with pytest.raises(BuilderError, match="no classification model 'resnet9000'"):
         build_model("torchvision:resnet9000")
@@ -84,8 +97,18 @@ def test_a_user_factory_runs_only_when_named(tmp_path, monkeypatch):
 @pytest.mark.slow  # builds ConvNeXt and a torchvision model
 def test_import_plain_convnext_and_a_converted_torchvision_state_dict(tmp_path):
     torch.save(torchvision.models.convnext_tiny(num_classes=10).state_dict(), tmp_path / "cnx.pth")
-    res = _cli("import", tmp_path / "cnx.pth", "--model", "convnext_tiny", "--num-classes", 10,
-               "--input-size", 64, "--out", tmp_path / "cnx")
+    res = _cli(
+        "import",
+        tmp_path / "cnx.pth",
+        "--model",
+        "convnext_tiny",
+        "--num-classes",
+        10,
+        "--input-size",
+        64,
+        "--out",
+        tmp_path / "cnx",
+    )
     assert res.exit_code == 0, res.output
     res = _cli("gaussian", tmp_path / "cnx", "--layers", "features.1.*", "--format", "csv", "-q")
     assert res.exit_code == 0, res.output
@@ -96,12 +119,27 @@ def test_import_plain_convnext_and_a_converted_torchvision_state_dict(tmp_path):
 
     model = build_model("torchvision:resnet18", dict(num_classes=10), input_size=32, niff=dict(mlp="small"))
     torch.save({"model_state_dict": model.state_dict(), "epoch": 3}, tmp_path / "r18.pt")
-    res = _cli("import", tmp_path / "r18.pt", "--model", "torchvision:resnet18", "--niff", "split",
-               "--mlp", "8,4", "--num-classes", 10, "--input-size", 32, "--out", tmp_path / "r18")
+    res = _cli(
+        "import",
+        tmp_path / "r18.pt",
+        "--model",
+        "torchvision:resnet18",
+        "--niff",
+        "split",
+        "--mlp",
+        "8,4",
+        "--num-classes",
+        10,
+        "--input-size",
+        32,
+        "--out",
+        tmp_path / "r18",
+    )
     assert res.exit_code == 0, res.output
     assert _same_weights(load_checkpoint(tmp_path / "r18"), model)
-    res = _cli("import", tmp_path / "r18.pt", "--model", "torchvision:resnet18", "--num-classes", 10,
-               "--out", tmp_path / "bad")
+    res = _cli(
+        "import", tmp_path / "r18.pt", "--model", "torchvision:resnet18", "--num-classes", 10, "--out", tmp_path / "bad"
+    )
     assert res.exit_code == 2 and "the weights are of a NIFF model" in res.output
     assert not (tmp_path / "bad").exists()
     res = _cli("import", tmp_path / "r18.pt", "--model", "resnet18", "--key", "nope", "--out", tmp_path / "bad")
@@ -115,8 +153,18 @@ def test_the_authors_resnet18_at_32px_imports_without_flags(tmp_path):
     assert any(n.startswith("layer4.1") for n, _ in niff_layers(ours))
     theirs = {src: ours.state_dict()[key] for key, src in reference_key_map(ours).items()}
     torch.save({"model": theirs}, tmp_path / "their_r18.pth")
-    res = _cli("import", tmp_path / "their_r18.pth", "--model", "resnet18_niff", "--num-classes", 10,
-               "--input-size", 32, "--out", tmp_path / "imp")
+    res = _cli(
+        "import",
+        tmp_path / "their_r18.pth",
+        "--model",
+        "resnet18_niff",
+        "--num-classes",
+        10,
+        "--input-size",
+        32,
+        "--out",
+        tmp_path / "imp",
+    )
     assert res.exit_code == 0, res.output
     got = load_checkpoint(tmp_path / "imp")
     assert got.niff_config["mlp"]["hidden"] == [8, 4] and got.niff_config.get("niff_on_1x1") is True

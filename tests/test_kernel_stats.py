@@ -25,6 +25,7 @@ from niff_analysis.train import trainer
 
 pytestmark = pytest.mark.slow  # training runs with kernel statistics: not in `make test-fast`
 
+
 def _cli_csv(*args) -> pd.DataFrame:
     res = CliRunner().invoke(main, [*map(str, args), "--format", "csv", "--quiet"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -45,8 +46,9 @@ def test_recorded_at_init_and_after_every_epoch(reference_run):
     assert list(hist.columns) == ["epoch", "step", "layer", "stage", "measure", "stat", "value"]
     model = load_checkpoint(reference_run["out"])
     names = [n for n, _ in niff_layers(model)]
-    expected = ([("l1", s) for s in MASS_STATS] + [("energy", s) for s in MASS_STATS]
-                + [("any", s) for s in SHARED_STATS])
+    expected = (
+        [("l1", s) for s in MASS_STATS] + [("energy", s) for s in MASS_STATS] + [("any", s) for s in SHARED_STATS]
+    )
     for _, block in hist.groupby("step"):
         assert list(dict.fromkeys(block["layer"])) == names
         for _, rows in block.groupby("layer", sort=False):
@@ -177,8 +179,7 @@ def _write(path, text):
 
 
 def test_every_n_steps_and_no_kernel_stats(tmp_path, fmnist_dir):
-    cfg = tiny_config(tmp_path / "n", epochs=1, train_subset=24, kernel_stats_every_steps=2,
-                      save_every_steps=0)
+    cfg = tiny_config(tmp_path / "n", epochs=1, train_subset=24, kernel_stats_every_steps=2, save_every_steps=0)
     trainer.train(cfg)
     hist = read_kernel_stats(tmp_path / "n")
     assert sorted(hist["step"].unique()) == [0, 2, 3]  # 3 steps: init, step 2, epoch end
@@ -190,10 +191,32 @@ def test_every_n_steps_and_no_kernel_stats(tmp_path, fmnist_dir):
 
 def test_epochs_zero_writes_the_initialisation_with_its_accuracy(tmp_path, fmnist_dir):
     out = tmp_path / "zero"
-    res = CliRunner().invoke(main, ["train", "--model", "resnet18_niff", "--data-dir", str(fmnist_dir),
-                                    "--epochs", "0", "--train-subset", "16", "--test-subset", "32",
-                                    "--batch-size", "8", "--threads", "1", "--device", "cpu", "--quiet",
-                                    "--out", str(out)], catch_exceptions=False)
+    res = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model",
+            "resnet18_niff",
+            "--data-dir",
+            str(fmnist_dir),
+            "--epochs",
+            "0",
+            "--train-subset",
+            "16",
+            "--test-subset",
+            "32",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     final, init = load_weights(out), load_weights(out / "init")
     assert all(torch.equal(final[k], init[k]) for k in final)
@@ -216,8 +239,9 @@ def test_mlp_groups_reach_the_optimizer(tmp_path, fmnist_dir):
     cfg = trainer.TrainConfig(mlp_weight_decay=0.05, mlp_lr_scale=0.1)
     groups = {g["name"]: g for g in trainer.param_groups(model, cfg)}
     assert set(groups) == {"decay", "no_decay", "mlp_decay", "mlp_no_decay"}
-    mlp = {id(p) for m in model.modules() if isinstance(m, NIFFLayer)
-           for p in [*m.real.parameters(), *m.imag.parameters()]}
+    mlp = {
+        id(p) for m in model.modules() if isinstance(m, NIFFLayer) for p in [*m.real.parameters(), *m.imag.parameters()]
+    }
     assert {id(p) for p in groups["mlp_decay"]["params"] + groups["mlp_no_decay"]["params"]} == mlp
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
     assert groups["mlp_decay"]["weight_decay"] == 0.05 and groups["decay"]["weight_decay"] == 0.002
@@ -227,8 +251,9 @@ def test_mlp_groups_reach_the_optimizer(tmp_path, fmnist_dir):
     # End to end: a vanishing MLP lr leaves the MLPs at their initialisation (decay is lr-scaled
     # too), while every other weight trains; the saved optimizer state carries the groups.
     out = tmp_path / "frozen"
-    trainer.train(tiny_config(out, epochs=1, train_subset=16, mlp_lr_scale=1e-30, mlp_weight_decay=0.1,
-                              kernel_stats=False))
+    trainer.train(
+        tiny_config(out, epochs=1, train_subset=16, mlp_lr_scale=1e-30, mlp_weight_decay=0.1, kernel_stats=False)
+    )
     init, final = load_weights(out / "init"), load_weights(out)
     is_mlp = [k for k in final if ".real." in k or ".imag." in k]
     assert is_mlp and all(torch.equal(init[k], final[k]) for k in is_mlp)
@@ -276,17 +301,19 @@ def test_history_command(reference_run, tmp_path, baseline_checkpoint):
     assert len(long) == len(hist) and set(long["checkpoint"]) == {out.name}
     np.testing.assert_allclose(long["value"].to_numpy(), hist["value"].to_numpy(), rtol=1e-9)
     assert set(_cli_csv("history", out)["measure"]) == {"l1", "any"}  # l1 by default
-    res = CliRunner().invoke(main, ["history", str(out), "--stats", "mass9_mean,k90_mean",
-                                    "--layers", "layer1.*"])
+    res = CliRunner().invoke(main, ["history", str(out), "--stats", "mass9_mean,k90_mean", "--layers", "layer1.*"])
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
     assert lines[0].split() == ["checkpoint", "measure", "epoch", "step", "layer", "mass9_mean", "k90_mean"]
     assert len(lines) == 1 + 3 * 4  # 3 records × 4 layer1 layers
-    res = CliRunner().invoke(main, ["history", str(out), "--stats", "mass9_mean", "--layers", "layer1.*",
-                                    "--measure", "both"])
+    res = CliRunner().invoke(
+        main, ["history", str(out), "--stats", "mass9_mean", "--layers", "layer1.*", "--measure", "both"]
+    )
     assert len(res.stdout.strip().splitlines()) == 1 + 2 * 3 * 4
-    for args, message in ((["--stats", "nope"], "--stats: unknown statistic 'nope'"),
-                          (["--layers", "layer9*"], "no layer matches 'layer9*'")):
+    for args, message in (
+        (["--stats", "nope"], "--stats: unknown statistic 'nope'"),
+        (["--layers", "layer9*"], "no layer matches 'layer9*'"),
+    ):
         res = CliRunner().invoke(main, ["history", str(out), *args])
         assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1
     res = CliRunner().invoke(main, ["history", str(baseline_checkpoint)])
@@ -315,8 +342,7 @@ def test_load_initial_finds_or_rebuilds_the_initialisation(reference_run, tmp_pa
         shutil.copy(out / f, alone / f)
     assert same(load_initial(alone))
     assert load_initial(out / "init") is None  # an initialisation has none
-    hand = save_checkpoint(create_model("resnet18_niff", num_classes=10, in_chans=1, stem="cifar"),
-                           tmp_path / "hand")
+    hand = save_checkpoint(create_model("resnet18_niff", num_classes=10, in_chans=1, stem="cifar"), tmp_path / "hand")
     assert load_initial(hand) is None  # saved by hand: no training run recorded
 
 
@@ -325,8 +351,12 @@ def test_figures_draw_the_untrained_reference_and_the_history(reference_run):
     from niff_analysis.plotting import iter_figures
 
     data = analyse([reference_run["out"]], layers=["layer1.*"], max_kernels=16, cost_sizes=())
-    assert set(data.untrained_mass_summary["layer"]) == {"layer1.0.conv1", "layer1.0.conv2",
-                                                        "layer1.1.conv1", "layer1.1.conv2"}
+    assert set(data.untrained_mass_summary["layer"]) == {
+        "layer1.0.conv1",
+        "layer1.0.conv2",
+        "layer1.1.conv1",
+        "layer1.1.conv2",
+    }
     assert not data.history.empty
     figs = {name: (fig, tables) for name, fig, tables in iter_figures(data)}
     fig, tables = figs["mass_ratio"]

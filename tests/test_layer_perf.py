@@ -262,7 +262,8 @@ def test_a_niff_forward_stops_glibc_mapping_large_buffers(env, mapped):
     environ = {k: v for k, v in os.environ.items() if k != memory.ENV_VAR}
     if env is not None:
         environ[memory.ENV_VAR] = env
-    out = subprocess.run([sys.executable, "-c", _MMAP_PROBE], capture_output=True, text=True,
-                         env=environ, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _MMAP_PROBE], capture_output=True, text=True, env=environ, timeout=300, check=True
+    )
     grown = json.loads(out.stdout.strip().splitlines()[-1])["mmapped"]
     assert (grown >= 64 * 2**20) is mapped, grown

@@ -100,7 +100,7 @@ def test_padding_modes_equal_padded_circular_conv(pad, size):
     torch_mode = {"zero": "constant", "reflect": "reflect", "circular": "circular"}[pad]
     xp = F.pad(x, (w // 2, w - w // 2, h // 2, h - h // 2), mode=torch_mode)
     full = spatial_conv(xp, dense_kernels(layer, size), "circular")  # kernels live on 2H×2W
-    ref = full[..., h // 2:h // 2 + h, w // 2:w // 2 + w]
+    ref = full[..., h // 2 : h // 2 + h, w // 2 : w // 2 + w]
     assert rel_err(layer(x), ref) <= 1e-4
 
 
@@ -147,10 +147,10 @@ def test_planted_3x3_kernel_comes_back_at_the_centre(size):
     h, w = size
     k3 = torch.randn(3, 3, dtype=torch.float64)
     k = torch.zeros(h, w, dtype=torch.float64)
-    k[h // 2 - 1:h // 2 + 2, w // 2 - 1:w // 2 + 2] = k3
+    k[h // 2 - 1 : h // 2 + 2, w // 2 - 1 : w // 2 + 2] = k3
     back = centred_to_kernel(kernel_to_centred(k))
     assert torch.allclose(back, k, atol=1e-12)
-    assert torch.allclose(back[h // 2 - 1:h // 2 + 2, w // 2 - 1:w // 2 + 2], k3, atol=1e-12)
+    assert torch.allclose(back[h // 2 - 1 : h // 2 + 2, w // 2 - 1 : w // 2 + 2], k3, atol=1e-12)
     # Dropping the inner ifftshift (the reference code's bug) would not give it back.
     wrong = torch.fft.fftshift(torch.fft.ifft2(kernel_to_centred(k)).real)
     assert not torch.allclose(wrong, k, atol=1e-6)
@@ -160,7 +160,7 @@ def test_planted_kernel_acts_like_conv2d_through_the_layer_math():
     # A 3×3 kernel turned into W and applied by the FFT product equals conv2d with it.
     h, w = 9, 6
     k = torch.zeros(1, h, w, dtype=torch.float64)
-    k[0, h // 2 - 1:h // 2 + 2, w // 2 - 1:w // 2 + 2] = torch.randn(3, 3, dtype=torch.float64)
+    k[0, h // 2 - 1 : h // 2 + 2, w // 2 - 1 : w // 2 + 2] = torch.randn(3, 3, dtype=torch.float64)
     x = torch.randn(2, 1, h, w, dtype=torch.float64)
     wc = torch.fft.ifftshift(kernel_to_centred(k), dim=(-2, -1))
     y = torch.fft.ifft2(torch.fft.fft2(x) * wc).real
@@ -241,6 +241,7 @@ def test_mlp_presets_match_the_paper():
     def n_params(preset, c):
         layer = DepthwiseNIFF(c, mlp=preset)
         return sum(p.numel() for p in layer.real.parameters())
+
     assert n_params("big", 64) == 2 * 16 + 16 + 16 * 128 + 128 + 128 * 32 + 32 + 32 * 64 + 64
     assert n_params("small", 10) == 2 * 8 + 8 + 8 * 4 + 4 + 4 * 10 + 10
     assert n_params("cifar", 10) == 2 * 32 + 32 + 32 * 10 + 10

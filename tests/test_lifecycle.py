@@ -35,9 +35,29 @@ from niff_analysis.runs import LOCK_NAME, RunLockedError, lock_holder, run_lock
 
 SMALL = "layer4.1.conv2"  # 2×2 at input 16, 4×4 at 32: every analysis of it is instant
 # The tiny recipe of helpers.tiny_config (the reference run), through the CLI.
-TINY = ["--model", "resnet18_niff", "--dataset", "fashion-mnist", "--data-dir", str(FMNIST), "--epochs", "2",
-        "--batch-size", "8", "--train-subset", "32", "--test-subset", "16", "--seed", "0", "--threads", "1",
-        "--device", "cpu", "--quiet"]
+TINY = [
+    "--model",
+    "resnet18_niff",
+    "--dataset",
+    "fashion-mnist",
+    "--data-dir",
+    str(FMNIST),
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--train-subset",
+    "32",
+    "--test-subset",
+    "16",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -69,8 +89,13 @@ _SMALL_MODEL = dict(num_classes=10, in_chans=1, stem="cifar", input_size=16)
 def tiny_ck(tmp_path_factory) -> Path:
     """A small checkpoint (input 16) with the bundled run's kernel_stats.csv and metrics.csv."""
     torch.manual_seed(0)
-    ck = save_checkpoint(create_model("resnet18_niff", **_SMALL_MODEL),
-                         tmp_path_factory.mktemp("ck") / "small", dataset="fashion-mnist", epochs=1, seed=0)
+    ck = save_checkpoint(
+        create_model("resnet18_niff", **_SMALL_MODEL),
+        tmp_path_factory.mktemp("ck") / "small",
+        dataset="fashion-mnist",
+        epochs=1,
+        seed=0,
+    )
     for name in ("kernel_stats.csv", "metrics.csv"):
         shutil.copy(DEFAULT_CHECKPOINT / name, ck / name)
     return ck
@@ -132,12 +157,10 @@ def state_dict_file(tmp_path_factory) -> Path:
     return path
 
 
-IMPORT = ["--model", "resnet18_niff", "--num-classes", "10", "--in-chans", "1", "--stem", "cifar",
-          "--input-size", "16"]
+IMPORT = ["--model", "resnet18_niff", "--num-classes", "10", "--in-chans", "1", "--stem", "cifar", "--input-size", "16"]
 
 
-def test_02_import_refuses_a_non_empty_folder_and_overwrite_replaces_the_whole_run(tiny_ck, state_dict_file,
-                                                                                    tmp_path):
+def test_02_import_refuses_a_non_empty_folder_and_overwrite_replaces_the_whole_run(tiny_ck, state_dict_file, tmp_path):
     run = fake_run(tmp_path / "run", tiny_ck, state=True)
     for name in ("config.json", "model.safetensors", "metrics.csv"):
         shutil.copy(tiny_ck / name, run / name)
@@ -165,15 +188,18 @@ def test_02_overwrite_never_deletes_files_no_run_wrote(tiny_ck, state_dict_file,
     out = copy_ck(tiny_ck, tmp_path / "out")
     (out / "notes.txt").write_text("mine")
     before = snapshot(out)
-    one_error(invoke("import", state_dict_file, *IMPORT, "--out", out, "--overwrite"),
-              "holds files that are not a run's (notes.txt)")
+    one_error(
+        invoke("import", state_dict_file, *IMPORT, "--out", out, "--overwrite"),
+        "holds files that are not a run's (notes.txt)",
+    )
     assert snapshot(out) == before
     # The file being imported inside --out: refused before anything (--overwrite would remove it).
     inside = tmp_path / "inside"
     inside.mkdir()
     shutil.copy(state_dict_file, inside / "mine.pth")
-    one_error(invoke("import", inside / "mine.pth", *IMPORT, "--out", inside, "--overwrite"),
-              "holds the file being imported")
+    one_error(
+        invoke("import", inside / "mine.pth", *IMPORT, "--out", inside, "--overwrite"), "holds the file being imported"
+    )
     assert (inside / "mine.pth").read_bytes() == state_dict_file.read_bytes()
 
 
@@ -249,10 +275,15 @@ def test_04_a_locked_run_folder_is_refused_for_train_and_resume(tmp_path, state_
         info = json.loads((out / LOCK_NAME).read_text())
         assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
         for extra in ([], ["--resume"], ["--overwrite"]):
-            one_error(invoke("train", *TINY, "--out", out, *extra), f"{out} is in use by niff-analyze train",
-                      f"process {os.getpid()}")
-        one_error(invoke("import", state_dict_file, *IMPORT, "--out", out, "--overwrite"),
-                  f"{out} is in use by niff-analyze train")
+            one_error(
+                invoke("train", *TINY, "--out", out, *extra),
+                f"{out} is in use by niff-analyze train",
+                f"process {os.getpid()}",
+            )
+        one_error(
+            invoke("import", state_dict_file, *IMPORT, "--out", out, "--overwrite"),
+            f"{out} is in use by niff-analyze train",
+        )
         assert lock_holder(out)["pid"] == os.getpid()
     assert not out.exists()  # made for the lock, left empty: removed again
     assert lock_holder(out) is None
@@ -289,16 +320,22 @@ def test_04_stale_locks_are_recognised(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_04_05_a_second_train_or_resume_while_one_trains_is_refused(tmp_path, reference_run):
     out = tmp_path / "run"
-    first = subprocess.Popen([*CLI, "train", *TINY, "--out", str(out)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    first = subprocess.Popen(
+        [*CLI, "train", *TINY, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     try:
         deadline = time.time() + 240
         while not (out / LOCK_NAME).is_file() and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert (out / LOCK_NAME).is_file(), first.communicate()
         for extra in ([], ["--resume"]):
-            one_error(invoke("train", *TINY, "--out", out, *extra), "is in use by niff-analyze train",
-                      f"process {first.pid}")
+            one_error(
+                invoke("train", *TINY, "--out", out, *extra), "is in use by niff-analyze train", f"process {first.pid}"
+            )
         stdout, stderr = first.communicate(timeout=600)
     finally:
         if first.poll() is None:
@@ -312,8 +349,25 @@ def test_04_05_a_second_train_or_resume_while_one_trains_is_refused(tmp_path, re
 @pytest.mark.slow
 def test_04_a_sweep_rerun_does_not_start_a_second_process_on_a_training_run(tmp_path):
     """A sweep job on a run another process trains fails with the lock's line; the sweep says so."""
-    args = ["--model", "resnet18_niff", "--data-dir", str(FMNIST), "--epochs", "1", "--batch-size", "8",
-            "--train-subset", "8", "--test-subset", "8", "--threads", "1", "--device", "cpu", "--quiet"]
+    args = [
+        "--model",
+        "resnet18_niff",
+        "--data-dir",
+        str(FMNIST),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--train-subset",
+        "8",
+        "--test-subset",
+        "8",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     out = tmp_path / "sweep"
     with run_lock(out / "spec" / "seed=0"):
         res = invoke("sweep", *args, "--arm", "spec", "--out", out)
@@ -352,8 +406,13 @@ def test_06_a_run_stopped_before_its_first_saved_state_starts_again(tmp_path, mo
 def test_07_sigterm_and_sigint_save_the_state_and_resume_exactly(tmp_path, reference_run, signum):
     """Without --save-every-steps: the signal itself saves the state at the next step boundary."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "train", *TINY, "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        [*CLI, "train", *TINY, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     try:
         deadline = time.time() + 240
         while not (out / "train_config.json").is_file() and proc.poll() is None and time.time() < deadline:
@@ -386,8 +445,15 @@ def test_08_train_overwrite_removes_the_whole_previous_run(tiny_ck, tmp_path):
         shutil.copytree(tiny_ck, out / e)
     res = invoke("train", *TINY, "--model", "resnet18", "--epochs", "1", "--out", out, "--overwrite")
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "init", "kernel_stats.csv", "metrics.csv",
-                                                     "model.safetensors", "train_config.json", "train_state.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "init",
+        "kernel_stats.csv",
+        "metrics.csv",
+        "model.safetensors",
+        "train_config.json",
+        "train_state.pt",
+    ]
     assert read_config(out)["architecture"] == "resnet18" and read_config(out / "init")["architecture"] == "resnet18"
     assert len(pd.read_csv(out / "metrics.csv")) == 1
 
@@ -402,15 +468,21 @@ def test_08_overwrite_refuses_files_no_run_wrote(tiny_ck, tmp_path):
 
 
 # ------------------------------------------------------------------------------ 9: strict configs
-@pytest.mark.parametrize("edit,fragment", [
-    (lambda c: c["model_kwargs"]["mlp"].update(activaton="relu"), "config field model_kwargs.mlp.activaton is unknown"),
-    (lambda c: c.update(format_version=99), "config format_version 99 is newer than this niff-analysis"),
-    (lambda c: c.update(format_version="1"), "config field format_version must be an integer"),
-    (lambda c: c.update(datset="fashion-mnist"), "config field datset is unknown"),
-    (lambda c: c["recipe"].update(learning_rate=0.1), "config field recipe.learning_rate is unknown"),
-    (lambda c: c["layers"][0].update(size=3), "config field layers[0].size is unknown"),
-    (lambda c: c["model_kwargs"].update(widht=16), "config field model_kwargs.widht is unknown"),
-])
+@pytest.mark.parametrize(
+    "edit,fragment",
+    [
+        (
+            lambda c: c["model_kwargs"]["mlp"].update(activaton="relu"),
+            "config field model_kwargs.mlp.activaton is unknown",
+        ),
+        (lambda c: c.update(format_version=99), "config format_version 99 is newer than this niff-analysis"),
+        (lambda c: c.update(format_version="1"), "config field format_version must be an integer"),
+        (lambda c: c.update(datset="fashion-mnist"), "config field datset is unknown"),
+        (lambda c: c["recipe"].update(learning_rate=0.1), "config field recipe.learning_rate is unknown"),
+        (lambda c: c["layers"][0].update(size=3), "config field layers[0].size is unknown"),
+        (lambda c: c["model_kwargs"].update(widht=16), "config field model_kwargs.widht is unknown"),
+    ],
+)
 def test_09_configs_are_read_strictly(edit, fragment, tmp_path):
     ck = copy_ck(DEFAULT_CHECKPOINT, tmp_path / "ck")
     cfg = json.loads((ck / "config.json").read_text())
@@ -425,11 +497,34 @@ def test_09_every_field_the_toolkit_writes_is_read(tmp_path):
     for name in ("resnet18_niff_fmnist", "resnet18_fmnist"):
         assert invoke("describe", BUNDLED_DIR / name).exit_code == 0
     model = create_model("resnet18_niff", num_classes=10, in_chans=1, stem="cifar", input_size=16, width=16)
-    recipe = dict(epochs=1, batch_size=8, lr=0.02, momentum=0.9, weight_decay=0.002, label_smoothing=0.1,
-                  augment=True, schedule="cosine", optimizer="sgd", mlp_weight_decay=0.1, mlp_lr_scale=1.0,
-                  mlp_bias_decay=True, content_scale=0.5)
-    ck = save_checkpoint(model, tmp_path / "ck", dataset="fashion-mnist", recipe=recipe, epochs=1, seed=0,
-                         test_acc=0.5, test_loss=1.0, world_size=2, replica_sha256=["a", "b"], note="knobs")
+    recipe = dict(
+        epochs=1,
+        batch_size=8,
+        lr=0.02,
+        momentum=0.9,
+        weight_decay=0.002,
+        label_smoothing=0.1,
+        augment=True,
+        schedule="cosine",
+        optimizer="sgd",
+        mlp_weight_decay=0.1,
+        mlp_lr_scale=1.0,
+        mlp_bias_decay=True,
+        content_scale=0.5,
+    )
+    ck = save_checkpoint(
+        model,
+        tmp_path / "ck",
+        dataset="fashion-mnist",
+        recipe=recipe,
+        epochs=1,
+        seed=0,
+        test_acc=0.5,
+        test_loss=1.0,
+        world_size=2,
+        replica_sha256=["a", "b"],
+        note="knobs",
+    )
     assert read_config(ck)["model_kwargs"]["width"] == 16
     assert invoke("describe", ck).exit_code == 0
     with pytest.raises(CheckpointError, match="config field colour is unknown"):
@@ -451,8 +546,19 @@ def test_09_a_misspelled_mlp_key_in_a_training_state_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------ 10: figures as a unit
-FIG = ["--layers", "layer3.1.conv2", "--max-kernels", "8", "--erf-images", "0", "--cost-sizes", "none",
-       "--format", "png", "-q"]
+FIG = [
+    "--layers",
+    "layer3.1.conv2",
+    "--max-kernels",
+    "8",
+    "--erf-images",
+    "0",
+    "--cost-sizes",
+    "none",
+    "--format",
+    "png",
+    "-q",
+]
 
 
 def test_10_figures_of_checkpoints_with_the_same_folder_name(tiny_ck, tmp_path, monkeypatch):
@@ -490,16 +596,18 @@ def test_10_safe_file_names_are_distinct():
     from niff_analysis.plotting.report import file_labels
 
     got = file_labels(["lc/a/run", "lc/a_run", "../x", "résumé", "ok-1.2"])
-    assert got == {"lc/a/run": "lc_a_run", "lc/a_run": "lc_a_run-2", "../x": "x", "résumé": "r_sum",
-                   "ok-1.2": "ok-1.2"}
+    assert got == {"lc/a/run": "lc_a_run", "lc/a_run": "lc_a_run-2", "../x": "x", "résumé": "r_sum", "ok-1.2": "ok-1.2"}
 
 
 # ------------------------------------------------------------------------------ 11, 12: unfinished runs, folders
 def test_11_a_run_without_final_checkpoint_is_an_error_naming_its_state(tiny_ck, tmp_path):
     run = fake_run(tmp_path / "run", tiny_ck, state=True)
     for command in ("mass", "claims", "kernels", "pca", "gaussian"):
-        one_error(invoke(command, run, "-q"), f"{run}: the run has no final checkpoint",
-                  f"its last saved state is {run / 'train_state.pt'}")
+        one_error(
+            invoke(command, run, "-q"),
+            f"{run}: the run has no final checkpoint",
+            f"its last saved state is {run / 'train_state.pt'}",
+        )
     one_error(invoke("figures", run, "--out", tmp_path / "figs", *FIG), str(run / "train_state.pt"))
     early = fake_run(tmp_path / "early", tiny_ck, state=False)
     one_error(invoke("mass", early, "-q"), "no saved state yet", f"{early / 'train_state.pt'} does not exist")
@@ -519,6 +627,7 @@ def test_12_a_folder_of_runs_reports_what_it_skipped_and_why(tiny_ck, tmp_path):
     (runs / "d_empty").mkdir()
     nan = copy_ck(tiny_ck, runs / "e_nan")
     from safetensors.torch import load_file
+
     state = load_file(str(nan / "model.safetensors"))
     model = create_model("resnet18_niff", **_SMALL_MODEL)
     state["fc.weight"][0, 0] = float("nan")
@@ -559,12 +668,16 @@ def _stats_copy(tiny_ck, tmp_path, edit) -> Path:
     return ck
 
 
-@pytest.mark.parametrize("edit,fragment", [
-    (lambda t: t.replace(",0.2", ",abc", 1), "row 2 has a non-numeric value 'abc"),
-    (lambda t: t[: len(t) - 40], "the last row is cut off"),
-    (lambda t: "\n".join(t.splitlines()[:-3]) + "\n", "(a truncated file)"),
-    (lambda t: t.replace("epoch,step", "epoc,step", 1), "missing column 'epoch'"),
-], ids=["non-numeric", "cut-row", "missing-rows", "foreign"])
+@pytest.mark.parametrize(
+    "edit,fragment",
+    [
+        (lambda t: t.replace(",0.2", ",abc", 1), "row 2 has a non-numeric value 'abc"),
+        (lambda t: t[: len(t) - 40], "the last row is cut off"),
+        (lambda t: "\n".join(t.splitlines()[:-3]) + "\n", "(a truncated file)"),
+        (lambda t: t.replace("epoch,step", "epoc,step", 1), "missing column 'epoch'"),
+    ],
+    ids=["non-numeric", "cut-row", "missing-rows", "foreign"],
+)
 def test_13_a_bad_kernel_stats_file_is_one_line_naming_it(tiny_ck, tmp_path, edit, fragment):
     ck = _stats_copy(tiny_ck, tmp_path, edit)
     one_error(invoke("history", ck, "-q"), str(ck / "kernel_stats.csv"), fragment)
@@ -600,8 +713,10 @@ def test_15_a_full_disk_during_training_says_so_and_keeps_the_state(tmp_path, mo
     assert res.exit_code == 1 and "Traceback" not in res.stderr
     lines = res.stderr.splitlines()  # the epoch's line, then the error
     assert len(lines) == 2 and lines[0].startswith("epoch 1: train_loss "), res.stderr
-    assert lines[-1] == (f"error: disk full writing {out / 'train_state.pt'}: No space left on device (the previous "
-                         "train_state.pt is kept)")
+    assert lines[-1] == (
+        f"error: disk full writing {out / 'train_state.pt'}: No space left on device (the previous "
+        "train_state.pt is kept)"
+    )
     monkeypatch.setattr(torch, "save", real_save)
     st = torch.load(out / "train_state.pt", weights_only=True)
     assert (st["epoch"], st["step"]) == (0, 2)  # the first save, intact
@@ -616,8 +731,10 @@ def test_16_an_unwritable_output_is_refused_before_any_work(monkeypatch, tmp_pat
 
     monkeypatch.setattr(pipeline, "load_checkpoint", never)
     for command in ("mass", "history", "claims"):
-        line = one_error(invoke(command, "-q", "-o", "/proc/self/niff/out.csv"),
-                         "--output /proc/self/niff/out.csv: cannot write there")
+        line = one_error(
+            invoke(command, "-q", "-o", "/proc/self/niff/out.csv"),
+            "--output /proc/self/niff/out.csv: cannot write there",
+        )
         assert ".tmp" not in line
     from niff_analysis.io import atomic_write
 
@@ -635,8 +752,10 @@ def test_17_a_pickle_that_is_no_state_dict_is_one_clean_line(tmp_path):
     text = tmp_path / "text.pt"
     text.write_text("hello world\n")
     for path, reason in ((plain, "(Unsupported operand 149)"), (text, "(not a file torch.save wrote")):
-        line = one_error(invoke("import", path, "--model", "resnet18_niff", "--out", tmp_path / "o"),
-                         f"{path}: cannot be read with torch.load(weights_only=True) {reason}")
+        line = one_error(
+            invoke("import", path, "--model", "resnet18_niff", "--out", tmp_path / "o"),
+            f"{path}: cannot be read with torch.load(weights_only=True) {reason}",
+        )
         assert "Re-running" not in line and "torch.)" not in line
     assert not (tmp_path / "o").exists()
 
@@ -663,32 +782,44 @@ def test_20_an_arm_key_given_twice_is_refused(tmp_path):
 
 
 def test_21_erf_refuses_more_images_than_the_test_set_has(tiny_ck):
-    one_error(invoke("erf", tiny_ck, "--images", "100000", "--data-dir", FMNIST, "-q"),
-              "--images: asked for 100000 images, but the fashion-mnist test set has 10000")
+    one_error(
+        invoke("erf", tiny_ck, "--images", "100000", "--data-dir", FMNIST, "-q"),
+        "--images: asked for 100000 images, but the fashion-mnist test set has 10000",
+    )
 
 
 def test_22_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path, monkeypatch):
     import niff_analysis.checkpoint as checkpoint
 
     monkeypatch.setattr(checkpoint, "available_memory", lambda: 16 * 10**9)  # the same answer on any machine
-    line = one_error(invoke("train", *TINY, "--mlp", "20000,20000", "--out", tmp_path / "big"),
-                     "resnet18_niff with these settings has", "more than the 16 GB of memory available here")
+    line = one_error(
+        invoke("train", *TINY, "--mlp", "20000,20000", "--out", tmp_path / "big"),
+        "resnet18_niff with these settings has",
+        "more than the 16 GB of memory available here",
+    )
     assert "G parameters" in line and "--mlp" in line
     assert not (tmp_path / "big").exists()
 
 
 def test_23_history_takes_a_comma_list_of_layers():
-    res = invoke("history", "--layers", "layer1.0.conv1,layer4.1.conv2", "--stats", "mass3_mean",
-                 "--format", "csv", "-q")
+    res = invoke(
+        "history", "--layers", "layer1.0.conv1,layer4.1.conv2", "--stats", "mass3_mean", "--format", "csv", "-q"
+    )
     assert res.exit_code == 0, res.output
     assert set(pd.read_csv(io.StringIO(res.stdout))["layer"]) == {"layer1.0.conv1", "layer4.1.conv2"}
 
 
-@pytest.mark.parametrize("option", [["--mode", "linear"], ["--mlp-weight-decay", "0.1"], ["--mlp-lr-scale", "2"],
-                                    ["--mlp-bias-decay"]], ids=lambda o: o[0])
+@pytest.mark.parametrize(
+    "option",
+    [["--mode", "linear"], ["--mlp-weight-decay", "0.1"], ["--mlp-lr-scale", "2"], ["--mlp-bias-decay"]],
+    ids=lambda o: o[0],
+)
 def test_24_niff_settings_on_a_baseline_are_refused(option, tmp_path):
-    one_error(invoke("train", *TINY, "--model", "resnet18", *option, "--out", tmp_path / "o"),
-              "resnet18 has no NIFF layers", f"drop {option[0]}")
+    one_error(
+        invoke("train", *TINY, "--model", "resnet18", *option, "--out", tmp_path / "o"),
+        "resnet18 has no NIFF layers",
+        f"drop {option[0]}",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -699,15 +830,25 @@ def test_25_factories_outside_user_packages_are_refused_and_never_suggested(tmp_
     model = create_model("resnet18_niff", **_SMALL_MODEL)
     ck = save_checkpoint(model, tmp_path / "ck")
     cfg = json.loads((ck / "config.json").read_text())
-    evil = dict(cfg, architecture="os:system",
-                model_kwargs=dict(builder_kwargs=dict(command=f"touch {marker}"), input_size=[16, 16],
-                                  in_chans=1, niff=None))
+    evil = dict(
+        cfg,
+        architecture="os:system",
+        model_kwargs=dict(builder_kwargs=dict(command=f"touch {marker}"), input_size=[16, 16], in_chans=1, niff=None),
+    )
     (ck / "config.json").write_text(json.dumps(evil))
     line = one_error(invoke("mass", ck, "-q"), "refusing the factory 'os:system'")
     assert "--factory os:system" not in line
     one_error(invoke("mass", ck, "-q", "--factory", "os:system"), "refusing the factory 'os:system'")
-    for name in ("builtins:exec", "subprocess:run", "shutil:rmtree", "sys:exit", "numpy:load",
-                 "niff_analysis.cli:main", "factories:_private", "factories:sneaky"):
+    for name in (
+        "builtins:exec",
+        "subprocess:run",
+        "shutil:rmtree",
+        "sys:exit",
+        "numpy:load",
+        "niff_analysis.cli:main",
+        "factories:_private",
+        "factories:sneaky",
+    ):
         evil["architecture"] = name
         (ck / "config.json").write_text(json.dumps(evil))
         one_error(invoke("mass", ck, "-q", "--factory", name), f"refusing the factory '{name}'")

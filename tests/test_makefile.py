@@ -12,8 +12,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 def dry_run(target: str, tmp_path: Path) -> str:
     """The commands `make TARGET` would run on a machine without a virtualenv (make -n)."""
-    res = subprocess.run(["make", "-n", "-C", str(ROOT), target, f"VENV={tmp_path / 'venv'}"],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target, f"VENV={tmp_path / 'venv'}"], capture_output=True, text=True, check=True
+    )
     return res.stdout
 
 
@@ -31,7 +32,11 @@ def test_test_target_installs_the_test_extras_and_runs_pytest(tmp_path):
 def test_test_runs_ruff_and_mypy_before_pytest(tmp_path):
     cmds = dry_run("test", tmp_path)
     pytest_at = cmds.index("-m pytest")
-    for tool in ("bin/ruff check niff_analysis tests benchmarks", "bin/mypy"):
+    for tool in (
+        "bin/ruff check niff_analysis tests benchmarks",
+        "bin/ruff format --check niff_analysis tests benchmarks",
+        "bin/mypy",
+    ):
         assert tool in cmds and cmds.index(tool) < pytest_at, tool
     # The linters come with the test extras, pinned, so a fresh CI machine installs them.
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -22,19 +22,31 @@ def n_params(model):
 # The paper's Table 2 (ImageNet-1k, 1000 classes) and Table A1 (ImageNet-100): every row the
 # registry can build. Values are copied from the paper, never used by the code itself.
 PAPER_COUNTS = [
-    ("resnet18", 1000, 11_689_512), ("resnet18_niff_full", 1000, 21_127_320),
-    ("resnet18_sep", 1000, 3_327_400), ("resnet18_niff", 1000, 3_660_360),
-    ("resnet50", 1000, 25_557_032), ("resnet50_niff_full", 1000, 33_778_328),
-    ("resnet50_sep", 1000, 18_275_688), ("resnet50_niff", 1000, 18_605_000),
-    ("resnet101", 1000, 44_549_160), ("resnet101_sep", 1000, 28_394_088),
+    ("resnet18", 1000, 11_689_512),
+    ("resnet18_niff_full", 1000, 21_127_320),
+    ("resnet18_sep", 1000, 3_327_400),
+    ("resnet18_niff", 1000, 3_660_360),
+    ("resnet50", 1000, 25_557_032),
+    ("resnet50_niff_full", 1000, 33_778_328),
+    ("resnet50_sep", 1000, 18_275_688),
+    ("resnet50_niff", 1000, 18_605_000),
+    ("resnet101", 1000, 44_549_160),
+    ("resnet101_sep", 1000, 28_394_088),
     ("resnet101_niff", 1000, 29_187_432),
-    ("densenet121", 1000, 7_978_856), ("densenet121_niff_full", 1000, 10_119_752),
-    ("densenet121_sep", 1000, 6_145_128), ("densenet121_niff", 1000, 6_159_512),
-    ("convnext_tiny", 1000, 28_589_128), ("convnext_tiny_niff", 1000, 28_890_664),
-    ("mobilenet_v2", 1000, 3_504_872), ("mobilenet_v2_niff", 1000, 3_512_560),
-    ("resnet18_niff", 100, 3_198_660), ("resnet18_niff_full", 100, 20_665_620),
-    ("resnet101_niff_full", 100, 60_954_180), ("densenet121_niff", 100, 5_237_012),
-    ("mobilenet_v2_niff", 100, 2_359_660), ("mobilenet_v3_small", 100, 1_620_356),
+    ("densenet121", 1000, 7_978_856),
+    ("densenet121_niff_full", 1000, 10_119_752),
+    ("densenet121_sep", 1000, 6_145_128),
+    ("densenet121_niff", 1000, 6_159_512),
+    ("convnext_tiny", 1000, 28_589_128),
+    ("convnext_tiny_niff", 1000, 28_890_664),
+    ("mobilenet_v2", 1000, 3_504_872),
+    ("mobilenet_v2_niff", 1000, 3_512_560),
+    ("resnet18_niff", 100, 3_198_660),
+    ("resnet18_niff_full", 100, 20_665_620),
+    ("resnet101_niff_full", 100, 60_954_180),
+    ("densenet121_niff", 100, 5_237_012),
+    ("mobilenet_v2_niff", 100, 2_359_660),
+    ("mobilenet_v3_small", 100, 1_620_356),
 ]
 
 
@@ -47,8 +59,7 @@ def test_parameter_counts_match_the_paper(name, classes, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18_niff_full", "densenet121_niff", "convnext_tiny_niff",
-                                  "mobilenet_v2_niff"])
+@pytest.mark.parametrize("name", ["resnet18_niff_full", "densenet121_niff", "convnext_tiny_niff", "mobilenet_v2_niff"])
 def test_parameter_counts_do_not_depend_on_the_input_size(name):
     models = {size: create_model(name, num_classes=10, input_size=size) for size in (64, 224)}
     assert n_params(models[64]) == n_params(models[224])
@@ -62,8 +73,15 @@ def test_cifar_resnet18_baseline_count():
 
 def test_registry_listing_and_wildcards():
     names = list_models()
-    for arch in ("resnet18", "resnet50", "resnet101", "densenet121", "convnext_tiny",
-                 "mobilenet_v2", "mobilenet_v3_small"):
+    for arch in (
+        "resnet18",
+        "resnet50",
+        "resnet101",
+        "densenet121",
+        "convnext_tiny",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+    ):
         assert arch in names and f"{arch}_niff" in names
     assert list_models("resnet*_niff") == ["resnet101_niff", "resnet18_niff", "resnet50_niff"]
     assert "convnext_tiny_niff_full" not in names  # the paper has no such variant
@@ -126,9 +144,14 @@ def test_rules_per_architecture():
 
 def test_pointwise_conversion_is_an_identity():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                        nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                        nn.Conv2d(16, 4, 1, groups=4, bias=False)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 4, 1, groups=4, bias=False),
+    ).eval()
     x = torch.randn(2, 3, 16, 12)
     ref = net(x)
     to_niff(net, (16, 12))
@@ -201,8 +224,16 @@ def test_describe_lists_which_plain_convs_are_analysed_and_why_not():
     convs = {c["name"]: c for c in json.loads(res.output)["convs"]}
     model = create_model("resnet18", stem="cifar", input_size=32)
     assert [n for n, c in convs.items() if c["analysed"]] == [lk.name for lk in extract_kernels(model)]
-    assert convs["layer1.0.conv1"] == dict(name="layer1.0.conv1", kernel="3x3", stride="1", groups=1,
-                                           kind="dense", fmap=[32, 32], analysed=True, reason=None)
+    assert convs["layer1.0.conv1"] == dict(
+        name="layer1.0.conv1",
+        kernel="3x3",
+        stride="1",
+        groups=1,
+        kind="dense",
+        fmap=[32, 32],
+        analysed=True,
+        reason=None,
+    )
     assert convs["layer2.0.conv1"]["reason"] == "stride 2 (input and output maps differ)"
     assert convs["layer2.0.downsample.0"]["reason"] == "1x1 (no spatial extent)"
     assert len(convs) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())

@@ -26,9 +26,15 @@ KERNEL = "niff-analysis-test"
 def kernel(tmp_path, monkeypatch):
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "niff-analysis (test)", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "niff-analysis (test)",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # keep the kernel light on a small CI machine
     return KERNEL
@@ -40,8 +46,7 @@ def run(name: str, kernel: str, overrides: str) -> nbformat.NotebookNode:
     first = nb.cells[0]
     assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", [])
     first.source += "\n" + overrides
-    NotebookClient(nb, kernel_name=kernel, timeout=300,
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(nb, kernel_name=kernel, timeout=300, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return nb
 
 
@@ -67,8 +72,11 @@ def test_explore_kernels_notebook_runs(kernel):
 @pytest.mark.slow
 def test_reproduce_figures_notebook_runs(kernel, tmp_path):
     out = tmp_path / "figs"
-    nb = run("02_reproduce_figures.ipynb", kernel,
-             f'layers = "layer4.1.conv1"\nmax_kernels = 16\ncost_sizes = (4, 8)\nout_dir = {str(out)!r}')
+    nb = run(
+        "02_reproduce_figures.ipynb",
+        kernel,
+        f'layers = "layer4.1.conv1"\nmax_kernels = 16\ncost_sizes = (4, 8)\nout_dir = {str(out)!r}',
+    )
     images = [o for o in outputs(nb, "display_data") if "image/png" in o.data]
     # the paper's nine figure kinds, the receptive fields, the frequency responses, and the kernel
     # statistics during training (the bundled default carries its run's kernel_stats.csv)

@@ -37,5 +37,11 @@ def test_licence_type_marker_and_changelog():
     sections = re.findall(r"^## \[([^\]]+)\]", changelog, re.M)
     assert sections and sections[0] == "Unreleased"  # Keep a Changelog: newest first
     assert all(re.fullmatch(r"Unreleased|\d+\.\d+\.\d+", s) for s in sections)
-    assert set(re.findall(r"^### (\w+)", changelog, re.M)) <= {"Added", "Changed", "Deprecated", "Removed",
-                                                               "Fixed", "Security"}
+    assert set(re.findall(r"^### (\w+)", changelog, re.M)) <= {
+        "Added",
+        "Changed",
+        "Deprecated",
+        "Removed",
+        "Fixed",
+        "Security",
+    }

@@ -62,10 +62,15 @@ def real():
     lks = subsample(extract_kernels(None, layers=LAYERS), 48)
     m = kernel_mass(lks)
     g = gaussian_fit(lks)
-    return dict(kernels=lks, mass=mass_summary(m), sizes=effective_sizes(m),
-                gauss=gaussian_summary(g), pca=pca_eigenkernels(lks, n_components=4),
-                wpca=weight_pca(lks, n_components=3),
-                cost=cost_table(sizes=(4, 8), channels=4, measure=True, repeats=1))
+    return dict(
+        kernels=lks,
+        mass=mass_summary(m),
+        sizes=effective_sizes(m),
+        gauss=gaussian_summary(g),
+        pca=pca_eigenkernels(lks, n_components=4),
+        wpca=weight_pca(lks, n_components=3),
+        cost=cost_table(sizes=(4, 8), channels=4, measure=True, repeats=1),
+    )
 
 
 KINDS = {
@@ -130,8 +135,7 @@ def test_draws_into_given_axes(real):
 
 def test_colours_are_one_per_stage_and_colour_blind_safe(real):
     assert stage_color("layer2") == OKABE_ITO[2] and stage_color(None) == OKABE_ITO[0]
-    colors = layer_colors(["layer4.1.conv1", "layer4.1.conv2", "layer2.1.conv1"],
-                          ["layer4", "layer4", "layer2"])
+    colors = layer_colors(["layer4.1.conv1", "layer4.1.conv2", "layer2.1.conv1"], ["layer4", "layer4", "layer2"])
     assert colors["layer4.1.conv1"] == stage_color("layer4").lower()
     assert colors["layer4.1.conv2"] != colors["layer4.1.conv1"]  # a lighter shade of the family
     # the same layer gets the same colour whichever figure asks
@@ -186,30 +190,66 @@ def test_pdf_embeds_truetype_and_bytes_are_reproducible(real, tmp_path, monkeypa
 
 
 # --------------------------------------------------------------------------- CLI
-EXPECTED = ["mass_ratio", "effective_size", "gaussian_sigma", "cost", "eigenkernels",
-            "eigenkernels_zoom9", "weight_pca", "raw_kernels", "kernel_magnitude", "erf", "frequency",
-            "kernel_history"]  # the bundled default carries its run's kernel_stats.csv
-TABLES = ["mass_summary", "mass_summary_untrained", "effective_sizes", "gaussian_fits", "gaussian_summary", "cost",
-          "eigenkernels", "eigenkernel_components", "weight_pca", "weight_pca_components",
-          "raw_kernels_sample", "erf_area_ratios", "frequency_profile", "frequency_profile_untrained",
-          "kernel_history", "mass_scale"]
-FAST = ["--layers", "layer3.1.conv2,layer4.1.conv1", "--max-kernels", "16", "--erf-images", "4",
-        "--cost-sizes", "4,8", "--no-timing", "--device", "cpu"]
+EXPECTED = [
+    "mass_ratio",
+    "effective_size",
+    "gaussian_sigma",
+    "cost",
+    "eigenkernels",
+    "eigenkernels_zoom9",
+    "weight_pca",
+    "raw_kernels",
+    "kernel_magnitude",
+    "erf",
+    "frequency",
+    "kernel_history",
+]  # the bundled default carries its run's kernel_stats.csv
+TABLES = [
+    "mass_summary",
+    "mass_summary_untrained",
+    "effective_sizes",
+    "gaussian_fits",
+    "gaussian_summary",
+    "cost",
+    "eigenkernels",
+    "eigenkernel_components",
+    "weight_pca",
+    "weight_pca_components",
+    "raw_kernels_sample",
+    "erf_area_ratios",
+    "frequency_profile",
+    "frequency_profile_untrained",
+    "kernel_history",
+    "mass_scale",
+]
+FAST = [
+    "--layers",
+    "layer3.1.conv2,layer4.1.conv1",
+    "--max-kernels",
+    "16",
+    "--erf-images",
+    "4",
+    "--cost-sizes",
+    "4,8",
+    "--no-timing",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.mark.slow  # full figure sets
 def test_cli_writes_the_full_set_reproducibly(tmp_path):
     runs = []
     for name, fmt in (("a", "pdf,png"), ("b", "pdf")):  # the second run only to compare bytes
-        res = CliRunner().invoke(main, ["figures", "--out", str(tmp_path / name), "--quiet",
-                                        "--format", fmt, *FAST])
+        res = CliRunner().invoke(main, ["figures", "--out", str(tmp_path / name), "--quiet", "--format", fmt, *FAST])
         assert res.exit_code == 0, res.output
         runs.append(tmp_path / name)
         listed = [Path(p) for p in res.stdout.splitlines()]
         assert sorted(listed) == sorted((tmp_path / name).iterdir())
     names = {p.name for p in runs[0].iterdir()}
-    assert names == ({f"{f}.{e}" for f in EXPECTED for e in ("pdf", "png")}
-                     | {f"{t}.csv" for t in TABLES} | {"meta.json"})
+    assert names == (
+        {f"{f}.{e}" for f in EXPECTED for e in ("pdf", "png")} | {f"{t}.csv" for t in TABLES} | {"meta.json"}
+    )
     second = {p.name for p in runs[1].iterdir()}
     assert second == {n for n in names if not n.endswith(".png")}
     for n in sorted(second - {"meta.json"}):  # meta.json records the formats, which differ
@@ -225,22 +265,36 @@ def test_cli_writes_the_full_set_reproducibly(tmp_path):
     scale = pd.read_csv(runs[0] / "mass_scale.csv")
     assert list(scale.columns) == ["checkpoint", "measure", "layer", "window", "delta", "noise", "init"]
     assert (scale["delta"] == 1.0).all() and scale["init"].notna().all()
-    res = CliRunner().invoke(main, ["figures", "--out", str(tmp_path / "both"), "--quiet", "--format", "png",
-                                    "--measure", "both", *FAST])
+    res = CliRunner().invoke(
+        main, ["figures", "--out", str(tmp_path / "both"), "--quiet", "--format", "png", "--measure", "both", *FAST]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "both" / "meta.json").read_text())["parameters"]["measure"] == "both"
     both = pd.read_csv(tmp_path / "both" / "mass_summary.csv")
-    assert set(both["measure"]) == {"l1", "energy"} and set(pd.read_csv(tmp_path / "both" / "mass_scale.csv")
-                                                             ["measure"]) == {"l1", "energy"}
+    assert set(both["measure"]) == {"l1", "energy"} and set(
+        pd.read_csv(tmp_path / "both" / "mass_scale.csv")["measure"]
+    ) == {"l1", "energy"}
     pd.testing.assert_frame_equal(both[both.measure == "l1"].reset_index(drop=True), summary)
 
 
 @pytest.mark.slow  # full figure sets
 def test_cli_compares_niff_with_baseline(tmp_path, baseline_checkpoint):
     out = tmp_path / "cmp"
-    res = CliRunner().invoke(main, ["figures", str(BUNDLED_DIR / "resnet18_niff_fmnist"),
-                                    str(baseline_checkpoint), "--out", str(out), "--format", "png",
-                                    *FAST[:6], "--cost-sizes", "none"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "figures",
+            str(BUNDLED_DIR / "resnet18_niff_fmnist"),
+            str(baseline_checkpoint),
+            "--out",
+            str(out),
+            "--format",
+            "png",
+            *FAST[:6],
+            "--cost-sizes",
+            "none",
+        ],
+    )
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.iterdir()}
     for label in ("resnet18_niff_fmnist", "resnet18_fmnist"):
@@ -256,15 +310,17 @@ def test_cli_compares_niff_with_baseline(tmp_path, baseline_checkpoint):
 
 
 @pytest.mark.slow  # the figures command
-@pytest.mark.parametrize("args, message", [
-    (["--format", "gif"], "unknown --format gif"),
-    (["--layers", "nope*"], "no layer matches"),
-    (["/no/such/checkpoint"], "no such file"),
-    (["--max-kernels", "0"], "positive"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "gif"], "unknown --format gif"),
+        (["--layers", "nope*"], "no layer matches"),
+        (["/no/such/checkpoint"], "no such file"),
+        (["--max-kernels", "0"], "positive"),
+    ],
+)
 def test_cli_bad_input_is_one_line(args, message, tmp_path):
-    res = CliRunner().invoke(main, ["figures", "--out", str(tmp_path / "x"), "--quiet",
-                                    "--cost-sizes", "none", *args])
+    res = CliRunner().invoke(main, ["figures", "--out", str(tmp_path / "x"), "--quiet", "--cost-sizes", "none", *args])
     assert res.exit_code != 0
     assert message in res.output
     assert "Traceback" not in res.output
@@ -316,8 +372,16 @@ def _mass_table(stages=("layer1", "layer2", "layer3"), per_stage=4, checkpoint=N
     for s_i, st in enumerate(stages):
         for j in range(per_stage):
             for w in range(1, 16, 2):
-                rows.append(dict(layer=f"{st}.{j // 2}.conv{j % 2 + 1}", stage=st, window=w,
-                                 mean=1 - np.exp(-w / (1.2 + s_i + 0.3 * j)), std=0.05, n=16))
+                rows.append(
+                    dict(
+                        layer=f"{st}.{j // 2}.conv{j % 2 + 1}",
+                        stage=st,
+                        window=w,
+                        mean=1 - np.exp(-w / (1.2 + s_i + 0.3 * j)),
+                        std=0.05,
+                        n=16,
+                    )
+                )
     df = pd.DataFrame(rows)
     return df if checkpoint is None else df.assign(checkpoint=checkpoint)
 
@@ -349,16 +413,21 @@ def test_mass_ratio_legend_has_one_entry_per_stage():
 def test_mass_ratio_window_labels_sit_outside_the_data_area():
     fig, ax = plot_mass_ratio(_mass_table())
     r = _drawn(fig)
-    labels = [t for t in fig.findobj(Text)
-              if t.get_visible() and t.get_text().strip() in ("3×3", "9×9")]
+    labels = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() in ("3×3", "9×9")]
     assert sorted(t.get_text().strip() for t in labels) == ["3×3", "9×9"]
-    points = np.concatenate([ln.get_transform().transform(np.column_stack([ln.get_xdata(), ln.get_ydata()]))
-                             for ln in ax.get_lines() if len(ln.get_xdata())])
+    points = np.concatenate(
+        [
+            ln.get_transform().transform(np.column_stack([ln.get_xdata(), ln.get_ydata()]))
+            for ln in ax.get_lines()
+            if len(ln.get_xdata())
+        ]
+    )
     for t in labels:
         box = t.get_window_extent(r)
         assert box.y0 >= ax.bbox.y1 - 0.5, t.get_text()  # above the axes, where no curve can be
-        inside = ((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1)
-                  & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1))
+        inside = (
+            (points[:, 0] >= box.x0) & (points[:, 0] <= box.x1) & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1)
+        )
         assert not inside.any(), t.get_text()
         # and still over its reference line
         w = float(t.get_text().split("×")[0])
@@ -367,11 +436,26 @@ def test_mass_ratio_window_labels_sit_outside_the_data_area():
 
 def test_effective_size_models_side_by_side_on_a_fraction_axis():
     # both models have kernels at s = 3: their bars must share that slot, not cover each other
-    sizes = pd.concat([
-        pd.DataFrame({"checkpoint": "niff", "layer": ["layer4.1.conv1"] * 4 + ["layer3.1.conv1"] * 2,
-                      "stage": ["layer4"] * 4 + ["layer3"] * 2, "size_90": [3, 3, 5, 7, 9, 3]}),
-        pd.DataFrame({"checkpoint": "baseline", "layer": ["layer4.1.conv1"] * 2 + ["layer3.1.conv1"] * 2,
-                      "stage": ["layer4"] * 2 + ["layer3"] * 2, "size_90": [3, 1, 3, 3]})])
+    sizes = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "checkpoint": "niff",
+                    "layer": ["layer4.1.conv1"] * 4 + ["layer3.1.conv1"] * 2,
+                    "stage": ["layer4"] * 4 + ["layer3"] * 2,
+                    "size_90": [3, 3, 5, 7, 9, 3],
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "checkpoint": "baseline",
+                    "layer": ["layer4.1.conv1"] * 2 + ["layer3.1.conv1"] * 2,
+                    "stage": ["layer4"] * 2 + ["layer3"] * 2,
+                    "size_90": [3, 1, 3, 3],
+                }
+            ),
+        ]
+    )
     fig, ax = plot_effective_size(sizes)
     axes = list(np.atleast_1d(ax))
     r = _drawn(fig)
@@ -379,7 +463,7 @@ def test_effective_size_models_side_by_side_on_a_fraction_axis():
         boxes = [p.get_window_extent(r) for p in a.patches if p.get_visible()]
         assert len(boxes) >= 2
         for i, b in enumerate(boxes):
-            for c in boxes[i + 1:]:
+            for c in boxes[i + 1 :]:
                 overlap_x = min(b.x1, c.x1) - max(b.x0, c.x0)
                 overlap_y = min(b.y1, c.y1) - max(b.y0, c.y0)
                 assert overlap_x <= 0.5 or overlap_y <= 0.5  # touching is fine, covering is not
@@ -391,10 +475,25 @@ def test_effective_size_models_side_by_side_on_a_fraction_axis():
 
 
 def test_sigma_of_one_layer_keeps_both_markers_inside_and_the_legend_off_them():
-    summary = pd.DataFrame([dict(layer="layer4.1.conv1", stage="layer4", sigma_x_median=0.6,
-                                 sigma_x_q25=0.5, sigma_x_q75=0.8, sigma_y_median=0.7, sigma_y_q25=0.55,
-                                 sigma_y_q75=0.9, sigma_x_moment_median=0.65, sigma_y_moment_median=0.72,
-                                 n=32, n_ok=30, n_censored=2)])
+    summary = pd.DataFrame(
+        [
+            dict(
+                layer="layer4.1.conv1",
+                stage="layer4",
+                sigma_x_median=0.6,
+                sigma_x_q25=0.5,
+                sigma_x_q75=0.8,
+                sigma_y_median=0.7,
+                sigma_y_q25=0.55,
+                sigma_y_q75=0.9,
+                sigma_x_moment_median=0.65,
+                sigma_y_moment_median=0.72,
+                n=32,
+                n_ok=30,
+                n_censored=2,
+            )
+        ]
+    )
     fig, ax = plot_sigma(summary)
     r = _drawn(fig)
     markers = [ln for ln in ax.get_lines() if ln.get_marker() in ("o", "s") and len(ln.get_xdata())]
@@ -415,8 +514,14 @@ def _layer(name: str, n: int = 6, size: int = 8, response: bool = False):
 
     g = torch.Generator().manual_seed(0)
     k = torch.randn(n, size, size, generator=g)
-    return LayerKernels(name=name, kind="depthwise", fmap=(size, size), stage=name.split(".")[0],
-                        kernels=k, response=torch.fft.fftshift(torch.fft.fft2(k)) if response else None)
+    return LayerKernels(
+        name=name,
+        kind="depthwise",
+        fmap=(size, size),
+        stage=name.split(".")[0],
+        kernels=k,
+        response=torch.fft.fftshift(torch.fft.fft2(k)) if response else None,
+    )
 
 
 def _small_figure(kind: str):
@@ -436,8 +541,7 @@ def _small_figure(kind: str):
         profile = frequency_profile(lks)
         return plot_frequency(lks, profile, untrained=profile.assign(mean=profile["mean"] / 2))
     yy, xx = np.mgrid[-7:8, -7:8]
-    maps = {"a": {st: np.exp(-(xx ** 2 + yy ** 2) / (2 * s ** 2))
-                  for st, s in (("layer1", 1), ("layer2", 3))}}
+    maps = {"a": {st: np.exp(-(xx**2 + yy**2) / (2 * s**2)) for st, s in (("layer1", 1), ("layer2", 3))}}
     protocol = "replknet" if kind == "erf_replknet" else "luo"
     ratios = erf_area_ratios(maps["a"], protocol=protocol).assign(checkpoint="a")
     return plot_erf(maps, ratios)
@@ -445,18 +549,20 @@ def _small_figure(kind: str):
 
 def test_erf_figure_names_its_protocol():
     from niff_analysis.analysis import erf_area_ratios
+
     for kind, words in (("erf", "protocol luo"), ("erf_replknet", "protocol replknet")):
         fig, _ = _small_figure(kind)
         assert words in fig._suptitle.get_text()
     yy, xx = np.mgrid[-3:4, -3:4]
-    maps = {"a": {"layer1": np.exp(-(xx ** 2 + yy ** 2) / 2.0)}}
+    maps = {"a": {"layer1": np.exp(-(xx**2 + yy**2) / 2.0)}}
     mixed = pd.concat([erf_area_ratios(maps["a"], protocol=p).assign(checkpoint="a") for p in ("luo", "replknet")])
     with pytest.raises(SelectionError, match="mix protocols"):
         plot_erf(maps, mixed)
 
 
-@pytest.mark.parametrize("kind", ["eigenkernels", "weight_pca", "raw_kernels", "kernel_magnitude", "erf",
-                                  "erf_replknet", "frequency"])
+@pytest.mark.parametrize(
+    "kind", ["eigenkernels", "weight_pca", "raw_kernels", "kernel_magnitude", "erf", "erf_replknet", "frequency"]
+)
 def test_labels_of_small_image_figures_are_not_cut(kind):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # constrained layout giving up is a warning
@@ -467,8 +573,12 @@ def test_labels_of_small_image_figures_are_not_cut(kind):
     assert labels
     for t in labels:  # the colour-bar labels among them
         box = t.get_window_extent(r)
-        assert (box.x0 >= frame.x0 - 0.5 and box.y0 >= frame.y0 - 0.5 and box.x1 <= frame.x1 + 0.5
-                and box.y1 <= frame.y1 + 0.5), (t.get_text(), box.extents, frame.extents)
+        assert (
+            box.x0 >= frame.x0 - 0.5
+            and box.y0 >= frame.y0 - 0.5
+            and box.x1 <= frame.x1 + 0.5
+            and box.y1 <= frame.y1 + 0.5
+        ), (t.get_text(), box.extents, frame.extents)
     tight = fig.get_tightbbox(r)  # inches, everything drawn
     size = fig.get_size_inches()
     assert tight.x0 >= -0.01 and tight.y0 >= -0.01
@@ -479,7 +589,7 @@ def _sweep_table(epochs_tested):
     """A tidy sweep table: two arms, two layers of two stages, records at steps 0, 5, 10."""
     rows = []
     for a, arm in enumerate(["spec", "mlp_weight_decay=0.1"]):
-        for step, epoch in [(0, 0.0), (5, 0.5), (10, 1.0), (15, 1.5), (20, 2.0)][:3 if epochs_tested == 1 else 5]:
+        for step, epoch in [(0, 0.0), (5, 0.5), (10, 1.0), (15, 1.5), (20, 2.0)][: 3 if epochs_tested == 1 else 5]:
             for layer, stage in [("layer1.0.conv1", "layer1"), ("layer2.0.conv1", "layer2")]:
                 for stat in ("mass3_mean", "mass9_mean", "k90_mean"):
                     acc = 0.7 + 0.1 * a + 0.01 * epoch if epoch == int(epoch) and epoch > 0 else np.nan
@@ -504,8 +614,10 @@ def test_sweep_figure_draws_its_table():
     fig, axes = plot_sweep(_sweep_table(epochs_tested=2))  # tested after each epoch: curves
     acc = np.asarray(axes).reshape(3, 3)[0, 2]
     assert not acc.patches
-    assert [list(line.get_ydata()) for line in acc.get_lines()] == [pytest.approx([0.71, 0.72]),
-                                                                    pytest.approx([0.81, 0.82])]
+    assert [list(line.get_ydata()) for line in acc.get_lines()] == [
+        pytest.approx([0.71, 0.72]),
+        pytest.approx([0.81, 0.82]),
+    ]
     plt.close(fig)
 
 
@@ -532,15 +644,22 @@ def test_mass_ratio_one_row_per_measure_with_the_noise_and_delta_scale(real):
         for ln in noise:
             layer = summary[summary.stage == ln.get_label()[1:].split(" ")[0]].layer.iloc[0]
             own = summary[(summary.layer == layer) & ~summary.beyond_kernel].window  # the curve ends at the kernel
-            d = scale[(scale.measure == measure) & (scale.layer == layer)
-                      & scale.window.isin(own)].sort_values("window")
+            d = scale[(scale.measure == measure) & (scale.layer == layer) & scale.window.isin(own)].sort_values(
+                "window"
+            )
             np.testing.assert_allclose(ln.get_ydata(), d["noise"])
         curves = [ln for ln in a.get_lines() if ln.get_label() == "layer4.1.conv2"]
-        want = summary[(summary.measure == measure) & (summary.layer == "layer4.1.conv2")
-                       & ~summary.beyond_kernel].sort_values("window")
+        want = summary[
+            (summary.measure == measure) & (summary.layer == "layer4.1.conv2") & ~summary.beyond_kernel
+        ].sort_values("window")
         np.testing.assert_allclose(curves[0].get_ydata(), want["mean"])
-        assert any(ln.get_ydata()[0] == 1.0 and ln.get_ydata()[-1] == 1.0 and ln.get_linestyle() == "-"
-                   and tuple(ln.get_xdata()) == (0, 1) for ln in a.get_lines())  # the delta line
+        assert any(
+            ln.get_ydata()[0] == 1.0
+            and ln.get_ydata()[-1] == 1.0
+            and ln.get_linestyle() == "-"
+            and tuple(ln.get_xdata()) == (0, 1)
+            for ln in a.get_lines()
+        )  # the delta line
     texts = [t.get_text() for t in axes[1].get_legend().get_texts()]
     assert "white noise, same map" in texts and any(t.startswith("delta") for t in texts)
 
@@ -553,8 +672,7 @@ def test_history_figure_rows_per_measure():
     old = old[old.step <= 468]
     new = pd.concat([old, old[old.measure == "l1"].assign(measure="energy", value=lambda d: d.value * 0.5)])
     fig, axes = plot_kernel_history(new, measures=("l1", "energy"))
-    assert len(axes) == 4 and [a.get_ylabel().split("\n")[-1] for a in axes] == ["[l1]", "[l1]", "[energy]",
-                                                                                  "[energy]"]
+    assert len(axes) == 4 and [a.get_ylabel().split("\n")[-1] for a in axes] == ["[l1]", "[l1]", "[energy]", "[energy]"]
     ln = [ln for ln in axes[2].get_lines() if ln.get_label() == "layer1.0.conv1"][0]
     want = new[(new.measure == "energy") & (new.stat == "mass9_mean") & (new.layer == "layer1.0.conv1")]
     np.testing.assert_allclose(ln.get_ydata(), want.sort_values("epoch").value)

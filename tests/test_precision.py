@@ -41,16 +41,19 @@ def test_bf16_flags_of_this_machine_agree_with_torchs_probe():
         assert ("avx512_bf16" in flags) == probe()
 
 
-@pytest.mark.parametrize("precision, amp, device, bf16_gpu, expected", [
-    ("auto", True, CPU, None, ("fp32", None, False)),
-    ("fp32", True, CPU, None, ("fp32", None, False)),
-    ("bf16", True, CPU, None, ("bf16", torch.bfloat16, False)),
-    ("auto", True, CUDA, True, ("bf16", torch.bfloat16, False)),     # CUDA keeps its bf16 default
-    ("auto", True, CUDA, False, ("fp16", torch.float16, True)),      # ... fp16 + loss scaling without bf16
-    ("auto", False, CUDA, True, ("fp32", None, False)),              # --no-amp
-    ("fp32", True, CUDA, True, ("fp32", None, False)),
-    ("bf16", False, CUDA, True, ("bf16", torch.bfloat16, False)),
-])
+@pytest.mark.parametrize(
+    "precision, amp, device, bf16_gpu, expected",
+    [
+        ("auto", True, CPU, None, ("fp32", None, False)),
+        ("fp32", True, CPU, None, ("fp32", None, False)),
+        ("bf16", True, CPU, None, ("bf16", torch.bfloat16, False)),
+        ("auto", True, CUDA, True, ("bf16", torch.bfloat16, False)),  # CUDA keeps its bf16 default
+        ("auto", True, CUDA, False, ("fp16", torch.float16, True)),  # ... fp16 + loss scaling without bf16
+        ("auto", False, CUDA, True, ("fp32", None, False)),  # --no-amp
+        ("fp32", True, CUDA, True, ("fp32", None, False)),
+        ("bf16", False, CUDA, True, ("bf16", torch.bfloat16, False)),
+    ],
+)
 def test_resolution(monkeypatch, precision, amp, device, bf16_gpu, expected):
     monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ["avx512_bf16"])
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
@@ -112,8 +115,22 @@ def test_option_in_train_and_sweep_and_a_recipe_key():
 
 def test_cli_refuses_bf16_without_native_support_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: [])
-    res = CliRunner().invoke(main, ["train", "--model", "resnet18_niff", "--precision", "bf16", "--device", "cpu",
-                                    "--epochs", "1", "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model",
+            "resnet18_niff",
+            "--precision",
+            "bf16",
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert "has no native bf16" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()  # refused before the data is read or anything written
@@ -154,8 +171,7 @@ def test_bf16_training_records_its_precision_and_resumes_exactly(tmp_path, fmnis
     mid = next(p for e, s, p in states if (e, s) == (0, 2))
     (tmp_path / "again").mkdir()
     shutil.copy(mid, tmp_path / "again" / trainer.STATE_NAME)
-    trainer.train(tiny_config(tmp_path / "again", epochs=1, model_kwargs=dict(width=8), precision="bf16"),
-                  resume=True)
+    trainer.train(tiny_config(tmp_path / "again", epochs=1, model_kwargs=dict(width=8), precision="bf16"), resume=True)
     c = load_weights(tmp_path / "again")
     assert all(torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(NiffError, match="precision='bf16', this run has precision='auto'"):
@@ -171,8 +187,9 @@ def test_loss_scaler_bookkeeping_runs_and_resumes_on_the_cpu(tmp_path, fmnist_di
     monkeypatch.setattr(trainer, "resolve_precision", lambda *a: fp16)
     scaled = []
     real_scale = torch.amp.GradScaler.scale
-    monkeypatch.setattr(torch.amp.GradScaler, "scale",
-                        lambda self, loss: scaled.append(self.get_scale()) or real_scale(self, loss))
+    monkeypatch.setattr(
+        torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(self.get_scale()) or real_scale(self, loss)
+    )
     _, states = _run(tmp_path / "run")
     # 4 steps, each scaled: 65536 at first, halved after any step whose gradients overflowed.
     assert len(scaled) == 4 and scaled[0] == 65536.0

@@ -19,6 +19,7 @@ from niff_analysis.train import trainer
 
 pytestmark = pytest.mark.slow  # training runs, killed and resumed: not in `make test-fast`
 
+
 def _assert_same_weights(a, b):
     wa, wb = load_weights(a), load_weights(b)
     assert wa.keys() == wb.keys()
@@ -96,13 +97,38 @@ def test_resume_after_sigkill_mid_epoch(tmp_path, reference_run):
     with ``--resume`` in a new process, and get bit-identical weights."""
     cfg = reference_run["cfg"]
     out = tmp_path / "killed"
-    args = ["train", "--model", cfg.model, "--dataset", cfg.dataset, "--data-dir", FMNIST,
-            "--epochs", cfg.epochs, "--batch-size", cfg.batch_size, "--train-subset", cfg.train_subset,
-            "--test-subset", cfg.test_subset, "--seed", cfg.seed, "--threads", 1, "--device", "cpu",
-            "--save-every-steps", cfg.save_every_steps, "--quiet", "--out", out]
+    args = [
+        "train",
+        "--model",
+        cfg.model,
+        "--dataset",
+        cfg.dataset,
+        "--data-dir",
+        FMNIST,
+        "--epochs",
+        cfg.epochs,
+        "--batch-size",
+        cfg.batch_size,
+        "--train-subset",
+        cfg.train_subset,
+        "--test-subset",
+        cfg.test_subset,
+        "--seed",
+        cfg.seed,
+        "--threads",
+        1,
+        "--device",
+        "cpu",
+        "--save-every-steps",
+        cfg.save_every_steps,
+        "--quiet",
+        "--out",
+        out,
+    ]
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([*CLI, *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        [*CLI, *map(str, args)], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     state_path, killed_at = out / trainer.STATE_NAME, None
     deadline = time.time() + 240
     try:

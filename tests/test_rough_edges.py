@@ -8,8 +8,24 @@ from click.testing import CliRunner
 from helpers import FMNIST, load_weights
 from niff_analysis.cli import main
 
-TINY = ["--data-dir", str(FMNIST), "--epochs", "1", "--batch-size", "8", "--train-subset", "8",
-        "--test-subset", "8", "--threads", "1", "--device", "cpu", "--quiet", "--no-kernel-stats"]
+TINY = [
+    "--data-dir",
+    str(FMNIST),
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--train-subset",
+    "8",
+    "--test-subset",
+    "8",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--no-kernel-stats",
+]
 
 
 def _run(*args):

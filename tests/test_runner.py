@@ -36,8 +36,7 @@ def test_every_checkpoint_of_a_folder_in_order_with_its_provenance():
     for label in labels:  # what the runner selected is what the library selects directly
         lks = extract_kernels(load_checkpoint(BUNDLED_DIR / label))
         assert res[count][label] == sum(min(lk.flat.shape[0], 8) for lk in lks)
-    assert [p["sha256"] for p in res.provenance] == [file_sha256(BUNDLED_DIR / n / "model.safetensors")
-                                                     for n in labels]
+    assert [p["sha256"] for p in res.provenance] == [file_sha256(BUNDLED_DIR / n / "model.safetensors") for n in labels]
 
 
 def test_analyses_run_in_turn_and_combine_sees_them_all():

@@ -44,7 +44,7 @@ def test_narrow_resnet_scales_every_stage_and_round_trips(width, tmp_path):
     model = create_model("resnet18_niff", **CIFAR, width=width)
     assert model.conv1.out_channels == width and model.bn1.num_features == width
     for i, stage in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
-        assert stage[-1].bn2.num_features == width * 2 ** i
+        assert stage[-1].bn2.num_features == width * 2**i
     assert model.fc.in_features == 8 * width
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     # The stem and classifier are initialised as torchvision's ResNet initialises them.
@@ -113,8 +113,14 @@ def test_content_scale_changes_the_data_but_not_the_model(tmp_path, fmnist_dir):
 def test_knobs_are_recipe_keys_recorded_in_the_checkpoint(tmp_path, fmnist_dir):
     from niff_analysis.train import train
 
-    cfg = tiny_config(tmp_path / "run", epochs=1, model_kwargs=dict(width=8), mlp_bias_decay=True,
-                      content_scale=0.5, mlp_weight_decay=0.1)
+    cfg = tiny_config(
+        tmp_path / "run",
+        epochs=1,
+        model_kwargs=dict(width=8),
+        mlp_bias_decay=True,
+        content_scale=0.5,
+        mlp_weight_decay=0.1,
+    )
     train(cfg)
     conf = json.loads((tmp_path / "run" / "config.json").read_text())
     assert conf["recipe"]["mlp_bias_decay"] is True and conf["recipe"]["content_scale"] == 0.5
@@ -125,8 +131,17 @@ def test_knobs_are_recipe_keys_recorded_in_the_checkpoint(tmp_path, fmnist_dir):
     from niff_analysis.train import trainer
 
     with pytest.raises(NiffError, match="content_scale"):
-        trainer.train(tiny_config(tmp_path / "run", epochs=1, model_kwargs=dict(width=8), mlp_bias_decay=True,
-                                  content_scale=0.25, mlp_weight_decay=0.1), resume=True)
+        trainer.train(
+            tiny_config(
+                tmp_path / "run",
+                epochs=1,
+                model_kwargs=dict(width=8),
+                mlp_bias_decay=True,
+                content_scale=0.25,
+                mlp_weight_decay=0.1,
+            ),
+            resume=True,
+        )
     # The default recipe records neither key, so today's checkpoints stay as they are.
     train(tiny_config(tmp_path / "plain", epochs=1, model_kwargs=dict(width=8)))
     plain = json.loads((tmp_path / "plain" / "config.json").read_text())["recipe"]

@@ -14,20 +14,45 @@ from niff_analysis.train.sweep import collect, compare_arms, final_table, parse_
 
 pytestmark = pytest.mark.slow  # training sweeps: not in `make test-fast`
 
-ARGS = ["--model", "resnet18_niff", "--data-dir", str(FMNIST), "--epochs", "1", "--batch-size", "8",
-        "--train-subset", "16", "--test-subset", "16", "--threads", "1", "--device", "cpu", "--quiet"]
+ARGS = [
+    "--model",
+    "resnet18_niff",
+    "--data-dir",
+    str(FMNIST),
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--train-subset",
+    "16",
+    "--test-subset",
+    "16",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def test_parse_arm():
     assert parse_arm("spec") == ("spec", {})
     assert parse_arm("mlp_weight_decay=0.05,mlp-lr-scale=10") == (
-        "mlp_weight_decay=0.05_mlp_lr_scale=10", {"mlp_weight_decay": 0.05, "mlp_lr_scale": 10.0})
+        "mlp_weight_decay=0.05_mlp_lr_scale=10",
+        {"mlp_weight_decay": 0.05, "mlp_lr_scale": 10.0},
+    )
     assert parse_arm("mlp_weight_decay=0.1,mlp_bias_decay=on,content_scale=0.5,epochs=3") == (
         "mlp_weight_decay=0.1_mlp_bias_decay=1_content_scale=0.5_epochs=3",
-        {"mlp_weight_decay": 0.1, "mlp_bias_decay": True, "content_scale": 0.5, "epochs": 3})
-    for bad, msg in (("seed=3", "keys from"), ("lr=fast", "lr takes a number"), ("lr", "keys from"),
-                     ("lr=0.1,lr=0.2", "lr is given twice"), ("mlp_bias_decay=maybe", "on or off"),
-                     ("epochs=1.5", "an integer")):
+        {"mlp_weight_decay": 0.1, "mlp_bias_decay": True, "content_scale": 0.5, "epochs": 3},
+    )
+    for bad, msg in (
+        ("seed=3", "keys from"),
+        ("lr=fast", "lr takes a number"),
+        ("lr", "keys from"),
+        ("lr=0.1,lr=0.2", "lr is given twice"),
+        ("mlp_bias_decay=maybe", "on or off"),
+        ("epochs=1.5", "an integer"),
+    ):
         with pytest.raises(NiffError, match=msg):
             parse_arm(bad)
 
@@ -43,8 +68,18 @@ def test_seed_summary_is_a_t_interval_over_seeds():
     from scipy import stats
 
     v = [0.5, 0.6, 0.7]
-    final = pd.DataFrame(dict(arm="a", seed=[0, 1, 2], epoch=1, stage="layer1", measure="l1", stat="mass9_mean",
-                              value=v, test_acc=[0.8, 0.9, 1.0]))
+    final = pd.DataFrame(
+        dict(
+            arm="a",
+            seed=[0, 1, 2],
+            epoch=1,
+            stage="layer1",
+            measure="l1",
+            stat="mass9_mean",
+            value=v,
+            test_acc=[0.8, 0.9, 1.0],
+        )
+    )
     s = seed_summary(final).set_index("stat")
     lo, hi = stats.t.interval(0.95, 2, loc=0.6, scale=stats.sem(v))
     assert s.loc["mass9_mean", "n_seeds"] == 3 and abs(s.loc["mass9_mean", "mean"] - 0.6) < 1e-12
@@ -56,10 +91,14 @@ def test_compare_arms_pairs_seeds():
     from scipy import stats
 
     ref, arm = [2.0, 4.0, 8.0], [1.0, 2.2, 3.6]
-    rows = [dict(arm=a, seed=s, epoch=1, stage="layer1", measure="l1", stat="k90_mean", value=v, test_acc=0.9)
-            for a, vals in (("ref", ref), ("half", arm)) for s, v in enumerate(vals)]
-    rows.append(dict(arm="half", seed=7, epoch=1, stage="layer1", measure="l1", stat="k90_mean", value=9.0,
-                     test_acc=0.9))  # a seed the reference lacks is left out
+    rows = [
+        dict(arm=a, seed=s, epoch=1, stage="layer1", measure="l1", stat="k90_mean", value=v, test_acc=0.9)
+        for a, vals in (("ref", ref), ("half", arm))
+        for s, v in enumerate(vals)
+    ]
+    rows.append(
+        dict(arm="half", seed=7, epoch=1, stage="layer1", measure="l1", stat="k90_mean", value=9.0, test_acc=0.9)
+    )  # a seed the reference lacks is left out
     c = compare_arms(pd.DataFrame(rows), "half", "ref").iloc[0]
     ratios = [a / r for a, r in zip(arm, ref)]
     lo, hi = stats.t.interval(0.95, 2, loc=sum(ratios) / 3, scale=stats.sem(ratios))
@@ -70,13 +109,32 @@ def test_compare_arms_pairs_seeds():
 def test_sweep_trains_arms_by_seeds_through_submitit_and_resumes(tmp_path, fmnist_dir):
     out = tmp_path / "sweep"
     arms = ["--arm", "spec", "--arm", "mlp_weight_decay=0.5,mlp_lr_scale=10"]
-    cmd = ["sweep", *ARGS, *arms, "--seeds", "0,1", "--parallel", "2", "--out", str(out),
-           "--table", str(tmp_path / "table.csv")]
+    cmd = [
+        "sweep",
+        *ARGS,
+        *arms,
+        "--seeds",
+        "0,1",
+        "--parallel",
+        "2",
+        "--out",
+        str(out),
+        "--table",
+        str(tmp_path / "table.csv"),
+    ]
     res = CliRunner().invoke(main, cmd, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     names = ["spec", "mlp_weight_decay=0.5_mlp_lr_scale=10"]
-    for f in ("sweep.csv", "sweep.png", "sweep.pdf", "sweep.json", "sweep_final.csv", "sweep_summary.csv",
-              "study.png", "study.pdf"):
+    for f in (
+        "sweep.csv",
+        "sweep.png",
+        "sweep.pdf",
+        "sweep.json",
+        "sweep_final.csv",
+        "sweep_summary.csv",
+        "study.png",
+        "study.pdf",
+    ):
         assert (out / f).is_file()
     assert any((out / "_jobs").iterdir())  # the runs went through submitit's local executor
     for seed in (0, 1):
@@ -111,8 +169,9 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, fmnist_dir):
     out = tmp_path / "sweep"
     (out / "momentum=0.9" / "seed=0").mkdir(parents=True)  # an unreadable state: that run fails
     (out / "momentum=0.9" / "seed=0" / "train_state.pt").write_text("not a state")
-    res = CliRunner().invoke(main, ["sweep", *ARGS, "--arm", "momentum=0.9", "--arm", "momentum=0.8",
-                                    "--out", str(out)])
+    res = CliRunner().invoke(
+        main, ["sweep", *ARGS, "--arm", "momentum=0.9", "--arm", "momentum=0.8", "--out", str(out)]
+    )
     assert res.exit_code == 2 and "1 run(s) failed" in res.output and "momentum=0.9 seed 0" in res.output
     assert (out / "momentum=0.8" / "seed=0" / "config.json").is_file()  # the other run finished
     assert "Traceback" not in res.output.splitlines()[-1]
@@ -122,10 +181,26 @@ def test_the_slurm_path_runs_as_a_job_array_on_submitits_local_cluster(tmp_path,
     from niff_analysis.cli.train import train_config
     from niff_analysis.train.sweep import Executor, run_sweep
 
-    base = train_config(str(tmp_path), model_name="resnet18_niff", num_classes=None, in_chans=None,
-                        input_size=None, stem=None, mlp=None, mode="circular", width=8, compile_=None,
-                        quiet=True, data_dir=str(FMNIST), epochs=1, batch_size=8, train_subset=16,
-                        test_subset=16, threads=1, device="cpu")
+    base = train_config(
+        str(tmp_path),
+        model_name="resnet18_niff",
+        num_classes=None,
+        in_chans=None,
+        input_size=None,
+        stem=None,
+        mlp=None,
+        mode="circular",
+        width=8,
+        compile_=None,
+        quiet=True,
+        data_dir=str(FMNIST),
+        epochs=1,
+        batch_size=8,
+        train_subset=16,
+        test_subset=16,
+        threads=1,
+        device="cpu",
+    )
     lines = []
     ex = Executor(kind="slurm", cluster="local", parallel=2, slurm=dict(slurm_partition="gpu", cpus_per_task=1))
     assert run_sweep(base, ["spec", "lr=0.1"], str(tmp_path / "s"), seeds=[0], executor=ex, echo=lines.append) == []
@@ -141,11 +216,21 @@ def test_the_slurm_submission_file_carries_the_options(tmp_path, monkeypatch):
     (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
     (fake / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
-    ex = Executor(kind="slurm", parallel=3, timeout_min=90,
-                  slurm=dict(slurm_partition="gpu", gpus_per_node=1, cpus_per_task=8, mem_gb=32)).make(tmp_path)
+    ex = Executor(
+        kind="slurm",
+        parallel=3,
+        timeout_min=90,
+        slurm=dict(slurm_partition="gpu", gpus_per_node=1, cpus_per_task=8, mem_gb=32),
+    ).make(tmp_path)
     text = ex._executor._make_submission_file_text("python job.py", "uid")
-    for line in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB", "--time=90",
-                 "--job-name=niff-sweep"):
+    for line in (
+        "--partition=gpu",
+        "--gpus-per-node=1",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        "--time=90",
+        "--job-name=niff-sweep",
+    ):
         assert f"#SBATCH {line}" in text
     assert ex._executor.parameters["array_parallelism"] == 3
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
@@ -154,17 +239,21 @@ def test_the_slurm_submission_file_carries_the_options(tmp_path, monkeypatch):
 
 
 def test_slurm_options_need_the_slurm_executor(tmp_path):
-    res = CliRunner().invoke(main, ["sweep", *ARGS, "--arm", "spec", "--slurm-partition", "gpu",
-                                    "--out", str(tmp_path / "s")])
+    res = CliRunner().invoke(
+        main, ["sweep", *ARGS, "--arm", "spec", "--slurm-partition", "gpu", "--out", str(tmp_path / "s")]
+    )
     assert res.exit_code == 2 and "--slurm-partition applies to --executor slurm" in res.output
 
 
 def test_sweep_bad_arms_are_one_line(tmp_path):
-    for arms, msg in ((["spec", "spec"], "two arms have the same settings"),
-                      (["momentum=x"], "momentum takes a number"),
-                      (["lr=0.1,lr=0.2"], "lr is given twice")):
-        res = CliRunner().invoke(main, ["sweep", *ARGS, *sum((["--arm", a] for a in arms), []),
-                                        "--out", str(tmp_path / "s")])
+    for arms, msg in (
+        (["spec", "spec"], "two arms have the same settings"),
+        (["momentum=x"], "momentum takes a number"),
+        (["lr=0.1,lr=0.2"], "lr is given twice"),
+    ):
+        res = CliRunner().invoke(
+            main, ["sweep", *ARGS, *sum((["--arm", a] for a in arms), []), "--out", str(tmp_path / "s")]
+        )
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output
         assert not (tmp_path / "s").exists()
 
@@ -191,13 +280,16 @@ def test_sigint_stops_a_sweep_job_with_its_state_saved_and_the_sweep_resumes_it(
     import time
 
     out = tmp_path / "run"
-    code = ("import sys; from niff_analysis.train.config import TrainConfig; "
-            "from niff_analysis.train.sweep import run_job\n"
-            f"cfg = TrainConfig(out={str(out)!r}, data_dir={str(fmnist_dir)!r}, epochs=2, batch_size=8, "
-            "train_subset=32, test_subset=16, threads=1, device='cpu', progress=False)\n"
-            "try:\n    run_job(cfg)\nexcept Exception as e:\n    print(e, file=sys.stderr); sys.exit(3)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    code = (
+        "import sys; from niff_analysis.train.config import TrainConfig; "
+        "from niff_analysis.train.sweep import run_job\n"
+        f"cfg = TrainConfig(out={str(out)!r}, data_dir={str(fmnist_dir)!r}, epochs=2, batch_size=8, "
+        "train_subset=32, test_subset=16, threads=1, device='cpu', progress=False)\n"
+        "try:\n    run_job(cfg)\nexcept Exception as e:\n    print(e, file=sys.stderr); sys.exit(3)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     try:
         deadline = time.time() + 240
         while not (out / "train_config.json").is_file() and proc.poll() is None and time.time() < deadline:
@@ -214,6 +306,17 @@ def test_sigint_stops_a_sweep_job_with_its_state_saved_and_the_sweep_resumes_it(
     from niff_analysis.train.config import TrainConfig
     from niff_analysis.train.sweep import is_finished, run_job
 
-    run_job(TrainConfig(out=str(out), data_dir=str(fmnist_dir), epochs=2, batch_size=8, train_subset=32,
-                        test_subset=16, threads=1, device="cpu", progress=False))
+    run_job(
+        TrainConfig(
+            out=str(out),
+            data_dir=str(fmnist_dir),
+            epochs=2,
+            batch_size=8,
+            train_subset=32,
+            test_subset=16,
+            threads=1,
+            device="cpu",
+            progress=False,
+        )
+    )
     assert is_finished(out)

@@ -34,10 +34,33 @@ def test_options_not_given_are_trainconfigs_defaults():
 
 
 def test_given_options_reach_the_config_falsy_ones_too():
-    cfg = _config("--epochs", "0", "--lr", "0.5", "--no-amp", "--quiet", "--compile", "--no-sync-bn",
-                  "--save-every-steps", "0", "--seed", "3", "--mode", "linear", "--stem", "cifar")
-    assert (cfg.epochs, cfg.lr, cfg.amp, cfg.progress, cfg.compile, cfg.sync_bn, cfg.seed) == \
-        (0, 0.5, False, False, True, False, 3)
+    cfg = _config(
+        "--epochs",
+        "0",
+        "--lr",
+        "0.5",
+        "--no-amp",
+        "--quiet",
+        "--compile",
+        "--no-sync-bn",
+        "--save-every-steps",
+        "0",
+        "--seed",
+        "3",
+        "--mode",
+        "linear",
+        "--stem",
+        "cifar",
+    )
+    assert (cfg.epochs, cfg.lr, cfg.amp, cfg.progress, cfg.compile, cfg.sync_bn, cfg.seed) == (
+        0,
+        0.5,
+        False,
+        False,
+        True,
+        False,
+        3,
+    )
     assert cfg.model_kwargs == {"stem": "cifar", "mode": "linear"}
 
 
@@ -45,8 +68,13 @@ def test_help_shows_trainconfigs_defaults():
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for command in ("train", "sweep"):
         text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
-        for option, name in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"),
-                             ("--weight-decay", "weight_decay"), ("--workers", "workers")):
+        for option, name in (
+            ("--epochs", "epochs"),
+            ("--batch-size", "batch_size"),
+            ("--lr", "lr"),
+            ("--weight-decay", "weight_decay"),
+            ("--workers", "workers"),
+        ):
             shown = re.search(rf"{option} (INTEGER|FLOAT) [^\[]*\[default: ([^\]]*)\]", text)
             assert shown and shown[2] == str(defaults[name]), option
         assert "Autocast on CUDA. [default: amp]" in text

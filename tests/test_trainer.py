@@ -26,6 +26,7 @@ from test_data import _cifar_batch, image_tree  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow  # training runs: not in `make test-fast`
 
+
 def test_same_seed_same_weights(tmp_path, reference_run):
     train(tiny_config(tmp_path / "again"))
     a, b = load_weights(tmp_path / "again"), load_weights(reference_run["out"])
@@ -33,8 +34,13 @@ def test_same_seed_same_weights(tmp_path, reference_run):
 
 
 def test_data_order_is_seeded_and_split_across_ranks():
-    data = TensorDataset(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 4, 4).clone(),
-                         torch.arange(40), (0.0,), (1.0,), tuple("abcdefghij"))
+    data = TensorDataset(
+        torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 4, 4).clone(),
+        torch.arange(40),
+        (0.0,),
+        (1.0,),
+        tuple("abcdefghij"),
+    )
     cfg = TrainConfig(batch_size=8, seed=0, augment=False)
 
     def order(seed, epoch, rank=0, world=1, start=0):
@@ -53,8 +59,16 @@ def test_metrics_and_config_files(reference_run):
     out, cfg = reference_run["out"], reference_run["cfg"]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
-                            "stats_seconds"]
+    assert list(rows[0]) == [
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+        "stats_seconds",
+    ]
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     # cosine schedule over 8 steps: the lr after epoch 1 (step 4) is half of 0.02, then 0
     assert float(rows[0]["lr"]) == pytest.approx(0.5 * 0.02 * (1 + math.cos(math.pi * 4 / 8)))
@@ -95,8 +109,19 @@ def test_cifar10_training_end_to_end(tmp_path, cifar_pngs):
     folder.mkdir()
     (folder / "data_batch_1").write_bytes(_cifar_batch(cifar_pngs[:12]))
     (folder / "test_batch").write_bytes(_cifar_batch(cifar_pngs[12:]))
-    final = train(TrainConfig(model="resnet18", dataset="cifar10", data_dir=str(folder), out=str(tmp_path / "o"),
-                              epochs=1, batch_size=4, threads=1, device="cpu", progress=False))
+    final = train(
+        TrainConfig(
+            model="resnet18",
+            dataset="cifar10",
+            data_dir=str(folder),
+            out=str(tmp_path / "o"),
+            epochs=1,
+            batch_size=4,
+            threads=1,
+            device="cpu",
+            progress=False,
+        )
+    )
     model = load_checkpoint(tmp_path / "o")
     assert model.niff_config["in_chans"] == 3 and model.niff_config["stem"] == "cifar"
     assert model.niff_checkpoint["dataset"] == "cifar10" and final["epoch"] == 1
@@ -104,10 +129,25 @@ def test_cifar10_training_end_to_end(tmp_path, cifar_pngs):
 
 def test_imagefolder_training_is_deterministic_and_resumes_exactly(tmp_path, image_tree):  # noqa: F811
     def cfg(out, **kw):
-        return TrainConfig(**{**dict(model="resnet18", dataset="imagefolder", data_dir=str(image_tree),
-                                     out=str(out), model_kwargs=dict(input_size=16, stem="cifar"), epochs=2,
-                                     batch_size=4, workers=0, threads=1, device="cpu", progress=False,
-                                     save_every_steps=1), **kw})
+        return TrainConfig(
+            **{
+                **dict(
+                    model="resnet18",
+                    dataset="imagefolder",
+                    data_dir=str(image_tree),
+                    out=str(out),
+                    model_kwargs=dict(input_size=16, stem="cifar"),
+                    epochs=2,
+                    batch_size=4,
+                    workers=0,
+                    threads=1,
+                    device="cpu",
+                    progress=False,
+                    save_every_steps=1,
+                ),
+                **kw,
+            }
+        )
 
     (tmp_path / "snaps").mkdir()
     with recorded_states(tmp_path / "snaps") as snaps:
@@ -151,17 +191,36 @@ def test_niff_ffts_stay_float32_under_autocast(monkeypatch):
     assert torch.allclose(half.float(), full, rtol=0.1, atol=0.1 * full.abs().max().item())
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--compile", "--device", "cpu"], "--compile needs a CUDA device"),
-    (["--lr", "-1"], "lr must be positive"),
-    (["--label-smoothing", "1.5"], "label_smoothing must be in [0, 1)"),
-    (["--train-subset", "4"], "fewer than one batch of 8"),
-    (["--mlp", "1x"], "expected a preset name or sizes"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--compile", "--device", "cpu"], "--compile needs a CUDA device"),
+        (["--lr", "-1"], "lr must be positive"),
+        (["--label-smoothing", "1.5"], "label_smoothing must be in [0, 1)"),
+        (["--train-subset", "4"], "fewer than one batch of 8"),
+        (["--mlp", "1x"], "expected a preset name or sizes"),
+    ],
+)
 def test_cli_errors_are_one_line(tmp_path, fmnist_dir, args, expected):
-    res = CliRunner().invoke(main, ["train", "--model", "resnet18_niff", "--data-dir", str(fmnist_dir),
-                                    "--batch-size", "8", "--epochs", "1", "--out", str(tmp_path / "o"),
-                                    "--test-subset", "8", *args])
+    res = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model",
+            "resnet18_niff",
+            "--data-dir",
+            str(fmnist_dir),
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--test-subset",
+            "8",
+            *args,
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert expected in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.stderr
@@ -169,9 +228,17 @@ def test_cli_errors_are_one_line(tmp_path, fmnist_dir, args, expected):
 
 
 def test_config_validation():
-    for bad in (dict(epochs=-1), dict(batch_size=-2), dict(dtype="float16"), dict(workers=-1),
-                dict(save_every_steps=-3), dict(threads=0), dict(mlp_lr_scale=0),
-                dict(mlp_weight_decay=-0.1), dict(kernel_stats_every_steps=-1)):
+    for bad in (
+        dict(epochs=-1),
+        dict(batch_size=-2),
+        dict(dtype="float16"),
+        dict(workers=-1),
+        dict(save_every_steps=-3),
+        dict(threads=0),
+        dict(mlp_lr_scale=0),
+        dict(mlp_weight_decay=-0.1),
+        dict(kernel_stats_every_steps=-1),
+    ):
         with pytest.raises(NiffError):
             TrainConfig(**bad).validate()
 

@@ -32,8 +32,9 @@ B = 20_000  # enough resamples that both Monte-Carlo intervals sit within a few 
 
 
 def _scipy(x, f, seed=1):
-    ci = stats.bootstrap((x,), f, n_resamples=B, method="percentile", random_state=seed, vectorized=True,
-                         axis=-1).confidence_interval
+    ci = stats.bootstrap(
+        (x,), f, n_resamples=B, method="percentile", random_state=seed, vectorized=True, axis=-1
+    ).confidence_interval
     return ci.low, ci.high
 
 
@@ -100,8 +101,9 @@ def test_seed_interval_is_the_t_interval():
 
 
 def test_add_intervals_finds_groups_without_a_stage_and_text():
-    data = pd.DataFrame(dict(layer=["a"] * 50 + ["b"] * 50, stage=[None] * 50 + ["s"] * 50,
-                             v=np.r_[np.arange(50.0), np.full(50, 2.0)]))
+    data = pd.DataFrame(
+        dict(layer=["a"] * 50 + ["b"] * 50, stage=[None] * 50 + ["s"] * 50, v=np.r_[np.arange(50.0), np.full(50, 2.0)])
+    )
     table = data.groupby(["layer", "stage"], dropna=False, sort=False)["v"].mean().reset_index()
     out = add_intervals(table, data, ["layer", "stage"], {"v": ("v", "mean")})
     assert list(out.columns) == ["layer", "stage", "v", "v_lo", "v_hi"]
@@ -139,10 +141,13 @@ def test_delta_and_mass_scale():
     k = delta_kernels(9, 9, 3)
     assert k.sum() == 3 and (k[:, 4, 4] == 1).all()
     rng = np.random.default_rng(0)
-    layers = [LayerKernels("a", "depthwise", (16, 16), "s1", torch.from_numpy(rng.normal(size=(5, 16, 16))).float()),
-              LayerKernels("b", "depthwise", (4, 4), "s2", torch.from_numpy(rng.normal(size=(5, 4, 4))).float())]
-    init = [LayerKernels(lk.name, lk.kind, lk.fmap, lk.stage, lk.kernels * 0 + delta_kernels(*lk.fmap))
-            for lk in layers]
+    layers = [
+        LayerKernels("a", "depthwise", (16, 16), "s1", torch.from_numpy(rng.normal(size=(5, 16, 16))).float()),
+        LayerKernels("b", "depthwise", (4, 4), "s2", torch.from_numpy(rng.normal(size=(5, 4, 4))).float()),
+    ]
+    init = [
+        LayerKernels(lk.name, lk.kind, lk.fmap, lk.stage, lk.kernels * 0 + delta_kernels(*lk.fmap)) for lk in layers
+    ]
     scale = mass_scale(layers, "energy", init=init)
     assert list(scale.columns) == ["layer", "window", "delta", "noise", "init"]
     assert (scale["delta"] == 1.0).all() and (scale["init"] == 1.0).all()

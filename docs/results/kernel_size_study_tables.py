@@ -21,8 +21,7 @@ from niff_analysis.train.sweep import INIT_ARM, compare_arms, seed_summary
 STAGES = ["layer1", "layer2", "layer3", "layer4"]
 # The falsification pairs: the same recipe on content shown at half the size (same canvas, maps,
 # initial kernels). If the kernels are learned from the images, their size should about halve.
-PAIRS = [("content_scale=0.5", "spec"),
-         ("mlp_weight_decay=0.1_content_scale=0.5", "mlp_weight_decay=0.1")]
+PAIRS = [("content_scale=0.5", "spec"), ("mlp_weight_decay=0.1_content_scale=0.5", "mlp_weight_decay=0.1")]
 
 
 def fmt(row: pd.Series, digits: int = 3) -> str:
@@ -39,8 +38,7 @@ def arm_order(final: pd.DataFrame) -> list[str]:
 
 def accuracy_table(final: pd.DataFrame, seconds: pd.DataFrame | None) -> str:
     summ = seed_summary(final)
-    lines = ["| arm | seeds | test accuracy (%) | epochs | training seconds per run |",
-             "|---|---|---|---|---|"]
+    lines = ["| arm | seeds | test accuracy (%) | epochs | training seconds per run |", "|---|---|---|---|---|"]
     for arm in arm_order(final):
         if arm in (INIT_ARM, "delta", "white noise"):
             continue
@@ -59,10 +57,14 @@ def accuracy_table(final: pd.DataFrame, seconds: pd.DataFrame | None) -> str:
 def stage_table(final: pd.DataFrame, measure: str) -> str:
     summ = seed_summary(final)
     summ = summ[summ["measure"] == measure]
-    stats = [("mass1_mean", "centre pixel", 3), ("mass3_mean", "mass 3×3", 3),
-             ("mass9_mean", "mass 9×9", 3), ("k50_mean", "k50 (px)", 1), ("k90_mean", "k90 (px)", 1)]
-    lines = ["| arm | stage | seeds | " + " | ".join(s[1] for s in stats) + " |",
-             "|---|---|---|" + "---|" * len(stats)]
+    stats = [
+        ("mass1_mean", "centre pixel", 3),
+        ("mass3_mean", "mass 3×3", 3),
+        ("mass9_mean", "mass 9×9", 3),
+        ("k50_mean", "k50 (px)", 1),
+        ("k90_mean", "k90 (px)", 1),
+    ]
+    lines = ["| arm | stage | seeds | " + " | ".join(s[1] for s in stats) + " |", "|---|---|---|" + "---|" * len(stats)]
     for arm in arm_order(final):
         for stage in STAGES:
             part = summ[(summ["arm"] == arm) & (summ["stage"] == stage)].set_index("stat")
@@ -89,10 +91,14 @@ def falsification_table(final: pd.DataFrame) -> str:
                 cells = []
                 for stat in ("k50_mean", "k90_mean"):
                     r = part.loc[stat]
-                    cells.append(f"{r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]" if r["n_seeds"] > 1
-                                 else f"{r['ratio']:.2f}")
-                lines.append(f"| {arm} / {ref} | {measure} | {stage} | {int(part['n_seeds'].iloc[0])} | "
-                             + " | ".join(cells) + " |")
+                    cells.append(
+                        f"{r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]" if r["n_seeds"] > 1 else f"{r['ratio']:.2f}"
+                    )
+                lines.append(
+                    f"| {arm} / {ref} | {measure} | {stage} | {int(part['n_seeds'].iloc[0])} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
     return "\n".join(lines)
 
 
@@ -141,8 +147,9 @@ def main() -> None:
     print("## Accuracy\n\n" + accuracy_table(final, seconds))
     for measure in ("l1", "energy"):
         print(f"\n## Per stage, measure {measure}\n\n" + stage_table(final, measure))
-    print("\n## Falsification: content at half the size, per-seed ratio of kernel size\n\n"
-          + falsification_table(final))
+    print(
+        "\n## Falsification: content at half the size, per-seed ratio of kernel size\n\n" + falsification_table(final)
+    )
 
 
 if __name__ == "__main__":

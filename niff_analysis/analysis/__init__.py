@@ -13,8 +13,33 @@ from .mass import effective_sizes, kernel_mass, mass_ratios, mass_summary, mass_
 from .pca import PCAResult, capped_layers, pca_eigenkernels, pca_summary, weight_pca
 from .stats import kernel_stats, read_kernel_stats
 
-__all__ = ["LayerKernels", "PCAResult", "capped_layers", "effective_receptive_fields", "effective_sizes",
-           "erf_area_ratios", "extract_kernels", "frequency_profile", "gaussian_fit", "gaussian_model",
-           "gaussian_summary", "kernel_mass", "kernel_stats", "kernel_table", "mass_ratios", "mass_summary",
-           "mass_table", "massless_kernels", "paper_claims", "pca_eigenkernels", "pca_summary", "read_kernel_stats",
-           "conv_inventory", "sample_channels", "stage_of", "subsample", "weight_pca", "window_sizes"]
+__all__ = [
+    "LayerKernels",
+    "PCAResult",
+    "capped_layers",
+    "effective_receptive_fields",
+    "effective_sizes",
+    "erf_area_ratios",
+    "extract_kernels",
+    "frequency_profile",
+    "gaussian_fit",
+    "gaussian_model",
+    "gaussian_summary",
+    "kernel_mass",
+    "kernel_stats",
+    "kernel_table",
+    "mass_ratios",
+    "mass_summary",
+    "mass_table",
+    "massless_kernels",
+    "paper_claims",
+    "pca_eigenkernels",
+    "pca_summary",
+    "read_kernel_stats",
+    "conv_inventory",
+    "sample_channels",
+    "stage_of",
+    "subsample",
+    "weight_pca",
+    "window_sizes",
+]

@@ -69,8 +69,21 @@ from .references import reference_layers
 from .schema import CHANNEL, LAYER, WINDOW
 from .uncertainty import RESAMPLES, bootstrap_interval
 
-COLUMNS = ["claim", "stage", "layers", "measure", "statistic", "value", "lo", "hi", "delta", "noise", "init",
-           "criterion", "verdict"]
+COLUMNS = [
+    "claim",
+    "stage",
+    "layers",
+    "measure",
+    "statistic",
+    "value",
+    "lo",
+    "hi",
+    "delta",
+    "noise",
+    "init",
+    "criterion",
+    "verdict",
+]
 VERDICTS = ("agrees", "disagrees", "borderline", "not testable", "no data")
 MARGIN = 2  #: px that "barely exceed 9×9" allows: one ring of pixels (11×11)
 GAUSS_MAX_KERNELS = 1024  #: Gaussian fits per layer at most (evenly spaced; NIFF layers are fitted whole)
@@ -101,18 +114,22 @@ SIZE, LAST_SIZE = 9, 3
 #: statistic → its criterion (the statistic names the claim's reading; see the module docstring).
 CRITERIA = {
     "mass inside 9×9, mean over kernels (no margin)": Criterion("≥ 0.9", low=0.9, window=SIZE),
-    f"mass inside {SIZE + MARGIN}×{SIZE + MARGIN} (9×9 and a 1-px margin), mean over kernels":
-        Criterion("≥ 0.9", low=0.9, window=SIZE + MARGIN),
+    f"mass inside {SIZE + MARGIN}×{SIZE + MARGIN} (9×9 and a 1-px margin), mean over kernels": Criterion(
+        "≥ 0.9", low=0.9, window=SIZE + MARGIN
+    ),
     "k90, median over kernels (px)": Criterion(f"≤ {SIZE + MARGIN}", high=SIZE + MARGIN, window=SIZE + MARGIN),
     "PC1 k90, pooled over the stage's kernels (px)": Criterion(f"≤ {SIZE}", high=SIZE, window=SIZE),
     "PC1 k90, median over the stage's layers (px)": Criterion(f"≤ {SIZE}", high=SIZE, window=SIZE),
-    "share of kernels with k90 > 3": Criterion("0 < share < 0.5", low=0.0, high=0.5 - 1e-12, strict_low=True,
-                                               window=LAST_SIZE),
+    "share of kernels with k90 > 3": Criterion(
+        "0 < share < 0.5", low=0.0, high=0.5 - 1e-12, strict_low=True, window=LAST_SIZE
+    ),
     "mass inside 3×3, mean over kernels": Criterion("≥ 0.9", low=0.9, window=LAST_SIZE),
-    "last-stage PC1 k90, pooled over the stage's kernels (px)": Criterion(f"≤ {LAST_SIZE}", high=LAST_SIZE,
-                                                                          window=LAST_SIZE),
-    "last-stage PC1 k90, median over the stage's layers (px)": Criterion(f"≤ {LAST_SIZE}", high=LAST_SIZE,
-                                                                         window=LAST_SIZE),
+    "last-stage PC1 k90, pooled over the stage's kernels (px)": Criterion(
+        f"≤ {LAST_SIZE}", high=LAST_SIZE, window=LAST_SIZE
+    ),
+    "last-stage PC1 k90, median over the stage's layers (px)": Criterion(
+        f"≤ {LAST_SIZE}", high=LAST_SIZE, window=LAST_SIZE
+    ),
     "σx/σy, median over the stage's fits": Criterion("0.8 … 1.25", low=0.8, high=1.25),
     "σx/σy, mean over the stage's fits (the paper's statistic)": Criterion("0.8 … 1.25", low=0.8, high=1.25),
 }
@@ -176,8 +193,9 @@ def _at_window(mass: pd.DataFrame, s: int) -> np.ndarray:
     return mass[mass[WINDOW] <= s].groupby([LAYER, CHANNEL], sort=False)["mass_ratio"].last().to_numpy()
 
 
-def _rows(kernels: Sequence[LayerKernels], measures: Sequence[str], resamples: int, fits: Optional[pd.DataFrame]
-          ) -> list[tuple]:
+def _rows(
+    kernels: Sequence[LayerKernels], measures: Sequence[str], resamples: int, fits: Optional[pd.DataFrame]
+) -> list[tuple]:
     """(claim, stage, layers, measure, statistic, value, lo, hi) of every claim's statistics."""
     st = stages(kernels)
     rows = []
@@ -198,8 +216,13 @@ def _rows(kernels: Sequence[LayerKernels], measures: Sequence[str], resamples: i
             mass = kernel_mass(s.layers, measure)
             sizes = effective_sizes(mass, quantiles=(0.9,))["size_90"].to_numpy()
             add(LOCAL, s, measure, "mass inside 9×9, mean over kernels (no margin)", _at_window(mass, SIZE))
-            add(LOCAL, s, measure, f"mass inside {SIZE + MARGIN}×{SIZE + MARGIN} (9×9 and a 1-px margin), "
-                "mean over kernels", _at_window(mass, SIZE + MARGIN))
+            add(
+                LOCAL,
+                s,
+                measure,
+                f"mass inside {SIZE + MARGIN}×{SIZE + MARGIN} (9×9 and a 1-px margin), mean over kernels",
+                _at_window(mass, SIZE + MARGIN),
+            )
             add(LOCAL, s, measure, "k90, median over kernels (px)", sizes, how="median")
             first, last = i == 0, i == len(st) - 1
             if first or last:
@@ -215,10 +238,8 @@ def _rows(kernels: Sequence[LayerKernels], measures: Sequence[str], resamples: i
                 add(FEW, s, measure, "share of kernels with k90 > 3", np.where(np.isnan(sizes), np.nan, sizes > 3))
             if last and len(st) > 1:
                 add(LAST, s, measure, "mass inside 3×3, mean over kernels", _at_window(mass, LAST_SIZE))
-                add(LAST, s, measure, "last-stage PC1 k90, pooled over the stage's kernels (px)",
-                    value=pcs[s.name][0])
-                add(LAST, s, measure, "last-stage PC1 k90, median over the stage's layers (px)",
-                    value=pcs[s.name][1])
+                add(LAST, s, measure, "last-stage PC1 k90, pooled over the stage's kernels (px)", value=pcs[s.name][0])
+                add(LAST, s, measure, "last-stage PC1 k90, median over the stage's layers (px)", value=pcs[s.name][1])
     for s in st:
         names = {lk.name for lk in s.layers}
         if fits is None:
@@ -231,8 +252,7 @@ def _rows(kernels: Sequence[LayerKernels], measures: Sequence[str], resamples: i
     return rows
 
 
-def verdict(statistic: str, value: float, lo: float = math.nan, hi: float = math.nan,
-            testable: bool = True) -> str:
+def verdict(statistic: str, value: float, lo: float = math.nan, hi: float = math.nan, testable: bool = True) -> str:
     """The verdict of one row (module docstring) from its statistic's :data:`CRITERIA`."""
     if not testable:
         return "not testable"
@@ -245,9 +265,14 @@ def verdict(statistic: str, value: float, lo: float = math.nan, hi: float = math
     return "agrees" if ends[0] else "disagrees"
 
 
-def paper_claims(kernels: Sequence[LayerKernels], init: Optional[Sequence[LayerKernels]] = None,
-                 measures: Sequence[str] = MEASURES, resamples: int = RESAMPLES, device: str = "cpu",
-                 fits: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+def paper_claims(
+    kernels: Sequence[LayerKernels],
+    init: Optional[Sequence[LayerKernels]] = None,
+    measures: Sequence[str] = MEASURES,
+    resamples: int = RESAMPLES,
+    device: str = "cpu",
+    fits: Optional[pd.DataFrame] = None,
+) -> pd.DataFrame:
     """One row per (claim, stage, measure, statistic): the value, its interval, the scale
     (delta, white noise, initialisation), the criterion and the verdict (module docstring).
 
@@ -281,9 +306,15 @@ def paper_claims(kernels: Sequence[LayerKernels], init: Optional[Sequence[LayerK
     support = {s.name: s.support for s in stages(kernels)}
     table["criterion"] = table["statistic"].map(lambda s: CRITERIA[s].text)
     table["verdict"] = [
-        verdict(r.statistic, r.value, r.lo, r.hi,
-                (window := CRITERIA[r.statistic].window) is None or support[r.stage] > window)
-        for r in table.itertuples()]
+        verdict(
+            r.statistic,
+            r.value,
+            r.lo,
+            r.hi,
+            (window := CRITERIA[r.statistic].window) is None or support[r.stage] > window,
+        )
+        for r in table.itertuples()
+    ]
     return table[COLUMNS]
 
 
@@ -300,7 +331,17 @@ def pool_seeds(tables: Sequence[pd.DataFrame], level: float = 0.95) -> pd.DataFr
     for k, g in both.groupby(key, sort=False, dropna=False):
         mean, lo, hi = seed_interval(g["value"], level)
         testable = not (g["verdict"] == "not testable").any()
-        rows.append(dict(zip(key, k), value=mean, lo=lo, hi=hi, delta=g["delta"].iloc[0], noise=g["noise"].iloc[0],
-                         init=g["init"].mean(), n_seeds=int(g["value"].notna().sum()),
-                         verdict=verdict(k[4], mean, lo, hi, testable)))
+        rows.append(
+            dict(
+                zip(key, k),
+                value=mean,
+                lo=lo,
+                hi=hi,
+                delta=g["delta"].iloc[0],
+                noise=g["noise"].iloc[0],
+                init=g["init"].mean(),
+                n_seeds=int(g["value"].notna().sum()),
+                verdict=verdict(k[4], mean, lo, hi, testable),
+            )
+        )
     return pd.DataFrame(rows)[COLUMNS[:-1] + ["n_seeds", "verdict"]]

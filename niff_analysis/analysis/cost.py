@@ -90,9 +90,13 @@ def synchronize(device: Union[str, torch.device, None] = None) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(fns: Mapping[_Key, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                     device: Union[str, torch.device, None] = None,
-                     max_seconds: Optional[float] = None) -> dict[_Key, list[float]]:
+def time_interleaved(
+    fns: Mapping[_Key, Callable[[], object]],
+    repeats: int = 5,
+    warmup: int = 1,
+    device: Union[str, torch.device, None] = None,
+    max_seconds: Optional[float] = None,
+) -> dict[_Key, list[float]]:
     """Time several callables round-robin (one call of each per round).
 
     Args:
@@ -146,10 +150,16 @@ def circular_same_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 CONTENDERS = ("niff", "spatial", "conv3x3")
 
 
-def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, batch: int = 1,
-               measure: bool = True, repeats: int = 5, mlp: MLPSpec = "big",
-               device: Union[str, torch.device] = "cpu",
-               max_seconds: Optional[float] = 2.0) -> pd.DataFrame:
+def cost_table(
+    sizes: Sequence[int] = (7, 14, 28, 56, 112),
+    channels: int = 64,
+    batch: int = 1,
+    measure: bool = True,
+    repeats: int = 5,
+    mlp: MLPSpec = "big",
+    device: Union[str, torch.device] = "cpu",
+    max_seconds: Optional[float] = 2.0,
+) -> pd.DataFrame:
     """FLOPs (and measured forward times) of NIFF vs spatial depthwise convolutions per map size.
 
     Args:
@@ -181,14 +191,25 @@ def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, 
     rows = []
     for s in sizes:
         s = int(s)
-        row = dict(size=s, batch=batch, niff_flops=scale * niff_flops(s),
-                   mlp_flops=mlp_flops(s, channels, mlp), spatial_flops=scale * spatial_flops(s),
-                   conv3x3_flops=scale * spatial_flops(s, 3))
+        row = dict(
+            size=s,
+            batch=batch,
+            niff_flops=scale * niff_flops(s),
+            mlp_flops=mlp_flops(s, channels, mlp),
+            spatial_flops=scale * spatial_flops(s),
+            conv3x3_flops=scale * spatial_flops(s, 3),
+        )
         row["niff_train_flops"] = row["niff_flops"] + row["mlp_flops"]
         row["flop_ratio"] = row["spatial_flops"] / row["niff_flops"]
         for name in CONTENDERS:
-            row.update({f"{name}_ms": float("nan"), f"{name}_ms_q25": float("nan"),
-                        f"{name}_ms_q75": float("nan"), f"{name}_calls": 0})
+            row.update(
+                {
+                    f"{name}_ms": float("nan"),
+                    f"{name}_ms_q25": float("nan"),
+                    f"{name}_ms_q75": float("nan"),
+                    f"{name}_calls": 0,
+                }
+            )
         rows.append(row)
     table = pd.DataFrame(rows)
     table["threads"] = torch.get_num_threads()
@@ -199,7 +220,11 @@ def cost_table(sizes: Sequence[int] = (7, 14, 28, 56, 112), channels: int = 64, 
             i = table.index[table["size"] == s]
             q25, q75 = (np.percentile(t, [25, 75]) * 1e3) if len(t) else (float("nan"),) * 2
             table.loc[i, [f"{name}_ms", f"{name}_ms_q25", f"{name}_ms_q75", f"{name}_calls"]] = (
-                median_ms(t), q25, q75, len(t))
+                median_ms(t),
+                q25,
+                q75,
+                len(t),
+            )
     return table
 
 
@@ -210,8 +235,9 @@ def _load_average() -> float:
         return float("nan")
 
 
-def _measure(sizes: Sequence[int], channels: int, batch: int, repeats: int, mlp: MLPSpec, device,
-             max_seconds: Optional[float]) -> dict[tuple[str, int], list[float]]:
+def _measure(
+    sizes: Sequence[int], channels: int, batch: int, repeats: int, mlp: MLPSpec, device, max_seconds: Optional[float]
+) -> dict[tuple[str, int], list[float]]:
     """Seconds per call of every contender at every size, all interleaved round-robin."""
     gen = torch.Generator().manual_seed(0)
     fns: dict[tuple[str, int], Callable[..., object]] = {}  # zero-argument: defaults bind the tensors

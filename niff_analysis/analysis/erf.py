@@ -64,8 +64,11 @@ def stage_modules(model: nn.Module, layers: Optional[Union[str, Sequence[str]]] 
         patterns = [layers] if isinstance(layers, str) else list(layers)
         chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if not chosen:
-        what = "no module is named like a stage; choose modules with layers=" if layers is None else \
-            f"no module matches {layers!r}"
+        what = (
+            "no module is named like a stage; choose modules with layers="
+            if layers is None
+            else f"no module matches {layers!r}"
+        )
         raise SelectionError(f"{what} (modules: {', '.join(names[:12])}, …)")
     return chosen
 
@@ -75,9 +78,13 @@ def _check_protocol(protocol: str) -> None:
         raise SelectionError(f"unknown ERF protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
 
 
-def effective_receptive_fields(model: nn.Module, images: torch.Tensor,
-                               layers: Optional[Union[str, Sequence[str]]] = None,
-                               batch_size: int = 50, protocol: str = "luo") -> dict[str, np.ndarray]:
+def effective_receptive_fields(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Optional[Union[str, Sequence[str]]] = None,
+    batch_size: int = 50,
+    protocol: str = "luo",
+) -> dict[str, np.ndarray]:
     """The effective receptive field of each chosen module under ``protocol`` (module docstring).
 
     Args:
@@ -107,7 +114,7 @@ def effective_receptive_fields(model: nn.Module, images: torch.Tensor,
     maps = {n: np.zeros(images.shape[-2:], dtype=np.float64) for n in names}
     try:
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(param.device, param.dtype).clone().requires_grad_(True)
+            x = images[start : start + batch_size].to(param.device, param.dtype).clone().requires_grad_(True)
             outputs.clear()
             model(x)
             for i, n in enumerate(names):
@@ -135,8 +142,9 @@ def effective_receptive_fields(model: nn.Module, images: torch.Tensor,
     return maps
 
 
-def erf_area_ratios(maps: dict[str, np.ndarray], thresholds: Sequence[float] = THRESHOLDS,
-                    protocol: str = "luo") -> pd.DataFrame:
+def erf_area_ratios(
+    maps: dict[str, np.ndarray], thresholds: Sequence[float] = THRESHOLDS, protocol: str = "luo"
+) -> pd.DataFrame:
     """Per module and threshold t: the side of the smallest centred square holding t % of the
     map's total, and its area as a fraction of the input's.
 
@@ -157,6 +165,13 @@ def erf_area_ratios(maps: dict[str, np.ndarray], thresholds: Sequence[float] = T
         for t in thresholds:
             hit = np.flatnonzero(ratios[0] >= t / 100 - 1e-12)
             side = float(windows[hit[0]]) if len(hit) else float("nan")
-            rows.append({STAGE: name, PROTOCOL: protocol, THRESHOLD: t, "side": side,
-                         "area_ratio": min(side, h) * min(side, w) / (h * w) if len(hit) else float("nan")})
+            rows.append(
+                {
+                    STAGE: name,
+                    PROTOCOL: protocol,
+                    THRESHOLD: t,
+                    "side": side,
+                    "area_ratio": min(side, h) * min(side, w) / (h * w) if len(hit) else float("nan"),
+                }
+            )
     return pd.DataFrame(rows, columns=[STAGE, PROTOCOL, THRESHOLD, "side", "area_ratio"])

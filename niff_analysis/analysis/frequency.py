@@ -92,9 +92,18 @@ def frequency_profile(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
         per_channel = (sums / torch.as_tensor(counts, dtype=torch.float64)).numpy()
         keep = counts > 0
         q25, q75 = np.quantile(per_channel[:, keep], [0.25, 0.75], axis=0)
-        frames.append(pd.DataFrame({
-            **layer_columns(lk), "radius": radius[keep], "mean": per_channel[:, keep].mean(0), "q25": q25, "q75": q75,
-            "n_channels": per_channel.shape[0]}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    **layer_columns(lk),
+                    "radius": radius[keep],
+                    "mean": per_channel[:, keep].mean(0),
+                    "q25": q25,
+                    "q75": q75,
+                    "n_channels": per_channel.shape[0],
+                }
+            )
+        )
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     return pd.concat(frames, ignore_index=True)[COLUMNS]

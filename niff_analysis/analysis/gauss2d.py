@@ -76,15 +76,17 @@ def give_up_rule() -> tuple[tuple[float, float, float, float], int]:
 def solver_settings() -> np.ndarray:
     """The solver's numbers the compiled iteration takes as one float64 array, in its order:
     (perfect RMS, log clamp, λ start, λ min, λ max, diagonal floor)."""
-    return np.array([PERFECT_RMS, LOG_CLAMP, LAMBDA_START, LAMBDA_MIN, LAMBDA_MAX, DIAG_FLOOR],
-                    dtype=np.float64)
+    return np.array([PERFECT_RMS, LOG_CLAMP, LAMBDA_START, LAMBDA_MIN, LAMBDA_MAX, DIAG_FLOOR], dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- the model
 def pixel_coords(h: int, w: int, device=None, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened (x, y) pixel coordinates of an h×w kernel relative to its origin (h//2, w//2)."""
-    y, x = torch.meshgrid(torch.arange(h, device=device, dtype=dtype) - h // 2,
-                          torch.arange(w, device=device, dtype=dtype) - w // 2, indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(h, device=device, dtype=dtype) - h // 2,
+        torch.arange(w, device=device, dtype=dtype) - w // 2,
+        indexing="ij",
+    )
     return x.reshape(-1), y.reshape(-1)
 
 
@@ -114,8 +116,7 @@ def start_moments(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
     mx, my = (w * x).sum(1), (w * y).sum(1)
     dx, dy = x - mx[:, None], y - my[:, None]
     scale = torch.where(empty[:, 0], 1.0, 2.0)
-    return (bg, mx, my, scale * (w * dx * dx).sum(1), scale * (w * dy * dy).sum(1),
-            scale * (w * dx * dy).sum(1))
+    return (bg, mx, my, scale * (w * dx * dx).sum(1), scale * (w * dy * dy).sum(1), scale * (w * dx * dy).sum(1))
 
 
 def moment_init(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -142,11 +143,16 @@ def derived(p: torch.Tensor) -> dict[str, torch.Tensor]:
     parameters (B, 7), as :mod:`.gaussian` reports them."""
     (pxx, pxy, pyy), det = precision(p)
     sxx, sxy, syy = pyy / det, -pxy / det, pxx / det  # Σ = P⁻¹
-    half_tr, diff = (sxx + syy) / 2, torch.sqrt(((sxx - syy) / 2) ** 2 + sxy ** 2)
+    half_tr, diff = (sxx + syy) / 2, torch.sqrt(((sxx - syy) / 2) ** 2 + sxy**2)
     theta = 0.5 * torch.atan2(2 * sxy, sxx - syy)
     theta = torch.where(theta <= -math.pi / 2, theta + math.pi, theta)
-    return dict(sigma_x=sxx.sqrt(), sigma_y=syy.sqrt(), sigma_major=(half_tr + diff).sqrt(),
-                sigma_minor=(half_tr - diff).clamp_min(0).sqrt(), theta=theta)
+    return dict(
+        sigma_x=sxx.sqrt(),
+        sigma_y=syy.sqrt(),
+        sigma_major=(half_tr + diff).sqrt(),
+        sigma_minor=(half_tr - diff).clamp_min(0).sqrt(),
+        theta=theta,
+    )
 
 
 def model_parts(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor):

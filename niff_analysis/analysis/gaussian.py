@@ -118,9 +118,26 @@ from .kernels import LayerKernels
 from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
 from .uncertainty import add_intervals
 
-COLUMNS = LAYER_COLUMNS + [CHANNEL, "sigma_x", "sigma_y", "sigma_major",
-           "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2", "success", "status",
-           "sigma_ratio", "iterations", "sigma_x_moment", "sigma_y_moment", "censored"]
+COLUMNS = LAYER_COLUMNS + [
+    CHANNEL,
+    "sigma_x",
+    "sigma_y",
+    "sigma_major",
+    "sigma_minor",
+    "theta",
+    "x0",
+    "y0",
+    "amplitude",
+    "offset",
+    "r2",
+    "success",
+    "status",
+    "sigma_ratio",
+    "iterations",
+    "sigma_x_moment",
+    "sigma_y_moment",
+    "censored",
+]
 
 
 def fit_status(params, h: int, w: int, converged=None) -> np.ndarray:
@@ -133,8 +150,12 @@ def fit_status(params, h: int, w: int, converged=None) -> np.ndarray:
         # From the least to the most fundamental problem, so the last one wins.
         st[d["sigma_minor"] < MIN_SIGMA] = "undersampled"
         st[d["sigma_major"] > max(h, w)] = "too wide"
-        outside = ((x0 < -(w // 2) - 0.5) | (x0 > (w - 1 - w // 2) + 0.5)
-                   | (y0 < -(h // 2) - 0.5) | (y0 > (h - 1 - h // 2) + 0.5))
+        outside = (
+            (x0 < -(w // 2) - 0.5)
+            | (x0 > (w - 1 - w // 2) + 0.5)
+            | (y0 < -(h // 2) - 0.5)
+            | (y0 > (h - 1 - h // 2) + 0.5)
+        )
         st[outside] = "centre outside"
         st[amp <= 0] = "no peak"
     if converged is not None:
@@ -143,8 +164,9 @@ def fit_status(params, h: int, w: int, converged=None) -> np.ndarray:
     return st
 
 
-def _solve(data: torch.Tensor, h: int, w: int, max_iter: int = MAX_ITER, threads: int = 1,
-           on_done=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _solve(
+    data: torch.Tensor, h: int, w: int, max_iter: int = MAX_ITER, threads: int = 1, on_done=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit h×w kernels' peak-scaled magnitudes ``data`` (B, h·w) from their moment start with the
     compiled solver (:func:`.lm.levenberg_marquardt`, float64 on the CPU) and the give-up rule
     as :mod:`.gauss2d` holds it at the call: (params (B, 7), stopped (B,), iterations (B,))."""
@@ -153,13 +175,24 @@ def _solve(data: torch.Tensor, h: int, w: int, max_iter: int = MAX_ITER, threads
     x, y = pixel_coords(h, w, dtype=torch.float64)
     data = data.to(torch.float64)
     rules, patience = gauss2d.give_up_rule()
-    return levenberg_marquardt(data.numpy(), x.numpy(), y.numpy(), moment_init(data, x, y).numpy(),
-                               h, w, max_iter=max_iter, give_up=rules, patience=patience,
-                               threads=threads, on_done=on_done)
+    return levenberg_marquardt(
+        data.numpy(),
+        x.numpy(),
+        y.numpy(),
+        moment_init(data, x, y).numpy(),
+        h,
+        w,
+        max_iter=max_iter,
+        give_up=rules,
+        patience=patience,
+        threads=threads,
+        on_done=on_done,
+    )
 
 
-def adaptive_moments(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                     threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def adaptive_moments(
+    mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Deweighted adaptive second moments of the peak of each row of magnitudes ``mag`` (B, N)
     on pixel coordinates ``x``, ``y`` (N,): the moment σ of the module docstring (compiled,
     :func:`.lm.deweighted_moments`; settings in :mod:`.gauss2d`).
@@ -175,21 +208,45 @@ def adaptive_moments(mag: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
     d = mag - mag.median(dim=1, keepdim=True).values  # above the background b₀
     peak = mag.argmax(dim=1)
     start = torch.stack([x.to(torch.float64)[peak], y.to(torch.float64)[peak]], dim=1)
-    out, settled, iters = deweighted_moments(d.numpy(), x.numpy(), y.numpy(), start.numpy(),
-                                             MOMENT_WINDOW_FLOOR, MOMENT_MAX_ITER, MOMENT_TOL,
-                                             MOMENT_CENTRE_TOL, MOMENT_DAMP_AFTER, threads)
+    out, settled, iters = deweighted_moments(
+        d.numpy(),
+        x.numpy(),
+        y.numpy(),
+        start.numpy(),
+        MOMENT_WINDOW_FLOOR,
+        MOMENT_MAX_ITER,
+        MOMENT_TOL,
+        MOMENT_CENTRE_TOL,
+        MOMENT_DAMP_AFTER,
+        threads,
+    )
     return out[:, :3], out[:, 3:], settled, iters
 
 
-def fit_gaussians(kernels: torch.Tensor, max_iter: int = MAX_ITER, chunk_pixels: int = 1 << 20,
-                  bar=None) -> pd.DataFrame:
+def fit_gaussians(
+    kernels: torch.Tensor, max_iter: int = MAX_ITER, chunk_pixels: int = 1 << 20, bar=None
+) -> pd.DataFrame:
     """Fit every kernel of a (N, H, W) stack, on the CPU; one row per kernel (without layer
     columns)."""
     n, h, w = kernels.shape
     mag_all = kernels.detach().cpu().abs().to(torch.float64).reshape(n, h * w)
-    res = {c: np.full(n, np.nan) for c in ["sigma_x", "sigma_y", "sigma_major", "sigma_minor",
-                                           "theta", "x0", "y0", "amplitude", "offset", "r2",
-                                           "sigma_x_moment", "sigma_y_moment"]}
+    res = {
+        c: np.full(n, np.nan)
+        for c in [
+            "sigma_x",
+            "sigma_y",
+            "sigma_major",
+            "sigma_minor",
+            "theta",
+            "x0",
+            "y0",
+            "amplitude",
+            "offset",
+            "r2",
+            "sigma_x_moment",
+            "sigma_y_moment",
+        ]
+    }
     status = np.array(["ok"] * n, dtype=object)
     iters = np.zeros(n, dtype=int)
     finite = torch.isfinite(mag_all).all(1)
@@ -204,8 +261,9 @@ def fit_gaussians(kernels: torch.Tensor, max_iter: int = MAX_ITER, chunk_pixels:
         idx = np.arange(start, min(n, start + max(1, chunk_pixels // (h * w))))
         idx = idx[has_mass[idx]]
         if len(idx):
-            cov, _, settled, _ = adaptive_moments(mag_all[idx] / peak[idx, None], x_all, y_all,
-                                                  threads=torch.get_num_threads())
+            cov, _, settled, _ = adaptive_moments(
+                mag_all[idx] / peak[idx, None], x_all, y_all, threads=torch.get_num_threads()
+            )
             res["sigma_x_moment"][idx] = np.where(settled, np.sqrt(cov[:, 0]), np.nan)
             res["sigma_y_moment"][idx] = np.where(settled, np.sqrt(cov[:, 1]), np.nan)
     status[(finite & (peak == 0)).numpy()] = "zero kernel"
@@ -227,8 +285,14 @@ def fit_gaussians(kernels: torch.Tensor, max_iter: int = MAX_ITER, chunk_pixels:
         f = model_values(p, x, y)
         ss_res = ((f - data) ** 2).sum(1)
         ss_tot = ((data - data.mean(1, keepdim=True)) ** 2).sum(1)
-        vals = dict(derived(p), x0=p[:, 1], y0=p[:, 2], amplitude=p[:, 0] * scale[:, 0],
-                    offset=p[:, 6] * scale[:, 0], r2=1 - ss_res / ss_tot)
+        vals = dict(
+            derived(p),
+            x0=p[:, 1],
+            y0=p[:, 2],
+            amplitude=p[:, 0] * scale[:, 0],
+            offset=p[:, 6] * scale[:, 0],
+            r2=1 - ss_res / ss_tot,
+        )
         for k, v in vals.items():
             res[k][idx] = v.double().numpy()
         iters[idx] = it.numpy()
@@ -236,7 +300,7 @@ def fit_gaussians(kernels: torch.Tensor, max_iter: int = MAX_ITER, chunk_pixels:
 
     on_done = None if bar is None else bar.update
     for start in range(0, len(todo), step):
-        idx = todo[start:start + step]
+        idx = todo[start : start + step]
         data = mag_all[idx] / peak[idx, None]
         keep(idx, data, *_solve(data, h, w, max_iter, torch.get_num_threads(), on_done))
     out = pd.DataFrame(res)
@@ -249,8 +313,9 @@ def fit_gaussians(kernels: torch.Tensor, max_iter: int = MAX_ITER, chunk_pixels:
     return out
 
 
-def gaussian_fit(kernels: Sequence[LayerKernels], device: object = None, max_iter: int = MAX_ITER,
-                 progress: bool = False) -> pd.DataFrame:
+def gaussian_fit(
+    kernels: Sequence[LayerKernels], device: object = None, max_iter: int = MAX_ITER, progress: bool = False
+) -> pd.DataFrame:
     """Fit a 2-D Gaussian to |k| of every kernel of every layer (protocol: module docstring).
 
     The fits always run compiled on the CPU, on every core (torch's thread count).
@@ -277,15 +342,21 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device: object = None, max_ite
         by_size.setdefault(lk.size, []).append(i)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(lk.flat.shape[0] for lk in kernels), desc="Gaussian fits", unit="kernel",
-               file=sys.stderr, disable=not progress, leave=False)
+    bar = tqdm(
+        total=sum(lk.flat.shape[0] for lk in kernels),
+        desc="Gaussian fits",
+        unit="kernel",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    )
     for idx in by_size.values():
         stacked = torch.cat([kernels[i].flat for i in idx])
         df = fit_gaussians(stacked, max_iter=max_iter, bar=bar)
         start = 0
         for i in idx:
             n = kernels[i].flat.shape[0]
-            fits[i] = df.iloc[start:start + n].reset_index(drop=True)
+            fits[i] = df.iloc[start : start + n].reset_index(drop=True)
             start += n
     bar.close()
     frames = []
@@ -302,10 +373,13 @@ def gaussian_fit(kernels: Sequence[LayerKernels], device: object = None, max_ite
 
 #: Statistics of :func:`gaussian_summary` that get a bootstrap interval: name → (column, statistic).
 SUMMARY_INTERVALS = {
-    "sigma_x_mean": ("sigma_x", "mean"), "sigma_y_mean": ("sigma_y", "mean"),
-    "sigma_ratio_mean": ("sigma_ratio", "mean"), "sigma_ratio_median": ("sigma_ratio", "median"),
+    "sigma_x_mean": ("sigma_x", "mean"),
+    "sigma_y_mean": ("sigma_y", "mean"),
+    "sigma_ratio_mean": ("sigma_ratio", "mean"),
+    "sigma_ratio_median": ("sigma_ratio", "median"),
     "sigma_ratio_gmean": ("sigma_ratio", "gmean"),
-    "sigma_x_median": ("sigma_x", "median"), "sigma_y_median": ("sigma_y", "median"),
+    "sigma_x_median": ("sigma_x", "median"),
+    "sigma_y_median": ("sigma_y", "median"),
     "r2_median": ("r2", "median"),
 }
 
@@ -334,15 +408,24 @@ def gaussian_summary(gauss_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame
     ok = gauss_df[gauss_df["success"].astype(bool)]
     ok = ok.assign(log_ratio=np.log(ok["sigma_ratio"].astype(float).where(ok["sigma_ratio"] > 0)))
     g = ok.groupby(by, sort=False, dropna=False)
-    out = g.agg(sigma_x_mean=("sigma_x", "mean"), sigma_x_std=("sigma_x", "std"),
-                sigma_y_mean=("sigma_y", "mean"), sigma_y_std=("sigma_y", "std"),
-                sigma_ratio_mean=("sigma_ratio", "mean"), sigma_ratio_std=("sigma_ratio", "std"),
-                sigma_ratio_median=("sigma_ratio", "median"), sigma_ratio_gmean=("log_ratio", "mean"),
-                sigma_x_median=("sigma_x", "median"), sigma_x_q25=("sigma_x", lambda v: v.quantile(0.25)),
-                sigma_x_q75=("sigma_x", lambda v: v.quantile(0.75)),
-                sigma_y_median=("sigma_y", "median"), sigma_y_q25=("sigma_y", lambda v: v.quantile(0.25)),
-                sigma_y_q75=("sigma_y", lambda v: v.quantile(0.75)),
-                r2_median=("r2", "median"), n_ok=("success", "size")).reset_index()
+    out = g.agg(
+        sigma_x_mean=("sigma_x", "mean"),
+        sigma_x_std=("sigma_x", "std"),
+        sigma_y_mean=("sigma_y", "mean"),
+        sigma_y_std=("sigma_y", "std"),
+        sigma_ratio_mean=("sigma_ratio", "mean"),
+        sigma_ratio_std=("sigma_ratio", "std"),
+        sigma_ratio_median=("sigma_ratio", "median"),
+        sigma_ratio_gmean=("log_ratio", "mean"),
+        sigma_x_median=("sigma_x", "median"),
+        sigma_x_q25=("sigma_x", lambda v: v.quantile(0.25)),
+        sigma_x_q75=("sigma_x", lambda v: v.quantile(0.75)),
+        sigma_y_median=("sigma_y", "median"),
+        sigma_y_q25=("sigma_y", lambda v: v.quantile(0.25)),
+        sigma_y_q75=("sigma_y", lambda v: v.quantile(0.75)),
+        r2_median=("r2", "median"),
+        n_ok=("success", "size"),
+    ).reset_index()
     out["sigma_ratio_gmean"] = np.exp(out["sigma_ratio_gmean"])
     all_g = gauss_df.groupby(by, sort=False, dropna=False)
     n = all_g.size().rename("n").reset_index()
@@ -357,14 +440,32 @@ def gaussian_summary(gauss_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame
     for e in extra:
         out = out.merge(e, on=by, how="left")
     out["n_ok"] = out["n_ok"].fillna(0).astype(int)
-    cols = by + ["sigma_x_mean", "sigma_x_std", "sigma_y_mean", "sigma_y_std", "sigma_ratio_mean",
-                   "sigma_ratio_std", "sigma_ratio_median", "sigma_ratio_gmean", "sigma_x_median", "sigma_x_q25",
-                   "sigma_x_q75", "sigma_y_median", "sigma_y_q25", "sigma_y_q75", "r2_median", "n_ok"]
+    cols = by + [
+        "sigma_x_mean",
+        "sigma_x_std",
+        "sigma_y_mean",
+        "sigma_y_std",
+        "sigma_ratio_mean",
+        "sigma_ratio_std",
+        "sigma_ratio_median",
+        "sigma_ratio_gmean",
+        "sigma_x_median",
+        "sigma_x_q25",
+        "sigma_x_q75",
+        "sigma_y_median",
+        "sigma_y_q25",
+        "sigma_y_q75",
+        "r2_median",
+        "n_ok",
+    ]
     cols += [c for c in ("n_censored", "sigma_x_moment_median", "sigma_y_moment_median") if c in out.columns]
     out = out[cols + ["n"]]
     if resamples:
         out = add_intervals(out, ok, by, SUMMARY_INTERVALS, resamples)
-        moments = {f"sigma_{a}_moment_median": (f"sigma_{a}_moment", "median") for a in "xy"
-                   if f"sigma_{a}_moment_median" in out.columns}
+        moments = {
+            f"sigma_{a}_moment_median": (f"sigma_{a}_moment", "median")
+            for a in "xy"
+            if f"sigma_{a}_moment_median" in out.columns
+        }
         out = add_intervals(out, gauss_df, by, moments, resamples)
     return out

@@ -105,8 +105,9 @@ def require_finite(kernels: Sequence[LayerKernels], what: str) -> None:
     for lk in kernels:
         bad = count_nonfinite(lk)
         if bad:
-            raise NiffError(f"layer {lk.name}: {bad} of {lk.flat.shape[0]} kernels contain NaN or Inf; "
-                            f"{what} needs finite kernels")
+            raise NiffError(
+                f"layer {lk.name}: {bad} of {lk.flat.shape[0]} kernels contain NaN or Inf; {what} needs finite kernels"
+            )
 
 
 def stage_of(name: str) -> Optional[str]:
@@ -142,8 +143,10 @@ def _input_size(model: nn.Module, input_size: Optional[SizeLike]) -> Size:
         cfg = ModelConfig.of(model)
         if cfg is not None:
             return cfg.input_size
-        raise NiffError("cannot record the feature-map sizes of this model's convolutions: "
-                        "pass input_size=(H, W), the size it was trained at")
+        raise NiffError(
+            "cannot record the feature-map sizes of this model's convolutions: "
+            "pass input_size=(H, W), the size it was trained at"
+        )
     try:
         return as_hw(input_size, "input_size")
     except ValueError as exc:
@@ -218,10 +221,18 @@ def conv_inventory(model: nn.Module, input_size=None) -> list[dict]:
         else:
             reason = None
         depthwise = conv.groups == conv.in_channels == conv.out_channels
-        rows.append(dict(name=name, kernel="x".join(map(str, conv.kernel_size)), stride=_hw(conv.stride),
-                         groups=int(conv.groups),
-                         kind="depthwise" if depthwise else "dense" if conv.groups == 1 else "grouped",
-                         fmap=list(fmap) if fmap else None, analysed=reason is None, reason=reason))
+        rows.append(
+            dict(
+                name=name,
+                kernel="x".join(map(str, conv.kernel_size)),
+                stride=_hw(conv.stride),
+                groups=int(conv.groups),
+                kind="depthwise" if depthwise else "dense" if conv.groups == 1 else "grouped",
+                fmap=list(fmap) if fmap else None,
+                analysed=reason is None,
+                reason=reason,
+            )
+        )
     return rows
 
 
@@ -234,14 +245,20 @@ def _hw(pair) -> str:
 def _plain_convs(model: nn.Module, input_size) -> list[tuple[str, nn.Conv2d, Size]]:
     """(name, conv, fmap) of every plain conv the analyses can take (:func:`conv_inventory`)."""
     # conv_inventory lists nn.Conv2d modules only, and an analysed one with its (H, W)
-    return [(r["name"], cast(nn.Conv2d, model.get_submodule(r["name"])), cast(Size, tuple(r["fmap"])))
-            for r in conv_inventory(model, input_size) if r["analysed"]]
+    return [
+        (r["name"], cast(nn.Conv2d, model.get_submodule(r["name"])), cast(Size, tuple(r["fmap"])))
+        for r in conv_inventory(model, input_size)
+        if r["analysed"]
+    ]
 
 
-def extract_kernels(model_or_path: Union[nn.Module, PathLike, None] = None,
-                    layers: Union[str, Sequence[str]] = "*", include_conv: bool = False,
-                    device: str = "cpu", input_size: Optional[SizeLike] = None
-                    ) -> list[LayerKernels]:
+def extract_kernels(
+    model_or_path: Union[nn.Module, PathLike, None] = None,
+    layers: Union[str, Sequence[str]] = "*",
+    include_conv: bool = False,
+    device: str = "cpu",
+    input_size: Optional[SizeLike] = None,
+) -> list[LayerKernels]:
     """Spatial kernels (and frequency responses) of every selected layer, in model order.
 
     Args:
@@ -273,40 +290,63 @@ def extract_kernels(model_or_path: Union[nn.Module, PathLike, None] = None,
     available = [e[0] for e in entries]
     chosen = [e for e in entries if any(fnmatch.fnmatchcase(e[0], p) for p in patterns)]
     if not chosen:
-        what = (", ".join(available) if available
-                else "none (the model has no NIFF layers or stride-1 k×k convs)")
+        what = ", ".join(available) if available else "none (the model has no NIFF layers or stride-1 k×k convs)"
         raise SelectionError(f"no layer matches {' '.join(map(repr, patterns))}; available layers: {what}")
 
     out = []
     for name, mod, fmap in chosen:
         if isinstance(mod, NIFFLayer):  # the entries without a map size (a plain conv has one)
             if mod.fmap is None:
-                raise NiffError(f"layer {name} has no recorded feature-map size "
-                                "(convert the model with to_niff or set layer.fmap)")
+                raise NiffError(
+                    f"layer {name} has no recorded feature-map size (convert the model with to_niff or set layer.fmap)"
+                )
             with torch.no_grad():
                 resp = mod.frequency_response()  # one batched MLP evaluation on the recorded grid
                 kern = centred_to_kernel(resp)
-            out.append(LayerKernels(name=name, kind=mod.kind, fmap=cast(Size, tuple(int(s) for s in mod.fmap)),
-                                    stage=layer_stage(name), kernels=kern.float().cpu().contiguous(),
-                                    response=resp.to(torch.complex64).cpu().contiguous(),
-                                    in_channels=mod.in_channels, out_channels=mod.out_channels,
-                                    extra=dict(mode=mod.mode)))
+            out.append(
+                LayerKernels(
+                    name=name,
+                    kind=mod.kind,
+                    fmap=cast(Size, tuple(int(s) for s in mod.fmap)),
+                    stage=layer_stage(name),
+                    kernels=kern.float().cpu().contiguous(),
+                    response=resp.to(torch.complex64).cpu().contiguous(),
+                    in_channels=mod.in_channels,
+                    out_channels=mod.out_channels,
+                    extra=dict(mode=mod.mode),
+                )
+            )
         else:
             assert fmap is not None  # _plain_convs gives every conv its map size
             kern, dropped = _conv_taps(mod, fmap)
             depthwise = mod.groups == mod.in_channels == mod.out_channels
             if depthwise:
                 kern = kern[:, 0]
-            out.append(LayerKernels(name=name, kind="conv", fmap=fmap, stage=layer_stage(name),
-                                    kernels=kern.contiguous(), response=None,
-                                    in_channels=mod.in_channels, out_channels=mod.out_channels,
-                                    extra=dict(kernel_size=tuple(mod.kernel_size), dilation=tuple(mod.dilation),
-                                               groups=mod.groups, dropped_taps=dropped)))
+            out.append(
+                LayerKernels(
+                    name=name,
+                    kind="conv",
+                    fmap=fmap,
+                    stage=layer_stage(name),
+                    kernels=kern.contiguous(),
+                    response=None,
+                    in_channels=mod.in_channels,
+                    out_channels=mod.out_channels,
+                    extra=dict(
+                        kernel_size=tuple(mod.kernel_size),
+                        dilation=tuple(mod.dilation),
+                        groups=mod.groups,
+                        dropped_taps=dropped,
+                    ),
+                )
+            )
         bad = count_nonfinite(out[-1])
         if bad:
-            raise NiffError(f"layer {name}: {bad} of {out[-1].flat.shape[0]} kernels contain NaN or Inf "
-                            "(non-finite weights, or an MLP output that overflows float32); "
-                            "refusing to analyse them")
+            raise NiffError(
+                f"layer {name}: {bad} of {out[-1].flat.shape[0]} kernels contain NaN or Inf "
+                "(non-finite weights, or an MLP output that overflows float32); "
+                "refusing to analyse them"
+            )
     return out
 
 
@@ -330,17 +370,29 @@ def subsample(kernels: Sequence[LayerKernels], max_kernels: Optional[int]) -> li
             continue
         idx = sample_channels(n, max_kernels)
         resp = None if lk.response is None else lk.response.reshape(n, *lk.size)[idx]
-        out.append(dataclasses.replace(lk, kernels=lk.flat[idx].contiguous(), response=resp,
-                                       extra=dict(lk.extra, sampled_from=n)))
+        out.append(
+            dataclasses.replace(
+                lk, kernels=lk.flat[idx].contiguous(), response=resp, extra=dict(lk.extra, sampled_from=n)
+            )
+        )
     return out
 
 
 def kernel_table(kernels: Sequence[LayerKernels]) -> pd.DataFrame:
     """One row per layer: layer, stage, kind, fmap_h, fmap_w, kernel_h, kernel_w, shape of the
     kernel tensor, n_kernels and the mean L1 norm of a kernel (``l1_mean``)."""
-    rows = [dict(layer_columns(lk), kind=lk.kind, kernel_h=lk.size[0], kernel_w=lk.size[1],
-                 shape="x".join(map(str, lk.kernels.shape)), n_kernels=lk.flat.shape[0],
-                 l1_mean=float(lk.flat.abs().sum((1, 2)).mean()))
-            for lk in kernels]
-    return pd.DataFrame(rows, columns=[LAYER, STAGE, "kind", FMAP_H, FMAP_W, "kernel_h", "kernel_w", "shape",
-                                       "n_kernels", "l1_mean"])
+    rows = [
+        dict(
+            layer_columns(lk),
+            kind=lk.kind,
+            kernel_h=lk.size[0],
+            kernel_w=lk.size[1],
+            shape="x".join(map(str, lk.kernels.shape)),
+            n_kernels=lk.flat.shape[0],
+            l1_mean=float(lk.flat.abs().sum((1, 2)).mean()),
+        )
+        for lk in kernels
+    ]
+    return pd.DataFrame(
+        rows, columns=[LAYER, STAGE, "kind", FMAP_H, FMAP_W, "kernel_h", "kernel_w", "shape", "n_kernels", "l1_mean"]
+    )

@@ -60,16 +60,70 @@ def evaluate(p, d, xs, ys, hess, grad):
         j3, j4, j5 = -j1 * dx, -q * dy, -rl * dy
         r = ae + b - d[i]
         cost += r * r
-        g0 += j0 * r; g1 += j1 * r; g2 += j2 * r; g3 += j3 * r; g4 += j4 * r; g5 += j5 * r; g6 += r  # noqa: E702
+        g0 += j0 * r
+        g1 += j1 * r
+        g2 += j2 * r
+        g3 += j3 * r
+        g4 += j4 * r
+        g5 += j5 * r
+        g6 += r  # noqa: E702
         h00 += j0 * j0
-        h10 += j1 * j0; h11 += j1 * j1  # noqa: E702
-        h20 += j2 * j0; h21 += j2 * j1; h22 += j2 * j2  # noqa: E702
-        h30 += j3 * j0; h31 += j3 * j1; h32 += j3 * j2; h33 += j3 * j3  # noqa: E702
-        h40 += j4 * j0; h41 += j4 * j1; h42 += j4 * j2; h43 += j4 * j3; h44 += j4 * j4  # noqa: E702
-        h50 += j5 * j0; h51 += j5 * j1; h52 += j5 * j2; h53 += j5 * j3; h54 += j5 * j4; h55 += j5 * j5  # noqa: E702
-        h60 += j0; h61 += j1; h62 += j2; h63 += j3; h64 += j4; h65 += j5  # noqa: E702
-    lower = (h00, h10, h11, h20, h21, h22, h30, h31, h32, h33, h40, h41, h42, h43, h44,
-             h50, h51, h52, h53, h54, h55, h60, h61, h62, h63, h64, h65, float(d.shape[0]))
+        h10 += j1 * j0
+        h11 += j1 * j1  # noqa: E702
+        h20 += j2 * j0
+        h21 += j2 * j1
+        h22 += j2 * j2  # noqa: E702
+        h30 += j3 * j0
+        h31 += j3 * j1
+        h32 += j3 * j2
+        h33 += j3 * j3  # noqa: E702
+        h40 += j4 * j0
+        h41 += j4 * j1
+        h42 += j4 * j2
+        h43 += j4 * j3
+        h44 += j4 * j4  # noqa: E702
+        h50 += j5 * j0
+        h51 += j5 * j1
+        h52 += j5 * j2
+        h53 += j5 * j3
+        h54 += j5 * j4
+        h55 += j5 * j5  # noqa: E702
+        h60 += j0
+        h61 += j1
+        h62 += j2
+        h63 += j3
+        h64 += j4
+        h65 += j5  # noqa: E702
+    lower = (
+        h00,
+        h10,
+        h11,
+        h20,
+        h21,
+        h22,
+        h30,
+        h31,
+        h32,
+        h33,
+        h40,
+        h41,
+        h42,
+        h43,
+        h44,
+        h50,
+        h51,
+        h52,
+        h53,
+        h54,
+        h55,
+        h60,
+        h61,
+        h62,
+        h63,
+        h64,
+        h65,
+        float(d.shape[0]),
+    )
     m = 0
     for j in range(N_PARAMS):
         for k in range(j + 1):
@@ -125,9 +179,8 @@ def give_up(p, h, w, hard_sigma, hard_width, soft_sigma, soft_width):
     pxx, pxy, pyy = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
     half, rad = 0.5 * (pxx + pyy), math.hypot(0.5 * (pxx - pyy), pxy)
     p_max, p_min, size = half + rad, half - rad, max(h, w)
-    now = ((p_max * hard_sigma ** 2 > 1) or (p_min * (hard_width * size) ** 2 < 1)
-           or abs(p[1]) > w or abs(p[2]) > h)
-    soon = (p_max * soft_sigma ** 2 > 1) or (p_min * (soft_width * size) ** 2 < 1)
+    now = (p_max * hard_sigma**2 > 1) or (p_min * (hard_width * size) ** 2 < 1) or abs(p[1]) > w or abs(p[2]) > h
+    soon = (p_max * soft_sigma**2 > 1) or (p_min * (soft_width * size) ** 2 < 1)
     return now, soon
 
 
@@ -138,13 +191,24 @@ def fit_one(d, xs, ys, p, max_iter, ftol, xtol, settings, h, w, rules, patience)
     width, σ, width) of :func:`give_up`."""
     n_par = N_PARAMS
     perfect_rms, log_clamp, la_start, la_min, la_max, diag_floor = (
-        settings[0], settings[1], settings[2], settings[3], settings[4], settings[5])
+        settings[0],
+        settings[1],
+        settings[2],
+        settings[3],
+        settings[4],
+        settings[5],
+    )
     tiny = np.finfo(np.float64).tiny
-    perfect_cost = 0.5 * d.shape[0] * perfect_rms ** 2
+    perfect_cost = 0.5 * d.shape[0] * perfect_rms**2
     hess, grad = np.empty((n_par, n_par)), np.empty(n_par)
     hess_new, grad_new = np.empty((n_par, n_par)), np.empty(n_par)
-    m, rhs, step, trial, diag = (np.empty((n_par, n_par)), np.empty(n_par), np.empty(n_par),
-                                 np.empty(n_par), np.empty(n_par))
+    m, rhs, step, trial, diag = (
+        np.empty((n_par, n_par)),
+        np.empty(n_par),
+        np.empty(n_par),
+        np.empty(n_par),
+        np.empty(n_par),
+    )
     cost = evaluate(p, d, xs, ys, hess, grad)
     la, nu, it, strikes = la_start, 2.0, 0, 0
     while True:
@@ -152,7 +216,7 @@ def fit_one(d, xs, ys, p, max_iter, ftol, xtol, settings, h, w, rules, patience)
             diag[j] = max(hess[j, j], diag_floor)
             for k in range(n_par):
                 m[j, k] = hess[j, k]
-            m[j, j] += la * diag[j]          # Marquardt's damping
+            m[j, j] += la * diag[j]  # Marquardt's damping
             rhs[j] = -grad[j]
         solve(m, rhs, step)
         for j in range(n_par):
@@ -195,19 +259,29 @@ def fit_one(d, xs, ys, p, max_iter, ftol, xtol, settings, h, w, rules, patience)
 
 
 @jit
-def fit_rows(data, xs, ys, params, stopped, iters, lo, hi, max_iter, ftol, xtol, settings, h, w,
-             rules, patience):
+def fit_rows(data, xs, ys, params, stopped, iters, lo, hi, max_iter, ftol, xtol, settings, h, w, rules, patience):
     """Fit rows [lo, hi) of ``data`` in place of ``params``, ``stopped``, ``iters``."""
     for i in range(lo, hi):
-        stopped[i], iters[i] = fit_one(data[i], xs, ys, params[i], max_iter, ftol, xtol, settings,
-                                       h, w, rules, patience)
+        stopped[i], iters[i] = fit_one(
+            data[i], xs, ys, params[i], max_iter, ftol, xtol, settings, h, w, rules, patience
+        )
 
 
-def levenberg_marquardt(data: np.ndarray, x: np.ndarray, y: np.ndarray, p0: np.ndarray,
-                        h: int, w: int, max_iter: int = gauss2d.MAX_ITER, ftol: float = gauss2d.FTOL,
-                        xtol: float = gauss2d.XTOL, give_up: tuple[float, float, float, float] | None = None,
-                        patience: int = 1, threads: int = 1,
-                        on_done: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def levenberg_marquardt(
+    data: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    p0: np.ndarray,
+    h: int,
+    w: int,
+    max_iter: int = gauss2d.MAX_ITER,
+    ftol: float = gauss2d.FTOL,
+    xtol: float = gauss2d.XTOL,
+    give_up: tuple[float, float, float, float] | None = None,
+    patience: int = 1,
+    threads: int = 1,
+    on_done: Callable[[int], object] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit :func:`.gauss2d.gaussian_model` to each row of ``data`` (B, N), float64, on the CPU.
 
     Levenberg–Marquardt with Marquardt's diagonal scaling and Nielsen's gain-ratio update of λ
@@ -237,10 +311,14 @@ def levenberg_marquardt(data: np.ndarray, x: np.ndarray, y: np.ndarray, p0: np.n
     stopped = np.zeros(len(data), dtype=np.bool_)
     iters = np.zeros(len(data), dtype=np.int64)
     rules = np.array(give_up if give_up is not None else (), dtype=np.float64)
-    args = (np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64),
-            params, stopped, iters)
-    opts = (int(max_iter), float(ftol), float(xtol), gauss2d.solver_settings(), int(h), int(w), rules,
-            int(patience))
+    args = (
+        np.ascontiguousarray(x, dtype=np.float64),
+        np.ascontiguousarray(y, dtype=np.float64),
+        params,
+        stopped,
+        iters,
+    )
+    opts = (int(max_iter), float(ftol), float(xtol), gauss2d.solver_settings(), int(h), int(w), rules, int(patience))
     threads = max(1, int(threads))
     # Pieces small enough for the threads to finish together and for a progress bar to move.
     piece = max(1, min(PIECE_PIXELS // data.shape[1], -(-len(data) // (4 * threads))))
@@ -291,8 +369,12 @@ def moments_one(d, xs, ys, cx, cy, floor, max_iter, tol, centre_tol, damp_after,
             if q > 80.0:  # a weight below e⁻⁴⁰ of the window's centre adds nothing
                 continue
             wt = d[i] * math.exp(-0.5 * q)
-            s0 += wt; s1 += wt * dx; s2 += wt * dy  # noqa: E702
-            s3 += wt * dx * dx; s4 += wt * dx * dy; s5 += wt * dy * dy  # noqa: E702
+            s0 += wt
+            s1 += wt * dx
+            s2 += wt * dy  # noqa: E702
+            s3 += wt * dx * dx
+            s4 += wt * dx * dy
+            s5 += wt * dy * dy  # noqa: E702
         if not s0 > 0.0:
             for k in range(5):
                 out[k] = math.nan
@@ -325,24 +407,33 @@ def moments_one(d, xs, ys, cx, cy, floor, max_iter, tol, centre_tol, damp_after,
             nxx, nyy, nxy = 0.5 * (nxx + sxx), 0.5 * (nyy + syy), 0.5 * (nxy + sxy)
             nx, ny = 0.5 * (nx + cx), 0.5 * (ny + cy)
         step = max(abs(nxx - sxx), abs(nyy - syy), abs(nxy - sxy))
-        settled = ((ok or sharp) and step <= tol * max(nxx, nyy, 1e-2)
-                   and max(abs(nx - cx), abs(ny - cy)) <= centre_tol)
+        settled = (ok or sharp) and step <= tol * max(nxx, nyy, 1e-2) and max(abs(nx - cx), abs(ny - cy)) <= centre_tol
         sxx, syy, sxy, cx, cy = nxx, nyy, nxy, nx, ny
     out[0], out[1], out[2], out[3], out[4] = sxx, syy, sxy, cx, cy
     return settled, it
 
 
 @jit
-def moments_rows(d, xs, ys, start, out, settled, iters, lo, hi, floor, max_iter, tol, centre_tol,
-                 damp_after, cap):
+def moments_rows(d, xs, ys, start, out, settled, iters, lo, hi, floor, max_iter, tol, centre_tol, damp_after, cap):
     """:func:`moments_one` for rows [lo, hi) of ``d``, started at ``start`` (B, 2)."""
     for i in range(lo, hi):
-        settled[i], iters[i] = moments_one(d[i], xs, ys, start[i, 0], start[i, 1], floor, max_iter, tol,
-                                           centre_tol, damp_after, cap, out[i])
+        settled[i], iters[i] = moments_one(
+            d[i], xs, ys, start[i, 0], start[i, 1], floor, max_iter, tol, centre_tol, damp_after, cap, out[i]
+        )
 
 
-def deweighted_moments(d: np.ndarray, x: np.ndarray, y: np.ndarray, start: np.ndarray, floor: float,
-                       max_iter: int, tol: float, centre_tol: float, damp_after: int, threads: int = 1):
+def deweighted_moments(
+    d: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    start: np.ndarray,
+    floor: float,
+    max_iter: int,
+    tol: float,
+    centre_tol: float,
+    damp_after: int,
+    threads: int = 1,
+):
     """Deweighted adaptive moments of each row of ``d`` (B, N): magnitudes above their background
     on pixel coordinates ``x``, ``y`` (N,), started at ``start`` (B, 2), in ``threads`` threads
     (pieces as in :func:`levenberg_marquardt`).

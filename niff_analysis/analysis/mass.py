@@ -86,10 +86,22 @@ def kernel_mass(kernels: Sequence[LayerKernels], measure: str = "l1") -> pd.Data
     for lk in kernels:
         windows, ratios = mass_ratios(lk.flat, measure)
         n, r = ratios.shape
-        frames.append(pd.DataFrame({MEASURE: measure, **layer_columns(lk), CHANNEL: np.repeat(np.arange(n), r),
-                                    WINDOW: np.tile(windows, n), "mass_ratio": ratios.reshape(-1)}))
-    out = (pd.concat(frames, ignore_index=True) if frames
-           else pd.DataFrame(columns=[MEASURE] + LAYER_COLUMNS + [CHANNEL, WINDOW, "mass_ratio"]))
+        frames.append(
+            pd.DataFrame(
+                {
+                    MEASURE: measure,
+                    **layer_columns(lk),
+                    CHANNEL: np.repeat(np.arange(n), r),
+                    WINDOW: np.tile(windows, n),
+                    "mass_ratio": ratios.reshape(-1),
+                }
+            )
+        )
+    out = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=[MEASURE] + LAYER_COLUMNS + [CHANNEL, WINDOW, "mass_ratio"])
+    )
     out.attrs["measure"] = measure
     return out
 
@@ -100,8 +112,7 @@ REPORTED_WINDOWS = (1, 3, 5, 9)
 BEYOND_KERNEL = "beyond_kernel"  #: :func:`mass_summary`'s column marking windows larger than the kernel
 
 
-def mass_summary(mass_df: pd.DataFrame, resamples: int = 0,
-                 windows: Sequence[int] = REPORTED_WINDOWS) -> pd.DataFrame:
+def mass_summary(mass_df: pd.DataFrame, resamples: int = 0, windows: Sequence[int] = REPORTED_WINDOWS) -> pd.DataFrame:
     """Per layer and window: mean and std of the mass ratio over kernels, and their count n.
 
     NaN ratios (all-zero kernels) are left out of mean, std and n. Keeps the leading
@@ -138,12 +149,15 @@ def mass_summary(mass_df: pd.DataFrame, resamples: int = 0,
         return out
     out = pd.concat([out, *extra], ignore_index=True)
     order = out.groupby(layer, sort=False, dropna=False).ngroup()
-    return (out.assign(_layer=order).sort_values(["_layer", WINDOW], kind="stable")
-            .drop(columns="_layer").reset_index(drop=True))
+    return (
+        out.assign(_layer=order)
+        .sort_values(["_layer", WINDOW], kind="stable")
+        .drop(columns="_layer")
+        .reset_index(drop=True)
+    )
 
 
-def effective_sizes(mass_df: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.9, 0.95)
-                    ) -> pd.DataFrame:
+def effective_sizes(mass_df: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.9, 0.95)) -> pd.DataFrame:
     """Per kernel, the smallest window holding at least a fraction q of its mass.
 
     Columns: layer, stage, fmap_h, fmap_w, channel and ``size_<100q>`` per quantile (size_50,
@@ -186,8 +200,9 @@ def mass_table(mass_df: pd.DataFrame, resamples: int = 0) -> pd.DataFrame:
     per_kernel = effective_sizes(mass_df)
     sizes = per_kernel.groupby(by, sort=False, dropna=False)[["size_50", "size_90", "size_95"]].mean().reset_index()
     if resamples:
-        sizes = add_intervals(sizes, per_kernel, by, {f"size_{q}": (f"size_{q}", "mean") for q in (50, 90, 95)},
-                              resamples)
+        sizes = add_intervals(
+            sizes, per_kernel, by, {f"size_{q}": (f"size_{q}", "mean") for q in (50, 90, 95)}, resamples
+        )
     return table.merge(sizes, on=by, how="left").round(3)
 
 
@@ -208,5 +223,4 @@ def massless_warning(mass_df: pd.DataFrame) -> Optional[str]:
     if zero.empty:
         return None
     where = ", ".join(f"{r.layer} ({r.massless} of {r.kernels})" for r in zero.itertuples())
-    return (f"{int(zero.massless.sum())} all-zero kernel(s) have no mass; their mass ratios and sizes "
-            f"are NaN: {where}")
+    return f"{int(zero.massless.sum())} all-zero kernel(s) have no mass; their mass ratios and sizes are NaN: {where}"

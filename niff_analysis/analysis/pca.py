@@ -68,7 +68,7 @@ def pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.nd
     # SVDs gain nothing from threads (which thrash when the cores are busy).
     with threadpool_limits(limits=1, user_api="blas"):
         _, s, vt = scipy.linalg.svd(x - mean, full_matrices=False, lapack_driver="gesdd")
-    var = s ** 2 / max(n - 1, 1)
+    var = s**2 / max(n - 1, 1)
     total = var.sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = var / total if total > 0 else np.full_like(var, np.nan)
@@ -80,9 +80,13 @@ def _rows(lk: LayerKernels, part: str | None, comps, var, ratio) -> pd.DataFrame
     cols = layer_columns(lk)
     if part is not None:
         cols[PART] = part
-    cols.update({COMPONENT: np.arange(len(comps))}, explained_variance_ratio=ratio,
-                explained_variance=var, cumulative_variance_ratio=np.cumsum(ratio),
-                n_kernels=lk.flat.shape[0])
+    cols.update(
+        {COMPONENT: np.arange(len(comps))},
+        explained_variance_ratio=ratio,
+        explained_variance=var,
+        cumulative_variance_ratio=np.cumsum(ratio),
+        n_kernels=lk.flat.shape[0],
+    )
     return pd.DataFrame(cols)
 
 
@@ -92,8 +96,11 @@ def _check_n(n_components: int) -> None:
 
 
 def _finish(frames: list[pd.DataFrame], comps: dict, means: dict) -> PCAResult:
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=LAYER_COLUMNS + [COMPONENT, "explained_variance_ratio"])
+    table = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=LAYER_COLUMNS + [COMPONENT, "explained_variance_ratio"])
+    )
     return PCAResult(table=table, components=comps, means=means)
 
 
@@ -155,7 +162,8 @@ def weight_pca(kernels: Sequence[LayerKernels], n_components: int = 6, response:
         raise SelectionError(
             f"weight PCA needs NIFF frequency responses; {', '.join(plain)} "
             f"{'is a plain convolution' if len(plain) == 1 else 'are plain convolutions'} "
-            f"(NIFF layers here: {', '.join(niff) if niff else 'none'})")
+            f"(NIFF layers here: {', '.join(niff) if niff else 'none'})"
+        )
     require_finite(kernels, "weight PCA")
     frames, comps, means = [], {}, {}
     for lk in kernels:
@@ -188,10 +196,10 @@ def pca_summary(table: pd.DataFrame) -> pd.DataFrame:
     out["evr_total"] = g["explained_variance_ratio"].sum(min_count=1).to_numpy()
     common = int(out["n_components"].min())
     wide = table[table[COMPONENT] < common].pivot_table(
-        index=by, columns=COMPONENT, values="explained_variance_ratio", sort=False, dropna=False)
+        index=by, columns=COMPONENT, values="explained_variance_ratio", sort=False, dropna=False
+    )
     wide.columns = [f"evr_{int(c)}" for c in wide.columns]
-    return out.merge(wide.reset_index(), on=by, how="left")[
-        by + list(wide.columns) + ["n_components", "evr_total"]]
+    return out.merge(wide.reset_index(), on=by, how="left")[by + list(wide.columns) + ["n_components", "evr_total"]]
 
 
 def capped_layers(table: pd.DataFrame, n_components: int) -> pd.DataFrame:
@@ -210,15 +218,21 @@ def pca_warnings(table: pd.DataFrame, n_components: int) -> list[str]:
     out = []
     flat = table[table["explained_variance_ratio"].isna()]
     if not flat.empty:
-        names = ["@".join(map(str, k)) if isinstance(k, tuple) else str(k)
-                 for k in flat.groupby(keys(flat, LAYER, PART), sort=False).size().index]
-        out.append(f"no variance (all kernels identical) in {', '.join(names)}; explained-variance "
-                   "ratios are NaN and components zero there")
+        names = [
+            "@".join(map(str, k)) if isinstance(k, tuple) else str(k)
+            for k in flat.groupby(keys(flat, LAYER, PART), sort=False).size().index
+        ]
+        out.append(
+            f"no variance (all kernels identical) in {', '.join(names)}; explained-variance "
+            "ratios are NaN and components zero there"
+        )
     capped = capped_layers(table, n_components)
     if not capped.empty:
         kept = capped["n_components"]
         total = table.groupby(keys(table, LAYER, PART), sort=False).ngroups
         span = f"{kept.min()}" + ("" if kept.min() == kept.max() else f"-{kept.max()}")
-        out.append(f"{len(capped)} of {total} layers have fewer than {n_components} components (fewer "
-                   f"kernels or pixels); kept {span} there")
+        out.append(
+            f"{len(capped)} of {total} layers have fewer than {n_components} components (fewer "
+            f"kernels or pixels); kept {span} there"
+        )
     return out

@@ -79,8 +79,9 @@ def reference_layers(kernels: Sequence[LayerKernels], kind: str) -> list[LayerKe
     return out
 
 
-def mass_scale(kernels: Sequence[LayerKernels], measure: str = "l1",
-               init: Optional[Sequence[LayerKernels]] = None) -> pd.DataFrame:
+def mass_scale(
+    kernels: Sequence[LayerKernels], measure: str = "l1", init: Optional[Sequence[LayerKernels]] = None
+) -> pd.DataFrame:
     """Per layer and window, the mean mass ratio of the references under ``measure``.
 
     Returns:

@@ -25,8 +25,7 @@ THRESHOLD = "threshold"  # share of a receptive field's contribution (%)
 #: The columns that say which layer a row belongs to.
 LAYER_COLUMNS = [LAYER, STAGE, FMAP_H, FMAP_W]
 #: Every identifier column, in the order tables carry them.
-ID_ORDER = [CHECKPOINT, MEASURE, EPOCH, STEP, LAYER, STAGE, PART, FMAP_H, FMAP_W, CHANNEL, WINDOW, COMPONENT,
-            THRESHOLD]
+ID_ORDER = [CHECKPOINT, MEASURE, EPOCH, STEP, LAYER, STAGE, PART, FMAP_H, FMAP_W, CHANNEL, WINDOW, COMPONENT, THRESHOLD]
 
 
 def layer_columns(lk) -> dict:

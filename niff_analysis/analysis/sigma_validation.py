@@ -29,22 +29,31 @@ import torch
 SIGMAS = (0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 OFFSETS = (0.0, 0.25, 0.4, 0.5)
 NOISES = (0.0, 0.01, 0.02, 0.05)
-METHODS = {"moment": ("sigma_x_moment", "sigma_y_moment"), "fit": ("sigma_x", "sigma_y"),
-           "start": ("sigma_x_start", "sigma_y_start")}
+METHODS = {
+    "moment": ("sigma_x_moment", "sigma_y_moment"),
+    "fit": ("sigma_x", "sigma_y"),
+    "start": ("sigma_x_start", "sigma_y_start"),
+}
 
 
-def synthetic_gaussians(sigma: float, offset: float, noise: float, n: int, size: int = 32,
-                        seed: int = 0) -> torch.Tensor:
+def synthetic_gaussians(
+    sigma: float, offset: float, noise: float, n: int, size: int = 32, seed: int = 0
+) -> torch.Tensor:
     """``n`` noisy sampled Gaussians (module docstring) as a float64 (n, size, size) stack."""
     coords = torch.arange(size, dtype=torch.float64) - size // 2 - offset
-    g = torch.exp(-0.5 * (coords[:, None] ** 2 + coords[None, :] ** 2) / sigma ** 2)
+    g = torch.exp(-0.5 * (coords[:, None] ** 2 + coords[None, :] ** 2) / sigma**2)
     gen = torch.Generator().manual_seed(seed)
     return g.expand(n, size, size) + noise * torch.randn(n, size, size, generator=gen, dtype=torch.float64)
 
 
-def sigma_errors(sigmas: Sequence[float] = SIGMAS, offsets: Sequence[float] = OFFSETS,
-                 noises: Sequence[float] = NOISES, repeats: int = 20, size: int = 32,
-                 seed: int = 0) -> pd.DataFrame:
+def sigma_errors(
+    sigmas: Sequence[float] = SIGMAS,
+    offsets: Sequence[float] = OFFSETS,
+    noises: Sequence[float] = NOISES,
+    repeats: int = 20,
+    size: int = 32,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Errors of the moment σ and the fitted σ on the synthetic grid (module docstring).
 
     Returns:
@@ -66,17 +75,25 @@ def sigma_errors(sigmas: Sequence[float] = SIGMAS, offsets: Sequence[float] = OF
     fits["sigma_x_start"], fits["sigma_y_start"] = cxx.sqrt().numpy(), cyy.sqrt().numpy()
     rows, start = [], 0
     for s, o, z, k in cells:
-        part = fits.iloc[start:start + k]
+        part = fits.iloc[start : start + k]
         start += k
         for method, cols in METHODS.items():
             ok = part["success"].to_numpy(bool) if method == "fit" else np.ones(k, bool)
             est = np.concatenate([part[c].to_numpy(float)[ok] for c in cols])
             est = est[np.isfinite(est)]
             err = est / s - 1
-            rows.append(dict(sigma=s, offset=o, noise=z, method=method, n=2 * k,
-                             median_error=float(np.median(err)) if len(err) else np.nan,
-                             p90_abs_error=float(np.quantile(np.abs(err), 0.9)) if len(err) else np.nan,
-                             share_ok=len(est) / (2 * k)))
+            rows.append(
+                dict(
+                    sigma=s,
+                    offset=o,
+                    noise=z,
+                    method=method,
+                    n=2 * k,
+                    median_error=float(np.median(err)) if len(err) else np.nan,
+                    p90_abs_error=float(np.quantile(np.abs(err), 0.9)) if len(err) else np.nan,
+                    share_ok=len(est) / (2 * k),
+                )
+            )
     return pd.DataFrame(rows)
 
 

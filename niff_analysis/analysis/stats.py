@@ -52,11 +52,21 @@ from .schema import CHECKPOINT, EPOCH, LAYER, MEASURE, STAGE, STEP, keys
 
 WINDOWS = (3, 5, 9)
 #: Statistics recorded under each measure (rows with measure ``l1`` and ``energy``).
-MASS_STATS = (["mass1_mean"] + [f"mass{s}_{a}" for s in WINDOWS for a in ("mean", "std")]
-              + ["k50_mean", "k50_median", "k90_mean", "k90_median"])
+MASS_STATS = (
+    ["mass1_mean"]
+    + [f"mass{s}_{a}" for s in WINDOWS for a in ("mean", "std")]
+    + ["k50_mean", "k50_median", "k90_mean", "k90_median"]
+)
 #: Statistics that no measure changes (rows with measure ``any``).
-SHARED_STATS = ["sigma_x_median", "sigma_y_median", "sigma_ratio_mean", "sigma_ratio_median", "gauss_ok",
-                "gauss_n", "n_kernels"]
+SHARED_STATS = [
+    "sigma_x_median",
+    "sigma_y_median",
+    "sigma_ratio_mean",
+    "sigma_ratio_median",
+    "gauss_ok",
+    "gauss_n",
+    "n_kernels",
+]
 STATS = MASS_STATS + SHARED_STATS
 #: Statistics that count kernels: :func:`history_table` shows them as integers.
 COUNT_STATS = ("gauss_n", "n_kernels")
@@ -80,9 +90,13 @@ def _mass_at(summary: pd.DataFrame, s: int) -> tuple[float, float]:
     return float(row["mean"]), float(row["std"])
 
 
-def kernel_stats(kernels: Sequence[LayerKernels], gaussian_max_kernels: Optional[int] = 1024,
-                 device: str = "cpu", mass: Optional[dict[str, pd.DataFrame]] = None,
-                 measures: Sequence[str] = MEASURES) -> pd.DataFrame:
+def kernel_stats(
+    kernels: Sequence[LayerKernels],
+    gaussian_max_kernels: Optional[int] = 1024,
+    device: str = "cpu",
+    mass: Optional[dict[str, pd.DataFrame]] = None,
+    measures: Sequence[str] = MEASURES,
+) -> pd.DataFrame:
     """The statistics listed in the module docstring for every layer.
 
     Args:
@@ -164,8 +178,11 @@ def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a kernel-statistics table ({' '.join(str(exc).split())})") from None
     if MEASURE not in df.columns and "stat" in df.columns:  # written before both measures were recorded
-        df.insert(int(df.columns.get_loc("stat")), MEASURE,
-                  df["stat"].map(lambda s: measure_of(s) if isinstance(s, str) else np.nan))
+        df.insert(
+            int(df.columns.get_loc("stat")),
+            MEASURE,
+            df["stat"].map(lambda s: measure_of(s) if isinstance(s, str) else np.nan),
+        )
     missing = [c for c in HISTORY_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a kernel-statistics table (missing column {missing[0]!r})")
@@ -190,8 +207,10 @@ def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
         raise ValueError(f"{path}: row {i + 2} is incomplete (a truncated or hand-edited file)")
     sizes = df.groupby(STEP, sort=False).size()
     if len(sizes) > 1 and sizes.iloc[-1] < sizes.iloc[:-1].max():
-        raise ValueError(f"{path}: the record at step {int(sizes.index[-1])} has {int(sizes.iloc[-1])} rows, the "
-                         f"others {int(sizes.iloc[:-1].max())} (a truncated file)")
+        raise ValueError(
+            f"{path}: the record at step {int(sizes.index[-1])} has {int(sizes.iloc[-1])} rows, the "
+            f"others {int(sizes.iloc[:-1].max())} (a truncated file)"
+        )
     return df
 
 

@@ -36,7 +36,7 @@ SEED = 0  #: seed of every bootstrap
 LEVEL = 0.95  #: confidence level of every interval
 STATISTICS = ("mean", "median", "gmean")
 _FEW = 256  # at most this many distinct values: resample the value counts
-_CHUNK = 2 ** 24  # resample indices drawn at a time (64 MiB of int32)
+_CHUNK = 2**24  # resample indices drawn at a time (64 MiB of int32)
 
 
 def _percentiles(boot: np.ndarray, level: float) -> tuple[float, float]:
@@ -61,8 +61,9 @@ def _median_positions(rng: np.random.Generator, n: int, resamples: int) -> tuple
     return first, np.minimum((n * v).astype(np.int64), n - 1)
 
 
-def bootstrap_interval(values, statistic: str = "mean", resamples: int = RESAMPLES, level: float = LEVEL,
-                       seed: int = SEED) -> tuple[float, float]:
+def bootstrap_interval(
+    values, statistic: str = "mean", resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED
+) -> tuple[float, float]:
     """Percentile-bootstrap interval of ``statistic`` over ``values`` (NaN left out).
 
     Args:
@@ -103,7 +104,7 @@ def bootstrap_interval(values, statistic: str = "mean", resamples: int = RESAMPL
     step = max(1, _CHUNK // n)
     for start in range(0, resamples, step):
         stop = min(resamples, start + step)
-        idx = rng.integers(0, n, size=(stop - start, n), dtype=np.int64 if n >= 2 ** 31 else np.int32)
+        idx = rng.integers(0, n, size=(stop - start, n), dtype=np.int64 if n >= 2**31 else np.int32)
         boot[start:stop] = x[idx].mean(axis=1)
     return _percentiles(boot, level)
 
@@ -113,8 +114,15 @@ def _key(values) -> tuple:
     return tuple("\0missing" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values)
 
 
-def add_intervals(table: pd.DataFrame, data: pd.DataFrame, by: Sequence[str], columns: dict[str, tuple[str, str]],
-                  resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED) -> pd.DataFrame:
+def add_intervals(
+    table: pd.DataFrame,
+    data: pd.DataFrame,
+    by: Sequence[str],
+    columns: dict[str, tuple[str, str]],
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = SEED,
+) -> pd.DataFrame:
     """``table`` with ``<name>_lo`` and ``<name>_hi`` after each named statistic.
 
     Args:
@@ -127,8 +135,7 @@ def add_intervals(table: pd.DataFrame, data: pd.DataFrame, by: Sequence[str], co
     out = table.copy()
     if resamples <= 0 or out.empty:
         return out
-    groups = {_key(k if isinstance(k, tuple) else (k,)): g
-              for k, g in data.groupby(list(by), sort=False, dropna=False)}
+    groups = {_key(k if isinstance(k, tuple) else (k,)): g for k, g in data.groupby(list(by), sort=False, dropna=False)}
     for name, (col, stat) in columns.items():
         lo, hi = [], []
         for key in out[list(by)].itertuples(index=False, name=None):
@@ -168,8 +175,11 @@ def with_interval_text(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
     for col in list(out.columns):
         if f"{col}_lo" in out.columns and f"{col}_hi" in out.columns:
-            out[col] = [fmt(v) if math.isnan(a) else f"{fmt(v)} [{fmt(a)}, {fmt(b)}]"
-                        for v, a, b in zip(out[col].astype(float), out[f"{col}_lo"].astype(float),
-                                           out[f"{col}_hi"].astype(float))]
+            out[col] = [
+                fmt(v) if math.isnan(a) else f"{fmt(v)} [{fmt(a)}, {fmt(b)}]"
+                for v, a, b in zip(
+                    out[col].astype(float), out[f"{col}_lo"].astype(float), out[f"{col}_hi"].astype(float)
+                )
+            ]
             out = out.drop(columns=[f"{col}_lo", f"{col}_hi"])
     return out

@@ -25,7 +25,7 @@ def _one_line(exc: BaseException) -> str:
         text = lines[-1] if lines else ""
         own = f"{type(exc).__module__}.{type(exc).__qualname__}: "
         if isinstance(exc, NiffError) and text.startswith(own):
-            text = text[len(own):]  # our own errors read the same from a worker as in-process
+            text = text[len(own) :]  # our own errors read the same from a worker as in-process
     return " ".join(text.split()) or type(exc).__name__
 
 
@@ -43,24 +43,25 @@ def _os_error(exc: OSError) -> str:
 COMMANDS = {
     "models": ("models", "List registered models (PATTERN: fnmatch wildcard, e.g. 'resnet*_niff')."),
     "describe": ("models", "Structure of TARGET: a registered model name or a checkpoint (default: bundled)."),
-    "train": ("train", "Train a registered model; writes a checkpoint, metrics.csv, kernel_stats.csv, "
-                       "init/ and train_config.json to OUT."),
+    "train": (
+        "train",
+        "Train a registered model; writes a checkpoint, metrics.csv, kernel_stats.csv, "
+        "init/ and train_config.json to OUT.",
+    ),
     "sweep": ("train", "Train arms x seeds of one recipe and compare what they learn."),
-    "import": ("train", "Import the weights of a model trained elsewhere (PATH: .pt/.pth/.bin/.safetensors "
-                        "state dict)."),
+    "import": (
+        "train",
+        "Import the weights of a model trained elsewhere (PATH: .pt/.pth/.bin/.safetensors state dict).",
+    ),
     "import-reference": ("train", None),  # hidden: kept for old scripts
     "kernels": ("analysis", "Spatial kernels of every NIFF layer on the feature-map size it runs at."),
-    "mass": ("analysis", "Kernel mass ratio (Eq. 6): share of |k| inside centred odd windows 1, 3, 5, … "
-                         "(full last)."),
+    "mass": ("analysis", "Kernel mass ratio (Eq. 6): share of |k| inside centred odd windows 1, 3, 5, … (full last)."),
     "pca": ("analysis", "PCA eigenkernels per layer: exact SVD, deterministic signs, explained-variance ratios."),
-    "gaussian": ("analysis", "2-D Gaussian fit to |k| of every kernel (Levenberg–Marquardt, moment "
-                             "start)."),
+    "gaussian": ("analysis", "2-D Gaussian fit to |k| of every kernel (Levenberg–Marquardt, moment start)."),
     "history": ("analysis", "Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch."),
-    "erf": ("erf", "Effective receptive field per stage: gradient of the output's central pixel w.r.t. "
-                        "the input."),
+    "erf": ("erf", "Effective receptive field per stage: gradient of the output's central pixel w.r.t. the input."),
     "claims": ("claims", "The paper's claims about learned kernel sizes (§5, Fig. 7, App. A), measured."),
-    "figures": ("figures", "Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were "
-                           "drawn from."),
+    "figures": ("figures", "Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were drawn from."),
 }
 
 
@@ -104,8 +105,9 @@ class _Group(click.Group):
         except Exception as exc:  # noqa: BLE001 - last resort, still one line
             if os.environ.get("NIFF_DEBUG"):
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} "
-                       "(set NIFF_DEBUG=1 for a traceback)", err=True)
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (set NIFF_DEBUG=1 for a traceback)", err=True
+            )
             sys.exit(1)
 
 

@@ -37,30 +37,59 @@ def _store_max_kernels(ctx, param, value):
 
 def analysis_options(f: Callable) -> Callable:
     """CHECKPOINT arguments and the options every analysis command shares."""
-    for deco in reversed([
-        click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]"),
-        click.option("--layers", default="*", show_default=True, metavar="GLOB",
-                     help="fnmatch pattern on layer (module) names, e.g. 'layer1.*'."),
-        click.option("--include-conv", is_flag=True,
-                     help="Also analyse plain stride-1 k×k convolutions (weights zero-embedded in "
-                          "their feature-map-sized grid, one kernel per (out, in) pair). A checkpoint "
-                          "without NIFF layers (a baseline) always uses them."),
-        click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-                     show_default=True,
-                     help="table: per-layer summary for people; csv/json: the full tidy data "
-                          "(json: an array of row objects)."),
-        click.option("--output", "-o", type=click.Path(dir_okay=False),
-                     help="Write here instead of stdout (format from the suffix: .csv, .json, "
-                          ".txt = table; .npz where the command says), with meta.json beside it."),
-        device_option(),
-        factory_option(),
-        click.option("--max-kernels", type=int, callback=_store_max_kernels, expose_value=False, metavar="N",
-                     help="Analyse at most N kernels per layer (evenly spaced over the channels, the same "
-                          "sample every run; recorded in meta.json) for a quick look at large layers."),
-        click.option("--quiet", "-q", is_flag=True,
-                     help="No logs or progress bars on stderr (warnings and errors still print)."),
-        strict_option(),
-    ]):
+    for deco in reversed(
+        [
+            click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]"),
+            click.option(
+                "--layers",
+                default="*",
+                show_default=True,
+                metavar="GLOB",
+                help="fnmatch pattern on layer (module) names, e.g. 'layer1.*'.",
+            ),
+            click.option(
+                "--include-conv",
+                is_flag=True,
+                help="Also analyse plain stride-1 k×k convolutions (weights zero-embedded in "
+                "their feature-map-sized grid, one kernel per (out, in) pair). A checkpoint "
+                "without NIFF layers (a baseline) always uses them.",
+            ),
+            click.option(
+                "--format",
+                "fmt",
+                type=click.Choice(["table", "csv", "json"]),
+                default="table",
+                show_default=True,
+                help="table: per-layer summary for people; csv/json: the full tidy data "
+                "(json: an array of row objects).",
+            ),
+            click.option(
+                "--output",
+                "-o",
+                type=click.Path(dir_okay=False),
+                help="Write here instead of stdout (format from the suffix: .csv, .json, "
+                ".txt = table; .npz where the command says), with meta.json beside it.",
+            ),
+            device_option(),
+            factory_option(),
+            click.option(
+                "--max-kernels",
+                type=int,
+                callback=_store_max_kernels,
+                expose_value=False,
+                metavar="N",
+                help="Analyse at most N kernels per layer (evenly spaced over the channels, the same "
+                "sample every run; recorded in meta.json) for a quick look at large layers.",
+            ),
+            click.option(
+                "--quiet",
+                "-q",
+                is_flag=True,
+                help="No logs or progress bars on stderr (warnings and errors still print).",
+            ),
+            strict_option(),
+        ]
+    ):
         f = deco(f)
     return f
 
@@ -68,13 +97,21 @@ def analysis_options(f: Callable) -> Callable:
 # --------------------------------------------------------------------------- commands
 @main.command("kernels")
 @analysis_options
-@click.option("--responses", is_flag=True,
-              help="With .npz output, also store each NIFF layer's raw frequency response W (the MLPs' "
-                   "output, anti-Hermitian part included) as '<layer>@real' and '<layer>@imag'.")
-@click.option("--view", type=click.Choice(["layers", "radial"]), default="layers", show_default=True,
-              help="layers: one row per layer; radial: the radial profile of each NIFF layer's "
-                   "frequency response that acts, |FFT(k)| (the Hermitian part of W), against "
-                   "|f| / f_Nyquist (mean and quartiles over channels).")
+@click.option(
+    "--responses",
+    is_flag=True,
+    help="With .npz output, also store each NIFF layer's raw frequency response W (the MLPs' "
+    "output, anti-Hermitian part included) as '<layer>@real' and '<layer>@imag'.",
+)
+@click.option(
+    "--view",
+    type=click.Choice(["layers", "radial"]),
+    default="layers",
+    show_default=True,
+    help="layers: one row per layer; radial: the radial profile of each NIFF layer's "
+    "frequency response that acts, |FFT(k)| (the Hermitian part of W), against "
+    "|f| / f_Nyquist (mean and quartiles over channels).",
+)
 @click.pass_context
 def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, responses, view):
     """Spatial kernels of every NIFF layer on the feature-map size it runs at.
@@ -100,12 +137,16 @@ def kernels_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qui
 
 @main.command("mass")
 @analysis_options
-@click.option("--view", type=click.Choice(["ratios", "summary", "sizes"]), default="ratios",
-              show_default=True,
-              help="ratios = one row per (layer, channel, window); summary = mean/std/n per layer and "
-                   "window with its interval and the scale (delta, white noise, initialisation); "
-                   "sizes = per kernel the smallest window holding 50/90/95 % of the mass. The table "
-                   "format shows the summary for summary, one row per layer otherwise.")
+@click.option(
+    "--view",
+    type=click.Choice(["ratios", "summary", "sizes"]),
+    default="ratios",
+    show_default=True,
+    help="ratios = one row per (layer, channel, window); summary = mean/std/n per layer and "
+    "window with its interval and the scale (delta, white noise, initialisation); "
+    "sizes = per kernel the smallest window holding 50/90/95 % of the mass. The table "
+    "format shows the summary for summary, one row per layer otherwise.",
+)
 @measure_option()
 @bootstrap_option()
 @click.pass_context
@@ -130,23 +171,46 @@ def mass_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet,
     from ..tables import Mass
 
     fmt = output_format(ctx, fmt, output, ("table", "csv", "json"))
-    cmd = Command("mass", checkpoints, dict(view=view, measure=measure, bootstrap=resamples), output, quiet, device,
-                  layers, include_conv)
+    cmd = Command(
+        "mass",
+        checkpoints,
+        dict(view=view, measure=measure, bootstrap=resamples),
+        output,
+        quiet,
+        device,
+        layers,
+        include_conv,
+    )
     df, note = cmd.run(Mass(view=view, measure=measure, resamples=resamples, table=fmt == "table"), progress=True)
     cmd.finish(render_frame(df, fmt) + note, len(df))
 
 
 @main.command("pca")
 @analysis_options
-@click.option("--components", "-k", type=int, default=6, show_default=True, callback=positive_int,
-              help="Principal components per layer.")
-@click.option("--weights", is_flag=True,
-              help="PCA of the frequency-domain multiplication weights (real and imaginary parts "
-                   "separately) instead of the spatial kernels; NIFF layers only.")
-@click.option("--response", type=click.Choice(["raw", "hermitian"]), default="raw", show_default=True,
-              help="With --weights: raw = W as the MLPs output it, as the authors analysed it (its "
-                   "anti-Hermitian part never acts on a real input); hermitian = the part that acts, "
-                   "(W(f) + conj(W(-f)))/2, the DFT of the spatial kernel.")
+@click.option(
+    "--components",
+    "-k",
+    type=int,
+    default=6,
+    show_default=True,
+    callback=positive_int,
+    help="Principal components per layer.",
+)
+@click.option(
+    "--weights",
+    is_flag=True,
+    help="PCA of the frequency-domain multiplication weights (real and imaginary parts "
+    "separately) instead of the spatial kernels; NIFF layers only.",
+)
+@click.option(
+    "--response",
+    type=click.Choice(["raw", "hermitian"]),
+    default="raw",
+    show_default=True,
+    help="With --weights: raw = W as the MLPs output it, as the authors analysed it (its "
+    "anti-Hermitian part never acts on a real input); hermitian = the part that acts, "
+    "(W(f) + conj(W(-f)))/2, the DFT of the spatial kernel.",
+)
 @click.pass_context
 def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, components, weights, response):
     """PCA eigenkernels per layer: exact SVD, deterministic signs, explained-variance ratios.
@@ -167,11 +231,19 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
     fmt = output_format(ctx, fmt, output, ("table", "csv", "json", "npz"))
     if response != "raw" and not weights:
         raise click.UsageError("--response applies to --weights only")
-    cmd = Command("pca", checkpoints,
-                  dict(components=components, weights=weights, **({"response": response} if weights else {})),
-                  output, quiet, device, layers, include_conv)
-    out = cmd.run(Pca(components, weights=weights, response=response, arrays=fmt == "npz", table=fmt == "table"),
-                  progress=True)
+    cmd = Command(
+        "pca",
+        checkpoints,
+        dict(components=components, weights=weights, **({"response": response} if weights else {})),
+        output,
+        quiet,
+        device,
+        layers,
+        include_conv,
+    )
+    out = cmd.run(
+        Pca(components, weights=weights, response=response, arrays=fmt == "npz", table=fmt == "table"), progress=True
+    )
     if fmt == "npz":
         cmd.write_npz(out)
         return
@@ -180,10 +252,21 @@ def pca_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, 
 
 @main.command("gaussian")
 @analysis_options
-@click.option("--view", type=click.Choice(["fits", "summary"]), default="fits", show_default=True,
-              help="csv/json content: fits = one row per kernel; summary = per layer.")
-@click.option("--max-iter", type=int, default=200, show_default=True, callback=positive_int,
-              help="Levenberg–Marquardt iterations at most.")
+@click.option(
+    "--view",
+    type=click.Choice(["fits", "summary"]),
+    default="fits",
+    show_default=True,
+    help="csv/json content: fits = one row per kernel; summary = per layer.",
+)
+@click.option(
+    "--max-iter",
+    type=int,
+    default=200,
+    show_default=True,
+    callback=positive_int,
+    help="Levenberg–Marquardt iterations at most.",
+)
 @bootstrap_option()
 @click.pass_context
 def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, quiet, view, max_iter, resamples):
@@ -209,27 +292,58 @@ def gaussian_cmd(ctx, checkpoints, layers, include_conv, fmt, output, device, qu
     from ..tables import Gaussian
 
     fmt = output_format(ctx, fmt, output, ("table", "csv", "json"))
-    cmd = Command("gaussian", checkpoints, dict(view=view, max_iter=max_iter, bootstrap=resamples), output, quiet,
-                  device, layers, include_conv)
-    df = cmd.run(Gaussian(view=view, max_iter=max_iter, resamples=resamples, progress=not quiet, table=fmt == "table"),
-                 progress=True)
+    cmd = Command(
+        "gaussian",
+        checkpoints,
+        dict(view=view, max_iter=max_iter, bootstrap=resamples),
+        output,
+        quiet,
+        device,
+        layers,
+        include_conv,
+    )
+    df = cmd.run(
+        Gaussian(view=view, max_iter=max_iter, resamples=resamples, progress=not quiet, table=fmt == "table"),
+        progress=True,
+    )
     cmd.finish(render_frame(df, fmt), len(df))
 
 
 @main.command("history")
 @click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]")
-@click.option("--layers", default="*", show_default=True, metavar="GLOB",
-              help="fnmatch pattern on layer (module) names, e.g. 'layer1.*'.")
-@click.option("--stats", "stat_names", metavar="LIST",
-              help="Comma-separated statistics to show (default: all; see the description).")
+@click.option(
+    "--layers",
+    default="*",
+    show_default=True,
+    metavar="GLOB",
+    help="fnmatch pattern on layer (module) names, e.g. 'layer1.*'.",
+)
+@click.option(
+    "--stats",
+    "stat_names",
+    metavar="LIST",
+    help="Comma-separated statistics to show (default: all; see the description).",
+)
 @measure_option(what=" Files recorded before the measure was (no measure column) hold l1 only.")
-@click.option("--per-seed", is_flag=True,
-              help="With runs of one recipe from several seeds: also show each run, not only their mean.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True,
-              help="table: one row per (checkpoint, measure, epoch, layer) for people; csv/json: the long form.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Write here instead of stdout (format from the suffix), with meta.json beside it.")
+@click.option(
+    "--per-seed",
+    is_flag=True,
+    help="With runs of one recipe from several seeds: also show each run, not only their mean.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: one row per (checkpoint, measure, epoch, layer) for people; csv/json: the long form.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    help="Write here instead of stdout (format from the suffix), with meta.json beside it.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No logs on stderr.")
 @strict_option()
 @click.pass_context
@@ -253,10 +367,22 @@ def history_cmd(ctx, checkpoints, layers, stat_names, measure, per_seed, fmt, ou
     from ..tables import History
 
     fmt = output_format(ctx, fmt, output, ("table", "csv", "json"))
-    history = History(stats=[s.strip() for s in stat_names.split(",") if s.strip()] if stat_names else None,
-                      measure=measure, per_seed=per_seed, layers_text=layers, stats_text=stat_names,
-                      table=fmt == "table")
-    cmd = Command("history", checkpoints, dict(stats=history.stats, measure=measure, per_seed=per_seed), output,
-                  quiet, "cpu", layers)
+    history = History(
+        stats=[s.strip() for s in stat_names.split(",") if s.strip()] if stat_names else None,
+        measure=measure,
+        per_seed=per_seed,
+        layers_text=layers,
+        stats_text=stat_names,
+        table=fmt == "table",
+    )
+    cmd = Command(
+        "history",
+        checkpoints,
+        dict(stats=history.stats, measure=measure, per_seed=per_seed),
+        output,
+        quiet,
+        "cpu",
+        layers,
+    )
     df = cmd.run(history)
     cmd.finish(render_frame(df, fmt), len(df))

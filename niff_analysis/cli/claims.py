@@ -10,16 +10,22 @@ from .common import Command, bootstrap_option, measure_option, output_format, re
 
 @main.command("claims")
 @click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT ...]")
-@measure_option(default="both", what=" Default both: a claim that holds under one measure and not the other "
-                                      "shows both rows.")
+@measure_option(
+    default="both", what=" Default both: a claim that holds under one measure and not the other shows both rows."
+)
 @bootstrap_option()
-@click.option("--untrained", is_flag=True,
-              help="Also measure each checkpoint's initialisation as a checkpoint of its own (label "
-                   "'<name>@init'); its values are the init column of the checkpoint's rows anyway.")
-@click.option("--per-seed", is_flag=True,
-              help="With runs of one recipe from several seeds: also show each run, not only their mean.")
-@result_options("table: for people (value [lo, hi]); csv/json: one row object per claim, stage, measure "
-                "and statistic.")
+@click.option(
+    "--untrained",
+    is_flag=True,
+    help="Also measure each checkpoint's initialisation as a checkpoint of its own (label "
+    "'<name>@init'); its values are the init column of the checkpoint's rows anyway.",
+)
+@click.option(
+    "--per-seed",
+    is_flag=True,
+    help="With runs of one recipe from several seeds: also show each run, not only their mean.",
+)
+@result_options("table: for people (value [lo, hi]); csv/json: one row object per claim, stage, measure and statistic.")
 @click.pass_context
 def claims_cmd(ctx, checkpoints, measure, resamples, untrained, per_seed, fmt, output, device, quiet):
     """The paper's claims about learned kernel sizes (§5, Fig. 7, App. A), measured.
@@ -44,8 +50,16 @@ def claims_cmd(ctx, checkpoints, measure, resamples, untrained, per_seed, fmt, o
     from ..tables import Claims
 
     fmt = output_format(ctx, fmt, output, ("table", "csv", "json"))
-    cmd = Command("claims", checkpoints, dict(untrained=untrained, measure=measure, bootstrap=resamples,
-                                              per_seed=per_seed), output, quiet, device)
-    df = cmd.run(Claims(measure=measure, resamples=resamples, untrained=untrained, per_seed=per_seed,
-                        table=fmt == "table"), log_selection=False)
+    cmd = Command(
+        "claims",
+        checkpoints,
+        dict(untrained=untrained, measure=measure, bootstrap=resamples, per_seed=per_seed),
+        output,
+        quiet,
+        device,
+    )
+    df = cmd.run(
+        Claims(measure=measure, resamples=resamples, untrained=untrained, per_seed=per_seed, table=fmt == "table"),
+        log_selection=False,
+    )
     cmd.finish(render_frame(df, fmt), len(df))

@@ -18,14 +18,19 @@ BOOTSTRAP = 1000  # niff_analysis.analysis.uncertainty.RESAMPLES (tests/test_unc
 # --help start without importing torch, pandas or matplotlib (the modules that define them do);
 # tests/test_cli_small_things.py checks each against its source.
 #: niff_analysis.models.list_models(), each with its parse_name() (architecture, variant).
-MODELS = {f"{arch}{sfx}": (arch, sfx.lstrip("_") or "baseline")
-          for arch, sfxs in [("convnext_tiny", ("", "_niff")),
-                             ("densenet121", ("", "_niff", "_niff_full", "_sep")),
-                             ("mobilenet_v2", ("", "_niff")), ("mobilenet_v3_small", ("", "_niff")),
-                             ("resnet101", ("", "_niff", "_niff_full", "_sep")),
-                             ("resnet18", ("", "_niff", "_niff_full", "_sep")),
-                             ("resnet50", ("", "_niff", "_niff_full", "_sep"))]
-          for sfx in sfxs}
+MODELS = {
+    f"{arch}{sfx}": (arch, sfx.lstrip("_") or "baseline")
+    for arch, sfxs in [
+        ("convnext_tiny", ("", "_niff")),
+        ("densenet121", ("", "_niff", "_niff_full", "_sep")),
+        ("mobilenet_v2", ("", "_niff")),
+        ("mobilenet_v3_small", ("", "_niff")),
+        ("resnet101", ("", "_niff", "_niff_full", "_sep")),
+        ("resnet18", ("", "_niff", "_niff_full", "_sep")),
+        ("resnet50", ("", "_niff", "_niff_full", "_sep")),
+    ]
+    for sfx in sfxs
+}
 STEMS = ("imagenet", "cifar")  #: niff_analysis.models.registry.STEMS
 CONV_MODES = ("circular", "linear", "pad-zero", "pad-reflect", "pad-circular")  #: niff_analysis.layers.CONV_MODES
 MODE_DEFAULT = "circular"  #: create_model's default mode
@@ -40,29 +45,47 @@ def measure_option(both: bool = True, default: str = "l1", what: str = ""):
     """``--measure``: what a pixel's mass is, in the mass ratio and the sizes derived from it."""
     choices = list(MEASURES) + (["both"] if both else [])
     return click.option(
-        "--measure", type=click.Choice(choices), default=default, show_default=True,
+        "--measure",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
         help="What a pixel's mass is: l1 = |k| (Eq. 6 as the paper's code computes it), energy = k² "
-             "(a faint tail counts by its square)" + (", both = one block per measure" if both else "")
-             + f"; every output names it.{what}")
+        "(a faint tail counts by its square)"
+        + (", both = one block per measure" if both else "")
+        + f"; every output names it.{what}",
+    )
 
 
 def bootstrap_option():
     """``--bootstrap N``: resamples of the 95 % interval of every printed mean and median."""
     return click.option(
-        "--bootstrap", "resamples", type=int, default=BOOTSTRAP, show_default=True, callback=non_negative_int,
-        metavar="N", help="Seeded (seed 0) percentile-bootstrap 95 % interval over kernels of every "
-                          "per-layer (per-stage) mean and median, from N resamples of the kernels; "
-                          "0: no intervals. Columns <stat>_lo/<stat>_hi; tables show 'value [lo, hi]'.")
+        "--bootstrap",
+        "resamples",
+        type=int,
+        default=BOOTSTRAP,
+        show_default=True,
+        callback=non_negative_int,
+        metavar="N",
+        help="Seeded (seed 0) percentile-bootstrap 95 % interval over kernels of every "
+        "per-layer (per-stage) mean and median, from N resamples of the kernels; "
+        "0: no intervals. Columns <stat>_lo/<stat>_hi; tables show 'value [lo, hi]'.",
+    )
 
 
 def format_option(default: str = "table", choices=FORMATS):
-    return click.option("--format", "fmt", type=click.Choice(choices), default=default,
-                        show_default=True, help="Output format.")
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default=default, show_default=True, help="Output format."
+    )
 
 
 def device_option():
-    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
-                        show_default=True, help="Where to run.")
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+        default="auto",
+        show_default=True,
+        help="Where to run.",
+    )
 
 
 def _store_factory(ctx, param, value):
@@ -72,9 +95,14 @@ def _store_factory(ctx, param, value):
 
 def factory_option():
     """``--factory MODULE:FN``: allow a checkpoint's user factory to run (stored on the context)."""
-    return click.option("--factory", metavar="MODULE:FN", expose_value=False, callback=_store_factory,
-                        help="Allow this user factory (package.module:function) to build a checkpoint's "
-                             "model; nothing a checkpoint names runs otherwise.")
+    return click.option(
+        "--factory",
+        metavar="MODULE:FN",
+        expose_value=False,
+        callback=_store_factory,
+        help="Allow this user factory (package.module:function) to build a checkpoint's "
+        "model; nothing a checkpoint names runs otherwise.",
+    )
 
 
 def _store_strict(ctx, param, value):
@@ -85,9 +113,14 @@ def _store_strict(ctx, param, value):
 def strict_option():
     """``--strict``: stop at the first checkpoint of a folder that cannot be analysed (stored on
     the context; by default it is skipped with a warning)."""
-    return click.option("--strict", is_flag=True, expose_value=False, callback=_store_strict,
-                        help="Of a folder of checkpoints, stop at the first one that cannot be analysed "
-                             "(default: skip it with a warning).")
+    return click.option(
+        "--strict",
+        is_flag=True,
+        expose_value=False,
+        callback=_store_strict,
+        help="Of a folder of checkpoints, stop at the first one that cannot be analysed "
+        "(default: skip it with a warning).",
+    )
 
 
 def current_factory() -> Optional[str]:
@@ -125,18 +158,33 @@ def render_frame(df: pd.DataFrame, fmt: str) -> str:
 def result_options(table_help: str = "table: for people; csv/json: the long form."):
     """``--format``, ``--output``, ``--device``, ``--factory`` and ``--quiet`` of a command that
     loads checkpoints and prints one table."""
+
     def deco(f):
-        for d in reversed([
-            click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table",
-                         show_default=True, help=table_help),
-            click.option("--output", "-o", type=click.Path(dir_okay=False),
-                         help="Write here instead of stdout (format from the suffix), with meta.json beside it."),
-            device_option(), factory_option(),
-            click.option("--quiet", "-q", is_flag=True, help="No logs on stderr."),
-            strict_option(),
-        ]):
+        for d in reversed(
+            [
+                click.option(
+                    "--format",
+                    "fmt",
+                    type=click.Choice(list(FORMATS)),
+                    default="table",
+                    show_default=True,
+                    help=table_help,
+                ),
+                click.option(
+                    "--output",
+                    "-o",
+                    type=click.Path(dir_okay=False),
+                    help="Write here instead of stdout (format from the suffix), with meta.json beside it.",
+                ),
+                device_option(),
+                factory_option(),
+                click.option("--quiet", "-q", is_flag=True, help="No logs on stderr."),
+                strict_option(),
+            ]
+        ):
             f = d(f)
         return f
+
     return deco
 
 
@@ -188,8 +236,17 @@ class Command:
         layers: the ``--layers`` comma list of fnmatch patterns.
     """
 
-    def __init__(self, name: str, checkpoints, params: dict, output: Optional[str] = None, quiet: bool = False,
-                 device: str = "cpu", layers: str = "*", include_conv: bool = False):
+    def __init__(
+        self,
+        name: str,
+        checkpoints,
+        params: dict,
+        output: Optional[str] = None,
+        quiet: bool = False,
+        device: str = "cpu",
+        layers: str = "*",
+        include_conv: bool = False,
+    ):
         from ..device import resolve_device
 
         self.name, self.checkpoints, self.output, self.quiet = name, checkpoints, output, quiet
@@ -238,9 +295,20 @@ class Command:
         if self.max_kernels and analysis.needs == "kernels":
             self.params["max_kernels"] = self.max_kernels
         found = self.found(runs_in_progress=analysis.needs == "history")
-        res = run(analyses=analysis, found=found, layers=self.layers, include_conv=self.include_conv,
-                  max_kernels=self.max_kernels, device=self.device, factory=current_factory(), strict=self.strict,
-                  log=self.log, warn=self.warn, log_selection=log_selection, wrap=self._bar if progress else None)
+        res = run(
+            analyses=analysis,
+            found=found,
+            layers=self.layers,
+            include_conv=self.include_conv,
+            max_kernels=self.max_kernels,
+            device=self.device,
+            factory=current_factory(),
+            strict=self.strict,
+            log=self.log,
+            warn=self.warn,
+            log_selection=log_selection,
+            wrap=self._bar if progress else None,
+        )
         self.provenance = res.provenance
         if not res.labels:
             raise NiffError(f"no checkpoint could be analysed (skipped: {', '.join(res.skipped)})")

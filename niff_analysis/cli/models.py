@@ -68,14 +68,24 @@ def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) 
     from ..models.registry import UnknownModelError
 
     warn = warn or (lambda msg: None)
-    if target is None or os.path.lexists(target) or target.endswith((".safetensors", ".pt", ".pth")) \
-            or "/" in target or target in bundled_checkpoints():
-        given = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size,
-                                       stem=stem).items() if v is not None}
+    if (
+        target is None
+        or os.path.lexists(target)
+        or target.endswith((".safetensors", ".pt", ".pth"))
+        or "/" in target
+        or target in bundled_checkpoints()
+    ):
+        given = {
+            k: v
+            for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size, stem=stem).items()
+            if v is not None
+        }
         if given:  # a checkpoint records its own: an option here would be silently ignored
             option = "--" + next(iter(given)).replace("_", "-")
-            raise NiffError(f"{option} applies to registered model names; a checkpoint records its own "
-                            f"(niff-analyze describe {target or ''} shows them)")
+            raise NiffError(
+                f"{option} applies to registered model names; a checkpoint records its own "
+                f"(niff-analyze describe {target or ''} shows them)"
+            )
         path = target
         if target is not None and os.path.isdir(target) and unfinished_reason(target):
             folder = Path(target)
@@ -88,8 +98,13 @@ def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) 
             warn(f"{exc} (training diverged?); described all the same")
             model = load_checkpoint(path, factory=current_factory(), allow_non_finite=True)
         meta = model.niff_checkpoint
-        info = dict(architecture=meta.architecture, source="checkpoint", path=meta.path,
-                    sha256=meta.sha256, model_kwargs=meta.model_kwargs)
+        info = dict(
+            architecture=meta.architecture,
+            source="checkpoint",
+            path=meta.path,
+            sha256=meta.sha256,
+            model_kwargs=meta.model_kwargs,
+        )
         for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
             if key in meta.record:  # what the checkpoint records, as it records it
                 info[key] = meta.record[key]
@@ -103,11 +118,15 @@ def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) 
             except (ValueError, OSError) as exc:  # an extra: the description goes on
                 warn(f"kernel statistics left out: {' '.join(str(exc).split())}")
             else:
-                info["kernel_stats"] = dict(file=str(stats_file), records=len(steps),
-                                            epochs=[round(float(e), 3) for e in steps])
+                info["kernel_stats"] = dict(
+                    file=str(stats_file), records=len(steps), epochs=[round(float(e), 3) for e in steps]
+                )
     else:
-        kw = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans,
-                                    input_size=input_size, stem=stem).items() if v is not None}
+        kw = {
+            k: v
+            for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size, stem=stem).items()
+            if v is not None
+        }
         try:
             model = create_model(target, **kw)
         except UnknownModelError as exc:
@@ -147,9 +166,12 @@ def _epochs_line(stats: dict, every: bool) -> str:
 @click.option("--input-size", type=int, callback=positive_int, help="Input height = width.")
 @click.option("--stem", type=click.Choice(STEMS), help="Stem variant.")
 @format_option(choices=("table", "json"))
-@click.option("--all-epochs", is_flag=True,
-              help="Table: list every epoch at which kernel statistics were recorded (by default their "
-                   "count, first and last; json always lists them).")
+@click.option(
+    "--all-epochs",
+    is_flag=True,
+    help="Table: list every epoch at which kernel statistics were recorded (by default their "
+    "count, first and last; json always lists them).",
+)
 @factory_option()
 def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt, all_epochs) -> None:
     """Structure of TARGET: a registered model name or a checkpoint (default: bundled).
@@ -160,13 +182,15 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt, all_epoch
     """
     import pandas as pd
 
-    info = describe_target(target, num_classes, in_chans, input_size, stem,
-                           warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    info = describe_target(
+        target, num_classes, in_chans, input_size, stem, warn=lambda msg: click.echo(f"warning: {msg}", err=True)
+    )
     if fmt == "json":
         click.echo(json.dumps(info, indent=1))
         return
-    head = {k: v for k, v in info.items()
-            if k not in ("layers", "convs", "kept", "model_kwargs", "recipe", "kernel_stats")}
+    head = {
+        k: v for k, v in info.items() if k not in ("layers", "convs", "kept", "model_kwargs", "recipe", "kernel_stats")
+    }
     for k, v in head.items():
         click.echo(f"{k:>12}: {v}")
     click.echo(f"{'model_kwargs':>12}: {json.dumps(info['model_kwargs'])}")
@@ -186,10 +210,12 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt, all_epoch
         pointwise = convs["kernel"] == "1x1"
         spatial = convs[~pointwise].fillna({"reason": ""})
         when = "with --include-conv" if info["layers"] else "by every analysis command"
-        click.echo(f"plain convolutions: {int(spatial['analysed'].sum())} of {len(convs)} analysed {when}"
-                   f" ({int(pointwise.sum())} 1x1 convs have no spatial extent)")
+        click.echo(
+            f"plain convolutions: {int(spatial['analysed'].sum())} of {len(convs)} analysed {when}"
+            f" ({int(pointwise.sum())} 1x1 convs have no spatial extent)"
+        )
         if len(spatial):
-            spatial = spatial.assign(fmap=spatial["fmap"].map(fmap),
-                                     analysed=spatial["analysed"].map({True: "yes", False: "no"}))
+            spatial = spatial.assign(
+                fmap=spatial["fmap"].map(fmap), analysed=spatial["analysed"].map({True: "yes", False: "no"})
+            )
             click.echo(render_frame(spatial, "table"), nl=False)
-

@@ -51,8 +51,11 @@ def resolve_mlp(spec: MLPSpec) -> MLPConfig:
     elif isinstance(spec, dict):
         unknown = sorted(set(spec) - set(MLP_FIELDS))
         if unknown or "hidden" not in spec:  # a misspelled key would silently change the model
-            raise ValueError(f"unknown MLP setting {unknown[0]!r}; an MLP takes {', '.join(MLP_FIELDS)}"
-                             if unknown else "an MLP given as a dict needs 'hidden' (its hidden sizes)")
+            raise ValueError(
+                f"unknown MLP setting {unknown[0]!r}; an MLP takes {', '.join(MLP_FIELDS)}"
+                if unknown
+                else "an MLP given as a dict needs 'hidden' (its hidden sizes)"
+            )
         cfg = MLPConfig(tuple(int(h) for h in spec["hidden"]), spec.get("activation", "silu"))
     else:
         cfg = MLPConfig(tuple(int(h) for h in spec))

@@ -165,7 +165,7 @@ class _HermitianFilter(torch.autograd.Function):
             gf = (g * spec.conj()).sum_to_size(filt.shape)
             twice = ctx.size[-1] - g.shape[-1]  # bins 1 … W − (W//2 + 1) have their mirror outside
             if twice > 0:
-                gf[..., 1:1 + twice] *= 2
+                gf[..., 1 : 1 + twice] *= 2
         if ctx.needs_input_grad[0]:
             # In place unless a double backward records this pass (create_graph): the product above
             # saved g for its own backward then.
@@ -197,8 +197,9 @@ class FreqPointwise(nn.Module):
 
     kind = "pointwise"
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int = 1,
-                 channels_last: bool = False, domain: str = "spatial"):
+    def __init__(
+        self, in_channels: int, out_channels: int, groups: int = 1, channels_last: bool = False, domain: str = "spatial"
+    ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError("in_channels and out_channels must be divisible by groups")
@@ -207,7 +208,7 @@ class FreqPointwise(nn.Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.channels_last, self.domain = channels_last, domain
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1))
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv2d's default
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Conv2d's default
         self.fmap: Optional[Size] = None
         self.layer_name: Optional[str] = None
 
@@ -233,8 +234,10 @@ class FreqPointwise(nn.Module):
         return y.to(dtype)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, groups={self.groups}, "
-                f"channels_last={self.channels_last}, fmap={self.fmap}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, groups={self.groups}, "
+            f"channels_last={self.channels_last}, fmap={self.fmap}"
+        )
 
 
 # --------------------------------------------------------------------------- NIFF base
@@ -380,8 +383,7 @@ class NIFFLayer(nn.Module):
             if self.mode == "linear":
                 xc = F.pad(xc, (0, w, 0, h))
             elif self.mode.startswith("pad-"):
-                pad_mode = {"pad-zero": "constant", "pad-reflect": "reflect",
-                            "pad-circular": "circular"}[self.mode]
+                pad_mode = {"pad-zero": "constant", "pad-reflect": "reflect", "pad-circular": "circular"}[self.mode]
                 if pad_mode == "reflect" and min(h, w) < 2:
                     pad_mode = "replicate"  # reflect needs at least two pixels
                 xc = F.pad(xc, (w // 2, w - w // 2, h // 2, h - h // 2), mode=pad_mode)
@@ -389,7 +391,7 @@ class NIFFLayer(nn.Module):
             if self.mode == "linear":
                 y = y[..., :h, :w]
             elif self.mode.startswith("pad-"):
-                y = y[..., h // 2:h // 2 + h, w // 2:w // 2 + w]
+                y = y[..., h // 2 : h // 2 + h, w // 2 : w // 2 + w]
         return y.to(dtype)
 
 
@@ -428,8 +430,9 @@ class SplitNIFF(DepthwiseNIFF):
 
     kind = "split"
 
-    def __init__(self, in_channels: int, out_channels: int, mlp: MLPSpec = "big",
-                 mode: str = "circular", groups: int = 1):
+    def __init__(
+        self, in_channels: int, out_channels: int, mlp: MLPSpec = "big", mode: str = "circular", groups: int = 1
+    ):
         super().__init__(in_channels, mlp, mode)
         self.out_channels = out_channels
         self.pointwise = FreqPointwise(in_channels, out_channels, groups=groups)
@@ -461,8 +464,7 @@ class FullNIFF(NIFFLayer):
 
     kind = "full"
 
-    def __init__(self, in_channels: int, out_channels: int, mlp: MLPSpec = "tiny",
-                 mode: str = "circular"):
+    def __init__(self, in_channels: int, out_channels: int, mlp: MLPSpec = "tiny", mode: str = "circular"):
         super().__init__(in_channels * out_channels, mlp, mode)
         self.in_channels, self.out_channels = in_channels, out_channels
 

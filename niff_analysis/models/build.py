@@ -30,14 +30,39 @@ from .config import ModelConfig, is_builder
 TORCHVISION = "torchvision:"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: The settings of :func:`~niff_analysis.models.to_niff` a builder's ``niff`` dict takes, with defaults.
-NIFF_SETTINGS: dict[str, Any] = dict(variant="split", mlp="big", mode="circular", convert_pointwise=True,
-                                     niff_on_1x1=False)
+NIFF_SETTINGS: dict[str, Any] = dict(
+    variant="split", mlp="big", mode="circular", convert_pointwise=True, niff_on_1x1=False
+)
 #: Packages whose callables are never a model factory: they run commands, load code or files, or
 #: are this toolkit and its infrastructure (the Python standard library is refused as a whole).
-NOT_FACTORIES = frozenset({
-    "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "sklearn", "PIL", "safetensors",
-    "submitit", "click", "tqdm", "pip", "setuptools", "pkg_resources", "_distutils_hack", "IPython",
-    "ipykernel", "jupyter_client", "nbformat", "nbclient", "pytest", "_pytest", "niff_analysis"})
+NOT_FACTORIES = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "numpy",
+        "scipy",
+        "pandas",
+        "matplotlib",
+        "sklearn",
+        "PIL",
+        "safetensors",
+        "submitit",
+        "click",
+        "tqdm",
+        "pip",
+        "setuptools",
+        "pkg_resources",
+        "_distutils_hack",
+        "IPython",
+        "ipykernel",
+        "jupyter_client",
+        "nbformat",
+        "nbclient",
+        "pytest",
+        "_pytest",
+        "niff_analysis",
+    }
+)
 
 
 class BuilderError(NiffError, ValueError):
@@ -49,8 +74,10 @@ def _torchvision_builder(name: str):
 
     known = tvm.list_models(module=tvm)
     if name not in known:
-        raise BuilderError(f"torchvision has no classification model {name!r}; "
-                           f"available: {', '.join(known[:8])}, … ({len(known)} in all)")
+        raise BuilderError(
+            f"torchvision has no classification model {name!r}; "
+            f"available: {', '.join(known[:8])}, … ({len(known)} in all)"
+        )
     return tvm.get_model_builder(name)
 
 
@@ -67,20 +94,24 @@ def resolve_builder(builder: str, allow_factory: Optional[str] = None):
             factory that cannot be imported.
     """
     if builder.startswith(TORCHVISION):
-        return _torchvision_builder(builder[len(TORCHVISION):])
+        return _torchvision_builder(builder[len(TORCHVISION) :])
     if not _FACTORY_RE.match(builder):
         raise BuilderError(f"builder {builder!r} is neither torchvision:NAME nor package.module:function")
     module, _, fn = builder.partition(":")
     if not _user_package(module) or fn.startswith("_"):
         # Refused whoever asks: a checkpoint naming os:system must never be one flag away from running.
-        raise BuilderError(f"refusing the factory {builder!r}: a model factory is a public function of your own "
-                           "importable package, not of the Python standard library or the toolkit's "
-                           "infrastructure")
+        raise BuilderError(
+            f"refusing the factory {builder!r}: a model factory is a public function of your own "
+            "importable package, not of the Python standard library or the toolkit's "
+            "infrastructure"
+        )
     if allow_factory != builder:
         # The factory's name comes from the file being loaded: say what it is, never suggest running it.
-        raise BuilderError(f"the model is built by the user factory {builder!r}, which runs code; nothing a "
-                           "checkpoint names runs unless you allow that factory yourself with --factory "
-                           "(factory= in Python) after checking that you trust its package")
+        raise BuilderError(
+            f"the model is built by the user factory {builder!r}, which runs code; nothing a "
+            "checkpoint names runs unless you allow that factory yourself with --factory "
+            "(factory= in Python) after checking that you trust its package"
+        )
     try:
         obj = getattr(importlib.import_module(module), fn)
     except (ImportError, AttributeError) as exc:
@@ -89,8 +120,10 @@ def resolve_builder(builder: str, allow_factory: Optional[str] = None):
         raise BuilderError(f"factory {builder!r} is not callable")
     home = getattr(obj, "__module__", None) or ""
     if not _user_package(home):  # e.g. `from os import system` re-exported by a package
-        raise BuilderError(f"refusing the factory {builder!r}: it is {home}.{getattr(obj, '__name__', fn)}, "
-                           "not a function of your own package")
+        raise BuilderError(
+            f"refusing the factory {builder!r}: it is {home}.{getattr(obj, '__name__', fn)}, "
+            "not a function of your own package"
+        )
     return obj
 
 
@@ -102,9 +135,14 @@ def _user_package(module: str) -> bool:
     return bool(top) and top not in stdlib and top not in NOT_FACTORIES and top not in ("posix", "nt", "__main__")
 
 
-def build_model(builder: str, builder_kwargs: Optional[dict] = None,
-                input_size: SizeLike = DEFAULT_INPUT_SIZE, in_chans: Optional[int] = None,
-                niff: Optional[dict] = None, factory: Optional[str] = None) -> nn.Module:
+def build_model(
+    builder: str,
+    builder_kwargs: Optional[dict] = None,
+    input_size: SizeLike = DEFAULT_INPUT_SIZE,
+    in_chans: Optional[int] = None,
+    niff: Optional[dict] = None,
+    factory: Optional[str] = None,
+) -> nn.Module:
     """Build (and optionally convert) a CNN, recording how, so that it can be saved and reloaded.
 
     Args:
@@ -155,9 +193,14 @@ def rebuild(architecture: str, model_kwargs: dict, factory: Optional[str] = None
     """The model a checkpoint config describes (registry name or builder)."""
     if is_builder(architecture):
         kw = dict(model_kwargs)
-        return build_model(architecture, kw.get("builder_kwargs"), kw.get("input_size", DEFAULT_INPUT_SIZE),
-                           kw.get("in_chans"), kw.get("niff"), factory=factory)
+        return build_model(
+            architecture,
+            kw.get("builder_kwargs"),
+            kw.get("input_size", DEFAULT_INPUT_SIZE),
+            kw.get("in_chans"),
+            kw.get("niff"),
+            factory=factory,
+        )
     from .registry import create_model
 
     return create_model(architecture, **model_kwargs)
-

@@ -64,8 +64,10 @@ def record_shapes(model: nn.Module, input_size: SizeLike, in_chans: Optional[int
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
+
             def hook(mod, inp, out, name=name):
                 shapes.setdefault(name, (tuple(inp[0].shape), tuple(out.shape)))
+
             hooks.append(m.register_forward_hook(hook))
     was_training = model.training
     device = next(model.parameters()).device
@@ -75,8 +77,10 @@ def record_shapes(model: nn.Module, input_size: SizeLike, in_chans: Optional[int
             model(torch.zeros(1, in_chans, h, w, device=device))
     except Exception as exc:  # a user's input size or architecture problem, re-raised readably
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"dry forward at input size {h}x{w} failed ({msg}); "
-                              "is the input size large enough for the model's downsampling?") from None
+        raise ConversionError(
+            f"dry forward at input size {h}x{w} failed ({msg}); "
+            "is the input size large enough for the model's downsampling?"
+        ) from None
     finally:
         for hk in hooks:
             hk.remove()
@@ -87,8 +91,10 @@ def record_shapes(model: nn.Module, input_size: SizeLike, in_chans: Optional[int
         if isinstance(m, nn.Conv2d) and name in shapes:
             ih, iw = shapes[name][0][-2:]
             if ih < m.stride[0] or iw < m.stride[1]:
-                raise ConversionError(f"input size {h}x{w} is too small for the model's downsampling: "
-                                      f"{name} (stride {tuple(m.stride)}) receives a {ih}x{iw} map")
+                raise ConversionError(
+                    f"input size {h}x{w} is too small for the model's downsampling: "
+                    f"{name} (stride {tuple(m.stride)}) receives a {ih}x{iw} map"
+                )
     return shapes
 
 
@@ -101,15 +107,15 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def _describe(m: nn.Module) -> str:
     if isinstance(m, nn.Conv2d):
         g = f", groups={m.groups}" if m.groups > 1 else ""
-        return (f"Conv2d({m.in_channels}->{m.out_channels}, k={tuple(m.kernel_size)}, "
-                f"s={tuple(m.stride)}{g})")
+        return f"Conv2d({m.in_channels}->{m.out_channels}, k={tuple(m.kernel_size)}, s={tuple(m.stride)}{g})"
     if isinstance(m, nn.Linear):
         return f"Linear({m.in_features}->{m.out_features})"
     return type(m).__name__
 
 
-def _plan(model: nn.Module, shapes: dict, niff_on_1x1: bool = False
-          ) -> list[tuple[str, Union[nn.Conv2d, nn.Linear], str, Optional[str]]]:
+def _plan(
+    model: nn.Module, shapes: dict, niff_on_1x1: bool = False
+) -> list[tuple[str, Union[nn.Conv2d, nn.Linear], str, Optional[str]]]:
     """(name, module, action, reason-if-kept) for every Conv2d/Linear the dry forward reached
     (an nn.Linear only with the action ``"pointwise_cl"``)."""
     plan: list[tuple[str, Union[nn.Conv2d, nn.Linear], str, Optional[str]]] = []
@@ -154,9 +160,16 @@ def _pointwise_from(m: Union[nn.Conv2d, nn.Linear]) -> FreqPointwise:
     return new.to(m.weight.device)
 
 
-def to_niff(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, variant: str = "split",
-            mlp: MLPSpec = "big", mode: str = "circular", in_chans: Optional[int] = None,
-            convert_pointwise: bool = True, niff_on_1x1: bool = False) -> nn.Module:
+def to_niff(
+    model: nn.Module,
+    input_size: SizeLike = DEFAULT_INPUT_SIZE,
+    variant: str = "split",
+    mlp: MLPSpec = "big",
+    mode: str = "circular",
+    in_chans: Optional[int] = None,
+    convert_pointwise: bool = True,
+    niff_on_1x1: bool = False,
+) -> nn.Module:
     """Replace a CNN's convolutions by NIFF layers in place and return the model.
 
     Args:
@@ -205,17 +218,20 @@ def to_niff(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, variant
         if isinstance(new, SplitNIFF):
             new.pointwise.fmap, new.pointwise.layer_name = fmap, f"{name}.pointwise"
         _set_module(model, name, new)
-        report.replaced.append(dict(name=name, old=_describe(m), new=type(new).__name__,
-                                    kind=new.kind, fmap=list(fmap)))
+        report.replaced.append(
+            dict(name=name, old=_describe(m), new=type(new).__name__, kind=new.kind, fmap=list(fmap))
+        )
     if not report.replaced:
-        raise ConversionError("no convolution could be converted (every conv is strided, "
-                              "size-changing or on a 1x1 map)")
+        raise ConversionError(
+            "no convolution could be converted (every conv is strided, size-changing or on a 1x1 map)"
+        )
     model.niff_conversion = report  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     return model
 
 
-def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE,
-                 in_chans: Optional[int] = None) -> nn.Module:
+def to_separated(
+    model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, in_chans: Optional[int] = None
+) -> nn.Module:
     """The paper's "separated conv" baseline: every stride-1 dense k×k conv → spatial depthwise
     k×k + 1×1, both bias-free (same padding and dilation as the original)."""
     shapes = record_shapes(model, input_size, in_chans)
@@ -229,22 +245,29 @@ def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE,
         new = nn.Sequential(
             # torch types a Conv2d's kernel_size/padding/dilation as tuple[int, ...] but its constructor
             # as tuple[int, int]: the same conv's own values, passed back.
-            nn.Conv2d(m.in_channels, m.in_channels, m.kernel_size, padding=m.padding,  # type: ignore[arg-type]
-                      dilation=m.dilation, groups=m.in_channels, bias=False,  # type: ignore[arg-type]
-                      padding_mode=m.padding_mode),
+            nn.Conv2d(
+                m.in_channels,
+                m.in_channels,
+                m.kernel_size,  # type: ignore[arg-type]
+                padding=m.padding,  # type: ignore[arg-type]
+                dilation=m.dilation,  # type: ignore[arg-type]
+                groups=m.in_channels,
+                bias=False,
+                padding_mode=m.padding_mode,
+            ),
             nn.Conv2d(m.in_channels, m.out_channels, 1, bias=False),
         ).to(m.weight.device)
         _set_module(model, name, new)
-        report.replaced.append(dict(name=name, old=_describe(m), new="depthwise+1x1",
-                                    kind="separated", fmap=list(shapes[name][0][-2:])))
+        report.replaced.append(
+            dict(name=name, old=_describe(m), new="depthwise+1x1", kind="separated", fmap=list(shapes[name][0][-2:]))
+        )
     if not report.replaced:
         raise ConversionError("no stride-1 dense convolution to separate")
     model.niff_conversion = report  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     return model
 
 
-def niff_layers(model: nn.Module, include_pointwise: bool = False
-                ) -> list[tuple[str, Union[NIFFLayer, FreqPointwise]]]:
+def niff_layers(model: nn.Module, include_pointwise: bool = False) -> list[tuple[str, Union[NIFFLayer, FreqPointwise]]]:
     """(name, layer) of every NIFF layer in ``model`` (filters only unless ``include_pointwise``)."""
     types = (NIFFLayer, FreqPointwise) if include_pointwise else (NIFFLayer,)
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]

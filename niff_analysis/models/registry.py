@@ -55,9 +55,14 @@ def parse_name(name: str) -> tuple[str, str]:
 
 
 def _swap_conv(old: nn.Conv2d, **changes) -> nn.Conv2d:
-    kw: dict[str, Any] = dict(in_channels=old.in_channels, out_channels=old.out_channels,
-              kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
-              bias=old.bias is not None)
+    kw: dict[str, Any] = dict(
+        in_channels=old.in_channels,
+        out_channels=old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        bias=old.bias is not None,
+    )
     kw.update(changes)
     return nn.Conv2d(**kw)
 
@@ -69,19 +74,26 @@ def _adapt_stem(arch: str, model: Any, in_chans: int, stem: str) -> None:
     """
     cifar = stem == "cifar"
     if arch.startswith("resnet"):
-        model.conv1 = (_swap_conv(model.conv1, in_channels=in_chans, kernel_size=3, stride=1, padding=1)
-                       if cifar else _swap_conv(model.conv1, in_channels=in_chans))
+        model.conv1 = (
+            _swap_conv(model.conv1, in_channels=in_chans, kernel_size=3, stride=1, padding=1)
+            if cifar
+            else _swap_conv(model.conv1, in_channels=in_chans)
+        )
         if cifar:
             model.maxpool = nn.Identity()
     elif arch.startswith("densenet"):
         f = model.features
-        f.conv0 = (_swap_conv(f.conv0, in_channels=in_chans, kernel_size=3, stride=1, padding=1)
-                   if cifar else _swap_conv(f.conv0, in_channels=in_chans))
+        f.conv0 = (
+            _swap_conv(f.conv0, in_channels=in_chans, kernel_size=3, stride=1, padding=1)
+            if cifar
+            else _swap_conv(f.conv0, in_channels=in_chans)
+        )
         if cifar:
             f.pool0 = nn.Identity()
     elif arch.startswith("mobilenet"):
-        model.features[0][0] = _swap_conv(model.features[0][0], in_channels=in_chans,
-                                          **({"stride": 1} if cifar else {}))
+        model.features[0][0] = _swap_conv(
+            model.features[0][0], in_channels=in_chans, **({"stride": 1} if cifar else {})
+        )
     elif arch.startswith("convnext"):
         # ConvNeXt keeps its patchify stem (4×4, stride 4) on either stem setting.
         model.features[0][0] = _swap_conv(model.features[0][0], in_channels=in_chans)
@@ -94,8 +106,11 @@ def _resnet_of_width(arch: str, width: int, num_classes: int) -> nn.Module:
     import torch
     from torchvision.models import resnet as tv
 
-    block, layers = {"resnet18": (tv.BasicBlock, [2, 2, 2, 2]), "resnet50": (tv.Bottleneck, [3, 4, 6, 3]),
-                     "resnet101": (tv.Bottleneck, [3, 4, 23, 3])}[arch]
+    block, layers = {
+        "resnet18": (tv.BasicBlock, [2, 2, 2, 2]),
+        "resnet50": (tv.Bottleneck, [3, 4, 6, 3]),
+        "resnet101": (tv.Bottleneck, [3, 4, 23, 3]),
+    }[arch]
 
     class _Narrow(tv.ResNet):
         def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
@@ -116,10 +131,17 @@ def _resnet_of_width(arch: str, width: int, num_classes: int) -> nn.Module:
     return model
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
-                 input_size: Optional[SizeLike] = None, stem: str = "imagenet",
-                 mlp: Optional[MLPSpec] = None, mode: str = "circular", niff_on_1x1: bool = False,
-                 width: int = 64) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    input_size: Optional[SizeLike] = None,
+    stem: str = "imagenet",
+    mlp: Optional[MLPSpec] = None,
+    mode: str = "circular",
+    niff_on_1x1: bool = False,
+    width: int = 64,
+) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -163,12 +185,20 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3,
     if variant == "sep":
         to_separated(model, size, in_chans=in_chans)
     elif variant.startswith("niff"):
-        to_niff(model, size, variant="full" if variant == "niff_full" else "split",
-                mlp=mlp_cfg, mode=mode, in_chans=in_chans, niff_on_1x1=niff_on_1x1)
+        to_niff(
+            model,
+            size,
+            variant="full" if variant == "niff_full" else "split",
+            mlp=mlp_cfg,
+            mode=mode,
+            in_chans=in_chans,
+            niff_on_1x1=niff_on_1x1,
+        )
     else:
         record_shapes(model, size, in_chans)  # validates the input size
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans, input_size=list(size), stem=stem,
-                  mlp=mlp_cfg.to_dict(), mode=mode)
+    kwargs = dict(
+        num_classes=num_classes, in_chans=in_chans, input_size=list(size), stem=stem, mlp=mlp_cfg.to_dict(), mode=mode
+    )
     if niff_on_1x1:
         kwargs["niff_on_1x1"] = True
     if width != 64:  # recorded only when set, so checkpoints of the paper's width stay as they were

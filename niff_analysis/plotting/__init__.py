@@ -10,20 +10,43 @@ tables, for ``niff-analyze figures`` and the notebooks.
 
 from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
 from .images import (
-                     centre_crop,
-                     plot_eigenkernels,
-                     plot_erf,
-                     plot_frequency,
-                     plot_kernel_magnitude,
-                     plot_raw_kernels,
-                     plot_weight_pca,
-                     sample_channels,
+    centre_crop,
+    plot_eigenkernels,
+    plot_erf,
+    plot_frequency,
+    plot_kernel_magnitude,
+    plot_raw_kernels,
+    plot_weight_pca,
+    sample_channels,
 )
 from .report import iter_figures, write_figures
 from .style import CMAP_MAGNITUDE, CMAP_SIGNED, OKABE_ITO, layer_colors, save_figure, signed_norm, stage_color, style
 from .training import plot_kernel_history, plot_study, plot_sweep
 
-__all__ = ["CMAP_MAGNITUDE", "CMAP_SIGNED", "OKABE_ITO", "centre_crop", "iter_figures", "layer_colors", "plot_cost",
-           "plot_effective_size", "plot_eigenkernels", "plot_erf", "plot_frequency", "plot_kernel_history",
-           "plot_kernel_magnitude", "plot_mass_ratio", "plot_raw_kernels", "plot_sigma", "plot_study", "plot_sweep",
-           "plot_weight_pca", "sample_channels", "save_figure", "signed_norm", "stage_color", "style", "write_figures"]
+__all__ = [
+    "CMAP_MAGNITUDE",
+    "CMAP_SIGNED",
+    "OKABE_ITO",
+    "centre_crop",
+    "iter_figures",
+    "layer_colors",
+    "plot_cost",
+    "plot_effective_size",
+    "plot_eigenkernels",
+    "plot_erf",
+    "plot_frequency",
+    "plot_kernel_history",
+    "plot_kernel_magnitude",
+    "plot_mass_ratio",
+    "plot_raw_kernels",
+    "plot_sigma",
+    "plot_study",
+    "plot_sweep",
+    "plot_weight_pca",
+    "sample_channels",
+    "save_figure",
+    "signed_norm",
+    "stage_color",
+    "style",
+    "write_figures",
+]

@@ -33,19 +33,24 @@ def _stage_legend(a, stages: dict, models: Sequence, overlay: bool, untrained: b
     """One legend entry per stage (however many layers it has), then one per model line style
     when models are overlaid, then the initialisation and the references; outside the axes, so
     it covers no data."""
-    handles = [Line2D([], [], color=stage_color(st), lw=2.0 if n > 1 else 1.2,
-                      label=f"{st} ({n} layers)" if n > 1 else st) for st, n in stages.items()]
+    handles = [
+        Line2D([], [], color=stage_color(st), lw=2.0 if n > 1 else 1.2, label=f"{st} ({n} layers)" if n > 1 else st)
+        for st, n in stages.items()
+    ]
     if overlay and len(models) > 1:
-        handles += [Line2D([], [], color="0.3", ls=MODEL_LINESTYLES[i % len(MODEL_LINESTYLES)], lw=1.2,
-                           label=str(model)) for i, model in enumerate(models)]
+        handles += [
+            Line2D([], [], color="0.3", ls=MODEL_LINESTYLES[i % len(MODEL_LINESTYLES)], lw=1.2, label=str(model))
+            for i, model in enumerate(models)
+        ]
     if untrained:
         handles.append(Line2D([], [], color="0.3", ls="--", lw=0.8, label="at initialisation"))
     if scale:
         handles.append(Line2D([], [], color="0.3", ls=NOISE_STYLE, lw=0.8, label="white noise, same map"))
         handles.append(Line2D([], [], color="0.6", lw=0.8, label="delta (1 at every s)"))
     title = "thin: layers, bold: stage median" if any(n > 1 for n in stages.values()) else None
-    a.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), title=title,
-             title_fontsize=6, alignment="left")
+    a.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), title=title, title_fontsize=6, alignment="left"
+    )
 
 
 def _window_labels(a, references: Sequence[int]) -> None:
@@ -73,11 +78,16 @@ def _kernel_windows(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[~summary["beyond_kernel"].astype(bool)]
 
 
-def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None,
-                    group: str = "layer", overlay: bool = False,
-                    references: Sequence[int] = (3, 9),
-                    untrained: Optional[pd.DataFrame] = None,
-                    scale: Optional[pd.DataFrame] = None) -> tuple[Figure, object]:
+def plot_mass_ratio(
+    summary: pd.DataFrame,
+    ax=None,
+    fig: Optional[Figure] = None,
+    group: str = "layer",
+    overlay: bool = False,
+    references: Sequence[int] = (3, 9),
+    untrained: Optional[pd.DataFrame] = None,
+    scale: Optional[pd.DataFrame] = None,
+) -> tuple[Figure, object]:
     """Kernel mass ratio (Eq. 6) against window size: mean ± 1 std band per layer (Fig. 4/5).
 
     Every curve has its stage's colour. Where a stage has several layers, each layer is a thin
@@ -133,30 +143,65 @@ def plot_mass_ratio(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None
                         d = part[part[group] == name].sort_values("window")
                         label = name if not overlay or len(models) == 1 else f"{model}: {name}"
                         x, mean, std = d["window"].to_numpy(float), d["mean"].to_numpy(float), d["std"].to_numpy(float)
-                        a.plot(x, mean, color=color, ls=ls, lw=0.7 if several else 1.2,
-                               alpha=0.75 if several else 1.0, label=label)
-                        a.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
-                                       color=color, alpha=0.07 if several else 0.15, lw=0)
+                        a.plot(
+                            x,
+                            mean,
+                            color=color,
+                            ls=ls,
+                            lw=0.7 if several else 1.2,
+                            alpha=0.75 if several else 1.0,
+                            label=label,
+                        )
+                        a.fill_between(
+                            x,
+                            np.clip(mean - std, 0, 1),
+                            np.clip(mean + std, 0, 1),
+                            color=color,
+                            alpha=0.07 if several else 0.15,
+                            lw=0,
+                        )
                         if ref is not None and (ref[group] == name).any():
                             rr = ref[ref[group] == name].sort_values("window")
-                            a.plot(rr["window"].to_numpy(float), rr["mean"].to_numpy(float), color=color,
-                                   ls="--", lw=0.8, alpha=0.8)
+                            a.plot(
+                                rr["window"].to_numpy(float),
+                                rr["mean"].to_numpy(float),
+                                color=color,
+                                ls="--",
+                                lw=0.8,
+                                alpha=0.8,
+                            )
                     if noise is not None and group in noise.columns and (noise[group] == members[0]).any():
                         # One curve per stage: the noise reference depends only on the map size.
                         n_d = noise[noise[group] == members[0]].sort_values("window")
                         n_d = n_d[n_d["window"].isin(part.loc[part[group] == members[0], "window"])]
-                        a.plot(n_d["window"].to_numpy(float), n_d["noise"].to_numpy(float), color=color,
-                               ls=NOISE_STYLE, lw=0.8, alpha=0.9, label=f"_{st} white noise")
+                        a.plot(
+                            n_d["window"].to_numpy(float),
+                            n_d["noise"].to_numpy(float),
+                            color=color,
+                            ls=NOISE_STYLE,
+                            lw=0.8,
+                            alpha=0.9,
+                            label=f"_{st} white noise",
+                        )
                     if several:
                         # Only windows every layer of the stage has: a median over a subset would jump.
-                        wide = part[part[group].isin(members)].pivot_table(index="window", columns=group,
-                                                                           values="mean").dropna()
+                        wide = (
+                            part[part[group].isin(members)]
+                            .pivot_table(index="window", columns=group, values="mean")
+                            .dropna()
+                        )
                         if len(wide):
-                            a.plot(wide.index.to_numpy(float), wide.median(axis=1).to_numpy(float),
-                                   color=color, ls=ls, lw=2.0, label=f"_{st} median")
+                            a.plot(
+                                wide.index.to_numpy(float),
+                                wide.median(axis=1).to_numpy(float),
+                                color=color,
+                                ls=ls,
+                                lw=2.0,
+                                label=f"_{st} median",
+                            )
                 if not overlay and model is not None and r == 0:
                     a.set_title(str(model))
-            row = axes[r * per_row:(r + 1) * per_row]
+            row = axes[r * per_row : (r + 1) * per_row]
             row[0].set_ylabel(MEASURE_LABELS.get(measure, "kernel mass ratio (Eq. 6)"))
         has_scale = scale is not None and not scale.empty
         for a in axes:
@@ -179,8 +224,9 @@ def _bar_style(m_i: int, color: str) -> dict:
     return dict(facecolor="white", edgecolor=color, lw=0.8, hatch=("////", "....", "xxxx")[(m_i - 1) % 3])
 
 
-def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
-                        fig: Optional[Figure] = None) -> tuple[Figure, object]:
+def plot_effective_size(
+    sizes: pd.DataFrame, quantile: int = 90, ax=None, fig: Optional[Figure] = None
+) -> tuple[Figure, object]:
     """Histogram per layer of the smallest window holding ``quantile`` % of each kernel's mass.
 
     One panel per layer, stacked over a shared window axis, first layer on top. Bar heights are
@@ -226,8 +272,7 @@ def plot_effective_size(sizes: pd.DataFrame, quantile: int = 90, ax=None,
             a.set_xlim(0, edges[-1])
             a.set_xticks(np.arange(1, edges[-1], 2 if edges[-1] <= 20 else 4))
             a.tick_params(axis="x", labelbottom=a is axes[-1])
-            a.text(1.01, 0.5, layer, transform=a.transAxes, ha="left", va="center", fontsize=6.5,
-                   color=colors[layer])
+            a.text(1.01, 0.5, layer, transform=a.transAxes, ha="left", va="center", fontsize=6.5, color=colors[layer])
         axes[-1].set_xlabel(f"smallest window s holding {quantile} % of the kernel mass")
         axes[len(axes) // 2].set_ylabel("fraction of the\nlayer's kernels")  # short: fits one panel
         axes[0].set_title("effective kernel size", loc="left")
@@ -257,8 +302,11 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
     from ..analysis.gauss2d import MOMENT_RESOLVED
 
     quartiles = {"sigma_x_median", "sigma_x_q25", "sigma_x_q75"} <= set(summary.columns)
-    cols = ["layer"] + ([f"sigma_{a}_{s}" for a in "xy" for s in ("median", "q25", "q75")] if quartiles
-                        else [f"sigma_{a}_{s}" for a in "xy" for s in ("mean", "std")])
+    cols = ["layer"] + (
+        [f"sigma_{a}_{s}" for a in "xy" for s in ("median", "q25", "q75")]
+        if quartiles
+        else [f"sigma_{a}_{s}" for a in "xy" for s in ("mean", "std")]
+    )
     require(summary, cols, "plot_sigma")
     models = models_of(summary)
     with style():
@@ -279,18 +327,38 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
                         err = [[mid - row[f"sigma_{axis}_q25"]], [row[f"sigma_{axis}_q75"] - mid]]
                     else:
                         mid, err = row[f"sigma_{axis}_mean"], row[f"sigma_{axis}_std"]
-                    a.errorbar(x[i] + dx, mid, yerr=err, color=c, marker=marker, ms=4, capsize=2, lw=1,
-                               mfc=c if axis == "x" else "white")
+                    a.errorbar(
+                        x[i] + dx,
+                        mid,
+                        yerr=err,
+                        color=c,
+                        marker=marker,
+                        ms=4,
+                        capsize=2,
+                        lw=1,
+                        mfc=c if axis == "x" else "white",
+                    )
                     moment = row.get(f"sigma_{axis}_moment_median")
                     if moment is not None and np.isfinite(moment):
                         a.plot(x[i] + dx, moment, "x", color=c, ms=4, mew=0.8)
-                a.plot([], [], "k" + marker, mfc="k" if axis == "x" else "white", ms=4,
-                       label=f"σ{axis} fit: median, quartiles" if quartiles else f"σ{axis} fit: mean ± std")
+                a.plot(
+                    [],
+                    [],
+                    "k" + marker,
+                    mfc="k" if axis == "x" else "white",
+                    ms=4,
+                    label=f"σ{axis} fit: median, quartiles" if quartiles else f"σ{axis} fit: mean ± std",
+                )
             if any(f"sigma_{ax_}_moment_median" in part.columns for ax_ in "xy"):
                 a.plot([], [], "kx", ms=4, mew=0.8, label="moment σ, all kernels (median)")
                 # Below this the moment σ cannot resolve a peak (docs/gaussian_validation.md).
-                a.axhline(MOMENT_RESOLVED, color="0.6", ls=":", lw=0.7,
-                          label=f"moment σ unresolved below {MOMENT_RESOLVED:g} px")
+                a.axhline(
+                    MOMENT_RESOLVED,
+                    color="0.6",
+                    ls=":",
+                    lw=0.7,
+                    label=f"moment σ unresolved below {MOMENT_RESOLVED:g} px",
+                )
             labels = []
             for _, row in part.iterrows():
                 count = ""
@@ -328,9 +396,11 @@ def plot_cost(cost: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tupl
         fig: figure to add panels to.
     """
     require(cost, ["size", "niff_flops", "spatial_flops", "niff_ms", "spatial_ms"], "plot_cost")
-    series = [("niff", "NIFF (FFT + product + iFFT)"),
-              ("spatial", "spatial conv, kernel = map size"),
-              ("conv3x3", "3×3 conv")]
+    series = [
+        ("niff", "NIFF (FFT + product + iFFT)"),
+        ("spatial", "spatial conv, kernel = map size"),
+        ("conv3x3", "3×3 conv"),
+    ]
     d = cost.sort_values("size")
     batch = int(d["batch"].iloc[0]) if "batch" in d and len(d) else None
     with style():
@@ -339,24 +409,45 @@ def plot_cost(cost: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tupl
             color = METHOD_COLORS.get(key, METHOD_COLORS["baseline"])
             ls = ":" if key == "conv3x3" else "-"
             if f"{key}_flops" in d:
-                axes[0].plot(d["size"], d[f"{key}_flops"], marker="o", ms=3, color=color, ls=ls,
-                             label=label + (f", batch {batch}" if batch and key == "niff" else ""))
+                axes[0].plot(
+                    d["size"],
+                    d[f"{key}_flops"],
+                    marker="o",
+                    ms=3,
+                    color=color,
+                    ls=ls,
+                    label=label + (f", batch {batch}" if batch and key == "niff" else ""),
+                )
             if f"{key}_ms" in d and d[f"{key}_ms"].notna().any():
                 t = d[d[f"{key}_ms"].notna()]
-                axes[1].plot(t["size"], t[f"{key}_ms"], marker="o", ms=3, color=color, ls=ls,
-                             label=label)
+                axes[1].plot(t["size"], t[f"{key}_ms"], marker="o", ms=3, color=color, ls=ls, label=label)
                 if f"{key}_ms_q25" in t:
-                    axes[1].fill_between(t["size"], t[f"{key}_ms_q25"], t[f"{key}_ms_q75"],
-                                         color=color, alpha=0.25, lw=0)
+                    axes[1].fill_between(
+                        t["size"], t[f"{key}_ms_q25"], t[f"{key}_ms_q75"], color=color, alpha=0.25, lw=0
+                    )
         if "mlp_flops" in d:
             niff = METHOD_COLORS.get("niff", METHOD_COLORS["baseline"])
             if batch:
-                axes[0].plot(d["size"], d["niff_flops"] + d["mlp_flops"], marker="^", ms=3,
-                             color=niff, ls="--", label=f"NIFF + MLPs (training step), batch {batch}")
+                axes[0].plot(
+                    d["size"],
+                    d["niff_flops"] + d["mlp_flops"],
+                    marker="^",
+                    ms=3,
+                    color=niff,
+                    ls="--",
+                    label=f"NIFF + MLPs (training step), batch {batch}",
+                )
                 if batch > 1:
-                    axes[0].plot(d["size"], d["niff_flops"] / batch + d["mlp_flops"], marker="v",
-                                 ms=3, color=niff, ls="-.", alpha=0.7,
-                                 label="NIFF + MLPs (training step), 1 image")
+                    axes[0].plot(
+                        d["size"],
+                        d["niff_flops"] / batch + d["mlp_flops"],
+                        marker="v",
+                        ms=3,
+                        color=niff,
+                        ls="-.",
+                        alpha=0.7,
+                        label="NIFF + MLPs (training step), 1 image",
+                    )
         axes[0].set_ylabel("FLOPs per forward pass")
         axes[1].set_ylabel("measured time (ms), median and IQR")
         note = []

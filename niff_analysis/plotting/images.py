@@ -41,7 +41,7 @@ def centre_crop(image: np.ndarray, size: Optional[int]) -> np.ndarray:
     h, w = image.shape[-2:]
     r = size // 2
     y0, x0 = max(h // 2 - r, 0), max(w // 2 - r, 0)
-    return image[..., y0:h // 2 + r + 1, x0:w // 2 + r + 1]
+    return image[..., y0 : h // 2 + r + 1, x0 : w // 2 + r + 1]
 
 
 CBAR_LABEL_SIZE = 5.5  # points
@@ -60,12 +60,18 @@ def _fit_label(text: str, room: float) -> str:
         return text
     spaces = [i for i, ch in enumerate(text) if ch == " "]
     cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
-    return text[:cut] + "\n" + text[cut + 1:]
+    return text[:cut] + "\n" + text[cut + 1 :]
 
 
-def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]]]], signed: bool,
-                fig: Optional[Figure], title: Optional[str] = None, cell: float = 0.62,
-                col_titles: Optional[Sequence[str]] = None, scale_label: Optional[str] = None):
+def _image_grid(
+    rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]]]],
+    signed: bool,
+    fig: Optional[Figure],
+    title: Optional[str] = None,
+    cell: float = 0.62,
+    col_titles: Optional[Sequence[str]] = None,
+    scale_label: Optional[str] = None,
+):
     """Draw ``rows`` of (label, stage, cells) as a grid of images on one axes.
 
     Each image is drawn into a unit square of a single axes (many image artists on one axes
@@ -97,8 +103,7 @@ def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]
     ax = fig.add_axes((left / fw, bottom / fh, cell * wu / fw, cell * hu / fh))
     y_off = 0.3 if col_titles else 0.0
     cmap = CMAP_SIGNED if signed else CMAP_MAGNITUDE
-    norm = (mcolors.TwoSlopeNorm(vmin=-1, vcenter=0, vmax=1) if signed
-            else mcolors.Normalize(vmin=0, vmax=1))
+    norm = mcolors.TwoSlopeNorm(vmin=-1, vcenter=0, vmax=1) if signed else mcolors.Normalize(vmin=0, vmax=1)
     for r, (label, stage, cells) in enumerate(rows):
         y0 = y_off + r * (1 + gap + cap)
         if label:
@@ -113,8 +118,7 @@ def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]
             peak = float(np.nanmax(np.abs(img))) if img.size else 0.0
             img = img / peak if np.isfinite(peak) and peak > 0 else np.zeros_like(img)
             x0 = c * (1 + gap)
-            ax.imshow(img, cmap=cmap, norm=norm, extent=(x0, x0 + 1, y0 + 1, y0),
-                      interpolation="none")
+            ax.imshow(img, cmap=cmap, norm=norm, extent=(x0, x0 + 1, y0 + 1, y0), interpolation="none")
             ax.add_patch(Rectangle((x0, y0), 1, 1, fill=False, lw=0.4, ec="0.6"))
             if caption:
                 ax.text(x0 + 0.5, y0 + 1.04, caption, ha="center", va="top", fontsize=5.5)
@@ -124,10 +128,10 @@ def _image_grid(rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]
     ax.set_ylim(hu, 0)
     ax.set_aspect("equal")
     ax.set_axis_off()
-    cax = fig.add_axes(((left + cell * wu + 0.15) / fw, (bottom + cell * hu * 0.3) / fh,
-                        0.08 / fw, cell * hu * 0.4 / fh))
-    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax,
-                      ticks=[-1, 0, 1] if signed else [0, 1])
+    cax = fig.add_axes(
+        ((left + cell * wu + 0.15) / fw, (bottom + cell * hu * 0.3) / fh, 0.08 / fw, cell * hu * 0.4 / fh)
+    )
+    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, ticks=[-1, 0, 1] if signed else [0, 1])
     cb.ax.tick_params(labelsize=5)
     cb.set_label(scale_label, fontsize=CBAR_LABEL_SIZE)
     if title:
@@ -145,9 +149,15 @@ def _stage_lookup(table: pd.DataFrame) -> dict:
     return dict(zip(table["layer"], table["stage"]))
 
 
-def plot_eigenkernels(table: pd.DataFrame, components: Mapping, zoom: Optional[int] = None,
-                      n_components: Optional[int] = None, layers: Optional[Sequence[str]] = None,
-                      fig: Optional[Figure] = None, title: Optional[str] = None):
+def plot_eigenkernels(
+    table: pd.DataFrame,
+    components: Mapping,
+    zoom: Optional[int] = None,
+    n_components: Optional[int] = None,
+    layers: Optional[Sequence[str]] = None,
+    fig: Optional[Figure] = None,
+    title: Optional[str] = None,
+):
     """PCA eigenkernels: layers × components, explained variance under each (Fig. 6/7, A5–A13).
 
     Args:
@@ -166,12 +176,14 @@ def plot_eigenkernels(table: pd.DataFrame, components: Mapping, zoom: Optional[i
     comps = ordered_unique(table["component"]) if len(table) else []
     stages = _stage_lookup(table)
     rows = []
-    for layer in (layers if layers is not None else list(components)):
+    for layer in layers if layers is not None else list(components):
         if layer not in components:
             raise SelectionError(f"no eigenkernels for layer {layer!r}")
         arr = np.asarray(components[layer])[:n_components]
-        cells = [(centre_crop(arr[i], zoom), f"{100 * ev.get((layer, comps[i]), np.nan):.1f} %"
-                  if i < len(comps) else "") for i in range(len(arr))]
+        cells = [
+            (centre_crop(arr[i], zoom), f"{100 * ev.get((layer, comps[i]), np.nan):.1f} %" if i < len(comps) else "")
+            for i in range(len(arr))
+        ]
         rows.append((layer, stages.get(layer), cells))
     col_titles = [f"PC {i + 1}" for i in range(max((len(c) for _, _, c in rows), default=0))]
     if title is None:
@@ -180,8 +192,13 @@ def plot_eigenkernels(table: pd.DataFrame, components: Mapping, zoom: Optional[i
         return _image_grid(rows, signed=True, fig=fig, title=title, col_titles=col_titles)
 
 
-def plot_weight_pca(table: pd.DataFrame, components: Mapping, n_components: Optional[int] = None,
-                    fig: Optional[Figure] = None, title: Optional[str] = None):
+def plot_weight_pca(
+    table: pd.DataFrame,
+    components: Mapping,
+    n_components: Optional[int] = None,
+    fig: Optional[Figure] = None,
+    title: Optional[str] = None,
+):
     """PCA of the learned frequency weights, real and imaginary parts side by side (A14–A17).
 
     Args:
@@ -203,16 +220,23 @@ def plot_weight_pca(table: pd.DataFrame, components: Mapping, n_components: Opti
         cells: list[Optional[Cell]] = []
         for part in parts:
             arr = np.asarray(components.get((layer, part), np.zeros((0, 1, 1))))[:k]
-            comps = ordered_unique(table.loc[(table["layer"] == layer) & (table["part"] == part),
-                                             "component"])
-            cells += [(arr[i], f"{100 * ev.get((layer, part, comps[i]), np.nan):.1f} %")
-                      if i < len(arr) and i < len(comps) else None for i in range(k)]
+            comps = ordered_unique(table.loc[(table["layer"] == layer) & (table["part"] == part), "component"])
+            cells += [
+                (arr[i], f"{100 * ev.get((layer, part, comps[i]), np.nan):.1f} %")
+                if i < len(arr) and i < len(comps)
+                else None
+                for i in range(k)
+            ]
         rows.append((layer, stages.get(layer), cells))
     titles = [f"{part} PC {i + 1}" for part in parts for i in range(k)]
     with style():
-        return _image_grid(rows, signed=True, fig=fig, col_titles=titles,
-                           title=title or "PCA of the multiplication weights (frequency domain, "
-                           + weight_response_name(table) + ")")
+        return _image_grid(
+            rows,
+            signed=True,
+            fig=fig,
+            col_titles=titles,
+            title=title or "PCA of the multiplication weights (frequency domain, " + weight_response_name(table) + ")",
+        )
 
 
 def weight_response_name(table: pd.DataFrame) -> str:
@@ -227,8 +251,13 @@ def _flat_kernels(k) -> np.ndarray:
     return arr.reshape(-1, *arr.shape[-2:])
 
 
-def plot_raw_kernels(kernels: Sequence, n_channels: int = 8, zoom: Optional[int] = None,
-                     fig: Optional[Figure] = None, title: Optional[str] = None):
+def plot_raw_kernels(
+    kernels: Sequence,
+    n_channels: int = 8,
+    zoom: Optional[int] = None,
+    fig: Optional[Figure] = None,
+    title: Optional[str] = None,
+):
     """Raw spatial kernels, a sample of channels per layer (Fig. A22/A23).
 
     Args:
@@ -249,8 +278,7 @@ def plot_raw_kernels(kernels: Sequence, n_channels: int = 8, zoom: Optional[int]
         return _image_grid(rows, signed=True, fig=fig, title=title or "spatial kernels (sample)")
 
 
-def plot_kernel_magnitude(kernels: Sequence, fig: Optional[Figure] = None, ncols: int = 7,
-                          title: Optional[str] = None):
+def plot_kernel_magnitude(kernels: Sequence, fig: Optional[Figure] = None, ncols: int = 7, title: Optional[str] = None):
     """Mean |k| over all kernels of each layer: where a layer's spatial support lies.
 
     Sequential colormap, each layer scaled by its own maximum.
@@ -264,23 +292,32 @@ def plot_kernel_magnitude(kernels: Sequence, fig: Optional[Figure] = None, ncols
     if not kernels:
         raise SelectionError("nothing to draw: no layers selected")
     cells = [(np.abs(_flat_kernels(lk.kernels)).mean(axis=0), lk.name) for lk in kernels]
-    rows = [("", None, cells[i:i + ncols]) for i in range(0, len(cells), ncols)]
+    rows = [("", None, cells[i : i + ncols]) for i in range(0, len(cells), ncols)]
     with style():
-        return _image_grid(rows, signed=False, fig=fig, cell=0.9,
-                           title=title or "mean |kernel| per layer",
-                           scale_label="mean |k| ÷ layer maximum")
-
-
+        return _image_grid(
+            rows,
+            signed=False,
+            fig=fig,
+            cell=0.9,
+            title=title or "mean |kernel| per layer",
+            scale_label="mean |k| ÷ layer maximum",
+        )
 
 
 #: How each ERF protocol (:mod:`~niff_analysis.analysis.erf`) is named in the figure's title.
-ERF_TITLES = {"luo": "protocol luo: |∂ centre / ∂ input|, summed over images",
-              "replknet": "protocol replknet (RepLKNet's script): log10(1 + x)"}
+ERF_TITLES = {
+    "luo": "protocol luo: |∂ centre / ∂ input|, summed over images",
+    "replknet": "protocol replknet (RepLKNet's script): log10(1 + x)",
+}
 
 
-def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.DataFrame] = None,
-             threshold: float = 50, fig: Optional[Figure] = None,
-             protocol: Optional[str] = None) -> tuple[Figure, np.ndarray]:
+def plot_erf(
+    maps: Mapping[str, Mapping[str, np.ndarray]],
+    ratios: Optional[pd.DataFrame] = None,
+    threshold: float = 50,
+    fig: Optional[Figure] = None,
+    protocol: Optional[str] = None,
+) -> tuple[Figure, np.ndarray]:
     """Effective receptive fields: one row per checkpoint, one column per stage, each map scaled
     to its maximum (``luo`` maps drawn as log(1 + x) of that, ``replknet`` maps, already
     logarithmic, as they are), one colour scale per stage shared by the checkpoints; the
@@ -313,8 +350,10 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
             fig = new_figure((1.6 * len(stages) + 2.6, 1.6 * len(labels) + 0.4))
         grid = fig.subplots(len(labels), len(stages) + 1, squeeze=False)
         for j, st in enumerate(stages):
-            top = max((float(shown(maps[lab][st]).max())
-                       for lab in labels if st in maps[lab] and maps[lab][st].max() > 0), default=1.0)
+            top = max(
+                (float(shown(maps[lab][st]).max()) for lab in labels if st in maps[lab] and maps[lab][st].max() > 0),
+                default=1.0,
+            )
             for i, lab in enumerate(labels):
                 a = grid[i, j]
                 a.set_xticks([])
@@ -326,13 +365,23 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
                 img = shown(m) if m.max() > 0 else m
                 a.imshow(img, cmap=CMAP_MAGNITUDE, vmin=0, vmax=top, interpolation="nearest")
                 if ratios is not None:
-                    r = ratios[(ratios["checkpoint"] == lab) & (ratios["stage"] == st)
-                               & (ratios["threshold"] == threshold)]
+                    r = ratios[
+                        (ratios["checkpoint"] == lab) & (ratios["stage"] == st) & (ratios["threshold"] == threshold)
+                    ]
                     if len(r) and np.isfinite(r["side"].iloc[0]):
                         side = r["side"].iloc[0]
                         h, w = m.shape
-                        a.add_patch(Rectangle((w // 2 - (side - 1) / 2 - 0.5, h // 2 - (side - 1) / 2 - 0.5),
-                                              side, side, fill=False, ec="white", lw=0.8, ls="--"))
+                        a.add_patch(
+                            Rectangle(
+                                (w // 2 - (side - 1) / 2 - 0.5, h // 2 - (side - 1) / 2 - 0.5),
+                                side,
+                                side,
+                                fill=False,
+                                ec="white",
+                                lw=0.8,
+                                ls="--",
+                            )
+                        )
                 if i == 0:
                     a.set_title(st, fontsize=7)
                 if j == 0:
@@ -344,8 +393,15 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
             r = ratios[ratios["threshold"] == threshold]
             for lab in labels:
                 d = r[r["checkpoint"] == lab]
-                a.plot(range(len(d)), d["side"], marker="o", ms=3, lw=1, label=lab,
-                       ls="--" if lab.endswith("@init") else "-")
+                a.plot(
+                    range(len(d)),
+                    d["side"],
+                    marker="o",
+                    ms=3,
+                    lw=1,
+                    label=lab,
+                    ls="--" if lab.endswith("@init") else "-",
+                )
             a.set_xticks(range(len(stages)), stages, rotation=45, fontsize=6)
             a.set_ylabel(f"side holding {threshold:g} % (px)", fontsize=6)
             a.set_ylim(bottom=0)
@@ -356,8 +412,13 @@ def plot_erf(maps: Mapping[str, Mapping[str, np.ndarray]], ratios: Optional[pd.D
     return fig, grid
 
 
-def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional[pd.DataFrame] = None,
-                   fig: Optional[Figure] = None, title: Optional[str] = None) -> tuple[Figure, np.ndarray]:
+def plot_frequency(
+    kernels: Sequence,
+    profile: pd.DataFrame,
+    untrained: Optional[pd.DataFrame] = None,
+    fig: Optional[Figure] = None,
+    title: Optional[str] = None,
+) -> tuple[Figure, np.ndarray]:
     """Frequency responses of NIFF layers, of the filter that acts: |FFT(k)| of the spatial kernels
     (the Hermitian part of W; :mod:`~niff_analysis.analysis.frequency`), its mean over channels
     on each layer's centred grid (log colour scale, DC in the middle), and below them the radial
@@ -395,7 +456,7 @@ def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional
             norm = mcolors.LogNorm(vmin=pos.min(), vmax=pos.max()) if len(pos) and pos.max() > pos.min() else None
             a.imshow(np.where(mag > 0, mag, np.nan), cmap=CMAP_MAGNITUDE, norm=norm, interpolation="nearest")
             a.set_title(lk.name, fontsize=5, color=colors[lk.name])
-        for a in grid.ravel()[len(layers):]:
+        for a in grid.ravel()[len(layers) :]:
             a.set_visible(False)
         ax = sub[1].subplots(1, 1)
         for lk in layers:
@@ -417,5 +478,13 @@ def plot_frequency(kernels: Sequence, profile: pd.DataFrame, untrained: Optional
     return fig, grid
 
 
-__all__ = ["centre_crop", "plot_eigenkernels", "plot_kernel_magnitude",
-           "plot_erf", "plot_frequency", "plot_raw_kernels", "plot_weight_pca", "sample_channels"]
+__all__ = [
+    "centre_crop",
+    "plot_eigenkernels",
+    "plot_kernel_magnitude",
+    "plot_erf",
+    "plot_frequency",
+    "plot_raw_kernels",
+    "plot_weight_pca",
+    "sample_channels",
+]

@@ -33,8 +33,9 @@ def of_model(df: pd.DataFrame, model) -> pd.DataFrame:
     return df if model is None else df[df[MODEL] == model]
 
 
-def panels(n: int, ax, fig: Optional[Figure], ncols: int, panel_size=(3.2, 2.5),
-           sharey: bool = True) -> tuple[Figure, np.ndarray]:
+def panels(
+    n: int, ax, fig: Optional[Figure], ncols: int, panel_size=(3.2, 2.5), sharey: bool = True
+) -> tuple[Figure, np.ndarray]:
     """``n`` axes: the given ones, or a new grid on ``fig`` (or a new figure)."""
     if ax is not None:
         axes = np.atleast_1d(np.asarray(ax, dtype=object)).ravel()

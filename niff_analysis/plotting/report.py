@@ -70,8 +70,18 @@ def _kernel_sample_long(kernels: Sequence[LayerKernels], label: str, n_channels:
         idx = sample_channels(len(flat), n_channels)
         k = flat[idx]
         ch, row, col = np.meshgrid(idx, np.arange(k.shape[1]), np.arange(k.shape[2]), indexing="ij")
-        frames.append(pd.DataFrame({CHECKPOINT: label, "layer": lk.name, "channel": ch.ravel(),
-                                    "row": row.ravel(), "col": col.ravel(), "value": k.ravel()}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    CHECKPOINT: label,
+                    "layer": lk.name,
+                    "channel": ch.ravel(),
+                    "row": row.ravel(),
+                    "col": col.ravel(),
+                    "value": k.ravel(),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -107,42 +117,61 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
         tables["mass_summary_untrained"] = untrained
     if not data.mass_scale.empty:
         tables["mass_scale"] = data.mass_scale
-    yield ("mass_ratio", plot_mass_ratio(data.mass_summary, untrained=None if untrained.empty else untrained,
-                                         scale=data.mass_scale)[0], tables)
+    yield (
+        "mass_ratio",
+        plot_mass_ratio(data.mass_summary, untrained=None if untrained.empty else untrained, scale=data.mass_scale)[0],
+        tables,
+    )
     if not data.history.empty:
-        yield ("kernel_history", plot_kernel_history(data.history, measures=data.measures)[0],
-               {"kernel_history": data.history})
+        yield (
+            "kernel_history",
+            plot_kernel_history(data.history, measures=data.measures)[0],
+            {"kernel_history": data.history},
+        )
     if data.erf_maps:
-        yield ("erf", plot_erf(data.erf_maps, data.erf, protocol=data.parameters.get("erf_protocol", "luo"))[0],
-               {"erf_area_ratios": data.erf})
+        yield (
+            "erf",
+            plot_erf(data.erf_maps, data.erf, protocol=data.parameters.get("erf_protocol", "luo"))[0],
+            {"erf_area_ratios": data.erf},
+        )
     sizes = data.effective_sizes
     if "measure" in sizes.columns:  # the first measure's sizes (the table holds every measure's)
         sizes = sizes[sizes["measure"] == data.measures[0]]
-    yield ("effective_size", plot_effective_size(sizes, quantile=90)[0],
-           {"effective_sizes": data.effective_sizes})
-    yield ("gaussian_sigma", plot_sigma(data.gaussian_summary)[0],
-           {"gaussian_fits": data.gaussian, "gaussian_summary": data.gaussian_summary})
+    yield ("effective_size", plot_effective_size(sizes, quantile=90)[0], {"effective_sizes": data.effective_sizes})
+    yield (
+        "gaussian_sigma",
+        plot_sigma(data.gaussian_summary)[0],
+        {"gaussian_fits": data.gaussian, "gaussian_summary": data.gaussian_summary},
+    )
     if not data.cost.empty:
         yield "cost", plot_cost(data.cost)[0], {"cost": data.cost}
     for label in data.labels:
         pca = data.eigenkernels[label]
         comps = _components_long(pca, label)
-        tables = {name("eigenkernels", label): pca.table,
-                  name("eigenkernel_components", label): comps}
+        tables = {name("eigenkernels", label): pca.table, name("eigenkernel_components", label): comps}
         title = f"{label}: PCA eigenkernels" if multi else None
         yield name("eigenkernels", label), plot_eigenkernels(pca.table, pca.components, title=title)[0], tables
-        yield (name(f"eigenkernels_zoom{ZOOM}", label),
-               plot_eigenkernels(pca.table, pca.components, zoom=ZOOM,
-                                 title=f"{label}: PCA eigenkernels, central {ZOOM}×{ZOOM}" if multi else None)[0],
-               {})
+        yield (
+            name(f"eigenkernels_zoom{ZOOM}", label),
+            plot_eigenkernels(
+                pca.table,
+                pca.components,
+                zoom=ZOOM,
+                title=f"{label}: PCA eigenkernels, central {ZOOM}×{ZOOM}" if multi else None,
+            )[0],
+            {},
+        )
         if label in data.weight_pca:
             w = data.weight_pca[label]
-            yield (name("weight_pca", label),
-                   plot_weight_pca(w.table, w.components,
-                                   title=f"{label}: multiplication-weight PCA ({weight_response_name(w.table)})"
-                                   if multi else None)[0],
-                   {name("weight_pca", label): w.table,
-                    name("weight_pca_components", label): _components_long(w, label)})
+            yield (
+                name("weight_pca", label),
+                plot_weight_pca(
+                    w.table,
+                    w.components,
+                    title=f"{label}: multiplication-weight PCA ({weight_response_name(w.table)})" if multi else None,
+                )[0],
+                {name("weight_pca", label): w.table, name("weight_pca_components", label): _components_long(w, label)},
+            )
         lks = data.kernels[label]
         if not data.frequency.empty and (data.frequency[CHECKPOINT] == label).any():
             prof = data.frequency[data.frequency[CHECKPOINT] == label]
@@ -151,16 +180,23 @@ def iter_figures(data: FigureData, n_channels: int = 8) -> Iterator[tuple[str, F
             tables = {name("frequency_profile", label): prof}
             if ref is not None and not ref.empty:
                 tables[name("frequency_profile_untrained", label)] = ref
-            yield (name("frequency", label),
-                   plot_frequency(lks, prof, ref, title=f"{label}: frequency responses" if multi else None)[0],
-                   tables)
-        yield (name("raw_kernels", label),
-               plot_raw_kernels(lks, n_channels=n_channels, title=f"{label}: spatial kernels (sample)"
-                                if multi else None)[0],
-               {name("raw_kernels_sample", label): _kernel_sample_long(lks, label, n_channels)})
-        yield (name("kernel_magnitude", label),
-               plot_kernel_magnitude(lks, title=f"{label}: mean |kernel| per layer" if multi else None)[0],
-               {})
+            yield (
+                name("frequency", label),
+                plot_frequency(lks, prof, ref, title=f"{label}: frequency responses" if multi else None)[0],
+                tables,
+            )
+        yield (
+            name("raw_kernels", label),
+            plot_raw_kernels(lks, n_channels=n_channels, title=f"{label}: spatial kernels (sample)" if multi else None)[
+                0
+            ],
+            {name("raw_kernels_sample", label): _kernel_sample_long(lks, label, n_channels)},
+        )
+        yield (
+            name("kernel_magnitude", label),
+            plot_kernel_magnitude(lks, title=f"{label}: mean |kernel| per layer" if multi else None)[0],
+            {},
+        )
 
 
 def check_output_folder(out: PathLike) -> Path:
@@ -183,8 +219,12 @@ def check_output_folder(out: PathLike) -> Path:
     return out
 
 
-def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pdf", "png"),
-                  progress: Optional[Callable[[str], None]] = None) -> list[Path]:
+def write_figures(
+    data: FigureData,
+    out: PathLike,
+    formats: Sequence[str] = ("pdf", "png"),
+    progress: Optional[Callable[[str], None]] = None,
+) -> list[Path]:
     """Write every figure in each format and every table as CSV under ``out``, as one unit.
 
     Everything is written into a temporary folder beside ``out`` first, with ``meta.json``
@@ -219,9 +259,17 @@ def write_figures(data: FigureData, out: PathLike, formats: Sequence[str] = ("pd
                 if path not in written:
                     written.add(atomic_write(path, df.to_csv(index=False, float_format="%.6g")))
         names = sorted(p.name for p in written)
-        atomic_write(tmp / META_NAME, figures_manifest(
-            [dict(label=label, path=data.sources.get(label), sha256=data.hashes.get(label)) for label in data.labels],
-            dict(data.parameters, formats=list(formats)), names))
+        atomic_write(
+            tmp / META_NAME,
+            figures_manifest(
+                [
+                    dict(label=label, path=data.sources.get(label), sha256=data.hashes.get(label))
+                    for label in data.labels
+                ],
+                dict(data.parameters, formats=list(formats)),
+                names,
+            ),
+        )
         if out.is_dir():
             listed = set(manifest_files(out)) | {META_NAME}
             for entry in out.iterdir():
@@ -242,6 +290,7 @@ def _umask() -> int:
 
 def _link_into(src: Path, dst: Path) -> None:
     """Carry a user's file (or folder) into the new set: hard links where possible."""
+
     def link(a, b):
         try:
             os.link(a, b, follow_symlinks=False)

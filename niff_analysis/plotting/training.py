@@ -17,14 +17,20 @@ from .panels import models_of, of_model, panels, require, ret
 from .style import OKABE_ITO, layer_colors, ordered_unique, palette_stage, style
 
 # --------------------------------------------------------------------------- during training
-HISTORY_LABELS = {"mass3_mean": "mass ratio at 3×3", "mass5_mean": "mass ratio at 5×5",
-                  "mass9_mean": "mass ratio at 9×9", "k50_mean": "mean k50 (px)",
-                  "k90_mean": "mean k90 (px)", "sigma_x_median": "median σx (px)",
-                  "sigma_y_median": "median σy (px)"}
+HISTORY_LABELS = {
+    "mass3_mean": "mass ratio at 3×3",
+    "mass5_mean": "mass ratio at 5×5",
+    "mass9_mean": "mass ratio at 9×9",
+    "k50_mean": "mean k50 (px)",
+    "k90_mean": "mean k90 (px)",
+    "sigma_x_median": "median σx (px)",
+    "sigma_y_median": "median σy (px)",
+}
 
 
-def _measure_rows(history: pd.DataFrame, stats: Sequence[str],
-                  measures: Sequence[str]) -> list[tuple[str, Optional[str]]]:
+def _measure_rows(
+    history: pd.DataFrame, stats: Sequence[str], measures: Sequence[str]
+) -> list[tuple[str, Optional[str]]]:
     """(stat, measure) of each row of panels: a mass or size statistic once per measure the table
     holds it under, any other statistic once."""
     if "measure" not in history.columns:
@@ -37,9 +43,13 @@ def _measure_rows(history: pd.DataFrame, stats: Sequence[str],
     return rows
 
 
-def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_mean", "k90_mean"),
-                        ax=None, fig: Optional[Figure] = None,
-                        measures: Sequence[str] = ("l1",)) -> tuple[Figure, object]:
+def plot_kernel_history(
+    history: pd.DataFrame,
+    stats: Sequence[str] = ("mass9_mean", "k90_mean"),
+    ax=None,
+    fig: Optional[Figure] = None,
+    measures: Sequence[str] = ("l1",),
+) -> tuple[Figure, object]:
     """Kernel statistics per layer against training epoch: one row of panels per statistic (and
     measure), one column per model (NIFF and baseline side by side), one curve per layer
     coloured by stage.
@@ -66,8 +76,7 @@ def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_me
     stages = list(history["stage"]) if "stage" in history.columns else None
     colors = layer_colors(list(history["layer"]), stages)
     with style():
-        fig, axes = panels(len(rows) * len(models), ax, fig, ncols=len(models),
-                           panel_size=(3.4, 2.4), sharey=False)
+        fig, axes = panels(len(rows) * len(models), ax, fig, ncols=len(models), panel_size=(3.4, 2.4), sharey=False)
         axes = axes.reshape(len(rows), len(models))
         for j, model in enumerate(models):
             part = of_model(history, model)
@@ -78,8 +87,7 @@ def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_me
                     d = d[d["measure"] == measure]
                 for layer in ordered_unique(d["layer"]):
                     c = d[d["layer"] == layer].sort_values("epoch")
-                    a.plot(c["epoch"], c["value"], color=colors[layer], lw=1, marker="o", ms=2,
-                           label=layer)
+                    a.plot(c["epoch"], c["value"], color=colors[layer], lw=1, marker="o", ms=2, label=layer)
                 label = HISTORY_LABELS.get(stat, stat)
                 a.set_ylabel(label if measure in (None, "any") else f"{label}\n[{measure}]")
                 if stat.startswith("mass"):
@@ -94,8 +102,12 @@ def plot_kernel_history(history: pd.DataFrame, stats: Sequence[str] = ("mass9_me
     return ret(fig, axes.ravel())
 
 
-def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mass9_mean", "k90_mean"),
-               fig: Optional[Figure] = None, measure: str = "l1") -> tuple[Figure, object]:
+def plot_sweep(
+    history: pd.DataFrame,
+    stats: Sequence[str] = ("mass3_mean", "mass9_mean", "k90_mean"),
+    fig: Optional[Figure] = None,
+    measure: str = "l1",
+) -> tuple[Figure, object]:
     """A recipe ablation: per stage, the stage's mean of each statistic against epoch, one
     curve per arm; the last column shows each arm's test accuracy after every epoch (as
     labelled bars when the arms were tested once, e.g. one-epoch arms). Mass at 3×3 is drawn by
@@ -119,8 +131,7 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mas
     colors = {arm: OKABE_ITO[(i + 1) % len(OKABE_ITO)] for i, arm in enumerate(arms)}
     ncols = len(stages) + 1
     with style():
-        fig, axes = panels(len(stats) * ncols, None, fig, ncols=ncols, panel_size=(2.6, 2.2),
-                           sharey=False)
+        fig, axes = panels(len(stats) * ncols, None, fig, ncols=ncols, panel_size=(2.6, 2.2), sharey=False)
         axes = axes.reshape(len(stats), ncols)
         for i, stat in enumerate(stats):
             d = h[h["stat"] == stat]
@@ -142,15 +153,17 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mas
                 a.set_xlabel("epoch")
             axes[i, -1].set_visible(i == 0)
         acc = axes[0, -1]
-        t = (h.dropna(subset=["test_acc"]).drop_duplicates(["arm", "epoch"]) if "test_acc" in h.columns
-             else h.iloc[:0].assign(test_acc=[]))
+        t = (
+            h.dropna(subset=["test_acc"]).drop_duplicates(["arm", "epoch"])
+            if "test_acc" in h.columns
+            else h.iloc[:0].assign(test_acc=[])
+        )
         if len(t) and t.groupby("arm").size().max() == 1:  # one test per arm: bars, not dots
             values = t.groupby("arm", sort=False)["test_acc"].first().reindex(arms)
             bars = acc.barh(range(len(arms)), values.to_numpy(), color=[colors[a] for a in arms], height=0.6)
             for bar, v in zip(bars, values):
                 if pd.notna(v):
-                    acc.text(v, bar.get_y() + bar.get_height() / 2, f" {100 * v:.2f} %", va="center",
-                             fontsize=6)
+                    acc.text(v, bar.get_y() + bar.get_height() / 2, f" {100 * v:.2f} %", va="center", fontsize=6)
             acc.set_yticks(range(len(arms)), arms, fontsize=6)
             acc.invert_yaxis()
             acc.set_xlim(max(0.0, values.min() - 0.1), 1.0)
@@ -167,12 +180,22 @@ def plot_sweep(history: pd.DataFrame, stats: Sequence[str] = ("mass3_mean", "mas
 
 
 STUDY_STATS = ("mass1_mean", "mass3_mean", "mass9_mean", "k90_mean")
-STUDY_LABELS = {"mass1_mean": "centre pixel's share", "mass3_mean": "mass at 3×3", "mass9_mean": "mass at 9×9",
-                "k90_mean": "mean k90 (px)", "k50_mean": "mean k50 (px)", "k90_median": "median k90 (px)"}
+STUDY_LABELS = {
+    "mass1_mean": "centre pixel's share",
+    "mass3_mean": "mass at 3×3",
+    "mass9_mean": "mass at 9×9",
+    "k90_mean": "mean k90 (px)",
+    "k50_mean": "mean k50 (px)",
+    "k90_median": "median k90 (px)",
+}
 
 
-def plot_study(summary: pd.DataFrame, stats: Sequence[str] = STUDY_STATS, measures: Sequence[str] = ("l1", "energy"),
-               fig: Optional[Figure] = None) -> tuple[Figure, object]:
+def plot_study(
+    summary: pd.DataFrame,
+    stats: Sequence[str] = STUDY_STATS,
+    measures: Sequence[str] = ("l1", "energy"),
+    fig: Optional[Figure] = None,
+) -> tuple[Figure, object]:
     """A controlled study's finished runs: per stage, each arm's mean over seeds with its 95 %
     interval, one row of panels per measure and one column per statistic, plus test accuracy.
 
@@ -203,8 +226,17 @@ def plot_study(summary: pd.DataFrame, stats: Sequence[str] = STUDY_STATS, measur
                     c = d[d["arm"] == arm].set_index("stage").reindex(stages)
                     x = [n + (k - (len(drawn) - 1) / 2) * width for n in range(len(stages))]
                     err = [(c["mean"] - c["lo"]).to_numpy(), (c["hi"] - c["mean"]).to_numpy()]
-                    a.errorbar(x, c["mean"], yerr=err, fmt="s" if arm == "init" else "o", ms=3, lw=0.8,
-                               capsize=1.5, color=colors[arm], label=arm)
+                    a.errorbar(
+                        x,
+                        c["mean"],
+                        yerr=err,
+                        fmt="s" if arm == "init" else "o",
+                        ms=3,
+                        lw=0.8,
+                        capsize=1.5,
+                        color=colors[arm],
+                        label=arm,
+                    )
                 a.set_xticks(range(len(stages)), stages, fontsize=6)
                 if stat.startswith("mass"):
                     a.set_ylim(0, 1.02)
@@ -215,8 +247,15 @@ def plot_study(summary: pd.DataFrame, stats: Sequence[str] = STUDY_STATS, measur
             axes[i, -1].set_visible(i == 0)
         acc = axes[0, -1]
         t = summary[(summary["stat"] == "test_acc") & (summary["arm"].isin(arms))].set_index("arm").reindex(arms)
-        acc.errorbar(100 * t["mean"], range(len(arms)), xerr=[100 * (t["mean"] - t["lo"]), 100 * (t["hi"] - t["mean"])],
-                     fmt="none", ecolor="0.3", lw=0.8, capsize=1.5)
+        acc.errorbar(
+            100 * t["mean"],
+            range(len(arms)),
+            xerr=[100 * (t["mean"] - t["lo"]), 100 * (t["hi"] - t["mean"])],
+            fmt="none",
+            ecolor="0.3",
+            lw=0.8,
+            capsize=1.5,
+        )
         acc.scatter(100 * t["mean"], range(len(arms)), c=[colors[a] for a in arms], s=12, zorder=3)
         acc.set_yticks(range(len(arms)), arms, fontsize=5)
         acc.invert_yaxis()
@@ -224,10 +263,15 @@ def plot_study(summary: pd.DataFrame, stats: Sequence[str] = STUDY_STATS, measur
             acc.set_xlim(max(0.0, 100 * t["lo"].min() - 1), min(100.0, 100 * t["hi"].max() + 1))
         acc.set_xlabel("test accuracy (%)")
         n = summary.loc[summary["arm"].isin(arms), "n_seeds"]
-        acc.set_title(f"mean, 95 % t-interval over {n.min()}–{n.max()} seeds" if len(n) and n.min() != n.max()
-                      else f"mean, 95 % t-interval over {n.max() if len(n) else 0} seeds", fontsize=6)
-        handles = [Line2D([], [], color=colors[a], marker="s" if a == "init" else "o", ms=3, lw=0, label=a)
-                   for a in drawn]
+        acc.set_title(
+            f"mean, 95 % t-interval over {n.min()}–{n.max()} seeds"
+            if len(n) and n.min() != n.max()
+            else f"mean, 95 % t-interval over {n.max() if len(n) else 0} seeds",
+            fontsize=6,
+        )
+        handles = [
+            Line2D([], [], color=colors[a], marker="s" if a == "init" else "o", ms=3, lw=0, label=a) for a in drawn
+        ]
         acc.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.3), fontsize=5)
     return ret(fig, axes.ravel())
 

@@ -8,11 +8,27 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"DATASETS": "..data", "load_cifar10": "..data", "load_dataset": "..data", "load_fashion_mnist": "..data",
-         "load_imagefolder": "..data", "TrainConfig": ".trainer", "evaluate": ".trainer", "train": ".trainer"}
+_LAZY = {
+    "DATASETS": "..data",
+    "load_cifar10": "..data",
+    "load_dataset": "..data",
+    "load_fashion_mnist": "..data",
+    "load_imagefolder": "..data",
+    "TrainConfig": ".trainer",
+    "evaluate": ".trainer",
+    "train": ".trainer",
+}
 
-__all__ = ["DATASETS", "TrainConfig", "evaluate", "load_cifar10", "load_dataset",
-           "load_fashion_mnist", "load_imagefolder", "train"]
+__all__ = [
+    "DATASETS",
+    "TrainConfig",
+    "evaluate",
+    "load_cifar10",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_imagefolder",
+    "train",
+]
 
 
 def __getattr__(name: str):

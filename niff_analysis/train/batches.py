@@ -42,8 +42,9 @@ def first_samples(data, n: Optional[int]):
     return data
 
 
-def evaluate(model: nn.Module, data, device: torch.device, batch_size: int = 512,
-             label_smoothing: float = 0.0, workers: int = 2) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data, device: torch.device, batch_size: int = 512, label_smoothing: float = 0.0, workers: int = 2
+) -> tuple[float, float]:
     """(mean loss, accuracy in [0, 1]) of ``model`` on a dataset (no augmentation).
 
     Inside a process group every rank evaluates its share and the sums are all-reduced.
@@ -71,7 +72,7 @@ def eval_batches(data, batch_size, rank=0, world=1, workers=2):
     if isinstance(data, TensorDataset):
         images, labels = data.images[rank::world], data.labels[rank::world]
         for i in range(0, len(labels), batch_size):
-            yield normalise(images[i:i + batch_size], data.mean, data.std), labels[i:i + batch_size]
+            yield normalise(images[i : i + batch_size], data.mean, data.std), labels[i : i + batch_size]
     else:
         part = torch.utils.data.Subset(data, range(rank, len(data), world))
         yield from torch.utils.data.DataLoader(part, batch_size=batch_size, num_workers=workers)
@@ -86,7 +87,7 @@ def train_batches(data, cfg: TrainConfig, epoch: int, rank: int, world: int, sta
     starts = range(0, n - cfg.batch_size + 1, cfg.batch_size)
     if isinstance(data, TensorDataset):
         for i, s in enumerate(starts):
-            idx = perm[s:s + cfg.batch_size]
+            idx = perm[s : s + cfg.batch_size]
             x = data.images[idx]
             if cfg.augment:
                 x = augment_batch(x, gen)  # drawn even for skipped steps: keeps `gen` in step
@@ -96,7 +97,7 @@ def train_batches(data, cfg: TrainConfig, epoch: int, rank: int, world: int, sta
             yield i, x[rank::world], data.labels[idx][rank::world]
     else:
         data.set_epoch(epoch)
-        batches = [perm[s:s + cfg.batch_size][rank::world].tolist() for s in starts][start:]
+        batches = [perm[s : s + cfg.batch_size][rank::world].tolist() for s in starts][start:]
         loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=cfg.workers)
         for i, (x, y) in enumerate(loader, start):
             yield i, x, y
@@ -109,8 +110,10 @@ def load_data(cfg: TrainConfig) -> tuple:
     kw = cfg.model_kwargs
     h, w = input_hw(kw.get("input_size") or None, kw.get("stem"))
     size = h if h == w else (h, w)  # as the ImageFolder transforms take it
-    train_data, test_data = (load_dataset(cfg.dataset, cfg.data_dir, split, image_size=size, seed=cfg.seed,
-                                          content_scale=cfg.content_scale) for split in ("train", "test"))
+    train_data, test_data = (
+        load_dataset(cfg.dataset, cfg.data_dir, split, image_size=size, seed=cfg.seed, content_scale=cfg.content_scale)
+        for split in ("train", "test")
+    )
     train_data, test_data = first_samples(train_data, cfg.train_subset), first_samples(test_data, cfg.test_subset)
     kwargs = dict(kw)
     kwargs.setdefault("num_classes", len(train_data.classes))

@@ -13,9 +13,26 @@ from ..errors import NiffError
 #: dtypes, so that the recipe (and the command line's options built from it) imports no torch.
 DTYPES = ("float32", "float64")
 # Settings that change the trained weights; a resume must use the same values.
-RECIPE_KEYS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
-               "weight_decay", "label_smoothing", "augment", "seed", "train_subset", "dtype",
-               "mlp_weight_decay", "mlp_lr_scale", "mlp_bias_decay", "content_scale", "precision")
+RECIPE_KEYS = (
+    "model",
+    "model_kwargs",
+    "dataset",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "label_smoothing",
+    "augment",
+    "seed",
+    "train_subset",
+    "dtype",
+    "mlp_weight_decay",
+    "mlp_lr_scale",
+    "mlp_bias_decay",
+    "content_scale",
+    "precision",
+)
 
 
 @dataclass
@@ -45,7 +62,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"
-    amp: bool = True          # bf16 (fp16 + GradScaler where bf16 is missing) autocast on CUDA only
+    amp: bool = True  # bf16 (fp16 + GradScaler where bf16 is missing) autocast on CUDA only
     # "auto": float32 on the CPU, the amp setting on CUDA; "fp32"; "bf16": bf16 autocast on a CPU
     # with native bf16 or a GPU (FFTs and frequency MLPs stay float32). See train/precision.py.
     precision: str = "auto"
@@ -56,13 +73,13 @@ class TrainConfig:
     threads: Optional[int] = None
     progress: bool = True
     save_every_steps: int = 0  # also save resumable state every N steps (0: per epoch only)
-    sync_bn: bool = True       # under DDP, BatchNorm statistics over the global batch
-    workers: int = 4           # DataLoader workers (ImageFolder only)
-    dtype: str = "float32"     # "float64": CPU reference runs (exact DDP/resume comparisons)
+    sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch
+    workers: int = 4  # DataLoader workers (ImageFolder only)
+    dtype: str = "float32"  # "float64": CPU reference runs (exact DDP/resume comparisons)
     kernel_stats: bool = True  # record kernel_stats.csv at init, every epoch (and every N steps)
     kernel_stats_every_steps: int = 0
     keep_epoch_checkpoints: bool = False  # also keep OUT/epoch_NNN/ after every epoch
-    overwrite: bool = False    # replace the run an out folder holds (its files are removed first)
+    overwrite: bool = False  # replace the run an out folder holds (its files are removed first)
 
     def validate(self) -> None:
         """Raise :class:`NiffError` on values no run can use."""
@@ -94,18 +111,23 @@ class TrainConfig:
 
         if parse_name(self.model)[1] in ("baseline", "sep"):
             # Settings of NIFF layers would be recorded in config.json but never used.
-            unused = [option for option, used in (
-                ("--mlp", self.model_kwargs.get("mlp") is not None),
-                ("--mode", self.model_kwargs.get("mode", "circular") != "circular"),
-                ("--mlp-weight-decay", self.mlp_weight_decay is not None),
-                ("--mlp-lr-scale", self.mlp_lr_scale != 1.0),
-                ("--mlp-bias-decay", bool(self.mlp_bias_decay)),
-                ("niff_on_1x1", bool(self.model_kwargs.get("niff_on_1x1"))),
-            ) if used]
+            unused = [
+                option
+                for option, used in (
+                    ("--mlp", self.model_kwargs.get("mlp") is not None),
+                    ("--mode", self.model_kwargs.get("mode", "circular") != "circular"),
+                    ("--mlp-weight-decay", self.mlp_weight_decay is not None),
+                    ("--mlp-lr-scale", self.mlp_lr_scale != 1.0),
+                    ("--mlp-bias-decay", bool(self.mlp_bias_decay)),
+                    ("niff_on_1x1", bool(self.model_kwargs.get("niff_on_1x1"))),
+                )
+                if used
+            ]
             if unused:
                 setting = "an MLP setting" if unused[0].startswith("--mlp") else "a NIFF setting"
-                raise NiffError(f"{self.model} has no NIFF layers: {setting} would be recorded but never used; "
-                                f"drop {unused[0]}")
+                raise NiffError(
+                    f"{self.model} has no NIFF layers: {setting} would be recorded but never used; drop {unused[0]}"
+                )
         if self.dtype not in DTYPES:
             raise NiffError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         from .precision import PRECISIONS

@@ -104,12 +104,16 @@ def resolve_precision(precision: str, amp: bool, device: torch.device, dtype: to
     if precision == "bf16":
         if device.type == "cpu":
             if not cpu_bf16_flags():
-                raise NiffError(f"--precision bf16: this CPU ({cpu_model()}) has no native bf16 "
-                                f"instructions ({', '.join(BF16_FLAGS)}); use --precision fp32")
+                raise NiffError(
+                    f"--precision bf16: this CPU ({cpu_model()}) has no native bf16 "
+                    f"instructions ({', '.join(BF16_FLAGS)}); use --precision fp32"
+                )
         elif device.type == "cuda":
             if not torch.cuda.is_bf16_supported():
-                raise NiffError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not "
-                                "support bf16; use --precision auto (float16 with loss scaling) or fp32")
+                raise NiffError(
+                    f"--precision bf16: {torch.cuda.get_device_name(device)} does not "
+                    "support bf16; use --precision auto (float16 with loss scaling) or fp32"
+                )
         else:
             raise NiffError(f"--precision bf16 runs on the CPU or a CUDA GPU, not on {device.type}")
         return Precision("bf16", torch.bfloat16)

@@ -22,8 +22,13 @@ from .config import RECIPE_KEYS, TrainConfig
 STATE_NAME = TRAIN_STATE_NAME  # checkpoint.load_checkpoint reads it as a model too
 STATE_FORMAT = 2
 # What a state saved before a key existed was made with (the key's default behaviour).
-RECIPE_DEFAULTS = {"mlp_weight_decay": None, "mlp_lr_scale": 1.0, "mlp_bias_decay": False, "content_scale": 1.0,
-                   "precision": "auto"}
+RECIPE_DEFAULTS = {
+    "mlp_weight_decay": None,
+    "mlp_lr_scale": 1.0,
+    "mlp_bias_decay": False,
+    "content_scale": 1.0,
+    "precision": "auto",
+}
 
 
 def load_state(path: Path, cfg: TrainConfig) -> dict:
@@ -91,22 +96,26 @@ def refuse_other_run(out: Path, cfg: TrainConfig) -> None:
         return
     diverged = read_diverged(out)
     if diverged is not None:
-        raise NiffError(f"--out {out} holds a run whose training diverged ({diverged.get('message', '')}); "
-                        "use --overwrite to train it again (e.g. with a lower --lr), or a new --out")
+        raise NiffError(
+            f"--out {out} holds a run whose training diverged ({diverged.get('message', '')}); "
+            "use --overwrite to train it again (e.g. with a lower --lr), or a new --out"
+        )
     if unstarted(out):
         diff = saved_recipe_diff(out, cfg)
         if not diff:
             return  # stopped before anything was saved: start it again
-        raise NiffError(f"--out {out} holds the start of another run (made with {diff}); use a new --out, or "
-                        "--overwrite to replace it")
+        raise NiffError(
+            f"--out {out} holds the start of another run (made with {diff}); use a new --out, or "
+            "--overwrite to replace it"
+        )
     if (out / STATE_NAME).is_file():
         try:
             diff = recipe_diff(torch.load(out / STATE_NAME, map_location="cpu", weights_only=True), cfg)
         except Exception:  # noqa: BLE001 - unreadable: it is still somebody's run
             diff = "an unreadable train_state.pt"
         if diff:
-            raise NiffError(f"--out {out} holds another run (made with {diff}); use a new --out, or "
-                            "--overwrite to replace it")
-        raise NiffError(f"--out {out} holds a run of this recipe: --resume continues it "
-                        "(--overwrite starts it again)")
+            raise NiffError(
+                f"--out {out} holds another run (made with {diff}); use a new --out, or --overwrite to replace it"
+            )
+        raise NiffError(f"--out {out} holds a run of this recipe: --resume continues it (--overwrite starts it again)")
     raise NiffError(f"--out {out} holds a run ({', '.join(held)}); use a new --out, or --overwrite to replace it")

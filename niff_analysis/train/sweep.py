@@ -48,8 +48,16 @@ def _flag(value: str) -> bool:
 
 #: Settings an arm may change, with their parsers.
 ARM_KEYS: dict[str, Callable[[str], object]] = {
-    "mlp_weight_decay": float, "mlp_lr_scale": float, "mlp_bias_decay": _flag, "content_scale": float,
-    "weight_decay": float, "lr": float, "label_smoothing": float, "momentum": float, "epochs": int}
+    "mlp_weight_decay": float,
+    "mlp_lr_scale": float,
+    "mlp_bias_decay": _flag,
+    "content_scale": float,
+    "weight_decay": float,
+    "lr": float,
+    "label_smoothing": float,
+    "momentum": float,
+    "epochs": int,
+}
 SWEEP_FILE = "sweep.json"
 SEED_PREFIX = "seed="
 JOBS_DIR = "_jobs"  # submitit's logs and pickles
@@ -69,8 +77,9 @@ def parse_arm(text: str) -> tuple[str, dict]:
         key, sep, value = part.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in ARM_KEYS:
-            raise NiffError(f"--arm {text!r}: expected key=value pairs with keys from "
-                            f"{', '.join(ARM_KEYS)} (or 'spec')")
+            raise NiffError(
+                f"--arm {text!r}: expected key=value pairs with keys from {', '.join(ARM_KEYS)} (or 'spec')"
+            )
         if key in changes:
             raise NiffError(f"--arm {text!r}: {key} is given twice")
         try:
@@ -122,10 +131,16 @@ def run_job(cfg: TrainConfig) -> str:
             with stop_on_signals((signal.SIGINT,)):
                 train(cfg, resume=(folder / STATE_NAME).is_file())
         except Interrupted as exc:
-            kept = f"the state {saved_position(*exc.saved)} is saved" if exc.saved else \
-                "its last saved state is kept" if (folder / STATE_NAME).is_file() else "nothing was saved yet"
-            raise NiffError(f"interrupted by {signal.Signals(exc.signum).name}: {kept}; the same sweep "
-                            "command resumes it") from None
+            kept = (
+                f"the state {saved_position(*exc.saved)} is saved"
+                if exc.saved
+                else "its last saved state is kept"
+                if (folder / STATE_NAME).is_file()
+                else "nothing was saved yet"
+            )
+            raise NiffError(
+                f"interrupted by {signal.Signals(exc.signum).name}: {kept}; the same sweep command resumes it"
+            ) from None
     return str(folder)
 
 
@@ -177,8 +192,12 @@ class Executor:
                 ex = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
             except RuntimeError as exc:  # no srun: not on a SLURM cluster
                 raise NiffError(f"--executor slurm: {exc}") from None
-            ex.update_parameters(name="niff-sweep", timeout_min=self.timeout_min,
-                                 slurm_array_parallelism=self.parallel or 10_000, **self.slurm)
+            ex.update_parameters(
+                name="niff-sweep",
+                timeout_min=self.timeout_min,
+                slurm_array_parallelism=self.parallel or 10_000,
+                **self.slurm,
+            )
         else:
             raise NiffError(f"unknown executor {self.kind!r}; choose local or slurm")
         return ex
@@ -205,16 +224,22 @@ def plan(base: TrainConfig, arms: Sequence[str], seeds: Sequence[int], out: str)
     jobs = []
     for seed in seeds:  # seed-major: an interrupted study has every arm at its first seeds
         for name, changes in parsed:
-            cfg = dataclasses.replace(base, out=str(root / name / f"{SEED_PREFIX}{seed}"), seed=seed,
-                                      kernel_stats=True, **changes)
+            cfg = dataclasses.replace(
+                base, out=str(root / name / f"{SEED_PREFIX}{seed}"), seed=seed, kernel_stats=True, **changes
+            )
             cfg.validate()
             jobs.append(Job(name, seed, cfg))
     return jobs
 
 
-def run_sweep(base: TrainConfig, arms: Sequence[str], out: str, seeds: Optional[Sequence[int]] = None,
-              executor: Optional[Executor] = None, echo: Callable[[str], None] = lambda s: None
-              ) -> list[str]:
+def run_sweep(
+    base: TrainConfig,
+    arms: Sequence[str],
+    out: str,
+    seeds: Optional[Sequence[int]] = None,
+    executor: Optional[Executor] = None,
+    echo: Callable[[str], None] = lambda s: None,
+) -> list[str]:
     """Train every run of a study that is not finished; returns the messages of failed runs.
 
     Args:
@@ -303,11 +328,21 @@ def job_error(exc: BaseException) -> str:
 def _write_sweep_file(root: Path, base: TrainConfig, jobs: list[Job], seeds: Sequence[int]) -> None:
     arms: dict = {}
     for j in jobs:
-        arms.setdefault(j.arm, {k: v for k, v in dataclasses.asdict(j.cfg).items()
-                                if k in ARM_KEYS and v != getattr(base, k)})
-    atomic_write(root / SWEEP_FILE, json.dumps(dict(
-        arms=arms, seeds=list(seeds),
-        base={k: v for k, v in dataclasses.asdict(base).items() if k not in ("out", "seed")}), indent=2) + "\n")
+        arms.setdefault(
+            j.arm, {k: v for k, v in dataclasses.asdict(j.cfg).items() if k in ARM_KEYS and v != getattr(base, k)}
+        )
+    atomic_write(
+        root / SWEEP_FILE,
+        json.dumps(
+            dict(
+                arms=arms,
+                seeds=list(seeds),
+                base={k: v for k, v in dataclasses.asdict(base).items() if k not in ("out", "seed")},
+            ),
+            indent=2,
+        )
+        + "\n",
+    )
 
 
 def runs(root: str, arms: Optional[Sequence[str]] = None) -> list[tuple[str, int, Path]]:
@@ -327,8 +362,11 @@ def runs(root: str, arms: Optional[Sequence[str]] = None) -> list[tuple[str, int
             seed = json.loads((folder / "train_config.json").read_text()).get("seed", 0)
             found.append((name, int(seed), folder))
             continue
-        seeds = sorted(int(p.name[len(SEED_PREFIX):]) for p in folder.glob(f"{SEED_PREFIX}*")
-                       if p.is_dir() and p.name[len(SEED_PREFIX):].isdigit())
+        seeds = sorted(
+            int(p.name[len(SEED_PREFIX) :])
+            for p in folder.glob(f"{SEED_PREFIX}*")
+            if p.is_dir() and p.name[len(SEED_PREFIX) :].isdigit()
+        )
         found += [(name, s, folder / f"{SEED_PREFIX}{s}") for s in seeds]
     return found
 
@@ -443,6 +481,15 @@ def compare_arms(final: pd.DataFrame, arm: str, reference: str, level: float = 0
     for key, g in both.groupby(keys, sort=False):
         n, r = len(g), g["ratio"].astype(float)
         half = float(sps.t.ppf(0.5 + level / 2, n - 1) * r.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-        rows.append((*key, n, float(g["ref"].mean()), float(g["arm"].mean()), float(r.mean()),
-                     float(r.mean()) - half, float(r.mean()) + half))
+        rows.append(
+            (
+                *key,
+                n,
+                float(g["ref"].mean()),
+                float(g["arm"].mean()),
+                float(r.mean()),
+                float(r.mean()) - half,
+                float(r.mean()) + half,
+            )
+        )
     return pd.DataFrame(rows, columns=[*keys, "n_seeds", "reference", "arm", "ratio", "lo", "hi"])

@@ -68,8 +68,11 @@ class Interrupted(KeyboardInterrupt):
 
 def saved_position(epoch: int, step: int) -> str:
     """Where a saved state stands, for people: ``epoch`` epochs done and ``step`` steps into the next."""
-    return f"at step {step} of epoch {epoch + 1}" if step else (f"at the end of epoch {epoch}" if epoch
-                                                                  else "at the start")
+    return (
+        f"at step {step} of epoch {epoch + 1}"
+        if step
+        else (f"at the end of epoch {epoch}" if epoch else "at the start")
+    )
 
 
 class _Stop:
@@ -99,8 +102,11 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
             return
         if _Stop.graceful and _Stop.signum is None:
             _Stop.signum = signum
-            print(f"{signal.Signals(signum).name}: stopping after this step with the state saved "
-                  "(send it again to stop at once)", file=sys.stderr)
+            print(
+                f"{signal.Signals(signum).name}: stopping after this step with the state saved "
+                "(send it again to stop at once)",
+                file=sys.stderr,
+            )
             return
         raise Interrupted(signum)
 
@@ -118,18 +124,31 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     of the frequency MLPs form groups of their own, with ``mlp_weight_decay`` on their weights
     (and on their biases with ``mlp_bias_decay``) and the lr scaled by ``mlp_lr_scale``
     (``lr_scale`` in each group)."""
-    mlp = {id(p) for m in model.modules() if isinstance(m, NIFFLayer)
-           for p in list(m.real.parameters()) + list(m.imag.parameters())}
+    mlp = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, NIFFLayer)
+        for p in list(m.real.parameters()) + list(m.imag.parameters())
+    }
     mlp_wd = cfg.weight_decay if cfg.mlp_weight_decay is None else cfg.mlp_weight_decay
-    spec = [(False, True, cfg.weight_decay, 1.0), (False, False, 0.0, 1.0),
-            (True, True, mlp_wd, cfg.mlp_lr_scale),
-            (True, False, mlp_wd if cfg.mlp_bias_decay else 0.0, cfg.mlp_lr_scale)]
+    spec = [
+        (False, True, cfg.weight_decay, 1.0),
+        (False, False, 0.0, 1.0),
+        (True, True, mlp_wd, cfg.mlp_lr_scale),
+        (True, False, mlp_wd if cfg.mlp_bias_decay else 0.0, cfg.mlp_lr_scale),
+    ]
     groups = []
     for is_mlp, decays, wd, scale in spec:
         params = [p for p in model.parameters() if (id(p) in mlp) == is_mlp and (p.ndim > 1) == decays]
         if params or not is_mlp:  # the two MLP groups exist only where there are MLPs
-            groups.append(dict(params=params, weight_decay=wd, lr_scale=scale,
-                               name=("mlp_" if is_mlp else "") + ("decay" if decays else "no_decay")))
+            groups.append(
+                dict(
+                    params=params,
+                    weight_decay=wd,
+                    lr_scale=scale,
+                    name=("mlp_" if is_mlp else "") + ("decay" if decays else "no_decay"),
+                )
+            )
     return groups
 
 
@@ -137,19 +156,33 @@ def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: Optional[dict] = None, 
     """What every checkpoint of a run records (init/, epoch_NNN/ and the final one); ``precision``
     is the resolved one (:class:`~niff_analysis.train.precision.Precision`'s name)."""
     row = row or {}
-    recipe = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                  weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, augment=cfg.augment,
-                  schedule="cosine", optimizer="sgd",
-                  mlp_weight_decay=cfg.weight_decay if cfg.mlp_weight_decay is None else cfg.mlp_weight_decay,
-                  mlp_lr_scale=cfg.mlp_lr_scale)
+    recipe = dict(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing,
+        augment=cfg.augment,
+        schedule="cosine",
+        optimizer="sgd",
+        mlp_weight_decay=cfg.weight_decay if cfg.mlp_weight_decay is None else cfg.mlp_weight_decay,
+        mlp_lr_scale=cfg.mlp_lr_scale,
+    )
     if cfg.mlp_bias_decay:  # recorded only when set: checkpoints of the default recipe stay as they were
         recipe["mlp_bias_decay"] = True
     if cfg.content_scale != 1.0:
         recipe["content_scale"] = cfg.content_scale
     if precision not in ("fp32", "fp64"):  # what the steps computed in, when not the parameters' dtype
         recipe["precision"] = precision
-    return dict(dataset=cfg.dataset, recipe=recipe, epochs=epochs, seed=cfg.seed,
-                test_acc=row.get("test_acc"), test_loss=row.get("test_loss"))
+    return dict(
+        dataset=cfg.dataset,
+        recipe=recipe,
+        epochs=epochs,
+        seed=cfg.seed,
+        test_acc=row.get("test_acc"),
+        test_loss=row.get("test_loss"),
+    )
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -158,9 +191,11 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 def _check_compile(cfg: TrainConfig, model: nn.Module, device: torch.device) -> None:
     if cfg.compile and device.type != "cuda" and niff_layers(model):
-        raise NiffError("--compile needs a CUDA device for NIFF models: on CPU, TorchInductor "
-                        "generates no code for their complex FFTs, so compiling takes minutes and "
-                        "the result runs slower than eager; drop --compile")
+        raise NiffError(
+            "--compile needs a CUDA device for NIFF models: on CPU, TorchInductor "
+            "generates no code for their complex FFTs, so compiling takes minutes and "
+            "the result runs slower than eager; drop --compile"
+        )
 
 
 # --------------------------------------------------------------------------- training
@@ -240,8 +275,7 @@ class _Run:
         self.cfg = cfg = dataclasses.replace(cfg, model_kwargs=model_kwargs)
         self.steps = len(self.train_data) // cfg.batch_size
         if self.steps < 1:
-            raise NiffError(f"training set has {len(self.train_data)} images, fewer than one batch of "
-                            f"{cfg.batch_size}")
+            raise NiffError(f"training set has {len(self.train_data)} images, fewer than one batch of {cfg.batch_size}")
         self.total_steps = self.steps * cfg.epochs
         self.dtype = getattr(torch, cfg.dtype)
         check_model_fits(cfg.model, cfg.model_kwargs, copies=3, dtype=self.dtype)  # weights, gradients, momentum
@@ -258,12 +292,13 @@ class _Run:
             if self.cfg.overwrite:
                 raise NiffError("--resume continues a run and --overwrite replaces it: choose one")
             if not self.state_path.is_file():
-                if holds_run(self.out) and unstarted(self.out) \
-                        and not saved_recipe_diff(self.out, self.cfg):
+                if holds_run(self.out) and unstarted(self.out) and not saved_recipe_diff(self.out, self.cfg):
                     # Stopped before its first saved state: nothing to continue, so it starts again.
                     if self.is_main:
-                        print(f"note: {self.out} holds no saved state yet; training starts from the beginning",
-                              file=sys.stderr)
+                        print(
+                            f"note: {self.out} holds no saved state yet; training starts from the beginning",
+                            file=sys.stderr,
+                        )
                     return None
                 raise NiffError(f"--resume: no {STATE_NAME} in {self.out}")
             state = load_state(self.state_path, self.cfg)
@@ -278,8 +313,9 @@ class _Run:
     def _start_records(self) -> StatsRecorder:
         """Write ``init/`` (unless a resumed run has it) and the step-0 kernel statistics."""
         cfg, out, state = self.cfg, self.out, self.state
-        kstats = StatsRecorder(self.core, out / STATS_NAME, self.steps, self.device,
-                               enabled=cfg.kernel_stats and self.is_main)
+        kstats = StatsRecorder(
+            self.core, out / STATS_NAME, self.steps, self.device, enabled=cfg.kernel_stats and self.is_main
+        )
         if self.is_main:
             out.mkdir(parents=True, exist_ok=True)
             if cfg.overwrite:  # the previous run goes first: two runs never mix in one folder
@@ -300,8 +336,9 @@ class _Run:
         self.opt = torch.optim.SGD(param_groups(self.core, cfg), lr=cfg.lr, momentum=cfg.momentum)
         # fp16 needs loss scaling against gradient underflow; bf16 (and no autocast) do not. The
         # scaler is made for the run's device type, so its bookkeeping also runs on the CPU (tested).
-        self.scaler = torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cuda",
-                                           enabled=self.precision.loss_scaling)
+        self.scaler = torch.amp.GradScaler(
+            device.type if device.type in ("cuda", "cpu") else "cuda", enabled=self.precision.loss_scaling
+        )
         self.start_epoch, self.start_step, self.rows = 0, 0, []
         self.carried = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count of a resumed epoch
 
@@ -330,12 +367,23 @@ class _Run:
         self.model = self.core
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
-                self.core, device_ids=[device.index] if device.type == "cuda" else None)
+                self.core, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
         if self.is_main:
-            atomic_write(self.out / "train_config.json", json.dumps(
-                dict(asdict(cfg), world_size=self.world, precision_used=self.precision.name,
-                     versions=dict(niff_analysis=__version__, torch=torch.__version__)), indent=2) + "\n")
+            atomic_write(
+                self.out / "train_config.json",
+                json.dumps(
+                    dict(
+                        asdict(cfg),
+                        world_size=self.world,
+                        precision_used=self.precision.name,
+                        versions=dict(niff_analysis=__version__, torch=torch.__version__),
+                    ),
+                    indent=2,
+                )
+                + "\n",
+            )
 
     def save_state(self, epoch: int, step: int, sums: torch.Tensor) -> None:
         """Write ``train_state.pt`` at ``step`` of ``epoch`` (every rank calls this)."""
@@ -345,10 +393,19 @@ class _Run:
             dist.all_reduce(sums)
         if self.is_main:
             scaler = self.scaler
-            st = dict(format=STATE_FORMAT, model=self.core.state_dict(), optimizer=self.opt.state_dict(),
-                      epoch=epoch, step=step, global_step=epoch * self.steps + step, rows=self.rows,
-                      rng=torch.get_rng_state(), epoch_sums=sums, recipe=self.cfg.recipe(),
-                      scaler=scaler.state_dict() if scaler.is_enabled() else None)
+            st = dict(
+                format=STATE_FORMAT,
+                model=self.core.state_dict(),
+                optimizer=self.opt.state_dict(),
+                epoch=epoch,
+                step=step,
+                global_step=epoch * self.steps + step,
+                rows=self.rows,
+                rng=torch.get_rng_state(),
+                epoch_sums=sums,
+                recipe=self.cfg.recipe(),
+                scaler=scaler.state_dict() if scaler.is_enabled() else None,
+            )
             if self.device.type == "cuda":
                 st["cuda_rng"] = torch.cuda.get_rng_state(self.device)
             state_path = self.state_path  # the write audit of the tests names the line below
@@ -364,8 +421,9 @@ class _Run:
     def _check_weights(self, global_step: int) -> None:
         """Stop with :class:`TrainingDiverged` when a weight or a BatchNorm statistic became
         NaN/Inf by ``global_step``."""
-        tensors = {k: v for k, v in [*self.core.named_parameters(), *self.core.named_buffers()]
-                   if v.is_floating_point()}
+        tensors = {
+            k: v for k, v in [*self.core.named_parameters(), *self.core.named_buffers()] if v.is_floating_point()
+        }
         flags = torch.stack([torch.isfinite(v.detach()).all() for v in tensors.values()])
         if not bool(flags.all()):  # one device sync per check
             first = list(tensors)[int((~flags).nonzero()[0])]
@@ -381,12 +439,26 @@ class _Run:
         else:
             kept = f"no state was saved before it ({self.out / INIT_DIR} holds the initialisation)"
         if self.is_main:
-            atomic_write(self.out / DIVERGED_NAME, json.dumps(dict(
-                message=where, step=global_step + 1, epoch=epoch + 1, batch=batch + 1,
-                last_state=None if self.saved_at is None else dict(epoch=self.saved_at[0], step=self.saved_at[1])),
-                indent=1) + "\n")
-        raise TrainingDiverged(f"training diverged: {where}; {kept}; change the recipe (e.g. a lower --lr) and "
-                               "train again with --overwrite")
+            atomic_write(
+                self.out / DIVERGED_NAME,
+                json.dumps(
+                    dict(
+                        message=where,
+                        step=global_step + 1,
+                        epoch=epoch + 1,
+                        batch=batch + 1,
+                        last_state=None
+                        if self.saved_at is None
+                        else dict(epoch=self.saved_at[0], step=self.saved_at[1]),
+                    ),
+                    indent=1,
+                )
+                + "\n",
+            )
+        raise TrainingDiverged(
+            f"training diverged: {where}; {kept}; change the recipe (e.g. a lower --lr) and "
+            "train again with --overwrite"
+        )
 
     def train_epoch(self, epoch: int) -> None:
         """The steps of ``epoch`` (from the resumed step on), then :meth:`_end_epoch`."""
@@ -398,8 +470,14 @@ class _Run:
         resumed = epoch == self.start_epoch
         first = self.start_step if resumed else 0
         sums = self.carried if resumed else torch.zeros(3, dtype=torch.float64)
-        bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
-                   disable=not (cfg.progress and self.is_main), leave=False)
+        bar = tqdm(
+            total=steps,
+            initial=first,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            file=sys.stderr,
+            disable=not (cfg.progress and self.is_main),
+            leave=False,
+        )
         for i, x, y in train_batches(self.train_data, cfg, epoch, self.rank, self.world, start=first):
             loss = self._step(epoch * steps + i, x, y, sums)
             bar.update(1)
@@ -427,8 +505,9 @@ class _Run:
             logits = self.step_model(x)
         # Each rank averages over its slice; DDP then averages ranks → global mean.
         # Loss in float32 at least (autocast may give bf16/fp16 logits), float64 stays.
-        loss = F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), y,
-                               label_smoothing=cfg.label_smoothing)
+        loss = F.cross_entropy(
+            logits if logits.dtype == torch.float64 else logits.float(), y, label_smoothing=cfg.label_smoothing
+        )
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -436,8 +515,7 @@ class _Run:
         value = loss.item()
         if not math.isfinite(value):  # nothing after this step is saved: the last finite state stays
             self._diverged(global_step, f"the loss is {value}")
-        sums += torch.tensor([value * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
-                             dtype=torch.float64)
+        sums += torch.tensor([value * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
         return value
 
     def _end_epoch(self, epoch: int, sums: torch.Tensor, t0: float) -> None:
@@ -447,20 +525,32 @@ class _Run:
         stats = sums.clone()
         if self.world > 1:
             dist.all_reduce(stats)
-        test_loss, test_acc = evaluate(self.core, self.test_data, self.device, cfg.eval_batch_size,
-                                       workers=cfg.workers)
-        rows.append(dict(epoch=epoch + 1, lr=round(_lr_at(cfg, (epoch + 1) * steps, self.total_steps), 8),
-                         train_loss=stats[0].item() / max(stats[2].item(), 1),
-                         train_acc=stats[1].item() / max(stats[2].item(), 1),
-                         test_loss=test_loss, test_acc=test_acc, seconds=round(time.time() - t0, 2)))
+        test_loss, test_acc = evaluate(self.core, self.test_data, self.device, cfg.eval_batch_size, workers=cfg.workers)
+        rows.append(
+            dict(
+                epoch=epoch + 1,
+                lr=round(_lr_at(cfg, (epoch + 1) * steps, self.total_steps), 8),
+                train_loss=stats[0].item() / max(stats[2].item(), 1),
+                train_acc=stats[1].item() / max(stats[2].item(), 1),
+                test_loss=test_loss,
+                test_acc=test_acc,
+                seconds=round(time.time() - t0, 2),
+            )
+        )
         rows[-1]["stats_seconds"] = round(self.kstats.record((epoch + 1) * steps), 2)
         if self.is_main:
             write_metrics(self.out / "metrics.csv", rows)
-            print(f"epoch {epoch + 1}: train_loss {rows[-1]['train_loss']:.4f} "
-                  f"train_acc {rows[-1]['train_acc']:.4f} test_acc {test_acc:.4f}", file=sys.stderr)
+            print(
+                f"epoch {epoch + 1}: train_loss {rows[-1]['train_loss']:.4f} "
+                f"train_acc {rows[-1]['train_acc']:.4f} test_acc {test_acc:.4f}",
+                file=sys.stderr,
+            )
             if cfg.keep_epoch_checkpoints:
-                save_checkpoint(self.core, self.out / f"epoch_{epoch + 1:03d}",
-                                **_checkpoint_meta(cfg, epoch + 1, rows[-1], self.precision.name))
+                save_checkpoint(
+                    self.core,
+                    self.out / f"epoch_{epoch + 1:03d}",
+                    **_checkpoint_meta(cfg, epoch + 1, rows[-1], self.precision.name),
+                )
         self.save_state(epoch + 1, 0, torch.zeros(3, dtype=torch.float64))
 
     def finish(self) -> dict:
@@ -468,8 +558,7 @@ class _Run:
         cfg, core, world = self.cfg, self.core, self.world
         final = self.rows[-1] if self.rows else {}
         if cfg.epochs == 0:  # the final checkpoint is the initialisation: say how good it is
-            test_loss, test_acc = evaluate(core, self.test_data, self.device, cfg.eval_batch_size,
-                                           workers=cfg.workers)
+            test_loss, test_acc = evaluate(core, self.test_data, self.device, cfg.eval_batch_size, workers=cfg.workers)
             final = dict(test_acc=test_acc, test_loss=test_loss)
         extra = {}
         if world > 1:  # every rank's weights, to show the replicas stayed equal
@@ -478,8 +567,13 @@ class _Run:
             if self.is_main and len(set(prints)) > 1:
                 print("warning: DDP replicas ended with different weights", file=sys.stderr)
         if self.is_main:
-            save_checkpoint(core, self.out, **_checkpoint_meta(cfg, cfg.epochs, final, self.precision.name),
-                            world_size=world, **extra)
+            save_checkpoint(
+                core,
+                self.out,
+                **_checkpoint_meta(cfg, cfg.epochs, final, self.precision.name),
+                world_size=world,
+                **extra,
+            )
         if world > 1:
             dist.barrier()
         return final

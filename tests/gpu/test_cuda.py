@@ -26,10 +26,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _layer(kind: str, mode: str):
     torch.manual_seed(0)
-    return {"depthwise": lambda: DepthwiseNIFF(4, mlp="big", mode=mode),
-            "split": lambda: SplitNIFF(4, 6, mlp="cifar", mode=mode),
-            "split_mixing": lambda: SplitNIFF(6, 4, mlp="cifar", mode=mode),
-            "full": lambda: FullNIFF(4, 3, mlp="tiny", mode=mode)}[kind]()
+    return {
+        "depthwise": lambda: DepthwiseNIFF(4, mlp="big", mode=mode),
+        "split": lambda: SplitNIFF(4, 6, mlp="cifar", mode=mode),
+        "split_mixing": lambda: SplitNIFF(6, 4, mlp="cifar", mode=mode),
+        "full": lambda: FullNIFF(4, 3, mlp="tiny", mode=mode),
+    }[kind]()
 
 
 @pytest.mark.parametrize("kind", ["depthwise", "split", "split_mixing", "full"])
@@ -117,8 +119,7 @@ def test_trainer_on_cuda_defaults_to_bf16_and_resumes(tmp_path, fmnist_dir):
     assert torch.load(mid, weights_only=True)["scaler"] is None  # bf16 needs no loss scaling
     (tmp_path / "again").mkdir()
     shutil.copy(mid, tmp_path / "again" / trainer.STATE_NAME)
-    trainer.train(tiny_config(tmp_path / "again", epochs=1, device="cuda", model_kwargs=dict(width=16)),
-                  resume=True)
+    trainer.train(tiny_config(tmp_path / "again", epochs=1, device="cuda", model_kwargs=dict(width=16)), resume=True)
     a, c, init = (load_weights(tmp_path / d) for d in ("run", "again", "run/init"))
     keys = [k for k in a if a[k].is_floating_point()]
     assert (_flat(a, keys) - _flat(c, keys)).norm() <= 0.05 * (_flat(a, keys) - _flat(init, keys)).norm()
