@@ -163,6 +163,12 @@ def test_sweep_trains_arms_by_seeds_through_submitit_and_resumes(tmp_path, fmnis
     stamp = (out / names[0] / "seed=0" / "model.safetensors").stat().st_mtime_ns
     res = CliRunner().invoke(main, cmd, catch_exceptions=False)
     assert res.exit_code == 0 and (out / names[0] / "seed=0" / "model.safetensors").stat().st_mtime_ns == stamp
+    # A seed whose runs have only started (init/ written, no final checkpoint) gives no init row:
+    # the initialisation is the reference of the seeds that have an arm to compare with it.
+    for n in names:
+        (out / n / "seed=1" / "config.json").unlink()
+    part = final_table(out)
+    assert set(part["seed"]) == {0} and set(part[part["arm"] == "init"]["seed"]) == {0}
 
 
 def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, fmnist_dir):

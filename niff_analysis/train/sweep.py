@@ -424,15 +424,17 @@ def final_table(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame
         st["test_acc"] = math.nan if acc is None else float(acc)
         return st
 
-    frames, inits = [], {}
+    frames, inits, finished = [], {}, set()
     for name, seed, folder in runs(root, arms):
         if (folder / INIT_DIR / CONFIG_NAME).is_file():
             inits.setdefault(seed, folder / INIT_DIR)
         if is_finished(folder):
             frames.append(rows(folder, name, seed))
+            finished.add(seed)
     # Every arm of a seed starts from the same weights (the content scale changes only the data):
-    # the initialisation is the reference the arms moved away from.
-    frames += [rows(folder, INIT_ARM, seed) for seed, folder in sorted(inits.items()) if frames]
+    # the initialisation is the reference the arms moved away from, for the seeds some run of
+    # which has finished (a seed whose runs have only started would stand beside no arm).
+    frames += [rows(folder, INIT_ARM, seed) for seed, folder in sorted(inits.items()) if seed in finished]
     if not frames:
         return pd.DataFrame(columns=FINAL_COLUMNS)
     return pd.concat(frames, ignore_index=True)[FINAL_COLUMNS]
