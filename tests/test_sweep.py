@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import FMNIST, load_weights
+from helpers import FMNIST, load_weights, tiny_config
 from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
 from niff_analysis.train.sweep import collect, compare_arms, final_table, parse_arm, parse_seeds, seed_summary
@@ -286,12 +288,12 @@ def test_sigint_stops_a_sweep_job_with_its_state_saved_and_the_sweep_resumes_it(
     import time
 
     out = tmp_path / "run"
+    # The trainer tests' tiny recipe, without periodic saves: only the signal can save mid-run.
     code = (
-        "import sys; from niff_analysis.train.config import TrainConfig; "
-        "from niff_analysis.train.sweep import run_job\n"
-        f"cfg = TrainConfig(out={str(out)!r}, data_dir={str(fmnist_dir)!r}, epochs=2, batch_size=8, "
-        "train_subset=32, test_subset=16, threads=1, device='cpu', progress=False)\n"
-        "try:\n    run_job(cfg)\nexcept Exception as e:\n    print(e, file=sys.stderr); sys.exit(3)\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from helpers import tiny_config; from niff_analysis.train.sweep import run_job\n"
+        f"try:\n    run_job(tiny_config({str(out)!r}, save_every_steps=0))\n"
+        "except Exception as e:\n    print(e, file=sys.stderr); sys.exit(3)\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
@@ -309,20 +311,7 @@ def test_sigint_stops_a_sweep_job_with_its_state_saved_and_the_sweep_resumes_it(
     assert "interrupted by SIGINT: the state at step" in stderr and "the same sweep command resumes it" in stderr
     st = torch.load(out / "train_state.pt", weights_only=True)
     assert (st["epoch"], st["step"]) != (0, 0)  # saved by the signal: no periodic saves in this recipe
-    from niff_analysis.train.config import TrainConfig
     from niff_analysis.train.sweep import is_finished, run_job
 
-    run_job(
-        TrainConfig(
-            out=str(out),
-            data_dir=str(fmnist_dir),
-            epochs=2,
-            batch_size=8,
-            train_subset=32,
-            test_subset=16,
-            threads=1,
-            device="cpu",
-            progress=False,
-        )
-    )
+    run_job(tiny_config(out, save_every_steps=0))
     assert is_finished(out)
