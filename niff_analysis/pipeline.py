@@ -282,6 +282,7 @@ def load_checkpoints(
     found: Optional[Union[Found, list[tuple[str, Optional[Path]]]]] = None,
     strict: bool = False,
     skip: Optional[Callable[[str, NiffError], None]] = None,
+    non_finite: Optional[Callable[[str, NiffError], None]] = None,
 ) -> Iterator[Loaded]:
     """Load each checkpoint :func:`discover` finds in ``checkpoints``, in order.
 
@@ -295,6 +296,9 @@ def load_checkpoints(
         strict: stop at the first checkpoint of a folder that cannot be loaded, instead of
             skipping it.
         skip: called with (label, error) for each checkpoint skipped.
+        non_finite: called with (label, error) for a checkpoint whose weights hold NaN/Inf,
+            which is then loaded all the same (to describe a diverged run); by default such a
+            checkpoint cannot be loaded.
 
     Raises:
         NiffError: a checkpoint named directly cannot be loaded (or any, with ``strict``).
@@ -306,7 +310,13 @@ def load_checkpoints(
     for label, path in found.checkpoints:
         try:
             source = Checkpoint.open(path, factory=factory)
-            model = source.model(device=str(device))
+            try:
+                model = source.model(device=str(device))
+            except NonFiniteWeightsError as exc:
+                if non_finite is None:
+                    raise
+                non_finite(label, exc)
+                model = source.model(device=str(device), allow_non_finite=True)
         except NiffError as exc:
             if not found.tolerates(path, strict):
                 raise
@@ -680,6 +690,7 @@ def run(
     log: Optional[Callable[[str], None]] = None,
     warn: Optional[Callable[[str], None]] = None,
     skip: Optional[Callable[[str, NiffError], None]] = None,
+    non_finite: Optional[Callable[[str, NiffError], None]] = None,
     log_selection: bool = True,
     announce: Optional[Callable[[str], None]] = None,
     wrap: Optional[Callable[[Iterator, int], Iterator]] = None,
@@ -705,6 +716,8 @@ def run(
         log: receives what was done (the selection's notes and summary with ``log_selection``).
         warn: receives what a user must know (skipped checkpoints, through ``skip``'s default).
         skip: called with (label, error) for each checkpoint skipped (default: a warning).
+        non_finite: called with (label, error) for a checkpoint whose weights hold NaN/Inf,
+            which is then analysed all the same (default: such a checkpoint cannot be loaded).
         announce: called with each checkpoint's label before its kernels are selected.
         wrap: wraps the iteration over the checkpoints (e.g. a progress bar), given their number.
 
@@ -737,7 +750,9 @@ def run(
             for label, path, df in load_histories(strict=strict, warn=warn, found=found)
         )
     else:
-        items = _loaded_items(found, analyses, kw, include_conv, factory, strict, skipped, log_selection, announce)
+        items = _loaded_items(
+            found, analyses, kw, include_conv, factory, strict, skipped, non_finite, log_selection, announce
+        )
     if wrap is not None:
         items = wrap(items, len(found.checkpoints))
     for item, provenance in items:
@@ -758,6 +773,7 @@ def _loaded_items(
     factory: Optional[str],
     strict: bool,
     skipped: Callable[[str, NiffError], None],
+    non_finite: Optional[Callable[[str, NiffError], None]],
     log_selection: bool,
     announce: Optional[Callable[[str], None]],
 ) -> Iterator[tuple[Item, dict]]:
@@ -765,7 +781,9 @@ def _loaded_items(
     needs_kernels = any(a.needs == "kernels" for a in analyses)
     niff_only = next((a.niff_only for a in analyses if a.niff_only), None)
     say = kw["log"]
-    for ck in load_checkpoints(device=str(kw["device"]), factory=factory, found=found, strict=strict, skip=skipped):
+    for ck in load_checkpoints(
+        device=str(kw["device"]), factory=factory, found=found, strict=strict, skip=skipped, non_finite=non_finite
+    ):
         item = Item(ck.label, ck.path, ck, **kw)
         if needs_kernels:
             if announce is not None:

@@ -203,6 +203,13 @@ def unfinished_reason(folder: PathLike) -> Optional[str]:
     )
 
 
+def last_saved(folder: PathLike) -> Path:
+    """What stands for a run without its final checkpoint: its last saved training state, or its
+    initialisation while it has saved none."""
+    state = Path(folder) / TRAIN_STATE_NAME
+    return state if state.is_file() else Path(folder) / INIT_DIR
+
+
 # --------------------------------------------------------------------------- the lock
 def _host() -> str:
     return socket.gethostname()

@@ -1,5 +1,5 @@
 """The tables of the analysis commands: one :class:`~niff_analysis.pipeline.Analysis` per command
-(``kernels``, ``mass``, ``pca``, ``gaussian``, ``history``, ``erf``, ``claims``), computed by
+(``describe``, ``kernels``, ``mass``, ``pca``, ``gaussian``, ``history``, ``erf``, ``claims``), computed by
 :func:`~niff_analysis.pipeline.run` on each checkpoint and combined into what the command prints.
 The command line parses its options into one of these, runs it and renders the result; a
 script can do the same::
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -44,7 +45,7 @@ from .analysis.erf import PROTOCOL
 from .analysis.mass import MEASURES, massless_warning
 from .analysis.pca import pca_warnings
 from .analysis.schema import CHECKPOINT, FMAP_H, FMAP_W, LAYER, STAGE, THRESHOLD, with_checkpoint
-from .analysis.stats import ANY, STATS, history_table
+from .analysis.stats import ANY, STATS, counts_as_integers, history_table
 from .analysis.uncertainty import RESAMPLES, seed_interval, with_interval_text
 from .errors import NiffError, SelectionError
 from .pipeline import Analysis, Item, Results, seed_groups
@@ -64,6 +65,78 @@ def _initial_or_note(item: Item) -> Optional[list]:
     if init is None:
         item.log(f"note: {item.label}: no initialisation known (not trained by this toolkit): no init reference")
     return init
+
+
+def structure(model) -> dict:
+    """What ``describe`` shows of any model: its parameter count, its NIFF layers, its plain
+    convolutions (which ones the analyses take, and why not the others) and, for a converted
+    model, the convolutions its conversion kept."""
+    from .analysis.kernels import conv_inventory
+    from .checkpoint import layer_table
+
+    info: dict = dict(num_params=int(sum(p.numel() for p in model.parameters())), layers=layer_table(model))
+    info["convs"] = conv_inventory(model)
+    report = getattr(model, "niff_conversion", None)
+    if report is not None:
+        info["kept"] = report.kept
+    return info
+
+
+def describe_registered(name: str, **kwargs) -> dict:
+    """``describe`` of a registered model name, built with ``kwargs`` (a model, no checkpoint).
+
+    Raises:
+        UnknownModelError: ``name`` is not registered (the message names the bundled checkpoints too).
+    """
+    from .checkpoint import bundled_checkpoints
+    from .models import create_model
+    from .models.registry import UnknownModelError
+
+    try:
+        model = create_model(name, **kwargs)
+    except UnknownModelError as exc:
+        names = ", ".join(bundled_checkpoints())
+        raise UnknownModelError(f"{exc} (or a bundled checkpoint: {names})" if names else str(exc)) from None
+    return dict(architecture=name, source="registry", model_kwargs=dict(model.niff_config), **structure(model))
+
+
+class Describe(Analysis):
+    """``describe``: a checkpoint's identity (architecture, path, weights hash, model settings and
+    what it records of its training), the kernel statistics its run recorded, and its
+    :func:`structure`. Nothing expensive is computed."""
+
+    needs = "model"
+
+    def compute(self, item: Item) -> dict:
+        from .analysis.stats import FILE_NAME as STATS_NAME
+        from .analysis.stats import read_kernel_stats
+        from .runs import INIT_DIR
+
+        meta = item.meta
+        info: dict = dict(
+            architecture=meta.architecture,
+            source="checkpoint",
+            path=meta.path,
+            sha256=meta.sha256,
+            model_kwargs=meta.model_kwargs,
+        )
+        for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
+            if key in meta.record:  # what the checkpoint records, as it records it
+                info[key] = meta.record[key]
+        folder = Path(meta.path)
+        stats_file = (folder if folder.is_dir() else folder.parent) / STATS_NAME
+        if folder.name == INIT_DIR:  # the run's statistics sit beside its init/
+            stats_file = folder.parent / STATS_NAME
+        if stats_file.is_file():
+            try:
+                steps = read_kernel_stats(stats_file).groupby("step")["epoch"].first()
+            except (ValueError, OSError) as exc:  # an extra: the description goes on
+                item.warn(f"kernel statistics left out: {' '.join(str(exc).split())}")
+            else:
+                info["kernel_stats"] = dict(
+                    file=str(stats_file), records=len(steps), epochs=[round(float(e), 3) for e in steps]
+                )
+        return dict(info, **structure(item.model))
 
 
 class Kernels(Analysis):
@@ -328,7 +401,8 @@ class History(Analysis):
             df = history_table(df, self.stats, self.measure).round(3)
             if groups:
                 df = with_interval_text(df, digits=3)
-        return df
+            return df
+        return counts_as_integers(df)
 
 
 class Erf(Analysis):

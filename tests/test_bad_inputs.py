@@ -280,8 +280,9 @@ def test_checkpoint_api_raises_checkpoint_error(ck, case, message):
 @pytest.mark.parametrize("command", ["mass", "describe"])
 @pytest.mark.parametrize("case,message", CHECKPOINT_CASES, ids=[c for c, _ in CHECKPOINT_CASES])
 def test_checkpoint_cli_one_line(ck, case, message, command, tmp_path):
-    # A folder that holds no checkpoint may also be a folder *of* checkpoints to the analyses.
-    if case == "empty_dir" and command == "mass":
+    # A folder that holds no checkpoint may also be a folder *of* checkpoints to every command of
+    # the runner (describe too).
+    if case == "empty_dir":
         message = "neither a checkpoint (no config.json) nor a folder of checkpoints"
     extra = ["--layers", SMALL, "--quiet", "-o", tmp_path / "out.csv"] if command == "mass" else []
     if command == "describe" and case in ("nan", "inf"):  # a diverged run is described, with a warning

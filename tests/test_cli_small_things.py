@@ -113,6 +113,18 @@ def test_history_prints_counts_as_integers():
     assert all("." in r.split()[-3] for r in rows)  # a mean stays a float
 
 
+def test_history_long_form_writes_counts_as_integers_and_means_as_floats():
+    text = invoke("history", "--layers", "layer4.0.conv2", "--stats", "mass3_mean,n_kernels", "--format", "csv").stdout
+    rows = pd.read_csv(io.StringIO(text), dtype=str)
+    counts, means = rows[rows["stat"] == "n_kernels"], rows[rows["stat"] == "mass3_mean"]
+    assert len(counts) == 61 and set(counts["value"]) == {"512"}  # not 512.0
+    assert len(means) == 61 and all("." in v for v in means["value"])
+    records = json.loads(
+        invoke("history", "--layers", "layer4.0.conv2", "--stats", "n_kernels", "--format", "json").stdout
+    )
+    assert {type(r["value"]) for r in records} == {int}
+
+
 def test_a_mean_count_over_seeds_that_is_no_whole_number_stays_a_float():
     from niff_analysis.analysis.stats import history_table
 

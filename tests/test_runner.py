@@ -88,3 +88,57 @@ def test_no_checkpoint_left_is_an_empty_result_and_an_analysis_error_stops_the_r
 
     with pytest.raises(NiffError, match="cannot"):
         run([DEFAULT_CHECKPOINT], Fails(), layers="layer4.1.*")
+
+
+# --------------------------------------------------------------------------- describe
+def test_describe_goes_through_the_runner_and_the_cli_prints_what_it_returns():
+    import json
+
+    from click.testing import CliRunner
+
+    from niff_analysis.cli import main
+    from niff_analysis.tables import Describe
+
+    describe = Describe()
+    (info,) = run([DEFAULT_CHECKPOINT], describe)[describe].values()
+    assert info["sha256"] == file_sha256(DEFAULT_CHECKPOINT / "model.safetensors")
+    assert info["num_params"] == sum(p.numel() for p in load_checkpoint(DEFAULT_CHECKPOINT).parameters())
+    assert [row["name"] for row in info["layers"]][:2] == ["layer1.0.conv1", "layer1.0.conv2"]
+    assert info["kernel_stats"]["records"] == 61
+    printed = json.loads(CliRunner().invoke(main, ["describe", str(DEFAULT_CHECKPOINT), "--format", "json"]).stdout)
+    assert printed == json.loads(json.dumps(info))
+
+
+def test_weights_holding_nan_load_only_when_the_caller_says_how_to_warn(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from niff_analysis.checkpoint import NonFiniteWeightsError
+
+    shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / "nan")
+    weights = tmp_path / "nan" / "model.safetensors"
+    state = load_file(weights)
+    state["fc.weight"][0, 0] = float("nan")
+    save_file(state, weights, metadata={"format": "pt"})
+    config = json.loads((tmp_path / "nan" / "config.json").read_text())  # bad contents, saved whole
+    config["weights_sha256"] = file_sha256(weights)
+    (tmp_path / "nan" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(NonFiniteWeightsError):
+        run([tmp_path / "nan"], Count(needs="model"))
+    told = []
+    res = run([tmp_path / "nan"], Count(needs="model"), non_finite=lambda label, exc: told.append((label, str(exc))))
+    assert res.labels == ["nan"] and len(told) == 1 and told[0][0] == "nan" and "NaN/Inf" in told[0][1]
+
+
+def test_describe_names_one_checkpoint_not_a_folder_of_them():
+    from click.testing import CliRunner
+
+    from niff_analysis.cli import main
+
+    res = CliRunner().invoke(main, ["describe", str(BUNDLED_DIR)])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.strip() == (
+        f"error: {BUNDLED_DIR} is a folder of 2 checkpoints (resnet18_fmnist, resnet18_niff_fmnist); "
+        "describe one of them"
+    )

@@ -254,6 +254,21 @@ def history_table(history: pd.DataFrame, stats: Sequence[str] = STATS, measure: 
     return out
 
 
+def counts_as_integers(long: pd.DataFrame) -> pd.DataFrame:
+    """The long form of recorded statistics with each count (:data:`COUNT_STATS`) a whole number
+    as an integer, so csv and json write 64, not 64.0; the other values stay floats (as does a
+    mean count over seeds that is no whole number)."""
+    out = long.copy()
+    counts = out["stat"].isin(COUNT_STATS)
+    for col in [c for c in ("value", "lo", "hi") if c in out.columns]:
+        whole = counts & out[col].notna() & (out[col] == out[col].round())
+        if whole.any():
+            values = out[col].astype(object)
+            values[whole] = [int(round(v)) for v in out.loc[whole, col]]
+            out[col] = values
+    return out
+
+
 #: Per-stage statistics of :func:`stage_stats`: the mean mass ratio at s = 1 (the centre pixel's
 #: share: 1 for a delta), 3 and 9, and the mean and median 50 / 90 % sizes.
 STAGE_STATS = ("mass1_mean", "mass3_mean", "mass9_mean", "k50_mean", "k90_mean", "k90_median")

@@ -281,10 +281,11 @@ class Command:
                 self.warn(line)
         return self._found
 
-    def run(self, analysis, progress: bool = False, log_selection: bool = True):
+    def run(self, analysis, progress: bool = False, log_selection: bool = True, non_finite=None):
         """:func:`~niff_analysis.pipeline.run` of ``analysis`` on the command's checkpoints
         (``progress``: a progress bar over several checkpoints; ``log_selection``: log which
-        kernels were selected); the provenance of what it read is kept for :meth:`finish`.
+        kernels were selected; ``non_finite``: as the runner's); the provenance of what it read is
+        kept for :meth:`finish`.
 
         Raises:
             NiffError: no checkpoint could be analysed.
@@ -307,6 +308,7 @@ class Command:
             log=self.log,
             warn=self.warn,
             log_selection=log_selection,
+            non_finite=non_finite,
             wrap=self._bar if progress else None,
         )
         self.provenance = res.provenance

@@ -7,14 +7,13 @@ import fnmatch
 import io
 import json
 import os
-from pathlib import Path
 
 import click
 
 from ..errors import NiffError
-from ..runs import INIT_DIR, TRAIN_STATE_NAME, run_status, unfinished_reason
+from ..runs import unfinished_reason
 from . import main
-from .common import FORMATS, MODELS, STEMS, current_factory, factory_option, format_option, positive_int, render_frame
+from .common import FORMATS, MODELS, STEMS, factory_option, format_option, positive_int, render_frame
 
 # torch, pandas and the registry are imported where a command runs: `models` lists the names of
 # common.MODELS (checked against the registry by the tests) and starts in a fraction of a second.
@@ -53,94 +52,54 @@ def models_cmd(pattern: str, fmt: str) -> None:
     click.echo(_render_rows(rows, fmt), nl=False)
 
 
-def describe_target(target, num_classes, in_chans, input_size, stem, warn=None) -> dict:
-    """Structure of a registered model or a checkpoint, without computing anything expensive.
+def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
+    """Structure of a registered model or a checkpoint, without computing anything expensive: a
+    model name is built from the registry, a checkpoint goes through the runner
+    (:class:`~niff_analysis.tables.Describe`).
 
     A run without its final checkpoint (in progress, interrupted, diverged) is described by its
-    last saved state, and a checkpoint whose weights hold NaN/Inf is described all the same;
-    ``warn`` receives a line saying so (and one for a kernel_stats.csv that cannot be read).
+    last saved state, and a checkpoint whose weights hold NaN/Inf is described all the same,
+    each with a warning (as a kernel_stats.csv that cannot be read).
     """
-    from ..analysis.kernels import conv_inventory
-    from ..analysis.stats import FILE_NAME as STATS_NAME
-    from ..analysis.stats import read_kernel_stats
-    from ..checkpoint import NonFiniteWeightsError, bundled_checkpoints, layer_table, load_checkpoint
-    from ..models import create_model
-    from ..models.registry import UnknownModelError
+    from ..checkpoint import bundled_checkpoints
+    from ..runs import last_saved, run_status
+    from ..tables import Describe, describe_registered
+    from .common import Command
 
-    warn = warn or (lambda msg: None)
-    if (
+    given = {
+        k: v
+        for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size, stem=stem).items()
+        if v is not None
+    }
+    if not (
         target is None
         or os.path.lexists(target)
         or target.endswith((".safetensors", ".pt", ".pth"))
         or "/" in target
         or target in bundled_checkpoints()
     ):
-        given = {
-            k: v
-            for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size, stem=stem).items()
-            if v is not None
-        }
-        if given:  # a checkpoint records its own: an option here would be silently ignored
-            option = "--" + next(iter(given)).replace("_", "-")
-            raise NiffError(
-                f"{option} applies to registered model names; a checkpoint records its own "
-                f"(niff-analyze describe {target or ''} shows them)"
-            )
-        path = target
-        if target is not None and os.path.isdir(target) and unfinished_reason(target):
-            folder = Path(target)
-            state = folder / TRAIN_STATE_NAME
-            path = state if state.is_file() else folder / INIT_DIR
-            warn(f"{folder}: the run has no final checkpoint ({run_status(folder)}); describing {path}")
-        try:
-            model = load_checkpoint(path, factory=current_factory())
-        except NonFiniteWeightsError as exc:
-            warn(f"{exc} (training diverged?); described all the same")
-            model = load_checkpoint(path, factory=current_factory(), allow_non_finite=True)
-        meta = model.niff_checkpoint
-        info = dict(
-            architecture=meta.architecture,
-            source="checkpoint",
-            path=meta.path,
-            sha256=meta.sha256,
-            model_kwargs=meta.model_kwargs,
+        return describe_registered(target, **given)
+    if given:  # a checkpoint records its own: an option here would be silently ignored
+        option = "--" + next(iter(given)).replace("_", "-")
+        raise NiffError(
+            f"{option} applies to registered model names; a checkpoint records its own "
+            f"(niff-analyze describe {target or ''} shows them)"
         )
-        for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
-            if key in meta.record:  # what the checkpoint records, as it records it
-                info[key] = meta.record[key]
-        folder = Path(meta.path)
-        stats_file = (folder if folder.is_dir() else folder.parent) / STATS_NAME
-        if folder.name == INIT_DIR:  # the run's statistics sit beside its init/
-            stats_file = folder.parent / STATS_NAME
-        if stats_file.is_file():
-            try:
-                steps = read_kernel_stats(stats_file).groupby("step")["epoch"].first()
-            except (ValueError, OSError) as exc:  # an extra: the description goes on
-                warn(f"kernel statistics left out: {' '.join(str(exc).split())}")
-            else:
-                info["kernel_stats"] = dict(
-                    file=str(stats_file), records=len(steps), epochs=[round(float(e), 3) for e in steps]
-                )
-    else:
-        kw = {
-            k: v
-            for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size, stem=stem).items()
-            if v is not None
-        }
-        try:
-            model = create_model(target, **kw)
-        except UnknownModelError as exc:
-            names = ", ".join(bundled_checkpoints())
-            raise UnknownModelError(f"{exc} (or a bundled checkpoint: {names})" if names else str(exc)) from None
-        info = dict(architecture=target, source="registry", model_kwargs=dict(model.niff_config))
-    info["num_params"] = int(sum(p.numel() for p in model.parameters()))
-    info["layers"] = layer_table(model)
-    # Plain convs: analysed by every command when the model has no NIFF layers, else with
-    # --include-conv; which ones, and why the others are not.
-    info["convs"] = conv_inventory(model)
-    report = getattr(model, "niff_conversion", None)
-    if report is not None:
-        info["kept"] = report.kept
+    path, unfinished = target, target is not None and os.path.isdir(target) and unfinished_reason(target)
+    if unfinished:
+        path = str(last_saved(target))
+    cmd = Command("describe", [path] if path is not None else [], {})
+    if unfinished:
+        cmd.warn(f"{target}: the run has no final checkpoint ({run_status(target)}); describing {path}")
+    found = cmd.found()
+    if len(found.checkpoints) > 1:
+        names = ", ".join(label for label, _ in found.checkpoints[:3]) + (", ..." if len(found.checkpoints) > 3 else "")
+        raise NiffError(f"{target} is a folder of {len(found.checkpoints)} checkpoints ({names}); describe one of them")
+
+    def diverged(label: str, exc: NiffError) -> None:
+        cmd.warn(f"{exc} (training diverged?); described all the same")
+
+    (info,) = cmd.run(Describe(), non_finite=diverged).values()
     return info
 
 
@@ -182,9 +141,7 @@ def describe_cmd(target, num_classes, in_chans, input_size, stem, fmt, all_epoch
     """
     import pandas as pd
 
-    info = describe_target(
-        target, num_classes, in_chans, input_size, stem, warn=lambda msg: click.echo(f"warning: {msg}", err=True)
-    )
+    info = describe_target(target, num_classes, in_chans, input_size, stem)
     if fmt == "json":
         click.echo(json.dumps(info, indent=1))
         return
