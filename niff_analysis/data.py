@@ -18,13 +18,13 @@ import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._types import CIFAR_INPUT_SIZE, DEFAULT_INPUT_SIZE
+from ._types import CIFAR_INPUT_SIZE, DEFAULT_INPUT_SIZE, Size
 from .errors import DataError, SelectionError
 
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
@@ -341,15 +341,17 @@ def _image_folder(folder: Path):
         ) from None
 
 
-def load_imagefolder(root, split: str = "train", image_size: int = DEFAULT_INPUT_SIZE, seed: int = 0):
+def load_imagefolder(root, split: str = "train", image_size: Union[int, Size] = DEFAULT_INPUT_SIZE, seed: int = 0):
     """``root/train`` or ``root/val`` with the standard ImageNet transforms.
 
     Training: random-resized crop + horizontal flip, seeded per sample (see
     :class:`SeededImageFolder`); evaluation: resize to ``image_size·256/224`` + centre crop.
-    Both splits must have the same class folders (labels are folder indices).
+    Both splits must have the same class folders (labels are folder indices). ``image_size``
+    (H, W) crops a training split to that size; the evaluation split needs a square (an int).
 
     Raises:
-        DataError: missing ``train/`` or ``val/``, empty class folders, differing classes.
+        DataError: missing ``train/`` or ``val/``, empty class folders, differing classes, an
+            (H, W) ``image_size`` for the evaluation split.
     """
     import torchvision.transforms as T
 
@@ -374,6 +376,8 @@ def load_imagefolder(root, split: str = "train", image_size: int = DEFAULT_INPUT
     if split == "train":
         tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
         return SeededImageFolder(folder, tf, seed)
+    if isinstance(image_size, tuple):  # the resize below has one side: it is defined for squares only
+        raise DataError(f"ImageFolder {root}: evaluation needs a square image size, not {image_size}")
     folder.transform = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
     return folder
 
@@ -382,7 +386,12 @@ DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 
 
 def load_dataset(
-    name: str, root, split: str, image_size: int = DEFAULT_INPUT_SIZE, seed: int = 0, content_scale: float = 1.0
+    name: str,
+    root,
+    split: str,
+    image_size: Union[int, Size] = DEFAULT_INPUT_SIZE,
+    seed: int = 0,
+    content_scale: float = 1.0,
 ):
     """Dispatch on dataset name; returns a :class:`TensorDataset` or an ImageFolder dataset.
 

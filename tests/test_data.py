@@ -238,6 +238,14 @@ def test_imagefolder_errors(image_tree, tmp_path):
         load_imagefolder(image_tree, "train")
 
 
+def test_imagefolder_non_square_size(image_tree):
+    # The training crop takes (H, W); the evaluation resize has one side, so it says so in one line.
+    train = load_imagefolder(image_tree, "train", image_size=(16, 24), seed=3)
+    assert train[0][0].shape == (3, 16, 24)
+    with pytest.raises(DataError, match=r"evaluation needs a square image size, not \(16, 24\)"):
+        load_imagefolder(image_tree, "val", image_size=(16, 24))
+
+
 # ----------------------------------------------------------------------------- augmentation, CLI
 def test_augment_batch_is_pad_crop_flip(fmnist_dir):
     x = load_fashion_mnist(fmnist_dir, "test").images[:16]

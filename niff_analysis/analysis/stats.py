@@ -93,7 +93,7 @@ def _mass_at(summary: pd.DataFrame, s: int) -> tuple[float, float]:
 def kernel_stats(
     kernels: Sequence[LayerKernels],
     gaussian_max_kernels: Optional[int] = 1024,
-    device: str = "cpu",
+    device: object = "cpu",
     mass: Optional[dict[str, pd.DataFrame]] = None,
     measures: Sequence[str] = MEASURES,
 ) -> pd.DataFrame:

@@ -117,7 +117,7 @@ def plot_mass_ratio(
     models = models_of(summary)
     measures = ordered_unique(summary["measure"]) if "measure" in summary.columns else [None]
     per_row = 1 if overlay else len(models)
-    stages = {}  # stage → its number of curves, in order of first appearance
+    stages: dict[str, int] = {}  # stage → its number of curves, in order of first appearance
 
     def of_measure(df, measure):
         if df is None or measure is None or "measure" not in df.columns:

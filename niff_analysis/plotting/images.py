@@ -445,6 +445,7 @@ def plot_frequency(
             # legend would not fit and constrained layout gives up.
             fig = new_figure((max(1.3 * ncols + 0.6, 4.5), 1.3 * nrows + 2.6))
         sub = fig.subfigures(2, 1, height_ratios=[1.3 * nrows, 2.4])
+        assert isinstance(sub, np.ndarray)  # two subfigures come back as an array (a single one would not)
         grid = sub[0].subplots(nrows, ncols, squeeze=False)
         for a in grid.ravel():
             a.set_xticks([])

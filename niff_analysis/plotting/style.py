@@ -14,7 +14,7 @@ import contextlib
 import io
 import re
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 
 import matplotlib
 import matplotlib.colors as mcolors
@@ -24,6 +24,9 @@ from matplotlib.figure import Figure
 
 from ..analysis.kernels import layer_stage
 from ..io import atomic_write
+
+if TYPE_CHECKING:  # matplotlib's stubs only: the names rc_context accepts
+    from matplotlib.typing import RcKeyType
 
 # Okabe & Ito (2008), the standard colour-blind-safe qualitative palette. Yellow comes last:
 # it is hard to see on white, so it is only used from the eighth stage on.
@@ -35,7 +38,7 @@ MODEL_MARKERS = ("o", "s", "^", "D")
 CMAP_SIGNED = "RdBu_r"  # diverging, colour-blind safe, white at 0
 CMAP_MAGNITUDE = "viridis"  # perceptually uniform sequential
 
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "font.family": "DejaVu Sans",  # ships with matplotlib: identical glyphs on every machine
     "font.size": 8,
     "axes.titlesize": 8,
@@ -113,7 +116,8 @@ def layer_colors(layers: Sequence[str], stages: Optional[Sequence[Optional[str]]
         base = np.array(mcolors.to_rgb(stage_color(st)))
         for j, layer in enumerate(members):
             t = 0.45 * j / max(len(members), 1)  # up to 45 % towards white
-            out[layer] = mcolors.to_hex(base + (1.0 - base) * t)
+            r, g, b = base + (1.0 - base) * t
+            out[layer] = mcolors.to_hex((r, g, b))
     return out
 
 

@@ -36,7 +36,7 @@ def _measure_rows(
     if "measure" not in history.columns:
         return [(s, None) for s in stats]
     have = set(zip(history["stat"], history["measure"]))
-    rows = []
+    rows: list[tuple[str, Optional[str]]] = []
     for m in measures:
         rows += [(s, m) for s in stats if (s, m) in have]
     rows += [(s, "any") for s in stats if (s, "any") in have]

@@ -96,11 +96,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = all_reduce_sum(x.sum(dims)) / n
         var = all_reduce_sum(((x - mean.view(shape)) ** 2).sum(dims)) / n
         if self.track_running_stats:
+            tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+            # _BatchNorm registers these buffers (typed Optional) whenever it tracks running statistics
+            assert tracked is not None and running_mean is not None and running_var is not None
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
+                tracked.add_(1)
+                m = (1.0 / float(tracked)) if self.momentum is None else self.momentum
+                running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
@@ -123,9 +126,9 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         new.train(module.training)
         return new
     for name, child in module.named_children():
-        new = convert_batchnorm(child, device)
-        if new is not child:
-            setattr(module, name, new)
+        converted = convert_batchnorm(child, device)
+        if converted is not child:
+            setattr(module, name, converted)
     return module
 
 

@@ -24,17 +24,21 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, cast
 
 import pandas as pd
 
+from .._types import PathLike
 from ..analysis.stats import FILE_NAME as STATS_NAME
 from ..analysis.stats import read_kernel_stats
-from ..checkpoint import CONFIG_NAME
+from ..checkpoint import CONFIG_NAME, CheckpointConfig
 from ..errors import NiffError
 from ..io import atomic_write
 from ..runs import run_lock
 from .trainer import INIT_DIR, STATE_NAME, TrainConfig, train
+
+if TYPE_CHECKING:  # imported where jobs are made: a sweep that only reads results needs no submitit
+    import submitit
 
 
 def _flag(value: str) -> bool:
@@ -184,6 +188,7 @@ class Executor:
     def make(self, folder: Path):
         import submitit
 
+        ex: submitit.Executor
         if self.kind == "local":
             ex = submitit.LocalExecutor(folder=folder)
             ex.update_parameters(timeout_min=self.timeout_min)
@@ -276,7 +281,8 @@ def _run_sweep(base, jobs, seeds, root: Path, executor: Executor, echo) -> list[
         pending = list(zip(todo, submitted))
         return _wait(pending, label, echo)
     failures: list[str] = []
-    queue, running = list(todo), []
+    queue: list[Job] = list(todo)
+    running: list[tuple[Job, submitit.Job]] = []
     try:
         _run_local(ex, executor, queue, running, label, failures, echo)
     except KeyboardInterrupt:  # local jobs outlive this process: stop them (their state is saved)
@@ -345,7 +351,7 @@ def _write_sweep_file(root: Path, base: TrainConfig, jobs: list[Job], seeds: Seq
     )
 
 
-def runs(root: str, arms: Optional[Sequence[str]] = None) -> list[tuple[str, int, Path]]:
+def runs(root: PathLike, arms: Optional[Sequence[str]] = None) -> list[tuple[str, int, Path]]:
     """(arm, seed, folder) of every run folder of a study (finished or not), arms in order.
 
     Also reads studies written before seeds were an axis (``OUT/<arm>/`` holding the run).
@@ -416,15 +422,19 @@ def final_table(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame
 
     def rows(folder: Path, arm: str, seed: int) -> pd.DataFrame:
         model = load_checkpoint(folder)
+        # nn.Module.__getattr__ is typed for tensors and modules only; load_checkpoint attaches a CheckpointConfig
+        meta = cast(CheckpointConfig, model.niff_checkpoint)
         st = stage_stats(extract_kernels(model))
-        st.insert(0, "epoch", int(model.niff_checkpoint.epochs or 0))
+        st.insert(0, "epoch", int(meta.epochs or 0))
         st.insert(0, "seed", seed)
         st.insert(0, "arm", arm)
-        acc = model.niff_checkpoint.test_acc
+        acc = meta.test_acc
         st["test_acc"] = math.nan if acc is None else float(acc)
         return st
 
-    frames, inits, finished = [], {}, set()
+    frames: list[pd.DataFrame] = []
+    inits: dict[int, Path] = {}
+    finished: set[int] = set()
     for name, seed, folder in runs(root, arms):
         if (folder / INIT_DIR / CONFIG_NAME).is_file():
             inits.setdefault(seed, folder / INIT_DIR)

@@ -339,7 +339,8 @@ class _Run:
         self.scaler = torch.amp.GradScaler(
             device.type if device.type in ("cuda", "cpu") else "cuda", enabled=self.precision.loss_scaling
         )
-        self.start_epoch, self.start_step, self.rows = 0, 0, []
+        self.start_epoch, self.start_step = 0, 0
+        self.rows: list[dict] = []  # the metrics rows, one per finished epoch
         self.carried = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count of a resumed epoch
 
     def restore(self) -> None:
