@@ -24,7 +24,6 @@ from click.testing import CliRunner
 matplotlib.use("Agg")
 
 import niff_analysis.io as nio  # noqa: E402
-import niff_analysis.pipeline as pipeline  # noqa: E402
 from niff_analysis.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from niff_analysis.cli import main  # noqa: E402
 from niff_analysis.io import atomic_write, file_sha256  # noqa: E402
@@ -277,9 +276,11 @@ def _raise(code):
 
 @pytest.fixture(scope="module")
 def cached_default():
+    from niff_analysis.checkpoint import Checkpoint
+
     model = load_checkpoint(None)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "load_checkpoint", lambda path=None, device="cpu", factory=None: model)
+    with pytest.MonkeyPatch.context() as mp:  # every command loads through Checkpoint.model
+        mp.setattr(Checkpoint, "model", lambda self, device="cpu", allow_non_finite=False: model)
         yield
 
 

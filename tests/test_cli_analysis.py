@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import niff_analysis.pipeline as pipeline
 from niff_analysis import __version__
-from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from niff_analysis.checkpoint import DEFAULT_CHECKPOINT, Checkpoint
 from niff_analysis.cli import main
 from niff_analysis.io import file_sha256
 
@@ -49,17 +48,19 @@ COLUMNS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def cached_checkpoints():
-    """Load each checkpoint once for the CliRunner tests (the subprocess tests load for real)."""
+    """Load each checkpoint's model once for the CliRunner tests (the subprocess tests load for
+    real): every command loads through Checkpoint.model."""
     cache = {}
+    real = Checkpoint.model
 
-    def load(path=None, device="cpu", factory=None):
-        key = (str(path), str(device), factory)
+    def model(self, device="cpu", allow_non_finite=False):
+        key = (str(self.path), self.config.sha256, str(device), allow_non_finite, self.factory)
         if key not in cache:
-            cache[key] = load_checkpoint(path, device=device, factory=factory)
+            cache[key] = real(self, device, allow_non_finite)
         return cache[key]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "load_checkpoint", load)
+        mp.setattr(Checkpoint, "model", model)
         yield
 
 

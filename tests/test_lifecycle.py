@@ -724,12 +724,12 @@ def test_15_a_full_disk_during_training_says_so_and_keeps_the_state(tmp_path, mo
 
 
 def test_16_an_unwritable_output_is_refused_before_any_work(monkeypatch, tmp_path):
-    import niff_analysis.pipeline as pipeline
+    from niff_analysis.checkpoint import Checkpoint
 
     def never(*a, **k):
-        raise AssertionError("the checkpoint was loaded before the output was checked")
+        raise AssertionError("the checkpoint was opened before the output was checked")
 
-    monkeypatch.setattr(pipeline, "load_checkpoint", never)
+    monkeypatch.setattr(Checkpoint, "open", never)  # every command opens its checkpoints through it
     for command in ("mass", "history", "claims"):
         line = one_error(
             invoke(command, "-q", "-o", "/proc/self/niff/out.csv"),

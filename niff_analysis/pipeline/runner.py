@@ -1,0 +1,268 @@
+"""The one runner: ``run(checkpoints, analyses)`` finds, loads and selects, computes each
+:class:`Analysis` on every checkpoint and combines the results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .._types import PathLike
+from ..analysis import LayerKernels
+from ..checkpoint import Checkpoint, CheckpointConfig
+from ..errors import NiffError
+from ..io import file_sha256
+from .find import Found, discover
+from .load import Loaded, initial_kernels, load_checkpoints, select_kernels
+from .seeds import load_histories
+
+
+@dataclass
+class Item:
+    """One checkpoint as an :class:`Analysis` sees it (:func:`run`).
+
+    Attributes:
+        label: its name in every table.
+        path: as given (``None``: the bundled default).
+        loaded: the loaded checkpoint (``None`` for an analysis of recorded statistics).
+        kernels: its selected kernels (for an analysis that needs kernels).
+        history: the kernel statistics its run recorded, and ``stats_file`` the file (for an
+            analysis of recorded statistics).
+        device: where its model runs.
+        layers, max_kernels: how its kernels were selected (its initialisation's are selected
+            the same way, :meth:`initial_kernels`).
+        log, warn: where an analysis says what it did, and what a user must know.
+    """
+
+    label: str
+    path: Optional[Path]
+    loaded: Optional[Loaded] = None
+    kernels: Optional[list[LayerKernels]] = None
+    history: Optional[pd.DataFrame] = None
+    stats_file: Optional[Path] = None
+    device: Union[str, torch.device] = "cpu"
+    layers: Union[str, Sequence[str]] = "*"
+    max_kernels: Optional[int] = None
+    log: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+    warn: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+    _initial: Optional[list] = field(default=None, repr=False)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    @property
+    def meta(self) -> CheckpointConfig:
+        return self.loaded.meta
+
+    @property
+    def checkpoint(self) -> Optional[Checkpoint]:
+        return self.loaded.checkpoint
+
+    def initial_kernels(self) -> Optional[list[LayerKernels]]:
+        """The initialisation's kernels of the selected layers (:func:`initial_kernels`), or
+        ``None`` when no initialisation is known; computed once."""
+        if self._initial is None:
+            self._initial = [
+                initial_kernels(
+                    self.loaded, self.kernels, layers=self.layers, max_kernels=self.max_kernels, device=str(self.device)
+                )
+            ]
+        return self._initial[0]
+
+
+class Analysis:
+    """What :func:`run` computes: :meth:`compute` once per checkpoint, in order, then
+    :meth:`combine` over all of them.
+
+    Attributes:
+        needs: ``"kernels"`` (the selected kernels of the loaded model), ``"model"`` (the loaded
+            model) or ``"history"`` (the kernel statistics a run recorded; runs without their
+            final checkpoint count).
+        niff_only: the name of an analysis that needs NIFF layers: selecting a plain
+            convolution is then an error.
+    """
+
+    needs = "kernels"
+    niff_only: Optional[str] = None
+
+    def compute(self, item: Item):
+        """The result of one checkpoint."""
+        raise NotImplementedError
+
+    def combine(self, results: Results):
+        """The result of the whole run (default: label → each checkpoint's result)."""
+        return results.of(self)
+
+
+@dataclass
+class Results:
+    """What :func:`run` computed.
+
+    Attributes:
+        found: the checkpoints found (:func:`discover`).
+        labels: the checkpoints analysed, in order (without those skipped).
+        provenance: label, path, weights hash (and architecture) of each, for ``meta.json``.
+        skipped: the labels of the checkpoints skipped.
+        per_checkpoint: per analysis (in the order given), label → its result.
+        combined: per analysis, :meth:`Analysis.combine`'s result.
+        log, warn: where :meth:`Analysis.combine` says what it did, and what a user must know.
+    """
+
+    found: Found
+    labels: list[str] = field(default_factory=list)
+    provenance: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    per_checkpoint: list[dict] = field(default_factory=list)
+    combined: list = field(default_factory=list)
+    analyses: list = field(default_factory=list, repr=False)
+    log: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+    warn: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+
+    def of(self, analysis: Analysis) -> dict:
+        """label → the result of ``analysis`` for that checkpoint."""
+        return self.per_checkpoint[self._index(analysis)]
+
+    def __getitem__(self, analysis: Analysis):
+        """The combined result of ``analysis``."""
+        return self.combined[self._index(analysis)]
+
+    def _index(self, analysis: Analysis) -> int:
+        return next(i for i, a in enumerate(self.analyses) if a is analysis)
+
+
+def run(
+    checkpoints: Sequence[Optional[PathLike]] = (),
+    analyses: Union[Analysis, Sequence[Analysis]] = (),
+    *,
+    layers: Union[str, Sequence[str]] = "*",
+    include_conv: bool = False,
+    max_kernels: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+    factory: Optional[str] = None,
+    strict: bool = False,
+    found: Optional[Found] = None,
+    log: Optional[Callable[[str], None]] = None,
+    warn: Optional[Callable[[str], None]] = None,
+    skip: Optional[Callable[[str, NiffError], None]] = None,
+    non_finite: Optional[Callable[[str, NiffError], None]] = None,
+    log_selection: bool = True,
+    announce: Optional[Callable[[str], None]] = None,
+    wrap: Optional[Callable[[Iterator, int], Iterator]] = None,
+) -> Results:
+    """The one path from command-line arguments to results: find the checkpoints
+    (:func:`discover`), load each (:func:`load_checkpoints`), select its kernels
+    (:func:`select_kernels`), run every analysis on it, then combine each analysis's results.
+    The figure set (:func:`analyse`) and every analysis command take it.
+
+    Of a folder of checkpoints, one that cannot be loaded or whose kernels cannot be selected
+    is skipped (``skip`` is told; ``strict``: the error stops the run); one named directly
+    always stops it.
+
+    Args:
+        checkpoints: paths as a user gives them (none: the bundled default).
+        analyses: what to compute (one, or several computed on each checkpoint in turn).
+        layers, include_conv, max_kernels: the kernel selection (:func:`select_kernels`).
+        device: where the models are loaded.
+        factory: the user factory you allow to build a checkpoint's model.
+        strict: stop at the first checkpoint of a folder that cannot be analysed.
+        found: :func:`discover`'s answer for ``checkpoints`` (``runs_in_progress=True`` for an
+            analysis of recorded statistics), if the caller has it.
+        log: receives what was done (the selection's notes and summary with ``log_selection``).
+        warn: receives what a user must know (skipped checkpoints, through ``skip``'s default).
+        skip: called with (label, error) for each checkpoint skipped (default: a warning).
+        non_finite: called with (label, error) for a checkpoint whose weights hold NaN/Inf,
+            which is then analysed all the same (default: such a checkpoint cannot be loaded).
+        announce: called with each checkpoint's label before its kernels are selected.
+        wrap: wraps the iteration over the checkpoints (e.g. a progress bar), given their number.
+
+    Returns:
+        The :class:`Results`; without any checkpoint analysed its ``labels`` are empty (the
+        caller says why).
+
+    Raises:
+        NiffError: a checkpoint named directly cannot be analysed (or any, with ``strict``), or
+            an analysis fails.
+    """
+    analyses = [analyses] if isinstance(analyses, Analysis) else list(analyses)
+    say, warn = log or (lambda msg: None), warn or (lambda msg: None)
+    history = any(a.needs == "history" for a in analyses)
+    if found is None:
+        found = discover(tuple(checkpoints), runs_in_progress=history)
+    res = Results(found, per_checkpoint=[{} for _ in analyses], analyses=analyses, log=say, warn=warn)
+
+    def skipped(label: str, exc: NiffError) -> None:
+        res.skipped.append(label)
+        (skip or (lambda lab, e: warn(f"skipped {lab}: {e}")))(label, exc)
+
+    kw = dict(device=device, layers=layers, max_kernels=max_kernels, log=say, warn=warn)
+    if history:
+        items = (
+            (
+                Item(label, path, history=df, stats_file=path, **kw),
+                dict(label=label, path=str(path), sha256=file_sha256(path)),
+            )
+            for label, path, df in load_histories(strict=strict, warn=warn, found=found)
+        )
+    else:
+        items = _loaded_items(
+            found, analyses, kw, include_conv, factory, strict, skipped, non_finite, log_selection, announce
+        )
+    if wrap is not None:
+        items = wrap(items, len(found.checkpoints))
+    for item, provenance in items:
+        res.labels.append(item.label)
+        res.provenance.append(provenance)
+        for i, analysis in enumerate(analyses):
+            res.per_checkpoint[i][item.label] = analysis.compute(item)
+    if res.labels:
+        res.combined = [a.combine(res) for a in analyses]
+    return res
+
+
+def _loaded_items(
+    found: Found,
+    analyses: list[Analysis],
+    kw: dict,
+    include_conv: bool,
+    factory: Optional[str],
+    strict: bool,
+    skipped: Callable[[str, NiffError], None],
+    non_finite: Optional[Callable[[str, NiffError], None]],
+    log_selection: bool,
+    announce: Optional[Callable[[str], None]],
+) -> Iterator[tuple[Item, dict]]:
+    """(item, provenance) of each checkpoint that loads and whose kernels can be selected."""
+    needs_kernels = any(a.needs == "kernels" for a in analyses)
+    niff_only = next((a.niff_only for a in analyses if a.niff_only), None)
+    say = kw["log"]
+    for ck in load_checkpoints(
+        device=str(kw["device"]), factory=factory, found=found, strict=strict, skip=skipped, non_finite=non_finite
+    ):
+        item = Item(ck.label, ck.path, ck, **kw)
+        if needs_kernels:
+            if announce is not None:
+                announce(ck.label)
+            try:
+                sel = select_kernels(
+                    ck,
+                    layers=kw["layers"],
+                    include_conv=include_conv,
+                    max_kernels=kw["max_kernels"],
+                    niff_only=niff_only,
+                )
+            except NiffError as exc:
+                if not found.tolerates(ck.path, strict):
+                    raise
+                skipped(ck.label, exc)
+                continue
+            if log_selection:
+                for note in sel.notes:
+                    say(f"note: {note}")
+                say(sel.summary(kw["max_kernels"]))
+            item.kernels = sel.kernels
+        yield item, ck.provenance()
