@@ -19,7 +19,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, cast
 
 import numpy as np
 import pandas as pd
@@ -89,7 +89,7 @@ def describe_registered(name: str, **kwargs) -> dict:
         UnknownModelError: ``name`` is not registered (the message names the bundled checkpoints too).
     """
     from .checkpoint import bundled_checkpoints
-    from .models import create_model
+    from .models import ModelConfig, create_model
     from .models.registry import UnknownModelError
 
     try:
@@ -97,7 +97,12 @@ def describe_registered(name: str, **kwargs) -> dict:
     except UnknownModelError as exc:
         names = ", ".join(bundled_checkpoints())
         raise UnknownModelError(f"{exc} (or a bundled checkpoint: {names})" if names else str(exc)) from None
-    return dict(architecture=name, source="registry", model_kwargs=dict(model.niff_config), **structure(model))
+    return dict(
+        architecture=name,
+        source="registry",
+        model_kwargs=dict(cast(ModelConfig, model.niff_config)),
+        **structure(model),
+    )
 
 
 class Describe(Analysis):
@@ -123,7 +128,7 @@ class Describe(Analysis):
         for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
             if key in meta.record:  # what the checkpoint records, as it records it
                 info[key] = meta.record[key]
-        folder = Path(meta.path)
+        folder = Path(meta.path or item.checkpoint.path)
         stats_file = (folder if folder.is_dir() else folder.parent) / STATS_NAME
         if folder.name == INIT_DIR:  # the run's statistics sit beside its init/
             stats_file = folder.parent / STATS_NAME
@@ -360,7 +365,7 @@ class History(Analysis):
         )
 
     def compute(self, item: Item) -> tuple[pd.DataFrame, PathLike]:
-        df, label, patterns = item.history, item.label, item.layers
+        (df, stats_file), label, patterns = item.recorded(), item.label, item.layers
         patterns = [patterns] if isinstance(patterns, str) else patterns
         in_layers = df[LAYER].map(lambda n: any(fnmatch.fnmatchcase(n, p) for p in patterns))
         if not in_layers.any():
@@ -373,7 +378,7 @@ class History(Analysis):
             if not (df["measure"] == m).any():
                 item.warn(f"{label}: no {m} statistics (recorded before kernel_stats.csv held both measures)")
         keep = in_layers & df["stat"].isin(self.stats) & df["measure"].isin(list(measures) + [ANY])
-        return with_checkpoint(df[keep], label), item.stats_file.parent
+        return with_checkpoint(df[keep], label), stats_file.parent
 
     def combine(self, results: Results) -> pd.DataFrame:
         per = results.of(self)

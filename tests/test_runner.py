@@ -25,7 +25,7 @@ class Count(Analysis):
 
     def compute(self, item):
         self.seen.append(item.label)
-        return None if item.kernels is None else sum(lk.flat.shape[0] for lk in item.kernels)
+        return None if item.selected is None else sum(lk.flat.shape[0] for lk in item.kernels)
 
 
 def test_every_checkpoint_of_a_folder_in_order_with_its_provenance():
@@ -142,3 +142,14 @@ def test_describe_names_one_checkpoint_not_a_folder_of_them():
         f"error: {BUNDLED_DIR} is a folder of 2 checkpoints (resnet18_fmnist, resnet18_niff_fmnist); "
         "describe one of them"
     )
+
+
+def test_an_analysis_reading_what_its_needs_did_not_ask_for_is_told_so():
+    class Confused(Analysis):
+        needs = "model"
+
+        def compute(self, item):
+            return item.kernels
+
+    with pytest.raises(RuntimeError, match="no kernels were selected for this analysis"):
+        run([DEFAULT_CHECKPOINT], Confused())

@@ -179,7 +179,9 @@ def analyse(
             erf_protocol=erf_protocol,
         ),
     )
-    t = {k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf", "scale")}
+    t: dict[str, list[pd.DataFrame]] = {
+        k: [] for k in ("mass", "sizes", "gauss", "gsum", "untrained", "history", "freq", "freq0", "erf", "scale")
+    }
     measures = list(MEASURES) if measure == "both" else [check_measure(measure)]
     images: dict = {}
     found = found if found is not None else discover(list(checkpoints) or [None])
@@ -193,10 +195,10 @@ def analyse(
         """Every table of the figures, one checkpoint at a time (collected in ``data``)."""
 
         def compute(self, item: Item) -> None:
-            ck, label = item.loaded, item.label
+            label, meta = item.label, item.meta
             lks = data.kernels[label] = item.kernels
             data.labels.append(label)
-            data.sources[label], data.hashes[label] = ck.meta.path, ck.meta.sha256
+            data.sources[label], data.hashes[label] = str(meta.path or item.checkpoint.path), meta.sha256
             has_niff = any(lk.response is not None for lk in lks)
             say(f"{label}: mass ratio, effective sizes ({', '.join(measures)})")
             for measure_i in measures:
@@ -218,27 +220,27 @@ def analyse(
             t["gsum"].append(with_checkpoint(gaussian_summary(g), label))
             if has_niff:
                 t["freq"].append(with_checkpoint(frequency_profile(lks), label))
-            init, init_lks = ck.checkpoint.initial(device=device), None
+            init, init_lks = item.checkpoint.initial(device=device), None
             if init is not None:
                 say(f"{label}: mass ratio at initialisation")
                 init_lks = select_kernels(
-                    Loaded(label, ck.path, init), layers=layers, include_conv=not has_niff, max_kernels=max_kernels
+                    Loaded(label, item.path, init), layers=layers, include_conv=not has_niff, max_kernels=max_kernels
                 ).kernels
                 for measure_i in measures:
                     t["untrained"].append(with_checkpoint(mass_summary(kernel_mass(init_lks, measure_i)), label))
                 if has_niff:
                     t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))
             if erf_images:
-                key = (ck.meta.dataset, ck.meta.input_size)
+                key = (meta.dataset, meta.input_size)
                 try:
                     if key not in images:
-                        images[key] = ck.checkpoint.images(erf_images, data_dir)
+                        images[key] = item.checkpoint.images(erf_images, data_dir)
                 except (DataError, SelectionError) as exc:
                     data.notes.append(f"{label}: receptive fields skipped ({exc}; see --erf-images)")
                     say(data.notes[-1])
                 else:
                     say(f"{label}: effective receptive fields ({len(images[key])} images)")
-                    for lab, model in [(label, ck.model)] + ([(f"{label}@init", init)] if init is not None else []):
+                    for lab, model in [(label, item.model)] + ([(f"{label}@init", init)] if init is not None else []):
                         data.erf_maps[lab] = effective_receptive_fields(model, images[key], protocol=erf_protocol)
                         t["erf"].append(
                             with_checkpoint(erf_area_ratios(data.erf_maps[lab], protocol=erf_protocol), lab)

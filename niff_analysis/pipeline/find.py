@@ -180,18 +180,19 @@ def discover(args: Sequence[Optional[PathLike]] = (), runs_in_progress: bool = F
             paths += found
         else:
             paths.append(p)  # load_checkpoint says what is wrong with it, if anything
-    unique, seen = [], set()
-    for p in paths:
-        key = str(_real(p if p is not None else DEFAULT_CHECKPOINT))
+    unique: list[Optional[Path]] = []
+    seen: set[str] = set()
+    for q in paths:
+        key = str(_real(q if q is not None else DEFAULT_CHECKPOINT))
         if key not in seen:
             seen.add(key)
-            unique.append(p)
-    names = [study.get(p) or checkpoint_label(p) for p in unique]
+            unique.append(q)
+    names = [(study.get(q) if q is not None else None) or checkpoint_label(q) for q in unique]
     if len(set(names)) < len(names):
-        names = [str(p if p is not None else DEFAULT_CHECKPOINT) for p in unique]
+        names = [str(q if q is not None else DEFAULT_CHECKPOINT) for q in unique]
     result.checkpoints = list(zip(names, unique))
-    for p in unique:
-        result.inputs += input_folders(p)
+    for q in unique:
+        result.inputs += input_folders(q)
     return result
 
 

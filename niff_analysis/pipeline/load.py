@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union, cast
 
 from torch import nn
 
@@ -38,7 +38,7 @@ class Loaded:
 
     @property
     def meta(self) -> CheckpointConfig:
-        return self.model.niff_checkpoint
+        return cast(CheckpointConfig, self.model.niff_checkpoint)  # nn.Module attributes are typed as tensors
 
     def provenance(self) -> dict:
         """label, resolved path, weights hash and architecture: what ``meta.json`` records."""

@@ -28,10 +28,12 @@ class Item:
     Attributes:
         label: its name in every table.
         path: as given (``None``: the bundled default).
-        loaded: the loaded checkpoint (``None`` for an analysis of recorded statistics).
-        kernels: its selected kernels (for an analysis that needs kernels).
+        loaded: the loaded checkpoint (``None`` for an analysis of recorded statistics; read it
+            through :attr:`model`, :attr:`meta` and :attr:`checkpoint`).
+        selected: its selected kernels (for an analysis that needs kernels; read them as
+            :attr:`kernels`).
         history: the kernel statistics its run recorded, and ``stats_file`` the file (for an
-            analysis of recorded statistics).
+            analysis of recorded statistics; read them with :meth:`recorded`).
         device: where its model runs.
         layers, max_kernels: how its kernels were selected (its initialisation's are selected
             the same way, :meth:`initial_kernels`).
@@ -41,7 +43,7 @@ class Item:
     label: str
     path: Optional[Path]
     loaded: Optional[Loaded] = None
-    kernels: Optional[list[LayerKernels]] = None
+    selected: Optional[list[LayerKernels]] = None
     history: Optional[pd.DataFrame] = None
     stats_file: Optional[Path] = None
     device: Union[str, torch.device] = "cpu"
@@ -51,17 +53,39 @@ class Item:
     warn: Callable[[str], None] = field(default=lambda msg: None, repr=False)
     _initial: Optional[list] = field(default=None, repr=False)
 
+    def _loaded(self) -> Loaded:
+        if self.loaded is None:  # an analysis that reads a model must say needs = "model" or "kernels"
+            raise RuntimeError(f"{self.label}: no model was loaded for this analysis (its `needs`)")
+        return self.loaded
+
+    @property
+    def kernels(self) -> list[LayerKernels]:
+        """Its selected kernels (an analysis with ``needs = "kernels"``)."""
+        if self.selected is None:
+            raise RuntimeError(f"{self.label}: no kernels were selected for this analysis (its `needs`)")
+        return self.selected
+
     @property
     def model(self) -> nn.Module:
-        return self.loaded.model
+        return self._loaded().model
 
     @property
     def meta(self) -> CheckpointConfig:
-        return self.loaded.meta
+        return self._loaded().meta
 
     @property
-    def checkpoint(self) -> Optional[Checkpoint]:
-        return self.loaded.checkpoint
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint it was loaded from (its initialisation and test images)."""
+        source = self._loaded().checkpoint
+        if source is None:  # the runner loads every item from a checkpoint
+            raise RuntimeError(f"{self.label}: loaded without its checkpoint")
+        return source
+
+    def recorded(self) -> tuple[pd.DataFrame, Path]:
+        """The kernel statistics its run recorded and their file (``needs = "history"``)."""
+        if self.history is None or self.stats_file is None:
+            raise RuntimeError(f"{self.label}: no recorded statistics were read for this analysis (its `needs`)")
+        return self.history, self.stats_file
 
     def initial_kernels(self) -> Optional[list[LayerKernels]]:
         """The initialisation's kernels of the selected layers (:func:`initial_kernels`), or
@@ -69,7 +93,11 @@ class Item:
         if self._initial is None:
             self._initial = [
                 initial_kernels(
-                    self.loaded, self.kernels, layers=self.layers, max_kernels=self.max_kernels, device=str(self.device)
+                    self._loaded(),
+                    self.kernels,
+                    layers=self.layers,
+                    max_kernels=self.max_kernels,
+                    device=str(self.device),
                 )
             ]
         return self._initial[0]
@@ -199,26 +227,39 @@ def run(
         res.skipped.append(label)
         (skip or (lambda lab, e: warn(f"skipped {lab}: {e}")))(label, exc)
 
-    kw = dict(device=device, layers=layers, max_kernels=max_kernels, log=say, warn=warn)
+    def item(label: str, path: Optional[Path], **fields) -> Item:
+        return Item(label, path, device=device, layers=layers, max_kernels=max_kernels, log=say, warn=warn, **fields)
+
+    items: Iterator[tuple[Item, dict]]
     if history:
         items = (
             (
-                Item(label, path, history=df, stats_file=path, **kw),
+                item(label, path, history=df, stats_file=path),
                 dict(label=label, path=str(path), sha256=file_sha256(path)),
             )
             for label, path, df in load_histories(strict=strict, warn=warn, found=found)
         )
     else:
         items = _loaded_items(
-            found, analyses, kw, include_conv, factory, strict, skipped, non_finite, log_selection, announce
+            found,
+            analyses,
+            item,
+            str(device),
+            include_conv,
+            factory,
+            strict,
+            skipped,
+            non_finite,
+            log_selection,
+            announce,
         )
     if wrap is not None:
         items = wrap(items, len(found.checkpoints))
-    for item, provenance in items:
-        res.labels.append(item.label)
+    for one, provenance in items:
+        res.labels.append(one.label)
         res.provenance.append(provenance)
         for i, analysis in enumerate(analyses):
-            res.per_checkpoint[i][item.label] = analysis.compute(item)
+            res.per_checkpoint[i][one.label] = analysis.compute(one)
     if res.labels:
         res.combined = [a.combine(res) for a in analyses]
     return res
@@ -227,7 +268,8 @@ def run(
 def _loaded_items(
     found: Found,
     analyses: list[Analysis],
-    kw: dict,
+    make: Callable[..., Item],
+    device: str,
     include_conv: bool,
     factory: Optional[str],
     strict: bool,
@@ -236,23 +278,23 @@ def _loaded_items(
     log_selection: bool,
     announce: Optional[Callable[[str], None]],
 ) -> Iterator[tuple[Item, dict]]:
-    """(item, provenance) of each checkpoint that loads and whose kernels can be selected."""
+    """(item, provenance) of each checkpoint that loads and whose kernels can be selected
+    (``make`` builds an item with the run's settings)."""
     needs_kernels = any(a.needs == "kernels" for a in analyses)
     niff_only = next((a.niff_only for a in analyses if a.niff_only), None)
-    say = kw["log"]
     for ck in load_checkpoints(
-        device=str(kw["device"]), factory=factory, found=found, strict=strict, skip=skipped, non_finite=non_finite
+        device=device, factory=factory, found=found, strict=strict, skip=skipped, non_finite=non_finite
     ):
-        item = Item(ck.label, ck.path, ck, **kw)
+        item = make(ck.label, ck.path, loaded=ck)
         if needs_kernels:
             if announce is not None:
                 announce(ck.label)
             try:
                 sel = select_kernels(
                     ck,
-                    layers=kw["layers"],
+                    layers=item.layers,
                     include_conv=include_conv,
-                    max_kernels=kw["max_kernels"],
+                    max_kernels=item.max_kernels,
                     niff_only=niff_only,
                 )
             except NiffError as exc:
@@ -262,7 +304,7 @@ def _loaded_items(
                 continue
             if log_selection:
                 for note in sel.notes:
-                    say(f"note: {note}")
-                say(sel.summary(kw["max_kernels"]))
-            item.kernels = sel.kernels
+                    item.log(f"note: {note}")
+                item.log(sel.summary(item.max_kernels))
+            item.selected = sel.kernels
         yield item, ck.provenance()
