@@ -10,6 +10,8 @@ import click
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..pipeline import Found
+
 FORMATS = ("table", "csv", "json")
 MEASURES = ("l1", "energy")  # niff_analysis.analysis.mass.MEASURES, without importing torch
 BOOTSTRAP = 1000  # niff_analysis.analysis.uncertainty.RESAMPLES (tests/test_uncertainty.py checks)
@@ -258,7 +260,7 @@ class Command:
         self.strict = bool(meta.get("niff_strict"))
         self.max_kernels = meta.get("niff_max_kernels")
         self.provenance: list[dict] = []
-        self._found = None
+        self._found: Optional[Found] = None
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -268,7 +270,7 @@ class Command:
         """A warning: printed even with ``--quiet`` (results that hold NaN are never silent)."""
         click.echo(f"warning: {msg}", err=True)
 
-    def found(self, runs_in_progress: bool = False):
+    def found(self, runs_in_progress: bool = False) -> Found:
         """The checkpoints of the command line (:func:`~niff_analysis.pipeline.discover`), found
         once; what was skipped is warned about, and an ``--output`` inside any input is refused."""
         from ..pipeline import discover, refuse_output_in_inputs

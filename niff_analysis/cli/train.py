@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 import click
 
@@ -18,6 +18,9 @@ from ..train.config import DTYPES, TrainConfig  # the recipe, without torch
 from . import main
 from .common import CONV_MODES, DATASETS, MODELS, PRECISIONS, STEMS, device_option, non_negative_int, positive_int
 from .common import MODE_DEFAULT as _MODE_DEFAULT  # --mode is always recorded in model_kwargs: the models' default
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointConfig
 
 # torch, the models and the trainer are imported where a command runs: --help starts without them.
 
@@ -494,7 +497,8 @@ def import_cmd(
             raise NiffError(f"--niff applies to torchvision/factory models; use {model_name}_niff")
         kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_state_dict(path, model_name, key=key, factory=factory, **kwargs)
-    meta = model.niff_checkpoint
+    # nn.Module.__getattr__ is typed for tensors and modules only; the import attaches a CheckpointConfig
+    meta = cast("CheckpointConfig", model.niff_checkpoint)
     _write_imported(
         model,
         out,
@@ -586,7 +590,8 @@ def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, inpu
     _import_target(path, out, overwrite=False)
     kwargs = _model_kwargs(num_classes, in_chans, input_size, stem, mlp)
     model = import_reference_checkpoint(path, model_name, key=key, **kwargs)
-    meta = model.niff_checkpoint
+    # nn.Module.__getattr__ is typed for tensors and modules only; the import attaches a CheckpointConfig
+    meta = cast("CheckpointConfig", model.niff_checkpoint)
     _write_imported(
         model,
         out,
