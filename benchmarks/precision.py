@@ -30,7 +30,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -62,7 +61,7 @@ def _train(
     device: torch.device,
     train_subset: int,
     test_subset: int,
-    data_dir: Optional[str],
+    data_dir: str | None,
 ) -> float:
     cmd = [
         sys.executable,
@@ -107,9 +106,9 @@ def _train(
 def run(
     quick: bool = False,
     device: torch.device = torch.device("cpu"),
-    train_subset: Optional[int] = None,
-    test_subset: Optional[int] = None,
-    data_dir: Optional[str] = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    data_dir: str | None = None,
 ) -> pd.DataFrame:
     """Train the three runs; print accuracy, kernel statistics and the verdicts; return the runs."""
     import os

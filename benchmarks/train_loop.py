@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -57,7 +56,7 @@ SETTINGS = (
 )
 
 
-def reference_tree(dest: Path, commit: str = REFERENCE_COMMIT) -> Optional[Path]:
+def reference_tree(dest: Path, commit: str = REFERENCE_COMMIT) -> Path | None:
     """``niff_analysis`` of ``commit`` extracted under ``dest`` (its bundled checkpoints left
     out); None where this checkout has no git history."""
     try:
@@ -128,8 +127,8 @@ class _Worker:
 def run(
     quick: bool = False,
     device: torch.device = torch.device("cpu"),
-    rounds: Optional[int] = None,
-    batch: Optional[int] = None,
+    rounds: int | None = None,
+    batch: int | None = None,
     reference: bool = True,
     width: int = 64,
 ) -> pd.DataFrame:
@@ -218,7 +217,7 @@ def _allocator(code: str, setting: str, device: torch.device) -> str:
     return "kept from the first NIFF forward"
 
 
-def _ratio(samples, a: tuple, b: tuple, key: str) -> Optional[tuple[float, float, float]]:
+def _ratio(samples, a: tuple, b: tuple, key: str) -> tuple[float, float, float] | None:
     """median(a)/median(b) for ``key`` and the range of the per-round ratios; None if missing."""
     if a not in samples or b not in samples:
         return None

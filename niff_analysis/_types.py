@@ -12,13 +12,13 @@ This module imports nothing of the package, so every layer may use it.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 #: (H, W), both positive.
 Size = tuple[int, int]
 #: A size as a caller gives it: ``n`` (n×n) or ``(H, W)`` (a tuple or a JSON list).
-SizeLike = Union[int, Sequence[int]]
+SizeLike = int | Sequence[int]
 
 #: The input side a model is built for when none is given: ImageNet's 224 …
 DEFAULT_INPUT_SIZE = 224
@@ -50,7 +50,7 @@ def as_hw(size: SizeLike, what: str = "size") -> Size:
     return h, w
 
 
-def input_hw(size: Optional[SizeLike] = None, stem: Optional[str] = None) -> Size:
+def input_hw(size: SizeLike | None = None, stem: str | None = None) -> Size:
     """A model's input size as (H, W): ``size`` itself, or when it is ``None`` the default of the
     stem (:data:`CIFAR_INPUT_SIZE` for ``"cifar"``, else :data:`DEFAULT_INPUT_SIZE`).
 

@@ -24,10 +24,10 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -173,7 +173,7 @@ PROVENANCE_FIELDS = (
 )
 
 
-def _fmap(value) -> Optional[Size]:
+def _fmap(value) -> Size | None:
     try:
         return as_hw(value) if value is not None else None
     except ValueError:
@@ -207,15 +207,15 @@ class CheckpointConfig(Mapping):
     """
 
     model: ModelConfig
-    dataset: Optional[str] = None
-    seed: Optional[int] = None
-    epochs: Optional[int] = None
-    recipe: Optional[dict] = None
+    dataset: str | None = None
+    seed: int | None = None
+    epochs: int | None = None
+    recipe: dict | None = None
     fmaps: dict = field(default_factory=dict)
-    test_acc: Optional[float] = None
-    test_loss: Optional[float] = None
-    path: Optional[str] = None
-    sha256: Optional[str] = None
+    test_acc: float | None = None
+    test_loss: float | None = None
+    path: str | None = None
+    sha256: str | None = None
     record: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -224,7 +224,7 @@ class CheckpointConfig(Mapping):
         return cls.of(read_config(path), path=str(path))
 
     @classmethod
-    def parse(cls, cfg: Any, source, path: Optional[str] = None, sha256: Optional[str] = None) -> CheckpointConfig:
+    def parse(cls, cfg: Any, source, path: str | None = None, sha256: str | None = None) -> CheckpointConfig:
         """A config dict (as ``config.json`` holds it), validated (:func:`validate_config`).
 
         Raises:
@@ -233,7 +233,7 @@ class CheckpointConfig(Mapping):
         return cls.of(validate_config(cfg, source), path=path, sha256=sha256)
 
     @classmethod
-    def of(cls, record: dict, path: Optional[str] = None, sha256: Optional[str] = None) -> CheckpointConfig:
+    def of(cls, record: dict, path: str | None = None, sha256: str | None = None) -> CheckpointConfig:
         """The typed view of a record this toolkit made (not validated: :meth:`parse` a file's)."""
         record = dict(record)
         path = record.pop("path", path)
@@ -275,19 +275,19 @@ class CheckpointConfig(Mapping):
         return self.model.input_size
 
     @property
-    def in_chans(self) -> Optional[int]:
+    def in_chans(self) -> int | None:
         return self.model.in_chans
 
     @property
-    def stem(self) -> Optional[str]:
+    def stem(self) -> str | None:
         return self.model.stem
 
     @property
-    def mlp(self) -> Optional[dict]:
+    def mlp(self) -> dict | None:
         return self.model.mlp
 
     @property
-    def mode(self) -> Optional[str]:
+    def mode(self) -> str | None:
         return self.model.mode
 
     @property
@@ -552,7 +552,7 @@ def load_state_into(model: nn.Module, state: dict, source, allow_non_finite: boo
 
 
 def load_checkpoint(
-    path: Optional[PathLike] = None, device: str = "cpu", factory: Optional[str] = None, allow_non_finite: bool = False
+    path: PathLike | None = None, device: str = "cpu", factory: str | None = None, allow_non_finite: bool = False
 ) -> nn.Module:
     """Rebuild the exact model of a checkpoint with no other information.
 
@@ -592,7 +592,7 @@ class Checkpoint:
     """
 
     def __init__(
-        self, path: Path, config: CheckpointConfig, factory: Optional[str] = None, training_state: Optional[dict] = None
+        self, path: Path, config: CheckpointConfig, factory: str | None = None, training_state: dict | None = None
     ):
         self.path, self.config, self.factory = Path(path), config, factory
         self._state = training_state  # a train_state.pt's contents, read once by open()
@@ -606,7 +606,7 @@ class Checkpoint:
         return self._state is not None
 
     @classmethod
-    def open(cls, path: Optional[PathLike] = None, factory: Optional[str] = None) -> Checkpoint:
+    def open(cls, path: PathLike | None = None, factory: str | None = None) -> Checkpoint:
         """Find a checkpoint and read its config (its weights are read by :meth:`model`).
 
         Args:
@@ -638,7 +638,7 @@ class Checkpoint:
         return cls(path, config.replace(sha256=file_sha256(weights)), factory)
 
     @classmethod
-    def _open_training_state(cls, path: Path, factory: Optional[str]) -> Checkpoint:
+    def _open_training_state(cls, path: Path, factory: str | None) -> Checkpoint:
         """A trainer's ``train_state.pt`` (weights and recipe; weights_only)."""
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
@@ -715,7 +715,7 @@ class Checkpoint:
         model.eval()
         return model.to(resolve_device(device))
 
-    def initial(self, device: str = "cpu") -> Optional[nn.Module]:
+    def initial(self, device: str = "cpu") -> nn.Module | None:
         """The untrained model this checkpoint's training run started from, or ``None`` if unknown.
 
         The run folder's ``init/`` checkpoint when there is one (also for ``epoch_NNN/``
@@ -753,7 +753,7 @@ class Checkpoint:
         model.niff_checkpoint = rebuilt  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
         return model.eval().to(resolve_device(device))
 
-    def images(self, n: int, data_dir: Optional[PathLike] = None, dataset: Optional[str] = None) -> torch.Tensor:
+    def images(self, n: int, data_dir: PathLike | None = None, dataset: str | None = None) -> torch.Tensor:
         """The first ``n`` test images of the dataset the model was trained on (or ``dataset``),
         normalised as the trainer fed them, at the size the model runs at
         (:func:`~niff_analysis.data.dataset_images`): what its receptive fields are measured on.
@@ -775,7 +775,7 @@ class Checkpoint:
         return dataset_images(name, n, data_dir, image_size=self.config.input_size[0])
 
 
-def _rebuild(source, architecture: str, model_kwargs: dict, factory: Optional[str]) -> nn.Module:
+def _rebuild(source, architecture: str, model_kwargs: dict, factory: str | None) -> nn.Module:
     from .models.build import BuilderError, rebuild
     from .models.registry import UnknownModelError
 
@@ -798,7 +798,7 @@ def initial_model(architecture: str, model_kwargs: dict, seed: int) -> nn.Module
         return create_model(architecture, **model_kwargs)
 
 
-def available_memory() -> Optional[int]:
+def available_memory() -> int | None:
     """Bytes of memory this process can still use (MemAvailable, and the cgroup's limit where
     one is set), or ``None`` where neither can be read."""
     found = []
@@ -849,7 +849,7 @@ def check_model_fits(architecture: str, model_kwargs: dict, copies: int = 1, dty
     return n
 
 
-def load_initial(path: Optional[PathLike] = None, device: str = "cpu") -> Optional[nn.Module]:
+def load_initial(path: PathLike | None = None, device: str = "cpu") -> nn.Module | None:
     """The untrained model a trained checkpoint's run started from, or ``None`` if unknown
     (:meth:`Checkpoint.initial`)."""
     return Checkpoint.open(path).initial(device)

@@ -18,7 +18,6 @@ import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -63,7 +62,7 @@ class TensorDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: Optional[int]) -> TensorDataset:
+    def subset(self, n: int | None) -> TensorDataset:
         if n is None or n >= len(self):
             return self
         return TensorDataset(self.images[:n], self.labels[:n], self.mean, self.std, self.classes)
@@ -341,7 +340,7 @@ def _image_folder(folder: Path):
         ) from None
 
 
-def load_imagefolder(root, split: str = "train", image_size: Union[int, Size] = DEFAULT_INPUT_SIZE, seed: int = 0):
+def load_imagefolder(root, split: str = "train", image_size: int | Size = DEFAULT_INPUT_SIZE, seed: int = 0):
     """``root/train`` or ``root/val`` with the standard ImageNet transforms.
 
     Training: random-resized crop + horizontal flip, seeded per sample (see
@@ -389,7 +388,7 @@ def load_dataset(
     name: str,
     root,
     split: str,
-    image_size: Union[int, Size] = DEFAULT_INPUT_SIZE,
+    image_size: int | Size = DEFAULT_INPUT_SIZE,
     seed: int = 0,
     content_scale: float = 1.0,
 ):

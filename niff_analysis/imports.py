@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -120,7 +119,7 @@ STATE_KEYS = ("state_dict", "model", "model_state_dict", "model_ema", "module", 
 _REFERENCE_MLP = re.compile(r"^(.*)\.mlp_real\.layer_mpl(\d+)\.weight$")
 
 
-def read_state_dict(path: PathLike, key: Optional[str] = None) -> dict[str, torch.Tensor]:
+def read_state_dict(path: PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a state dict saved in a file, ``module.`` prefixes (DDP) stripped.
 
     Args:
@@ -172,7 +171,7 @@ def is_reference_state(state: dict) -> bool:
     return any(_REFERENCE_MLP.match(k) for k in state)
 
 
-def reference_mlp(state: dict) -> Optional[dict]:
+def reference_mlp(state: dict) -> dict | None:
     """The MLP of a reference state dict, read from its tensor shapes: the hidden sizes of the
     first NIFF layer's real MLP (their code uses one MLP shape throughout, SiLU between layers)."""
     layers: dict[str, dict[int, torch.Tensor]] = {}
@@ -262,7 +261,7 @@ def _from_reference_state(path: Path, theirs: dict, architecture: str, model_kwa
 
 
 def import_state_dict(
-    path: PathLike, architecture: str, key: Optional[str] = None, factory: Optional[str] = None, **model_kwargs
+    path: PathLike, architecture: str, key: str | None = None, factory: str | None = None, **model_kwargs
 ) -> nn.Module:
     """Load a state dict saved by anyone into the model it belongs to.
 

@@ -19,8 +19,9 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # this module imports nothing of the package: it runs alone (tests/test_atomic_writes.py)
     from ._types import PathLike
@@ -98,7 +99,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def atomic_write(path: PathLike, data: Union[bytes, str, Callable[[Path], None]]) -> Path:
+def atomic_write(path: PathLike, data: bytes | str | Callable[[Path], None]) -> Path:
     """Write bytes, text, or whatever ``data(tmp_path)`` writes, atomically to ``path``."""
     with atomic_path(path) as tmp:
         if callable(data):

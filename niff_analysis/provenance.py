@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
 
 from . import __version__
 from ._types import PathLike
@@ -65,7 +65,7 @@ def record_output(output: PathLike, entry: dict) -> None:
 
 def write_output(
     output: PathLike,
-    content: Union[str, bytes, Callable[[Path], None]],
+    content: str | bytes | Callable[[Path], None],
     command: str,
     parameters: dict,
     checkpoints: list[dict],

@@ -26,8 +26,8 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from ._types import PathLike
 from .errors import NiffError
@@ -125,7 +125,7 @@ def clear_run(folder: PathLike, keep: tuple[str, ...] = (LOCK_NAME,)) -> int:
     return n
 
 
-def move_aside(folder: PathLike, keep: tuple[str, ...] = (LOCK_NAME,)) -> Optional[Path]:
+def move_aside(folder: PathLike, keep: tuple[str, ...] = (LOCK_NAME,)) -> Path | None:
     """Rename a run's entries of ``folder`` into a new hidden folder inside it; returns that
     folder (``None`` when there was nothing to move). :func:`restore` undoes it, :func:`discard`
     deletes it."""
@@ -146,7 +146,7 @@ def move_aside(folder: PathLike, keep: tuple[str, ...] = (LOCK_NAME,)) -> Option
     return aside
 
 
-def restore(aside: Optional[Path], folder: PathLike) -> None:
+def restore(aside: Path | None, folder: PathLike) -> None:
     """Move the entries :func:`move_aside` put away back into ``folder`` (where nothing new took
     their name), then delete the hidden folder."""
     if aside is None:
@@ -158,13 +158,13 @@ def restore(aside: Optional[Path], folder: PathLike) -> None:
     discard(aside)
 
 
-def discard(aside: Optional[Path]) -> None:
+def discard(aside: Path | None) -> None:
     """Delete a folder :func:`move_aside` made."""
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def read_diverged(folder: PathLike) -> Optional[dict]:
+def read_diverged(folder: PathLike) -> dict | None:
     """What ``diverged.json`` of a run says (``None``: the run did not diverge, or says nothing)."""
     try:
         info = json.loads((Path(folder) / DIVERGED_NAME).read_text())
@@ -185,7 +185,7 @@ def run_status(folder: PathLike) -> str:
     return "training is in progress elsewhere or was interrupted"
 
 
-def unfinished_reason(folder: PathLike) -> Optional[str]:
+def unfinished_reason(folder: PathLike) -> str | None:
     """Why a run folder is not a checkpoint yet, in one sentence naming its ``train_state.pt``;
     ``None`` when ``folder`` is a checkpoint or holds no run at all."""
     folder = Path(folder)
@@ -227,7 +227,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_info(fd: int) -> Optional[dict]:
+def _read_info(fd: int) -> dict | None:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         raw = os.read(fd, 65536)
@@ -246,7 +246,7 @@ def _holder_text(info: dict) -> str:
     )
 
 
-def _try_flock(fd: int, exclusive: bool = True) -> Optional[bool]:
+def _try_flock(fd: int, exclusive: bool = True) -> bool | None:
     """True: locked now; False: another open file holds it; None: no locks here."""
     if fcntl is None:  # pragma: no cover - Windows
         return None
@@ -259,7 +259,7 @@ def _try_flock(fd: int, exclusive: bool = True) -> Optional[bool]:
         return None
 
 
-def _is_stale(info: dict, flocked: Optional[bool]) -> bool:
+def _is_stale(info: dict, flocked: bool | None) -> bool:
     """A lock file's holder is gone: on this host, nobody holds the flock (or, without flocks,
     its PID is not alive). A holder on another host cannot be checked from here."""
     if not info:
@@ -286,7 +286,7 @@ def locked_message(folder: Path, info: dict) -> str:
     return f"{folder} is in use by {_holder_text(info)}; wait for it to finish, or stop it first"
 
 
-def lock_holder(folder: PathLike) -> Optional[dict]:
+def lock_holder(folder: PathLike) -> dict | None:
     """Who holds the lock of ``folder`` now (its lock file's content), or ``None`` when nobody
     does (no lock file, or a stale one)."""
     path = Path(folder) / LOCK_NAME

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union, cast
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ def _key(label: str, name: str, several: bool) -> str:
     return f"{label}/{name}" if several else name
 
 
-def _initial_or_note(item: Item) -> Optional[list]:
+def _initial_or_note(item: Item) -> list | None:
     init = item.initial_kernels()
     if init is None:
         item.log(f"note: {item.label}: no initialisation known (not trained by this toolkit): no init reference")
@@ -157,7 +158,7 @@ class Kernels(Analysis):
     def compute(self, item: Item) -> list:
         return item.kernels
 
-    def combine(self, results: Results) -> Union[pd.DataFrame, dict[str, np.ndarray]]:
+    def combine(self, results: Results) -> pd.DataFrame | dict[str, np.ndarray]:
         per = results.of(self)
         if self.arrays:
             several, arrays = len(per) > 1, {}
@@ -267,7 +268,7 @@ class Pca(Analysis):
             item.warn(f"{label}: {w}")
         return res
 
-    def combine(self, results: Results) -> Union[pd.DataFrame, dict[str, np.ndarray]]:
+    def combine(self, results: Results) -> pd.DataFrame | dict[str, np.ndarray]:
         per = results.of(self)
         if self.arrays:
             several, arrays = len(per) > 1, {}
@@ -343,11 +344,11 @@ class History(Analysis):
 
     def __init__(
         self,
-        stats: Optional[Sequence[str]] = None,
+        stats: Sequence[str] | None = None,
         measure: str = "l1",
         per_seed: bool = False,
         layers_text: str = "*",
-        stats_text: Optional[str] = None,
+        stats_text: str | None = None,
         table: bool = False,
     ):
         wanted = list(stats) if stats is not None else list(STATS)
@@ -421,10 +422,10 @@ class Erf(Analysis):
 
     def __init__(
         self,
-        layers: Optional[Sequence[str]] = None,
+        layers: Sequence[str] | None = None,
         images: int = 50,
-        dataset: Optional[str] = None,
-        data_dir: Optional[PathLike] = None,
+        dataset: str | None = None,
+        data_dir: PathLike | None = None,
         thresholds: Sequence[float] = (20, 30, 50, 99),
         untrained: bool = False,
         protocol: str = "luo",
@@ -500,7 +501,7 @@ class Claims(Analysis):
             table,
         )
 
-    def compute(self, item: Item) -> tuple[Optional[int], dict[str, pd.DataFrame]]:
+    def compute(self, item: Item) -> tuple[int | None, dict[str, pd.DataFrame]]:
         init = item.initial_kernels()
         if init is None:
             item.warn(

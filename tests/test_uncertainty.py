@@ -24,6 +24,7 @@ from niff_analysis.analysis.uncertainty import (
     RESAMPLES,
     add_intervals,
     bootstrap_interval,
+    interval_text,
     seed_interval,
     with_interval_text,
 )
@@ -110,6 +111,14 @@ def test_add_intervals_finds_groups_without_a_stage_and_text():
     assert out.loc[0, "v_lo"] < 24.5 < out.loc[0, "v_hi"] and out.loc[1, ["v_lo", "v_hi"]].tolist() == [2.0, 2.0]
     text = with_interval_text(out)
     assert list(text.columns) == ["layer", "stage", "v"] and text.loc[1, "v"] == "2 [2, 2]"
+
+
+def test_interval_text_rounds_by_significant_places_or_decimals_and_drops_unknown_bounds():
+    assert interval_text(0.123456, 0.1, 0.15) == "0.123 [0.1, 0.15]"
+    assert interval_text(0.123456, 0.1, 0.15, decimals=3) == "0.123 [0.100, 0.150]"
+    assert interval_text(91.7, decimals=2) == "91.70"
+    assert interval_text(2.0, float("nan"), float("nan")) == "2"
+    assert interval_text(float("nan"), 1.0, 2.0) == "nan [1, 2]"
 
 
 def test_cli_defaults_match_the_library():

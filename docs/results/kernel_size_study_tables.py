@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from niff_analysis.analysis.uncertainty import interval_text
 from niff_analysis.train.sweep import INIT_ARM, compare_arms, seed_summary
 
 STAGES = ["layer1", "layer2", "layer3", "layer4"]
@@ -24,10 +25,11 @@ STAGES = ["layer1", "layer2", "layer3", "layer4"]
 PAIRS = [("content_scale=0.5", "spec"), ("mlp_weight_decay=0.1_content_scale=0.5", "mlp_weight_decay=0.1")]
 
 
-def fmt(row: pd.Series, digits: int = 3) -> str:
+def fmt(row: pd.Series, decimals: int = 3, value: str = "mean") -> str:
+    """``mean [lo, hi]`` over seeds (the mean alone for one seed)."""
     if row["n_seeds"] > 1:
-        return f"{row['mean']:.{digits}f} [{row['lo']:.{digits}f}, {row['hi']:.{digits}f}]"
-    return f"{row['mean']:.{digits}f}"
+        return interval_text(row[value], row["lo"], row["hi"], decimals=decimals)
+    return interval_text(row[value], decimals=decimals)
 
 
 def arm_order(final: pd.DataFrame) -> list[str]:
@@ -90,10 +92,7 @@ def falsification_table(final: pd.DataFrame) -> str:
                     continue
                 cells = []
                 for stat in ("k50_mean", "k90_mean"):
-                    r = part.loc[stat]
-                    cells.append(
-                        f"{r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]" if r["n_seeds"] > 1 else f"{r['ratio']:.2f}"
-                    )
+                    cells.append(fmt(part.loc[stat], 2, value="ratio"))
                 lines.append(
                     f"| {arm} / {ref} | {measure} | {stage} | {int(part['n_seeds'].iloc[0])} | "
                     + " | ".join(cells)

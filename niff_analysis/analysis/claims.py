@@ -54,8 +54,8 @@ when nothing was measured (no successful Gaussian fit, a PCA without variance).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,7 @@ class Criterion:
     low: float = -math.inf
     high: float = math.inf
     strict_low: bool = False
-    window: Optional[int] = None
+    window: int | None = None
 
     def holds(self, v: float) -> bool:
         return (v > self.low if self.strict_low else v >= self.low) and v <= self.high
@@ -194,7 +194,7 @@ def _at_window(mass: pd.DataFrame, s: int) -> np.ndarray:
 
 
 def _rows(
-    kernels: Sequence[LayerKernels], measures: Sequence[str], resamples: int, fits: Optional[pd.DataFrame]
+    kernels: Sequence[LayerKernels], measures: Sequence[str], resamples: int, fits: pd.DataFrame | None
 ) -> list[tuple]:
     """(claim, stage, layers, measure, statistic, value, lo, hi) of every claim's statistics."""
     st = stages(kernels)
@@ -267,11 +267,11 @@ def verdict(statistic: str, value: float, lo: float = math.nan, hi: float = math
 
 def paper_claims(
     kernels: Sequence[LayerKernels],
-    init: Optional[Sequence[LayerKernels]] = None,
+    init: Sequence[LayerKernels] | None = None,
     measures: Sequence[str] = MEASURES,
     resamples: int = RESAMPLES,
     device: str = "cpu",
-    fits: Optional[pd.DataFrame] = None,
+    fits: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per (claim, stage, measure, statistic): the value, its interval, the scale
     (delta, white noise, initialisation), the criterion and the verdict (module docstring).

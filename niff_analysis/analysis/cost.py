@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Hashable, Mapping, Optional, Sequence, TypeVar, Union
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,7 @@ def mlp_flops(size: SizeLike, channels: int, mlp: MLPSpec = "big") -> float:
     return 2.0 * per_point * h * w
 
 
-def spatial_flops(size: SizeLike, kernel: Optional[SizeLike] = None) -> float:
+def spatial_flops(size: SizeLike, kernel: SizeLike | None = None) -> float:
     """Depthwise spatial conv, "same" output: 2·H·W·kh·kw (kernel default: the map size)."""
     h, w = _hw(size)
     kh, kw = _hw(kernel) if kernel is not None else (h, w)
@@ -84,7 +85,7 @@ def spatial_flops(size: SizeLike, kernel: Optional[SizeLike] = None) -> float:
 
 
 # --------------------------------------------------------------------------- timing helpers
-def synchronize(device: Union[str, torch.device, None] = None) -> None:
+def synchronize(device: str | torch.device | None = None) -> None:
     """Wait for queued work on a CUDA device (no-op elsewhere) so wall-clock times are real."""
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -94,8 +95,8 @@ def time_interleaved(
     fns: Mapping[_Key, Callable[[], object]],
     repeats: int = 5,
     warmup: int = 1,
-    device: Union[str, torch.device, None] = None,
-    max_seconds: Optional[float] = None,
+    device: str | torch.device | None = None,
+    max_seconds: float | None = None,
 ) -> dict[_Key, list[float]]:
     """Time several callables round-robin (one call of each per round).
 
@@ -157,8 +158,8 @@ def cost_table(
     measure: bool = True,
     repeats: int = 5,
     mlp: MLPSpec = "big",
-    device: Union[str, torch.device] = "cpu",
-    max_seconds: Optional[float] = 2.0,
+    device: str | torch.device = "cpu",
+    max_seconds: float | None = 2.0,
 ) -> pd.DataFrame:
     """FLOPs (and measured forward times) of NIFF vs spatial depthwise convolutions per map size.
 
@@ -236,7 +237,7 @@ def _load_average() -> float:
 
 
 def _measure(
-    sizes: Sequence[int], channels: int, batch: int, repeats: int, mlp: MLPSpec, device, max_seconds: Optional[float]
+    sizes: Sequence[int], channels: int, batch: int, repeats: int, mlp: MLPSpec, device, max_seconds: float | None
 ) -> dict[tuple[str, int], list[float]]:
     """Seconds per call of every contender at every size, all interleaved round-robin."""
     gen = torch.Generator().manual_seed(0)

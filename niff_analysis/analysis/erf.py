@@ -31,7 +31,7 @@ column.
 from __future__ import annotations
 
 import fnmatch
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ PROTOCOLS = ("luo", "replknet")
 PROTOCOL = "protocol"
 
 
-def stage_modules(model: nn.Module, layers: Optional[Union[str, Sequence[str]]] = None) -> list[str]:
+def stage_modules(model: nn.Module, layers: str | Sequence[str] | None = None) -> list[str]:
     """Names of the modules whose outputs :func:`effective_receptive_fields` differentiates.
 
     Args:
@@ -81,7 +81,7 @@ def _check_protocol(protocol: str) -> None:
 def effective_receptive_fields(
     model: nn.Module,
     images: torch.Tensor,
-    layers: Optional[Union[str, Sequence[str]]] = None,
+    layers: str | Sequence[str] | None = None,
     batch_size: int = 50,
     protocol: str = "luo",
 ) -> dict[str, np.ndarray]:

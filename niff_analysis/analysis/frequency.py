@@ -22,7 +22,7 @@ channel, then the mean and quartiles of that over channels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -93,7 +93,7 @@ from the same start wherever both fits succeed.
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

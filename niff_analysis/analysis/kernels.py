@@ -26,8 +26,9 @@ import dataclasses
 import fnmatch
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union, cast
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -68,9 +69,9 @@ class LayerKernels:
     name: str
     kind: str
     fmap: Size
-    stage: Optional[str]
+    stage: str | None
     kernels: torch.Tensor
-    response: Optional[torch.Tensor] = None
+    response: torch.Tensor | None = None
     in_channels: int = 0
     out_channels: int = 0
     extra: dict = field(default_factory=dict)
@@ -110,7 +111,7 @@ def require_finite(kernels: Sequence[LayerKernels], what: str) -> None:
             )
 
 
-def stage_of(name: str) -> Optional[str]:
+def stage_of(name: str) -> str | None:
     """First dotted component of a module name that names a stage, else ``None``."""
     parts = name.split(".")
     for i, part in enumerate(parts):
@@ -138,7 +139,7 @@ def _load(model_or_path, device: str) -> nn.Module:
     return load_checkpoint(model_or_path, device=device)
 
 
-def _input_size(model: nn.Module, input_size: Optional[SizeLike]) -> Size:
+def _input_size(model: nn.Module, input_size: SizeLike | None) -> Size:
     if input_size is None:
         cfg = ModelConfig.of(model)
         if cfg is not None:
@@ -253,11 +254,11 @@ def _plain_convs(model: nn.Module, input_size) -> list[tuple[str, nn.Conv2d, Siz
 
 
 def extract_kernels(
-    model_or_path: Union[nn.Module, PathLike, None] = None,
-    layers: Union[str, Sequence[str]] = "*",
+    model_or_path: nn.Module | PathLike | None = None,
+    layers: str | Sequence[str] = "*",
     include_conv: bool = False,
     device: str = "cpu",
-    input_size: Optional[SizeLike] = None,
+    input_size: SizeLike | None = None,
 ) -> list[LayerKernels]:
     """Spatial kernels (and frequency responses) of every selected layer, in model order.
 
@@ -282,7 +283,7 @@ def extract_kernels(
     model = _load(model_or_path, device)
     patterns = [layers] if isinstance(layers, str) else list(layers)
     niff = [(n, m) for n, m in model.named_modules() if isinstance(m, NIFFLayer)]
-    entries: list[tuple[str, Union[NIFFLayer, nn.Conv2d], Optional[Size]]] = [(n, m, None) for n, m in niff]
+    entries: list[tuple[str, NIFFLayer | nn.Conv2d, Size | None]] = [(n, m, None) for n, m in niff]
     if include_conv or not niff:
         entries += [(n, m, f) for n, m, f in _plain_convs(model, input_size)]
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -355,7 +356,7 @@ def sample_channels(n_total: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, num=min(n, n_total)).round().astype(int))
 
 
-def subsample(kernels: Sequence[LayerKernels], max_kernels: Optional[int]) -> list[LayerKernels]:
+def subsample(kernels: Sequence[LayerKernels], max_kernels: int | None) -> list[LayerKernels]:
     """Layers with more than ``max_kernels`` kernels cut to an evenly spaced sample of them
     (as an (N, H, W) stack; ``extra["sampled_from"]`` keeps the original count)."""
     if max_kernels is None:

@@ -22,8 +22,8 @@ the code below spells out): every setting is an argument.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable
 
 import numba
 import numpy as np

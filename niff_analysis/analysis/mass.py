@@ -16,7 +16,7 @@ Kernels holding NaN or Inf are refused (:class:`~niff_analysis.errors.NiffError`
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -217,7 +217,7 @@ def massless_kernels(mass_df: pd.DataFrame) -> pd.DataFrame:
     return out.merge(total, on=by, how="left")
 
 
-def massless_warning(mass_df: pd.DataFrame) -> Optional[str]:
+def massless_warning(mass_df: pd.DataFrame) -> str | None:
     """The warning for layers with all-zero kernels (their ratios and sizes are NaN), or None."""
     zero = massless_kernels(mass_df)
     if zero.empty:

@@ -14,8 +14,8 @@ NaN and its components zero, never an error. Kernels holding NaN or Inf are refu
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
 
 import numpy as np
 import pandas as pd

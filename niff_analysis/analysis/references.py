@@ -22,7 +22,7 @@ a kernel that used the map would give, not what a random 3×3 kernel gives.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,7 +80,7 @@ def reference_layers(kernels: Sequence[LayerKernels], kind: str) -> list[LayerKe
 
 
 def mass_scale(
-    kernels: Sequence[LayerKernels], measure: str = "l1", init: Optional[Sequence[LayerKernels]] = None
+    kernels: Sequence[LayerKernels], measure: str = "l1", init: Sequence[LayerKernels] | None = None
 ) -> pd.DataFrame:
     """Per layer and window, the mean mass ratio of the references under ``measure``.
 

@@ -7,7 +7,7 @@ values. Group-bys, joins and the figures use these names, so tables of one run j
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 

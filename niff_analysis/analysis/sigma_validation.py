@@ -20,7 +20,7 @@ the docs (docs/gaussian_validation.md; ``python -m benchmarks sigma_accuracy``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

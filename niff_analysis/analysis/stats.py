@@ -38,8 +38,8 @@ deterministic sample; NIFF layers have one kernel per channel and are fitted who
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -92,9 +92,9 @@ def _mass_at(summary: pd.DataFrame, s: int) -> tuple[float, float]:
 
 def kernel_stats(
     kernels: Sequence[LayerKernels],
-    gaussian_max_kernels: Optional[int] = 1024,
+    gaussian_max_kernels: int | None = 1024,
     device: object = "cpu",
-    mass: Optional[dict[str, pd.DataFrame]] = None,
+    mass: dict[str, pd.DataFrame] | None = None,
     measures: Sequence[str] = MEASURES,
 ) -> pd.DataFrame:
     """The statistics listed in the module docstring for every layer.
@@ -155,7 +155,7 @@ def stats_csv(history: pd.DataFrame) -> str:
     return history[HISTORY_COLUMNS].to_csv(index=False, float_format="%.17g")
 
 
-def read_kernel_stats(path: Union[str, os.PathLike]) -> pd.DataFrame:
+def read_kernel_stats(path: str | os.PathLike) -> pd.DataFrame:
     """A run's (or checkpoint's) kernel statistics: ``kernel_stats.csv`` in a folder, or the file.
 
     A file written before the measure was recorded (no ``measure`` column) gets one by

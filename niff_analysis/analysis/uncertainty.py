@@ -26,7 +26,7 @@ compares the intervals with ``scipy.stats.bootstrap``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -165,18 +165,31 @@ def seed_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def with_interval_text(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """For people: every ``X`` with ``X_lo``/``X_hi`` beside it becomes the text
-    ``"value [lo, hi]"`` (rounded to ``digits`` significant places) and the bounds are dropped."""
-    out = table.copy()
+def interval_text(
+    value: float, lo: float = math.nan, hi: float = math.nan, digits: int = 3, decimals: int | None = None
+) -> str:
+    """``"value [lo, hi]"`` for people, or ``"value"`` where the interval is unknown (NaN bounds);
+    rounded to ``digits`` significant places, or to ``decimals`` places after the point."""
 
     def fmt(v) -> str:
-        return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "nan"
+        return f"{v:.{decimals}f}" if decimals is not None else f"{v:.{digits}g}"
 
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def with_interval_text(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """For people: every ``X`` with ``X_lo``/``X_hi`` beside it becomes the text
+    ``"value [lo, hi]"`` (:func:`interval_text`, ``digits`` significant places) and the bounds
+    are dropped."""
+    out = table.copy()
     for col in list(out.columns):
         if f"{col}_lo" in out.columns and f"{col}_hi" in out.columns:
             out[col] = [
-                fmt(v) if math.isnan(a) else f"{fmt(v)} [{fmt(a)}, {fmt(b)}]"
+                interval_text(v, a, b, digits)
                 for v, a, b in zip(
                     out[col].astype(float), out[f"{col}_lo"].astype(float), out[f"{col}_hi"].astype(float)
                 )

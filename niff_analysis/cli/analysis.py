@@ -11,7 +11,7 @@ keep every entry. Warnings (e.g. kernels without mass) always go to stderr, even
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 

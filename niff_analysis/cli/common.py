@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import click
 
@@ -125,7 +125,7 @@ def strict_option():
     )
 
 
-def current_factory() -> Optional[str]:
+def current_factory() -> str | None:
     """The ``--factory`` of the running command, if any."""
     ctx = click.get_current_context(silent=True)
     return None if ctx is None else ctx.meta.get("niff_factory")
@@ -194,7 +194,7 @@ def result_options(table_help: str = "table: for people; csv/json: the long form
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".txt": "table", ".npz": "npz"}
 
 
-def output_format(ctx: click.Context, fmt: str, output: Optional[str], allowed: tuple[str, ...]) -> str:
+def output_format(ctx: click.Context, fmt: str, output: str | None, allowed: tuple[str, ...]) -> str:
     """The format of a command's result: ``--format``, or with ``--output`` its suffix (which
     ``--format``, if given, must agree with); an ``--output`` that cannot be written is refused
     here, before any work."""
@@ -243,7 +243,7 @@ class Command:
         name: str,
         checkpoints,
         params: dict,
-        output: Optional[str] = None,
+        output: str | None = None,
         quiet: bool = False,
         device: str = "cpu",
         layers: str = "*",
@@ -260,7 +260,7 @@ class Command:
         self.strict = bool(meta.get("niff_strict"))
         self.max_kernels = meta.get("niff_max_kernels")
         self.provenance: list[dict] = []
-        self._found: Optional[Found] = None
+        self._found: Found | None = None
 
     def log(self, msg: str) -> None:
         if not self.quiet:

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
-def _recipe_option(*decls: str, help: Optional[str] = None, **kwargs):
+def _recipe_option(*decls: str, help: str | None = None, **kwargs):
     """A ``click.option`` for the :class:`TrainConfig` field it names (``--batch-size`` →
     ``batch_size``): None unless given, with the field's default shown in ``--help``."""
     name = decls[0].split("/")[0].lstrip("-").replace("-", "_")
@@ -144,15 +144,15 @@ def train_config(
     out: str,
     *,
     model_name: str,
-    num_classes: Optional[int],
-    in_chans: Optional[int],
-    input_size: Optional[int],
-    stem: Optional[str],
-    mlp: Optional[str],
+    num_classes: int | None,
+    in_chans: int | None,
+    input_size: int | None,
+    stem: str | None,
+    mlp: str | None,
     mode: str,
-    width: Optional[int],
-    compile_: Optional[bool],
-    quiet: Optional[bool],
+    width: int | None,
+    compile_: bool | None,
+    quiet: bool | None,
     **given,
 ) -> TrainConfig:
     """The :class:`TrainConfig` of the shared options (``--out`` checked before any work).
@@ -214,22 +214,16 @@ def train_cmd(out, resume, overwrite, **opts) -> None:
 
 def _interrupted(out: Path, exc: KeyboardInterrupt) -> None:
     """One line saying what an interrupted run kept and how to go on; exits 128 + the signal."""
-    signum = getattr(exc, "signum", signal.SIGINT)
-    saved = getattr(exc, "saved", None)
-    state = out / "train_state.pt"
-    name = signal.Signals(signum).name
-    if int(os.environ.get("RANK", "0")) == 0:
-        if state.is_file():
-            from ..train.trainer import saved_position
+    from ..train.trainer import interrupted_message
 
-            kept = (
-                f"the state {saved_position(*saved)} is saved in {state}"
-                if saved
-                else f"its last saved state is {state}"
-            )
-            msg = f"interrupted by {name}: {kept}; the same command with --resume continues it"
-        else:
-            msg = f"interrupted by {name} before the first saved state: the same command starts the run again"
+    signum = getattr(exc, "signum", signal.SIGINT)
+    if int(os.environ.get("RANK", "0")) == 0:
+        msg = interrupted_message(
+            exc,
+            out / "train_state.pt",
+            "the same command with --resume continues it",
+            start_again="the same command starts the run again",
+        )
         click.echo(f"error: {msg}", err=True)
     sys.exit(128 + signum)
 
@@ -401,7 +395,7 @@ def _out_folder(out: str) -> None:
         raise NiffError(f"--out {out}: exists and is not a directory")
 
 
-def _out_apart_from_data(out: str, data_dir: Optional[str], dataset: str) -> None:
+def _out_apart_from_data(out: str, data_dir: str | None, dataset: str) -> None:
     """A run folder must not overlap the dataset it reads (``--overwrite`` would empty it)."""
     from ..data import FASHION_MNIST_DEFAULT
     from ..pipeline import overlaps

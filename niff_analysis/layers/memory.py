@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Optional
 
 ENV_VAR = "NIFF_KEEP_FREED_MEMORY"
 _OFF = ("0", "false", "no", "off")
 
-_decided: Optional[bool] = None  # None until the first call in this process
+_decided: bool | None = None  # None until the first call in this process
 
 
 def keep_freed_memory() -> bool:

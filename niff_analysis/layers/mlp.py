@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Sequence, Union
 
 from torch import nn
 
@@ -31,7 +31,7 @@ MLP_PRESETS: dict[str, MLPConfig] = {
     "tiny": MLPConfig((8,), "silu"),
 }
 
-MLPSpec = Union[str, MLPConfig, dict, Sequence[int]]
+MLPSpec = str | MLPConfig | dict | Sequence[int]
 #: The keys an MLP given as a dict takes.
 MLP_FIELDS = tuple(f.name for f in fields(MLPConfig))
 

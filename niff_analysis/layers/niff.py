@@ -23,7 +23,7 @@ training step page-faults its large FFT buffers in afresh.
 from __future__ import annotations
 
 import warnings
-from typing import Optional, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -209,8 +209,8 @@ class FreqPointwise(nn.Module):
         self.channels_last, self.domain = channels_last, domain
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Conv2d's default
-        self.fmap: Optional[Size] = None
-        self.layer_name: Optional[str] = None
+        self.fmap: Size | None = None
+        self.layer_name: str | None = None
 
     def mix_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
         """Apply the channel mixing to a complex (N, C, H, W') spectrum."""
@@ -263,22 +263,22 @@ class NIFFLayer(nn.Module):
         self.n_filters = n_filters
         self.real = build_mlp(self.mlp_config, n_filters)
         self.imag = build_mlp(self.mlp_config, n_filters)
-        self.fmap: Optional[Size] = None  # feature-map size the layer runs at (set by conversion)
-        self.layer_name: Optional[str] = None
+        self.fmap: Size | None = None  # feature-map size the layer runs at (set by conversion)
+        self.layer_name: str | None = None
         # Eval-mode cache of the rfft2 filters: (key, snapshot of the MLP parameters, filters).
-        self._filter_cache: Optional[tuple] = None
+        self._filter_cache: tuple | None = None
 
     def _apply(self, fn, *args, **kwargs):
         self._filter_cache = None  # .to() / .half() / .cuda() make new parameter tensors
         return super()._apply(fn, *args, **kwargs)
 
     # ---- filter evaluation -------------------------------------------------------------
-    def filter_size(self, size: Optional[SizeLike] = None) -> Size:
+    def filter_size(self, size: SizeLike | None = None) -> Size:
         """Grid size of the learned filter for a feature map of ``size`` (default: ``fmap``)."""
         h, w = self._size(size)
         return (2 * h, 2 * w) if self.mode.startswith("pad-") else (h, w)
 
-    def _size(self, size: Optional[SizeLike]) -> Size:
+    def _size(self, size: SizeLike | None) -> Size:
         if size is None:
             if self.fmap is None:
                 raise ValueError("this layer has no recorded feature-map size; pass size=(H, W)")
@@ -298,7 +298,7 @@ class NIFFLayer(nn.Module):
         im = self.imag(grid).to(cdt).T.reshape(-1, h, w)
         return torch.complex(re, im)
 
-    def frequency_response(self, size: Optional[SizeLike] = None) -> torch.Tensor:
+    def frequency_response(self, size: SizeLike | None = None) -> torch.Tensor:
         """The learned filters W as the MLPs give them: complex, centred (DC at H//2, W//2).
 
         ``size`` is the feature-map size (default: the recorded ``fmap``); for the padding modes
@@ -307,7 +307,7 @@ class NIFFLayer(nn.Module):
         with torch.autocast(self._mlp_weight().device.type, enabled=False):
             return self._shape_filters(self._mlp_response(*self.filter_size(size)))
 
-    def spatial_kernels(self, size: Optional[SizeLike] = None) -> torch.Tensor:
+    def spatial_kernels(self, size: SizeLike | None = None) -> torch.Tensor:
         """Real, centred spatial kernels k = fftshift(real(ifft2(ifftshift(W)))) (SPEC §4)."""
         return centred_to_kernel(self.frequency_response(size))
 

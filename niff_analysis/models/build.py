@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
@@ -81,7 +81,7 @@ def _torchvision_builder(name: str):
     return tvm.get_model_builder(name)
 
 
-def resolve_builder(builder: str, allow_factory: Optional[str] = None):
+def resolve_builder(builder: str, allow_factory: str | None = None):
     """The callable a builder name stands for.
 
     Args:
@@ -137,11 +137,11 @@ def _user_package(module: str) -> bool:
 
 def build_model(
     builder: str,
-    builder_kwargs: Optional[dict] = None,
+    builder_kwargs: dict | None = None,
     input_size: SizeLike = DEFAULT_INPUT_SIZE,
-    in_chans: Optional[int] = None,
-    niff: Optional[dict] = None,
-    factory: Optional[str] = None,
+    in_chans: int | None = None,
+    niff: dict | None = None,
+    factory: str | None = None,
 ) -> nn.Module:
     """Build (and optionally convert) a CNN, recording how, so that it can be saved and reloaded.
 
@@ -173,7 +173,7 @@ def build_model(
         size = list(input_hw(input_size))
     except ValueError as exc:
         raise BuilderError(str(exc)) from None
-    settings: Optional[dict[str, Any]] = None
+    settings: dict[str, Any] | None = None
     if niff is not None:
         settings = dict(NIFF_SETTINGS)
         unknown = set(niff) - set(settings)
@@ -189,7 +189,7 @@ def build_model(
     return model
 
 
-def rebuild(architecture: str, model_kwargs: dict, factory: Optional[str] = None) -> nn.Module:
+def rebuild(architecture: str, model_kwargs: dict, factory: str | None = None) -> nn.Module:
     """The model a checkpoint config describes (registry name or builder)."""
     if is_builder(architecture):
         kw = dict(model_kwargs)

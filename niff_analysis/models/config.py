@@ -7,9 +7,9 @@ to every model they build (``model.niff_config``) and that a checkpoint stores a
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from torch import nn
 
@@ -48,7 +48,7 @@ class ModelConfig(Mapping):
         object.__setattr__(self, "kwargs", copy.deepcopy(dict(self.kwargs)))
 
     @classmethod
-    def of(cls, model: nn.Module) -> Optional[ModelConfig]:
+    def of(cls, model: nn.Module) -> ModelConfig | None:
         """The config a model was built from (``model.niff_config``), or ``None`` if it records
         none. A plain dict there (a model built by hand the way earlier versions did) is read
         as one."""
@@ -64,13 +64,13 @@ class ModelConfig(Mapping):
         return is_builder(self.architecture)
 
     @property
-    def niff(self) -> Optional[dict]:
+    def niff(self) -> dict | None:
         """A builder's :func:`~niff_analysis.models.to_niff` settings (``None``: not converted,
         or a registered model)."""
         return self.kwargs.get("niff") if self.is_builder else None
 
     @property
-    def stem(self) -> Optional[str]:
+    def stem(self) -> str | None:
         """``"imagenet"`` or ``"cifar"`` for a registered model; ``None`` for a builder's."""
         return None if self.is_builder else self.kwargs.get("stem", "imagenet")
 
@@ -80,31 +80,31 @@ class ModelConfig(Mapping):
         return input_hw(self.kwargs.get("input_size"), self.stem)
 
     @property
-    def in_chans(self) -> Optional[int]:
+    def in_chans(self) -> int | None:
         """Input channels as recorded (``None``: not recorded; the first conv's then)."""
         value = self.kwargs.get("in_chans")
         return None if value is None else int(value)
 
     @property
-    def num_classes(self) -> Optional[int]:
+    def num_classes(self) -> int | None:
         """Classifier outputs as recorded (``None``: not recorded; the builder's default then)."""
         kw = (self.kwargs.get("builder_kwargs") or {}) if self.is_builder else self.kwargs
         value = kw.get("num_classes")
         return None if value is None else int(value)
 
     @property
-    def mlp(self) -> Optional[dict]:
+    def mlp(self) -> dict | None:
         """The frequency MLPs' config (``None``: no NIFF layers recorded)."""
         return (self.niff or {}).get("mlp") if self.is_builder else self.kwargs.get("mlp")
 
     @property
-    def mode(self) -> Optional[str]:
+    def mode(self) -> str | None:
         """The NIFF convolution mode (``None``: a builder's model kept without NIFF layers)."""
         if self.is_builder:
             return (self.niff or {}).get("mode")
         return self.kwargs.get("mode", "circular")
 
-    def build(self, factory: Optional[str] = None) -> nn.Module:
+    def build(self, factory: str | None = None) -> nn.Module:
         """The model this config describes, freshly initialised.
 
         Args:

@@ -17,7 +17,6 @@ Every decision lands in a :class:`ConversionReport`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -53,7 +52,7 @@ def _first_conv_channels(model: nn.Module) -> int:
     raise ConversionError("model has no nn.Conv2d; nothing to convert")
 
 
-def record_shapes(model: nn.Module, input_size: SizeLike, in_chans: Optional[int] = None) -> dict:
+def record_shapes(model: nn.Module, input_size: SizeLike, in_chans: int | None = None) -> dict:
     """One dry forward; returns {module name: (input shape, output shape)} for Conv2d/Linear."""
     try:
         h, w = as_hw(input_size, "input size")
@@ -115,10 +114,10 @@ def _describe(m: nn.Module) -> str:
 
 def _plan(
     model: nn.Module, shapes: dict, niff_on_1x1: bool = False
-) -> list[tuple[str, Union[nn.Conv2d, nn.Linear], str, Optional[str]]]:
+) -> list[tuple[str, nn.Conv2d | nn.Linear, str, str | None]]:
     """(name, module, action, reason-if-kept) for every Conv2d/Linear the dry forward reached
     (an nn.Linear only with the action ``"pointwise_cl"``)."""
-    plan: list[tuple[str, Union[nn.Conv2d, nn.Linear], str, Optional[str]]] = []
+    plan: list[tuple[str, nn.Conv2d | nn.Linear, str, str | None]] = []
     for name, m in model.named_modules():
         if name not in shapes:
             continue
@@ -146,7 +145,7 @@ def _plan(
     return plan
 
 
-def _pointwise_from(m: Union[nn.Conv2d, nn.Linear]) -> FreqPointwise:
+def _pointwise_from(m: nn.Conv2d | nn.Linear) -> FreqPointwise:
     """A FreqPointwise with ``m``'s weights: channels-last for an nn.Linear (ConvNeXt's
     pointwise linears), channels-first for a 1×1 nn.Conv2d."""
     if isinstance(m, nn.Linear):
@@ -166,7 +165,7 @@ def to_niff(
     variant: str = "split",
     mlp: MLPSpec = "big",
     mode: str = "circular",
-    in_chans: Optional[int] = None,
+    in_chans: int | None = None,
     convert_pointwise: bool = True,
     niff_on_1x1: bool = False,
 ) -> nn.Module:
@@ -199,7 +198,7 @@ def to_niff(
         if action == "keep" or (action.startswith("pointwise") and not convert_pointwise):
             report.kept.append(dict(name=name, old=_describe(m), reason=reason or "pointwise kept"))
             continue
-        new: Union[NIFFLayer, FreqPointwise]
+        new: NIFFLayer | FreqPointwise
         if action in ("pointwise", "pointwise_cl"):
             new = _pointwise_from(m)
         else:
@@ -229,9 +228,7 @@ def to_niff(
     return model
 
 
-def to_separated(
-    model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, in_chans: Optional[int] = None
-) -> nn.Module:
+def to_separated(model: nn.Module, input_size: SizeLike = DEFAULT_INPUT_SIZE, in_chans: int | None = None) -> nn.Module:
     """The paper's "separated conv" baseline: every stride-1 dense k×k conv → spatial depthwise
     k×k + 1×1, both bias-free (same padding and dilation as the original)."""
     shapes = record_shapes(model, input_size, in_chans)
@@ -267,7 +264,7 @@ def to_separated(
     return model
 
 
-def niff_layers(model: nn.Module, include_pointwise: bool = False) -> list[tuple[str, Union[NIFFLayer, FreqPointwise]]]:
+def niff_layers(model: nn.Module, include_pointwise: bool = False) -> list[tuple[str, NIFFLayer | FreqPointwise]]:
     """(name, layer) of every NIFF layer in ``model`` (filters only unless ``include_pointwise``)."""
     types = (NIFFLayer, FreqPointwise) if include_pointwise else (NIFFLayer,)
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]

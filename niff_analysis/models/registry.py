@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
@@ -135,9 +135,9 @@ def create_model(
     name: str,
     num_classes: int = 1000,
     in_chans: int = 3,
-    input_size: Optional[SizeLike] = None,
+    input_size: SizeLike | None = None,
     stem: str = "imagenet",
-    mlp: Optional[MLPSpec] = None,
+    mlp: MLPSpec | None = None,
     mode: str = "circular",
     niff_on_1x1: bool = False,
     width: int = 64,

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -79,7 +79,7 @@ class FigureData:
     weight_pca: dict[str, PCAResult]
     cost: pd.DataFrame
     sources: dict[str, str] = field(default_factory=dict)
-    hashes: dict[str, Optional[str]] = field(default_factory=dict)
+    hashes: dict[str, str | None] = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
     untrained_mass_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -102,21 +102,21 @@ def _tagged_pca(result: PCAResult, label: str) -> PCAResult:
 
 
 def analyse(
-    checkpoints: Sequence[Optional[PathLike]] = (None,),
-    layers: Union[str, Sequence[str]] = "*",
+    checkpoints: Sequence[PathLike | None] = (None,),
+    layers: str | Sequence[str] = "*",
     device: str = "cpu",
-    max_kernels: Optional[int] = 1024,
+    max_kernels: int | None = 1024,
     n_components: int = 6,
     cost_sizes: Sequence[int] = COST_SIZES,
     measure_cost: bool = True,
-    progress: Optional[Callable[[str], None]] = None,
-    factory: Optional[str] = None,
+    progress: Callable[[str], None] | None = None,
+    factory: str | None = None,
     erf_images: int = 50,
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     measure: str = "l1",
     erf_protocol: str = "luo",
     strict: bool = False,
-    found: Optional[Found] = None,
+    found: Found | None = None,
 ) -> FigureData:
     """Run every analysis the figures need, once per checkpoint.
 

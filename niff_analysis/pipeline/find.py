@@ -4,9 +4,9 @@ the figures use (:func:`discover`), and the refusal of an output inside any inpu
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from .._types import PathLike
 from ..checkpoint import (
@@ -23,7 +23,7 @@ TRAIN_CONFIG = "train_config.json"
 
 
 # --------------------------------------------------------------------------- finding, loading
-def checkpoint_label(path: Optional[PathLike]) -> str:
+def checkpoint_label(path: PathLike | None) -> str:
     """Short name of a checkpoint: its directory name or file stem (bundled default if None)."""
     p = Path(os.path.normpath(Path(path) if path is not None else DEFAULT_CHECKPOINT))
     return p.stem if p.suffix == ".safetensors" else p.name
@@ -39,7 +39,7 @@ def overlaps(a: PathLike, b: PathLike) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def input_folders(path: Optional[PathLike]) -> list[Path]:
+def input_folders(path: PathLike | None) -> list[Path]:
     """What a command reading the checkpoint ``path`` reads from: the checkpoint (its folder, for
     the files inside one), and the run folder around it (``init/``, ``epoch_NNN/``)."""
     p = Path(path) if path is not None else DEFAULT_CHECKPOINT
@@ -82,12 +82,12 @@ class Found:
             no output may lie in (:func:`refuse_output_in_inputs`).
     """
 
-    checkpoints: list[tuple[str, Optional[Path]]] = field(default_factory=list)
+    checkpoints: list[tuple[str, Path | None]] = field(default_factory=list)
     in_folders: set[str] = field(default_factory=set)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     inputs: list[Path] = field(default_factory=list)
 
-    def tolerates(self, path: Optional[Path], strict: bool = False) -> bool:
+    def tolerates(self, path: Path | None, strict: bool = False) -> bool:
         """Whether an error of ``path`` skips it instead of stopping the command."""
         return not strict and path is not None and str(_real(path)) in self.in_folders
 
@@ -109,7 +109,7 @@ def _why_not_a_checkpoint(folder: Path) -> str:
     return f"not a checkpoint (no {CONFIG_NAME})"
 
 
-def discover(args: Sequence[Optional[PathLike]] = (), runs_in_progress: bool = False) -> Found:
+def discover(args: Sequence[PathLike | None] = (), runs_in_progress: bool = False) -> Found:
     """(label, path) per checkpoint of command-line arguments, with what was skipped and why: the
     one rule every command and the figures use.
 
@@ -135,7 +135,7 @@ def discover(args: Sequence[Optional[PathLike]] = (), runs_in_progress: bool = F
     result = Found()
     if not args:
         args = (None,)
-    paths: list[Optional[Path]] = []
+    paths: list[Path | None] = []
     study: dict[Path, str] = {}  # runs of a study folder: labelled <arm>/seed=<n>
     for arg in args:
         if arg is None:
@@ -180,7 +180,7 @@ def discover(args: Sequence[Optional[PathLike]] = (), runs_in_progress: bool = F
             paths += found
         else:
             paths.append(p)  # load_checkpoint says what is wrong with it, if anything
-    unique: list[Optional[Path]] = []
+    unique: list[Path | None] = []
     seen: set[str] = set()
     for q in paths:
         key = str(_real(q if q is not None else DEFAULT_CHECKPOINT))
@@ -196,7 +196,7 @@ def discover(args: Sequence[Optional[PathLike]] = (), runs_in_progress: bool = F
     return result
 
 
-def find_checkpoints(args: Sequence[Optional[PathLike]] = ()) -> list[tuple[str, Optional[Path]]]:
+def find_checkpoints(args: Sequence[PathLike | None] = ()) -> list[tuple[str, Path | None]]:
     """(label, path) per checkpoint: :func:`discover`'s checkpoints (the one rule every command
     and the figures use).
 

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union, cast
+from typing import cast
 
 from torch import nn
 
@@ -32,9 +33,9 @@ class Loaded:
     """
 
     label: str
-    path: Optional[Path]
+    path: Path | None
     model: nn.Module
-    checkpoint: Optional[Checkpoint] = None
+    checkpoint: Checkpoint | None = None
 
     @property
     def meta(self) -> CheckpointConfig:
@@ -46,13 +47,13 @@ class Loaded:
 
 
 def load_checkpoints(
-    checkpoints: Sequence[Optional[PathLike]] = (),
+    checkpoints: Sequence[PathLike | None] = (),
     device: str = "cpu",
-    factory: Optional[str] = None,
-    found: Optional[Union[Found, list[tuple[str, Optional[Path]]]]] = None,
+    factory: str | None = None,
+    found: Found | list[tuple[str, Path | None]] | None = None,
     strict: bool = False,
-    skip: Optional[Callable[[str, NiffError], None]] = None,
-    non_finite: Optional[Callable[[str, NiffError], None]] = None,
+    skip: Callable[[str, NiffError], None] | None = None,
+    non_finite: Callable[[str, NiffError], None] | None = None,
 ) -> Iterator[Loaded]:
     """Load each checkpoint :func:`discover` finds in ``checkpoints``, in order.
 
@@ -117,7 +118,7 @@ class Selection:
     def label(self) -> str:
         return self.checkpoint.label
 
-    def summary(self, max_kernels: Optional[int] = None) -> str:
+    def summary(self, max_kernels: int | None = None) -> str:
         """One line: layers, kernels (and the sample they were cut to), time."""
         n = sum(lk.flat.shape[0] for lk in self.kernels)
         sampled = f" (sampled from {self.total}: at most {max_kernels} per layer)" if n < self.total else ""
@@ -126,10 +127,10 @@ class Selection:
 
 def select_kernels(
     ck: Loaded,
-    layers: Union[str, Sequence[str]] = "*",
+    layers: str | Sequence[str] = "*",
     include_conv: bool = False,
-    max_kernels: Optional[int] = None,
-    niff_only: Optional[str] = None,
+    max_kernels: int | None = None,
+    niff_only: str | None = None,
 ) -> Selection:
     """Extract a checkpoint's kernels (:func:`~niff_analysis.analysis.extract_kernels`) and sample
     layers with more than ``max_kernels`` of them (:func:`~niff_analysis.analysis.subsample`).
@@ -167,10 +168,10 @@ def select_kernels(
 def initial_kernels(
     ck: Loaded,
     kernels: Sequence[LayerKernels],
-    layers: Union[str, Sequence[str]] = "*",
-    max_kernels: Optional[int] = None,
+    layers: str | Sequence[str] = "*",
+    max_kernels: int | None = None,
     device: str = "cpu",
-) -> Optional[list[LayerKernels]]:
+) -> list[LayerKernels] | None:
     """The initialisation's kernels of the layers in ``kernels`` (``ck``'s selection), selected
     and sampled the same way (:meth:`~niff_analysis.checkpoint.Checkpoint.initial`: the run's
     ``init/`` or the model rebuilt from the recorded seed); ``None`` when no initialisation is

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
 
 import pandas as pd
 import torch
@@ -41,17 +41,17 @@ class Item:
     """
 
     label: str
-    path: Optional[Path]
-    loaded: Optional[Loaded] = None
-    selected: Optional[list[LayerKernels]] = None
-    history: Optional[pd.DataFrame] = None
-    stats_file: Optional[Path] = None
-    device: Union[str, torch.device] = "cpu"
-    layers: Union[str, Sequence[str]] = "*"
-    max_kernels: Optional[int] = None
+    path: Path | None
+    loaded: Loaded | None = None
+    selected: list[LayerKernels] | None = None
+    history: pd.DataFrame | None = None
+    stats_file: Path | None = None
+    device: str | torch.device = "cpu"
+    layers: str | Sequence[str] = "*"
+    max_kernels: int | None = None
     log: Callable[[str], None] = field(default=lambda msg: None, repr=False)
     warn: Callable[[str], None] = field(default=lambda msg: None, repr=False)
-    _initial: Optional[list] = field(default=None, repr=False)
+    _initial: list | None = field(default=None, repr=False)
 
     def _loaded(self) -> Loaded:
         if self.loaded is None:  # an analysis that reads a model must say needs = "model" or "kernels"
@@ -87,7 +87,7 @@ class Item:
             raise RuntimeError(f"{self.label}: no recorded statistics were read for this analysis (its `needs`)")
         return self.history, self.stats_file
 
-    def initial_kernels(self) -> Optional[list[LayerKernels]]:
+    def initial_kernels(self) -> list[LayerKernels] | None:
         """The initialisation's kernels of the selected layers (:func:`initial_kernels`), or
         ``None`` when no initialisation is known; computed once."""
         if self._initial is None:
@@ -116,7 +116,7 @@ class Analysis:
     """
 
     needs = "kernels"
-    niff_only: Optional[str] = None
+    niff_only: str | None = None
 
     def compute(self, item: Item):
         """The result of one checkpoint."""
@@ -164,23 +164,23 @@ class Results:
 
 
 def run(
-    checkpoints: Sequence[Optional[PathLike]] = (),
-    analyses: Union[Analysis, Sequence[Analysis]] = (),
+    checkpoints: Sequence[PathLike | None] = (),
+    analyses: Analysis | Sequence[Analysis] = (),
     *,
-    layers: Union[str, Sequence[str]] = "*",
+    layers: str | Sequence[str] = "*",
     include_conv: bool = False,
-    max_kernels: Optional[int] = None,
-    device: Union[str, torch.device] = "cpu",
-    factory: Optional[str] = None,
+    max_kernels: int | None = None,
+    device: str | torch.device = "cpu",
+    factory: str | None = None,
     strict: bool = False,
-    found: Optional[Found] = None,
-    log: Optional[Callable[[str], None]] = None,
-    warn: Optional[Callable[[str], None]] = None,
-    skip: Optional[Callable[[str, NiffError], None]] = None,
-    non_finite: Optional[Callable[[str, NiffError], None]] = None,
+    found: Found | None = None,
+    log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    skip: Callable[[str, NiffError], None] | None = None,
+    non_finite: Callable[[str, NiffError], None] | None = None,
     log_selection: bool = True,
-    announce: Optional[Callable[[str], None]] = None,
-    wrap: Optional[Callable[[Iterator, int], Iterator]] = None,
+    announce: Callable[[str], None] | None = None,
+    wrap: Callable[[Iterator, int], Iterator] | None = None,
 ) -> Results:
     """The one path from command-line arguments to results: find the checkpoints
     (:func:`discover`), load each (:func:`load_checkpoints`), select its kernels
@@ -227,7 +227,7 @@ def run(
         res.skipped.append(label)
         (skip or (lambda lab, e: warn(f"skipped {lab}: {e}")))(label, exc)
 
-    def item(label: str, path: Optional[Path], **fields) -> Item:
+    def item(label: str, path: Path | None, **fields) -> Item:
         return Item(label, path, device=device, layers=layers, max_kernels=max_kernels, log=say, warn=warn, **fields)
 
     items: Iterator[tuple[Item, dict]]
@@ -271,12 +271,12 @@ def _loaded_items(
     make: Callable[..., Item],
     device: str,
     include_conv: bool,
-    factory: Optional[str],
+    factory: str | None,
     strict: bool,
     skipped: Callable[[str, NiffError], None],
-    non_finite: Optional[Callable[[str, NiffError], None]],
+    non_finite: Callable[[str, NiffError], None] | None,
     log_selection: bool,
-    announce: Optional[Callable[[str], None]],
+    announce: Callable[[str], None] | None,
 ) -> Iterator[tuple[Item, dict]]:
     """(item, provenance) of each checkpoint that loads and whose kernels can be selected
     (``make`` builds an item with the run's settings)."""

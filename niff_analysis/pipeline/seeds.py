@@ -3,9 +3,9 @@ and the kernel statistics runs recorded during training (:func:`load_histories`)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
@@ -21,7 +21,7 @@ from ..runs import read_diverged
 from .find import TRAIN_CONFIG, Found, discover
 
 
-def run_recipe(path: Optional[PathLike]) -> Optional[tuple[str, int]]:
+def run_recipe(path: PathLike | None) -> tuple[str, int] | None:
     """(the recipe of the training run a checkpoint or run folder comes from, without its seed;
     the seed), from its ``train_config.json`` (in the folder or, for ``epoch_NNN/`` and
     ``init/``, its parent); ``None`` when there is none. Two runs with equal recipes differ only
@@ -62,7 +62,7 @@ class SeedGroup:
     seeds: list[int]
 
 
-def _group_label(members: list[tuple[str, Optional[Path]]]) -> str:
+def _group_label(members: list[tuple[str, Path | None]]) -> str:
     import re
 
     stripped = {re.sub(r"[/_-]?seed[=_-]?\d+$", "", label) for label, _ in members}
@@ -74,9 +74,7 @@ def _group_label(members: list[tuple[str, Optional[Path]]]) -> str:
     return "+".join(label for label, _ in members)
 
 
-def seed_groups(
-    found: Sequence[tuple[str, Optional[Path]]], trained: Optional[dict[str, object]] = None
-) -> list[SeedGroup]:
+def seed_groups(found: Sequence[tuple[str, Path | None]], trained: dict[str, object] | None = None) -> list[SeedGroup]:
     """The checkpoints among ``found`` (``(label, path)``, :func:`find_checkpoints`) that share a
     recipe and differ in their seed: one group per recipe with at least two distinct seeds.
 
@@ -102,10 +100,10 @@ def seed_groups(
 
 
 def load_histories(
-    checkpoints: Sequence[Optional[PathLike]] = (),
+    checkpoints: Sequence[PathLike | None] = (),
     strict: bool = False,
-    warn: Optional[Callable[[str], None]] = None,
-    found: Optional[Found] = None,
+    warn: Callable[[str], None] | None = None,
+    found: Found | None = None,
 ) -> list[tuple[str, Path, pd.DataFrame]]:
     """(label, file, table) of the kernel statistics (``kernel_stats.csv``) each checkpoint, or
     run without its final checkpoint yet (in progress, interrupted, diverged), carries

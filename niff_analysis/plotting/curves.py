@@ -8,7 +8,7 @@ panels).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -81,12 +81,12 @@ def _kernel_windows(summary: pd.DataFrame) -> pd.DataFrame:
 def plot_mass_ratio(
     summary: pd.DataFrame,
     ax=None,
-    fig: Optional[Figure] = None,
+    fig: Figure | None = None,
     group: str = "layer",
     overlay: bool = False,
     references: Sequence[int] = (3, 9),
-    untrained: Optional[pd.DataFrame] = None,
-    scale: Optional[pd.DataFrame] = None,
+    untrained: pd.DataFrame | None = None,
+    scale: pd.DataFrame | None = None,
 ) -> tuple[Figure, object]:
     """Kernel mass ratio (Eq. 6) against window size: mean ± 1 std band per layer (Fig. 4/5).
 
@@ -225,7 +225,7 @@ def _bar_style(m_i: int, color: str) -> dict:
 
 
 def plot_effective_size(
-    sizes: pd.DataFrame, quantile: int = 90, ax=None, fig: Optional[Figure] = None
+    sizes: pd.DataFrame, quantile: int = 90, ax=None, fig: Figure | None = None
 ) -> tuple[Figure, object]:
     """Histogram per layer of the smallest window holding ``quantile`` % of each kernel's mass.
 
@@ -284,7 +284,7 @@ def plot_effective_size(
 
 
 # --------------------------------------------------------------------------- Gaussian σ
-def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
+def plot_sigma(summary: pd.DataFrame, ax=None, fig: Figure | None = None) -> tuple[Figure, object]:
     """Fitted Gaussian σx and σy per layer (Fig. A3/A4), one panel per model: the median with
     the interquartile range of the successful fits (mean ± std where the table has no
     quartiles), the median moment σ of every kernel as a small cross (with a dotted line where it
@@ -379,7 +379,7 @@ def plot_sigma(summary: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> 
 
 
 # --------------------------------------------------------------------------- cost (Fig. 8)
-def plot_cost(cost: pd.DataFrame, ax=None, fig: Optional[Figure] = None) -> tuple[Figure, object]:
+def plot_cost(cost: pd.DataFrame, ax=None, fig: Figure | None = None) -> tuple[Figure, object]:
     """FLOPs (left) and measured forward time (right) against feature-map size (Fig. 8).
 
     The FLOP panel shows NIFF as inference runs it (filters cached) and as a training step runs

@@ -7,7 +7,7 @@ Rows are layers; the bar left of a row has its stage's colour.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.colors as mcolors
 import numpy as np
@@ -34,7 +34,7 @@ from .style import (
 Cell = tuple[np.ndarray, str]  # image, caption under it (None: an empty slot)
 
 
-def centre_crop(image: np.ndarray, size: Optional[int]) -> np.ndarray:
+def centre_crop(image: np.ndarray, size: int | None) -> np.ndarray:
     """The ``size``×``size`` window around the kernel origin (H//2, W//2); whole image if None."""
     if size is None:
         return image
@@ -64,13 +64,13 @@ def _fit_label(text: str, room: float) -> str:
 
 
 def _image_grid(
-    rows: Sequence[tuple[str, Optional[str], Sequence[Optional[Cell]]]],
+    rows: Sequence[tuple[str, str | None, Sequence[Cell | None]]],
     signed: bool,
-    fig: Optional[Figure],
-    title: Optional[str] = None,
+    fig: Figure | None,
+    title: str | None = None,
     cell: float = 0.62,
-    col_titles: Optional[Sequence[str]] = None,
-    scale_label: Optional[str] = None,
+    col_titles: Sequence[str] | None = None,
+    scale_label: str | None = None,
 ):
     """Draw ``rows`` of (label, stage, cells) as a grid of images on one axes.
 
@@ -152,11 +152,11 @@ def _stage_lookup(table: pd.DataFrame) -> dict:
 def plot_eigenkernels(
     table: pd.DataFrame,
     components: Mapping,
-    zoom: Optional[int] = None,
-    n_components: Optional[int] = None,
-    layers: Optional[Sequence[str]] = None,
-    fig: Optional[Figure] = None,
-    title: Optional[str] = None,
+    zoom: int | None = None,
+    n_components: int | None = None,
+    layers: Sequence[str] | None = None,
+    fig: Figure | None = None,
+    title: str | None = None,
 ):
     """PCA eigenkernels: layers × components, explained variance under each (Fig. 6/7, A5–A13).
 
@@ -195,9 +195,9 @@ def plot_eigenkernels(
 def plot_weight_pca(
     table: pd.DataFrame,
     components: Mapping,
-    n_components: Optional[int] = None,
-    fig: Optional[Figure] = None,
-    title: Optional[str] = None,
+    n_components: int | None = None,
+    fig: Figure | None = None,
+    title: str | None = None,
 ):
     """PCA of the learned frequency weights, real and imaginary parts side by side (A14–A17).
 
@@ -217,7 +217,7 @@ def plot_weight_pca(
     k = k if n_components is None else min(k, n_components)
     rows = []
     for layer in ordered_unique(key[0] for key in components):
-        cells: list[Optional[Cell]] = []
+        cells: list[Cell | None] = []
         for part in parts:
             arr = np.asarray(components.get((layer, part), np.zeros((0, 1, 1))))[:k]
             comps = ordered_unique(table.loc[(table["layer"] == layer) & (table["part"] == part), "component"])
@@ -254,9 +254,9 @@ def _flat_kernels(k) -> np.ndarray:
 def plot_raw_kernels(
     kernels: Sequence,
     n_channels: int = 8,
-    zoom: Optional[int] = None,
-    fig: Optional[Figure] = None,
-    title: Optional[str] = None,
+    zoom: int | None = None,
+    fig: Figure | None = None,
+    title: str | None = None,
 ):
     """Raw spatial kernels, a sample of channels per layer (Fig. A22/A23).
 
@@ -278,7 +278,7 @@ def plot_raw_kernels(
         return _image_grid(rows, signed=True, fig=fig, title=title or "spatial kernels (sample)")
 
 
-def plot_kernel_magnitude(kernels: Sequence, fig: Optional[Figure] = None, ncols: int = 7, title: Optional[str] = None):
+def plot_kernel_magnitude(kernels: Sequence, fig: Figure | None = None, ncols: int = 7, title: str | None = None):
     """Mean |k| over all kernels of each layer: where a layer's spatial support lies.
 
     Sequential colormap, each layer scaled by its own maximum.
@@ -313,10 +313,10 @@ ERF_TITLES = {
 
 def plot_erf(
     maps: Mapping[str, Mapping[str, np.ndarray]],
-    ratios: Optional[pd.DataFrame] = None,
+    ratios: pd.DataFrame | None = None,
     threshold: float = 50,
-    fig: Optional[Figure] = None,
-    protocol: Optional[str] = None,
+    fig: Figure | None = None,
+    protocol: str | None = None,
 ) -> tuple[Figure, np.ndarray]:
     """Effective receptive fields: one row per checkpoint, one column per stage, each map scaled
     to its maximum (``luo`` maps drawn as log(1 + x) of that, ``replknet`` maps, already
@@ -415,9 +415,9 @@ def plot_erf(
 def plot_frequency(
     kernels: Sequence,
     profile: pd.DataFrame,
-    untrained: Optional[pd.DataFrame] = None,
-    fig: Optional[Figure] = None,
-    title: Optional[str] = None,
+    untrained: pd.DataFrame | None = None,
+    fig: Figure | None = None,
+    title: str | None = None,
 ) -> tuple[Figure, np.ndarray]:
     """Frequency responses of NIFF layers, of the filter that acts: |FFT(k)| of the spatial kernels
     (the Hermitian part of W; :mod:`~niff_analysis.analysis.frequency`), its mean over channels

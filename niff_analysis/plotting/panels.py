@@ -3,7 +3,7 @@ checkpoint, laying out (or reusing) a grid of axes and returning ``(fig, ax)``."
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ def of_model(df: pd.DataFrame, model) -> pd.DataFrame:
 
 
 def panels(
-    n: int, ax, fig: Optional[Figure], ncols: int, panel_size=(3.2, 2.5), sharey: bool = True
+    n: int, ax, fig: Figure | None, ncols: int, panel_size=(3.2, 2.5), sharey: bool = True
 ) -> tuple[Figure, np.ndarray]:
     """``n`` axes: the given ones, or a new grid on ``fig`` (or a new figure)."""
     if ax is not None:

@@ -16,8 +16,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -223,7 +223,7 @@ def write_figures(
     data: FigureData,
     out: PathLike,
     formats: Sequence[str] = ("pdf", "png"),
-    progress: Optional[Callable[[str], None]] = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Write every figure in each format and every table as CSV under ``out``, as one unit.
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import matplotlib.colors as mcolors
@@ -82,18 +83,18 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
-def stage_index(stage: Optional[str]) -> int:
+def stage_index(stage: str | None) -> int:
     """Palette slot of a stage: ``layerN`` → N, anything else (the stem) → 0."""
     m = re.search(r"(\d+)$", str(stage)) if stage is not None else None
     return int(m.group(1)) if m else 0
 
 
-def stage_color(stage: Optional[str]) -> str:
+def stage_color(stage: str | None) -> str:
     """The colour of a stage; identical in every figure."""
     return OKABE_ITO[stage_index(stage) % len(OKABE_ITO)]
 
 
-def palette_stage(layer: str, stage: Optional[str] = None) -> str:
+def palette_stage(layer: str, stage: str | None = None) -> str:
     """The group a layer is coloured by: its recorded stage; else the one every table gives it
     (:func:`~niff_analysis.analysis.kernels.layer_stage`: the stage its name gives, else the first
     component of its dotted name, so layers of one module share a colour)."""
@@ -102,7 +103,7 @@ def palette_stage(layer: str, stage: Optional[str] = None) -> str:
     return layer_stage(str(layer))
 
 
-def layer_colors(layers: Sequence[str], stages: Optional[Sequence[Optional[str]]] = None) -> dict[str, str]:
+def layer_colors(layers: Sequence[str], stages: Sequence[str | None] | None = None) -> dict[str, str]:
     """One colour per layer: its stage's colour, lightened a little for each later layer of that
     stage, so layers of a stage read as one family and stages stay distinct."""
     stages = list(stages) if stages is not None else [None] * len(layers)

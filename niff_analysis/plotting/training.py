@@ -6,7 +6,7 @@ never recompute them, and return ``(fig, ax)`` like the other figure modules.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -28,15 +28,13 @@ HISTORY_LABELS = {
 }
 
 
-def _measure_rows(
-    history: pd.DataFrame, stats: Sequence[str], measures: Sequence[str]
-) -> list[tuple[str, Optional[str]]]:
+def _measure_rows(history: pd.DataFrame, stats: Sequence[str], measures: Sequence[str]) -> list[tuple[str, str | None]]:
     """(stat, measure) of each row of panels: a mass or size statistic once per measure the table
     holds it under, any other statistic once."""
     if "measure" not in history.columns:
         return [(s, None) for s in stats]
     have = set(zip(history["stat"], history["measure"]))
-    rows: list[tuple[str, Optional[str]]] = []
+    rows: list[tuple[str, str | None]] = []
     for m in measures:
         rows += [(s, m) for s in stats if (s, m) in have]
     rows += [(s, "any") for s in stats if (s, "any") in have]
@@ -47,7 +45,7 @@ def plot_kernel_history(
     history: pd.DataFrame,
     stats: Sequence[str] = ("mass9_mean", "k90_mean"),
     ax=None,
-    fig: Optional[Figure] = None,
+    fig: Figure | None = None,
     measures: Sequence[str] = ("l1",),
 ) -> tuple[Figure, object]:
     """Kernel statistics per layer against training epoch: one row of panels per statistic (and
@@ -105,7 +103,7 @@ def plot_kernel_history(
 def plot_sweep(
     history: pd.DataFrame,
     stats: Sequence[str] = ("mass3_mean", "mass9_mean", "k90_mean"),
-    fig: Optional[Figure] = None,
+    fig: Figure | None = None,
     measure: str = "l1",
 ) -> tuple[Figure, object]:
     """A recipe ablation: per stage, the stage's mean of each statistic against epoch, one
@@ -194,7 +192,7 @@ def plot_study(
     summary: pd.DataFrame,
     stats: Sequence[str] = STUDY_STATS,
     measures: Sequence[str] = ("l1", "energy"),
-    fig: Optional[Figure] = None,
+    fig: Figure | None = None,
 ) -> tuple[Figure, object]:
     """A controlled study's finished runs: per stage, each arm's mean over seeds with its 95 %
     interval, one row of panels per measure and one column per statistic, plus test accuracy.

@@ -9,7 +9,6 @@ ranks (each taking its slice of the global batch) see exactly what one process w
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -27,7 +26,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def first_samples(data, n: Optional[int]):
+def first_samples(data, n: int | None):
     """The first ``n`` samples of a dataset (all of it for ``None``)."""
     if n is None or n >= len(data):
         return data

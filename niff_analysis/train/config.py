@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import NiffError
 
@@ -42,14 +41,14 @@ class TrainConfig:
     model: str = "resnet18_niff"
     model_kwargs: dict = field(default_factory=dict)
     dataset: str = "fashion-mnist"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     out: str = "runs/default"
     epochs: int = 150
     batch_size: int = 256
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 0.002
-    mlp_weight_decay: Optional[float] = None  # weight decay of the frequency-MLP weights (None: weight_decay)
+    mlp_weight_decay: float | None = None  # weight decay of the frequency-MLP weights (None: weight_decay)
     mlp_lr_scale: float = 1.0  # the frequency MLPs' lr is lr × this (weights and biases)
     # Decay the frequency-MLP biases too (at the MLP weights' rate). Off, as in the paper's code:
     # decaying only the weights pulls each MLP towards its constant output bias, a flat spectrum.
@@ -67,10 +66,10 @@ class TrainConfig:
     # with native bf16 or a GPU (FFTs and frequency MLPs stay float32). See train/precision.py.
     precision: str = "auto"
     compile: bool = False
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
+    train_subset: int | None = None
+    test_subset: int | None = None
     eval_batch_size: int = 512
-    threads: Optional[int] = None
+    threads: int | None = None
     progress: bool = True
     save_every_steps: int = 0  # also save resumable state every N steps (0: per epoch only)
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -147,6 +146,6 @@ def gather_objects(obj) -> list:
     _, world = dist_info()
     if world == 1:
         return [obj]
-    out: list[Optional[object]] = [None] * world
+    out: list[object | None] = [None] * world
     dist.all_gather_object(out, obj)
     return out

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import platform
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -30,7 +29,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
-def cpu_bf16_flags(cpuinfo: Optional[str] = None) -> list[str]:
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     """The CPU's native bf16 instruction-set flags, e.g. ``["avx512_bf16"]``; [] when it has none.
 
     Read from ``/proc/cpuinfo`` (the ``flags`` line on x86, ``Features`` on Arm); where that file
@@ -76,7 +75,7 @@ class Precision:
     """A resolved precision: its name, the autocast dtype (None: no autocast), loss scaling."""
 
     name: str
-    autocast: Optional[torch.dtype] = None
+    autocast: torch.dtype | None = None
     loss_scaling: bool = False
 
     def context(self, device: torch.device):

@@ -22,9 +22,10 @@ import math
 import re
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, cast
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
 
@@ -127,7 +128,7 @@ def run_job(cfg: TrainConfig) -> str:
     saying so, and the same sweep command resumes it. (SIGTERM is left to submitit, which on a
     cluster turns preemption into a requeue through :meth:`TrainJob.checkpoint`.)
     """
-    from .trainer import Interrupted, saved_position, stop_on_signals
+    from .trainer import Interrupted, interrupted_message, stop_on_signals
 
     folder = Path(cfg.out)
     if not is_finished(folder):
@@ -135,16 +136,8 @@ def run_job(cfg: TrainConfig) -> str:
             with stop_on_signals((signal.SIGINT,)):
                 train(cfg, resume=(folder / STATE_NAME).is_file())
         except Interrupted as exc:
-            kept = (
-                f"the state {saved_position(*exc.saved)} is saved"
-                if exc.saved
-                else "its last saved state is kept"
-                if (folder / STATE_NAME).is_file()
-                else "nothing was saved yet"
-            )
-            raise NiffError(
-                f"interrupted by {signal.Signals(exc.signum).name}: {kept}; the same sweep command resumes it"
-            ) from None
+            go_on = "the same sweep command resumes it"
+            raise NiffError(interrupted_message(exc, folder / STATE_NAME, go_on)) from None
     return str(folder)
 
 
@@ -241,8 +234,8 @@ def run_sweep(
     base: TrainConfig,
     arms: Sequence[str],
     out: str,
-    seeds: Optional[Sequence[int]] = None,
-    executor: Optional[Executor] = None,
+    seeds: Sequence[int] | None = None,
+    executor: Executor | None = None,
     echo: Callable[[str], None] = lambda s: None,
 ) -> list[str]:
     """Train every run of a study that is not finished; returns the messages of failed runs.
@@ -351,7 +344,7 @@ def _write_sweep_file(root: Path, base: TrainConfig, jobs: list[Job], seeds: Seq
     )
 
 
-def runs(root: PathLike, arms: Optional[Sequence[str]] = None) -> list[tuple[str, int, Path]]:
+def runs(root: PathLike, arms: Sequence[str] | None = None) -> list[tuple[str, int, Path]]:
     """(arm, seed, folder) of every run folder of a study (finished or not), arms in order.
 
     Also reads studies written before seeds were an axis (``OUT/<arm>/`` holding the run).
@@ -385,7 +378,7 @@ def _accuracy(folder: Path) -> dict:
     return dict(zip(m["epoch"].astype(float), m["test_acc"]))
 
 
-def collect(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def collect(root: str, arms: Sequence[str] | None = None) -> pd.DataFrame:
     """The kernel statistics recorded during training by every run of a study.
 
     Returns:
@@ -410,7 +403,7 @@ INIT_ARM = "init"  # the arm name of the initialisations in final_table
 FINAL_COLUMNS = ["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"]
 
 
-def final_table(root: str, arms: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def final_table(root: str, arms: Sequence[str] | None = None) -> pd.DataFrame:
     """Per finished run, :func:`~niff_analysis.analysis.stats.stage_stats` of its final
     checkpoint under both measures, with its final test accuracy (long form,
     :data:`FINAL_COLUMNS`), and the same of each seed's initialisation as arm ``"init"``

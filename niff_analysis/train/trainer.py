@@ -22,9 +22,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -61,7 +62,7 @@ class Interrupted(KeyboardInterrupt):
         saved: (epoch, step) of the state saved when it stopped, or None when it stopped at once.
     """
 
-    def __init__(self, signum: int, saved: Optional[tuple[int, int]] = None):
+    def __init__(self, signum: int, saved: tuple[int, int] | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.saved = signum, saved
 
@@ -75,11 +76,31 @@ def saved_position(epoch: int, step: int) -> str:
     )
 
 
+def interrupted_message(exc: KeyboardInterrupt, state: Path, go_on: str, start_again: str | None = None) -> str:
+    """One line saying which signal stopped a run, what it kept and how to go on.
+
+    Args:
+        exc: the interruption (:class:`Interrupted` carries the signal and the state saved at the
+            stop; a plain ``KeyboardInterrupt`` counts as SIGINT).
+        state: the run's ``train_state.pt``.
+        go_on: how to continue from a saved state (e.g. "the same command with --resume
+            continues it").
+        start_again: what to do when nothing was saved yet (default: ``go_on``).
+    """
+    name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+    saved = getattr(exc, "saved", None)
+    if saved:
+        return f"interrupted by {name}: the state {saved_position(*saved)} is saved in {state}; {go_on}"
+    if state.is_file():
+        return f"interrupted by {name}: its last saved state is {state}; {go_on}"
+    return f"interrupted by {name} before the first saved state: {start_again or go_on}"
+
+
 class _Stop:
     """What :func:`stop_on_signals`' handler asked for: the pending signal, and whether the run
     is inside its steps (where it can stop at the next step boundary with its state saved)."""
 
-    signum: Optional[int] = None
+    signum: int | None = None
     graceful: bool = False
 
 
@@ -152,7 +173,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: Optional[dict] = None, precision: str = "fp32") -> dict:
+def _checkpoint_meta(cfg: TrainConfig, epochs: int, row: dict | None = None, precision: str = "fp32") -> dict:
     """What every checkpoint of a run records (init/, epoch_NNN/ and the final one); ``precision``
     is the resolved one (:class:`~niff_analysis.train.precision.Precision`'s name)."""
     row = row or {}
@@ -281,12 +302,12 @@ class _Run:
         check_model_fits(cfg.model, cfg.model_kwargs, copies=3, dtype=self.dtype)  # weights, gradients, momentum
         self.core = initial_model(cfg.model, cfg.model_kwargs, cfg.seed).to(device=device, dtype=self.dtype)
         _check_compile(cfg, self.core, device)
-        self.saved_at: Optional[tuple[int, int]] = None  # (epoch, step) of the last state on disk
+        self.saved_at: tuple[int, int] | None = None  # (epoch, step) of the last state on disk
         self.state = self._read_state(resume)
         self.kstats = self._start_records()
         self._build_optimizer()
 
-    def _read_state(self, resume: bool) -> Optional[dict]:
+    def _read_state(self, resume: bool) -> dict | None:
         """The state to resume from (None for a fresh run); refusals come before any write."""
         if resume:
             if self.cfg.overwrite:
