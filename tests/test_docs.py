@@ -142,3 +142,39 @@ def test_readme_python_examples_run(tmp_path):
     assert all(f"layer{i}." in out[0] for i in range(1, 5))
     # The own-model example saves a checkpoint that every command takes.
     assert (tmp_path / "r34" / "config.json").is_file() and (tmp_path / "r34" / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------- the study page
+def _study_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_tables", ROOT / "docs/results/kernel_size_study_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_study_page_shows_the_accuracy_of_the_committed_table():
+    """The page's generated accuracy rows (arm, seeds, test accuracy) are what the committed CSV
+    gives now: a CSV regenerated without the page (or a hand edit) fails here."""
+    import pandas as pd
+
+    tables = _study_tables()
+    final = pd.read_csv(ROOT / "docs/results/kernel_size_study.csv")
+    expected = tables.accuracy_table(final, None).splitlines()[2:]
+    page = (ROOT / "docs/results/kernel_size_study.md").read_text(encoding="utf-8")
+    block = page.split(tables.BEGIN)[1].split(tables.END)[0]
+    shown = block.split("### Accuracy")[1].split("###")[0].strip().splitlines()[2:]
+    assert [r.split(" | ")[:3] for r in shown] == [r.split(" | ")[:3] for r in expected] and expected
+
+
+def test_the_study_page_is_written_between_its_markers_only(tmp_path):
+    tables = _study_tables()
+    page = tmp_path / "page.md"
+    page.write_text(f"head\n{tables.BEGIN}\nold\n{tables.END}\ntail\n")
+    tables.write_page(page, "new")
+    assert page.read_text() == f"head\n{tables.BEGIN}\n\nnew\n\n{tables.END}\ntail\n"
+    page.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="must hold the markers"):
+        tables.write_page(page, "new")
+    assert page.read_text() == "no markers\n"
