@@ -679,3 +679,31 @@ def test_history_figure_rows_per_measure():
     # a file recorded before both measures has no energy rows: they are left out, not drawn empty
     fig, axes = plot_kernel_history(old, measures=("l1", "energy"))
     assert len(axes) == 2
+
+
+def test_plot_study_draws_each_arm_with_its_interval_and_the_initialisation_in_grey():
+    from niff_analysis.plotting import plot_study
+    from niff_analysis.train.sweep import seed_summary
+
+    rows = []
+    for arm, base in (("spec", 0.6), ("init", 0.5), ("decay", 0.9)):
+        for seed in (0, 1, 2):
+            acc = float("nan") if arm == "init" else 0.9 + 0.01 * seed
+            for stage in ("layer1", "layer2"):
+                for measure in ("l1", "energy"):
+                    rows.append((arm, seed, 15, stage, measure, "mass9_mean", base + 0.01 * seed, acc))
+    final = pd.DataFrame(rows, columns=["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"])
+    fig, axes = plot_study(seed_summary(final), stats=("mass9_mean",))
+    panel = axes[0]  # mass inside 9x9 under l1
+    lines = {c.get_label(): c for c in panel.containers}
+    assert set(lines) == {"spec", "decay", "init"}
+    spec_means = lines["spec"].lines[0].get_ydata()
+    assert np.allclose(spec_means, 0.61)  # mean over seeds 0.60, 0.61, 0.62
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3)  # the 95 % t-interval over three seeds, sd 0.01
+    low_caps, high_caps = lines["spec"].lines[1]
+    assert np.allclose(low_caps.get_ydata(), 0.61 - half) and np.allclose(high_caps.get_ydata(), 0.61 + half)
+    assert matplotlib.colors.to_hex(lines["init"].lines[0].get_color()) == "#999999"  # grey reference
+    assert lines["init"].lines[0].get_marker() == "s" and lines["spec"].lines[0].get_marker() == "o"
+    plt.close(fig)

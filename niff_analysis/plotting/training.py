@@ -206,11 +206,13 @@ def plot_study(
         fig: figure to add panels to.
     """
     require(summary, ["arm", "stage", "measure", "stat", "mean", "lo", "hi", "n_seeds"], "plot_study")
-    arms = [a for a in ordered_unique(summary["arm"]) if a != "init"]
+    from ..train.sweep import INIT_ARM
+
+    arms = [a for a in ordered_unique(summary["arm"]) if a != INIT_ARM]
     stages = [s for s in ordered_unique(summary["stage"]) if s != "any"]
     colors = {arm: OKABE_ITO[(i + 1) % len(OKABE_ITO)] for i, arm in enumerate(arms)}
-    colors["init"] = "0.6"
-    drawn = arms + (["init"] if "init" in set(summary["arm"]) else [])
+    colors[INIT_ARM] = "0.6"
+    drawn = arms + ([INIT_ARM] if INIT_ARM in set(summary["arm"]) else [])
     width = 0.8 / max(len(drawn), 1)
     ncols = len(stats) + 1
     with style():
@@ -228,7 +230,7 @@ def plot_study(
                         x,
                         c["mean"],
                         yerr=err,
-                        fmt="s" if arm == "init" else "o",
+                        fmt="s" if arm == INIT_ARM else "o",
                         ms=3,
                         lw=0.8,
                         capsize=1.5,
@@ -268,7 +270,7 @@ def plot_study(
             fontsize=6,
         )
         handles = [
-            Line2D([], [], color=colors[a], marker="s" if a == "init" else "o", ms=3, lw=0, label=a) for a in drawn
+            Line2D([], [], color=colors[a], marker="s" if a == INIT_ARM else "o", ms=3, lw=0, label=a) for a in drawn
         ]
         acc.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.3), fontsize=5)
     return ret(fig, axes.ravel())
