@@ -178,3 +178,22 @@ def test_the_study_page_is_written_between_its_markers_only(tmp_path):
     with pytest.raises(SystemExit, match="must hold the markers"):
         tables.write_page(page, "new")
     assert page.read_text() == "no markers\n"
+
+
+def test_the_falsification_sentence_gives_the_ratio_range_and_its_intervals():
+    import pandas as pd
+
+    tables = _study_tables()
+    rows = []
+    for seed, factor in ((0, 0.5), (1, 0.52), (2, 0.48)):  # kernels that follow the data: about half
+        for stage in tables.STAGES:
+            for measure in ("l1", "energy"):
+                for stat in ("k50_mean", "k90_mean"):
+                    rows.append(("spec", seed, 15, stage, measure, stat, 10.0, 0.9))
+                    rows.append(("content_scale=0.5", seed, 15, stage, measure, stat, 10.0 * factor, 0.9))
+    final = pd.DataFrame(rows, columns=["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"])
+    text = tables.falsification_summary(final)
+    assert text.startswith("`content_scale=0.5` against `spec` (3 seeds per arm): ")
+    assert "was 0.50–0.50 under |k| (95 % t-intervals within 0.45–0.55) and 0.50–0.50 under k²" in text
+    one = tables.falsification_summary(final[final["seed"] == 0])
+    assert "(1 seed per arm, no interval)" in one and "t-intervals" not in one

@@ -103,6 +103,35 @@ def falsification_table(final: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def falsification_summary(final: pd.DataFrame) -> str:
+    """The falsification test's outcome in one sentence per pair: the range of the per-seed
+    half-size/full-size ratios of k50 and k90 over stages 1-4, with the widest 95 % interval
+    bounds, under each measure."""
+    arms, out = set(final["arm"]), []
+    for arm, ref in PAIRS:
+        if arm not in arms or ref not in arms:
+            continue
+        cmp = compare_arms(final, arm, ref)
+        cmp = cmp[cmp["stat"].isin(["k50_mean", "k90_mean"]) & cmp["stage"].isin(STAGES)]
+        if cmp.empty:
+            continue
+        n = int(cmp["n_seeds"].min())
+        parts = []
+        for measure, name in (("l1", "|k|"), ("energy", "k²")):
+            c = cmp[cmp["measure"] == measure]
+            text = f"{c['ratio'].min():.2f}–{c['ratio'].max():.2f} under {name}"
+            if n > 1:
+                text += f" (95 % t-intervals within {c['lo'].min():.2f}–{c['hi'].max():.2f})"
+            parts.append(text)
+        seeds = f"{n} seed{'s' if n > 1 else ''} per arm" + ("" if n > 1 else ", no interval")
+        out.append(
+            f"`{arm}` against `{ref}` ({seeds}): the per-seed ratio of k50 and k90, stages 1–4, was "
+            + " and ".join(parts)
+            + "; kernels that follow the data would give about 0.5."
+        )
+    return "\n\n".join(out)
+
+
 def reference_rows(root: Path) -> pd.DataFrame:
     """White-noise and delta kernels on the study's maps, in the CSV's long form (seed -1), from the
     first finished run's layers (every arm has the same maps)."""
@@ -147,7 +176,10 @@ def tables_text(final: pd.DataFrame, seconds: pd.DataFrame | None) -> str:
     for measure in ("l1", "energy"):
         parts.append(f"### Per stage, measure {measure}\n\n" + stage_table(final, measure))
     parts.append(
-        "### Falsification: content at half the size, per-seed ratio of kernel size\n\n" + falsification_table(final)
+        "### Falsification: content at half the size, per-seed ratio of kernel size\n\n"
+        + falsification_summary(final)
+        + "\n\n"
+        + falsification_table(final)
     )
     return "\n\n".join(parts)
 
