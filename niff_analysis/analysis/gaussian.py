@@ -118,24 +118,17 @@ from .kernels import LayerKernels
 from .schema import CHANNEL, LAYER_COLUMNS, keys, layer_columns
 from .uncertainty import add_intervals
 
+# What a fit gives per kernel (NaN where it fails), then the moment sigmas, which never fail.
+FIT_FIELDS = ["sigma_x", "sigma_y", "sigma_major", "sigma_minor", "theta", "x0", "y0", "amplitude", "offset", "r2"]
+MOMENT_FIELDS = ["sigma_x_moment", "sigma_y_moment"]
 COLUMNS = LAYER_COLUMNS + [
     CHANNEL,
-    "sigma_x",
-    "sigma_y",
-    "sigma_major",
-    "sigma_minor",
-    "theta",
-    "x0",
-    "y0",
-    "amplitude",
-    "offset",
-    "r2",
+    *FIT_FIELDS,
     "success",
     "status",
     "sigma_ratio",
     "iterations",
-    "sigma_x_moment",
-    "sigma_y_moment",
+    *MOMENT_FIELDS,
     "censored",
 ]
 
@@ -230,23 +223,7 @@ def fit_gaussians(
     columns)."""
     n, h, w = kernels.shape
     mag_all = kernels.detach().cpu().abs().to(torch.float64).reshape(n, h * w)
-    res = {
-        c: np.full(n, np.nan)
-        for c in [
-            "sigma_x",
-            "sigma_y",
-            "sigma_major",
-            "sigma_minor",
-            "theta",
-            "x0",
-            "y0",
-            "amplitude",
-            "offset",
-            "r2",
-            "sigma_x_moment",
-            "sigma_y_moment",
-        ]
-    }
+    res = {c: np.full(n, np.nan) for c in FIT_FIELDS + MOMENT_FIELDS}
     status = np.array(["ok"] * n, dtype=object)
     iters = np.zeros(n, dtype=int)
     finite = torch.isfinite(mag_all).all(1)
