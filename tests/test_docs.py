@@ -197,3 +197,22 @@ def test_the_falsification_sentence_gives_the_ratio_range_and_its_intervals():
     assert "was 0.50–0.50 under |k| (95 % t-intervals within 0.45–0.55) and 0.50–0.50 under k²" in text
     one = tables.falsification_summary(final[final["seed"] == 0])
     assert "(1 seed per arm, no interval)" in one and "t-intervals" not in one
+
+
+def test_arms_are_compared_with_spec_seed_by_seed():
+    import pandas as pd
+    from scipy import stats
+
+    tables = _study_tables()
+    rows = []
+    for seed, (acc_spec, acc_arm) in enumerate(((0.90, 0.91), (0.92, 0.92), (0.91, 0.93))):
+        for arm, acc, centre in (("spec", acc_spec, 0.2), ("decay", acc_arm, 0.2 * (2 + seed))):
+            for stat, value in (("mass1_mean", centre), ("k90_mean", 20.0)):
+                rows.append((arm, seed, 15, "layer1", "l1", stat, value, acc))
+    final = pd.DataFrame(rows, columns=["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"])
+    acc = tables.paired_accuracy(final, "decay", "spec")
+    diffs = [1.0, 0.0, 2.0]  # percentage points, seed by seed
+    half = stats.t.ppf(0.975, 2) * pd.Series(diffs).std() / 3**0.5
+    assert acc["n_seeds"] == 3 and abs(acc["ratio"] - 1.0) < 1e-9 and abs(acc["hi"] - (1.0 + half)) < 1e-9
+    row = tables.paired_table(final).splitlines()[2]
+    assert row.startswith("| decay | 3 | 1.00 [") and "| 3.00 [" in row and row.endswith("| 1.00 [1.00, 1.00] |")

@@ -103,6 +103,41 @@ def falsification_table(final: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def paired_accuracy(final: pd.DataFrame, arm: str, reference: str) -> pd.Series:
+    """Test accuracy of ``arm`` minus ``reference``, seed by seed, in percentage points: mean and
+    95 % t-interval over the seeds both finished (``ratio``, ``lo``, ``hi``, ``n_seeds``, so
+    :func:`fmt` prints it)."""
+    from niff_analysis.analysis.uncertainty import seed_interval
+
+    acc = final.drop_duplicates(["arm", "seed"]).set_index(["arm", "seed"])["test_acc"]
+    both = pd.concat(dict(arm=acc.loc[arm], ref=acc.loc[reference]), axis=1).dropna()
+    diff = 100 * (both["arm"] - both["ref"])
+    mean, lo, hi = seed_interval(diff)
+    return pd.Series(dict(ratio=mean, lo=lo, hi=hi, n_seeds=len(diff)))
+
+
+def paired_table(final: pd.DataFrame, reference: str = "spec") -> str:
+    """Every arm against ``reference`` seed by seed (the same seed: the same initial weights and
+    data order): the accuracy difference, and the ratio arm/reference of layer1's centre-pixel
+    share and k90 under |k|, each with its 95 % t-interval over seeds."""
+    cols = [("mass1_mean", "layer1 centre pixel, ratio"), ("k90_mean", "layer1 k90, ratio")]
+    lines = [
+        f"| arm / {reference} | seeds | Δ test accuracy (pp) | " + " | ".join(c for _, c in cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
+    for arm in arm_order(final):
+        if arm in (INIT_ARM, "delta", "white noise", reference):
+            continue
+        cmp = compare_arms(final, arm, reference)
+        cmp = cmp[(cmp["measure"] == "l1") & (cmp["stage"] == "layer1")].set_index("stat")
+        if cmp.empty:
+            continue
+        cells = [fmt(cmp.loc[stat], 2, value="ratio") if stat in cmp.index else "" for stat, _ in cols]
+        acc = paired_accuracy(final, arm, reference)
+        lines.append(f"| {arm} | {int(acc['n_seeds'])} | {fmt(acc, 2, value='ratio')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def falsification_summary(final: pd.DataFrame) -> str:
     """The falsification test's outcome in one sentence per pair: the range of the per-seed
     half-size/full-size ratios of k50 and k90 over stages 1-4, with the widest 95 % interval
@@ -173,6 +208,7 @@ def tables_text(final: pd.DataFrame, seconds: pd.DataFrame | None) -> str:
         "the statistics are stage means over every kernel of the stage's layers."
     )
     parts = [lead, "### Accuracy\n\n" + accuracy_table(final, seconds)]
+    parts.append("### Each arm against spec, seed by seed\n\n" + paired_table(final))
     for measure in ("l1", "energy"):
         parts.append(f"### Per stage, measure {measure}\n\n" + stage_table(final, measure))
     parts.append(
