@@ -2,10 +2,11 @@
 
     .venv/bin/python docs/results/kernel_size_study_tables.py docs/results/kernel_size_study.csv \
         [--runs runs/kernel_size_study] [--figure docs/images/kernel_size_study.png] \
-        [--page docs/results/kernel_size_study.md]
+        [--page docs/results/kernel_size_study.md] [--update-csv]
 
 The CSV is what ``niff-analyze sweep ... --table`` writes (docs/results/kernel_size_study.sh);
-``--runs`` adds each run's training seconds, read from its metrics.csv, and the white-noise and
+``--update-csv`` first rewrites the CSV from the runs finished so far (``--runs``), as the sweep
+does when it ends; ``--runs`` adds each run's training seconds, read from its metrics.csv, and the white-noise and
 delta references on the study's maps; ``--page`` writes the tables into the results page between
 its two markers instead of printing them. Every number is a mean over the seeds that finished,
 with its 95 % t-interval over seeds (no interval for one seed).
@@ -238,7 +239,20 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, help="the study folder, for each run's training seconds")
     ap.add_argument("--figure", type=Path, help="also draw the per-stage statistics of every arm (a PNG)")
     ap.add_argument("--page", type=Path, help="write the tables into this page, between its markers")
+    ap.add_argument(
+        "--update-csv",
+        action="store_true",
+        help="first rewrite CSV from the runs of --runs finished so far (what the sweep's --table writes at its end; "
+        "safe while the sweep trains)",
+    )
     args = ap.parse_args()
+    if args.update_csv:
+        if not args.runs:
+            raise SystemExit("error: --update-csv needs --runs (the study folder)")
+        from niff_analysis.io import atomic_write
+        from niff_analysis.train.sweep import final_csv, final_table
+
+        atomic_write(args.csv, final_csv(final_table(str(args.runs))))
     final = pd.read_csv(args.csv)
     if args.figure:
         from niff_analysis.plotting import plot_study

@@ -317,7 +317,7 @@ def sweep_cmd(
     """
     from ..plotting import plot_study, plot_sweep
     from ..plotting.style import save_figure
-    from ..train.sweep import INIT_ARM, Executor, collect, final_table, parse_seeds, run_sweep, seed_summary
+    from ..train.sweep import INIT_ARM, Executor, collect, final_csv, final_table, parse_seeds, run_sweep, seed_summary
 
     base = train_config(out, **opts)
     if table_path:
@@ -361,7 +361,7 @@ def sweep_cmd(
         save_figure(plot_sweep(history)[0], root / "sweep", ("pdf", "png"))
     final = final_table(out)
     if len(final):
-        text = final.to_csv(index=False, float_format="%.10g")
+        text = final_csv(final)
         atomic_write(root / "sweep_final.csv", text)
         summary = seed_summary(final)
         atomic_write(root / "sweep_summary.csv", summary.to_csv(index=False, float_format="%.10g"))

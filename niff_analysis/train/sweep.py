@@ -443,6 +443,11 @@ def final_table(root: str, arms: Sequence[str] | None = None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[FINAL_COLUMNS]
 
 
+def final_csv(final: pd.DataFrame) -> str:
+    """:func:`final_table` as the CSV text a study's table is kept in (10 significant digits)."""
+    return final.to_csv(index=False, float_format="%.10g")
+
+
 def seed_summary(final: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Mean over seeds and its ``level`` t-interval, per arm, stage, measure and statistic
     (test accuracy as the statistic ``test_acc`` of stage and measure ``"any"``).
