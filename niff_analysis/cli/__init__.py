@@ -50,10 +50,10 @@ COMMANDS = {
     ),
     "sweep": ("train", "Train arms x seeds of one recipe and compare what they learn."),
     "import": (
-        "train",
+        "imports",
         "Import the weights of a model trained elsewhere (PATH: .pt/.pth/.bin/.safetensors state dict).",
     ),
-    "import-reference": ("train", None),  # hidden: kept for old scripts
+    "import-reference": ("imports", None),  # hidden: kept for old scripts
     "kernels": ("analysis", "Spatial kernels of every NIFF layer on the feature-map size it runs at."),
     "mass": ("analysis", "Kernel mass ratio (Eq. 6): share of |k| inside centred odd windows 1, 3, 5, … (full last)."),
     "pca": ("analysis", "PCA eigenkernels per layer: exact SVD, deterministic signs, explained-variance ratios."),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from ..errors import NiffError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -200,7 +203,6 @@ def output_format(ctx: click.Context, fmt: str, output: str | None, allowed: tup
     here, before any work."""
     from pathlib import Path
 
-    from ..errors import NiffError
     from ..io import check_writable
 
     if not output:
@@ -345,3 +347,23 @@ class Command:
                 np.savez(f, **arrays)
 
         self.finish(save, len(arrays))
+
+
+def out_folder(out: str) -> None:
+    """Refuse an ``--out`` folder that exists as a file, before any work is done."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise NiffError(f"--out {out}: exists and is not a directory")
+
+
+def model_kwargs(num_classes, in_chans, input_size, stem, mlp) -> dict:
+    kwargs = {
+        k: v
+        for k, v in dict(num_classes=num_classes, in_chans=in_chans, input_size=input_size, stem=stem).items()
+        if v is not None
+    }
+    if mlp:
+        try:
+            kwargs["mlp"] = [int(h) for h in mlp.split(",")] if mlp[0].isdigit() else mlp
+        except ValueError:
+            raise NiffError(f"--mlp: expected a preset name or sizes like 16,64, got {mlp!r}") from None
+    return kwargs
