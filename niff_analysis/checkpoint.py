@@ -373,7 +373,7 @@ def save_checkpoint(model: nn.Module, path: PathLike, **metadata) -> Path:
     return path
 
 
-def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+def read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
     """(tensors, metadata) of a safetensors file; with ``tensors=False`` only its header is
     decoded (the metadata of a single-file checkpoint), and the tensors are ``{}``."""
     from safetensors import safe_open
@@ -400,7 +400,7 @@ def read_config(path: PathLike) -> dict:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{cfg_path}: corrupt JSON ({exc})") from None
     elif path.suffix == ".safetensors":
-        _, meta = _read_safetensors(path, tensors=False)  # the weights are read once, later
+        _, meta = read_safetensors(path, tensors=False)  # the weights are read once, later
         if "niff_config" not in meta:
             raise CheckpointError(f"{path}: safetensors file carries no niff_config metadata")
         try:
@@ -690,15 +690,15 @@ class Checkpoint:
         """
         path, cfg = self.path, self.config
         if self._state is not None:
-            model = _rebuild(path, cfg.architecture, cfg.model_kwargs, self.factory)
+            model = rebuild_model(path, cfg.architecture, cfg.model_kwargs, self.factory)
             load_state_into(model, self._state["model"], path, allow_non_finite)
             meta = dict(model_config(model), **self._training_state_meta(self._state))
             labelled = CheckpointConfig.of(meta, path=cfg.path, sha256=cfg.sha256)
             model.niff_checkpoint = labelled  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
             model.eval()
             return model.to(resolve_device(device))
-        state, _ = _read_safetensors(path / WEIGHTS_NAME if path.is_dir() else path)
-        model = _rebuild(path, cfg.architecture, cfg.model_kwargs, self.factory)
+        state, _ = read_safetensors(path / WEIGHTS_NAME if path.is_dir() else path)
+        model = rebuild_model(path, cfg.architecture, cfg.model_kwargs, self.factory)
         load_state_into(model, state, path, allow_non_finite)
         recorded = {d["name"]: d.get("fmap") for d in cfg.record.get("layers", [])}
         for d in layer_table(model):
@@ -775,7 +775,9 @@ class Checkpoint:
         return dataset_images(name, n, data_dir, image_size=self.config.input_size[0])
 
 
-def _rebuild(source, architecture: str, model_kwargs: dict, factory: str | None) -> nn.Module:
+def rebuild_model(source, architecture: str, model_kwargs: dict, factory: str | None) -> nn.Module:
+    """The untrained model a checkpoint's config describes (registry, torchvision or the allowed
+    user factory); any failure is a :class:`CheckpointError` naming ``source``."""
     from .models.build import BuilderError, rebuild
     from .models.registry import UnknownModelError
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._types import PathLike
-from .checkpoint import CheckpointConfig, _rebuild, load_state_into, model_config, torch_load_reason
+from .checkpoint import CheckpointConfig, load_state_into, model_config, rebuild_model, torch_load_reason
 from .errors import CheckpointError
 from .io import file_sha256
 
@@ -135,9 +135,9 @@ def read_state_dict(path: PathLike, key: str | None = None) -> dict[str, torch.T
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        from .checkpoint import _read_safetensors
+        from .checkpoint import read_safetensors
 
-        obj, _ = _read_safetensors(path)
+        obj, _ = read_safetensors(path)
     else:
         obj = read_torch_pickle(path)
 
@@ -226,10 +226,10 @@ def _from_reference_state(path: Path, theirs: dict, architecture: str, model_kwa
     kwargs = dict(model_kwargs)
     if kwargs.get("mlp") is None and reference_mlp(theirs) is not None:
         kwargs["mlp"] = reference_mlp(theirs)
-    model = _rebuild(path, architecture, kwargs, None)
+    model = rebuild_model(path, architecture, kwargs, None)
     mapping, missing, unexpected, wrong = _reference_fit(model, theirs)
     if any(_REFERENCE_MLP.match(k) for k in unexpected) and not kwargs.get("niff_on_1x1"):
-        retry = _rebuild(path, architecture, dict(kwargs, niff_on_1x1=True), None)
+        retry = rebuild_model(path, architecture, dict(kwargs, niff_on_1x1=True), None)
         fit = _reference_fit(retry, theirs)
         if not any(fit[1:]):
             model, (mapping, missing, unexpected, wrong) = retry, fit
@@ -286,7 +286,7 @@ def import_state_dict(
     state = read_state_dict(path, key)
     if is_reference_state(state):
         return _from_reference_state(path, state, architecture, model_kwargs)
-    model = _rebuild(path, architecture, model_kwargs, factory)
+    model = rebuild_model(path, architecture, model_kwargs, factory)
     has_mlps = any(".real." in k for k in state)
     if has_mlps != any(".real." in k for k in model.state_dict()):
         hint = (

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - Windows
 
 
 @functools.lru_cache(maxsize=1)
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask, read once at the first write (not at import, and without setting it
     where /proc tells: setting it to read it back races with threads creating files)."""
     try:
@@ -87,7 +87,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)  # before the chmod: a umask may leave the final mode read-only
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:  # a failed write names the file asked for (never our temporary name)

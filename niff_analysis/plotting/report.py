@@ -28,7 +28,7 @@ from ..analysis import LayerKernels, PCAResult
 from ..analysis.kernels import sample_channels
 from ..analysis.schema import CHECKPOINT
 from ..errors import SelectionError
-from ..io import atomic_write, fsync_dir
+from ..io import atomic_write, fsync_dir, process_umask
 from ..pipeline import FigureData
 from ..provenance import META_NAME, figures_manifest, manifest_files
 from .curves import plot_cost, plot_effective_size, plot_mass_ratio, plot_sigma
@@ -275,17 +275,11 @@ def write_figures(
             for entry in out.iterdir():
                 if entry.name not in listed and entry.name not in names:
                     _link_into(entry, tmp / entry.name)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
+        os.chmod(tmp, 0o777 & ~process_umask())  # mkdtemp makes 0700; give the usual folder mode
         _commit(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sorted(out / n for n in names + [META_NAME])
-
-
-def _umask() -> int:
-    from ..io import _umask as umask
-
-    return umask()
 
 
 def _link_into(src: Path, dst: Path) -> None:
