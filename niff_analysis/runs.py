@@ -164,6 +164,22 @@ def discard(aside: Path | None) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+def read_train_config(path: PathLike) -> dict | None:
+    """The ``train_config.json`` of the training run a checkpoint or run folder comes from (in
+    the folder or, for ``epoch_NNN/`` and ``init/`` and single-file checkpoints, its parent);
+    ``None`` when there is none or it is not a JSON object."""
+    folder = Path(path)
+    folder = folder if folder.is_dir() else folder.parent
+    for f in (folder / TRAIN_CONFIG_NAME, folder.parent / TRAIN_CONFIG_NAME):
+        if f.is_file():
+            try:
+                cfg = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None
+            return cfg if isinstance(cfg, dict) else None
+    return None
+
+
 def read_diverged(folder: PathLike) -> dict | None:
     """What ``diverged.json`` of a run says (``None``: the run did not diverge, or says nothing)."""
     try:

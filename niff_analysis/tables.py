@@ -17,6 +17,7 @@ the long form; ``arrays=True`` (kernels, pca) for the arrays a ``.npz`` file hol
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import cast
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ._types import PathLike
 from .analysis import (
@@ -544,4 +546,127 @@ class Claims(Analysis):
             df = with_interval_text(df.rename(columns={"lo": "value_lo", "hi": "value_hi"}), digits=3)
             for col in ("delta", "noise", "init"):
                 df[col] = df[col].map(lambda v: f"{v:.3g}")
+        return df
+
+
+class Evaluate(Analysis):
+    """``evaluate``: each checkpoint's loss and accuracy on a split of its dataset (or
+    ``dataset``) shown as it was trained on (the recipe's content scale, or ``content_scale``),
+    with the accuracy's 95 % Wilson interval over the images; ``recalibrate`` > 0 adds the same
+    after its BatchNorm statistics are recomputed from that many training images
+    (:func:`~niff_analysis.train.batches.recalibrate_batchnorm`, on a copy: the checkpoint's
+    weights and statistics are never changed). ``recorded_acc`` is the test accuracy the run
+    recorded, where the evaluation is the one it recorded (its dataset, content scale and whole
+    test split, no recalibration; NaN otherwise)."""
+
+    needs = "model"
+
+    def __init__(
+        self,
+        dataset: str | None = None,
+        data_dir: PathLike | None = None,
+        split: str = "test",
+        content_scale: float | None = None,
+        images: int | None = None,
+        recalibrate: int = 0,
+        batch_size: int = 512,
+        seed: int = 0,
+        table: bool = False,
+    ):
+        self.dataset, self.data_dir, self.split, self.content_scale = dataset, data_dir, split, content_scale
+        self.images = images
+        self.recalibrate, self.batch_size, self.seed, self.table = recalibrate, batch_size, seed, table
+        self._data: dict = {}  # each (dataset, split, content scale, input size) loaded once per run
+
+    def _load(self, name: str, split: str, scale: float, size: tuple[int, int]):
+        from .data import load_dataset
+
+        key = (name, split, scale, size)
+        if key not in self._data:
+            h, w = size
+            self._data[key] = load_dataset(
+                name, self.data_dir, split, image_size=h if h == w else (h, w), content_scale=scale
+            )
+        return self._data[key]
+
+    def compute(self, item: Item) -> list[dict]:
+        import copy
+
+        from .analysis.uncertainty import proportion_interval
+        from .runs import read_train_config
+        from .train.batches import evaluate, first_samples, recalibrate_batchnorm
+
+        label, meta = item.label, item.meta
+        name = self.dataset or meta.dataset
+        if name is None:
+            raise SelectionError(f"{label}: the checkpoint records no dataset; pass --dataset")
+        recorded_scale = float((meta.recipe or {}).get("content_scale", 1.0))
+        scale = recorded_scale if self.content_scale is None else self.content_scale
+        data = self._load(name, self.split, scale, meta.input_size)
+        run = read_train_config(item.path) if item.path is not None else None
+        recorded_images = None if run is None else run.get("test_subset")
+
+        def first(n: int | None) -> int | None:  # None: the whole split
+            return None if n is None or n >= len(data) else n
+
+        as_recorded = (
+            name == meta.dataset
+            and scale == recorded_scale
+            and self.split == "test"
+            and first(self.images) == first(recorded_images)
+        )
+        data = first_samples(data, first(self.images))
+        todo = [("running", item.model, 0)]
+        if self.recalibrate:
+            model = copy.deepcopy(item.model)  # the loaded model may serve other analyses
+            t0 = time.perf_counter()
+            used = recalibrate_batchnorm(
+                model,
+                self._load(name, "train", scale, meta.input_size),
+                self.recalibrate,
+                torch.device(item.device),
+                self.batch_size,
+                self.seed,
+            )
+            if used:
+                item.log(
+                    f"{label}: BatchNorm statistics recomputed from {used} training images "
+                    f"in {time.perf_counter() - t0:.1f} s"
+                )
+                todo.append(("recalibrated", model, used))
+            else:
+                item.warn(f"{label}: no BatchNorm layer; nothing to recalibrate")
+        rows = []
+        for bn, model, used in todo:
+            t0 = time.perf_counter()
+            loss, acc = evaluate(model, data, torch.device(item.device), self.batch_size)
+            n = len(data)
+            lo, hi = proportion_interval(round(acc * n), n)
+            item.log(
+                f"{label}: {self.split} accuracy {acc:.4f} ({bn} BatchNorm statistics) "
+                f"in {time.perf_counter() - t0:.1f} s"
+            )
+            rows.append(
+                {
+                    CHECKPOINT: label,
+                    "epochs": meta.epochs,
+                    "dataset": name,
+                    "split": self.split,
+                    "content_scale": scale,
+                    "images": n,
+                    "batchnorm": bn,
+                    "bn_images": used,
+                    "loss": loss,
+                    "acc": acc,
+                    "acc_lo": lo,
+                    "acc_hi": hi,
+                    "recorded_acc": meta.test_acc if as_recorded and bn == "running" else math.nan,
+                }
+            )
+        return rows
+
+    def combine(self, results: Results) -> pd.DataFrame:
+        df = pd.DataFrame([row for rows in results.of(self).values() for row in rows])
+        if self.table:
+            df = with_interval_text(df.drop(columns=["dataset", "split", "images"]), digits=4)
         return df

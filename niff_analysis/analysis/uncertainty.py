@@ -165,6 +165,17 @@ def seed_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def proportion_interval(successes: int, trials: int, level: float = LEVEL) -> tuple[float, float]:
+    """The Wilson score ``level`` interval of a proportion (e.g. a test accuracy: the
+    uncertainty from the finite test set, not from the seed); (nan, nan) for no trials."""
+    from scipy import stats as sps
+
+    if trials <= 0:
+        return math.nan, math.nan
+    ci = sps.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def interval_text(
     value: float, lo: float = math.nan, hi: float = math.nan, digits: int = 3, decimals: int | None = None
 ) -> str:

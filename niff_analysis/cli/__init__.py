@@ -60,6 +60,10 @@ COMMANDS = {
     "gaussian": ("analysis", "2-D Gaussian fit to |k| of every kernel (Levenberg–Marquardt, moment start)."),
     "history": ("analysis", "Kernel statistics recorded during training (the run's kernel_stats.csv), per epoch."),
     "erf": ("erf", "Effective receptive field per stage: gradient of the output's central pixel w.r.t. the input."),
+    "evaluate": (
+        "evaluate",
+        "Accuracy of CHECKPOINT(s) on their dataset, as recorded or with BatchNorm statistics recomputed.",
+    ),
     "claims": ("claims", "The paper's claims about learned kernel sizes (§5, Fig. 7, App. A), measured."),
     "figures": ("figures", "Write every figure of CHECKPOINT(s) as PDF/PNG, plus the CSV tables they were drawn from."),
 }

@@ -6,8 +6,8 @@ import click
 
 from ..errors import SelectionError
 from . import main
+from .common import DATASETS, Command, output_format, positive_int, render_frame, result_options
 from .common import ERF_PROTOCOLS as PROTOCOLS
-from .common import Command, output_format, positive_int, render_frame, result_options
 
 
 @main.command("erf")
@@ -29,7 +29,7 @@ from .common import Command, output_format, positive_int, render_frame, result_o
 )
 @click.option(
     "--dataset",
-    type=click.Choice(["fashion-mnist", "cifar10", "imagefolder"]),
+    type=click.Choice(list(DATASETS)),
     help="Default: the checkpoint's own (its config records it).",
 )
 @click.option("--data-dir", type=click.Path(), help="Dataset folder (Fashion-MNIST defaults to the Debian package's).")

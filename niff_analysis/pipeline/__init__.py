@@ -18,10 +18,10 @@ analysis command, ``figures`` and the notebooks take.
 Nothing here prints: what a user should be told comes back as notes and warnings.
 """
 
+from ..runs import TRAIN_CONFIG_NAME as TRAIN_CONFIG
 from .figures import COST_SIZES, FigureData, analyse
 from .find import (
     SWEEP_FILE,
-    TRAIN_CONFIG,
     Found,
     checkpoint_label,
     discover,

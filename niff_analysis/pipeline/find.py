@@ -19,7 +19,6 @@ from ..errors import CheckpointError, NiffError
 from ..runs import TRAIN_STATE_NAME, WEIGHTS_NAME, holds_run, unfinished_reason
 
 SWEEP_FILE = "sweep.json"  # what marks a study folder (niff_analysis.train.sweep.SWEEP_FILE)
-TRAIN_CONFIG = "train_config.json"
 
 
 # --------------------------------------------------------------------------- finding, loading

@@ -17,8 +17,8 @@ from ..checkpoint import (
     load_checkpoint,
 )
 from ..errors import NiffError
-from ..runs import read_diverged
-from .find import TRAIN_CONFIG, Found, discover
+from ..runs import read_diverged, read_train_config
+from .find import Found, discover
 
 
 def run_recipe(path: PathLike | None) -> tuple[str, int] | None:
@@ -31,19 +31,11 @@ def run_recipe(path: PathLike | None) -> tuple[str, int] | None:
     from ..train.config import RECIPE_KEYS
     from ..train.state import RECIPE_DEFAULTS
 
-    folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
-    folder = folder if folder.is_dir() else folder.parent
-    for f in (folder / TRAIN_CONFIG, folder.parent / TRAIN_CONFIG):
-        if f.is_file():
-            try:
-                cfg = json.loads(f.read_text())
-            except (OSError, ValueError):
-                return None
-            if not isinstance(cfg, dict) or cfg.get("seed") is None:
-                return None
-            recipe = {k: cfg.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS if k != "seed"}
-            return json.dumps(recipe, sort_keys=True), int(cfg["seed"])
-    return None
+    cfg = read_train_config(Path(path) if path is not None else DEFAULT_CHECKPOINT)
+    if cfg is None or cfg.get("seed") is None:
+        return None
+    recipe = {k: cfg.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS if k != "seed"}
+    return json.dumps(recipe, sort_keys=True), int(cfg["seed"])
 
 
 @dataclass

@@ -77,6 +77,41 @@ def eval_batches(data, batch_size, rank=0, world=1, workers=2):
         yield from torch.utils.data.DataLoader(part, batch_size=batch_size, num_workers=workers)
 
 
+def sample(data, n: int, seed: int = 0):
+    """``n`` samples of a dataset drawn without replacement by a generator seeded with ``seed``
+    (all of them, in a seeded order, when it has fewer); the caller's dataset is not changed."""
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    if isinstance(data, TensorDataset):
+        return TensorDataset(data.images[idx], data.labels[idx], data.mean, data.std, data.classes)
+    return torch.utils.data.Subset(data, idx.tolist())
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, data, n: int, device: torch.device, batch_size: int = 512, seed: int = 0, workers: int = 2
+) -> int:
+    """Replace every BatchNorm's running statistics, in place, by their plain average over
+    ``n`` samples of ``data`` (:func:`sample`; normalised, not augmented), the trained weights
+    unchanged ("precise BN"; :func:`torch.optim.swa_utils.update_bn` does the pass).
+
+    During training the running statistics are an exponential average over the last ~10 steps'
+    batches (momentum 0.1) of a network that was still changing; when its weights move fast
+    (e.g. strong weight decay on filters whose scale BatchNorm removes) they can lag what the
+    final weights produce, and evaluation in eval mode then measures the lag, not the weights.
+
+    Returns:
+        The number of samples used (0 when the model has no BatchNorm: nothing is changed).
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0
+    from torch.optim.swa_utils import update_bn
+
+    part = sample(data, n, seed)
+    dtype = next(model.parameters()).dtype
+    batches = (x.to(device, dtype) for x, _ in eval_batches(part, batch_size, workers=workers))
+    update_bn(batches, model)
+    return len(part)
+
+
 def train_batches(data, cfg: TrainConfig, epoch: int, rank: int, world: int, start: int = 0):
     """Yield (step, x, y): this rank's slice of each global batch of ``epoch`` from step
     ``start`` on (drop-last). The order is a permutation drawn from the epoch's generator."""
