@@ -216,3 +216,30 @@ def test_arms_are_compared_with_spec_seed_by_seed():
     assert acc["n_seeds"] == 3 and abs(acc["ratio"] - 1.0) < 1e-9 and abs(acc["hi"] - (1.0 + half)) < 1e-9
     row = tables.paired_table(final).splitlines()[2]
     assert row.startswith("| decay | 3 | 1.00 [") and "| 3.00 [" in row and row.endswith("| 1.00 [1.00, 1.00] |")
+
+
+def test_the_convergence_table_reports_the_largest_change_over_the_last_two_epochs(tmp_path):
+    import pandas as pd
+
+    tables = _study_tables()
+    for seed, late in ((0, 1.0), (1, -3.0)):  # seed 1 moved most, downwards
+        run = tmp_path / "spec" / f"seed={seed}"
+        run.mkdir(parents=True)
+        rows = []
+        for epoch in (12, 13, 14, 15):
+            for layer, stage in (("layer1.0.conv1", "layer1"), ("layer1.0.conv2", "layer1")):
+                k90 = 20.0 + (late if epoch == 15 and layer.endswith("conv1") else 0.0)
+                rows += [
+                    (epoch, epoch * 10, layer, stage, "k90_mean", k90),
+                    (epoch, epoch * 10, layer, stage, "mass9_mean", 0.5),
+                ]
+        pd.DataFrame(rows, columns=["epoch", "step", "layer", "stage", "stat", "value"]).to_csv(
+            run / "kernel_stats.csv", index=False
+        )
+        (run / "model.safetensors").write_bytes(b"")  # finished
+    unfinished = tmp_path / "spec" / "seed=2"
+    unfinished.mkdir()
+    (unfinished / "kernel_stats.csv").write_text("epoch,step,layer,stage,stat,value\n")
+    text = tables.convergence_table(tmp_path, ["spec"], stages=["layer1"])
+    # the stage mean of seed 1 moved by (-3 + 0) / 2 = -1.5 px from epoch 13 to 15; seed 2 is not finished
+    assert text.splitlines()[2] == "| spec | 2 | 13 → 15 | -1.50 | +0.000 |"
