@@ -164,20 +164,29 @@ def discard(aside: Path | None) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+def run_file(checkpoint: PathLike, name: str) -> Path:
+    """Where the file ``name`` that a training run writes beside its checkpoint lies for
+    ``checkpoint``: in its folder (a single-file checkpoint's folder), or, for a run's ``init/``
+    and ``epoch_NNN/`` that do not hold it, in the run folder above them. The path is returned
+    whether or not the file exists."""
+    p = Path(checkpoint)
+    folder = p if p.is_dir() else p.parent
+    if not (folder / name).is_file() and (folder.name == INIT_DIR or _EPOCH_DIR.match(folder.name)):
+        return folder.parent / name
+    return folder / name
+
+
 def read_train_config(path: PathLike) -> dict | None:
-    """The ``train_config.json`` of the training run a checkpoint or run folder comes from (in
-    the folder or, for ``epoch_NNN/`` and ``init/`` and single-file checkpoints, its parent);
-    ``None`` when there is none or it is not a JSON object."""
-    folder = Path(path)
-    folder = folder if folder.is_dir() else folder.parent
-    for f in (folder / TRAIN_CONFIG_NAME, folder.parent / TRAIN_CONFIG_NAME):
-        if f.is_file():
-            try:
-                cfg = json.loads(f.read_text())
-            except (OSError, ValueError):
-                return None
-            return cfg if isinstance(cfg, dict) else None
-    return None
+    """The ``train_config.json`` of the training run a checkpoint or run folder comes from
+    (:func:`run_file`); ``None`` when there is none or it is not a JSON object."""
+    f = run_file(path, TRAIN_CONFIG_NAME)
+    if not f.is_file():
+        return None
+    try:
+        cfg = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
 
 
 def read_diverged(folder: PathLike) -> dict | None:

@@ -20,7 +20,6 @@ import fnmatch
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -118,7 +117,7 @@ class Describe(Analysis):
     def compute(self, item: Item) -> dict:
         from .analysis.stats import FILE_NAME as STATS_NAME
         from .analysis.stats import read_kernel_stats
-        from .runs import INIT_DIR
+        from .runs import run_file
 
         meta = item.meta
         info: dict = dict(
@@ -131,10 +130,7 @@ class Describe(Analysis):
         for key in ("dataset", "epochs", "seed", "test_acc", "test_loss", "recipe", "versions"):
             if key in meta.record:  # what the checkpoint records, as it records it
                 info[key] = meta.record[key]
-        folder = Path(meta.path or item.checkpoint.path)
-        stats_file = (folder if folder.is_dir() else folder.parent) / STATS_NAME
-        if folder.name == INIT_DIR:  # the run's statistics sit beside its init/
-            stats_file = folder.parent / STATS_NAME
+        stats_file = run_file(meta.path or item.checkpoint.path, STATS_NAME)
         if stats_file.is_file():
             try:
                 steps = read_kernel_stats(stats_file).groupby("step")["epoch"].first()

@@ -153,3 +153,28 @@ def test_an_analysis_reading_what_its_needs_did_not_ask_for_is_told_so():
 
     with pytest.raises(RuntimeError, match="no kernels were selected for this analysis"):
         run([DEFAULT_CHECKPOINT], Confused())
+
+
+def test_a_runs_files_are_found_beside_its_checkpoints(tmp_path):
+    """``runs.run_file``: one rule for the files a run writes beside its checkpoints (its
+    statistics, its train_config.json), used by describe, history, figures and evaluate."""
+    from niff_analysis.runs import read_train_config, run_file
+
+    run = tmp_path / "run"
+    for sub in ("init", "epoch_003", "other"):
+        (run / sub).mkdir(parents=True)
+    (run / "kernel_stats.csv").write_text("x")
+    (run / "train_config.json").write_text('{"seed": 4, "test_subset": null}')
+    assert run_file(run, "kernel_stats.csv") == run / "kernel_stats.csv"
+    assert run_file(run / "init", "kernel_stats.csv") == run / "kernel_stats.csv"
+    assert run_file(run / "epoch_003", "kernel_stats.csv") == run / "kernel_stats.csv"
+    assert run_file(run / "model.safetensors", "kernel_stats.csv") == run / "kernel_stats.csv"
+    # a folder that is no part of a run keeps its own (missing) file
+    assert run_file(run / "other", "kernel_stats.csv") == run / "other" / "kernel_stats.csv"
+    # a file the sub-folder holds itself wins
+    (run / "epoch_003" / "kernel_stats.csv").write_text("y")
+    assert run_file(run / "epoch_003", "kernel_stats.csv") == run / "epoch_003" / "kernel_stats.csv"
+    assert read_train_config(run / "epoch_003") == {"seed": 4, "test_subset": None}
+    assert read_train_config(run / "other") is None
+    (run / "train_config.json").write_text("[1, 2]")
+    assert read_train_config(run) is None, "not a JSON object"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
@@ -25,6 +24,7 @@ from ..analysis.mass import massless_warning
 from ..analysis.pca import pca_warnings
 from ..analysis.schema import with_checkpoint
 from ..errors import DataError, NiffError, SelectionError
+from ..runs import run_file
 from .find import Found, discover
 from .load import Loaded, select_kernels
 from .runner import Analysis, Item, run
@@ -250,7 +250,7 @@ def analyse(
                 scale = mass_scale(lks, measure_i, init_lks)
                 scale.insert(0, MEASURE, measure_i)
                 t["scale"].append(with_checkpoint(scale, label))
-            stats_file = Path(data.sources[label]) / STATS_NAME
+            stats_file = run_file(data.sources[label], STATS_NAME)
             if stats_file.is_file():
                 try:
                     t["history"].append(with_checkpoint(read_kernel_stats(stats_file), label))

@@ -17,7 +17,7 @@ from ..checkpoint import (
     load_checkpoint,
 )
 from ..errors import NiffError
-from ..runs import read_diverged, read_train_config
+from ..runs import read_diverged, read_train_config, run_file
 from .find import Found, discover
 
 
@@ -134,7 +134,7 @@ def load_histories(
                     load_checkpoint(folder)  # a clear error for anything that is not a checkpoint
                 except NonFiniteWeightsError as exc:
                     warn(f"{exc} (training diverged?); showing the statistics it recorded")
-            stats_file = (folder if folder.is_dir() else folder.parent) / FILE_NAME
+            stats_file = run_file(folder, FILE_NAME)
             if not stats_file.is_file():
                 raise NiffError(
                     f"{label}: no {FILE_NAME} (trained before kernel statistics were "
