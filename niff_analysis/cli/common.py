@@ -263,6 +263,7 @@ class Command:
         self.max_kernels = meta.get("niff_max_kernels")
         self.provenance: list[dict] = []
         self._found: Found | None = None
+        self._warned_skipped = False
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -272,15 +273,19 @@ class Command:
         """A warning: printed even with ``--quiet`` (results that hold NaN are never silent)."""
         click.echo(f"warning: {msg}", err=True)
 
-    def found(self, runs_in_progress: bool = False) -> Found:
+    def found(self, runs_in_progress: bool = False, warn_skipped: bool = True) -> Found:
         """The checkpoints of the command line (:func:`~niff_analysis.pipeline.discover`), found
-        once; what was skipped is warned about, and an ``--output`` inside any input is refused."""
+        once; an ``--output`` inside any input is refused, and what was skipped is warned about
+        once (not yet with ``warn_skipped=False``: a caller that may refuse the whole selection
+        first)."""
         from ..pipeline import discover, refuse_output_in_inputs
 
         if self._found is None:
             self._found = discover(tuple(self.checkpoints), runs_in_progress=runs_in_progress)
             if self.output:
                 refuse_output_in_inputs(self.output, self._found.inputs)
+        if warn_skipped and not self._warned_skipped:
+            self._warned_skipped = True
             for line in self._found.skipped_lines():
                 self.warn(line)
         return self._found

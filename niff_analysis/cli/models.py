@@ -62,7 +62,6 @@ def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
     each with a warning (as a kernel_stats.csv that cannot be read).
     """
     from ..checkpoint import bundled_checkpoints
-    from ..pipeline import discover
     from ..runs import last_saved, run_status
     from ..tables import Describe, describe_registered
     from .common import Command
@@ -92,7 +91,7 @@ def describe_target(target, num_classes, in_chans, input_size, stem) -> dict:
     cmd = Command("describe", [path] if path is not None else [], {})
     if unfinished:
         cmd.warn(f"{target}: the run has no final checkpoint ({run_status(target)}); describing {path}")
-    found = discover([path] if path is not None else [])  # a folder of several: one line, no warnings first
+    found = cmd.found(warn_skipped=False)  # a folder of several: one line, no warnings first
     if len(found.checkpoints) > 1:
         names = ", ".join(label for label, _ in found.checkpoints[:3]) + (", ..." if len(found.checkpoints) > 3 else "")
         raise NiffError(f"{target} is a folder of {len(found.checkpoints)} checkpoints ({names}); describe one of them")
