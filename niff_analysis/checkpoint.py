@@ -291,6 +291,11 @@ class CheckpointConfig(Mapping):
         return self.model.mode
 
     @property
+    def content_scale(self) -> float:
+        """The scale its images' content was shown at in training (the recipe's; 1 when not recorded)."""
+        return float((self.recipe or {}).get("content_scale", 1.0))
+
+    @property
     def provenance(self) -> dict:
         """Where the checkpoint comes from: ``path``, ``sha256`` and the recorded
         :data:`PROVENANCE_FIELDS`."""
@@ -755,7 +760,8 @@ class Checkpoint:
 
     def images(self, n: int, data_dir: PathLike | None = None, dataset: str | None = None) -> torch.Tensor:
         """The first ``n`` test images of the dataset the model was trained on (or ``dataset``),
-        normalised as the trainer fed them, at the size the model runs at
+        normalised as the trainer fed them, their content at the scale it was trained on (the
+        recipe's ``content_scale``; 1 for another dataset), at the size the model runs at
         (:func:`~niff_analysis.data.dataset_images`): what its receptive fields are measured on.
 
         Args:
@@ -772,7 +778,8 @@ class Checkpoint:
         name = dataset or self.config.dataset
         if name is None:
             raise DataError("the checkpoint records no dataset")
-        return dataset_images(name, n, data_dir, image_size=self.config.input_size[0])
+        scale = self.config.content_scale if name == self.config.dataset else 1.0  # as the run saw them
+        return dataset_images(name, n, data_dir, image_size=self.config.input_size[0], content_scale=scale)
 
 
 def rebuild_model(source, architecture: str, model_kwargs: dict, factory: str | None) -> nn.Module:

@@ -412,14 +412,17 @@ def load_dataset(
     raise DataError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
 
 
-def dataset_images(dataset: str, n: int, data_dir=None, image_size: int = CIFAR_INPUT_SIZE) -> torch.Tensor:
-    """The first ``n`` normalised test images of a dataset (as the trainer feeds them).
+def dataset_images(
+    dataset: str, n: int, data_dir=None, image_size: int = CIFAR_INPUT_SIZE, content_scale: float = 1.0
+) -> torch.Tensor:
+    """The first ``n`` normalised test images of a dataset (as the trainer feeds them, the
+    content shown at ``content_scale`` times its size: :func:`scale_content`).
 
     Raises:
         DataError: the dataset is not available.
         SelectionError: it has fewer than ``n`` test images (never silently fewer).
     """
-    data = load_dataset(dataset, data_dir, "test", image_size=image_size)
+    data = load_dataset(dataset, data_dir, "test", image_size=image_size, content_scale=content_scale)
     if n > len(data):
         raise SelectionError(f"asked for {n} images, but the {dataset} test set has {len(data)}")
     if isinstance(data, TensorDataset):

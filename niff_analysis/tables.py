@@ -438,7 +438,7 @@ class Erf(Analysis):
         name = self.dataset or meta.dataset
         if name is None:
             raise NiffError(f"{label}: the checkpoint records no dataset; pass --dataset")
-        key = (name, str(self.data_dir), meta.input_size)
+        key = (name, str(self.data_dir), meta.input_size, meta.content_scale if name == meta.dataset else 1.0)
         if key not in self._images:
             try:
                 self._images[key] = item.checkpoint.images(self.n_images, self.data_dir, dataset=name)
@@ -596,7 +596,7 @@ class Evaluate(Analysis):
         name = self.dataset or meta.dataset
         if name is None:
             raise SelectionError(f"{label}: the checkpoint records no dataset; pass --dataset")
-        recorded_scale = float((meta.recipe or {}).get("content_scale", 1.0))
+        recorded_scale = meta.content_scale if name == meta.dataset else 1.0  # as the run saw its own data
         scale = recorded_scale if self.content_scale is None else self.content_scale
         data = self._load(name, self.split, scale, meta.input_size)
         run = read_train_config(item.path) if item.path is not None else None

@@ -147,3 +147,34 @@ def test_knobs_are_recipe_keys_recorded_in_the_checkpoint(tmp_path, fmnist_dir):
     plain = json.loads((tmp_path / "plain" / "config.json").read_text())["recipe"]
     assert "mlp_bias_decay" not in plain and "content_scale" not in plain
     assert load_file(str(tmp_path / "plain" / "model.safetensors"))["conv1.weight"].shape[0] == 8
+
+
+def test_a_checkpoint_is_measured_on_its_images_as_it_saw_them(tmp_path, fmnist_dir):
+    """The ERF's images and evaluate's test set of a --content-scale run show the content at its
+    scale (another dataset than its own at scale 1); evaluate reproduces what the run recorded."""
+
+    from niff_analysis.checkpoint import Checkpoint
+    from niff_analysis.data import dataset_images
+    from niff_analysis.pipeline import run
+    from niff_analysis.tables import Erf, Evaluate
+    from niff_analysis.train import train
+
+    train(tiny_config(tmp_path / "half", epochs=1, model_kwargs=dict(width=8), content_scale=0.5))
+    train(tiny_config(tmp_path / "full", epochs=1, model_kwargs=dict(width=8)))
+    half, full = Checkpoint.open(tmp_path / "half"), Checkpoint.open(tmp_path / "full")
+    assert half.config.content_scale == 0.5 and full.config.content_scale == 1.0
+    assert torch.equal(half.images(4), dataset_images("fashion-mnist", 4, content_scale=0.5))
+    assert torch.equal(full.images(4), dataset_images("fashion-mnist", 4))
+    assert not torch.equal(half.images(4), full.images(4))
+    # both in one run (full first): the ERF's image cache keeps the two scales apart
+    erf = Erf(images=2, thresholds=[50, 99], layers=["layer1"])
+    run([tmp_path / "full", tmp_path / "half"], erf)
+    cached = list(erf._images.values())  # the images each was measured on, loaded once per kind
+    assert len(cached) == 2 and torch.equal(cached[0], full.images(2)) and torch.equal(cached[1], half.images(2))
+    ev = Evaluate(images=16, data_dir=fmnist_dir)
+    out = run([tmp_path / "half", tmp_path / "full"], ev)[ev].set_index("checkpoint")
+    assert list(out["content_scale"]) == [0.5, 1.0]
+    recorded = {n: json.loads((tmp_path / n / "config.json").read_text())["test_loss"] for n in ("half", "full")}
+    for name in ("half", "full"):
+        assert out.loc[name, "loss"] == pytest.approx(recorded[name], rel=1e-6)
+        assert out.loc[name, "recorded_acc"] == out.loc[name, "acc"]

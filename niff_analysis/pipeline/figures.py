@@ -231,7 +231,7 @@ def analyse(
                 if has_niff:
                     t["freq0"].append(with_checkpoint(frequency_profile(init_lks), label))
             if erf_images:
-                key = (meta.dataset, meta.input_size)
+                key = (meta.dataset, meta.input_size, meta.content_scale)
                 try:
                     if key not in images:
                         images[key] = item.checkpoint.images(erf_images, data_dir)
