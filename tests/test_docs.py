@@ -243,3 +243,44 @@ def test_the_convergence_table_reports_the_largest_change_over_the_last_two_epoc
     text = tables.convergence_table(tmp_path, ["spec"], stages=["layer1"])
     # the stage mean of seed 1 moved by (-3 + 0) / 2 = -1.5 px from epoch 13 to 15; seed 2 is not finished
     assert text.splitlines()[2] == "| spec | 2 | 13 → 15 | -1.50 | +0.000 |"
+
+
+def test_the_batchnorm_table_gathers_epochs_and_finals_once_each(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(ROOT / "docs/results"))  # it imports the tables script beside it
+    spec = importlib.util.spec_from_file_location("study_bn", ROOT / "docs/results/kernel_size_study_bn.py")
+    bn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bn)
+    sys.modules.pop("kernel_size_study_tables", None)
+
+    evals, runs = tmp_path / "evals", tmp_path / "runs"
+    evals.mkdir()
+    cols = ["checkpoint", "epochs", "batchnorm", "bn_images", "loss", "acc", "acc_lo", "acc_hi", "recorded_acc"]
+
+    def rows(epochs, acc_running, acc_recal):
+        out = []
+        for e, a, b in zip(epochs, acc_running, acc_recal):
+            out += [(f"epoch_{e:03d}", e, "running", 0, 1.0, a, a - 0.01, a + 0.01, a)]
+            out += [(f"epoch_{e:03d}", e, "recalibrated", 2048, 1.0, b, b - 0.01, b + 0.01, float("nan"))]
+        return pd.DataFrame(out, columns=cols)
+
+    rows([1, 2, 3], [0.5, 0.3, 0.9], [0.8, 0.85, 0.9]).to_csv(evals / "epochs_wd_seed0.csv", index=False)
+    rows([3], [0.9], [0.9]).to_csv(evals / "final_wd_seed=0.csv", index=False)  # the same checkpoint as epoch 3
+    rows([3], [0.88], [0.89]).to_csv(evals / "final_spec_seed=1.csv", index=False)
+    for arm, seed in (("wd", 0), ("spec", 1)):
+        (runs / arm / f"seed={seed}").mkdir(parents=True)
+        pd.DataFrame({"epoch": [1, 2, 3], "train_acc": [0.6, 0.7, 0.8]}).to_csv(
+            runs / arm / f"seed={seed}" / "metrics.csv", index=False
+        )
+    df = bn.gather(evals, runs)
+    assert len(df) == 2 * 3 + 2, "the final checkpoint of wd is its epoch 3: counted once"
+    assert df[(df["arm"] == "wd") & (df["epoch"] == 2)]["train_acc"].tolist() == [0.7, 0.7]
+    table = bn.epochs_table(df).splitlines()
+    assert table[0] == "| epoch | wd seed 0: running → recomputed (train) |"
+    assert table[3] == "| 2 | 30.00 → 85.00 (70.00) |"
+    finals = bn.finals_table(df).splitlines()
+    assert finals[2:] == ["| spec | 1 | 3 | 88.00 | 89.00 | +1.00 |", "| wd | 0 | 3 | 90.00 | 90.00 | +0.00 |"]

@@ -271,16 +271,16 @@ def tables_text(final: pd.DataFrame, seconds: pd.DataFrame | None, root: Path | 
     return "\n\n".join(parts)
 
 
-def write_page(page: Path, text: str) -> None:
+def write_page(page: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace what lies between the page's two markers with ``text`` (atomically)."""
     from niff_analysis.io import atomic_write
 
     old = page.read_text()
-    if old.count(BEGIN) != 1 or old.count(END) != 1 or old.index(BEGIN) > old.index(END):
-        raise SystemExit(f"error: {page} must hold the markers {BEGIN!r} and {END!r} once each, in that order")
-    head, rest = old.split(BEGIN)
-    _, tail = rest.split(END)
-    atomic_write(page, f"{head}{BEGIN}\n\n{text}\n\n{END}{tail}")
+    if old.count(begin) != 1 or old.count(end) != 1 or old.index(begin) > old.index(end):
+        raise SystemExit(f"error: {page} must hold the markers {begin!r} and {end!r} once each, in that order")
+    head, rest = old.split(begin)
+    _, tail = rest.split(end)
+    atomic_write(page, f"{head}{begin}\n\n{text}\n\n{end}{tail}")
 
 
 def main() -> None:
