@@ -18,6 +18,31 @@ if TYPE_CHECKING:
 # torch, the models and the importers are imported where a command runs: --help starts without them.
 
 
+def shape_options(classes: str, stem: str, mlp: str):
+    """The options that shape the model a state dict is loaded into (both import commands),
+    with each command's help for the defaults that differ."""
+
+    def deco(f):
+        for d in reversed(
+            [
+                click.option("--num-classes", type=int, callback=positive_int, help=classes),
+                click.option("--in-chans", type=int, callback=positive_int, help="Default: 3."),
+                click.option(
+                    "--input-size",
+                    type=int,
+                    callback=positive_int,
+                    help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).",
+                ),
+                click.option("--stem", type=click.Choice(STEMS), help=stem),
+                click.option("--mlp", help=mlp),
+            ]
+        ):
+            f = d(f)
+        return f
+
+    return deco
+
+
 @main.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option(
@@ -30,17 +55,10 @@ if TYPE_CHECKING:
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint directory (or .safetensors) to write.")
 @click.option("--key", help="Dict entry holding the state dict (default: found automatically).")
 @click.option("--factory", metavar="MODULE:FN", help="Allow this user factory to run (must equal --model).")
-@click.option("--num-classes", type=int, callback=positive_int, help="Default: the model's (1000).")
-@click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option(
-    "--input-size",
-    type=int,
-    callback=positive_int,
-    help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).",
-)
-@click.option("--stem", type=click.Choice(STEMS), help="Registered models: default imagenet.")
-@click.option(
-    "--mlp", help="MLP preset or hidden sizes (default: the architecture's, or read from the authors' tensors)."
+@shape_options(
+    classes="Default: the model's (1000).",
+    stem="Registered models: default imagenet.",
+    mlp="MLP preset or hidden sizes (default: the architecture's, or read from the authors' tensors).",
 )
 @click.option(
     "--niff",
@@ -163,16 +181,9 @@ def _mlp_arg(mlp) -> dict:
 )
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint directory (or .safetensors) to write.")
 @click.option("--key", default="model", show_default=True, help="Dict entry holding the state dict.")
-@click.option("--num-classes", type=int, callback=positive_int, help="Default: 1000.")
-@click.option("--in-chans", type=int, callback=positive_int, help="Default: 3.")
-@click.option(
-    "--input-size",
-    type=int,
-    callback=positive_int,
-    help=f"Default: {DEFAULT_INPUT_SIZE} ({CIFAR_INPUT_SIZE} for --stem cifar).",
+@shape_options(
+    classes="Default: 1000.", stem="Default: imagenet.", mlp="MLP preset or hidden sizes (default: the architecture's)."
 )
-@click.option("--stem", type=click.Choice(STEMS), help="Default: imagenet.")
-@click.option("--mlp", help="MLP preset or hidden sizes (default: the architecture's).")
 def import_reference_cmd(path, model_name, out, key, num_classes, in_chans, input_size, stem, mlp) -> None:
     """Convert a checkpoint of the authors' public NIFF code (PATH: .pt/.pth) to our format
     (kept for old scripts; `import` does this and more)."""
