@@ -61,8 +61,8 @@ figures: $(STAMP)
 # The images the documentation shows (docs/images/), made from the bundled checkpoints: the
 # figure set goes to a temporary folder and only these PNGs are kept. The ERF figure needs
 # Fashion-MNIST. docs/images/mlp_decay_sweep.png comes from a sweep instead (docs/results.md).
-# The controlled study's figure is drawn from its committed table (docs/results/), not retrained.
-STUDY_IMAGES := kernel_size_study.png
+# The controlled study's figures are drawn from their committed tables (docs/results/), not retrained.
+STUDY_IMAGES := kernel_size_study.png kernel_size_study_bn.png
 DOC_IMAGES := mass_ratio.png kernel_history.png eigenkernels_zoom9_resnet18_niff_fmnist.png erf.png
 docs-images: $(STAMP) data
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
@@ -70,7 +70,9 @@ docs-images: $(STAMP) data
 	    --format png --cost-sizes none -q && \
 	mkdir -p docs/images && for f in $(DOC_IMAGES); do cp "$$tmp/figures/$$f" docs/images/ || exit 1; done
 	$(PY) docs/results/kernel_size_study_tables.py docs/results/kernel_size_study.csv \
-	    --figure docs/images/$(STUDY_IMAGES) > /dev/null
+	    --figure docs/images/kernel_size_study.png > /dev/null
+	$(PY) docs/results/kernel_size_study_bn.py docs/results/kernel_size_study_bn.csv \
+	    --figure docs/images/kernel_size_study_bn.png > /dev/null
 
 bench: venv
 	$(PY) -m benchmarks

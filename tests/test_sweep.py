@@ -165,6 +165,18 @@ def test_sweep_trains_arms_by_seeds_through_submitit_and_resumes(tmp_path, fmnis
     stamp = (out / names[0] / "seed=0" / "model.safetensors").stat().st_mtime_ns
     res = CliRunner().invoke(main, cmd, catch_exceptions=False)
     assert res.exit_code == 0 and (out / names[0] / "seed=0" / "model.safetensors").stat().st_mtime_ns == stamp
+    # A sweep of some of the study's arms (e.g. to train those first) keeps the others in the study.
+    recorded = (out / "sweep.json").read_text()
+    some = [*cmd[: cmd.index("--arm")], "--arm", "spec", "--seeds", "1", *cmd[cmd.index("--parallel") :]]
+    res = CliRunner().invoke(main, some, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (out / "sweep.json").read_text() == recorded
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table.csv"), final)
+    # One of another base recipe is refused before anything is written.
+    other = [*some[: some.index("--out")], "--lr", "0.05", *some[some.index("--out") :]]
+    res = CliRunner().invoke(main, other)
+    assert res.exit_code == 2 and "holds a study of another base recipe (lr 0.02 → 0.05)" in res.output
+    assert (out / "sweep.json").read_text() == recorded
     # A seed whose runs have only started (init/ written, no final checkpoint) gives no init row:
     # the initialisation is the reference of the seeds that have an arm to compare with it.
     for n in names:

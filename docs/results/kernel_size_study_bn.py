@@ -4,7 +4,8 @@
         --runs runs/kernel_size_study --csv docs/results/kernel_size_study_bn.csv \
         [--figure docs/images/kernel_size_study_bn.png] [--page docs/results/kernel_size_study.md]
 
-Reads what docs/results/kernel_size_study_bn.sh wrote (``niff-analyze evaluate --recalibrate-bn``
+Without the runs, ``SOURCE`` may be the CSV this script wrote (``make docs-images`` draws the figure
+from it). Reads what docs/results/kernel_size_study_bn.sh wrote (``niff-analyze evaluate --recalibrate-bn``
 outputs: ``epochs_<arm>_seed<k>.csv`` for every epoch of a run, ``final_<arm>_seed=<k>.csv`` for
 a finished run's final checkpoint), adds each epoch's training accuracy from the run's
 metrics.csv, writes one long-form CSV and, between the page's ``bn`` markers, the tables.
@@ -113,16 +114,23 @@ def plot(df: pd.DataFrame, ax=None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("evaluations", type=Path, help="the folder kernel_size_study_bn.sh wrote")
-    ap.add_argument("--runs", type=Path, required=True, help="the study folder (each run's metrics.csv)")
-    ap.add_argument("--csv", type=Path, required=True, help="the long-form table to write")
+    ap.add_argument(
+        "source", type=Path, help="the folder kernel_size_study_bn.sh wrote, or the long-form CSV this script wrote"
+    )
+    ap.add_argument("--runs", type=Path, help="with a folder: the study folder (each run's metrics.csv)")
+    ap.add_argument("--csv", type=Path, help="with a folder: the long-form table to write")
     ap.add_argument("--figure", type=Path, help="also draw the accuracies per epoch (a PNG)")
     ap.add_argument("--page", type=Path, help="write the tables into this page, between its bn markers")
     args = ap.parse_args()
     from niff_analysis.io import atomic_write
 
-    df = gather(args.evaluations, args.runs)
-    atomic_write(args.csv, df.to_csv(index=False, float_format="%.10g"))
+    if args.source.is_dir():
+        if not (args.runs and args.csv):
+            raise SystemExit("error: from the evaluations' folder, --runs and --csv are needed")
+        df = gather(args.source, args.runs)
+        atomic_write(args.csv, df.to_csv(index=False, float_format="%.10g"))
+    else:
+        df = pd.read_csv(args.source)
     if args.figure:
         from niff_analysis.plotting.style import save_figure
 

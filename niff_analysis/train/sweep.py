@@ -325,23 +325,48 @@ def job_error(exc: BaseException) -> str:
 
 
 def _write_sweep_file(root: Path, base: TrainConfig, jobs: list[Job], seeds: Sequence[int]) -> None:
+    """Record the study in ``sweep.json``. A folder that already records a study keeps its arms
+    and seeds (a sweep of some of them, e.g. to train those first, must not make the study's
+    table forget the others' runs); one of another base recipe is refused before anything trains."""
     arms: dict = {}
     for j in jobs:
         arms.setdefault(
             j.arm, {k: v for k, v in dataclasses.asdict(j.cfg).items() if k in ARM_KEYS and v != getattr(base, k)}
         )
-    atomic_write(
-        root / SWEEP_FILE,
-        json.dumps(
-            dict(
-                arms=arms,
-                seeds=list(seeds),
-                base={k: v for k, v in dataclasses.asdict(base).items() if k not in ("out", "seed")},
-            ),
-            indent=2,
+    recorded = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("out", "seed")}
+    recorded = json.loads(json.dumps(recorded))  # as the file holds it (lists, not tuples)
+    seeds = list(seeds)
+    previous = _read_sweep_file(root)
+    if previous is not None:
+        _refuse_other_base(root, previous.get("base") or {}, recorded)
+        if isinstance(previous.get("arms"), dict):
+            arms = {**previous["arms"], **{k: v for k, v in arms.items() if k not in previous["arms"]}}
+        seeds = sorted(set(seeds) | {int(s) for s in previous.get("seeds") or []})
+    atomic_write(root / SWEEP_FILE, json.dumps(dict(arms=arms, seeds=seeds, base=recorded), indent=2) + "\n")
+
+
+def _read_sweep_file(root: Path) -> dict | None:
+    try:
+        previous = json.loads((root / SWEEP_FILE).read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: written anew
+        return None
+    return previous if isinstance(previous, dict) else None
+
+
+def _refuse_other_base(root: Path, old: dict, new: dict) -> None:
+    from .config import RECIPE_KEYS
+    from .state import RECIPE_DEFAULTS
+
+    differ = [
+        f"{k} {old.get(k, RECIPE_DEFAULTS.get(k))!r} → {new.get(k, RECIPE_DEFAULTS.get(k))!r}"
+        for k in RECIPE_KEYS
+        if k != "seed" and old.get(k, RECIPE_DEFAULTS.get(k)) != new.get(k, RECIPE_DEFAULTS.get(k))
+    ]
+    if differ:
+        raise NiffError(
+            f"{root} holds a study of another base recipe ({'; '.join(differ)}); "
+            "a study's runs share one base: sweep into another --out"
         )
-        + "\n",
-    )
 
 
 def runs(root: PathLike, arms: Sequence[str] | None = None) -> list[tuple[str, int, Path]]:
