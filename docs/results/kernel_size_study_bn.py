@@ -82,34 +82,39 @@ def finals_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot(df: pd.DataFrame, ax=None):
-    """Test accuracy per epoch with the running and the recomputed BatchNorm statistics, and the
-    training accuracy, of every run evaluated at every epoch; returns ``(fig, ax)``."""
+def plot(df: pd.DataFrame, axes=None):
+    """One panel per run evaluated at every epoch: its test accuracy with the running and the
+    recomputed BatchNorm statistics, and its training accuracy; returns ``(fig, axes)``."""
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    counts = df.groupby(["arm", "seed"], sort=False)["epoch"].nunique()
+    runs = [key for key, n in counts.items() if n > 2]
+    if axes is None:
+        cols = min(2, len(runs))
+        rows = -(-len(runs) // cols)
+        fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), sharex=True, sharey=True, squeeze=False)
+        axes = list(grid.flat)
     else:
-        fig = ax.figure
-    counts = df.groupby(["arm", "seed"])["epoch"].nunique()
-    for i, ((arm, seed), n) in enumerate(counts.items()):
-        if n <= 2:
-            continue
+        fig = axes[0].figure
+    for ax, (arm, seed) in zip(axes, runs):
         run = df[(df["arm"] == arm) & (df["seed"] == seed)]
-        colour = f"C{i}"
-        for bn, style in (("running", ":"), ("recalibrated", "-")):
-            r = run[run["batchnorm"] == bn].sort_values("epoch")
-            label = f"{arm} seed {seed}, test, {'running' if bn == 'running' else 'recomputed'} BN statistics"
-            ax.plot(r["epoch"], 100 * r["acc"], style, color=colour, marker="o", ms=3, label=label)
-        r = run[run["batchnorm"] == "running"].sort_values("epoch")
-        ax.plot(r["epoch"], 100 * r["train_acc"], "--", color=colour, alpha=0.5, label=f"{arm} seed {seed}, train")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Fashion-MNIST, width 16: running vs recomputed BatchNorm statistics", fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
-    ax.grid(alpha=0.3)
+        running = run[run["batchnorm"] == "running"].sort_values("epoch")
+        recomputed = run[run["batchnorm"] == "recalibrated"].sort_values("epoch")
+        ax.plot(running["epoch"], 100 * running["acc"], ":o", ms=3, color="C3", label="test, running BN statistics")
+        ax.plot(recomputed["epoch"], 100 * recomputed["acc"], "-o", ms=3, color="C0", label="test, recomputed")
+        ax.plot(running["epoch"], 100 * running["train_acc"], "--", color="0.5", label="train (epoch mean)")
+        ax.set_title(f"{arm}, seed {seed}", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(runs) :]:
+        ax.set_visible(False)
+    for ax in axes[-2:]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:: 2 if len(axes) > 1 else 1]:
+        ax.set_ylabel("accuracy (%)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Fashion-MNIST, width 16: test accuracy with running vs recomputed BatchNorm statistics", fontsize=9)
     fig.tight_layout()
-    return fig, ax
+    return fig, axes
 
 
 def main() -> None:
