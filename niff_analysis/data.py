@@ -346,7 +346,8 @@ def load_imagefolder(root, split: str = "train", image_size: int | Size = DEFAUL
     Training: random-resized crop + horizontal flip, seeded per sample (see
     :class:`SeededImageFolder`); evaluation: resize to ``image_size·256/224`` + centre crop.
     Both splits must have the same class folders (labels are folder indices). ``image_size``
-    (H, W) crops a training split to that size; the evaluation split needs a square (an int).
+    (H, W) crops a training split to that size; the evaluation split needs a square (an int, or
+    an (H, W) with H = W).
 
     Raises:
         DataError: missing ``train/`` or ``val/``, empty class folders, differing classes, an
@@ -372,6 +373,8 @@ def load_imagefolder(root, split: str = "train", image_size: int | Size = DEFAUL
             f"ImageFolder {root}: train/ and val/ have different class folders ({len(folder.classes)} vs {len(other)})"
         )
     norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    if isinstance(image_size, tuple) and image_size[0] == image_size[1]:
+        image_size = image_size[0]  # one rule for callers that hold a model's (H, W)
     if split == "train":
         tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
         return SeededImageFolder(folder, tf, seed)

@@ -579,10 +579,7 @@ class Evaluate(Analysis):
 
         key = (name, split, scale, size)
         if key not in self._data:
-            h, w = size
-            self._data[key] = load_dataset(
-                name, self.data_dir, split, image_size=h if h == w else (h, w), content_scale=scale
-            )
+            self._data[key] = load_dataset(name, self.data_dir, split, image_size=size, content_scale=scale)
         return self._data[key]
 
     def compute(self, item: Item) -> list[dict]:

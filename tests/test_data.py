@@ -244,6 +244,12 @@ def test_imagefolder_non_square_size(image_tree):
     assert train[0][0].shape == (3, 16, 24)
     with pytest.raises(DataError, match=r"evaluation needs a square image size, not \(16, 24\)"):
         load_imagefolder(image_tree, "val", image_size=(16, 24))
+    # A square (H, W), what trainer and evaluate hold from a model's input size, is the int itself
+    # (Resize with one side keeps the aspect ratio; with two it would squash).
+    for split in ("train", "val"):
+        a = load_imagefolder(image_tree, split, image_size=(20, 20), seed=3)
+        b = load_imagefolder(image_tree, split, image_size=20, seed=3)
+        assert torch.equal(a[1][0], b[1][0]) and a[1][0].shape == (3, 20, 20)
 
 
 # ----------------------------------------------------------------------------- augmentation, CLI

@@ -180,6 +180,49 @@ def test_the_study_page_is_written_between_its_markers_only(tmp_path):
     assert page.read_text() == "no markers\n"
 
 
+def test_the_decay_table_orders_arms_by_their_integrated_decay(tmp_path):
+    """Σ lr·wd/(1−m) over the cosine schedule's steps has the closed form lr·wd·(T+1)/(2(1−m))
+    (the cosines of the T steps sum to 1); the table orders the full-size arms by it, leaves
+    the half-size (falsification) arms out and pools the seeds."""
+    import json
+
+    import pandas as pd
+
+    tables = _study_tables()
+    recipes = {"spec": (None, 1.0, 15), "mlp_weight_decay=0.1": (0.1, 1.0, 15), "content_scale=0.5": (None, 0.5, 15)}
+    recipes["epochs=5_mlp_weight_decay=0.3"] = (0.3, 1.0, 5)
+    rows = []
+    for arm, (mlp_wd, scale, epochs) in recipes.items():
+        for seed in (0, 1):
+            run = tmp_path / arm / f"seed={seed}"
+            run.mkdir(parents=True)
+            cfg = dict(lr=0.02, momentum=0.9, weight_decay=0.002, mlp_weight_decay=mlp_wd, content_scale=scale)
+            (run / "train_config.json").write_text(json.dumps(cfg))
+            (run / "kernel_stats.csv").write_text(
+                f"epoch,step,layer,stage,stat,value\n{epochs},{468 * epochs},a,layer1,k90_mean,1\n"
+            )
+            (run / "model.safetensors").write_bytes(b"")
+            for stage in tables.STAGES:
+                for stat, v in (("mass1_mean", 0.1 + seed / 10 + (mlp_wd or 0)), ("k90_mean", 20.0 - seed)):
+                    for measure in ("l1", "energy"):
+                        rows.append((arm, seed, epochs, stage, measure, stat, v, 0.9 + seed / 100))
+    decay = tables.integrated_decay(tmp_path)
+    assert decay["spec"] == pytest.approx(0.02 * 0.002 * (15 * 468 + 1) / (2 * 0.1), rel=1e-12)
+    assert decay["mlp_weight_decay=0.1"] == pytest.approx(50 * decay["spec"], rel=1e-12)
+    assert decay["epochs=5_mlp_weight_decay=0.3"] == pytest.approx(0.3 * 0.02 * (5 * 468 + 1) / 0.2, rel=1e-12)
+    assert pd.isna(decay["content_scale=0.5"])
+    final = pd.DataFrame(rows, columns=["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"])
+    body = tables.decay_table(final, decay).splitlines()[2:]
+    assert [r.split(" | ")[0].lstrip("| ") for r in body] == [
+        "spec",
+        "mlp_weight_decay=0.1",  # 70.21
+        "epochs=5_mlp_weight_decay=0.3",  # 70.23: three times the decay over a third of the steps, + 1 step each
+    ]
+    spec = body[0].split(" | ")
+    # Σ, two seeds, accuracy 90.50 [t-interval], centre pixel mean 0.150 over seeds 0.1 and 0.2
+    assert spec[1:4] == ["1.4", "2", "90.50 [84.15, 96.85]"] and spec[4].startswith("0.150 [")
+
+
 def test_the_falsification_sentence_gives_the_ratio_range_and_its_intervals():
     import pandas as pd
 

@@ -181,7 +181,10 @@ def test_erf_command_on_the_bundled_checkpoints(tmp_path):
     rep = pd.read_csv(out)
     assert set(rep["protocol"]) == {"replknet"} and len(rep) == 16
     meta = json.loads((tmp_path / "meta.json").read_text())
-    assert meta["outputs"]["erf.csv"]["parameters"]["protocol"] == "replknet"
+    params = meta["outputs"]["erf.csv"]["parameters"]
+    assert params["protocol"] == "replknet"
+    # erf's own --layers (not given: its stages) is what is recorded, not a kernel selection it never made
+    assert params["layers"] is None and "include_conv" not in params
     # The logarithm spreads the map: no stage's 50 % side is smaller than luo's on the same images.
     luo = df[(df["checkpoint"] == "resnet18_niff_fmnist") & (df["threshold"] == 50)]["side"].to_numpy()
     assert (rep[rep["threshold"] == 50]["side"].to_numpy() >= luo).all()

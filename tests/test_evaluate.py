@@ -114,7 +114,8 @@ def test_evaluate_reproduces_the_recorded_accuracy_and_never_changes_the_checkpo
     assert running["acc_lo"] <= running["acc"] <= running["acc_hi"]
     assert recal["bn_images"] == 24 and math.isnan(recal["recorded_acc"])
     assert _sha(out) == before, "the checkpoint's weights file is never modified"
-    assert (tmp_path / "meta.json").is_file()
+    params = json.loads((tmp_path / "meta.json").read_text())["outputs"]["eval.csv"]["parameters"]
+    assert params["recalibrate_bn"] == 24 and not {"layers", "include_conv"} & set(params)
     # other images than the run's are not the recorded evaluation
     r = run_cli("evaluate", out, "--images", 8, "--format", "csv")
     assert r.returncode == 0, r.stderr

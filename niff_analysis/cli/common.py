@@ -235,9 +235,12 @@ class Command:
     Args:
         name: the command (recorded in ``meta.json``).
         checkpoints: the CHECKPOINT arguments.
-        params: the command's settings (recorded in ``meta.json``, with ``layers``,
-            ``include_conv``, ``device`` and ``--max-kernels``).
-        layers: the ``--layers`` comma list of fnmatch patterns.
+        params: the command's settings (recorded in ``meta.json``, with ``device``,
+            ``--max-kernels`` and, for a command that selects kernels, ``layers`` and
+            ``include_conv``).
+        layers: the ``--layers`` comma list of fnmatch patterns of a command that selects kernels
+            (``None``: it selects none; every layer goes to the analysis, nothing is recorded).
+        include_conv: its ``--include-conv`` (``None`` likewise).
     """
 
     def __init__(
@@ -248,16 +251,18 @@ class Command:
         output: str | None = None,
         quiet: bool = False,
         device: str = "cpu",
-        layers: str = "*",
-        include_conv: bool = False,
+        layers: str | None = None,
+        include_conv: bool | None = None,
     ):
         from ..device import resolve_device
 
         self.name, self.checkpoints, self.output, self.quiet = name, checkpoints, output, quiet
-        self.layers = [p.strip() for p in layers.split(",") if p.strip()] or ["*"]
-        self.include_conv = include_conv
+        self.layers = [p.strip() for p in (layers or "").split(",") if p.strip()] or ["*"]
+        self.include_conv = bool(include_conv)
         self.device = resolve_device(device)
-        self.params = dict(params, layers=layers, include_conv=include_conv, device=device)
+        # Only what the command took is provenance: a default it never read would mislead.
+        selection = {k: v for k, v in dict(layers=layers, include_conv=include_conv).items() if v is not None}
+        self.params = dict(params, **selection, device=device)
         meta = click.get_current_context().meta
         self.strict = bool(meta.get("niff_strict"))
         self.max_kernels = meta.get("niff_max_kernels")

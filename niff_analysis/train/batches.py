@@ -143,10 +143,9 @@ def load_data(cfg: TrainConfig) -> tuple:
     (classes, channels, stem, input size); ``cfg`` itself is not changed."""
     kw = cfg.model_kwargs
     h, w = input_hw(kw.get("input_size") or None, kw.get("stem"))
-    size = h if h == w else (h, w)  # as the ImageFolder transforms take it
     train_data, test_data = (
-        load_dataset(cfg.dataset, cfg.data_dir, split, image_size=size, seed=cfg.seed, content_scale=cfg.content_scale)
-        for split in ("train", "test")
+        load_dataset(cfg.dataset, cfg.data_dir, s, image_size=(h, w), seed=cfg.seed, content_scale=cfg.content_scale)
+        for s in ("train", "test")
     )
     train_data, test_data = first_samples(train_data, cfg.train_subset), first_samples(test_data, cfg.test_subset)
     kwargs = dict(kw)
