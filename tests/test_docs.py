@@ -236,10 +236,10 @@ def test_the_falsification_sentence_gives_the_ratio_range_and_its_intervals():
                     rows.append(("content_scale=0.5", seed, 15, stage, measure, stat, 10.0 * factor, 0.9))
     final = pd.DataFrame(rows, columns=["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"])
     text = tables.falsification_summary(final)
-    assert text.startswith("`content_scale=0.5` against `spec` (3 seeds per arm): ")
+    assert text.startswith("`content_scale=0.5` against `spec` (3 seeds both arms finished): ")
     assert "was 0.50–0.50 under |k| (95 % t-intervals within 0.45–0.55) and 0.50–0.50 under k²" in text
     one = tables.falsification_summary(final[final["seed"] == 0])
-    assert "(1 seed per arm, no interval)" in one and "t-intervals" not in one
+    assert "(1 seed both arms finished, no interval)" in one and "t-intervals" not in one
 
 
 def test_arms_are_compared_with_spec_seed_by_seed():

@@ -3,7 +3,8 @@
 # checkpoint scored with its running BatchNorm statistics and with them recomputed from 2,048
 # training images (niff-analyze evaluate --recalibrate-bn). Every epoch of seeds 0 and 1 of
 # mlp_weight_decay=0.1, seed 0 of spec and of mlp_weight_decay=0.1,content_scale=0.5, then the
-# final checkpoint of every finished run. Rerunning skips what is done; then
+# final checkpoint of every finished run, and every epoch of the full-width confirmation once it has
+# finished (runs/kernel_size_study_width64). Rerunning skips what is done; then
 # docs/results/kernel_size_study_bn.py gathers the table and the figure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,3 +22,6 @@ for run in $S/*/seed=*; do
   f=$O/final_$(basename "$(dirname "$run")")_$(basename "$run").csv
   [ -f "$f" ] || ev "$run" -o "$f"
 done
+W=runs/kernel_size_study_width64/mlp_weight_decay=0.1
+f=$O/width64_epochs_mlp_weight_decay=0.1_seed0.csv
+if [ -f "$W/model.safetensors" ] && [ ! -f "$f" ]; then ev $W/epoch_0* -o "$f"; fi

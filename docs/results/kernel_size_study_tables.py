@@ -159,7 +159,7 @@ def falsification_summary(final: pd.DataFrame) -> str:
             if n > 1:
                 text += f" (95 % t-intervals within {c['lo'].min():.2f}–{c['hi'].max():.2f})"
             parts.append(text)
-        seeds = f"{n} seed{'s' if n > 1 else ''} per arm" + ("" if n > 1 else ", no interval")
+        seeds = f"{n} seed{'s' if n > 1 else ''} both arms finished" + ("" if n > 1 else ", no interval")
         out.append(
             f"`{arm}` against `{ref}` ({seeds}): the per-seed ratio of k50 and k90, stages 1–4, was "
             + " and ".join(parts)
