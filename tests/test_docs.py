@@ -168,6 +168,34 @@ def test_the_study_page_shows_the_accuracy_of_the_committed_table():
     assert [r.split(" | ")[:3] for r in shown] == [r.split(" | ")[:3] for r in expected] and expected
 
 
+def _quoted_intervals(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"-?\d+\.\d+ (?:pp |px |% )?\[-?\d+\.\d+, -?\d+\.\d+\]", text.replace("−", "-"))
+
+
+def test_every_interval_the_study_prose_quotes_is_in_the_generated_tables():
+    """The hand-written findings (the page's "What is established" and the README's paragraph)
+    quote "mean [lo, hi]" from the generated tables; when a new seed changes a table, a quote
+    left stale fails here (a difference may be quoted with its sign turned: "0.36 pp [0.23, 0.49]
+    below" for "-0.36 [-0.49, -0.23]")."""
+    import re
+
+    tables = _study_tables()
+    page = (ROOT / "docs/results/kernel_size_study.md").read_text(encoding="utf-8")
+    generated = page.split(tables.BEGIN)[1].split(tables.END)[0]
+    prose = page.split("## What is established")[1].split("### Why the test accuracy swung")[0]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    prose += readme.split("## What it finds so far")[1].split("## Documentation")[0]
+    quotes = _quoted_intervals(prose)
+    assert len(quotes) >= 10
+    for quote in quotes:
+        mean, lo, hi = re.findall(r"-?\d+\.\d+", quote)
+        flip = lambda v: v[1:] if v.startswith("-") else "-" + v  # noqa: E731
+        forms = {f"{mean} [{lo}, {hi}]", f"{flip(mean)} [{flip(hi)}, {flip(lo)}]"}
+        assert any(f in generated for f in forms), f"{quote!r} is in no generated table of the study page"
+
+
 def test_the_study_page_is_written_between_its_markers_only(tmp_path):
     tables = _study_tables()
     page = tmp_path / "page.md"
