@@ -196,6 +196,22 @@ def test_every_interval_the_study_prose_quotes_is_in_the_generated_tables():
         assert any(f in generated for f in forms), f"{quote!r} is in no generated table of the study page"
 
 
+def test_the_study_page_shows_the_decay_table_of_the_committed_tables():
+    """The page's decay table is what the committed CSV and its scale (references, integrated
+    decay) give now, so `make docs-images` and the page agree without the runs."""
+    import pandas as pd
+
+    tables = _study_tables()
+    final = pd.read_csv(ROOT / "docs/results/kernel_size_study.csv")
+    scale = pd.read_csv(tables.scale_path(ROOT / "docs/results/kernel_size_study.csv"))
+    is_decay = scale["stat"] == tables.DECAY_STAT
+    decay = scale[is_decay].set_index("arm")["value"]
+    assert decay["spec"] == pytest.approx(0.02 * 0.002 * (15 * 468 + 1) / (2 * 0.1), rel=1e-6)
+    expected = tables.decay_table(pd.concat([scale[~is_decay], final], ignore_index=True), decay)
+    page = (ROOT / "docs/results/kernel_size_study.md").read_text(encoding="utf-8")
+    assert expected in page.split(tables.BEGIN)[1].split(tables.END)[0]
+
+
 def test_the_study_page_is_written_between_its_markers_only(tmp_path):
     tables = _study_tables()
     page = tmp_path / "page.md"

@@ -707,3 +707,31 @@ def test_plot_study_draws_each_arm_with_its_interval_and_the_initialisation_in_g
     assert matplotlib.colors.to_hex(lines["init"].lines[0].get_color()) == "#999999"  # grey reference
     assert lines["init"].lines[0].get_marker() == "s" and lines["spec"].lines[0].get_marker() == "o"
     plt.close(fig)
+
+
+def test_plot_decay_response_puts_each_arm_at_its_decay_and_the_scale_ends_as_lines():
+    from niff_analysis.plotting import plot_decay_response
+
+    rows = []
+    for arm, v in (("spec", 0.2), ("strong", 0.9), ("half", 0.25), ("init", 0.1)):
+        for seed in (0, 1, 2):
+            rows.append((arm, seed, "layer1", "l1", "mass1_mean", v + 0.01 * seed))
+    rows += [("delta", -1, "layer1", "l1", "mass1_mean", 1.0), ("white noise", -1, "layer1", "l1", "mass1_mean", 0.001)]
+    final = pd.DataFrame(rows, columns=["arm", "seed", "stage", "measure", "stat", "value"])
+    decay = pd.Series({"spec": 1.4, "strong": 70.0, "half": float("nan")})
+    fig, ax = plot_decay_response(final, decay, twins={"half": "spec"}, panels_=[("l1", "mass1_mean")])
+    bars = {c.get_label(): c for c in ax.containers}
+    assert set(bars) == {"spec", "strong", "half", "init"}
+    x, y = (np.asarray(v) for v in bars["strong"].lines[0].get_data())
+    assert x[0] == 70.0 and np.isclose(y[0], 0.91)  # mean over seeds 0.90, 0.91, 0.92
+    x, _ = bars["half"].lines[0].get_data()
+    assert x[0] == pytest.approx(1.25 * 1.4)  # the twin beside the arm it repeats
+    assert bars["half"].lines[0].get_markerfacecolor() == "white"
+    assert bars["init"].lines[0].get_xdata()[0] == 0.0 and ax.get_xscale() == "symlog"
+    levels = sorted(
+        float(line.get_ydata()[0]) for line in ax.get_lines() if line.get_label() in ("delta", "white noise")
+    )
+    assert levels == [0.001, 1.0]
+    with pytest.raises(SelectionError, match="no arm of the table has an integrated decay"):
+        plot_decay_response(final, pd.Series({"other": 1.0}))
+    plt.close(fig)

@@ -21,7 +21,7 @@ from .images import (
 )
 from .report import iter_figures, write_figures
 from .style import CMAP_MAGNITUDE, CMAP_SIGNED, OKABE_ITO, layer_colors, save_figure, signed_norm, stage_color, style
-from .training import plot_kernel_history, plot_study, plot_sweep
+from .training import plot_decay_response, plot_kernel_history, plot_study, plot_sweep
 
 __all__ = [
     "CMAP_MAGNITUDE",
@@ -40,6 +40,7 @@ __all__ = [
     "plot_mass_ratio",
     "plot_raw_kernels",
     "plot_sigma",
+    "plot_decay_response",
     "plot_study",
     "plot_sweep",
     "plot_weight_pca",

@@ -276,4 +276,114 @@ def plot_study(
     return ret(fig, axes.ravel())
 
 
-__all__ = ["HISTORY_LABELS", "STUDY_STATS", "plot_kernel_history", "plot_study", "plot_sweep"]
+DECAY_PANELS = (("l1", "mass1_mean"), ("l1", "k90_mean"), ("energy", "k90_mean"))
+
+
+def plot_decay_response(
+    final: pd.DataFrame,
+    decay: pd.Series,
+    twins: dict[str, str] | None = None,
+    panels_: Sequence[tuple[str, str]] = DECAY_PANELS,
+    ax=None,
+    fig: Figure | None = None,
+) -> tuple[Figure, object]:
+    """A study's answer at a glance: each kernel statistic against the integrated decay on the
+    frequency MLPs, one column per stage, with the scale's ends drawn as lines.
+
+    Every seed is a small dot; each arm's mean over seeds with its 95 % t-interval a larger one.
+    The initialisation is drawn at Σ = 0 (the axis is symlog), a delta and white noise on the same
+    maps as dotted and dashed lines. ``twins`` (arm → the full-size arm it repeats on other data,
+    e.g. content at half the size) are drawn as open markers at their twin's Σ: where the
+    statistic follows the data they part from the filled ones.
+
+    Args:
+        final: a study's final table in long form (``arm``, ``seed``, ``stage``, ``measure``,
+            ``stat``, ``value``), with the rows of the arms ``init``, ``delta`` and
+            ``white noise`` where present.
+        decay: arm → integrated decay Σ lr·wd/(1−m) on the MLP weights; arms it lacks (or NaN)
+            are not drawn unless they are twins.
+        twins: arm → full-size arm, for the open markers.
+        panels_: (measure, statistic) of each row of panels.
+        ax: axes to draw into (rows × stages of them), or ``None``.
+        fig: figure to add panels to.
+    """
+    require(final, ["arm", "seed", "stage", "measure", "stat", "value"], "plot_decay_response")
+    from ..analysis.uncertainty import seed_interval
+    from ..train.sweep import INIT_ARM
+
+    twins = dict(twins or {})
+    sigma = {a: float(v) for a, v in decay.items() if pd.notna(v) and a in set(final["arm"])}
+    if not sigma:
+        raise SelectionError("plot_decay_response: no arm of the table has an integrated decay")
+    sigma[INIT_ARM] = 0.0
+    for arm, ref in twins.items():
+        if ref in sigma and arm in set(final["arm"]):
+            sigma[arm] = sigma[ref]
+    stages = [s for s in ordered_unique(final["stage"]) if s != "any"]
+    with style():
+        fig, axes = panels(len(panels_) * len(stages), ax, fig, ncols=len(stages), panel_size=(2.2, 2.0), sharey=False)
+        axes = axes.reshape(len(panels_), len(stages))
+        for i, (measure, stat) in enumerate(panels_):
+            d = final[(final["measure"] == measure) & (final["stat"] == stat)]
+            for j, stage in enumerate(stages):
+                a = axes[i, j]
+                g = d[d["stage"] == stage]
+                for ref, ls in (("delta", ":"), ("white noise", "--")):
+                    v = g.loc[g["arm"] == ref, "value"]
+                    if len(v):
+                        a.axhline(float(v.iloc[0]), color="0.4", lw=0.6, ls=ls, label=ref)
+                for arm, x in sigma.items():
+                    v = g.loc[g["arm"] == arm, "value"].astype(float).dropna()
+                    if v.empty:
+                        continue
+                    twin = arm in twins
+                    x = x * 1.25 if twin else x  # beside the full-size arm, not on it
+                    color = "0.6" if arm == INIT_ARM else OKABE_ITO[5 if twin else 1]
+                    a.scatter([x] * len(v), v, s=4, color=color, alpha=0.5, lw=0, zorder=2)
+                    mean, lo, hi = seed_interval(v)
+                    a.errorbar(
+                        [x],
+                        [mean],
+                        yerr=[[mean - lo], [hi - mean]],
+                        fmt="s" if arm == INIT_ARM else "o",
+                        ms=4,
+                        lw=0.8,
+                        capsize=1.5,
+                        color=color,
+                        mfc="white" if twin else color,
+                        zorder=3,
+                        label=arm,
+                    )
+                a.set_xscale("symlog", linthresh=1.0)
+                # the scale's ends bound the panel; a two-seed interval wider than that is cut at its edge
+                if stat.startswith("mass"):
+                    a.set_ylim(-0.02, 1.05)
+                else:
+                    top = g.loc[g["arm"].isin([*sigma, "white noise"]), "value"].astype(float).max()
+                    a.set_ylim(0, 1.08 * top if pd.notna(top) and top > 0 else None)
+                a.set_title(f"{stage}: {STUDY_LABELS.get(stat, stat)} ({measure})", fontsize=6)
+                if i == len(panels_) - 1:
+                    a.set_xlabel("integrated MLP decay Σ lr·wd/(1−m)", fontsize=6)
+        handles = [
+            Line2D([], [], color="0.6", marker="s", ms=4, lw=0, label="initialisation (Σ = 0)"),
+            Line2D([], [], color=OKABE_ITO[1], marker="o", ms=4, lw=0, label="full-size content"),
+            Line2D([], [], color="0.4", lw=0.6, ls=":", label="delta"),
+            Line2D([], [], color="0.4", lw=0.6, ls="--", label="white noise"),
+        ]
+        if twins:
+            handles.insert(
+                2, Line2D([], [], color=OKABE_ITO[5], marker="o", mfc="white", ms=4, lw=0, label="half-size twin")
+            )
+        axes[0, -1].legend(handles=handles, fontsize=5, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return ret(fig, axes.ravel())
+
+
+__all__ = [
+    "DECAY_PANELS",
+    "HISTORY_LABELS",
+    "STUDY_STATS",
+    "plot_decay_response",
+    "plot_kernel_history",
+    "plot_study",
+    "plot_sweep",
+]
