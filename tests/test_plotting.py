@@ -719,7 +719,11 @@ def test_plot_decay_response_puts_each_arm_at_its_decay_and_the_scale_ends_as_li
     rows += [("delta", -1, "layer1", "l1", "mass1_mean", 1.0), ("white noise", -1, "layer1", "l1", "mass1_mean", 0.001)]
     final = pd.DataFrame(rows, columns=["arm", "seed", "stage", "measure", "stat", "value"])
     decay = pd.Series({"spec": 1.4, "strong": 70.0, "half": float("nan")})
-    fig, ax = plot_decay_response(final, decay, twins={"half": "spec"}, panels_=[("l1", "mass1_mean")])
+    fig, ax = plot_decay_response(
+        final, decay, twins={"half": "spec"}, twin_label="half-size content", panels_=[("l1", "mass1_mean")]
+    )
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "half-size content" in legend and "full-size content" in legend
     bars = {c.get_label(): c for c in ax.containers}
     assert set(bars) == {"spec", "strong", "half", "init"}
     x, y = (np.asarray(v) for v in bars["strong"].lines[0].get_data())

@@ -12,7 +12,15 @@ from click.testing import CliRunner
 from helpers import FMNIST, load_weights, tiny_config
 from niff_analysis.cli import main
 from niff_analysis.errors import NiffError
-from niff_analysis.train.sweep import collect, compare_arms, final_table, parse_arm, parse_seeds, seed_summary
+from niff_analysis.train.sweep import (
+    arm_changes,
+    collect,
+    compare_arms,
+    final_table,
+    parse_arm,
+    parse_seeds,
+    seed_summary,
+)
 
 pytestmark = pytest.mark.slow  # training sweeps: not in `make test-fast`
 
@@ -57,6 +65,20 @@ def test_parse_arm():
     ):
         with pytest.raises(NiffError, match=msg):
             parse_arm(bad)
+
+
+def test_arm_changes_inverts_parse_arm():
+    for text in (
+        "spec",
+        "mlp_weight_decay=0.0084",
+        "weight_decay=0.001,mlp_weight_decay=1e-5",  # weight_decay inside mlp_weight_decay's name
+        "mlp_weight_decay=0.1,mlp_bias_decay=on,content_scale=0.5,epochs=3",
+    ):
+        name, changes = parse_arm(text)
+        assert arm_changes(name) == changes
+    for bad in ("init", "delta", "white noise", "mlp_weight_decay=x", "epochs=5_extra", "lr=0.1_"):
+        with pytest.raises(NiffError, match="not the folder name"):
+            arm_changes(bad)
 
 
 def test_parse_seeds():

@@ -283,6 +283,7 @@ def plot_decay_response(
     final: pd.DataFrame,
     decay: pd.Series,
     twins: dict[str, str] | None = None,
+    twin_label: str = "twin",
     panels_: Sequence[tuple[str, str]] = DECAY_PANELS,
     ax=None,
     fig: Figure | None = None,
@@ -303,6 +304,7 @@ def plot_decay_response(
         decay: arm → integrated decay Σ lr·wd/(1−m) on the MLP weights; arms it lacks (or NaN)
             are not drawn unless they are twins.
         twins: arm → full-size arm, for the open markers.
+        twin_label: the legend's name for the open markers (what the twins change).
         panels_: (measure, statistic) of each row of panels.
         ax: axes to draw into (rows × stages of them), or ``None``.
         fig: figure to add panels to.
@@ -371,9 +373,7 @@ def plot_decay_response(
             Line2D([], [], color="0.4", lw=0.6, ls="--", label="white noise"),
         ]
         if twins:
-            handles.insert(
-                2, Line2D([], [], color=OKABE_ITO[5], marker="o", mfc="white", ms=4, lw=0, label="half-size twin")
-            )
+            handles.insert(2, Line2D([], [], color=OKABE_ITO[5], marker="o", mfc="white", ms=4, lw=0, label=twin_label))
         axes[0, -1].legend(handles=handles, fontsize=5, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return ret(fig, axes.ravel())
 

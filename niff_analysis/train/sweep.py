@@ -96,6 +96,26 @@ def parse_arm(text: str) -> tuple[str, dict]:
     return re.sub(r"[^A-Za-z0-9_.=-]", "_", name), changes
 
 
+def arm_changes(name: str) -> dict:
+    """The changes an arm's folder name stands for: the inverse of :func:`parse_arm`'s name
+    (``"mlp_weight_decay=0.1_mlp_bias_decay=1"`` → ``{"mlp_weight_decay": 0.1, "mlp_bias_decay": True}``).
+
+    Raises:
+        NiffError: a name :func:`parse_arm` does not make.
+    """
+    if name == "spec":
+        return {}
+    keys = "|".join(sorted(ARM_KEYS, key=len, reverse=True))  # mlp_weight_decay before weight_decay
+    pairs = re.findall(rf"({keys})=([^_]+)(?:_|$)", name)
+    try:
+        changes = {k: ARM_KEYS[k](v) for k, v in pairs}
+    except ValueError:
+        changes = {}
+    if not changes or parse_arm(",".join(f"{k}={v}" for k, v in pairs))[0] != name:
+        raise NiffError(f"{name!r} is not the folder name of a sweep arm")
+    return changes
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` or ``"0-2"`` → [0, 1, 2].
 
