@@ -7,8 +7,10 @@
 Without the runs, ``SOURCE`` may be the CSV this script wrote (``make docs-images`` draws the figure
 from it). Reads what docs/results/kernel_size_study_bn.sh wrote (``niff-analyze evaluate --recalibrate-bn``
 outputs: ``epochs_<arm>_seed<k>.csv`` for every epoch of a run, ``final_<arm>_seed=<k>.csv`` for
-a finished run's final checkpoint), adds each epoch's training accuracy from the run's
-metrics.csv, writes one long-form CSV and, between the page's ``bn`` markers, the tables.
+a finished run's final checkpoint, ``width64_epochs_<arm>_seed<k>.csv`` for every epoch of the
+full-width run in ``<runs>_width64/<arm>/``, shown as arm ``<arm> (width 64)``), adds each
+epoch's training accuracy from the run's metrics.csv, writes one long-form CSV and, between the
+page's ``bn`` markers, the tables.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ COLUMNS = ["arm", "seed", "epoch", "batchnorm", "bn_images", "loss", "acc", "acc
 
 def gather(folder: Path, runs: Path) -> pd.DataFrame:
     """One long table of every evaluation in ``folder``, with the training accuracy of each epoch."""
-    frames = []
+    frames, metrics = [], {}
     for f in sorted(folder.glob("*.csv")):
-        m = re.fullmatch(r"(epochs|final)_(.+)_seed=?(\d+)", f.stem)
+        m = re.fullmatch(r"(?:width(\d+)_)?(epochs|final)_(.+)_seed=?(\d+)", f.stem)
         if m is None:
             continue
-        kind, arm, seed = m.group(1), m.group(2), int(m.group(3))
+        width, kind, arm, seed = m.group(1), m.group(2), m.group(3), int(m.group(4))
+        if width:  # the full-width run: runs/kernel_size_study_width64/<arm>/, no seed folder
+            metrics[(f"{arm} (width {width})", seed)] = runs.with_name(f"{runs.name}_width{width}") / arm
+            arm = f"{arm} (width {width})"
+        else:
+            metrics[(arm, seed)] = runs / arm / f"seed={seed}"
         df = pd.read_csv(f).rename(columns={"epochs": "epoch"}).assign(arm=arm, seed=seed, kind=kind)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
@@ -40,8 +47,8 @@ def gather(folder: Path, runs: Path) -> pd.DataFrame:
     df = df.sort_values("kind").drop_duplicates(["arm", "seed", "epoch", "batchnorm"], keep="first")
     train = []
     for arm, seed in df[["arm", "seed"]].drop_duplicates().itertuples(index=False):
-        metrics = pd.read_csv(runs / arm / f"seed={seed}" / "metrics.csv")
-        train.append(metrics[["epoch", "train_acc"]].assign(arm=arm, seed=seed))
+        m = pd.read_csv(metrics[(arm, seed)] / "metrics.csv")
+        train.append(m[["epoch", "train_acc"]].assign(arm=arm, seed=seed))
     df = df.merge(pd.concat(train), on=["arm", "seed", "epoch"], how="left")
     return df[[*COLUMNS, "train_acc"]].sort_values(["arm", "seed", "epoch", "batchnorm"], ignore_index=True)
 
@@ -112,7 +119,11 @@ def plot(df: pd.DataFrame, axes=None):
     for ax in axes[:: 2 if len(axes) > 1 else 1]:
         ax.set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Fashion-MNIST, width 16: test accuracy with running vs recomputed BatchNorm statistics", fontsize=9)
+    fig.suptitle(
+        "Fashion-MNIST, width 16 unless a panel says otherwise: test accuracy with running vs recomputed "
+        "BatchNorm statistics",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig, axes
 
