@@ -212,6 +212,29 @@ def test_the_study_page_shows_the_decay_table_of_the_committed_tables():
     assert expected in page.split(tables.BEGIN)[1].split(tables.END)[0]
 
 
+@pytest.mark.slow
+def test_the_study_page_shows_the_full_width_table_and_it_holds_the_bundled_default():
+    """The page's full-width table is what the committed CSVs give now, and its bundled-default
+    rows are the bundled default's stage statistics recomputed from its weights."""
+    import pandas as pd
+
+    from niff_analysis.analysis.kernels import extract_kernels
+    from niff_analysis.analysis.stats import stage_stats
+    from niff_analysis.checkpoint import load_checkpoint
+
+    tables = _study_tables()
+    csv = ROOT / "docs/results/kernel_size_study.csv"
+    wide = pd.read_csv(tables.scale_path(csv, "width64"))
+    page = (ROOT / "docs/results/kernel_size_study.md").read_text(encoding="utf-8")
+    assert tables.width64_table(wide, pd.read_csv(csv)) in page.split(tables.BEGIN)[1].split(tables.END)[0]
+    assert set(wide["arm"]) == {"init", tables.DEFAULT_ARM, "mlp_weight_decay=0.1"}
+    assert set(wide.loc[wide["arm"] == "mlp_weight_decay=0.1", "epoch"]) == {15}
+    shown = wide[wide["arm"] == tables.DEFAULT_ARM].set_index(["stage", "measure", "stat"])["value"]
+    fresh = stage_stats(extract_kernels(load_checkpoint())).set_index(["stage", "measure", "stat"])["value"]
+    assert len(shown) == len(fresh) > 40
+    assert shown.sort_index().to_numpy() == pytest.approx(fresh.sort_index().to_numpy(), rel=1e-6, abs=1e-9)
+
+
 def test_the_study_page_is_written_between_its_markers_only(tmp_path):
     tables = _study_tables()
     page = tmp_path / "page.md"
