@@ -112,10 +112,13 @@ def plot(df: pd.DataFrame, axes=None):
         ax.plot(running["epoch"], 100 * running["train_acc"], "--", color="0.5", label="train (epoch mean)")
         ax.set_title(f"{arm}, seed {seed}", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes[len(runs) :]:
-        ax.set_visible(False)
-    for ax in axes[-2:]:
-        ax.set_xlabel("epoch")
+    cols = 2 if len(axes) > 1 else 1
+    for i, ax in enumerate(axes):
+        if i >= len(runs):
+            ax.set_visible(False)
+        elif i + cols >= len(runs):  # the lowest panel of its column: its epochs are labelled
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("epoch")
     for ax in axes[:: 2 if len(axes) > 1 else 1]:
         ax.set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=7, loc="lower right")
