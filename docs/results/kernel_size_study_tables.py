@@ -321,25 +321,21 @@ END = "<!-- tables: end -->"
 
 
 DEFAULT_ARM = "spec (bundled default)"
+# the full-width table's cells: (measure, statistic, decimals); the first two also from width 16
+CELLS = [("l1", "mass1_mean", 3), ("l1", "k90_mean", 1), ("energy", "k90_mean", 1)]
 
 
 def width64_rows(run: Path) -> pd.DataFrame:
     """The full-width confirmation in the CSV's long form: the finished width-64 run ``run`` (its
     folder's name is its arm), its initialisation (``init``) and the bundled default, the same
     recipe and initial weights at the recipe's MLP decay (``spec (bundled default)``)."""
-    from niff_analysis.analysis.kernels import extract_kernels
-    from niff_analysis.analysis.stats import stage_stats
-    from niff_analysis.checkpoint import load_checkpoint
-    from niff_analysis.train.sweep import FINAL_COLUMNS, final_table
+    from niff_analysis.train.sweep import checkpoint_rows, final_table
 
     run = Path(run)
     rows = final_table(str(run.parent), [run.name])
     if run.name not in set(rows["arm"]):
         raise SystemExit(f"error: {run} has not finished")
-    model = load_checkpoint()  # the bundled default
-    st = stage_stats(extract_kernels(model)).assign(arm=DEFAULT_ARM, seed=0)
-    st = st.assign(epoch=int(model.niff_checkpoint.epochs or 0), test_acc=float(model.niff_checkpoint.test_acc))
-    return pd.concat([rows, st[FINAL_COLUMNS]], ignore_index=True)
+    return pd.concat([rows, checkpoint_rows(None, DEFAULT_ARM, 0)], ignore_index=True)  # None: the bundled default
 
 
 def width64_table(wide: pd.DataFrame, final: pd.DataFrame) -> str:
@@ -366,9 +362,6 @@ def width64_table(wide: pd.DataFrame, final: pd.DataFrame) -> str:
             a = "" if i or pd.isna(acc[arm]) else f"{100 * acc[arm]:.2f}"
             lines.append(f"| {arm if i == 0 else ''} | {a} | {stage} | " + " | ".join(cells + ref) + " |")
     return "\n".join(lines)
-
-
-CELLS = [("l1", "mass1_mean", 3), ("l1", "k90_mean", 1), ("energy", "k90_mean", 1)]
 
 
 def tables_text(

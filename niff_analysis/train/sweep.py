@@ -448,28 +448,34 @@ INIT_ARM = "init"  # the arm name of the initialisations in final_table
 FINAL_COLUMNS = ["arm", "seed", "epoch", "stage", "measure", "stat", "value", "test_acc"]
 
 
+def checkpoint_rows(folder: PathLike | None, arm: str, seed: int) -> pd.DataFrame:
+    """One checkpoint's rows of :func:`final_table` (:data:`FINAL_COLUMNS`):
+    :func:`~niff_analysis.analysis.stats.stage_stats` of its kernels under both measures, with
+    its epochs and recorded test accuracy, labelled ``arm`` and ``seed``. ``folder`` is anything
+    :func:`~niff_analysis.checkpoint.load_checkpoint` takes (``None``: the bundled default)."""
+    from ..analysis.kernels import extract_kernels
+    from ..analysis.stats import stage_stats
+    from ..checkpoint import load_checkpoint
+
+    model = load_checkpoint(folder)
+    # nn.Module.__getattr__ is typed for tensors and modules only; load_checkpoint attaches a CheckpointConfig
+    meta = cast(CheckpointConfig, model.niff_checkpoint)
+    st = stage_stats(extract_kernels(model))
+    st.insert(0, "epoch", int(meta.epochs or 0))
+    st.insert(0, "seed", seed)
+    st.insert(0, "arm", arm)
+    acc = meta.test_acc
+    st["test_acc"] = math.nan if acc is None else float(acc)
+    return st[FINAL_COLUMNS]
+
+
 def final_table(root: str, arms: Sequence[str] | None = None) -> pd.DataFrame:
     """Per finished run, :func:`~niff_analysis.analysis.stats.stage_stats` of its final
     checkpoint under both measures, with its final test accuracy (long form,
     :data:`FINAL_COLUMNS`), and the same of each seed's initialisation as arm ``"init"``
     (epoch 0). Computed from the checkpoints, so any statistic added later covers finished
     studies too."""
-    from ..analysis.kernels import extract_kernels
-    from ..analysis.stats import stage_stats
-    from ..checkpoint import load_checkpoint
-
-    def rows(folder: Path, arm: str, seed: int) -> pd.DataFrame:
-        model = load_checkpoint(folder)
-        # nn.Module.__getattr__ is typed for tensors and modules only; load_checkpoint attaches a CheckpointConfig
-        meta = cast(CheckpointConfig, model.niff_checkpoint)
-        st = stage_stats(extract_kernels(model))
-        st.insert(0, "epoch", int(meta.epochs or 0))
-        st.insert(0, "seed", seed)
-        st.insert(0, "arm", arm)
-        acc = meta.test_acc
-        st["test_acc"] = math.nan if acc is None else float(acc)
-        return st
-
+    rows = checkpoint_rows
     frames: list[pd.DataFrame] = []
     inits: dict[int, Path] = {}
     finished: set[int] = set()
